@@ -1,0 +1,50 @@
+// Shared main for the micro-benchmarks: runs them with the console reporter, then prints one line
+// per (figure, baseline) pair measured in this same run:
+//   ratio  <name>  <ns per iteration>  raw <ns per iteration>  = <figure / baseline>
+// A baseline is the benchmark registered under the same name with the prefix "raw:".
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+
+namespace {
+
+class ratio_reporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& r : runs) {
+      if (r.run_type != Run::RT_Iteration || r.skipped) continue;
+      const double ns = r.GetAdjustedRealTime() *
+                        (1e9 / benchmark::GetTimeUnitMultiplier(r.time_unit));
+      times_[r.benchmark_name()] = ns;
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::printf("\n");
+    for (const auto& [name, ns] : times_) {
+      if (name.rfind("raw:", 0) == 0) continue;
+      auto base = times_.find("raw:" + name);
+      if (base == times_.end() || base->second <= 0) continue;
+      std::printf("ratio  %-40s %12.1f ns  raw %12.1f ns  = %.2f\n", name.c_str(), ns,
+                  base->second, ns / base->second);
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  std::map<std::string, double> times_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ratio_reporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,55 @@
+// Diagnostics shared by every module: assertion levels, the one fatal-error path, string formatting.
+//
+// Levels (ISO_DEBUG_LEVEL, set by the CMake option ISO_DEBUG):
+//   ISO_ASSERT           always on: conditions whose failure means memory is already corrupt
+//   ISO_ASSERT_INTERNAL  level >= 1: internal invariants, cheap
+//   ISO_ASSERT_EXPENSIVE level >= 2: whole-structure validators (is_valid())
+// A failed assertion goes through fatal(), which names the rank, the running thread and the cause.
+#pragma once
+
+#include <cstdarg>
+#include <string>
+
+#include "isothreads/error.hpp"
+
+#ifndef ISO_DEBUG_LEVEL
+#define ISO_DEBUG_LEVEL 1
+#endif
+
+namespace iso::detail {
+
+// printf-style formatting into a std::string (system heap when called outside a thread).
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string vformat(const char* fmt, va_list ap);
+
+// Throws iso::error(code, formatted message).
+[[noreturn]] void raise(errc code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// The fatal-error path: prints "isothreads: fatal: rank R, <context>: <cause>" to stderr with
+// async-signal-safe writes only, then _exit(code). Safe from a signal handler.
+[[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// Upper layers describe "where we are" for fatal(): the rank and the running thread.
+// The hook must be async-signal-safe; it writes at most `cap` bytes into buf and returns the length.
+using context_hook = std::size_t (*)(char* buf, std::size_t cap) noexcept;
+void set_context_hook(context_hook hook) noexcept;
+void set_diag_rank(int rank) noexcept;
+int diag_rank() noexcept;
+
+}  // namespace iso::detail
+
+#define ISO_STRINGIFY2(x) #x
+#define ISO_STRINGIFY(x) ISO_STRINGIFY2(x)
+#define ISO_ASSERT(cond)                                                                   \
+  ((cond) ? (void)0                                                                        \
+          : ::iso::detail::fatal("assertion failed: %s at %s:%d", #cond, __FILE__, __LINE__))
+#if ISO_DEBUG_LEVEL >= 1
+#define ISO_ASSERT_INTERNAL(cond) ISO_ASSERT(cond)
+#else
+#define ISO_ASSERT_INTERNAL(cond) ((void)0)
+#endif
+#if ISO_DEBUG_LEVEL >= 2
+#define ISO_ASSERT_EXPENSIVE(cond) ISO_ASSERT(cond)
+#else
+#define ISO_ASSERT_EXPENSIVE(cond) ((void)0)
+#endif

@@ -1,0 +1,140 @@
+#include "prim.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+// Values from the Linux 6.13 uapi; older libc headers do not have them.
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+#ifndef MADV_GUARD_REMOVE
+#define MADV_GUARD_REMOVE 103
+#endif
+
+namespace iso::detail::prim {
+
+std::size_t page_size() noexcept {
+  static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+int reserve_at(void* addr, std::size_t bytes) noexcept {
+  void* p = ::mmap(addr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED) return errno;
+  if (p != addr) {  // kernels before 4.17 ignore the flag and treat addr as a hint
+    ::munmap(p, bytes);
+    return EEXIST;
+  }
+  return 0;
+}
+
+int unreserve(void* addr, std::size_t bytes) noexcept {
+  return ::munmap(addr, bytes) == 0 ? 0 : errno;
+}
+
+int decommit(void* addr, std::size_t bytes) noexcept {
+  return ::madvise(addr, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
+}
+
+// Without MADV_GUARD_INSTALL (Linux < 6.13) guards fall back to mprotect(PROT_NONE), which
+// splits the region's mapping in three per guard: about 30k threads then exhaust the default
+// vm.max_map_count (65530), and the failure surfaces as an error from guard_install.
+int guard_install(void* addr, std::size_t bytes) noexcept {
+  if (guard_supported()) return ::madvise(addr, bytes, MADV_GUARD_INSTALL) == 0 ? 0 : errno;
+  return ::mprotect(addr, bytes, PROT_NONE) == 0 ? 0 : errno;
+}
+
+int guard_remove(void* addr, std::size_t bytes) noexcept {
+  if (guard_supported()) return ::madvise(addr, bytes, MADV_GUARD_REMOVE) == 0 ? 0 : errno;
+  return ::mprotect(addr, bytes, PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
+}
+
+bool guard_supported() noexcept {
+  static const bool supported = [] {
+    const std::size_t page = page_size();
+    void* p = ::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    const bool ok = ::madvise(p, page, MADV_GUARD_INSTALL) == 0;
+    ::munmap(p, 2 * page);
+    return ok;
+  }();
+  return supported;
+}
+
+std::uintptr_t user_space_top() noexcept { return std::uintptr_t{1} << 47; }
+
+namespace {
+
+// Reads a whole /proc file into `out` with plain read(2): /proc sizes are not known in advance.
+int read_proc(const char* path, std::vector<char>& out) {
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  out.clear();
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      return e;
+    }
+    if (n == 0) break;
+    out.insert(out.end(), buf, buf + n);
+  }
+  ::close(fd);
+  out.push_back('\0');
+  return 0;
+}
+
+std::size_t status_field_bytes(const char* field) noexcept {
+  std::vector<char> text;
+  if (read_proc("/proc/self/status", text) != 0) return 0;
+  const char* at = std::strstr(text.data(), field);
+  if (at == nullptr) return 0;
+  return std::strtoull(at + std::strlen(field), nullptr, 10) * 1024;  // the file says kB
+}
+
+}  // namespace
+
+int free_gaps(std::uintptr_t floor, std::vector<interval>& out) {
+  std::vector<char> text;
+  if (int e = read_proc("/proc/self/maps", text); e != 0) return e;
+  std::uintptr_t cursor = floor;
+  const std::uintptr_t top = user_space_top();
+  for (const char* line = text.data(); *line != '\0';) {
+    char* end = nullptr;
+    const std::uintptr_t lo = std::strtoull(line, &end, 16);
+    const std::uintptr_t hi = std::strtoull(end + 1, &end, 16);
+    if (lo >= top) break;  // [vsyscall] and anything above user space
+    if (lo > cursor) out.push_back({cursor, lo});
+    if (hi > cursor) cursor = hi;
+    const char* nl = std::strchr(line, '\n');
+    if (nl == nullptr) break;
+    line = nl + 1;
+  }
+  if (cursor < top) out.push_back({cursor, top});
+  return 0;
+}
+
+std::size_t peak_resident_bytes() noexcept { return status_field_bytes("VmHWM:"); }
+std::size_t resident_bytes() noexcept { return status_field_bytes("VmRSS:"); }
+
+std::size_t mapping_count() noexcept {
+  std::vector<char> text;
+  if (read_proc("/proc/self/maps", text) != 0) return 0;
+  std::size_t lines = 0;
+  for (char c : text) lines += (c == '\n');
+  return lines;
+}
+
+}  // namespace iso::detail::prim

@@ -1,0 +1,61 @@
+// The OS primitive layer: every mmap, madvise, personality and /proc access of the project goes
+// through here. Convention (as mimalloc's prim.h): functions return 0 on success or an errno value.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace iso::detail {
+
+// A half-open range of virtual addresses [lo, hi), in bytes.
+struct interval {
+  std::uintptr_t lo = 0;
+  std::uintptr_t hi = 0;
+  std::size_t bytes() const noexcept { return hi - lo; }
+  bool empty() const noexcept { return hi <= lo; }
+};
+
+namespace prim {
+
+// The kernel's page size in bytes (4096 here). Never fails.
+std::size_t page_size() noexcept;
+
+// Maps [addr, addr+bytes) read-write, private, anonymous, MAP_NORESERVE, without replacing
+// anything already mapped there (MAP_FIXED_NOREPLACE): EEXIST if any part is in use.
+// pre: addr and bytes are page-aligned, bytes > 0.
+int reserve_at(void* addr, std::size_t bytes) noexcept;
+
+// Unmaps a range this layer reserved. pre: page-aligned.
+int unreserve(void* addr, std::size_t bytes) noexcept;
+
+// Drops the physical pages of [addr, addr+bytes): the range stays mapped and reads as zero.
+// Guard pages inside the range stay installed. pre: page-aligned.
+int decommit(void* addr, std::size_t bytes) noexcept;
+
+// Installs guard pages over [addr, addr+bytes): any access raises SIGSEGV. With
+// MADV_GUARD_INSTALL (Linux >= 6.13) no new mapping is created; older kernels fall back to
+// mprotect(PROT_NONE), which splits the mapping (see prim.cpp).
+// pre: page-aligned, inside a private anonymous mapping.
+int guard_install(void* addr, std::size_t bytes) noexcept;
+// Removes guard pages from [addr, addr+bytes); the pages read as zero afterwards.
+int guard_remove(void* addr, std::size_t bytes) noexcept;
+// Whether this kernel supports guard_install (probed once, on a scratch mapping).
+bool guard_supported() noexcept;
+
+// Appends to `out` the unmapped gaps of this process's address space, from /proc/self/maps,
+// between `floor` and the top of user space, in ascending order. pre: out is empty.
+int free_gaps(std::uintptr_t floor, std::vector<interval>& out);
+
+// Highest user-space address + 1 (47-bit address spaces: 0x800000000000).
+std::uintptr_t user_space_top() noexcept;
+
+// Resident set peak (VmHWM) and current (VmRSS) of this process, in bytes; 0 if unreadable.
+std::size_t peak_resident_bytes() noexcept;
+std::size_t resident_bytes() noexcept;
+
+// Number of mappings of this process (lines of /proc/self/maps).
+std::size_t mapping_count() noexcept;
+
+}  // namespace prim
+}  // namespace iso::detail

@@ -1,0 +1,446 @@
+#include "region.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "diag.hpp"
+
+namespace iso::detail {
+namespace {
+
+constexpr std::uintptr_t one_gib = std::uintptr_t{1} << 30;
+// Below this the program, its brk heap and the kernel's low reservations live; never look there.
+constexpr std::uintptr_t gap_floor = std::uintptr_t{1} << 32;
+
+std::uintptr_t align_up(std::uintptr_t v, std::uintptr_t a) { return (v + a - 1) & ~(a - 1); }
+std::uintptr_t align_down(std::uintptr_t v, std::uintptr_t a) { return v & ~(a - 1); }
+
+std::size_t requested_bytes(std::size_t requested) {
+  if (requested != 0) return requested;
+  if (const char* env = std::getenv("ISO_REGION_BYTES"); env != nullptr && *env != '\0') {
+    if (std::size_t v = parse_bytes(env); v != 0) return v;
+  }
+  return default_region_bytes;
+}
+
+// Sorted, disjoint intervals; merges touching ones.
+sys_vector<interval> normalise(sys_vector<interval> v) {
+  std::sort(v.begin(), v.end(), [](const interval& a, const interval& b) { return a.lo < b.lo; });
+  sys_vector<interval> out;
+  for (const interval& i : v) {
+    if (i.empty()) continue;
+    if (!out.empty() && i.lo <= out.back().hi) {
+      out.back().hi = std::max(out.back().hi, i.hi);
+    } else {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
+sys_vector<interval> intersect(const sys_vector<interval>& a, const sys_vector<interval>& b) {
+  sys_vector<interval> out;
+  std::size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    const interval x{std::max(a[i].lo, b[j].lo), std::min(a[i].hi, b[j].hi)};
+    if (!x.empty()) out.push_back(x);
+    (a[i].hi < b[j].hi) ? ++i : ++j;
+  }
+  return out;
+}
+
+interval largest(const sys_vector<interval>& v) {
+  interval best;
+  for (const interval& i : v) {
+    if (i.bytes() > best.bytes()) best = i;
+  }
+  return best;
+}
+
+// Where in a free interval `gap` to put a range of `bytes`: centred, 1 GiB-aligned, so that the
+// brk heap growing up from below and mmap growing down from above keep room on both sides.
+interval place_in(const interval& gap, std::size_t bytes) {
+  const std::uintptr_t lo = align_up(gap.lo + (gap.bytes() - bytes) / 2, one_gib);
+  if (lo + bytes > gap.hi) return {};
+  return {lo, lo + bytes};
+}
+
+// Free address space this process could give the region: its gaps plus its own provisional range.
+sys_vector<interval> available(std::uintptr_t early_base, std::size_t early_bytes) {
+  std::vector<interval> gaps;
+  prim::free_gaps(gap_floor, gaps);
+  sys_vector<interval> v(gaps.begin(), gaps.end());
+  if (early_bytes != 0) v.push_back({early_base, early_base + early_bytes});
+  return normalise(std::move(v));
+}
+
+}  // namespace
+
+std::size_t parse_bytes(const char* text) noexcept {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text, &end, 10);
+  if (errno != 0 || end == text) return 0;
+  unsigned shift = 0;
+  switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; ++end; break;
+    case 'm': case 'M': shift = 20; ++end; break;
+    case 'g': case 'G': shift = 30; ++end; break;
+    case 't': case 'T': shift = 40; ++end; break;
+    default: return 0;
+  }
+  if (*end == 'i' || *end == 'I') ++end;
+  if (*end == 'b' || *end == 'B') ++end;
+  if (*end != '\0' || v > (~0ull >> shift)) return 0;
+  return static_cast<std::size_t>(v << shift);
+}
+
+region& region::get() noexcept {
+  static region instance;
+  return instance;
+}
+
+void region::reserve_early() noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  if (early_bytes_ != 0 || bytes_ != 0) return;
+  const interval gap = largest(available(0, 0));
+  std::size_t want = std::min(requested_bytes(0), align_down(gap.bytes() / 2, one_gib));
+  for (; want >= min_share_bytes; want /= 2) {
+    const interval at = place_in(gap, want);
+    if (!at.empty() && prim::reserve_at(reinterpret_cast<void*>(at.lo), want) == 0) {
+      early_base_ = at.lo;
+      early_bytes_ = want;
+      return;
+    }
+  }
+}
+
+void region::set_layout(std::uintptr_t base, std::size_t bytes, int rank, int nranks) {
+  base_ = base;
+  share_bytes_ = align_down(bytes / static_cast<std::size_t>(nranks), chunk_bytes);
+  bytes_ = share_bytes_ * static_cast<std::size_t>(nranks);
+  rank_ = rank;
+  nranks_ = nranks;
+  set_diag_rank(rank);
+  free_by_addr_.clear();
+  free_by_size_.clear();
+  for (auto& c : cache_) c.clear();
+  stats_ = {};
+  insert_free(share(rank).lo, share_bytes_ / chunk_bytes);
+  ready_.store(true, std::memory_order_release);
+}
+
+void region::init_single_rank() {
+  if (ready()) return;
+  reserve_early();
+  std::lock_guard<std::mutex> g(lock_);
+  if (early_bytes_ == 0) {
+    raise(errc::region_agreement, "could not reserve an isomalloc region of at least %zu bytes",
+          min_share_bytes);
+  }
+  set_layout(early_base_, early_bytes_, 0, 1);
+}
+
+void region::agree(region_peers& peers, std::size_t requested) {
+  if (ready() && peers_ == &peers) return;
+  reserve_early();
+  std::lock_guard<std::mutex> g(lock_);
+  const int me = peers.rank();
+  const int n = peers.size();
+
+  // Contribution: [requested, early_base, early_bytes, lo0, hi0, lo1, hi1, ...]
+  const sys_vector<interval> mine = available(early_base_, early_bytes_);
+  sys_vector<std::uint64_t> words{requested_bytes(requested), early_base_, early_bytes_};
+  for (const interval& i : mine) {
+    words.push_back(i.lo);
+    words.push_back(i.hi);
+  }
+  const auto all = peers.allgather(words);
+
+  std::size_t want = SIZE_MAX;
+  sys_vector<interval> common;
+  bool same_early = true;
+  for (int r = 0; r < n; ++r) {
+    const auto& w = all[static_cast<std::size_t>(r)];
+    want = std::min<std::size_t>(want, w[0]);
+    same_early = same_early && w[1] == all[0][1] && w[2] == all[0][2] && w[2] != 0;
+    sys_vector<interval> theirs;
+    for (std::size_t k = 3; k + 1 < w.size(); k += 2) theirs.push_back({w[k], w[k + 1]});
+    common = (r == 0) ? theirs : intersect(common, theirs);
+  }
+  const std::size_t need = min_share_bytes * static_cast<std::size_t>(n);
+
+  // Keep the provisional range when every rank reserved the same one (identical layouts);
+  // otherwise centre a new range in the largest common gap.
+  interval chosen;
+  if (same_early && all[0][2] >= need) {
+    chosen = {all[0][1], all[0][1] + std::min<std::size_t>(all[0][2], want)};
+  } else {
+    const interval gap = largest(common);
+    const std::size_t bytes = std::min(want, align_down(gap.bytes() / 2, one_gib));
+    if (bytes >= need) chosen = place_in(gap, bytes);
+  }
+  if (chosen.empty() || chosen.bytes() < need) {
+    std::string msg = format("no common free address range of %zu GiB for the isomalloc region "
+                             "across %d ranks; largest free range per rank:", need >> 30, n);
+    for (int r = 0; r < n; ++r) {
+      const auto& w = all[static_cast<std::size_t>(r)];
+      sys_vector<interval> theirs;
+      for (std::size_t k = 3; k + 1 < w.size(); k += 2) theirs.push_back({w[k], w[k + 1]});
+      const interval big = largest(theirs);
+      msg += format(" rank %d [%#zx, %#zx) %zu GiB;", r, big.lo, big.hi, big.bytes() >> 30);
+    }
+    throw error(errc::region_agreement, msg);
+  }
+
+  // Map it here: shrink the provisional range onto it, or replace the provisional range.
+  int failure = 0;
+  const std::uintptr_t early_hi = early_base_ + early_bytes_;
+  if (early_bytes_ != 0 && early_base_ <= chosen.lo && chosen.hi <= early_hi) {
+    if (chosen.lo > early_base_) prim::unreserve(reinterpret_cast<void*>(early_base_), chosen.lo - early_base_);
+    if (early_hi > chosen.hi) prim::unreserve(reinterpret_cast<void*>(chosen.hi), early_hi - chosen.hi);
+  } else {
+    if (early_bytes_ != 0) prim::unreserve(reinterpret_cast<void*>(early_base_), early_bytes_);
+    failure = prim::reserve_at(reinterpret_cast<void*>(chosen.lo), chosen.bytes());
+  }
+  early_base_ = failure == 0 ? chosen.lo : 0;
+  early_bytes_ = failure == 0 ? chosen.bytes() : 0;
+
+  const auto results = peers.allgather(sys_vector<std::uint64_t>{static_cast<std::uint64_t>(failure)});
+  std::string failed;
+  for (int r = 0; r < n; ++r) {
+    if (const auto e = results[static_cast<std::size_t>(r)][0]; e != 0) {
+      failed += format(" rank %d (%s)", r, std::strerror(static_cast<int>(e)));
+    }
+  }
+  if (!failed.empty()) {
+    throw error(errc::region_agreement,
+                format("could not map the agreed isomalloc region [%#zx, %#zx) on:%s", chosen.lo,
+                       chosen.hi, failed.c_str()));
+  }
+  peers_ = &peers;
+  set_layout(chosen.lo, chosen.bytes(), me, n);
+}
+
+int region::owner_of(const void* p) const noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  if (a - base_ >= bytes_) return -1;
+  return static_cast<int>((a - base_) / share_bytes_);
+}
+
+void region::insert_free(std::uintptr_t addr, std::size_t n) noexcept {
+  try {
+    auto next = free_by_addr_.lower_bound(addr);
+    auto erase_sized = [this](std::uintptr_t a, std::size_t len) {
+      auto [lo, hi] = free_by_size_.equal_range(len);
+      for (auto it = lo; it != hi; ++it) {
+        if (it->second == a) {
+          free_by_size_.erase(it);
+          return;
+        }
+      }
+    };
+    if (next != free_by_addr_.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second * chunk_bytes == addr) {  // coalesce with the run below
+        addr = prev->first;
+        n += prev->second;
+        erase_sized(prev->first, prev->second);
+        free_by_addr_.erase(prev);
+      }
+    }
+    if (next != free_by_addr_.end() && addr + n * chunk_bytes == next->first) {  // and above
+      n += next->second;
+      erase_sized(next->first, next->second);
+      free_by_addr_.erase(next);
+    }
+    free_by_addr_.emplace(addr, n);
+    free_by_size_.emplace(n, addr);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while recording a free run of the isomalloc region");
+  }
+}
+
+bool region::take_free(std::uintptr_t addr, std::size_t n) noexcept {
+  auto it = free_by_addr_.upper_bound(addr);
+  if (it == free_by_addr_.begin()) return false;
+  --it;
+  const std::uintptr_t lo = it->first;
+  const std::size_t len = it->second;
+  const std::uintptr_t end = addr + n * chunk_bytes;
+  if (end > lo + len * chunk_bytes) return false;
+  auto [slo, shi] = free_by_size_.equal_range(len);
+  for (auto s = slo; s != shi; ++s) {
+    if (s->second == lo) {
+      free_by_size_.erase(s);
+      break;
+    }
+  }
+  free_by_addr_.erase(it);
+  try {
+    if (addr > lo) {
+      const std::size_t below = (addr - lo) / chunk_bytes;
+      free_by_addr_.emplace(lo, below);
+      free_by_size_.emplace(below, lo);
+    }
+    if (const std::uintptr_t run_end = lo + len * chunk_bytes; run_end > end) {
+      const std::size_t above = (run_end - end) / chunk_bytes;
+      free_by_addr_.emplace(end, above);
+      free_by_size_.emplace(above, end);
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while splitting a free run of the isomalloc region");
+  }
+  stats_.allocated_chunks += n;
+  return true;
+}
+
+void region::flush_cache() noexcept {
+  for (std::size_t n = 1; n <= max_cached_run_chunks; ++n) {
+    for (std::uintptr_t a : cache_[n]) {
+      prim::decommit(reinterpret_cast<void*>(a), n * chunk_bytes);
+      insert_free(a, n);
+    }
+    stats_.cached_chunks -= cache_[n].size() * n;
+    cache_[n].clear();
+  }
+}
+
+void* region::alloc_chunks(std::size_t n) {
+  if (!ready()) raise(errc::no_runtime, "the isomalloc region is not initialised (call iso_init or create iso::runtime first)");
+  if (n == 0) raise(errc::invalid_argument, "a run of 0 chunks was requested");
+  std::lock_guard<std::mutex> g(lock_);
+  if (n <= max_cached_run_chunks && !cache_[n].empty()) {
+    const std::uintptr_t a = cache_[n].back();
+    cache_[n].pop_back();
+    stats_.cached_chunks -= n;
+    stats_.allocated_chunks += n;
+    return reinterpret_cast<void*>(a);
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto it = free_by_size_.lower_bound(n);
+    if (it != free_by_size_.end()) {
+      const std::uintptr_t a = it->second;
+      take_free(a, n);
+      return reinterpret_cast<void*>(a);
+    }
+    flush_cache();
+  }
+  const interval s = share(rank_);
+  raise(errc::region_exhausted,
+        "rank %d's share of the isomalloc region [%#zx, %#zx) (%zu MiB) has no free run of %zu "
+        "chunks (%zu KiB) left; %zu chunks are allocated",
+        rank_, s.lo, s.hi, share_bytes_ >> 20, n, n * chunk_bytes >> 10, stats_.allocated_chunks);
+}
+
+void region::free_chunks(void* p, std::size_t n) noexcept {
+  const int owner = owner_of(p);
+  ISO_ASSERT(owner >= 0 && reinterpret_cast<std::uintptr_t>(p) % chunk_bytes == 0 && n > 0);
+  const std::size_t bytes = n * chunk_bytes;
+  if (owner != rank_) {
+    prim::decommit(p, bytes);
+    std::lock_guard<std::mutex> g(lock_);
+    ++stats_.remote_frees;
+    if (peers_ != nullptr) peers_->remote_free(owner, reinterpret_cast<std::uintptr_t>(p), bytes);
+    return;
+  }
+  std::lock_guard<std::mutex> g(lock_);
+  stats_.allocated_chunks -= n;
+  const std::size_t cached_bytes = stats_.cached_chunks * chunk_bytes;
+  if (n <= max_cached_run_chunks && cached_bytes + bytes <= cache_bound_) {
+    try {
+      cache_[n].push_back(reinterpret_cast<std::uintptr_t>(p));
+      stats_.cached_chunks += n;
+      return;
+    } catch (const std::bad_alloc&) {
+      // fall through: decommit and keep it in the free map instead
+    }
+  }
+  prim::decommit(p, bytes);
+  insert_free(reinterpret_cast<std::uintptr_t>(p), n);
+}
+
+void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
+  const interval s = share(rank_);
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    const bool shaped = addr % chunk_bytes == 0 && bytes % chunk_bytes == 0 && bytes != 0 &&
+                        addr >= s.lo && addr + bytes <= s.hi;
+    bool overlaps = false;
+    if (shaped) {
+      auto it = free_by_addr_.upper_bound(addr + bytes - 1);
+      if (it != free_by_addr_.begin()) {
+        --it;
+        overlaps = it->first + it->second * chunk_bytes > addr;
+      }
+    }
+    if (!shaped || overlaps) {
+      ++stats_.bad_returns;
+      return;
+    }
+    ++stats_.returned_runs;
+    stats_.allocated_chunks -= bytes / chunk_bytes;
+    prim::decommit(reinterpret_cast<void*>(addr), bytes);
+    insert_free(addr, bytes / chunk_bytes);
+  }
+  if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr) hook(addr, bytes);
+}
+
+bool region::claim(void* p, std::size_t n) noexcept {
+  if (owner_of(p) != rank_ || n == 0) return false;
+  std::lock_guard<std::mutex> g(lock_);
+  flush_cache();
+  return take_free(reinterpret_cast<std::uintptr_t>(p), n);
+}
+
+void region::set_cache_bound(std::size_t bytes) noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  cache_bound_ = bytes;
+  if (stats_.cached_chunks * chunk_bytes > bytes) flush_cache();
+}
+
+region::stats_t region::stats() const noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  return stats_;
+}
+
+bool region::is_valid() const noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  if (!ready()) return true;
+  const interval s = share(rank_);
+  std::size_t free_chunks = 0;
+  std::uintptr_t last_end = 0;
+  for (const auto& [a, n] : free_by_addr_) {
+    if (n == 0 || a < s.lo || a + n * chunk_bytes > s.hi || a % chunk_bytes != 0) return false;
+    if (last_end != 0 && a <= last_end) return false;  // overlapping or not coalesced
+    last_end = a + n * chunk_bytes;
+    free_chunks += n;
+    auto [lo, hi] = free_by_size_.equal_range(n);
+    if (std::none_of(lo, hi, [a = a](const auto& e) { return e.second == a; })) return false;
+  }
+  if (free_by_size_.size() != free_by_addr_.size()) return false;
+  std::size_t cached = 0;
+  for (std::size_t n = 1; n <= max_cached_run_chunks; ++n) {
+    for (std::uintptr_t a : cache_[n]) {
+      if (a < s.lo || a + n * chunk_bytes > s.hi) return false;
+      auto it = free_by_addr_.upper_bound(a + n * chunk_bytes - 1);
+      if (it != free_by_addr_.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > a) {
+        return false;  // a cached run is also free
+      }
+      cached += n;
+    }
+  }
+  return cached == stats_.cached_chunks &&
+         free_chunks + cached + stats_.allocated_chunks == share_bytes_ / chunk_bytes;
+}
+
+namespace {
+// Runs before main(): reserve while the address space is still nearly empty (see reserve_early).
+__attribute__((constructor)) void reserve_region_early() { region::get().reserve_early(); }
+}  // namespace
+
+}  // namespace iso::detail

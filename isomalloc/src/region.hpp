@@ -1,0 +1,160 @@
+// The isomalloc region: one range of virtual addresses, mapped at the same address on every rank.
+//
+// Map of the core types and their sizes:
+//   region   [base, base + bytes), default min(16 TiB, half the largest free gap), set by
+//            ISO_REGION_BYTES. Mapped read-write with MAP_NORESERVE as ONE mapping: untouched
+//            pages cost nothing, and nothing inside ever changes protection, so the region adds a
+//            single entry to vm.max_map_count however many threads run (guard pages use
+//            MADV_GUARD_INSTALL, which adds none).
+//   share    region split into `nranks` equal shares; rank r owns
+//            [base + r*share_bytes, base + (r+1)*share_bytes) and hands out addresses from it
+//            without asking anyone. owner_of(p) = (p - base) / share_bytes.
+//   chunk    64 KiB, the unit of ownership and allocation; a run is n contiguous chunks of one share.
+//
+// A run is in exactly one state on its owner: free (in free_by_addr_), cached (freed, still
+// committed, in cache_), or allocated (held by some rank: this one, or another after migration).
+// A run freed on a rank that does not own it is sent back through region_peers::remote_free and
+// stays allocated on the owner until it arrives, so nobody reuses it meanwhile.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "prim.hpp"
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+inline constexpr std::size_t chunk_bytes = std::size_t{64} << 10;
+inline constexpr std::size_t default_region_bytes = std::size_t{16} << 40;
+// The least a share may be: smaller regions would fail at the first thread stack.
+inline constexpr std::size_t min_share_bytes = std::size_t{1} << 30;
+// Runs of up to this many chunks are cached committed after a free (the hot path: stacks, heap
+// segments); larger runs are decommitted at once.
+inline constexpr std::size_t max_cached_run_chunks = 16;
+// Default bound on committed bytes kept in the cache per rank.
+inline constexpr std::size_t default_cache_bytes = std::size_t{256} << 20;
+
+// What the region needs from the other ranks. isomalloc knows nothing of MPI: runtime/ implements
+// this over MPI, and tests over nothing (a single rank).
+class region_peers {
+ public:
+  virtual ~region_peers() = default;
+  virtual int rank() const noexcept = 0;
+  virtual int size() const noexcept = 0;
+  // Collective: every rank contributes a list of words, every rank receives all lists by rank.
+  virtual sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) = 0;
+  // Sends [addr, addr+bytes) back to its owner. Never blocks; the owner's side calls
+  // region::accept_returned when it arrives.
+  virtual void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept = 0;
+  // Handles whatever has arrived (returned runs); called by the block interface on each call.
+  virtual void poll() noexcept = 0;
+};
+
+class region {
+ public:
+  static region& get() noexcept;
+
+  // Reserves a provisional range before main() (a library constructor), so that MPI's later
+  // mappings land elsewhere and every rank of the same binary picks the same addresses.
+  void reserve_early() noexcept;
+
+  // Collective over `peers`: agrees the range across ranks (the intersection of every rank's free
+  // gaps and provisional range), maps it on every rank, and splits it into shares.
+  // `requested` bytes (0: the default or ISO_REGION_BYTES). Throws iso::error(region_agreement)
+  // naming the ranks and their largest gaps when no common range of min_share_bytes * size exists.
+  void agree(region_peers& peers, std::size_t requested = 0);
+
+  // Without MPI: this process is rank 0 of 1 and owns the whole provisional range (unit tests,
+  // tools). Throws iso::error if no range could be reserved. Idempotent.
+  void init_single_rank();
+
+  bool ready() const noexcept { return ready_.load(std::memory_order_acquire); }
+  int rank() const noexcept { return rank_; }
+  int nranks() const noexcept { return nranks_; }
+  std::uintptr_t base() const noexcept { return base_; }
+  std::size_t bytes() const noexcept { return bytes_; }
+  std::size_t share_bytes() const noexcept { return share_bytes_; }
+  interval share(int r) const noexcept {
+    return {base_ + static_cast<std::uintptr_t>(r) * share_bytes_,
+            base_ + static_cast<std::uintptr_t>(r + 1) * share_bytes_};
+  }
+
+  // True if p lies in the region (on any rank). Cheap enough for every free().
+  bool contains(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    return a - base_ < bytes_;
+  }
+  // The rank owning the chunk at p, or -1 outside the region.
+  int owner_of(const void* p) const noexcept;
+
+  // Takes a run of n chunks (chunk-aligned) from this rank's share. Its contents are undefined.
+  // Throws iso::error(region_exhausted) naming the rank, the share and n.
+  void* alloc_chunks(std::size_t n);
+  // Releases a run taken by alloc_chunks on any rank: kept or cached here if this rank owns it,
+  // else decommitted here and sent back to its owner. pre: p chunk-aligned, n the run's length.
+  void free_chunks(void* p, std::size_t n) noexcept;
+  // A run freed elsewhere comes home. Ignores (and counts in bad_returns) a run outside the
+  // share or overlapping free space.
+  void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
+  // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
+  // later run). Returns false if any part is already allocated here.
+  bool claim(void* p, std::size_t n) noexcept;
+
+  void set_cache_bound(std::size_t bytes) noexcept;
+
+  // Called (outside the region's lock) for every run accepted by accept_returned, so that the
+  // block interface can forget a detached block whose range came home.
+  using return_hook = void (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
+  void set_return_hook(return_hook hook) noexcept { return_hook_.store(hook, std::memory_order_relaxed); }
+
+  struct stats_t {
+    std::size_t allocated_chunks = 0;  // runs currently allocated from this share, in chunks
+    std::size_t cached_chunks = 0;     // of those free, still committed in the cache
+    std::size_t returned_runs = 0;     // runs that came home from other ranks
+    std::size_t bad_returns = 0;       // returned runs that were refused
+    std::size_t remote_frees = 0;      // runs this rank sent back to their owners
+  };
+  stats_t stats() const noexcept;
+
+  // Full consistency check of the share's bookkeeping (free intervals coalesced, disjoint, inside
+  // the share; counts add up). For tests and ISO_ASSERT_EXPENSIVE.
+  bool is_valid() const noexcept;
+
+  region_peers* peers() const noexcept { return peers_; }
+
+ private:
+  region() = default;
+  void set_layout(std::uintptr_t base, std::size_t bytes, int rank, int nranks);
+  void insert_free(std::uintptr_t addr, std::size_t n) noexcept;  // coalescing; lock held
+  bool take_free(std::uintptr_t addr, std::size_t n) noexcept;    // exact range; lock held
+  void flush_cache() noexcept;                                      // lock held
+
+  mutable std::mutex lock_;              // guards everything below that changes after set-up
+  std::atomic<bool> ready_{false};
+  std::uintptr_t early_base_ = 0;        // provisional reservation, 0 if none
+  std::size_t early_bytes_ = 0;
+  std::uintptr_t base_ = 0;              // agreed region; bytes_ == 0 until agreed
+  std::size_t bytes_ = 0;
+  std::size_t share_bytes_ = 0;          // multiple of chunk_bytes
+  int rank_ = 0;
+  int nranks_ = 1;
+  region_peers* peers_ = nullptr;        // null in single-rank mode
+  std::atomic<return_hook> return_hook_{nullptr};
+
+  // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
+  // rank's share, and free_by_size_ holds exactly the same runs keyed by length.
+  sys_map<std::uintptr_t, std::size_t> free_by_addr_;
+  sys_multimap<std::size_t, std::uintptr_t> free_by_size_;
+  // cache_[n] holds freed runs of exactly n chunks, still committed (n <= max_cached_run_chunks).
+  sys_vector<std::uintptr_t> cache_[max_cached_run_chunks + 1];
+  std::size_t cache_bound_ = default_cache_bytes;
+  stats_t stats_;
+};
+
+// Parses sizes like "4096", "64K", "2G", "16T" (binary units); 0 on error.
+std::size_t parse_bytes(const char* text) noexcept;
+
+}  // namespace iso::detail

@@ -1,0 +1,9 @@
+// isothreads: migratable user-level threads over MPI. The one header a program includes.
+#pragma once
+
+#include "isothreads/error.hpp"
+#include "isothreads/isomalloc.h"
+#include "isothreads/runtime.hpp"
+#include "isothreads/sync.hpp"
+#include "isothreads/thread.hpp"
+#include "isothreads/thread_id.hpp"

@@ -1,0 +1,43 @@
+// iso::runtime — one per process: MPI, the isomalloc region, the scheduler.
+#pragma once
+
+#include "isothreads/error.hpp"
+
+namespace iso {
+
+namespace detail {
+class runtime_state;
+}
+
+class runtime {
+ public:
+  // Initialises MPI if the program has not (MPI_THREAD_FUNNELED); makes every rank's code and
+  // library layout identical, re-executing the program once with address-space randomisation off
+  // if it is on (before MPI starts; set ISO_NO_REEXEC=1 to forbid it); verifies the layout across
+  // ranks (build-id and load address of every loaded object) and agrees the isomalloc region.
+  // Collective over MPI_COMM_WORLD. Throws iso::error: (layout_mismatch) naming the differing
+  // ranks and objects, (region_agreement), (mpi_failure), or (invalid_argument) for a second
+  // runtime in one process.
+  runtime(int& argc, char**& argv);
+  ~runtime();  // finalises MPI if the constructor initialised it
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  int rank() const noexcept;
+  int size() const noexcept;
+
+  // Runs the scheduler until every migratable thread on every rank has finished and no message
+  // or migration is in flight; then returns on every rank. Collective. Throws iso::error(deadlock)
+  // on every rank when threads remain but all are blocked and nothing is in flight.
+  void run();
+
+ private:
+  detail::runtime_state* state_;
+};
+
+// Rank of the process running the caller now (changes after a migration), and the number of
+// ranks. Error: (no_runtime) without a runtime.
+int rank();
+int size();
+
+}  // namespace iso

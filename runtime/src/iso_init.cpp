@@ -1,0 +1,42 @@
+// iso_init: the block interface's collective set-up over MPI.
+#include <new>
+
+#include "c_api.hpp"
+#include "diag.hpp"
+#include "isothreads/isomalloc.h"
+#include "mpi_peers.hpp"
+
+namespace iso::detail {
+
+// The process's one set of region peers. Created by the first iso_init and deliberately never
+// destroyed: the region keeps using it for remote frees until the process exits.
+mpi_region_peers*& installed_peers() noexcept {
+  static mpi_region_peers* peers = nullptr;
+  return peers;
+}
+
+void init_region_over(MPI_Comm comm) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) raise(errc::no_runtime, "iso_init: MPI is not initialised (call MPI_Init first)");
+  mpi_region_peers*& peers = installed_peers();
+  if (peers != nullptr) {
+    int same = MPI_UNEQUAL;
+    MPI_Comm_compare(peers->user_comm(), comm, &same);
+    if (same == MPI_IDENT) return;
+    raise(errc::invalid_argument,
+          "iso_init: already initialised over another communicator; the region is agreed once per process");
+  }
+  // sys_allocator storage: iso_init may run inside a migratable thread's call chain. Installed
+  // only once the region is agreed, so that a failed iso_init can be retried.
+  sys_allocator<mpi_region_peers> alloc;
+  mpi_region_peers* fresh = new (alloc.allocate(1)) mpi_region_peers(comm);
+  region::get().agree(*fresh);
+  peers = fresh;
+}
+
+}  // namespace iso::detail
+
+extern "C" int iso_init(MPI_Comm comm) {
+  return iso::detail::c_call([&] { iso::detail::init_region_over(comm); });
+}

@@ -1,0 +1,27 @@
+// Identical code layout on every rank: re-execution without address-space randomisation, and a
+// fingerprint of what is loaded where, compared across ranks.
+#pragma once
+
+#include <mpi.h>
+
+#include <string>
+
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+// If MPI is not initialised, randomisation is on for this process and ISO_NO_REEXEC is unset:
+// sets ADDR_NO_RANDOMIZE and re-executes the program with the same argv (does not return on
+// success). The flag survives exec, so this happens at most once. pre: argv is NULL-terminated.
+void ensure_fixed_layout(char** argv) noexcept;
+
+// One line per loaded object: "<path> <load address> <build-id>", the executable first, then the
+// shared libraries in load order, then the main thread's TLS addresses (compilers may keep a TLS
+// address in a register across a call that switches threads).
+sys_vector<std::string> layout_fingerprint();
+
+// Collective over comm: throws iso::error(layout_mismatch) naming the ranks whose layout differs
+// from rank 0's and the first differing objects.
+void verify_layout(MPI_Comm comm);
+
+}  // namespace iso::detail

@@ -1,0 +1,103 @@
+#include "progress.hpp"
+
+#include <sched.h>
+#include <time.h>
+
+#include <algorithm>
+
+#include "diag.hpp"
+#include "mpi_peers.hpp"
+#include "region.hpp"
+
+namespace iso::detail {
+namespace {
+
+// Idle back-off: first give the core away (other ranks may share it), then sleep, doubling up
+// to max_backoff_ns. Keeps 4 oversubscribed ranks on 2 cores from starving each other while a
+// message still wakes a rank within about a millisecond.
+constexpr std::int64_t min_backoff_ns = 20'000;
+constexpr std::int64_t max_backoff_ns = 1'000'000;
+
+}  // namespace
+
+mpi_progress::mpi_progress(MPI_Comm comm) {
+  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+}
+
+mpi_progress::~mpi_progress() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  if (round_ != MPI_REQUEST_NULL) {
+    // A round never completes alone; cancelling collectives is not allowed, so leave it to
+    // MPI_Finalize (all ranks reach here only after a completed round).
+    round_ = MPI_REQUEST_NULL;
+  }
+  MPI_Comm_free(&comm_);
+}
+
+void mpi_progress::add_poller(poller p) noexcept {
+  ISO_ASSERT(npollers_ < max_pollers);
+  pollers_[npollers_++] = p;
+}
+
+bool mpi_progress::poll(scheduler& s) noexcept {
+  bool did = false;
+  for (int i = 0; i < npollers_; ++i) did = pollers_[i](s) || did;
+  if (region_peers* p = region::get().peers(); p != nullptr) p->poll();
+  if (did) backoff_ns_ = 0;
+  return did;
+}
+
+void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
+  if (backoff_ns_ == 0) {
+    backoff_ns_ = min_backoff_ns;
+    sched_yield();
+    return;
+  }
+  std::int64_t ns = backoff_ns_;
+  if (max_ns >= 0) ns = std::min(ns, max_ns);
+  backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns);
+  if (ns <= 0) return;
+  const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+  nanosleep(&ts, nullptr);
+}
+
+void mpi_progress::start_round(scheduler& s) noexcept {
+  mine_[live] = s.live_threads();
+  mine_[sent] = counters_.sent;
+  mine_[received] = counters_.received;
+  mine_[timers] = s.sleeping_threads() != 0 ? 1 : 0;
+  if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
+    fatal("MPI_Iallreduce for termination detection failed");
+  }
+}
+
+bool mpi_progress::finished(scheduler& s) {
+  if (round_ == MPI_REQUEST_NULL) {
+    start_round(s);
+    return false;
+  }
+  int done = 0;
+  MPI_Test(&round_, &done, MPI_STATUS_IGNORE);
+  if (!done) return false;
+  const bool quiet = sum_[sent] == sum_[received];
+  const bool stable = have_last_ && quiet && std::equal(sum_, sum_ + fields, last_);
+  std::copy(sum_, sum_ + fields, last_);
+  have_last_ = true;
+  if (stable && sum_[live] == 0) {
+    have_last_ = false;
+    return true;
+  }
+  if (stable && sum_[timers] == 0) {
+    have_last_ = false;
+    raise(errc::deadlock,
+          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d), no message is in flight "
+          "and no thread sleeps",
+          static_cast<unsigned long long>(sum_[live]), s.live_threads(), s.rank());
+  }
+  start_round(s);
+  return false;
+}
+
+}  // namespace iso::detail

@@ -1,0 +1,116 @@
+// iso::runtime: start-up (layout, MPI, region, scheduler) and shutdown.
+#include "isothreads/runtime.hpp"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <clocale>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <locale>
+
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "layout.hpp"
+#include "mpi_peers.hpp"
+#include "progress.hpp"
+#include "scheduler.hpp"
+
+namespace iso::detail {
+
+void init_region_over(MPI_Comm comm);  // iso_init.cpp
+
+class runtime_state {
+ public:
+  runtime_state(int rank, int size, bool owns_mpi)
+      : rank(rank), size(size), owns_mpi(owns_mpi), progress(MPI_COMM_WORLD), sched(rank, nullptr, &progress) {}
+  int rank;
+  int size;
+  bool owns_mpi;  // MPI_Init was ours: so is MPI_Finalize
+  mpi_progress progress;
+  scheduler sched;
+};
+
+namespace {
+
+runtime_state* g_runtime = nullptr;
+
+// Process-wide state that C and C++ libraries allocate on first use and keep in globals. Done here,
+// before any thread runs, so that none of it lands in (and dangles with) a thread's heap.
+void warm_up_process_state() {
+  for (FILE* f : {stdout, stderr}) {
+    // A buffer from the system heap now, instead of one malloc'ed by the first write, which
+    // might come from inside a thread.
+    const bool tty = ::isatty(::fileno(f)) != 0;
+    const int mode = f == stderr ? _IONBF : (tty ? _IOLBF : _IOFBF);
+    if (mode != _IONBF) {
+      char* buf = static_cast<char*>(__libc_malloc(BUFSIZ));
+      if (buf != nullptr) std::setvbuf(f, buf, mode, BUFSIZ);
+    }
+  }
+  std::setlocale(LC_ALL, nullptr);
+  (void)std::locale();
+  ::tzset();
+  (void)std::strerror(EINVAL);
+  (void)::dlerror();
+}
+
+}  // namespace
+}  // namespace iso::detail
+
+namespace iso {
+
+runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
+  using namespace detail;
+  if (g_runtime != nullptr) raise(errc::invalid_argument, "iso::runtime: this process already has a runtime");
+  ensure_fixed_layout(argv);
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int provided = 0;
+    check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  }
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  set_diag_rank(rank);
+  try {
+    verify_layout(MPI_COMM_WORLD);
+    init_region_over(MPI_COMM_WORLD);
+    warm_up_process_state();
+    heap_scope system(nullptr);
+    state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized);
+  } catch (...) {
+    if (!initialized) MPI_Finalize();
+    throw;
+  }
+  g_runtime = state_;
+}
+
+runtime::~runtime() {
+  using namespace detail;
+  std::fflush(nullptr);
+  const bool owns_mpi = state_->owns_mpi;
+  g_runtime = nullptr;
+  state_->~runtime_state();
+  sys_allocator<runtime_state>().deallocate(state_, 1);
+  if (owns_mpi) MPI_Finalize();
+}
+
+int runtime::rank() const noexcept { return state_->rank; }
+int runtime::size() const noexcept { return state_->size; }
+
+void runtime::run() { state_->sched.run(); }
+
+int rank() {
+  if (detail::g_runtime == nullptr) detail::raise(errc::no_runtime, "iso::rank: no isothreads runtime in this process");
+  return detail::g_runtime->rank;
+}
+
+int size() {
+  if (detail::g_runtime == nullptr) detail::raise(errc::no_runtime, "iso::size: no isothreads runtime in this process");
+  return detail::g_runtime->size;
+}
+
+}  // namespace iso

@@ -1,0 +1,114 @@
+// Migratable threads: spawn, join, and what a thread can do to itself.
+//
+// A migratable thread is a Boost.Context fiber whose stack, control block and heap live in
+// isomalloc chunks. While it runs, every malloc/new made on its behalf (by the program, the
+// standard library or a third-party library) is served from its own heap, so its whole state can
+// move to another rank at the same addresses.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "isothreads/error.hpp"
+#include "isothreads/thread_id.hpp"
+
+namespace iso {
+
+// Default and limits of spawn_options::stack_bytes, in bytes.
+inline constexpr std::size_t default_stack_bytes = std::size_t{256} << 10;
+inline constexpr std::size_t min_stack_bytes = std::size_t{64} << 10;
+inline constexpr std::size_t max_stack_bytes = std::size_t{1} << 30;
+
+struct spawn_options {
+  // Stack size in bytes, rounded up to a multiple of 64 KiB, in [min_stack_bytes, max_stack_bytes].
+  // Includes a 16 KiB guard region at its low end that traps overflow. Only touched pages are
+  // resident.
+  std::size_t stack_bytes = default_stack_bytes;
+  // Shown in errors, diagnostics and traces; the first 31 bytes are kept.
+  std::string name;
+};
+
+namespace detail {
+
+// The body of a thread, type-erased. Lives in the thread's own heap; its vtable pointer is a code
+// address, valid on every rank of the same binary.
+struct body_base {
+  virtual void run() = 0;
+  virtual ~body_base() = default;
+};
+template <class F>
+struct body_impl final : body_base {
+  template <class G>
+  explicit body_impl(G&& g) : f(std::forward<G>(g)) {}
+  void run() override { std::invoke(f); }
+  F f;
+};
+
+// Spawning in two steps, so that the body is copied with the new thread's heap current (and so
+// lands in it, with everything its captures own). Throws iso::error.
+class spawn_frame {
+ public:
+  explicit spawn_frame(const spawn_options& opts);
+  ~spawn_frame();  // frees everything if commit() was not reached
+  spawn_frame(const spawn_frame&) = delete;
+  spawn_frame& operator=(const spawn_frame&) = delete;
+  thread_id commit(body_base* body) noexcept;
+
+ private:
+  void* thread_ = nullptr;    // the new thread's control block
+  void* saved_heap_ = nullptr;
+};
+
+}  // namespace detail
+
+// Spawns a migratable thread on this rank running body() (any callable `void()`).
+// Callable from main before runtime::run(), or from a migratable thread.
+// Errors: iso::error(no_runtime) without a runtime; (stack_size) for a stack size out of range;
+// (region_exhausted) when this rank's share of addresses is used up.
+//
+// The body is COPIED (not moved) into the new thread's heap, even from an rvalue: a copy
+// allocates afresh, so what the captures own lands in the thread's slots and migrates with it.
+// A move-only body is moved instead; memory its captures already own then stays where it was
+// (allocate such state inside the thread if it must migrate).
+template <class F>
+thread_id spawn(F&& body, const spawn_options& opts = {}) {
+  using B = std::decay_t<F>;
+  static_assert(std::is_invocable_v<B&>, "iso::spawn needs a callable taking no arguments");
+  detail::spawn_frame frame(opts);
+  if constexpr (std::is_copy_constructible_v<B>) {
+    return frame.commit(new detail::body_impl<B>(static_cast<const B&>(body)));
+  } else {
+    return frame.commit(new detail::body_impl<B>(std::forward<F>(body)));
+  }
+}
+
+// Blocks the calling migratable thread until thread t has finished. Each thread may be joined
+// once. Errors: (not_in_thread) from outside a thread; (already_joined) for a second join or a
+// join of oneself; (unknown_thread) for an id that names no thread.
+void join(thread_id t);
+
+namespace this_thread {
+
+// The calling thread's id, stable across migrations. Default id outside a thread.
+thread_id id() noexcept;
+// Lets the other ready threads of this rank run. Error: (not_in_thread).
+void yield();
+// Suspends the calling thread for at least `d` (other threads run meanwhile).
+void sleep_for_ns(std::int64_t ns);
+template <class Rep, class Period>
+void sleep_for(const std::chrono::duration<Rep, Period>& d) {
+  sleep_for_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+// The calling thread moves to rank `dest`; the call returns there. dest == current rank returns
+// at once. Errors: (not_in_thread), (invalid_rank), (no_runtime) without migration support.
+void migrate_to(int dest);
+// The calling thread's name (spawn_options::name), "" outside a thread.
+const char* name() noexcept;
+
+}  // namespace this_thread
+}  // namespace iso

@@ -1,0 +1,346 @@
+#include "scheduler.hpp"
+
+#include <signal.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+
+#include "context.hpp"
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "prim.hpp"
+#include "region.hpp"
+#include "stack.hpp"
+
+namespace iso::detail {
+namespace {
+
+scheduler* g_current = nullptr;
+
+// Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a switch.
+constexpr std::uint64_t switches_per_poll = 32;
+
+std::size_t describe_running(char* buf, std::size_t cap) noexcept {
+  scheduler* s = g_current;
+  tcb* t = s != nullptr ? s->running() : nullptr;
+  if (t == nullptr) return 0;
+  const int n = std::snprintf(buf, cap, "thread %d:%" PRIu64 " '%s'", t->id.home(), t->id.serial(), t->name);
+  return n > 0 ? std::min(static_cast<std::size_t>(n), cap - 1) : 0;
+}
+
+// SIGSEGV/SIGBUS on the alternate stack: a fault inside the running thread's guard is a stack
+// overflow; any other fault inside a thread is reported with the thread's name; faults outside
+// threads get the default action.
+void on_fault(int sig, siginfo_t* info, void*) {
+  scheduler* s = g_current;
+  tcb* t = s != nullptr ? s->running() : nullptr;
+  if (t != nullptr && t->stack.guard_contains(info->si_addr)) {
+    fatal("thread %d:%" PRIu64 " '%s' overflowed its %zu KiB stack on rank %d", t->id.home(),
+          t->id.serial(), t->name, t->stack.bytes >> 10, s->rank());
+  }
+  if (t != nullptr) fatal("%s at address %p", sig == SIGBUS ? "bus error" : "segmentation fault", info->si_addr);
+  signal(sig, SIG_DFL);  // returning re-executes the access, which now takes the default action
+}
+
+void install_fault_handlers() {
+  static bool installed = false;
+  if (installed) return;
+  installed = true;
+  // The handler must run on its own stack: an overflowing thread has none left.
+  constexpr std::size_t altstack_bytes = 64 << 10;
+  stack_t ss{};
+  ss.ss_sp = __libc_malloc(altstack_bytes);
+  ss.ss_size = altstack_bytes;
+  if (ss.ss_sp == nullptr || sigaltstack(&ss, nullptr) != 0) return;
+  struct sigaction sa {};
+  sa.sa_sigaction = on_fault;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, nullptr);
+  sigaction(SIGBUS, &sa, nullptr);
+}
+
+}  // namespace
+
+std::int64_t now_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// ---- wait queues ----
+
+void wait_push(wait_queue& q, tcb* t) noexcept {
+  t->next = nullptr;
+  t->prev = q.tail;
+  if (q.tail != nullptr) q.tail->next = t; else q.head = t;
+  q.tail = t;
+}
+
+tcb* wait_pop(wait_queue& q) noexcept {
+  tcb* t = q.head;
+  q.head = t->next;
+  if (q.head != nullptr) q.head->prev = nullptr; else q.tail = nullptr;
+  t->next = t->prev = nullptr;
+  return t;
+}
+
+bool wait_remove(wait_queue& q, tcb* t) noexcept {
+  tcb* at = q.head;
+  while (at != nullptr && at != t) at = at->next;
+  if (at == nullptr) return false;
+  if (t->prev != nullptr) t->prev->next = t->next; else q.head = t->next;
+  if (t->next != nullptr) t->next->prev = t->prev; else q.tail = t->prev;
+  t->next = t->prev = nullptr;
+  return true;
+}
+
+// ---- policy ----
+
+void fifo_policy::awakened(tcb* t) noexcept {
+  wait_queue q{head_, tail_};
+  wait_push(q, t);
+  head_ = q.head;
+  tail_ = q.tail;
+}
+
+tcb* fifo_policy::pick_next() noexcept {
+  if (head_ == nullptr) return nullptr;
+  wait_queue q{head_, tail_};
+  tcb* t = wait_pop(q);
+  head_ = q.head;
+  tail_ = q.tail;
+  return t;
+}
+
+bool fifo_policy::remove(tcb* t) noexcept {
+  wait_queue q{head_, tail_};
+  const bool found = wait_remove(q, t);
+  head_ = q.head;
+  tail_ = q.tail;
+  return found;
+}
+
+// ---- local progress ----
+
+void local_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
+  if (max_ns <= 0) return;
+  const timespec ts{static_cast<time_t>(max_ns / 1'000'000'000), static_cast<long>(max_ns % 1'000'000'000)};
+  nanosleep(&ts, nullptr);
+}
+
+bool local_progress::finished(scheduler& s) {
+  if (s.live_threads() == 0) return true;
+  if (s.sleeping_threads() == 0 && !s.policy().has_ready_threads()) {
+    raise(errc::deadlock, "deadlock on rank %d: %zu threads are blocked and nothing can wake them",
+          s.rank(), s.live_threads());
+  }
+  return false;
+}
+
+// ---- scheduler ----
+
+scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
+    : rank_(rank),
+      policy_(policy != nullptr ? policy : &default_policy_),
+      progress_(progress != nullptr ? progress : &default_progress_) {
+  if (g_current != nullptr) raise(errc::invalid_argument, "a scheduler already exists in this process");
+  region::get().init_single_rank();  // no-op once the runtime agreed the region across ranks
+  set_diag_rank(rank);
+  install_fault_handlers();
+  set_context_hook(&describe_running);
+  g_current = this;
+}
+
+scheduler::~scheduler() {
+  g_current = nullptr;
+  set_context_hook(nullptr);
+}
+
+scheduler* scheduler::current() noexcept { return g_current; }
+
+tcb* scheduler::create_thread(const spawn_options& opts) {
+  if (opts.stack_bytes < min_stack_bytes || opts.stack_bytes > max_stack_bytes) {
+    raise(errc::stack_size, "iso::spawn: stack_bytes = %zu is outside [%zu, %zu] (64 KiB to 1 GiB)",
+          opts.stack_bytes, min_stack_bytes, max_stack_bytes);
+  }
+  heap_scope system(nullptr);
+  const std::size_t stack_bytes = (opts.stack_bytes + chunk_bytes - 1) / chunk_bytes * chunk_bytes;
+  heap* h = heap::create();
+  void* mem = h->alloc(sizeof(tcb));
+  stack_run stack;
+  try {
+    if (mem == nullptr) raise(errc::region_exhausted, "iso::spawn: no room for a thread control block on rank %d", rank_);
+    stack = stack_pool::get().acquire(stack_bytes);
+  } catch (...) {
+    h->destroy();
+    throw;
+  }
+  tcb* t = new (mem) tcb();
+  t->id = thread_id(rank_, next_serial_++);
+  t->home_heap = h;
+  t->stack = stack;
+  std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
+  return t;
+}
+
+void scheduler::start_thread(tcb* t) noexcept {
+  context_create(t);
+  try {
+    table_.emplace(t->id.bits(), t);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
+  }
+  t->state = thread_state::ready;
+  policy_->awakened(t);
+}
+
+void scheduler::discard_thread(tcb* t) noexcept {
+  stack_pool::get().release(t->stack);
+  t->home_heap->destroy();
+}
+
+void scheduler::adopt(tcb* t) noexcept {
+  try {
+    table_.emplace(t->id.bits(), t);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
+  }
+}
+
+void scheduler::forget(tcb* t) noexcept { table_.erase(t->id.bits()); }
+
+tcb* scheduler::find(thread_id id) const noexcept {
+  auto it = table_.find(id.bits());
+  return it == table_.end() ? nullptr : it->second;
+}
+
+bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id.bits()) != 0; }
+
+void scheduler::resume(tcb* t) noexcept {
+  running_ = t;
+  t->state = thread_state::running;
+  ++t->switches;
+  ++switches_;
+  current_heap = t->home_heap;
+  context_resume(t);
+  current_heap = nullptr;
+  running_ = nullptr;
+  switch (t->state) {
+    case thread_state::ready: policy_->awakened(t); break;
+    case thread_state::finished: teardown(t); break;
+    case thread_state::departing:
+      if (depart_hook_ != nullptr) depart_hook_(*this, t);
+      break;
+    case thread_state::blocked:
+    case thread_state::sleeping:
+    case thread_state::running: break;
+  }
+}
+
+void scheduler::teardown(tcb* t) noexcept {
+  if (finish_hook_ != nullptr) finish_hook_(*this, t);
+  table_.erase(t->id.bits());
+  if (t->joined) {
+    while (!t->joiners.empty()) wake(wait_pop(t->joiners));
+  } else {
+    try {
+      finished_.emplace(t->id.bits(), true);
+    } catch (const std::bad_alloc&) {
+      fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
+    }
+  }
+  // The stack went back to the pool when its fiber record was destroyed; the TCB lives in the
+  // heap, so the heap goes last.
+  t->magic = 0;
+  t->home_heap->destroy();
+}
+
+void scheduler::wake(tcb* t) noexcept {
+  ISO_ASSERT_INTERNAL(t->state == thread_state::blocked);
+  t->state = thread_state::ready;
+  policy_->awakened(t);
+}
+
+void scheduler::wake_expired(std::int64_t now) noexcept {
+  while (timers_head_ != nullptr && timers_head_->wake_ns <= now) {
+    wait_queue q{timers_head_, timers_tail_};
+    tcb* t = wait_pop(q);
+    timers_head_ = q.head;
+    timers_tail_ = q.tail;
+    --sleepers_;
+    t->state = thread_state::ready;
+    policy_->awakened(t);
+  }
+}
+
+void scheduler::run() {
+  if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
+  std::uint64_t since_poll = 0;
+  for (;;) {
+    if (timers_head_ != nullptr) wake_expired(now_ns());
+    if (tcb* t = policy_->pick_next()) {
+      resume(t);
+      if (++since_poll >= switches_per_poll) {
+        since_poll = 0;
+        progress_->poll(*this);
+      }
+      continue;
+    }
+    since_poll = 0;
+    if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
+    if (timers_head_ != nullptr && timers_head_->wake_ns <= now_ns()) continue;
+    if (progress_->finished(*this)) return;
+    const std::int64_t deadline = next_deadline();
+    progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
+  }
+}
+
+void scheduler::yield_running() {
+  tcb* self = running_;
+  if (self == nullptr) raise(errc::not_in_thread, "iso::this_thread::yield called outside a migratable thread");
+  self->state = thread_state::ready;
+  context_switch_out(self);
+}
+
+void scheduler::sleep_running_until(std::int64_t deadline) {
+  tcb* self = running_;
+  if (self == nullptr) raise(errc::not_in_thread, "iso::this_thread::sleep_for called outside a migratable thread");
+  self->wake_ns = deadline;
+  // Insert from the tail: sleeps mostly end in the order they start.
+  tcb* after = timers_tail_;
+  while (after != nullptr && after->wake_ns > deadline) after = after->prev;
+  self->prev = after;
+  self->next = after != nullptr ? after->next : timers_head_;
+  if (self->next != nullptr) self->next->prev = self; else timers_tail_ = self;
+  if (after != nullptr) after->next = self; else timers_head_ = self;
+  ++sleepers_;
+  self->state = thread_state::sleeping;
+  context_switch_out(self);
+}
+
+void scheduler::block_running() noexcept {
+  tcb* self = running_;
+  self->state = thread_state::blocked;
+  context_switch_out(self);
+}
+
+void thread_main(tcb* t) noexcept {
+  try {
+    t->body->run();
+  } catch (const std::exception& e) {
+    fatal("thread %d:%" PRIu64 " '%s' ended with an uncaught exception: %s", t->id.home(),
+          t->id.serial(), t->name, e.what());
+  } catch (...) {
+    fatal("thread %d:%" PRIu64 " '%s' ended with an uncaught exception", t->id.home(), t->id.serial(), t->name);
+  }
+  delete t->body;  // its heap is current: the callable and what it owns go back to it
+  t->body = nullptr;
+  t->state = thread_state::finished;
+}
+
+}  // namespace iso::detail

@@ -1,0 +1,161 @@
+// The per-rank scheduler: runs every migratable thread of this rank on one OS thread.
+//
+// Parts (Boost.Fiber / folly::fibers style):
+//   sched_policy     which ready thread runs next (FIFO by default); intrusive, never allocates.
+//   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
+//                    deciding when run() may return. Unit tests use local_progress (no MPI).
+//   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
+// A thread switches only to the scheduler and back (two context switches per yield).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sysalloc.hpp"
+#include "tcb.hpp"
+
+namespace iso::detail {
+
+class scheduler;
+
+class sched_policy {
+ public:
+  virtual ~sched_policy() = default;
+  virtual void awakened(tcb* t) noexcept = 0;       // t became ready; pre: t in no queue
+  virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
+  virtual bool has_ready_threads() const noexcept = 0;
+  virtual bool remove(tcb* t) noexcept = 0;         // takes t out of the ready set if it is there
+};
+
+// FIFO ready queue through tcb::next/prev.
+class fifo_policy final : public sched_policy {
+ public:
+  void awakened(tcb* t) noexcept override;
+  tcb* pick_next() noexcept override;
+  bool has_ready_threads() const noexcept override { return head_ != nullptr; }
+  bool remove(tcb* t) noexcept override;
+
+ private:
+  tcb* head_ = nullptr;
+  tcb* tail_ = nullptr;
+};
+
+class progress_engine {
+ public:
+  virtual ~progress_engine() = default;
+  // Between switches and when idle: handle whatever arrived. True if it did any work.
+  virtual bool poll(scheduler& s) noexcept = 0;
+  // Nothing is ready: wait for something to arrive, at most max_ns (< 0: no timer pending).
+  // Must back off (sleep), never spin, so idle ranks leave the cores to busy ones.
+  virtual void idle(scheduler& s, std::int64_t max_ns) noexcept = 0;
+  // Nothing is ready and poll() found nothing: may run() return? May throw (e.g. deadlock).
+  virtual bool finished(scheduler& s) = 0;
+};
+
+// Progress for a scheduler alone on one process: nothing to poll; idle sleeps until the next
+// timer; finished when no thread is left; throws iso::error(deadlock) when threads remain but all
+// are blocked with no timer pending.
+class local_progress final : public progress_engine {
+ public:
+  bool poll(scheduler&) noexcept override { return false; }
+  void idle(scheduler& s, std::int64_t max_ns) noexcept override;
+  bool finished(scheduler& s) override;
+};
+
+class scheduler {
+ public:
+  // rank: the rank whose threads this scheduler runs (0 without MPI). policy/progress: owned by
+  // the caller, must outlive the scheduler; null selects fifo_policy / local_progress.
+  explicit scheduler(int rank, sched_policy* policy = nullptr, progress_engine* progress = nullptr);
+  ~scheduler();
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+
+  // The scheduler of this process (at most one exists at a time), or null.
+  static scheduler* current() noexcept;
+
+  int rank() const noexcept { return rank_; }
+  void set_rank(int rank) noexcept { rank_ = rank; }
+  tcb* running() const noexcept { return running_; }
+  progress_engine& progress() noexcept { return *progress_; }
+  sched_policy& policy() noexcept { return *policy_; }
+
+  // Runs threads until progress().finished() says so. Not from a migratable thread.
+  void run();
+
+  // --- creating threads (spawn) ---
+  // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
+  tcb* create_thread(const spawn_options& opts);
+  // Creates the fiber and makes t ready. pre: t->body set.
+  void start_thread(tcb* t) noexcept;
+  // Frees a thread that create_thread made but start_thread never saw.
+  void discard_thread(tcb* t) noexcept;
+
+  // --- from the running thread ---
+  void yield_running();                      // running -> ready
+  void sleep_running_until(std::int64_t deadline_ns);
+  void block_running() noexcept;             // pre: the caller queued itself in a wait_queue
+  // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
+  void wake(tcb* t) noexcept;
+
+  // --- the thread table ---
+  tcb* find(thread_id id) const noexcept;     // a live thread on this rank, or null
+  // True (once) if id finished here and was never joined; forgets it.
+  bool take_finished(thread_id id) noexcept;
+  std::size_t live_threads() const noexcept { return table_.size(); }
+  std::size_t sleeping_threads() const noexcept { return sleepers_; }
+  // Adds/removes a thread that arrives or leaves by migration (it is in no queue).
+  void adopt(tcb* t) noexcept;
+  void forget(tcb* t) noexcept;
+
+  // Called after each switch back to the scheduler with a thread whose state is `departing`
+  // (migration); null: no migration support.
+  using depart_hook = void (*)(scheduler& s, tcb* t) noexcept;
+  void set_depart_hook(depart_hook h) noexcept { depart_hook_ = h; }
+  // Called for a thread that just finished, before it is torn down (e.g. to tell its home rank).
+  using finish_hook = void (*)(scheduler& s, tcb* t) noexcept;
+  void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
+
+  std::uint64_t total_switches() const noexcept { return switches_; }
+
+ private:
+  void resume(tcb* t) noexcept;
+  void teardown(tcb* t) noexcept;
+  void wake_expired(std::int64_t now) noexcept;
+  std::int64_t next_deadline() const noexcept { return timers_head_ ? timers_head_->wake_ns : -1; }
+
+  int rank_;
+  fifo_policy default_policy_;
+  local_progress default_progress_;
+  sched_policy* policy_;
+  progress_engine* progress_;
+  tcb* running_ = nullptr;
+  std::uint64_t next_serial_ = 1;
+  std::uint64_t switches_ = 0;
+
+  // Timer list sorted by wake_ns ascending, through tcb::next/prev; sleepers_ = its length.
+  tcb* timers_head_ = nullptr;
+  tcb* timers_tail_ = nullptr;
+  std::size_t sleepers_ = 0;
+
+  // Every live thread on this rank (invariant: exactly those whose state is not finished and that
+  // have not departed), keyed by thread_id::bits().
+  sys_unordered_map<std::uint64_t, tcb*> table_;
+  // Threads that finished here unjoined; a later join returns at once.
+  sys_unordered_map<std::uint64_t, bool> finished_;
+  depart_hook depart_hook_ = nullptr;
+  finish_hook finish_hook_ = nullptr;
+};
+
+// Hooks the migration module installs (null without it).
+// migrate_to_fn: moves the running thread `self` to rank dest; returns on dest. Throws iso::error.
+using migrate_to_fn = void (*)(scheduler& s, tcb* self, int dest);
+extern migrate_to_fn migrate_to_impl;
+// join_remote_fn: joins a thread that is not on this rank; false if it names no thread anywhere.
+using join_remote_fn = bool (*)(scheduler& s, tcb* self, thread_id t);
+extern join_remote_fn join_remote_impl;
+
+// Steady clock in ns.
+std::int64_t now_ns() noexcept;
+
+}  // namespace iso::detail

@@ -1,0 +1,94 @@
+// The thread control block (TCB) and the thread's stack run.
+//
+// Map: a thread owns
+//   stack run  n chunks (stack_bytes rounded up to 64 KiB), guard_bytes at the low end trap
+//              overflow; Boost.Context's fiber record sits at the top, so it travels with the stack.
+//   heap       iso::detail::heap, its first segment holding the heap object, then this TCB and the
+//              body (the spawn callable), all allocated from the thread's own heap.
+// The TCB therefore lives in the thread's slots and migrates with it. It holds only what is valid
+// in any process of the same binary: addresses inside slots, code addresses (vtables), ids and
+// plain values. Queue links point to other TCBs and are meaningful only on the rank whose queues
+// hold them; a thread that leaves a rank is in no queue.
+#pragma once
+
+#include <boost/context/fiber.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "heap.hpp"
+#include "isothreads/sync.hpp"
+#include "isothreads/thread.hpp"
+#include "isothreads/thread_id.hpp"
+
+namespace iso::detail {
+
+inline constexpr std::size_t stack_guard_bytes = std::size_t{16} << 10;
+
+// A thread's stack: [base, base + bytes), guard in [base, base + stack_guard_bytes).
+struct stack_run {
+  void* base = nullptr;     // chunk-aligned start of the run
+  std::size_t bytes = 0;    // run length, a multiple of chunk_bytes
+  void* top() const noexcept { return static_cast<char*>(base) + bytes; }
+  bool guard_contains(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    const auto b = reinterpret_cast<std::uintptr_t>(base);
+    return a >= b && a < b + stack_guard_bytes;
+  }
+};
+
+enum class thread_state : std::uint8_t {
+  ready,      // in the scheduler's ready queue
+  running,    // the one thread executing on this rank
+  blocked,    // in a wait_queue (mutex, condition variable, join, mailbox)
+  sleeping,   // in the scheduler's timer list until wake_ns
+  finished,   // body returned; being torn down
+  departing,  // suspended, being packed and shipped to another rank
+};
+
+struct tcb {
+  static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"
+
+  std::uint64_t magic = magic_value;  // checked before a TCB found by address is used
+  thread_id id;                       // stable for the thread's life
+  thread_state state = thread_state::ready;
+  bool joined = false;                // a join has been issued for this thread
+  char name[32] = {};                 // spawn_options::name, NUL-terminated
+
+  heap* home_heap = nullptr;          // this thread's heap (in its slots)
+  stack_run stack;                    // this thread's stack run
+  body_base* body = nullptr;          // the spawn callable, in home_heap; null once it returned
+
+  // Saved contexts (boost::context::fiber is one pointer: a saved stack pointer). `self` is the
+  // thread's own context while it is suspended (a pointer into its stack run); `caller` is the
+  // scheduler's context while the thread runs, consumed by the next switch out, so it is empty
+  // whenever the thread is suspended. Raw storage: a fiber left behind by a migration must never
+  // run its destructor (that would unwind the thread on the wrong rank).
+  alignas(boost::context::fiber) unsigned char self[sizeof(boost::context::fiber)] = {};
+  alignas(boost::context::fiber) unsigned char caller[sizeof(boost::context::fiber)] = {};
+
+  // Links for exactly one queue at a time: ready queue, timer list or a wait_queue.
+  tcb* next = nullptr;
+  tcb* prev = nullptr;
+  std::int64_t wake_ns = 0;           // steady-clock deadline while sleeping, in ns
+  wait_queue joiners;                 // threads blocked in join() on this one (at most one)
+
+  std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
+  std::uint64_t switches = 0;         // times this thread was resumed
+  std::int64_t cpu_ns = 0;            // wall time spent running, in ns, since it was created
+
+  boost::context::fiber& self_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(self)); }
+  boost::context::fiber& caller_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(caller)); }
+};
+
+static_assert(sizeof(boost::context::fiber) == sizeof(void*),
+              "a saved context must be a single pointer into the stack run, so that it migrates");
+static_assert(std::is_standard_layout_v<thread_id> && std::is_trivially_copyable_v<thread_id>);
+
+// wait_queue operations on TCB links. pre: t is in no queue (push) / q is not empty (pop).
+void wait_push(wait_queue& q, tcb* t) noexcept;
+tcb* wait_pop(wait_queue& q) noexcept;
+bool wait_remove(wait_queue& q, tcb* t) noexcept;
+
+}  // namespace iso::detail

@@ -1,0 +1,115 @@
+// The public thread API (isothreads/thread.hpp) over the scheduler.
+#include <cinttypes>
+
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "scheduler.hpp"
+
+namespace iso {
+namespace detail {
+namespace {
+
+scheduler& scheduler_or_throw(const char* call) {
+  scheduler* s = scheduler::current();
+  if (s == nullptr) raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
+  return *s;
+}
+
+tcb* running_or_throw(const char* call) {
+  tcb* t = scheduler_or_throw(call).running();
+  if (t == nullptr) raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
+  return t;
+}
+
+// Set by the migration module; without it migrate_to can only stay.
+}  // namespace
+
+migrate_to_fn migrate_to_impl = nullptr;
+join_remote_fn join_remote_impl = nullptr;
+
+spawn_frame::spawn_frame(const spawn_options& opts) {
+  scheduler& s = scheduler_or_throw("iso::spawn");
+  tcb* t = s.create_thread(opts);
+  thread_ = t;
+  // The body is copied next (in spawn()) with the new thread's heap current, so that it and
+  // everything its captures own land in the new thread's slots.
+  saved_heap_ = current_heap;
+  current_heap = t->home_heap;
+}
+
+spawn_frame::~spawn_frame() {
+  if (thread_ == nullptr) return;
+  current_heap = static_cast<heap*>(saved_heap_);
+  scheduler::current()->discard_thread(static_cast<tcb*>(thread_));
+}
+
+thread_id spawn_frame::commit(body_base* body) noexcept {
+  tcb* t = static_cast<tcb*>(thread_);
+  thread_ = nullptr;
+  current_heap = static_cast<heap*>(saved_heap_);
+  t->body = body;
+  scheduler::current()->start_thread(t);
+  return t->id;
+}
+
+}  // namespace detail
+
+std::string thread_id::to_string() const {
+  if (!*this) return "none";
+  return std::to_string(home()) + ":" + std::to_string(serial());
+}
+
+void join(thread_id t) {
+  detail::heap_scope system(nullptr);
+  detail::tcb* self = detail::running_or_throw("iso::join");
+  detail::scheduler& s = *detail::scheduler::current();
+  if (t == self->id) detail::raise(errc::already_joined, "thread %s cannot join itself", t.to_string().c_str());
+  if (s.take_finished(t)) return;
+  detail::tcb* target = s.find(t);
+  if (target == nullptr) {
+    if (detail::join_remote_impl != nullptr && detail::join_remote_impl(s, self, t)) return;
+    detail::raise(errc::unknown_thread, "iso::join: thread %s is not a live or unjoined thread", t.to_string().c_str());
+  }
+  if (target->joined) detail::raise(errc::already_joined, "iso::join: thread %s is already being joined", t.to_string().c_str());
+  target->joined = true;
+  detail::wait_push(target->joiners, self);
+  s.block_running();
+}
+
+namespace this_thread {
+
+thread_id id() noexcept {
+  detail::scheduler* s = detail::scheduler::current();
+  detail::tcb* t = s != nullptr ? s->running() : nullptr;
+  return t != nullptr ? t->id : thread_id{};
+}
+
+const char* name() noexcept {
+  detail::scheduler* s = detail::scheduler::current();
+  detail::tcb* t = s != nullptr ? s->running() : nullptr;
+  return t != nullptr ? t->name : "";
+}
+
+void yield() {
+  detail::running_or_throw("iso::this_thread::yield");
+  detail::scheduler::current()->yield_running();
+}
+
+void sleep_for_ns(std::int64_t ns) {
+  detail::running_or_throw("iso::this_thread::sleep_for");
+  detail::scheduler::current()->sleep_running_until(detail::now_ns() + std::max<std::int64_t>(ns, 0));
+}
+
+void migrate_to(int dest) {
+  detail::heap_scope system(nullptr);
+  detail::tcb* self = detail::running_or_throw("iso::this_thread::migrate_to");
+  detail::scheduler& s = *detail::scheduler::current();
+  if (dest == s.rank()) return;
+  if (detail::migrate_to_impl == nullptr) {
+    detail::raise(errc::no_runtime, "iso::this_thread::migrate_to(%d): this process has no migration support (no iso::runtime)", dest);
+  }
+  detail::migrate_to_impl(s, self, dest);
+}
+
+}  // namespace this_thread
+}  // namespace iso
