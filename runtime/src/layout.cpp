@@ -83,18 +83,25 @@ void ensure_fixed_layout(char** argv) noexcept {
   personality(static_cast<unsigned long>(persona));
 }
 
-sys_vector<std::string> layout_fingerprint() {
-  sys_vector<std::string> lines;
-  dl_iterate_phdr(&add_object, &lines);
-  lines.push_back(format("tls errno=%p probe=%p", static_cast<void*>(&errno), static_cast<void*>(&tls_probe)));
+const sys_vector<std::string>& layout_fingerprint() {
+  static const sys_vector<std::string> lines = [] {
+    sys_vector<std::string> out;
+    dl_iterate_phdr(&add_object, &out);
+    out.push_back(format("tls errno=%p probe=%p", static_cast<void*>(&errno), static_cast<void*>(&tls_probe)));
+    return out;
+  }();
   return lines;
 }
 
-void verify_layout(MPI_Comm comm) {
+namespace {
+__attribute__((constructor)) void snapshot_layout_at_startup() { (void)layout_fingerprint(); }
+}  // namespace
+
+std::uint64_t verify_layout(MPI_Comm comm) {
   int rank = 0, size = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  const sys_vector<std::string> lines = layout_fingerprint();
+  const sys_vector<std::string>& lines = layout_fingerprint();
   std::string text;
   for (const std::string& l : lines) text += l + "\n";
   const std::uint64_t mine = checksum64(text.data(), text.size());
@@ -102,7 +109,7 @@ void verify_layout(MPI_Comm comm) {
   check_mpi(MPI_Allgather(&mine, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, comm), "MPI_Allgather (layout)");
   bool same = true;
   for (std::uint64_t h : all) same = same && h == all[0];
-  if (same) return;
+  if (same) return mine;
 
   // They differ: every rank gets everyone's text and names the differences against rank 0's.
   const int len = static_cast<int>(text.size());

@@ -36,14 +36,8 @@ mpi_progress::~mpi_progress() {
   MPI_Comm_free(&comm_);
 }
 
-void mpi_progress::add_poller(poller p) noexcept {
-  ISO_ASSERT(npollers_ < max_pollers);
-  pollers_[npollers_++] = p;
-}
-
-bool mpi_progress::poll(scheduler& s) noexcept {
-  bool did = false;
-  for (int i = 0; i < npollers_; ++i) did = pollers_[i](s) || did;
+bool mpi_progress::poll(scheduler&) noexcept {
+  const bool did = engine_ != nullptr && engine_->poll();
   if (region_peers* p = region::get().peers(); p != nullptr) p->poll();
   if (did) backoff_ns_ = 0;
   return did;
@@ -64,9 +58,10 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
 }
 
 void mpi_progress::start_round(scheduler& s) noexcept {
-  mine_[live] = s.live_threads();
-  mine_[sent] = counters_.sent;
-  mine_[received] = counters_.received;
+  const work_counters c = engine_ != nullptr ? engine_->counters() : work_counters{};
+  mine_[live] = s.live_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
+  mine_[sent] = c.sent;
+  mine_[received] = c.received;
   mine_[timers] = s.sleeping_threads() != 0 ? 1 : 0;
   if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
     fatal("MPI_Iallreduce for termination detection failed");

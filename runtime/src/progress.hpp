@@ -5,19 +5,13 @@
 
 #include <cstdint>
 
+#include "engine.hpp"
 #include "scheduler.hpp"
 
 namespace iso::detail {
 
-// What a rank has sent and received of the messages that can create work elsewhere (thread
-// messages, migrating threads, control messages). Termination needs sent == received globally.
-struct work_counters {
-  std::uint64_t sent = 0;
-  std::uint64_t received = 0;
-};
-
 // Termination detection: when idle, a rank joins a round of MPI_Iallreduce over
-// {live threads, sent, received, ranks with a timer pending}. run() may return once two
+// {live threads (with those in transit), messages sent, received, ranks with a timer pending}. run() may return once two
 // consecutive rounds agree on sent == received with no live thread anywhere (the second round
 // rules out a message that was in flight while the first was being taken). The same test with
 // live threads but no timers anywhere is a global deadlock.
@@ -30,19 +24,14 @@ class mpi_progress final : public progress_engine {
   void idle(scheduler& s, std::int64_t max_ns) noexcept override;
   bool finished(scheduler& s) override;
 
-  work_counters& counters() noexcept { return counters_; }
-  // Extra pollers (messaging, migration): each returns true if it did work.
-  using poller = bool (*)(scheduler& s) noexcept;
-  void add_poller(poller p) noexcept;
+  // The migration engine to poll and count; set once both exist.
+  void set_engine(engine* e) noexcept { engine_ = e; }
 
  private:
   void start_round(scheduler& s) noexcept;
 
   MPI_Comm comm_;
-  work_counters counters_;
-  static constexpr int max_pollers = 4;
-  poller pollers_[max_pollers] = {};
-  int npollers_ = 0;
+  engine* engine_ = nullptr;
 
   enum { live, sent, received, timers, fields };
   MPI_Request round_ = MPI_REQUEST_NULL;

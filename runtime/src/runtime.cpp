@@ -23,13 +23,21 @@ void init_region_over(MPI_Comm comm);  // iso_init.cpp
 
 class runtime_state {
  public:
-  runtime_state(int rank, int size, bool owns_mpi)
-      : rank(rank), size(size), owns_mpi(owns_mpi), progress(MPI_COMM_WORLD), sched(rank, nullptr, &progress) {}
+  runtime_state(int rank, int size, bool owns_mpi, std::uint64_t layout)
+      : rank(rank),
+        size(size),
+        owns_mpi(owns_mpi),
+        progress(MPI_COMM_WORLD),
+        sched(rank, nullptr, &progress),
+        migration(MPI_COMM_WORLD, sched, layout) {
+    progress.set_engine(&migration);
+  }
   int rank;
   int size;
   bool owns_mpi;  // MPI_Init was ours: so is MPI_Finalize
   mpi_progress progress;
   scheduler sched;
+  engine migration;
 };
 
 namespace {
@@ -76,11 +84,11 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   set_diag_rank(rank);
   try {
-    verify_layout(MPI_COMM_WORLD);
+    const std::uint64_t layout = verify_layout(MPI_COMM_WORLD);
     init_region_over(MPI_COMM_WORLD);
     warm_up_process_state();
     heap_scope system(nullptr);
-    state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized);
+    state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout);
   } catch (...) {
     if (!initialized) MPI_Finalize();
     throw;
@@ -101,7 +109,12 @@ runtime::~runtime() {
 int runtime::rank() const noexcept { return state_->rank; }
 int runtime::size() const noexcept { return state_->size; }
 
-void runtime::run() { state_->sched.run(); }
+void runtime::run() {
+  state_->sched.run();
+  if (const std::size_t held = state_->migration.held_messages(); held != 0) {
+    std::fprintf(stderr, "isothreads: rank %d: %zu messages are held for threads that never arrived\n", state_->rank, held);
+  }
+}
 
 int rank() {
   if (detail::g_runtime == nullptr) detail::raise(errc::no_runtime, "iso::rank: no isothreads runtime in this process");

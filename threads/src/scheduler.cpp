@@ -204,16 +204,6 @@ void scheduler::discard_thread(tcb* t) noexcept {
   t->home_heap->destroy();
 }
 
-void scheduler::adopt(tcb* t) noexcept {
-  try {
-    table_.emplace(t->id.bits(), t);
-  } catch (const std::bad_alloc&) {
-    fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
-  }
-}
-
-void scheduler::forget(tcb* t) noexcept { table_.erase(t->id.bits()); }
-
 tcb* scheduler::find(thread_id id) const noexcept {
   auto it = table_.find(id.bits());
   return it == table_.end() ? nullptr : it->second;
@@ -230,23 +220,23 @@ void scheduler::resume(tcb* t) noexcept {
   context_resume(t);
   current_heap = nullptr;
   running_ = nullptr;
-  switch (t->state) {
-    case thread_state::ready: policy_->awakened(t); break;
-    case thread_state::finished: teardown(t); break;
-    case thread_state::departing:
-      if (depart_hook_ != nullptr) depart_hook_(*this, t);
-      break;
-    case thread_state::blocked:
-    case thread_state::sleeping:
-    case thread_state::running: break;
+  if (t->state == thread_state::finished) {
+    teardown(t);
+    return;
   }
+  if (t->state == thread_state::ready) policy_->awakened(t);
+  if (t->pending_dest >= 0 && depart_hook_ != nullptr && movable(t)) depart_hook_(*this, t);
 }
 
 void scheduler::teardown(tcb* t) noexcept {
-  if (finish_hook_ != nullptr) finish_hook_(*this, t);
   table_.erase(t->id.bits());
-  if (t->joined) {
-    while (!t->joiners.empty()) wake(wait_pop(t->joiners));
+  if (finish_hook_ != nullptr) {
+    finish_hook_(*this, t);
+  } else if (t->joiner) {
+    tcb* j = find(t->joiner);
+    ISO_ASSERT_INTERNAL(j != nullptr && j->wait == wait_reason::join && j->waiting_for == t->id);
+    j->join_status = errc::ok;
+    wake(j);
   } else {
     try {
       finished_.emplace(t->id.bits(), true);
@@ -258,6 +248,64 @@ void scheduler::teardown(tcb* t) noexcept {
   // heap, so the heap goes last.
   t->magic = 0;
   t->home_heap->destroy();
+}
+
+bool scheduler::movable(const tcb* t) noexcept {
+  if (t->locks_held != 0) return false;
+  switch (t->state) {
+    case thread_state::ready:
+    case thread_state::sleeping: return true;
+    case thread_state::blocked: return t->wait == wait_reason::join || t->wait == wait_reason::recv;
+    case thread_state::running:
+    case thread_state::finished: return false;
+  }
+  return false;
+}
+
+void scheduler::detach(tcb* t) noexcept {
+  ISO_ASSERT_INTERNAL(movable(t));
+  if (t->state == thread_state::ready) {
+    policy_->remove(t);
+  } else if (t->state == thread_state::sleeping) {
+    remove_timer(t);
+    t->sleep_left_ns = std::max<std::int64_t>(t->wake_ns - now_ns(), 0);
+  }
+  t->next = t->prev = nullptr;
+  table_.erase(t->id.bits());
+}
+
+void scheduler::attach(tcb* t) noexcept {
+  t->next = t->prev = nullptr;
+  try {
+    table_.emplace(t->id.bits(), t);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
+  }
+  if (t->state == thread_state::ready) {
+    policy_->awakened(t);
+  } else if (t->state == thread_state::sleeping) {
+    t->wake_ns = now_ns() + t->sleep_left_ns;
+    insert_timer(t);
+  }
+}
+
+void scheduler::insert_timer(tcb* t) noexcept {
+  // From the tail: sleeps mostly end in the order they start.
+  tcb* after = timers_tail_;
+  while (after != nullptr && after->wake_ns > t->wake_ns) after = after->prev;
+  t->prev = after;
+  t->next = after != nullptr ? after->next : timers_head_;
+  if (t->next != nullptr) t->next->prev = t; else timers_tail_ = t;
+  if (after != nullptr) after->next = t; else timers_head_ = t;
+  ++sleepers_;
+}
+
+void scheduler::remove_timer(tcb* t) noexcept {
+  wait_queue q{timers_head_, timers_tail_};
+  wait_remove(q, t);
+  timers_head_ = q.head;
+  timers_tail_ = q.tail;
+  --sleepers_;
 }
 
 void scheduler::wake(tcb* t) noexcept {
@@ -311,22 +359,17 @@ void scheduler::sleep_running_until(std::int64_t deadline) {
   tcb* self = running_;
   if (self == nullptr) raise(errc::not_in_thread, "iso::this_thread::sleep_for called outside a migratable thread");
   self->wake_ns = deadline;
-  // Insert from the tail: sleeps mostly end in the order they start.
-  tcb* after = timers_tail_;
-  while (after != nullptr && after->wake_ns > deadline) after = after->prev;
-  self->prev = after;
-  self->next = after != nullptr ? after->next : timers_head_;
-  if (self->next != nullptr) self->next->prev = self; else timers_tail_ = self;
-  if (after != nullptr) after->next = self; else timers_head_ = self;
-  ++sleepers_;
+  insert_timer(self);
   self->state = thread_state::sleeping;
   context_switch_out(self);
 }
 
-void scheduler::block_running() noexcept {
+void scheduler::block_running(wait_reason why) noexcept {
   tcb* self = running_;
   self->state = thread_state::blocked;
+  self->wait = why;
   context_switch_out(self);
+  self->wait = wait_reason::none;
 }
 
 void thread_main(tcb* t) noexcept {

@@ -94,7 +94,8 @@ class scheduler {
   // --- from the running thread ---
   void yield_running();                      // running -> ready
   void sleep_running_until(std::int64_t deadline_ns);
-  void block_running() noexcept;             // pre: the caller queued itself in a wait_queue
+  // The running thread blocks. pre: it is registered where its waker will find it.
+  void block_running(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
   void wake(tcb* t) noexcept;
 
@@ -103,18 +104,29 @@ class scheduler {
   // True (once) if id finished here and was never joined; forgets it.
   bool take_finished(thread_id id) noexcept;
   std::size_t live_threads() const noexcept { return table_.size(); }
+  // Whether id was spawned on this rank (it may have finished or moved since).
+  bool spawned_here(thread_id id) const noexcept { return id.home() == rank_ && id.serial() != 0 && id.serial() < next_serial_; }
   std::size_t sleeping_threads() const noexcept { return sleepers_; }
-  // Adds/removes a thread that arrives or leaves by migration (it is in no queue).
-  void adopt(tcb* t) noexcept;
-  void forget(tcb* t) noexcept;
+  // --- migration ---
+  // Whether t (suspended, on this rank) can leave now: ready, sleeping, or blocked in a join or
+  // recv, and holding no iso::mutex.
+  static bool movable(const tcb* t) noexcept;
+  // Takes a movable thread out of the ready queue or timer list and the thread table; a sleeping
+  // thread keeps the rest of its sleep in sleep_left_ns. Its state says how to resume it.
+  void detach(tcb* t) noexcept;
+  // A thread that arrived: into the table, then ready queue / timer list / left blocked.
+  void attach(tcb* t) noexcept;
 
-  // Called after each switch back to the scheduler with a thread whose state is `departing`
-  // (migration); null: no migration support.
+  // Called with a suspended thread whose pending_dest is set once it is movable (migration);
+  // null: no migration support.
   using depart_hook = void (*)(scheduler& s, tcb* t) noexcept;
   void set_depart_hook(depart_hook h) noexcept { depart_hook_ = h; }
-  // Called for a thread that just finished, before it is torn down (e.g. to tell its home rank).
+  // Called for a thread that just finished, before it is torn down. When set, it alone handles
+  // the thread's joiner and the record that the thread finished (the migrate module tells the
+  // thread's home rank); when null, both are local.
   using finish_hook = void (*)(scheduler& s, tcb* t) noexcept;
   void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
+  bool has_finish_hook() const noexcept { return finish_hook_ != nullptr; }
 
   std::uint64_t total_switches() const noexcept { return switches_; }
 
@@ -122,6 +134,8 @@ class scheduler {
   void resume(tcb* t) noexcept;
   void teardown(tcb* t) noexcept;
   void wake_expired(std::int64_t now) noexcept;
+  void insert_timer(tcb* t) noexcept;
+  void remove_timer(tcb* t) noexcept;
   std::int64_t next_deadline() const noexcept { return timers_head_ ? timers_head_->wake_ns : -1; }
 
   int rank_;
@@ -151,9 +165,10 @@ class scheduler {
 // migrate_to_fn: moves the running thread `self` to rank dest; returns on dest. Throws iso::error.
 using migrate_to_fn = void (*)(scheduler& s, tcb* self, int dest);
 extern migrate_to_fn migrate_to_impl;
-// join_remote_fn: joins a thread that is not on this rank; false if it names no thread anywhere.
-using join_remote_fn = bool (*)(scheduler& s, tcb* self, thread_id t);
-extern join_remote_fn join_remote_impl;
+// join_fn: the running thread `self` joins t, wherever t is; returns once t has finished.
+// Throws iso::error (unknown_thread, already_joined).
+using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
+extern join_fn join_impl;
 
 // Steady clock in ns.
 std::int64_t now_ns() noexcept;

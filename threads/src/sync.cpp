@@ -27,7 +27,7 @@ void mutex::lock() {
     return;
   }
   detail::wait_push(waiters_, self);
-  detail::scheduler::current()->block_running();
+  detail::scheduler::current()->block_running(detail::wait_reason::lock);
   ISO_ASSERT_INTERNAL(owner_ == self);  // unlock() handed the mutex over before waking us
 }
 
@@ -60,7 +60,7 @@ void condition_variable::wait(mutex& m) {
   if (m.owner_ != self) detail::raise(errc::invalid_argument, "iso::condition_variable::wait: thread %s does not hold the mutex", self->id.to_string().c_str());
   detail::wait_push(waiters_, self);
   m.unlock();
-  detail::scheduler::current()->block_running();
+  detail::scheduler::current()->block_running(detail::wait_reason::lock);
   m.lock();
 }
 

@@ -39,13 +39,17 @@ struct stack_run {
 };
 
 enum class thread_state : std::uint8_t {
-  ready,      // in the scheduler's ready queue
+  ready,      // in the scheduler's ready queue (or about to be: it just yielded)
   running,    // the one thread executing on this rank
-  blocked,    // in a wait_queue (mutex, condition variable, join, mailbox)
+  blocked,    // waiting; tcb::wait says for what
   sleeping,   // in the scheduler's timer list until wake_ns
   finished,   // body returned; being torn down
-  departing,  // suspended, being packed and shipped to another rank
 };
+
+// What a blocked thread waits for. `lock` waits sit in rank-local wait_queues, so such a thread
+// cannot migrate until it is woken; `join` and `recv` waits are satisfied by messages that find
+// the thread wherever it is, so such a thread can migrate while blocked.
+enum class wait_reason : std::uint8_t { none, lock, join, recv };
 
 struct tcb {
   static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"
@@ -53,7 +57,6 @@ struct tcb {
   std::uint64_t magic = magic_value;  // checked before a TCB found by address is used
   thread_id id;                       // stable for the thread's life
   thread_state state = thread_state::ready;
-  bool joined = false;                // a join has been issued for this thread
   char name[32] = {};                 // spawn_options::name, NUL-terminated
 
   heap* home_heap = nullptr;          // this thread's heap (in its slots)
@@ -72,7 +75,16 @@ struct tcb {
   tcb* next = nullptr;
   tcb* prev = nullptr;
   std::int64_t wake_ns = 0;           // steady-clock deadline while sleeping, in ns
-  wait_queue joiners;                 // threads blocked in join() on this one (at most one)
+  wait_reason wait = wait_reason::none;  // while blocked
+
+  thread_id joiner;                   // the thread that joins this one; none until a join
+  thread_id waiting_for;              // while wait == join: the thread being joined
+  errc join_status = errc::ok;        // how that join ended (set before the joiner is woken)
+
+  std::uint32_t epoch = 0;            // migrations so far: orders location information
+  std::int32_t pending_dest = -1;     // rank to move to at the next suspension point; -1: none
+  std::int64_t sleep_left_ns = 0;     // in transit while sleeping: the rest of the sleep, in ns
+  void* mailbox = nullptr;            // messaging state, in this thread's heap (migrate module)
 
   std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
   std::uint64_t switches = 0;         // times this thread was resumed

@@ -25,7 +25,7 @@ tcb* running_or_throw(const char* call) {
 }  // namespace
 
 migrate_to_fn migrate_to_impl = nullptr;
-join_remote_fn join_remote_impl = nullptr;
+join_fn join_impl = nullptr;
 
 spawn_frame::spawn_frame(const spawn_options& opts) {
   scheduler& s = scheduler_or_throw("iso::spawn");
@@ -64,16 +64,23 @@ void join(thread_id t) {
   detail::tcb* self = detail::running_or_throw("iso::join");
   detail::scheduler& s = *detail::scheduler::current();
   if (t == self->id) detail::raise(errc::already_joined, "thread %s cannot join itself", t.to_string().c_str());
+  if (!t) detail::raise(errc::unknown_thread, "iso::join: the default thread_id names no thread");
+  if (detail::join_impl != nullptr) {
+    detail::join_impl(s, self, t);
+    return;
+  }
   if (s.take_finished(t)) return;
   detail::tcb* target = s.find(t);
   if (target == nullptr) {
-    if (detail::join_remote_impl != nullptr && detail::join_remote_impl(s, self, t)) return;
     detail::raise(errc::unknown_thread, "iso::join: thread %s is not a live or unjoined thread", t.to_string().c_str());
   }
-  if (target->joined) detail::raise(errc::already_joined, "iso::join: thread %s is already being joined", t.to_string().c_str());
-  target->joined = true;
-  detail::wait_push(target->joiners, self);
-  s.block_running();
+  if (target->joiner) {
+    detail::raise(errc::already_joined, "iso::join: thread %s is already joined by thread %s", t.to_string().c_str(),
+                  target->joiner.to_string().c_str());
+  }
+  target->joiner = self->id;
+  self->waiting_for = t;
+  s.block_running(detail::wait_reason::join);
 }
 
 namespace this_thread {

@@ -1,0 +1,602 @@
+#include "engine.hpp"
+
+#include <cinttypes>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <unordered_map>
+
+#include "context.hpp"
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "prim.hpp"
+#include "region.hpp"
+#include "stack.hpp"
+
+namespace iso::detail {
+namespace {
+
+engine* g_engine = nullptr;
+
+// MPI tags on the engine's private communicator.
+constexpr int tag_data = 1;
+constexpr int tag_ctrl = 2;
+constexpr int tag_image = 3;        // image header + extent table
+constexpr int tag_image_data = 4;   // extent pieces, in extent order; never probed for
+// Messages handled per poll() and tag, so that a flood cannot starve the threads.
+constexpr int max_receives_per_poll = 64;
+
+// A thread's messaging state. Lives in the thread's heap (every allocation below is made with
+// that heap current), so undelivered messages and sequence counters migrate with the thread.
+// Invariant: `ready` holds, per sender, exactly the messages with seq < next_in[sender], in
+// order; `early` holds those with seq > next_in[sender].
+struct mailbox {
+  std::deque<message> ready;                                   // for recv(), in arrival order
+  std::map<std::pair<std::uint64_t, std::uint64_t>, message> early;  // (from, seq) ahead of a gap
+  std::unordered_map<std::uint64_t, std::uint64_t> next_in;    // from -> next seq to release
+  std::unordered_map<std::uint64_t, std::uint64_t> next_out;   // to -> next seq to send
+};
+
+// pre: t's heap is current.
+mailbox& mailbox_of(tcb* t) {
+  if (t->mailbox == nullptr) t->mailbox = new mailbox();
+  return *static_cast<mailbox*>(t->mailbox);
+}
+
+std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_string(); }
+
+}  // namespace
+
+engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout) : sched_(s), layout_(layout) {
+  if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
+  if (MPI_Comm_dup(comm, &comm_) != MPI_SUCCESS) raise(errc::mpi_failure, "MPI_Comm_dup failed for the migration engine");
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  s.set_depart_hook(&depart_hook);
+  s.set_finish_hook(&finish_hook);
+  migrate_to_impl = &migrate_to_hook;
+  join_impl = &join_hook;
+  g_engine = this;
+}
+
+engine::~engine() {
+  g_engine = nullptr;
+  migrate_to_impl = nullptr;
+  join_impl = nullptr;
+  sched_.set_depart_hook(nullptr);
+  sched_.set_finish_hook(nullptr);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
+}
+
+engine* engine::current() noexcept { return g_engine; }
+
+std::size_t engine::held_messages() const noexcept {
+  std::size_t n = 0;
+  for (const auto& [id, list] : held_) n += list.size();
+  return n;
+}
+
+// ---------------------------------------------------------------- transport
+
+void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcept {
+  try {
+    outgoing& o = sends_.emplace_back();
+    o.buffer = std::move(buffer);
+    if (MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_, &o.request) != MPI_SUCCESS) {
+      fatal("MPI_Isend of %zu bytes to rank %d failed", o.buffer.size(), dest);
+    }
+    ++counters_.sent;
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while sending to rank %d", dest);
+  }
+}
+
+void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
+  if (dest == rank_) {
+    on_ctrl(m);
+    return;
+  }
+  sys_vector<unsigned char> buf(sizeof m);
+  std::memcpy(buf.data(), &m, sizeof m);
+  post(dest, tag_ctrl, std::move(buf));
+}
+
+bool engine::poll() noexcept {
+  heap_scope system(nullptr);
+  bool did = false;
+  for (auto it = sends_.begin(); it != sends_.end();) {
+    int done = 0;
+    MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
+    it = done ? sends_.erase(it) : std::next(it);
+  }
+  for (auto it = departures_.begin(); it != departures_.end();) {
+    int done = 0;
+    MPI_Testall(static_cast<int>(it->requests.size()), it->requests.data(), &done, MPI_STATUSES_IGNORE);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    finish_departure(*it);
+    it = departures_.erase(it);
+    did = true;
+  }
+  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
+    int done = 0;
+    MPI_Testall(static_cast<int>(it->requests.size()), it->requests.data(), &done, MPI_STATUSES_IGNORE);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    arrival a = std::move(*it);
+    it = arrivals_.erase(it);
+    finish_arrival(a);
+    did = true;
+  }
+  for (int tag : {tag_ctrl, tag_image, tag_data}) {
+    for (int n = 0; n < max_receives_per_poll; ++n) {
+      int flag = 0;
+      MPI_Status st;
+      MPI_Iprobe(MPI_ANY_SOURCE, tag, comm_, &flag, &st);
+      if (!flag) break;
+      int count = 0;
+      MPI_Get_count(&st, MPI_BYTE, &count);
+      sys_vector<unsigned char> buf(static_cast<std::size_t>(count));
+      MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
+      ++counters_.received;
+      did = true;
+      if (tag == tag_ctrl) {
+        ctrl_msg m;
+        std::memcpy(&m, buf.data(), sizeof m);
+        on_ctrl(m);
+      } else if (tag == tag_image) {
+        start_arrival(st.MPI_SOURCE, std::move(buf));
+      } else {
+        on_data(std::move(buf), true);
+      }
+    }
+  }
+  return did;
+}
+
+// ---------------------------------------------------------------- migration
+
+void engine::depart_hook(scheduler&, tcb* t) noexcept { g_engine->depart(t); }
+
+void engine::depart(tcb* t) noexcept {
+  const int dest = t->pending_dest;
+  t->pending_dest = -1;
+  sched_.detach(t);
+  ++t->epoch;
+  const thread_id id = t->id;
+  try {
+    departed_[id.bits()] = {dest, t->epoch};
+    if (id.home() == rank_) location_[id.bits()] = {dest, t->epoch};
+    cache_.erase(id.bits());
+    // Free pages need not travel, nor stay resident here.
+    t->home_heap->trim();
+    departure& d = departures_.emplace_back();
+    d.thread = t;
+    d.header = build_image_header(t, layout_);
+    const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
+    d.requests.emplace_back();
+    if (MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image, comm_,
+                  &d.requests.back()) != MPI_SUCCESS) {
+      fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
+    }
+    ++counters_.sent;
+    const image_extent* e = image_extents(h);
+    for (std::uint32_t i = 0; i < h.nextents; ++i) {
+      for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
+        const auto piece = static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off));
+        d.requests.emplace_back();
+        if (MPI_Isend(reinterpret_cast<void*>(e[i].addr + off), piece, MPI_BYTE, dest, tag_image_data, comm_,
+                      &d.requests.back()) != MPI_SUCCESS) {
+          fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
+        }
+      }
+    }
+    ++stats_.departures;
+    stats_.bytes_out += h.data_bytes;
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
+  }
+}
+
+void engine::finish_departure(departure& d) noexcept {
+  // The destination has every byte: give this rank's copy back to the kernel. The stack's guard
+  // goes too (guards mark exactly the stacks of threads a rank holds).
+  const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
+  const stack_run stack = d.thread->stack;  // read before the pages holding the TCB go
+  const image_extent* e = image_extents(h);
+  for (std::uint32_t i = 0; i < h.nextents; ++i) prim::decommit(reinterpret_cast<void*>(e[i].addr), e[i].bytes);
+  stack_pool::disarm(stack);
+  prim::decommit(stack.base, stack.bytes);
+}
+
+void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
+  const image_header* h = nullptr;
+  try {
+    h = &validate_image_header(buffer.data(), buffer.size(), layout_);
+  } catch (const iso::error& e) {
+    fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
+  }
+  try {
+    arrival& a = arrivals_.emplace_back();
+    a.source = source;
+    a.thread = reinterpret_cast<tcb*>(h->tcb);
+    const image_extent* e = image_extents(*h);
+    for (std::uint32_t i = 0; i < h->nextents; ++i) {
+      for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
+        const auto piece = static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off));
+        a.requests.emplace_back();
+        MPI_Irecv(reinterpret_cast<void*>(e[i].addr + off), piece, MPI_BYTE, source, tag_image_data, comm_,
+                  &a.requests.back());
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while receiving a thread from rank %d", source);
+  }
+}
+
+void engine::finish_arrival(arrival& a) noexcept {
+  tcb* t = a.thread;
+  if (t->magic != tcb::magic_value) {
+    fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
+  }
+  try {
+    stack_pool::arm(t->stack);
+  } catch (const iso::error& e) {
+    fatal("thread %s arrived but its stack guard could not be installed: %s", t->id.to_string().c_str(), e.what());
+  }
+  const thread_id id = t->id;
+  ++stats_.arrivals;
+  departed_.erase(id.bits());
+  cache_.erase(id.bits());
+  sched_.attach(t);
+  if (id.home() == rank_) {
+    location_.erase(id.bits());
+  } else {
+    send_ctrl(id.home(), {ctrl_kind::location, rank_, id.bits(), t->epoch});
+  }
+  if (t->state == thread_state::blocked && t->wait == wait_reason::recv && t->mailbox != nullptr &&
+      !static_cast<mailbox*>(t->mailbox)->ready.empty()) {
+    sched_.wake(t);
+  }
+  if (auto it = held_.find(id.bits()); it != held_.end()) {
+    auto waiting = std::move(it->second);
+    held_.erase(it);
+    for (auto& wire : waiting) on_data(std::move(wire), false);
+  }
+}
+
+void engine::migrate_to_hook(scheduler& s, tcb* self, int dest) {
+  if (dest < 0 || dest >= g_engine->size_) {
+    raise(errc::invalid_rank, "iso::this_thread::migrate_to(%d): no such rank (there are %d)", dest, g_engine->size_);
+  }
+  if (self->locks_held != 0) {
+    raise(errc::invalid_argument, "iso::this_thread::migrate_to(%d): thread %s holds %u iso::mutex lock(s); "
+          "a lock cannot travel", dest, self->id.to_string().c_str(), self->locks_held);
+  }
+  self->pending_dest = dest;
+  s.yield_running();  // the scheduler ships it once it is suspended; it resumes on dest
+}
+
+void engine::migrate(thread_id t, int dest) {
+  heap_scope system(nullptr);
+  if (dest < 0 || dest >= size_) {
+    raise(errc::invalid_rank, "iso::migrate(%s, %d): no such rank (there are %d)", t.to_string().c_str(), dest, size_);
+  }
+  tcb* target = sched_.find(t);
+  if (target == nullptr) {
+    raise(errc::unknown_thread, "iso::migrate(%s, %d): no such thread lives on rank %d", t.to_string().c_str(), dest, rank_);
+  }
+  if (dest == rank_) {
+    target->pending_dest = -1;
+    return;
+  }
+  target->pending_dest = dest;
+  if (target != sched_.running() && scheduler::movable(target)) depart(target);
+}
+
+// ---------------------------------------------------------------- termination of threads
+
+void engine::finish_hook(scheduler&, tcb* t) noexcept { g_engine->finished(t); }
+
+void engine::finished(tcb* t) noexcept {
+  heap_scope system(nullptr);
+  const thread_id id = t->id;
+  const bool joined = static_cast<bool>(t->joiner);
+  try {
+    if (joined) {
+      if (tcb* j = sched_.find(t->joiner); j != nullptr && j->state == thread_state::blocked &&
+                                           j->wait == wait_reason::join && j->waiting_for == id) {
+        j->join_status = errc::ok;
+        sched_.wake(j);
+      } else {
+        send_system(t->joiner, id, msg_kind::join_done, errc::ok);
+      }
+    }
+    if (id.home() == rank_) {
+      finished_[id.bits()] = joined;
+      location_.erase(id.bits());
+      departed_.erase(id.bits());
+    } else {
+      // A tombstone: whatever still comes here for the thread goes to its home, which answers.
+      departed_[id.bits()] = {id.home(), t->epoch + 1};
+      send_ctrl(id.home(), {ctrl_kind::finished, rank_, id.bits(), joined ? 1u : 0u});
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while recording that thread %s finished", id.to_string().c_str());
+  }
+}
+
+bool engine::finished_record(thread_id id, bool* joined) const noexcept {
+  auto it = finished_.find(id.bits());
+  if (it == finished_.end()) return false;
+  if (joined != nullptr) *joined = it->second;
+  return true;
+}
+
+void engine::join_hook(scheduler&, tcb* self, thread_id t) { g_engine->join(self, t); }
+
+void engine::join(tcb* self, thread_id t) {
+  if (t.home() < 0 || t.home() >= size_) {
+    raise(errc::unknown_thread, "iso::join(%s): no such thread (home rank %d does not exist)", t.to_string().c_str(), t.home());
+  }
+  if (tcb* target = sched_.find(t)) {
+    if (target->joiner) {
+      raise(errc::already_joined, "iso::join(%s): already joined by thread %s", t.to_string().c_str(),
+            target->joiner.to_string().c_str());
+    }
+    target->joiner = self->id;
+  } else if (bool joined = false; t.home() == rank_ && finished_record(t, &joined)) {
+    if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
+    finished_[t.bits()] = true;
+    return;
+  } else {
+    send_system(t, self->id, msg_kind::join_request, errc::ok);
+  }
+  self->waiting_for = t;
+  self->join_status = errc::ok;
+  sched_.block_running(wait_reason::join);
+  if (self->join_status != errc::ok) {
+    raise(self->join_status, "iso::join(%s): %s", t.to_string().c_str(),
+          self->join_status == errc::already_joined ? "the thread was joined already" : "no such thread");
+  }
+}
+
+// ---------------------------------------------------------------- messages
+
+void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
+  if (!to || to.home() >= size_) {
+    raise(errc::unknown_thread, "iso::send: thread %s does not exist (home rank out of range, %d ranks)",
+          to.to_string().c_str(), size_);
+  }
+  if (bytes != 0 && data == nullptr) raise(errc::invalid_argument, "iso::send: null data for %zu bytes", bytes);
+  tcb* self = sched_.running();
+  const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
+  std::uint64_t seq;
+  if (self != nullptr) {
+    heap_scope own(self->home_heap);  // the counter travels with the sender
+    seq = mailbox_of(self).next_out[to.bits()]++ + 1;
+  } else {
+    heap_scope system(nullptr);
+    seq = main_next_seq_[to.bits()]++ + 1;
+  }
+  heap_scope system(nullptr);
+  if (tcb* t = sched_.find(to)) {
+    deliver_user(t, from, seq, tag, data, bytes);
+    return;
+  }
+  sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
+  data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, 0};
+  std::memcpy(wire.data(), &h, sizeof h);
+  if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
+  route_out(std::move(wire));
+}
+
+void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
+  sys_vector<unsigned char> wire(sizeof(data_header));
+  data_header h{to.bits(), from.bits(), 0, 0, 0, kind, 0, rank_, 0, static_cast<std::uint32_t>(status)};
+  std::memcpy(wire.data(), &h, sizeof h);
+  if (tcb* t = sched_.find(to)) {
+    deliver(t, h, nullptr);
+    return;
+  }
+  route_out(std::move(wire));
+}
+
+// Sends a message toward its thread from this rank: to the newest location known here, or its
+// home; handled here (held) when every pointer leads back here.
+void engine::route_out(sys_vector<unsigned char>&& wire) {
+  data_header h;
+  std::memcpy(&h, wire.data(), sizeof h);
+  const thread_id to = thread_id::from_bits(h.to);
+  place target{to.home(), 0};
+  if (auto it = cache_.find(h.to); it != cache_.end()) target = it->second;
+  if (auto it = departed_.find(h.to); it != departed_.end() && it->second.epoch >= target.epoch) target = it->second;
+  if (auto it = location_.find(h.to); it != location_.end() && it->second.epoch >= target.epoch) target = it->second;
+  if (target.rank == rank_) {
+    on_data(std::move(wire), false);
+    return;
+  }
+  h.min_epoch = std::max(h.min_epoch, target.epoch);
+  std::memcpy(wire.data(), &h, sizeof h);
+  post(target.rank, tag_data, std::move(wire));
+}
+
+void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
+  data_header h;
+  std::memcpy(&h, wire.data(), sizeof h);
+  const thread_id to = thread_id::from_bits(h.to);
+  if (tcb* t = sched_.find(to)) {
+    if (from_network && h.hops > 0 && h.origin != rank_) {
+      send_ctrl(h.origin, {ctrl_kind::hint, rank_, h.to, t->epoch});  // so the sender goes direct
+    }
+    deliver(t, h, wire.data() + sizeof h);
+    return;
+  }
+  // Not here: follow a pointer newer than any this message has followed.
+  place next{-1, h.min_epoch};
+  if (auto it = departed_.find(h.to); it != departed_.end() && it->second.epoch > next.epoch) next = it->second;
+  if (auto it = location_.find(h.to); it != location_.end() && it->second.epoch > next.epoch && it->second.rank != rank_) {
+    next = it->second;
+  }
+  if (next.rank >= 0 && next.rank != rank_) {
+    ++h.hops;
+    h.min_epoch = next.epoch;
+    std::memcpy(wire.data(), &h, sizeof h);
+    ++stats_.forwarded;
+    post(next.rank, tag_data, std::move(wire));
+    return;
+  }
+  if (bool joined = false; to.home() == rank_ && finished_record(to, &joined)) {
+    const thread_id from = thread_id::from_bits(h.from);
+    switch (h.kind) {
+      case msg_kind::join_request:
+        if (!joined) finished_[h.to] = true;
+        send_system(from, to, msg_kind::join_done, joined ? errc::already_joined : errc::ok);
+        return;
+      case msg_kind::user: drop(h, "the thread has finished"); return;
+      case msg_kind::join_done: drop(h, "the joining thread has finished"); return;
+    }
+  }
+  if (to.home() == rank_ && !sched_.spawned_here(to)) {
+    if (h.kind == msg_kind::join_request) {
+      send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
+    } else {
+      drop(h, "no such thread was ever spawned");
+    }
+    return;
+  }
+  // The thread is on its way here (or, at its home, its location is not known yet): hold it.
+  try {
+    held_[h.to].push_back(std::move(wire));
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while holding a message for thread %s", to.to_string().c_str());
+  }
+}
+
+void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept {
+  const thread_id from = thread_id::from_bits(h.from);
+  switch (h.kind) {
+    case msg_kind::user:
+      deliver_user(t, from, h.seq, h.tag, payload, h.bytes);
+      return;
+    case msg_kind::join_request:
+      if (t->joiner) {
+        send_system(from, t->id, msg_kind::join_done, errc::already_joined);
+      } else {
+        t->joiner = from;
+      }
+      return;
+    case msg_kind::join_done:
+      if (t->state == thread_state::blocked && t->wait == wait_reason::join && t->waiting_for == from) {
+        t->join_status = static_cast<errc>(h.status);
+        sched_.wake(t);
+      }
+      return;
+  }
+}
+
+void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data,
+                          std::size_t bytes) noexcept {
+  try {
+    heap_scope receiver(t->home_heap);  // the payload and the queues live in the receiver's heap
+    mailbox& mb = mailbox_of(t);
+    std::uint64_t& next = mb.next_in.try_emplace(from.bits(), 1).first->second;
+    message m{from, tag, std::vector<std::byte>(static_cast<const std::byte*>(data),
+                                                 static_cast<const std::byte*>(data) + bytes)};
+    ISO_ASSERT(seq >= next);  // every message is delivered once: no sequence number twice
+    if (seq > next) {
+      mb.early.emplace(std::make_pair(from.bits(), seq), std::move(m));
+      return;
+    }
+    mb.ready.push_back(std::move(m));
+    ++next;
+    for (auto it = mb.early.find({from.bits(), next}); it != mb.early.end(); it = mb.early.find({from.bits(), next})) {
+      mb.ready.push_back(std::move(it->second));
+      mb.early.erase(it);
+      ++next;
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("thread %s has no heap left for a message of %zu bytes from %s", t->id.to_string().c_str(), bytes,
+          from.to_string().c_str());
+  }
+  if (t->state == thread_state::blocked && t->wait == wait_reason::recv) sched_.wake(t);
+}
+
+void engine::drop(const data_header& h, const char* why) noexcept {
+  ++stats_.dropped;
+  std::fprintf(stderr, "isothreads: rank %d: message from thread %s to thread %s (tag %d, %llu bytes) dropped: %s\n",
+               rank_, id_text(h.from).c_str(), id_text(h.to).c_str(), h.tag,
+               static_cast<unsigned long long>(h.bytes), why);
+}
+
+message engine::recv() {
+  tcb* self = sched_.running();
+  if (self == nullptr) raise(errc::not_in_thread, "iso::recv must be called from a migratable thread");
+  mailbox& mb = mailbox_of(self);
+  while (mb.ready.empty()) sched_.block_running(wait_reason::recv);
+  message m = std::move(mb.ready.front());
+  mb.ready.pop_front();
+  return m;
+}
+
+void engine::on_ctrl(const ctrl_msg& m) noexcept {
+  try {
+    switch (m.kind) {
+      case ctrl_kind::location: {
+        place& p = location_[m.id];
+        if (m.epoch >= p.epoch) p = {m.rank, static_cast<std::uint32_t>(m.epoch)};
+        break;
+      }
+      case ctrl_kind::hint: {
+        place& p = cache_[m.id];
+        if (m.epoch >= p.epoch) p = {m.rank, static_cast<std::uint32_t>(m.epoch)};
+        break;
+      }
+      case ctrl_kind::finished: {
+        finished_[m.id] = m.epoch != 0;
+        location_.erase(m.id);
+        // Messages held here while the location was unknown now get their answer.
+        if (auto it = held_.find(m.id); it != held_.end()) {
+          auto waiting = std::move(it->second);
+          held_.erase(it);
+          for (auto& wire : waiting) on_data(std::move(wire), false);
+        }
+        break;
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while updating the location of thread %s", id_text(m.id).c_str());
+  }
+}
+
+}  // namespace iso::detail
+
+// ---------------------------------------------------------------- public API
+
+namespace iso {
+
+namespace {
+detail::engine& engine_or_throw(const char* call) {
+  detail::engine* e = detail::engine::current();
+  if (e == nullptr) detail::raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
+  return *e;
+}
+}  // namespace
+
+void send(thread_id to, const void* data, std::size_t bytes, int tag) {
+  engine_or_throw("iso::send").send(to, data, bytes, tag);
+}
+
+message recv() { return engine_or_throw("iso::recv").recv(); }
+
+void migrate(thread_id t, int dest) { engine_or_throw("iso::migrate").migrate(t, dest); }
+
+}  // namespace iso

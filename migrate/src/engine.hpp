@@ -1,0 +1,156 @@
+// The migration engine of a rank: ships suspended threads over MPI, locates threads, and routes
+// messages to them wherever they are.
+//
+// Locating (Charm++-style forwarding, ordered by epochs):
+//   every thread_id carries its home rank; the home keeps the thread's current location
+//   (location_, updated by the rank where it lands); a rank a thread left keeps a forwarding
+//   pointer (departed_); senders cache locations learnt from hints (cache_). A thread's epoch
+//   counts its migrations; a pointer is followed only if its epoch is newer than the newest one a
+//   message has followed so far (data_header::min_epoch), so forwarding never loops: a message
+//   that finds no newer pointer is held (held_) until its thread lands here.
+// Ordering and exactly-once: each user message carries a sequence number per (sender, receiver);
+//   the receiver's mailbox (in its heap, so it migrates with it) releases messages in order.
+// All MPI traffic is non-blocking, driven by poll() from the scheduler's progress engine; a
+// thread that waits yields.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <list>
+
+#include "image.hpp"
+#include "isothreads/messaging.hpp"
+#include "scheduler.hpp"
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+// Messages that can create work elsewhere, for termination detection (sent == received).
+struct work_counters {
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+};
+
+enum class msg_kind : std::uint32_t { user = 0, join_request = 1, join_done = 2 };
+
+// A routed message: this header, then `bytes` payload bytes.
+struct data_header {
+  std::uint64_t to;          // receiving thread (thread_id bits)
+  std::uint64_t from;        // sending thread; thread_id(rank, 0) for a rank's main
+  std::uint64_t seq;         // user messages: 1, 2, ... per (from, to); system messages: 0
+  std::uint64_t bytes;       // payload bytes that follow
+  std::int32_t tag;          // user tag
+  msg_kind kind;
+  std::uint32_t min_epoch;   // newest location epoch followed so far
+  std::int32_t origin;       // rank that first sent it: told the location if it was forwarded
+  std::uint32_t hops;        // times forwarded
+  std::uint32_t status;      // join_done: the errc the join ends with
+};
+
+enum class ctrl_kind : std::uint32_t { location = 1, hint = 2, finished = 3 };
+struct ctrl_msg {
+  ctrl_kind kind;
+  std::int32_t rank;         // location / hint: where the thread is
+  std::uint64_t id;          // thread_id bits
+  std::uint64_t epoch;       // location / hint: its epoch there; finished: 1 if it was joined
+};
+
+class engine {
+ public:
+  // Collective over comm (MPI_Comm_dup). Installs itself in the scheduler (depart/finish hooks)
+  // and as the implementation of migrate_to and join. `layout`: this binary's layout fingerprint,
+  // stamped on and checked in every image.
+  engine(MPI_Comm comm, scheduler& s, std::uint64_t layout);
+  ~engine();
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+
+  static engine* current() noexcept;
+
+  // Completes sends and arrivals, receives and dispatches what arrived. True if it did anything.
+  bool poll() noexcept;
+
+  void send(thread_id to, const void* data, std::size_t bytes, int tag);
+  message recv();
+  void migrate(thread_id t, int dest);
+
+  work_counters& counters() noexcept { return counters_; }
+  // Threads in transit from or to this rank (they count as live for termination).
+  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size(); }
+  // Messages held for threads that have not arrived.
+  std::size_t held_messages() const noexcept;
+
+  struct stats_t {
+    std::uint64_t departures = 0;       // threads shipped from this rank
+    std::uint64_t arrivals = 0;         // threads received
+    std::uint64_t bytes_out = 0;        // image bytes shipped
+    std::uint64_t forwarded = 0;        // messages forwarded to a newer location
+    std::uint64_t dropped = 0;          // messages to finished or unknown threads
+  };
+  stats_t stats() const noexcept { return stats_; }
+
+ private:
+  struct outgoing {                     // an Isend and the buffer it reads
+    MPI_Request request;
+    sys_vector<unsigned char> buffer;
+  };
+  struct departure {                    // a thread being shipped; its memory stays until done
+    tcb* thread;
+    sys_vector<MPI_Request> requests;
+    sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
+  };
+  struct arrival {                      // a thread being received straight into its addresses
+    int source;
+    tcb* thread;
+    sys_vector<MPI_Request> requests;
+  };
+  struct place {
+    int rank;
+    std::uint32_t epoch;
+  };
+
+  void depart(tcb* t) noexcept;
+  void finish_departure(departure& d) noexcept;
+  void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
+  void finish_arrival(arrival& a) noexcept;
+  void finished(tcb* t) noexcept;
+  void join(tcb* self, thread_id t);
+
+  void route_out(sys_vector<unsigned char>&& wire);   // a data message toward its thread
+  void on_data(sys_vector<unsigned char>&& wire, bool from_network);
+  void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
+  void deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+  void drop(const data_header& h, const char* why) noexcept;
+  void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
+  void post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcept;
+  void send_ctrl(int dest, const ctrl_msg& m) noexcept;
+  void on_ctrl(const ctrl_msg& m) noexcept;
+  bool finished_record(thread_id id, bool* joined) const noexcept;
+
+  static void depart_hook(scheduler& s, tcb* t) noexcept;
+  static void finish_hook(scheduler& s, tcb* t) noexcept;
+  static void migrate_to_hook(scheduler& s, tcb* self, int dest);
+  static void join_hook(scheduler& s, tcb* self, thread_id t);
+
+  scheduler& sched_;
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::uint64_t layout_;
+  work_counters counters_;
+  stats_t stats_;
+
+  std::list<outgoing, sys_allocator<outgoing>> sends_;
+  std::list<departure, sys_allocator<departure>> departures_;
+  std::list<arrival, sys_allocator<arrival>> arrivals_;
+
+  sys_unordered_map<std::uint64_t, place> location_;   // threads homed here that live elsewhere
+  sys_unordered_map<std::uint64_t, place> departed_;   // forwarding pointers of threads that left
+  sys_unordered_map<std::uint64_t, place> cache_;      // locations learnt from hints
+  sys_unordered_map<std::uint64_t, bool> finished_;    // homed here and finished -> joined?
+  sys_unordered_map<std::uint64_t, sys_vector<sys_vector<unsigned char>>> held_;
+  sys_unordered_map<std::uint64_t, std::uint64_t> main_next_seq_;  // sends from main, per receiver
+};
+
+}  // namespace iso::detail

@@ -1,0 +1,96 @@
+#include "image.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "checksum.hpp"
+#include "diag.hpp"
+#include "prim.hpp"
+#include "region.hpp"
+#include "tcb.hpp"
+
+namespace iso::detail {
+namespace {
+
+std::uint64_t header_checksum(const image_header& h) {
+  image_header copy = h;
+  copy.checksum = 0;
+  const std::uint64_t seed = checksum64(&copy, sizeof copy);
+  return checksum64(image_extents(h), h.nextents * sizeof(image_extent), seed);
+}
+
+}  // namespace
+
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout) {
+  const std::size_t page = prim::page_size();
+  sys_vector<image_extent> extents;
+  // The saved context is the stack pointer at the switch: everything live is above it.
+  void* sp = nullptr;
+  std::memcpy(&sp, t->self, sizeof sp);
+  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1);
+  const std::uintptr_t stack_hi = reinterpret_cast<std::uintptr_t>(t->stack.top());
+  extents.push_back({stack_lo, stack_hi - stack_lo});
+  t->home_heap->for_each_extent([&](void* addr, std::size_t bytes) {
+    extents.push_back({reinterpret_cast<std::uintptr_t>(addr), bytes});
+  });
+  std::sort(extents.begin(), extents.end(),
+            [](const image_extent& a, const image_extent& b) { return a.addr < b.addr; });
+
+  sys_vector<unsigned char> buffer(sizeof(image_header) + extents.size() * sizeof(image_extent));
+  image_header h{};
+  h.magic = image_magic;
+  h.version = image_version;
+  h.nextents = static_cast<std::uint32_t>(extents.size());
+  h.layout = layout;
+  h.thread = t->id.bits();
+  h.tcb = reinterpret_cast<std::uintptr_t>(t);
+  for (const image_extent& e : extents) h.data_bytes += e.bytes;
+  std::memcpy(buffer.data() + sizeof h, extents.data(), extents.size() * sizeof(image_extent));
+  std::memcpy(buffer.data(), &h, sizeof h);
+  const std::uint64_t sum = header_checksum(*reinterpret_cast<const image_header*>(buffer.data()));
+  std::memcpy(buffer.data() + offsetof(image_header, checksum), &sum, sizeof sum);
+  return buffer;
+}
+
+const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout) {
+  if (buffer == nullptr || bytes < sizeof(image_header)) {
+    raise(errc::corrupt_image, "thread image rejected: %zu bytes is too short for a header", bytes);
+  }
+  const auto& h = *static_cast<const image_header*>(buffer);
+  if (h.magic != image_magic) raise(errc::corrupt_image, "thread image rejected: bad magic (not a thread image)");
+  if (h.version != image_version) {
+    raise(errc::corrupt_image, "thread image rejected: format version %u, this build reads %u", h.version, image_version);
+  }
+  if (bytes != sizeof h + std::size_t{h.nextents} * sizeof(image_extent)) {
+    raise(errc::corrupt_image, "thread image rejected: header of %zu bytes for %u extents", bytes, h.nextents);
+  }
+  if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
+  if (h.layout != layout) {
+    raise(errc::corrupt_image,
+          "thread image rejected: it comes from a different binary or code layout (fingerprint %#llx, ours %#llx)",
+          static_cast<unsigned long long>(h.layout), static_cast<unsigned long long>(layout));
+  }
+  const region& r = region::get();
+  const std::size_t page = prim::page_size();
+  const image_extent* e = image_extents(h);
+  std::uint64_t total = 0, last_end = 0;
+  bool tcb_inside = false;
+  for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    const void* lo = reinterpret_cast<const void*>(e[i].addr);
+    const void* last = reinterpret_cast<const void*>(e[i].addr + e[i].bytes - 1);
+    if (e[i].bytes == 0 || e[i].addr % page != 0 || e[i].bytes % page != 0 || !r.contains(lo) ||
+        !r.contains(last) || e[i].addr < last_end) {
+      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is misaligned, outside the region or overlapping",
+            i, static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes));
+    }
+    last_end = e[i].addr + e[i].bytes;
+    total += e[i].bytes;
+    tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb + sizeof(tcb) <= last_end);
+  }
+  if (total != h.data_bytes) raise(errc::corrupt_image, "thread image rejected: extents sum to %llu bytes, header says %llu",
+                                   static_cast<unsigned long long>(total), static_cast<unsigned long long>(h.data_bytes));
+  if (!tcb_inside) raise(errc::corrupt_image, "thread image rejected: its control block lies in no extent");
+  return h;
+}
+
+}  // namespace iso::detail

@@ -1,0 +1,51 @@
+// The image of a suspended thread: what travels when it migrates.
+//
+// Layout on the wire: one header message (image_header, then nextents image_extent entries),
+// then the extents' bytes, each sent straight from its address in pieces of at most
+// max_piece_bytes (MPI counts are ints) and received straight into the same addresses.
+// Extents: the live part of the stack (saved stack pointer, rounded down to a page, to the top of
+// the run) and the heap's live page runs (heap::for_each_extent), which contain the TCB.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+struct tcb;
+
+inline constexpr std::uint64_t image_magic = 0x474d49737268746full;  // "othrsIMG"
+inline constexpr std::uint32_t image_version = 1;
+inline constexpr std::size_t max_piece_bytes = std::size_t{1} << 30;
+
+struct image_extent {
+  std::uint64_t addr;   // page-aligned address in the region
+  std::uint64_t bytes;  // page multiple
+};
+
+struct image_header {
+  std::uint64_t magic;         // image_magic
+  std::uint32_t version;       // image_version
+  std::uint32_t nextents;      // image_extent entries after the header
+  std::uint64_t layout;        // layout fingerprint of the sending binary (must equal ours)
+  std::uint64_t thread;        // thread_id::bits()
+  std::uint64_t tcb;           // address of the thread's control block (inside an extent)
+  std::uint64_t data_bytes;    // sum of the extents' bytes
+  std::uint64_t checksum;      // checksum64 of header (this field 0) and extent table
+};
+
+// The header and extent table of t's image. pre: t is suspended and detached from the scheduler.
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout);
+
+// Checks a received header buffer before anything is written: size, magic, version, layout,
+// checksum, and that every extent is page-aligned, inside the region, sorted and disjoint, and
+// the TCB lies inside one. Throws iso::error(corrupt_image) naming the first problem.
+const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
+
+inline const image_extent* image_extents(const image_header& h) {
+  return reinterpret_cast<const image_extent*>(&h + 1);
+}
+
+}  // namespace iso::detail
