@@ -15,7 +15,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run& r : runs) {
-      if (r.run_type != Run::RT_Iteration || r.skipped) continue;
+      if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
       const double ns = r.GetAdjustedRealTime() *
                         (1e9 / benchmark::GetTimeUnitMultiplier(r.time_unit));
       times_[r.benchmark_name()] = ns;

@@ -193,6 +193,10 @@ void* iso_unpack(const void* image, size_t bytes) {
             h.version, image_version);
     }
     if (h.header_checksum != header_sum(h)) raise(iso::errc::corrupt_image, "iso_unpack: the image header is corrupt (checksum mismatch)");
+    if (h.length == 0 || h.length > r.bytes() || h.length % prim::page_size() != 0) {
+      raise(iso::errc::corrupt_image, "iso_unpack: the image claims a block of %llu bytes",
+            static_cast<unsigned long long>(h.length));
+    }
     if (bytes != sizeof h + h.length) {
       raise(iso::errc::corrupt_image, "iso_unpack: the image of block %#llx has %zu bytes, its header says %llu",
             static_cast<unsigned long long>(h.address), bytes,
@@ -217,6 +221,10 @@ void* iso_unpack(const void* image, size_t bytes) {
     auto it = t.entries.find(h.address);
     if (it != t.entries.end() && it->second.held) {
       raise(iso::errc::bad_pointer, "iso_unpack: block %p is already present on this rank", block);
+    }
+    if (it != t.entries.end() && it->second.length != h.length) {
+      raise(iso::errc::corrupt_image, "iso_unpack: block %p was detached with %zu bytes, the image has %llu",
+            block, it->second.length, static_cast<unsigned long long>(h.length));
     }
     // On its owner the range must be a detached block of this run, or free (an image from an
     // earlier run); elsewhere the owner keeps it reserved until it is freed.

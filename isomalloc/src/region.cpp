@@ -377,6 +377,16 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
         --it;
         overlaps = it->first + it->second * chunk_bytes > addr;
       }
+      // The cache holds at most cache_bound_ / chunk_bytes runs: a linear look is cheap, and a
+      // run accepted twice would be handed out twice.
+      for (std::size_t n = 1; n <= max_cached_run_chunks && !overlaps; ++n) {
+        for (std::uintptr_t a : cache_[n]) {
+          if (a < addr + bytes && addr < a + n * chunk_bytes) {
+            overlaps = true;
+            break;
+          }
+        }
+      }
     }
     if (!shaped || overlaps) {
       ++stats_.bad_returns;

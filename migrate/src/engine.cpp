@@ -180,6 +180,7 @@ void engine::depart(tcb* t) noexcept {
     t->home_heap->trim();
     departure& d = departures_.emplace_back();
     d.thread = t;
+    d.stack = t->stack;
     d.header = build_image_header(t, layout_);
     const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
     d.requests.emplace_back();
@@ -210,11 +211,10 @@ void engine::finish_departure(departure& d) noexcept {
   // The destination has every byte: give this rank's copy back to the kernel. The stack's guard
   // goes too (guards mark exactly the stacks of threads a rank holds).
   const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
-  const stack_run stack = d.thread->stack;  // read before the pages holding the TCB go
   const image_extent* e = image_extents(h);
   for (std::uint32_t i = 0; i < h.nextents; ++i) prim::decommit(reinterpret_cast<void*>(e[i].addr), e[i].bytes);
-  stack_pool::disarm(stack);
-  prim::decommit(stack.base, stack.bytes);
+  stack_pool::disarm(d.stack);
+  prim::decommit(d.stack.base, d.stack.bytes);
 }
 
 void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
@@ -223,6 +223,16 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     h = &validate_image_header(buffer.data(), buffer.size(), layout_);
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
+  }
+  // A thread that comes back before this rank saw its last departure complete: that departure
+  // is over (the thread ran elsewhere since), so finish it now, before new data lands on the
+  // pages it would release.
+  for (auto it = departures_.begin(); it != departures_.end(); ++it) {
+    if (reinterpret_cast<std::uintptr_t>(it->thread) != h->tcb) continue;
+    MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
+    finish_departure(*it);
+    departures_.erase(it);
+    break;
   }
   try {
     arrival& a = arrivals_.emplace_back();
@@ -311,15 +321,7 @@ void engine::finished(tcb* t) noexcept {
   const thread_id id = t->id;
   const bool joined = static_cast<bool>(t->joiner);
   try {
-    if (joined) {
-      if (tcb* j = sched_.find(t->joiner); j != nullptr && j->state == thread_state::blocked &&
-                                           j->wait == wait_reason::join && j->waiting_for == id) {
-        j->join_status = errc::ok;
-        sched_.wake(j);
-      } else {
-        send_system(t->joiner, id, msg_kind::join_done, errc::ok);
-      }
-    }
+    if (joined) send_system(t->joiner, id, msg_kind::join_done, errc::ok);
     if (id.home() == rank_) {
       finished_[id.bits()] = joined;
       location_.erase(id.bits());
@@ -357,12 +359,16 @@ void engine::join(tcb* self, thread_id t) {
     if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
     finished_[t.bits()] = true;
     return;
+    self->join_status = errc::ok;
+    self->waiting_for = t;
   } else {
+    // The answer may come at once (t's home is this rank): it sets join_status and clears
+    // waiting_for.
+    self->join_status = errc::ok;
+    self->waiting_for = t;
     send_system(t, self->id, msg_kind::join_request, errc::ok);
   }
-  self->waiting_for = t;
-  self->join_status = errc::ok;
-  sched_.block_running(wait_reason::join);
+  while (self->waiting_for) sched_.block_running(wait_reason::join);
   if (self->join_status != errc::ok) {
     raise(self->join_status, "iso::join(%s): %s", t.to_string().c_str(),
           self->join_status == errc::already_joined ? "the thread was joined already" : "no such thread");
@@ -495,9 +501,11 @@ void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload)
       }
       return;
     case msg_kind::join_done:
-      if (t->state == thread_state::blocked && t->wait == wait_reason::join && t->waiting_for == from) {
+      // t is blocked in join, or still running the join call that asked (a local answer).
+      if (t->waiting_for == from) {
         t->join_status = static_cast<errc>(h.status);
-        sched_.wake(t);
+        t->waiting_for = thread_id{};
+        if (t->state == thread_state::blocked && t->wait == wait_reason::join) sched_.wake(t);
       }
       return;
   }

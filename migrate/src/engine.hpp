@@ -97,6 +97,7 @@ class engine {
   };
   struct departure {                    // a thread being shipped; its memory stays until done
     tcb* thread;
+    stack_run stack;                    // the thread's stack (its TCB is not read once shipped)
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
   };

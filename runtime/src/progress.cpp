@@ -62,7 +62,8 @@ void mpi_progress::start_round(scheduler& s) noexcept {
   mine_[live] = s.live_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
   mine_[sent] = c.sent;
   mine_[received] = c.received;
-  mine_[timers] = s.sleeping_threads() != 0 ? 1 : 0;
+  // A sleeping thread will wake, and one in transit will land: neither rank is stuck.
+  mine_[active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
   if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
     fatal("MPI_Iallreduce for termination detection failed");
   }
@@ -84,11 +85,11 @@ bool mpi_progress::finished(scheduler& s) {
     have_last_ = false;
     return true;
   }
-  if (stable && sum_[timers] == 0) {
+  if (stable && sum_[active] == 0) {
     have_last_ = false;
     raise(errc::deadlock,
-          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d), no message is in flight "
-          "and no thread sleeps",
+          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d), no message or thread is "
+          "in flight and no thread sleeps",
           static_cast<unsigned long long>(sum_[live]), s.live_threads(), s.rank());
   }
   start_round(s);

@@ -11,10 +11,10 @@
 namespace iso::detail {
 
 // Termination detection: when idle, a rank joins a round of MPI_Iallreduce over
-// {live threads (with those in transit), messages sent, received, ranks with a timer pending}. run() may return once two
+// {live threads (with those in transit), messages sent, received, threads sleeping or in transit}. run() may return once two
 // consecutive rounds agree on sent == received with no live thread anywhere (the second round
 // rules out a message that was in flight while the first was being taken). The same test with
-// live threads but no timers anywhere is a global deadlock.
+// live threads but none sleeping or in transit anywhere is a global deadlock.
 class mpi_progress final : public progress_engine {
  public:
   explicit mpi_progress(MPI_Comm comm);  // collective (MPI_Comm_dup)
@@ -33,7 +33,7 @@ class mpi_progress final : public progress_engine {
   MPI_Comm comm_;
   engine* engine_ = nullptr;
 
-  enum { live, sent, received, timers, fields };
+  enum { live, sent, received, active, fields };
   MPI_Request round_ = MPI_REQUEST_NULL;
   std::uint64_t mine_[fields] = {};
   std::uint64_t sum_[fields] = {};

@@ -5,6 +5,7 @@
 #include <random>
 #include <set>
 
+#include "isothreads/error.hpp"
 #include "prim.hpp"
 #include "region.hpp"
 

@@ -236,6 +236,7 @@ void scheduler::teardown(tcb* t) noexcept {
     tcb* j = find(t->joiner);
     ISO_ASSERT_INTERNAL(j != nullptr && j->wait == wait_reason::join && j->waiting_for == t->id);
     j->join_status = errc::ok;
+    j->waiting_for = thread_id{};
     wake(j);
   } else {
     try {

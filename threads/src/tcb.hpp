@@ -78,7 +78,7 @@ struct tcb {
   wait_reason wait = wait_reason::none;  // while blocked
 
   thread_id joiner;                   // the thread that joins this one; none until a join
-  thread_id waiting_for;              // while wait == join: the thread being joined
+  thread_id waiting_for;              // during a join: the thread being joined; cleared when it ends
   errc join_status = errc::ok;        // how that join ended (set before the joiner is woken)
 
   std::uint32_t epoch = 0;            // migrations so far: orders location information

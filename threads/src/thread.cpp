@@ -79,8 +79,8 @@ void join(thread_id t) {
                   target->joiner.to_string().c_str());
   }
   target->joiner = self->id;
-  self->waiting_for = t;
-  s.block_running(detail::wait_reason::join);
+  self->waiting_for = t;  // cleared by the target's teardown, which then wakes us
+  while (self->waiting_for) s.block_running(detail::wait_reason::join);
 }
 
 namespace this_thread {

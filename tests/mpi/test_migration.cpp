@@ -1,0 +1,304 @@
+// Threads moving between ranks under mpirun: state that survives, messages that follow, joins
+// across ranks, and the error paths. Every test is collective: each rank runs it and calls run().
+#include <gtest/gtest.h>
+#include <mpi.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine.hpp"
+#include "isothreads/isothreads.hpp"
+
+namespace iso_test {
+extern iso::runtime* rt;
+}
+
+namespace {
+
+using iso_test::rt;
+
+// Every rank's ids, in rank order (each rank contributes the same number).
+std::vector<iso::thread_id> allgather_ids(const std::vector<iso::thread_id>& mine) {
+  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt->size()));
+  for (iso::thread_id t : mine) bits.push_back(t.bits());
+  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
+                MPI_UINT64_T, MPI_COMM_WORLD);
+  std::vector<iso::thread_id> out;
+  for (std::uint64_t b : all) out.push_back(iso::thread_id::from_bits(b));
+  return out;
+}
+
+// Sends the table of ids to each local thread (its first message).
+void hand_out(const std::vector<iso::thread_id>& local, const std::vector<iso::thread_id>& table) {
+  for (iso::thread_id t : local) iso::send(t, table.data(), table.size() * sizeof(iso::thread_id));
+}
+
+std::vector<iso::thread_id> receive_table() {
+  const iso::message m = iso::recv();
+  std::vector<iso::thread_id> table(m.data.size() / sizeof(iso::thread_id));
+  std::memcpy(table.data(), m.data.data(), m.data.size());
+  return table;
+}
+
+struct gnode {
+  int id;
+  gnode* next;   // a ring
+  gnode* other;  // a chord across it
+};
+
+TEST(Migration, ContainersPointerGraphsAndStackSurviveEveryRank) {
+  iso::spawn([] {
+    const int n = iso::size();
+    std::map<int, std::string> m;
+    for (int i = 0; i < 300; ++i) m[i] = std::string(static_cast<std::size_t>(i % 60 + 1), static_cast<char>('a' + i % 26));
+    std::vector<double> v(20000);
+    v.reserve(v.size() + 1000);  // the pushes below must not move it
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i) * 0.5;
+    std::vector<gnode*> ring;
+    for (int i = 0; i < 200; ++i) ring.push_back(new gnode{i, nullptr, nullptr});
+    for (int i = 0; i < 200; ++i) {
+      ring[static_cast<std::size_t>(i)]->next = ring[static_cast<std::size_t>((i + 1) % 200)];
+      ring[static_cast<std::size_t>(i)]->other = ring[static_cast<std::size_t>((i * 7) % 200)];
+    }
+    int on_stack[64];
+    for (int i = 0; i < 64; ++i) on_stack[i] = i * i;
+    int* into_stack = &on_stack[10];
+    const auto* const node_addr = &*m.find(150);
+    const double* const v_data = v.data();
+    gnode* const head = ring[0];
+
+    auto verify = [&] {
+      ASSERT_EQ(m.size(), 300u);
+      EXPECT_EQ(&*m.find(150), node_addr);
+      for (int i = 0; i < 300; i += 37) EXPECT_EQ(m[i], std::string(static_cast<std::size_t>(i % 60 + 1), static_cast<char>('a' + i % 26)));
+      EXPECT_EQ(v.data(), v_data);
+      EXPECT_EQ(v[12345], 12345 * 0.5);
+      const gnode* g = head;
+      for (int i = 0; i < 200; ++i, g = g->next) {
+        ASSERT_EQ(g->id, i);
+        ASSERT_EQ(g->other->id, (i * 7) % 200);
+      }
+      EXPECT_EQ(g, head);
+      EXPECT_EQ(*into_stack, 100);
+      EXPECT_EQ(on_stack[63], 63 * 63);
+    };
+    verify();
+    const int start = iso::rank();
+    for (int hop = 1; hop <= 3 * n; ++hop) {
+      const int dest = (start + hop * 3 + hop / n) % n;
+      iso::this_thread::migrate_to(dest);
+      EXPECT_EQ(iso::rank(), dest);
+      verify();
+      v.push_back(hop);  // keeps allocating and freeing wherever it is
+      m.erase(1000 + hop);
+    }
+    for (gnode* g : ring) delete g;
+  });
+  rt->run();
+}
+
+TEST(Migration, ZlibStreamFedAcrossRanksMatchesOneShot) {
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      std::string input;
+      for (int i = 0; i < 20000; ++i) input += "line " + std::to_string(i * 7919 % 10007) + " of the stream\n";
+      std::vector<unsigned char> one_shot(compressBound(input.size()));
+      uLongf one_len = one_shot.size();
+      ASSERT_EQ(compress2(one_shot.data(), &one_len, reinterpret_cast<const Bytef*>(input.data()), input.size(), 6), Z_OK);
+      one_shot.resize(one_len);
+
+      z_stream zs{};
+      ASSERT_EQ(deflateInit(&zs, 6), Z_OK);
+      std::vector<unsigned char> out(deflateBound(&zs, input.size()));
+      zs.next_out = out.data();
+      zs.avail_out = static_cast<uInt>(out.size());
+      const std::size_t chunk = input.size() / 16 + 1;
+      int hops = 0;
+      for (std::size_t off = 0; off < input.size(); off += chunk) {
+        zs.next_in = reinterpret_cast<Bytef*>(input.data() + off);
+        zs.avail_in = static_cast<uInt>(std::min(chunk, input.size() - off));
+        ASSERT_EQ(deflate(&zs, Z_NO_FLUSH), Z_OK);
+        iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());  // mid-stream: zlib's state moves
+        ++hops;
+      }
+      ASSERT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+      out.resize(zs.total_out);
+      deflateEnd(&zs);
+      EXPECT_GE(hops, 16);
+      EXPECT_EQ(out, one_shot);
+    });
+  }
+  rt->run();
+}
+
+TEST(Migration, MessagesArriveExactlyOnceInOrderWhileThreadsMigrate) {
+  static constexpr int per_rank = 8, rounds = 25, peers = 3;
+  std::vector<iso::thread_id> local;
+  for (int i = 0; i < per_rank; ++i) {
+    local.push_back(iso::spawn([] {
+      const std::vector<iso::thread_id> ids = receive_table();
+      const int total = static_cast<int>(ids.size());
+      const int me = static_cast<int>(std::find(ids.begin(), ids.end(), iso::this_thread::id()) - ids.begin());
+      ASSERT_LT(me, total);
+      std::mt19937 rng(static_cast<unsigned>(me) * 2654435761u);
+      const int n = iso::size();
+      for (int r = 0; r < rounds; ++r) {
+        for (int p = 1; p <= peers; ++p) {
+          const int payload[2] = {me, r};
+          iso::send(ids[static_cast<std::size_t>((me + p) % total)], payload, sizeof payload, 7);
+        }
+        if (rng() % 3 == 0) iso::this_thread::migrate_to(static_cast<int>(rng() % static_cast<unsigned>(n)));
+      }
+      std::map<int, int> next;  // sender -> next round expected
+      for (int k = 0; k < rounds * peers; ++k) {
+        const iso::message m = iso::recv();
+        ASSERT_EQ(m.data.size(), 2 * sizeof(int));
+        EXPECT_EQ(m.tag, 7);
+        int payload[2];
+        std::memcpy(payload, m.data.data(), sizeof payload);
+        EXPECT_EQ(m.from, ids[static_cast<std::size_t>(payload[0])]);
+        EXPECT_EQ(payload[1], next[payload[0]]++) << "out of order from " << payload[0];
+        if (rng() % 4 == 0) iso::this_thread::migrate_to(static_cast<int>(rng() % static_cast<unsigned>(n)));
+      }
+      ASSERT_EQ(next.size(), static_cast<std::size_t>(peers));
+      for (const auto& [from, count] : next) EXPECT_EQ(count, rounds) << "from " << from;
+    }));
+  }
+  hand_out(local, allgather_ids(local));
+  rt->run();
+  const auto s = iso::detail::engine::current()->stats();
+  EXPECT_EQ(iso::detail::engine::current()->held_messages(), 0u);
+  (void)s;
+}
+
+TEST(Migration, ThreadBlockedInRecvIsMovedAndWokenThere) {
+  const int dest = 1 % rt->size();
+  if (rt->rank() == 0) {
+    const iso::thread_id waiter = iso::spawn([dest] {
+      const iso::message m = iso::recv();  // blocked here while it is moved
+      EXPECT_EQ(iso::rank(), dest);
+      EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data.data()), m.data.size()), "wake up");
+    });
+    iso::spawn([waiter, dest] {
+      iso::migrate(waiter, dest);  // waiter ran first and is blocked in recv now
+      iso::this_thread::sleep_for(std::chrono::milliseconds(5));
+      iso::send(waiter, "wake up", 7);
+    });
+  }
+  rt->run();
+}
+
+TEST(Migration, SleepingThreadIsMovedAndSleepsOnThere) {
+  const int dest = rt->size() - 1;
+  if (rt->rank() == 0) {
+    const iso::thread_id sleeper = iso::spawn([dest] {
+      const auto start = std::chrono::steady_clock::now();
+      iso::this_thread::sleep_for(std::chrono::milliseconds(40));
+      EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(40));
+      EXPECT_EQ(iso::rank(), dest);
+    });
+    iso::spawn([sleeper, dest] { iso::migrate(sleeper, dest); });
+  }
+  rt->run();
+}
+
+TEST(Migration, LockHolderMovesOnceItReleases) {
+  iso::mutex m;  // rank-local; the holder uses it only before it moves
+  const int dest = 1 % rt->size();
+  if (rt->rank() == 0) {
+    const iso::thread_id holder = iso::spawn([&m, dest] {
+      m.lock();
+      for (int i = 0; i < 3; ++i) {
+        iso::this_thread::yield();
+        EXPECT_EQ(iso::rank(), 0);  // holding the lock: it must not have moved
+      }
+      m.unlock();
+      iso::this_thread::yield();    // the first suspension without the lock: it moves here
+      EXPECT_EQ(iso::rank(), dest);
+    });
+    iso::spawn([holder, dest] { iso::migrate(holder, dest); });
+  }
+  rt->run();
+}
+
+TEST(Migration, JoinAcrossRanksWhileTheTargetMigrates) {
+  std::vector<iso::thread_id> local;
+  // Rank r's worker wanders for a while, then reports to the next rank's joiner and ends.
+  local.push_back(iso::spawn([] {
+    const std::vector<iso::thread_id> ids = receive_table();
+    const int n = iso::size();
+    for (int i = 0; i < 3; ++i) {
+      iso::this_thread::sleep_for(std::chrono::milliseconds(2));
+      iso::this_thread::migrate_to((iso::rank() + 1) % n);
+    }
+  }));
+  local.push_back(iso::spawn([] {
+    const std::vector<iso::thread_id> ids = receive_table();
+    const int n = iso::size();
+    const int me = static_cast<int>(std::find(ids.begin(), ids.end(), iso::this_thread::id()) - ids.begin());
+    const iso::thread_id target = ids[static_cast<std::size_t>((me + 1) % (2 * n)) & ~std::size_t{1}];  // next rank's worker
+    iso::this_thread::migrate_to((iso::rank() + 2) % n);  // the joiner moves too
+    iso::join(target);
+    try {
+      iso::join(target);
+      ADD_FAILURE() << "a second join must throw";
+    } catch (const iso::error& e) {
+      EXPECT_EQ(e.code_value(), iso::errc::already_joined) << e.what();
+    }
+  }));
+  hand_out(local, allgather_ids(local));
+  rt->run();
+}
+
+// The errc an iso::error thrown by f carries (ok if none); its message must contain `names`.
+template <class F>
+iso::errc error_of(F&& f, const std::string& names) {
+  try {
+    f();
+  } catch (const iso::error& e) {
+    EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what() << " should name " << names;
+    return e.code_value();
+  }
+  return iso::errc::ok;
+}
+
+TEST(Migration, ErrorPathsNameTheValueAndLeaveTheThreadRunning) {
+  const int n = rt->size();
+  EXPECT_EQ(error_of([] { iso::this_thread::migrate_to(0); }, "migrate_to"), iso::errc::not_in_thread);
+  EXPECT_EQ(error_of([] { iso::recv(); }, "iso::recv"), iso::errc::not_in_thread);
+  EXPECT_EQ(error_of([] { iso::send(iso::thread_id{}, "x", 1); }, "none"), iso::errc::unknown_thread);
+  const iso::thread_id far(n + 3, 1);
+  EXPECT_EQ(error_of([far] { iso::send(far, "x", 1); }, far.to_string()), iso::errc::unknown_thread);
+  EXPECT_EQ(error_of([] { iso::migrate(iso::thread_id(0, 987654321), 0); }, "0:987654321"), iso::errc::unknown_thread);
+  const iso::thread_id t = iso::spawn([n] {
+    const int here = iso::rank();
+    EXPECT_EQ(error_of([] { iso::this_thread::migrate_to(-1); }, "(-1)"), iso::errc::invalid_rank);
+    EXPECT_EQ(error_of([n] { iso::this_thread::migrate_to(n); }, "(" + std::to_string(n) + ")"), iso::errc::invalid_rank);
+    EXPECT_EQ(iso::rank(), here);  // still here, still running
+    EXPECT_EQ(error_of([] { iso::join(iso::thread_id(0, 987654321)); }, "0:987654321"), iso::errc::unknown_thread);
+    EXPECT_EQ(error_of([] { iso::join(iso::this_thread::id()); }, "itself"), iso::errc::already_joined);
+    iso::this_thread::migrate_to(here);  // to where it is: nothing moves
+    EXPECT_EQ(iso::rank(), here);
+  });
+  EXPECT_EQ(error_of([t, n] { iso::migrate(t, n + 1); }, std::to_string(n + 1)), iso::errc::invalid_rank);
+  EXPECT_EQ(error_of([t] { iso::migrate(t, -2); }, "-2"), iso::errc::invalid_rank);
+  rt->run();
+
+  // A message to a thread that has finished is dropped, and counted, not lost silently.
+  const auto before = iso::detail::engine::current()->stats().dropped;
+  iso::send(t, "late", 4);
+  rt->run();
+  EXPECT_EQ(iso::detail::engine::current()->stats().dropped, before + 1);
+}
+
+TEST(Migration, RunReturnsOnEveryRankWithNoThreads) {
+  rt->run();
+  rt->run();
+  SUCCEED();
+}
+
+}  // namespace
