@@ -9,17 +9,34 @@
 //   page     4 KiB inside a segment. A small page serves one size class; a medium block is a run
 //            of whole pages inside one segment.
 //   large    a block too big for a segment gets its own run of chunks: a header at the chunk-
-//            aligned run start, the block at run start + one page (or higher, for alignment),
-//            always inside the run's first chunk.
-// Lookup: the header describing a block at p is at (p - 1) rounded down to 64 KiB (blocks never
-// start at a chunk boundary), so free() needs no table and works the same on every rank.
+//            aligned run start, the block at run start + one page (or + its alignment, below
+//            64 KiB). A block aligned to 64 KiB or more starts on a chunk boundary with its header
+//            one chunk below, the run sized to hold both wherever the boundary falls.
+// Lookup: the header describing a block at p is at (p - 1) rounded down to 64 KiB (only those
+// 64 KiB-aligned large blocks start on a chunk boundary), so free() needs no table and works the
+// same on every rank.
 //
 // A heap belongs to one thread at a time and is not thread-safe (no locks: the scheduler runs
 // every migratable thread of a rank on one OS thread).
+//
+// Size classes: 16-byte steps up to 128, then four per doubling (~25% apart) up to 1 KiB, then
+// 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
+// size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
+// A fresh heap touches one page: page 0 of its first segment holds the segment header (824
+// bytes), the heap object (248 bytes) and the blocks of the first size class used; each further
+// class takes a page of its own.
+// Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
+// it is its class's only page with room (kept, so that alloc + free of one block in a loop stays
+// on the fast path) and it does not alone keep a segment other than the first from going back to
+// the region. A segment with no live block left goes back to the region at once.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <type_traits>
+
+#include "region.hpp"
 
 namespace iso::detail {
 
@@ -61,7 +78,8 @@ class heap {
   // The heap as one self-describing image (header with magic, version, checksums; extent table;
   // data) and back. read_image copies the extents to their original addresses on this rank and
   // returns the heap, which then serves alloc/free as before; throws iso::error(corrupt_image)
-  // naming what failed before writing anything.
+  // naming what failed before writing anything. It does not claim the heap's chunks in the
+  // region: the caller holds them (a migration keeps them allocated on their owner).
   std::size_t image_bytes() const noexcept;
   void write_image(void* buffer) const noexcept;  // pre: buffer holds image_bytes()
   static heap* read_image(const void* image, std::size_t bytes);
@@ -79,6 +97,142 @@ class heap {
     std::size_t large_runs = 0;    // dedicated runs for large blocks
   };
   stats_t stats() const noexcept;
+
+  heap(const heap&) = delete;
+  heap& operator=(const heap&) = delete;
+
+ private:
+  static constexpr std::size_t page_bytes = 4096;
+  static constexpr std::size_t pages_per_segment = chunk_bytes / page_bytes;  // 16
+  static constexpr unsigned small_classes = 22;
+  static constexpr std::size_t small_max = 2032;         // largest small class, bytes
+  static constexpr std::size_t medium_max_pages = 8;     // largest medium block, pages
+
+  enum class page_kind : std::uint8_t {
+    free,         // in the segment's free mask; holds nothing (page 0: only the header)
+    small,        // serves one size class
+    medium,       // first page of a medium block of `span` pages
+    medium_tail,  // a later page of a medium block
+  };
+
+  // A free block of a small page; the rest of its bytes are garbage.
+  struct block {
+    block* next;
+  };
+
+  // A page descriptor. Small page: used + |free| + untouched == capacity, where untouched ==
+  // (start + capacity * block_bytes - bump) / block_bytes; blocks sit at start + k * block_bytes;
+  // free holds only carved blocks (below bump). in_avail == 1 exactly when the page is on
+  // its class's list (cur_[cls]). Medium head: used == 1, span pages of kind medium_tail follow it.
+  struct page {
+    block* free;                // intrusive list of free carved blocks
+    page* next;                 // on the class's list of pages with room
+    page* prev;
+    std::uint64_t divisor;      // UINT64_MAX / block_bytes + 1: k % block_bytes == 0 iff k * divisor < divisor
+    std::uint32_t block_bytes;  // size class, bytes
+    std::uint16_t used;         // live blocks
+    std::uint16_t capacity;     // blocks that fit between start and the page end
+    std::uint16_t start;        // offset of the first block in the page, bytes (nonzero in page 0 only)
+    std::uint16_t bump;         // offset of the first never-carved byte, bytes
+    page_kind kind;
+    std::uint8_t cls;           // size class index (small)
+    std::uint8_t in_avail;      // 1 if on avail_[cls]
+    std::uint8_t span;          // pages in the medium block (medium head)
+  };
+  static_assert(sizeof(page) == 48);
+
+  // What sits at the start of every chunk run of a heap: the first chunk of a segment, or the
+  // chunk holding a large block's header. magic identifies the kind; the heap links all of its
+  // runs through next/prev (order arbitrary until for_each_extent sorts them by address).
+  struct chunk_header {
+    std::uint64_t magic;  // segment_magic or large_magic; 0 once given back
+    heap* owner;
+    chunk_header* next;
+    chunk_header* prev;
+  };
+
+  // A segment. free_mask bit i == 1 iff pages[i].kind == free; the segment is on the heap's
+  // space list iff (free_mask & ~1) != 0 (page 0 is too small for a medium block, so a segment
+  // whose only free page is page 0 is not worth finding). Page 0's blocks start after
+  // header_bytes.
+  struct segment : chunk_header {
+    segment* space_next;        // on heap::space_
+    segment* space_prev;
+    std::uint32_t free_mask;    // bit per page
+    std::uint32_t header_bytes; // this header, plus the heap object in the first segment, bytes
+    page pages[pages_per_segment];
+  };
+
+  // A large block's header, at (block - 1) rounded down to a chunk. The run is
+  // [run, run + run_chunks * chunk_bytes) and holds the header's chunk; the block is at
+  // this + block_offset and usable + block_offset <= run end - this.
+  struct large : chunk_header {
+    std::uintptr_t run;         // first chunk of the run
+    std::size_t run_chunks;     // chunks in the run
+    std::size_t block_offset;   // bytes from the header to the block (4096, an alignment, or 64 KiB)
+    std::size_t usable;         // bytes of the block, a multiple of page_bytes
+  };
+
+  using extent_fn = void (*)(void* ctx, void* addr, std::size_t bytes);
+
+  // Where the heap object sits in its first segment, and that segment's header bytes.
+  static constexpr std::size_t heap_offset() noexcept { return (sizeof(segment) + 15) / 16 * 16; }
+  static constexpr std::uint32_t first_header_bytes() noexcept {
+    return static_cast<std::uint32_t>(heap_offset() + sizeof(heap));
+  }
+
+  heap() noexcept;
+  segment* first_segment() const noexcept;
+  static segment* segment_of(const page* pg) noexcept;
+  static unsigned page_index(const page* pg) noexcept;
+  static char* page_address(const page* pg) noexcept;
+  static std::size_t good_size(std::size_t bytes) noexcept;  // usable bytes alloc(bytes) gives
+
+  inline void* alloc_class(unsigned cls) noexcept;
+  void* alloc_small_slow(unsigned cls) noexcept;
+  void* alloc_medium(std::size_t pages) noexcept;
+  void* alloc_large(std::size_t bytes, std::size_t align) noexcept;
+  static void carve(page* pg) noexcept;  // pre: pg->free empty, untouched blocks left
+  page* take_small_page(unsigned cls) noexcept;
+  segment* new_segment() noexcept;
+  segment* setup_segment(void* mem, std::uint32_t header_bytes) noexcept;
+
+  void free_slow(void* p) noexcept;
+  [[noreturn]] void bad_free(const void* p) const noexcept;
+  void small_page_slow(page* pg) noexcept;
+  static bool segment_idle(const segment* s) noexcept;  // no live block: only free or empty small pages
+  void release_pages(segment* s, unsigned first, unsigned n) noexcept;
+  void release_segment(segment* s) noexcept;
+
+  void avail_push_front(page* pg) noexcept;
+  void avail_insert_second(page* pg) noexcept;
+  void avail_unlink(page* pg) noexcept;
+  void chunks_push(chunk_header* c) noexcept;
+  void chunks_unlink(chunk_header* c) noexcept;
+  void space_push(segment* s) noexcept;
+  void space_unlink(segment* s) noexcept;
+  void sort_chunks() const noexcept;
+
+  void reset_empty_pages(bool decommit) noexcept;
+  void visit_extents(extent_fn fn, void* ctx) const;
+  static bool small_page_valid(const segment* s, unsigned idx) noexcept;
+  bool segment_valid(const segment* s) const noexcept;
+
+  std::uint64_t magic_;               // heap_magic
+  page* cur_[small_classes];          // head of the class's list of pages with room (only the head
+                                      // may be full), or &empty_
+  page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
+  mutable chunk_header* chunks_;      // every segment and large run of the heap
+  segment* space_;                    // segments with a free page other than page 0
 };
+
+template <class F>
+void heap::for_each_extent(F&& f) const {
+  visit_extents(
+      [](void* ctx, void* addr, std::size_t bytes) {
+        (*static_cast<std::remove_reference_t<F>*>(ctx))(addr, bytes);
+      },
+      const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
 
 }  // namespace iso::detail

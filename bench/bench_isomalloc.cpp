@@ -1,0 +1,131 @@
+// isomalloc micro-benchmarks, each beside its baseline ("raw:" + the same name; bench_main.cpp
+// prints the ratios):
+//   heap_malloc_free/N     the per-thread heap's alloc + free of N bytes   vs glibc malloc + free
+//   heap_batch_1000x64     1000 allocations of 64 B, then 1000 frees        vs glibc
+//   iso_malloc_free/N      the C block interface, N = 64 KiB and 1 MiB     vs mmap + munmap
+//   iso_pack_unpack/N      iso_pack, iso_detach, iso_unpack of an N-byte block (the image moves
+//                          out and back on one rank)                        vs two memcpys of N bytes
+// Everything runs outside a migratable thread, so malloc here is glibc's.
+#include <benchmark/benchmark.h>
+#include <sys/mman.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "heap.hpp"
+#include "isothreads/isomalloc.h"
+#include "region.hpp"
+
+namespace {
+
+using iso::detail::heap;
+using iso::detail::region;
+
+heap* bench_heap() {
+  static heap* const h = [] {
+    region::get().init_single_rank();
+    return heap::create();
+  }();
+  return h;
+}
+
+void heap_malloc_free(benchmark::State& state) {
+  heap* h = bench_heap();
+  const auto n = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = h->alloc(n);
+    benchmark::DoNotOptimize(p);
+    h->free(p);
+  }
+}
+
+void glibc_malloc_free(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::malloc(n);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+}
+
+constexpr int batch = 1000;
+
+void heap_batch(benchmark::State& state) {
+  heap* h = bench_heap();
+  void* blocks[batch];
+  for (auto _ : state) {
+    for (void*& p : blocks) p = h->alloc(64);
+    benchmark::DoNotOptimize(blocks);
+    for (void* p : blocks) h->free(p);
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+void glibc_batch(benchmark::State& state) {
+  void* blocks[batch];
+  for (auto _ : state) {
+    for (void*& p : blocks) p = std::malloc(64);
+    benchmark::DoNotOptimize(blocks);
+    for (void* p : blocks) std::free(p);
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+void iso_malloc_free(benchmark::State& state) {
+  bench_heap();  // the region
+  const auto n = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = iso_malloc(n);
+    benchmark::DoNotOptimize(p);
+    iso_free(p);
+  }
+}
+
+void mmap_munmap(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    benchmark::DoNotOptimize(p);
+    ::munmap(p, n);
+  }
+}
+
+void iso_pack_unpack(benchmark::State& state) {
+  bench_heap();
+  const auto n = static_cast<std::size_t>(state.range(0));
+  void* block = iso_malloc(n);
+  std::memset(block, 0x3C, n);
+  std::vector<unsigned char> image(iso_pack_size(block));
+  for (auto _ : state) {
+    const std::size_t bytes = iso_pack(block, image.data(), image.size());
+    iso_detach(block);
+    void* back = iso_unpack(image.data(), bytes);
+    if (back != block) state.SkipWithError(iso_last_error());
+  }
+  iso_free(block);
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+void two_memcpys(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  std::vector<unsigned char> src(n, 0x3C), mid(n), dst(n);
+  for (auto _ : state) {
+    std::memcpy(mid.data(), src.data(), n);
+    benchmark::DoNotOptimize(mid.data());
+    std::memcpy(dst.data(), mid.data(), n);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+BENCHMARK(heap_malloc_free)->Name("heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
+BENCHMARK(glibc_malloc_free)->Name("raw:heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
+BENCHMARK(heap_batch)->Name("heap_batch_1000x64");
+BENCHMARK(glibc_batch)->Name("raw:heap_batch_1000x64");
+BENCHMARK(iso_malloc_free)->Name("iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
+BENCHMARK(mmap_munmap)->Name("raw:iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
+BENCHMARK(iso_pack_unpack)->Name("iso_pack_unpack")->Arg(1 << 20)->Arg(16 << 20);
+BENCHMARK(two_memcpys)->Name("raw:iso_pack_unpack")->Arg(1 << 20)->Arg(16 << 20);
+
+}  // namespace

@@ -1,0 +1,926 @@
+#include "heap.hpp"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstring>
+#include <new>
+
+#include "checksum.hpp"
+#include "diag.hpp"
+
+namespace iso::detail {
+namespace {
+
+constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
+constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
+constexpr std::uint64_t heap_magic = 0x50414868746f7369ull;     // "isothHAP"
+constexpr std::uint64_t image_magic = 0x50454869736f0a01ull;    // "\x01\nosiHEP"
+constexpr std::uint32_t image_version = 1;
+
+// Block sizes of the small classes, bytes. Every power of two from 32 to 1024 is a class, so an
+// aligned request up to 1 KiB is a small block of that class (see page0_start).
+constexpr std::uint32_t class_bytes[] = {16,  32,  48,  64,  80,  96,  112, 128,  160,  192,  224,
+                                         256, 320, 384, 448, 512, 640, 768, 896, 1024, 1360, 2032};
+
+// class_of[(bytes + 15) / 16] is the smallest class holding `bytes` (bytes <= 2032).
+constexpr auto class_of = [] {
+  std::array<std::uint8_t, 128> t{};
+  std::uint8_t c = 0;
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    while (class_bytes[c] < i * 16) ++c;
+    t[i] = c;
+  }
+  return t;
+}();
+static_assert(class_bytes[class_of[127]] == 2032 && class_of[0] == 0 && class_of[1] == 0);
+
+// In page 0 blocks start after the header; a power-of-two class starts at a multiple of its size,
+// so that every block of that class is aligned to its size (other pages start at 0).
+constexpr std::uint32_t page0_start(std::uint32_t header_bytes, std::uint32_t block_bytes) {
+  const std::uint32_t a = std::has_single_bit(block_bytes) ? block_bytes : 16;
+  return (header_bytes + a - 1) / a * a;
+}
+
+constexpr std::uint64_t divisor_of(std::uint32_t block_bytes) {
+  return UINT64_MAX / block_bytes + 1;
+}
+
+std::uintptr_t addr_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+std::uintptr_t chunk_floor(std::uintptr_t a) { return a & ~(chunk_bytes - 1); }
+std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+// Image layout: image_header, `extents` image_extent entries, then the extents' bytes in order.
+struct image_header {
+  std::uint64_t magic;            // image_magic
+  std::uint32_t version;          // image_version
+  std::uint32_t header_bytes;     // sizeof(image_header)
+  std::uint64_t heap;             // address of the heap object
+  std::uint64_t extents;          // entries in the table
+  std::uint64_t data_bytes;       // sum of the extents' bytes
+  std::uint64_t data_checksum;    // checksum64 of the data
+  std::uint64_t header_checksum;  // checksum64 of the fields above and the table
+};
+struct image_extent {
+  std::uint64_t addr;   // page-aligned
+  std::uint64_t bytes;  // a multiple of the page size
+};
+
+std::uint64_t header_sum(const image_header& h, const void* table) {
+  const std::uint64_t s = checksum64(&h, offsetof(image_header, header_checksum), image_magic);
+  return checksum64(table, h.extents * sizeof(image_extent), s);
+}
+
+}  // namespace
+
+heap::heap() noexcept : magic_(heap_magic), empty_{}, chunks_(nullptr), space_(nullptr) {
+  std::fill(std::begin(cur_), std::end(cur_), &empty_);
+}
+
+heap* heap::create() {
+  static_assert(std::size(class_bytes) == small_classes && class_bytes[small_classes - 1] == small_max);
+  static_assert(page0_start(first_header_bytes(), 1024) + 1024 <= page_bytes &&
+                page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
+                "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
+  ISO_ASSERT(prim::page_size() == page_bytes);
+  void* mem = region::get().alloc_chunks(1);
+  heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
+  h->setup_segment(mem, first_header_bytes());
+  return h;
+}
+
+heap::segment* heap::setup_segment(void* mem, std::uint32_t header_bytes) noexcept {
+  auto* s = new (mem) segment;
+  s->magic = segment_magic;
+  s->owner = this;
+  s->free_mask = (1u << pages_per_segment) - 1;
+  s->header_bytes = header_bytes;
+  for (page& pg : s->pages) pg = page{};
+  chunks_push(s);
+  space_push(s);
+  return s;
+}
+
+heap::segment* heap::new_segment() noexcept {
+  void* mem;
+  try {
+    mem = region::get().alloc_chunks(1);
+  } catch (...) {
+    return nullptr;
+  }
+  return setup_segment(mem, sizeof(segment));
+}
+
+void heap::destroy() noexcept {
+  segment* first = first_segment();
+  region& r = region::get();
+  for (chunk_header* c = chunks_; c != nullptr;) {
+    chunk_header* next = c->next;
+    if (c != first) {
+      const bool is_large = c->magic == large_magic;
+      c->magic = 0;
+      if (is_large) {
+        auto* l = static_cast<large*>(c);
+        r.free_chunks(reinterpret_cast<void*>(l->run), l->run_chunks);
+      } else {
+        r.free_chunks(c, 1);
+      }
+    }
+    c = next;
+  }
+  magic_ = 0;
+  first->magic = 0;
+  r.free_chunks(first, 1);
+}
+
+heap::segment* heap::first_segment() const noexcept {
+  return reinterpret_cast<segment*>(chunk_floor(addr_of(this)));
+}
+heap::segment* heap::segment_of(const page* pg) noexcept {
+  return reinterpret_cast<segment*>(chunk_floor(addr_of(pg)));
+}
+unsigned heap::page_index(const page* pg) noexcept {
+  return static_cast<unsigned>(pg - segment_of(pg)->pages);
+}
+char* heap::page_address(const page* pg) noexcept {
+  return reinterpret_cast<char*>(segment_of(pg)) + page_index(pg) * page_bytes;
+}
+
+// ---- allocation --------------------------------------------------------------------------------
+
+inline void* heap::alloc_class(unsigned cls) noexcept {
+  page* pg = cur_[cls];
+  block* b = pg->free;
+  if (b == nullptr) [[unlikely]] return alloc_small_slow(cls);
+  pg->free = b->next;
+  ++pg->used;
+  return b;
+}
+
+void* heap::alloc(std::size_t bytes) noexcept {
+  if (bytes <= small_max) [[likely]] {
+    return alloc_class(class_of[(bytes + 15) >> 4]);
+  }
+  if (bytes <= medium_max_pages * page_bytes) return alloc_medium((bytes + page_bytes - 1) / page_bytes);
+  return alloc_large(bytes, page_bytes);
+}
+
+void* heap::alloc_aligned(std::size_t align, std::size_t bytes) noexcept {
+  if (!std::has_single_bit(align)) return nullptr;
+  if (align <= 16) return alloc(bytes);
+  if (const std::size_t need = std::max(bytes, align); need <= 1024) {
+    return alloc_class(class_of[std::bit_ceil(need) >> 4]);
+  }
+  if (align <= page_bytes && bytes <= medium_max_pages * page_bytes) {
+    return alloc_medium(std::max<std::size_t>(1, (bytes + page_bytes - 1) / page_bytes));
+  }
+  return alloc_large(bytes, std::max(align, page_bytes));
+}
+
+void heap::carve(page* pg) noexcept {
+  char* base = page_address(pg);
+  const std::uint32_t bs = pg->block_bytes;
+  char* p = base + pg->bump;
+  char* last = base + pg->start + (pg->capacity - 1u) * bs;
+  for (; p < last; p += bs) reinterpret_cast<block*>(p)->next = reinterpret_cast<block*>(p + bs);
+  reinterpret_cast<block*>(last)->next = pg->free;
+  pg->free = reinterpret_cast<block*>(base + pg->bump);
+  pg->bump = static_cast<std::uint16_t>(pg->start + pg->capacity * bs);
+}
+
+void* heap::alloc_small_slow(unsigned cls) noexcept {
+  page* pg = cur_[cls];
+  while (pg != &empty_ && pg->free == nullptr) {
+    if (pg->bump < pg->start + pg->capacity * pg->block_bytes) {
+      carve(pg);
+      break;
+    }
+    avail_unlink(pg);  // full: a free() puts it back
+    pg = cur_[cls];
+  }
+  if (pg == &empty_) {
+    pg = take_small_page(cls);
+    if (pg == nullptr) return nullptr;
+    avail_push_front(pg);
+    carve(pg);
+  }
+  block* b = pg->free;
+  pg->free = b->next;
+  ++pg->used;
+  return b;
+}
+
+heap::page* heap::take_small_page(unsigned cls) noexcept {
+  segment* s = space_ != nullptr ? space_ : new_segment();
+  if (s == nullptr) return nullptr;
+  const std::uint32_t bs = class_bytes[cls];
+  const std::uint32_t start0 = page0_start(s->header_bytes, bs);
+  // Page 0 first: it is resident already (the header), so a small heap stays on one page.
+  const unsigned idx = (s->free_mask & 1u) != 0 && start0 + bs <= page_bytes
+                           ? 0
+                           : static_cast<unsigned>(std::countr_zero(s->free_mask & ~1u));
+  s->free_mask &= ~(1u << idx);
+  if ((s->free_mask & ~1u) == 0) space_unlink(s);
+  page* pg = &s->pages[idx];
+  *pg = page{};
+  pg->kind = page_kind::small;
+  pg->cls = static_cast<std::uint8_t>(cls);
+  pg->block_bytes = bs;
+  pg->divisor = divisor_of(bs);
+  pg->start = static_cast<std::uint16_t>(idx == 0 ? start0 : 0);
+  pg->bump = pg->start;
+  pg->capacity = static_cast<std::uint16_t>((page_bytes - pg->start) / bs);
+  return pg;
+}
+
+void* heap::alloc_medium(std::size_t pages) noexcept {
+  const auto k = static_cast<unsigned>(pages);
+  segment* s = space_;
+  unsigned idx = 0;
+  for (; s != nullptr; s = s->space_next) {
+    const std::uint32_t m = s->free_mask & ~1u;
+    std::uint32_t runs = m;  // bit i: pages i .. i+k-1 are all free
+    for (unsigned i = 1; i < k; ++i) runs &= m >> i;
+    if (runs != 0) {
+      idx = static_cast<unsigned>(std::countr_zero(runs));
+      break;
+    }
+  }
+  if (s == nullptr) {
+    s = new_segment();
+    if (s == nullptr) return nullptr;
+    idx = 1;
+  }
+  s->free_mask &= ~(((1u << k) - 1) << idx);
+  if ((s->free_mask & ~1u) == 0) space_unlink(s);
+  page& head = s->pages[idx];
+  head = page{};
+  head.kind = page_kind::medium;
+  head.used = 1;
+  head.span = static_cast<std::uint8_t>(k);
+  for (unsigned i = 1; i < k; ++i) {
+    s->pages[idx + i] = page{};
+    s->pages[idx + i].kind = page_kind::medium_tail;
+  }
+  return reinterpret_cast<char*>(s) + idx * page_bytes;
+}
+
+void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
+  constexpr std::size_t max_bytes = std::size_t{1} << 46;  // beyond any region share
+  if (bytes > max_bytes || align > max_bytes) return nullptr;
+  const std::size_t usable = round_up(std::max<std::size_t>(bytes, 1), page_bytes);
+  // Below 64 KiB the alignment is met inside the run's first chunk; above, the header moves up to
+  // the chunk just below the first aligned address past one chunk into the run.
+  const std::size_t offset = align < chunk_bytes ? std::max(align, page_bytes) : chunk_bytes;
+  const std::size_t span = (align < chunk_bytes ? offset : align) + usable;
+  const std::size_t n = (span + chunk_bytes - 1) / chunk_bytes;
+  void* run;
+  try {
+    run = region::get().alloc_chunks(n);
+  } catch (...) {
+    return nullptr;
+  }
+  const std::uintptr_t at =
+      align < chunk_bytes ? addr_of(run) : round_up(addr_of(run) + chunk_bytes, align) - chunk_bytes;
+  auto* l = new (reinterpret_cast<void*>(at)) large;
+  l->magic = large_magic;
+  l->owner = this;
+  l->run = addr_of(run);
+  l->run_chunks = n;
+  l->block_offset = offset;
+  l->usable = usable;
+  chunks_push(l);
+  return reinterpret_cast<char*>(l) + offset;
+}
+
+std::size_t heap::good_size(std::size_t bytes) noexcept {
+  if (bytes <= small_max) return class_bytes[class_of[(bytes + 15) >> 4]];
+  return round_up(bytes, page_bytes);
+}
+
+void* heap::realloc(void* p, std::size_t bytes) noexcept {
+  if (p == nullptr) return alloc(bytes);
+  if (bytes == 0) {
+    free(p);
+    return nullptr;
+  }
+  const std::size_t have = usable_size(p);
+  if (have == 0) bad_free(p);
+  const std::size_t want = good_size(bytes);
+  auto* c = reinterpret_cast<chunk_header*>(chunk_floor(addr_of(p) - 1));
+  if (c->magic == large_magic) {
+    // In place while it stays large and fits the run (the run's spare pages are never visited).
+    auto* l = static_cast<large*>(c);
+    if (want > medium_max_pages * page_bytes &&
+        addr_of(l) + l->block_offset + want <= l->run + l->run_chunks * chunk_bytes) {
+      l->usable = want;
+      return p;
+    }
+  } else if (bytes <= have && want > have / 2) {
+    return p;
+  }
+  void* q = alloc(bytes);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, std::min(have, bytes));
+  free(p);
+  return q;
+}
+
+// ---- free --------------------------------------------------------------------------------------
+
+void heap::free(void* p) noexcept {
+  const std::uintptr_t a = addr_of(p);
+  auto* s = reinterpret_cast<segment*>(chunk_floor(a - 1));
+  if (p != nullptr && s->magic == segment_magic) [[likely]] {
+    page* pg = &s->pages[(a / page_bytes) % pages_per_segment];
+    if (pg->kind == page_kind::small) [[likely]] {
+      auto* b = static_cast<block*>(p);
+      // Cheap: the block lies in the carved part of a page in use at a multiple of its size.
+      const std::uint32_t off = static_cast<std::uint32_t>(a % page_bytes) - pg->start;
+      if (ISO_DEBUG_LEVEL >= 1 &&
+          (s->owner != this || pg->used == 0 || off >= std::uint32_t{pg->bump} - pg->start ||
+           std::uint64_t{off} * pg->divisor >= pg->divisor)) {
+        bad_free(p);
+      }
+      if (ISO_DEBUG_LEVEL >= 2) {
+        for (const block* f = pg->free; f != nullptr; f = f->next) {
+          if (f == b) bad_free(p);
+        }
+      }
+      b->next = pg->free;
+      pg->free = b;
+      if (--pg->used == 0 || pg->in_avail == 0) [[unlikely]] small_page_slow(pg);
+      return;
+    }
+  }
+  free_slow(p);
+}
+
+void heap::free_slow(void* p) noexcept {
+  if (p == nullptr) return;
+  const std::uintptr_t a = addr_of(p);
+  auto* c = reinterpret_cast<chunk_header*>(chunk_floor(a - 1));
+  if (c->owner != this) bad_free(p);
+  if (c->magic == segment_magic) {
+    auto* s = static_cast<segment*>(c);
+    const auto idx = static_cast<unsigned>((a / page_bytes) % pages_per_segment);
+    if (idx == 0 || a % page_bytes != 0 || s->pages[idx].kind != page_kind::medium) bad_free(p);
+    release_pages(s, idx, s->pages[idx].span);
+  } else if (c->magic == large_magic) {
+    auto* l = static_cast<large*>(c);
+    if (a != addr_of(l) + l->block_offset) bad_free(p);
+    chunks_unlink(l);
+    const std::uintptr_t run = l->run;
+    const std::size_t n = l->run_chunks;
+    l->magic = 0;
+    region::get().free_chunks(reinterpret_cast<void*>(run), n);
+  } else {
+    bad_free(p);
+  }
+}
+
+void heap::bad_free(const void* p) const noexcept {
+  fatal("free(%p): not a live block of thread heap %p", p, static_cast<const void*>(this));
+}
+
+// A small page just got a block back and is either empty now or was full (off its class list).
+void heap::small_page_slow(page* pg) noexcept {
+  if (pg->used != 0) {
+    avail_insert_second(pg);
+    return;
+  }
+  segment* s = segment_of(pg);
+  // Keep the class's only page, so that a loop of alloc + free of one block does not give its
+  // page back every time; unless it alone keeps a segment other than the first from the region.
+  const bool only = pg->in_avail != 0 ? cur_[pg->cls] == pg && pg->next == nullptr
+                                      : cur_[pg->cls] == &empty_;
+  if (only && (s == first_segment() || !segment_idle(s))) {
+    if (pg->in_avail == 0) avail_push_front(pg);
+    return;
+  }
+  if (pg->in_avail != 0) avail_unlink(pg);
+  release_pages(s, page_index(pg), 1);
+}
+
+bool heap::segment_idle(const segment* s) noexcept {
+  for (const page& pg : s->pages) {
+    if (pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail) return false;
+    if (pg.kind == page_kind::small && pg.used != 0) return false;
+  }
+  return true;
+}
+
+void heap::release_pages(segment* s, unsigned first, unsigned n) noexcept {
+  const bool was_spacious = (s->free_mask & ~1u) != 0;
+  for (unsigned i = first; i < first + n; ++i) {
+    s->pages[i].kind = page_kind::free;
+    s->pages[i].in_avail = 0;
+  }
+  s->free_mask |= ((1u << n) - 1) << first;
+  if (!was_spacious && (s->free_mask & ~1u) != 0) space_push(s);
+  if (s != first_segment() && segment_idle(s)) release_segment(s);
+}
+
+// pre: segment_idle(s); its empty small pages may still be on their class lists.
+void heap::release_segment(segment* s) noexcept {
+  for (page& pg : s->pages) {
+    if (pg.kind == page_kind::small && pg.in_avail != 0) avail_unlink(&pg);
+  }
+  if ((s->free_mask & ~1u) != 0) space_unlink(s);
+  chunks_unlink(s);
+  s->magic = 0;
+  region::get().free_chunks(s, 1);
+}
+
+// ---- intrusive lists ---------------------------------------------------------------------------
+
+void heap::avail_push_front(page* pg) noexcept {
+  page*& head = cur_[pg->cls];
+  pg->prev = nullptr;
+  pg->next = head != &empty_ ? head : nullptr;
+  if (pg->next != nullptr) pg->next->prev = pg;
+  head = pg;
+  pg->in_avail = 1;
+}
+
+// Behind the head: the head may be full (the fast path does not unlink it), the others never are.
+void heap::avail_insert_second(page* pg) noexcept {
+  page* head = cur_[pg->cls];
+  if (head == &empty_) {
+    avail_push_front(pg);
+    return;
+  }
+  pg->prev = head;
+  pg->next = head->next;
+  if (head->next != nullptr) head->next->prev = pg;
+  head->next = pg;
+  pg->in_avail = 1;
+}
+
+void heap::avail_unlink(page* pg) noexcept {
+  if (pg->prev != nullptr) {
+    pg->prev->next = pg->next;
+  } else {
+    cur_[pg->cls] = pg->next != nullptr ? pg->next : &empty_;
+  }
+  if (pg->next != nullptr) pg->next->prev = pg->prev;
+  pg->next = pg->prev = nullptr;
+  pg->in_avail = 0;
+}
+
+void heap::chunks_push(chunk_header* c) noexcept {
+  c->prev = nullptr;
+  c->next = chunks_;
+  if (chunks_ != nullptr) chunks_->prev = c;
+  chunks_ = c;
+}
+
+void heap::chunks_unlink(chunk_header* c) noexcept {
+  if (c->prev != nullptr) {
+    c->prev->next = c->next;
+  } else {
+    chunks_ = c->next;
+  }
+  if (c->next != nullptr) c->next->prev = c->prev;
+}
+
+void heap::space_push(segment* s) noexcept {
+  s->space_prev = nullptr;
+  s->space_next = space_;
+  if (space_ != nullptr) space_->space_prev = s;
+  space_ = s;
+}
+
+void heap::space_unlink(segment* s) noexcept {
+  if (s->space_prev != nullptr) {
+    s->space_prev->space_next = s->space_next;
+  } else {
+    space_ = s->space_next;
+  }
+  if (s->space_next != nullptr) s->space_next->space_prev = s->space_prev;
+}
+
+// Sorts chunks_ by address: a bottom-up merge sort, O(n log n) with no allocation (bins[k] holds
+// a sorted list of 2^k nodes).
+void heap::sort_chunks() const noexcept {
+  auto merge = [](chunk_header* a, chunk_header* b) {
+    chunk_header head{};
+    chunk_header* tail = &head;
+    while (a != nullptr && b != nullptr) {
+      chunk_header*& low = addr_of(a) < addr_of(b) ? a : b;
+      tail->next = low;
+      tail = low;
+      low = low->next;
+    }
+    tail->next = a != nullptr ? a : b;
+    return head.next;
+  };
+  chunk_header* bins[64] = {};
+  for (chunk_header* c = chunks_; c != nullptr;) {
+    chunk_header* carry = c;
+    c = c->next;
+    carry->next = nullptr;
+    unsigned k = 0;
+    for (; bins[k] != nullptr; ++k) {
+      carry = merge(bins[k], carry);
+      bins[k] = nullptr;
+    }
+    bins[k] = carry;
+  }
+  chunk_header* sorted = nullptr;
+  for (chunk_header* bin : bins) {
+    if (bin != nullptr) sorted = merge(bin, sorted);
+  }
+  chunks_ = sorted;
+  chunk_header* prev = nullptr;
+  for (chunk_header* c = chunks_; c != nullptr; c = c->next) {
+    c->prev = prev;
+    prev = c;
+  }
+}
+
+// ---- queries -----------------------------------------------------------------------------------
+
+heap* heap::owner_of(const void* p) noexcept {
+  const std::uintptr_t a = addr_of(p);
+  if (!region::get().contains(p)) return nullptr;
+  // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
+  // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
+  // belongs to no heap.
+  if (a % chunk_bytes == 0) {
+    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
+    const bool aligned_large = region::get().contains(l) && l->magic == large_magic &&
+                               l->block_offset == chunk_bytes;
+    return aligned_large ? l->owner : nullptr;
+  }
+  const auto* c = reinterpret_cast<const chunk_header*>(chunk_floor(a));
+  if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
+  return c->owner;
+}
+
+std::size_t heap::usable_size(const void* p) const noexcept {
+  const std::uintptr_t a = addr_of(p);
+  if (p == nullptr) return 0;
+  const auto* c = reinterpret_cast<const chunk_header*>(chunk_floor(a - 1));
+  if (c->magic == segment_magic) {
+    const page& pg = static_cast<const segment*>(c)->pages[(a / page_bytes) % pages_per_segment];
+    if (pg.kind == page_kind::small) return pg.block_bytes;
+    if (pg.kind == page_kind::medium && a % page_bytes == 0) return pg.span * page_bytes;
+  } else if (c->magic == large_magic) {
+    return static_cast<const large*>(c)->usable;
+  }
+  return 0;
+}
+
+void heap::visit_extents(extent_fn fn, void* ctx) const {
+  sort_chunks();
+  std::uintptr_t lo = 0, hi = 0;  // the run being merged, [lo, hi)
+  auto emit = [&](std::uintptr_t from, std::size_t bytes) {
+    if (from == hi && hi != 0) {
+      hi += bytes;
+      return;
+    }
+    if (hi != 0) fn(ctx, reinterpret_cast<void*>(lo), hi - lo);
+    lo = from;
+    hi = from + bytes;
+  };
+  for (const chunk_header* c = chunks_; c != nullptr; c = c->next) {
+    if (c->magic == segment_magic) {
+      const auto* s = static_cast<const segment*>(c);
+      emit(addr_of(s), page_bytes);  // page 0: the header, and maybe blocks
+      for (unsigned i = 1; i < pages_per_segment; ++i) {
+        const page& pg = s->pages[i];
+        if (pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail ||
+            (pg.kind == page_kind::small && pg.used != 0)) {
+          emit(addr_of(s) + i * page_bytes, page_bytes);
+        }
+      }
+    } else {
+      const auto* l = static_cast<const large*>(c);
+      emit(addr_of(l), page_bytes);
+      emit(addr_of(l) + l->block_offset, l->usable);
+    }
+  }
+  if (hi != 0) fn(ctx, reinterpret_cast<void*>(lo), hi - lo);
+}
+
+std::size_t heap::extent_bytes() const noexcept {
+  std::size_t total = 0;
+  for_each_extent([&](void*, std::size_t bytes) { total += bytes; });
+  return total;
+}
+
+heap::stats_t heap::stats() const noexcept {
+  stats_t st;
+  for (const chunk_header* c = chunks_; c != nullptr; c = c->next) {
+    if (c->magic == segment_magic) {
+      ++st.segments;
+      for (const page& pg : static_cast<const segment*>(c)->pages) {
+        if (pg.kind == page_kind::small) {
+          st.live_blocks += pg.used;
+          st.live_bytes += std::size_t{pg.used} * pg.block_bytes;
+        } else if (pg.kind == page_kind::medium) {
+          ++st.live_blocks;
+          st.live_bytes += pg.span * page_bytes;
+        }
+      }
+    } else {
+      ++st.large_runs;
+      ++st.live_blocks;
+      st.live_bytes += static_cast<const large*>(c)->usable;
+    }
+  }
+  return st;
+}
+
+// ---- trim and images ---------------------------------------------------------------------------
+
+// Empty small pages (kept as their class's spare, or in an image where their bytes were not
+// carried) start over untouched; with `decommit`, their memory and that of free pages goes back
+// to the kernel. Page 0 always stays: it holds the header.
+void heap::reset_empty_pages(bool decommit) noexcept {
+  for (chunk_header* c = chunks_; c != nullptr; c = c->next) {
+    if (c->magic != segment_magic) continue;
+    auto* s = static_cast<segment*>(c);
+    unsigned run = 0;  // pages in the current run of pages to decommit, ending before page i
+    for (unsigned i = 0; i <= pages_per_segment; ++i) {
+      bool idle = false;
+      if (i < pages_per_segment) {
+        page& pg = s->pages[i];
+        if (pg.kind == page_kind::small && pg.used == 0) {
+          pg.free = nullptr;
+          pg.bump = pg.start;
+        }
+        idle = i != 0 && (pg.kind == page_kind::free || (pg.kind == page_kind::small && pg.used == 0));
+      }
+      if (idle) {
+        ++run;
+      } else if (run != 0) {
+        if (decommit) prim::decommit(reinterpret_cast<char*>(s) + (i - run) * page_bytes, run * page_bytes);
+        run = 0;
+      }
+    }
+  }
+}
+
+void heap::trim() noexcept { reset_empty_pages(true); }
+
+std::size_t heap::image_bytes() const noexcept {
+  std::size_t extents = 0, data = 0;
+  for_each_extent([&](void*, std::size_t bytes) {
+    ++extents;
+    data += bytes;
+  });
+  return sizeof(image_header) + extents * sizeof(image_extent) + data;
+}
+
+void heap::write_image(void* buffer) const noexcept {
+  std::size_t extents = 0, data_bytes = 0;
+  for_each_extent([&](void*, std::size_t bytes) {
+    ++extents;
+    data_bytes += bytes;
+  });
+  auto* out = static_cast<unsigned char*>(buffer);
+  unsigned char* table = out + sizeof(image_header);
+  unsigned char* data = table + extents * sizeof(image_extent);
+  std::size_t i = 0, off = 0;
+  for_each_extent([&](void* addr, std::size_t bytes) {
+    const image_extent e{addr_of(addr), bytes};
+    std::memcpy(table + i++ * sizeof e, &e, sizeof e);
+    std::memcpy(data + off, addr, bytes);
+    off += bytes;
+  });
+  image_header h{image_magic, image_version, sizeof(image_header), addr_of(this), extents,
+                 data_bytes,  checksum64(data, data_bytes), 0};
+  h.header_checksum = header_sum(h, table);
+  std::memcpy(out, &h, sizeof h);
+}
+
+heap* heap::read_image(const void* image, std::size_t bytes) {
+  const auto* in = static_cast<const unsigned char*>(image);
+  image_header h;
+  if (image == nullptr || bytes < sizeof h) {
+    raise(errc::corrupt_image, "heap image: truncated (%zu bytes, the header alone is %zu)", bytes,
+          sizeof h);
+  }
+  std::memcpy(&h, in, sizeof h);
+  if (h.magic != image_magic) raise(errc::corrupt_image, "heap image: not a heap image (bad magic)");
+  if (h.version != image_version || h.header_bytes != sizeof h) {
+    raise(errc::corrupt_image, "heap image: format version %u, this build reads version %u",
+          h.version, image_version);
+  }
+  if (h.extents > (bytes - sizeof h) / sizeof(image_extent)) {
+    raise(errc::corrupt_image, "heap image: truncated (%zu bytes cannot hold %llu extents)", bytes,
+          static_cast<unsigned long long>(h.extents));
+  }
+  const unsigned char* table = in + sizeof h;
+  if (header_sum(h, table) != h.header_checksum) {
+    raise(errc::corrupt_image, "heap image: the header or extent table is corrupt (checksum mismatch)");
+  }
+  const std::size_t data_at = sizeof h + h.extents * sizeof(image_extent);
+  if (bytes - data_at != h.data_bytes) {
+    raise(errc::corrupt_image, "heap image: %zu bytes of data, the header says %llu",
+          bytes - data_at, static_cast<unsigned long long>(h.data_bytes));
+  }
+  // The extents: page-aligned, ascending, disjoint, inside the region, adding up to data_bytes;
+  // and one of them holds the first segment's page 0 with the heap object where it belongs.
+  const region& r = region::get();
+  const std::uintptr_t first = chunk_floor(h.heap);
+  const unsigned char* first_page = nullptr;  // its bytes in the image
+  std::uint64_t sum = 0, prev_end = 0;
+  for (std::size_t i = 0; i < h.extents; ++i) {
+    image_extent e;
+    std::memcpy(&e, table + i * sizeof e, sizeof e);
+    const std::uint64_t end = e.addr + e.bytes;
+    if (e.addr % page_bytes != 0 || e.bytes % page_bytes != 0 || e.bytes == 0 || end < e.addr ||
+        e.addr < prev_end || !r.contains(reinterpret_cast<void*>(e.addr)) ||
+        !r.contains(reinterpret_cast<void*>(end - 1)) || e.bytes > h.data_bytes - sum) {
+      raise(errc::corrupt_image,
+            "heap image: extent %zu [%#llx, +%#llx) is misaligned, out of order or outside this "
+            "run's isomalloc region [%#zx, +%#zx)",
+            i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes),
+            r.base(), r.bytes());
+    }
+    if (e.addr <= first && first + page_bytes <= end) first_page = in + data_at + sum + (first - e.addr);
+    sum += e.bytes;
+    prev_end = end;
+  }
+  if (sum != h.data_bytes) {
+    raise(errc::corrupt_image, "heap image: the extents hold %llu bytes, the header says %llu",
+          static_cast<unsigned long long>(sum), static_cast<unsigned long long>(h.data_bytes));
+  }
+  if (checksum64(in + data_at, h.data_bytes) != h.data_checksum) {
+    raise(errc::corrupt_image, "heap image: the data of heap %#llx is corrupt (checksum mismatch)",
+          static_cast<unsigned long long>(h.heap));
+  }
+  chunk_header seg;
+  std::uint64_t hmagic = 0;
+  if (first_page != nullptr) {
+    std::memcpy(&seg, first_page, sizeof seg);
+    std::memcpy(&hmagic, first_page + heap_offset() + offsetof(heap, magic_), sizeof hmagic);
+  }
+  if (first_page == nullptr || h.heap != first + heap_offset() || seg.magic != segment_magic ||
+      addr_of(seg.owner) != h.heap || hmagic != heap_magic) {
+    raise(errc::corrupt_image, "heap image: no heap object at %#llx in the image",
+          static_cast<unsigned long long>(h.heap));
+  }
+
+  std::size_t off = data_at;
+  for (std::size_t i = 0; i < h.extents; ++i) {
+    image_extent e;
+    std::memcpy(&e, table + i * sizeof e, sizeof e);
+    std::memcpy(reinterpret_cast<void*>(e.addr), in + off, e.bytes);
+    off += e.bytes;
+  }
+  auto* hp = reinterpret_cast<heap*>(h.heap);
+  hp->reset_empty_pages(false);
+  ISO_ASSERT_EXPENSIVE(hp->is_valid());
+  return hp;
+}
+
+// ---- validation --------------------------------------------------------------------------------
+
+bool heap::small_page_valid(const segment* s, unsigned idx) noexcept {
+  const page& pg = s->pages[idx];
+  if (pg.cls >= small_classes || pg.block_bytes != class_bytes[pg.cls] ||
+      pg.divisor != divisor_of(pg.block_bytes)) {
+    return false;
+  }
+  const std::uint32_t bs = pg.block_bytes;
+  const std::uint32_t start = idx == 0 ? page0_start(s->header_bytes, bs) : 0;
+  if (pg.start != start || start + bs > page_bytes || pg.capacity != (page_bytes - start) / bs) return false;
+  const std::uint32_t limit = start + pg.capacity * bs;
+  if (pg.bump < start || pg.bump > limit || (pg.bump - start) % bs != 0) return false;
+  const std::uintptr_t base = addr_of(s) + idx * page_bytes;
+  std::size_t listed = 0;
+  for (const block* b = pg.free; b != nullptr; b = b->next) {
+    const std::uintptr_t off = addr_of(b) - base;  // wraps for a block below the page
+    if (++listed > pg.capacity || off < start || off >= pg.bump || (off - start) % bs != 0) return false;
+  }
+  const std::size_t untouched = (limit - pg.bump) / bs;
+  return pg.used + listed + untouched == pg.capacity;
+}
+
+bool heap::segment_valid(const segment* s) const noexcept {
+  if (s->header_bytes != (s == first_segment() ? first_header_bytes() : sizeof(segment))) return false;
+  std::uint32_t mask = 0;
+  for (unsigned i = 0; i < pages_per_segment;) {
+    const page& pg = s->pages[i];
+    switch (pg.kind) {
+      case page_kind::free:
+        if (pg.in_avail != 0) return false;
+        mask |= 1u << i;
+        ++i;
+        break;
+      case page_kind::small:
+        if (!small_page_valid(s, i)) return false;
+        ++i;
+        break;
+      case page_kind::medium:
+        if (i == 0 || pg.span == 0 || pg.span > medium_max_pages || i + pg.span > pages_per_segment ||
+            pg.used != 1 || pg.in_avail != 0) {
+          return false;
+        }
+        for (unsigned j = 1; j < pg.span; ++j) {
+          if (s->pages[i + j].kind != page_kind::medium_tail) return false;
+        }
+        i += pg.span;
+        break;
+      default:  // a tail without its head, or garbage
+        return false;
+    }
+  }
+  return mask == s->free_mask;
+}
+
+bool heap::is_valid() const noexcept {
+  const region& r = region::get();
+  const segment* first = first_segment();
+  if (magic_ != heap_magic || first->magic != segment_magic || first->owner != this ||
+      addr_of(this) != addr_of(first) + heap_offset() || empty_.free != nullptr) {
+    return false;
+  }
+  const std::size_t max_chunks = r.bytes() / chunk_bytes;
+  std::size_t chunks = 0, spacious = 0, on_lists = 0;
+  std::size_t expected_bytes = 0;  // what for_each_extent must visit
+  bool saw_first = false;
+  const chunk_header* prev = nullptr;
+  for (const chunk_header* c = chunks_; c != nullptr; prev = c, c = c->next) {
+    if (++chunks > max_chunks || c->prev != prev || !r.contains(c) || addr_of(c) % chunk_bytes != 0 ||
+        c->owner != this) {
+      return false;
+    }
+    if (c->magic == segment_magic) {
+      const auto* s = static_cast<const segment*>(c);
+      if (!segment_valid(s)) return false;
+      saw_first = saw_first || s == first;
+      spacious += (s->free_mask & ~1u) != 0;
+      expected_bytes += page_bytes;
+      for (unsigned i = 0; i < pages_per_segment; ++i) {
+        const page& pg = s->pages[i];
+        on_lists += pg.in_avail;
+        const bool live = pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail ||
+                          (pg.kind == page_kind::small && pg.used != 0);
+        if (i != 0 && live) expected_bytes += page_bytes;
+      }
+    } else if (c->magic == large_magic) {
+      const auto* l = static_cast<const large*>(c);
+      const std::uintptr_t run_end = l->run + l->run_chunks * chunk_bytes;
+      if (l->run % chunk_bytes != 0 || l->run > addr_of(l) || l->run_chunks == 0 ||
+          l->block_offset < page_bytes || l->block_offset > chunk_bytes ||
+          l->block_offset % page_bytes != 0 || l->usable == 0 || l->usable % page_bytes != 0 ||
+          addr_of(l) + l->block_offset + l->usable > run_end || !r.contains(reinterpret_cast<void*>(run_end - 1))) {
+        return false;
+      }
+      expected_bytes += page_bytes + l->usable;
+    } else {
+      return false;
+    }
+  }
+  if (!saw_first) return false;
+
+  std::size_t listed = 0;
+  const segment* sprev = nullptr;
+  for (const segment* s = space_; s != nullptr; sprev = s, s = s->space_next) {
+    if (++listed > spacious || s->space_prev != sprev || s->magic != segment_magic ||
+        s->owner != this || (s->free_mask & ~1u) == 0) {
+      return false;
+    }
+  }
+  if (listed != spacious) return false;
+
+  listed = 0;
+  for (unsigned cls = 0; cls < small_classes; ++cls) {
+    if (cur_[cls] == &empty_) continue;
+    const page* pprev = nullptr;
+    for (const page* pg = cur_[cls]; pg != nullptr; pprev = pg, pg = pg->next) {
+      const segment* s = segment_of(pg);
+      if (++listed > on_lists || pg->prev != pprev || s->magic != segment_magic || s->owner != this ||
+          pg->kind != page_kind::small || pg->cls != cls || pg->in_avail == 0) {
+        return false;
+      }
+      // Only the head may be full.
+      if (pprev != nullptr && pg->free == nullptr && pg->bump == pg->start + pg->capacity * pg->block_bytes) {
+        return false;
+      }
+    }
+  }
+  if (listed != on_lists) return false;
+
+  std::size_t total = 0;
+  std::uintptr_t last_end = 0;
+  bool ok = true;
+  for_each_extent([&](void* p, std::size_t bytes) {
+    const std::uintptr_t a = addr_of(p);
+    // Merged: a gap before every extent but the first.
+    if (a % page_bytes != 0 || bytes % page_bytes != 0 || bytes == 0 || (last_end != 0 && a <= last_end)) {
+      ok = false;
+    }
+    last_end = a + bytes;
+    total += bytes;
+  });
+  return ok && total == expected_bytes;
+}
+
+}  // namespace iso::detail
