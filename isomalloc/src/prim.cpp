@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -124,6 +125,16 @@ int free_gaps(std::uintptr_t floor, std::vector<interval>& out) {
   }
   if (cursor < top) out.push_back({cursor, top});
   return 0;
+}
+
+std::uint64_t cycles() noexcept {
+#if defined(__x86_64__)
+  return __builtin_ia32_rdtsc();
+#else
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+#endif
 }
 
 std::size_t peak_resident_bytes() noexcept { return status_field_bytes("VmHWM:"); }

@@ -57,5 +57,10 @@ std::size_t resident_bytes() noexcept;
 // Number of mappings of this process (lines of /proc/self/maps).
 std::size_t mapping_count() noexcept;
 
+// A cheap monotonic cycle counter for measuring load (the time-stamp counter on x86-64, about
+// 9 ns a read here; elsewhere the monotonic clock in ns). Only differences over one process are
+// meaningful; convert with a rate measured against now over a long interval.
+std::uint64_t cycles() noexcept;
+
 }  // namespace prim
 }  // namespace iso::detail

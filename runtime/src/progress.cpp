@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "balancer.hpp"
 #include "diag.hpp"
 #include "mpi_peers.hpp"
 #include "region.hpp"
@@ -64,6 +65,7 @@ void mpi_progress::start_round(scheduler& s) noexcept {
   mine_[received] = c.received;
   // A sleeping thread will wake, and one in transit will land: neither rank is stuck.
   mine_[active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
+  mine_[at_sync] = s.blocked(wait_reason::sync);
   if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
     fatal("MPI_Iallreduce for termination detection failed");
   }
@@ -77,6 +79,13 @@ bool mpi_progress::finished(scheduler& s) {
   int done = 0;
   MPI_Test(&round_, &done, MPI_STATUS_IGNORE);
   if (!done) return false;
+  if (balancer_ != nullptr && sum_[at_sync] != 0 && sum_[at_sync] == sum_[live]) {
+    // Every live thread everywhere waits in lb::sync(), and none is in transit (those count in
+    // live only): all ranks saw the same sums, so all step now.
+    have_last_ = false;
+    balancer_->step();
+    return false;
+  }
   const bool quiet = sum_[sent] == sum_[received];
   const bool stable = have_last_ && quiet && std::equal(sum_, sum_ + fields, last_);
   std::copy(sum_, sum_ + fields, last_);
@@ -88,9 +97,10 @@ bool mpi_progress::finished(scheduler& s) {
   if (stable && sum_[active] == 0) {
     have_last_ = false;
     raise(errc::deadlock,
-          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d), no message or thread is "
-          "in flight and no thread sleeps",
-          static_cast<unsigned long long>(sum_[live]), s.live_threads(), s.rank());
+          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d; %llu of them in lb::sync, "
+          "which waits for every thread), no message or thread is in flight and no thread sleeps",
+          static_cast<unsigned long long>(sum_[live]), s.live_threads(), s.rank(),
+          static_cast<unsigned long long>(sum_[at_sync]));
   }
   start_round(s);
   return false;

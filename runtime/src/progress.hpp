@@ -14,7 +14,8 @@ namespace iso::detail {
 // {live threads (with those in transit), messages sent, received, threads sleeping or in transit}. run() may return once two
 // consecutive rounds agree on sent == received with no live thread anywhere (the second round
 // rules out a message that was in flight while the first was being taken). The same test with
-// live threads but none sleeping or in transit anywhere is a global deadlock.
+// live threads but none sleeping or in transit anywhere is a global deadlock. A round in which
+// every live thread waits in lb::sync() starts a balancing step on every rank.
 class mpi_progress final : public progress_engine {
  public:
   explicit mpi_progress(MPI_Comm comm);  // collective (MPI_Comm_dup)
@@ -24,16 +25,19 @@ class mpi_progress final : public progress_engine {
   void idle(scheduler& s, std::int64_t max_ns) noexcept override;
   bool finished(scheduler& s) override;
 
-  // The migration engine to poll and count; set once both exist.
+  // The migration engine to poll and count, and the balancer whose steps run here; set once
+  // they exist.
   void set_engine(engine* e) noexcept { engine_ = e; }
+  void set_balancer(class balancer* b) noexcept { balancer_ = b; }
 
  private:
   void start_round(scheduler& s) noexcept;
 
   MPI_Comm comm_;
   engine* engine_ = nullptr;
+  class balancer* balancer_ = nullptr;
 
-  enum { live, sent, received, active, fields };
+  enum { live, sent, received, active, at_sync, fields };
   MPI_Request round_ = MPI_REQUEST_NULL;
   std::uint64_t mine_[fields] = {};
   std::uint64_t sum_[fields] = {};

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <locale>
 
+#include "balancer.hpp"
 #include "diag.hpp"
 #include "interpose.hpp"
 #include "layout.hpp"
@@ -29,8 +30,10 @@ class runtime_state {
         owns_mpi(owns_mpi),
         progress(MPI_COMM_WORLD),
         sched(rank, nullptr, &progress),
-        migration(MPI_COMM_WORLD, sched, layout) {
+        migration(MPI_COMM_WORLD, sched, layout),
+        balance(MPI_COMM_WORLD, sched, migration) {
     progress.set_engine(&migration);
+    progress.set_balancer(&balance);
   }
   int rank;
   int size;
@@ -38,6 +41,7 @@ class runtime_state {
   mpi_progress progress;
   scheduler sched;
   engine migration;
+  balancer balance;
 };
 
 namespace {

@@ -217,7 +217,13 @@ void scheduler::resume(tcb* t) noexcept {
   ++t->switches;
   ++switches_;
   current_heap = t->home_heap;
-  context_resume(t);
+  if (measure_) {
+    const std::uint64_t start = prim::cycles();
+    context_resume(t);
+    t->run_cycles += prim::cycles() - start;  // t's TCB stays here until teardown or departure
+  } else {
+    context_resume(t);
+  }
   current_heap = nullptr;
   running_ = nullptr;
   if (t->state == thread_state::finished) {
@@ -256,7 +262,8 @@ bool scheduler::movable(const tcb* t) noexcept {
   switch (t->state) {
     case thread_state::ready:
     case thread_state::sleeping: return true;
-    case thread_state::blocked: return t->wait == wait_reason::join || t->wait == wait_reason::recv;
+    case thread_state::blocked:
+      return t->wait == wait_reason::join || t->wait == wait_reason::recv || t->wait == wait_reason::sync;
     case thread_state::running:
     case thread_state::finished: return false;
   }
@@ -270,6 +277,8 @@ void scheduler::detach(tcb* t) noexcept {
   } else if (t->state == thread_state::sleeping) {
     remove_timer(t);
     t->sleep_left_ns = std::max<std::int64_t>(t->wake_ns - now_ns(), 0);
+  } else if (t->state == thread_state::blocked) {
+    --blocked_[static_cast<std::size_t>(t->wait)];
   }
   t->next = t->prev = nullptr;
   table_.erase(t->id.bits());
@@ -287,6 +296,8 @@ void scheduler::attach(tcb* t) noexcept {
   } else if (t->state == thread_state::sleeping) {
     t->wake_ns = now_ns() + t->sleep_left_ns;
     insert_timer(t);
+  } else if (t->state == thread_state::blocked) {
+    ++blocked_[static_cast<std::size_t>(t->wait)];
   }
 }
 
@@ -311,6 +322,7 @@ void scheduler::remove_timer(tcb* t) noexcept {
 
 void scheduler::wake(tcb* t) noexcept {
   ISO_ASSERT_INTERNAL(t->state == thread_state::blocked);
+  --blocked_[static_cast<std::size_t>(t->wait)];
   t->state = thread_state::ready;
   policy_->awakened(t);
 }
@@ -345,7 +357,9 @@ void scheduler::run() {
     if (timers_head_ != nullptr && timers_head_->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     const std::int64_t deadline = next_deadline();
+    const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
+    if (measure_) idle_cycles_ += prim::cycles() - idle_start;
   }
 }
 
@@ -369,6 +383,7 @@ void scheduler::block_running(wait_reason why) noexcept {
   tcb* self = running_;
   self->state = thread_state::blocked;
   self->wait = why;
+  ++blocked_[static_cast<std::size_t>(why)];
   context_switch_out(self);
   self->wait = wait_reason::none;
 }

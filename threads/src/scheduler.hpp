@@ -104,6 +104,20 @@ class scheduler {
   // True (once) if id finished here and was never joined; forgets it.
   bool take_finished(thread_id id) noexcept;
   std::size_t live_threads() const noexcept { return table_.size(); }
+  // Threads of this rank blocked for `why`.
+  std::size_t blocked(wait_reason why) const noexcept { return blocked_[static_cast<std::size_t>(why)]; }
+  // Visits every live thread of this rank: f(tcb*). f must not add or remove threads.
+  template <class F>
+  void for_each_thread(F&& f) const {
+    for (const auto& [id, t] : table_) f(t);
+  }
+
+  // --- load measurement (for the load balancer) ---
+  // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles: two
+  // rdtsc per switch, about 20 ns), and idle waits add to idle_cycles().
+  void set_measure_load(bool on) noexcept { measure_ = on; }
+  bool measuring_load() const noexcept { return measure_; }
+  std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
   // Whether id was spawned on this rank (it may have finished or moved since).
   bool spawned_here(thread_id id) const noexcept { return id.home() == rank_ && id.serial() != 0 && id.serial() < next_serial_; }
   std::size_t sleeping_threads() const noexcept { return sleepers_; }
@@ -151,6 +165,9 @@ class scheduler {
   tcb* timers_head_ = nullptr;
   tcb* timers_tail_ = nullptr;
   std::size_t sleepers_ = 0;
+  std::size_t blocked_[wait_reasons] = {};  // blocked threads per wait_reason
+  bool measure_ = false;
+  std::uint64_t idle_cycles_ = 0;            // cycles spent in progress().idle() since creation
 
   // Every live thread on this rank (invariant: exactly those whose state is not finished and that
   // have not departed), keyed by thread_id::bits().

@@ -48,8 +48,10 @@ enum class thread_state : std::uint8_t {
 
 // What a blocked thread waits for. `lock` waits sit in rank-local wait_queues, so such a thread
 // cannot migrate until it is woken; `join` and `recv` waits are satisfied by messages that find
-// the thread wherever it is, so such a thread can migrate while blocked.
-enum class wait_reason : std::uint8_t { none, lock, join, recv };
+// the thread wherever it is, and `sync` by the load balancer, so such a thread can migrate while
+// blocked.
+enum class wait_reason : std::uint8_t { none, lock, join, recv, sync };
+inline constexpr std::size_t wait_reasons = 5;
 
 struct tcb {
   static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"
@@ -88,7 +90,8 @@ struct tcb {
 
   std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
   std::uint64_t switches = 0;         // times this thread was resumed
-  std::int64_t cpu_ns = 0;            // wall time spent running, in ns, since it was created
+  std::uint64_t run_cycles = 0;       // TSC cycles spent running since the last balancing step
+  double set_load = -1;               // load set by iso::lb::set_load for this period, s; < 0: none
 
   boost::context::fiber& self_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(self)); }
   boost::context::fiber& caller_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(caller)); }

@@ -3,6 +3,7 @@
 
 #include "isothreads/error.hpp"
 #include "isothreads/isomalloc.h"
+#include "isothreads/lb.hpp"
 #include "isothreads/messaging.hpp"
 #include "isothreads/runtime.hpp"
 #include "isothreads/sync.hpp"

@@ -1,0 +1,248 @@
+#include "balancer.hpp"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "mpi_peers.hpp"
+#include "prim.hpp"
+
+namespace iso::detail {
+namespace {
+
+balancer* g_balancer = nullptr;
+
+// One thread's entry in the gather: plain words, the same layout on every rank.
+struct wire_load {
+  std::uint64_t id;
+  double load;          // seconds
+  std::uint64_t bytes;  // live image bytes
+};
+// One rank's entry.
+struct wire_rank {
+  double background;    // seconds
+  double since_balance; // seconds since a strategy last ran
+};
+
+std::size_t live_image_bytes(tcb* t) {
+  void* sp = nullptr;
+  std::memcpy(&sp, t->self, sizeof sp);
+  return t->home_heap->extent_bytes() + (static_cast<char*>(t->stack.top()) - static_cast<char*>(sp));
+}
+
+}  // namespace
+
+balancer::balancer(MPI_Comm comm, scheduler& s, engine& e)
+    : sched_(s),
+      engine_(e),
+      period_start_ns_(now_ns()),
+      period_start_cycles_(prim::cycles()),
+      idle_at_start_(s.idle_cycles()),
+      last_balance_ns_(now_ns()) {
+  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  const char* env = std::getenv("ISO_LB");
+  set_strategy(lb::by_name(env != nullptr && *env != '\0' ? env : "greedy"));
+  g_balancer = this;
+}
+
+balancer::~balancer() {
+  g_balancer = nullptr;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
+}
+
+balancer* balancer::current() noexcept { return g_balancer; }
+
+void balancer::set_strategy(std::unique_ptr<lb::strategy> s) {
+  if (s == nullptr) raise(errc::invalid_argument, "iso::lb::set_strategy: null strategy");
+  strategy_ = std::move(s);
+  // Measuring costs two cycle reads per switch; a balancer that never moves anything needs none.
+  sched_.set_measure_load(std::string(strategy_->name()) != "none");
+}
+
+void balancer::step() noexcept {
+  heap_scope system(nullptr);
+  try {
+    const std::int64_t t0 = now_ns();
+    const std::uint64_t c0 = prim::cycles();
+    const double cycles_per_s =
+        t0 > period_start_ns_ ? static_cast<double>(c0 - period_start_cycles_) * 1e9 / static_cast<double>(t0 - period_start_ns_) : 1e9;
+    const auto seconds = [&](std::uint64_t cycles) { return cycles_per_s > 0 ? static_cast<double>(cycles) / cycles_per_s : 0.0; };
+
+    // Loads of this rank's threads (all are in sync()), and the rank's background time.
+    sys_vector<wire_load> mine;
+    double running = 0;
+    sched_.for_each_thread([&](tcb* t) {
+      const double measured = seconds(t->run_cycles);
+      running += measured;
+      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured, live_image_bytes(t)});
+    });
+    const double wall = static_cast<double>(t0 - period_start_ns_) * 1e-9;
+    const double idle = seconds(sched_.idle_cycles() - idle_at_start_);
+    const wire_rank me{std::max(0.0, wall - running - idle), static_cast<double>(t0 - last_balance_ns_) * 1e-9};
+
+    // Everyone's, on every rank.
+    sys_vector<wire_rank> ranks(static_cast<std::size_t>(size_));
+    check_mpi(MPI_Allgather(&me, sizeof me, MPI_BYTE, ranks.data(), sizeof me, MPI_BYTE, comm_), "MPI_Allgather (lb)");
+    const int count = static_cast<int>(mine.size() * sizeof(wire_load));
+    sys_vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
+    check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_), "MPI_Allgather (lb)");
+    int total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[static_cast<std::size_t>(r)] = total;
+      total += counts[static_cast<std::size_t>(r)];
+    }
+    sys_vector<wire_load> all(static_cast<std::size_t>(total) / sizeof(wire_load));
+    check_mpi(MPI_Allgatherv(mine.data(), count, MPI_BYTE, all.data(), counts.data(), displs.data(), MPI_BYTE, comm_),
+              "MPI_Allgatherv (lb)");
+
+    lb::problem p;
+    p.ranks = size_;
+    double since_balance = 0;
+    for (const wire_rank& r : ranks) {
+      p.background.push_back(r.background);
+      since_balance = std::max(since_balance, r.since_balance);
+    }
+    for (int r = 0; r < size_; ++r) {
+      const std::size_t first = static_cast<std::size_t>(displs[static_cast<std::size_t>(r)]) / sizeof(wire_load);
+      const std::size_t n = static_cast<std::size_t>(counts[static_cast<std::size_t>(r)]) / sizeof(wire_load);
+      for (std::size_t i = first; i < first + n; ++i) {
+        p.threads.push_back({thread_id::from_bits(all[i].id), r, all[i].load, all[i].bytes});
+      }
+    }
+    std::sort(p.threads.begin(), p.threads.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+
+    // Plan (every rank the same) and check the plan against the problem.
+    const bool due = period_s_ <= 0 || since_balance >= period_s_;
+    std::vector<lb::move> moves = due ? strategy_->plan(p) : std::vector<lb::move>{};
+    std::vector<double> load(static_cast<std::size_t>(size_), 0.0);
+    for (int r = 0; r < size_; ++r) load[static_cast<std::size_t>(r)] = p.background[static_cast<std::size_t>(r)];
+    for (const auto& t : p.threads) load[static_cast<std::size_t>(t.rank)] += t.load;
+    const double avg = std::accumulate(load.begin(), load.end(), 0.0) / size_;
+    const double max_before = *std::max_element(load.begin(), load.end());
+    std::vector<lb::move> valid;
+    for (const lb::move& m : moves) {
+      auto it = std::lower_bound(p.threads.begin(), p.threads.end(), m.id,
+                                 [](const lb::thread_load& t, thread_id id) { return t.id < id; });
+      if (it == p.threads.end() || it->id != m.id || it->rank != m.from || m.to < 0 || m.to >= size_ || m.to == m.from) {
+        if (rank_ == 0) {
+          std::fprintf(stderr, "isothreads: strategy %s proposed an invalid move of thread %s from %d to %d; ignored\n",
+                       strategy_->name(), m.id.to_string().c_str(), m.from, m.to);
+        }
+        continue;
+      }
+      load[static_cast<std::size_t>(m.from)] -= it->load;
+      load[static_cast<std::size_t>(m.to)] += it->load;
+      it->rank = m.to;  // a second move of the same thread is now invalid
+      valid.push_back(m);
+    }
+    const double max_after = *std::max_element(load.begin(), load.end());
+
+    // Ship what leaves, wait for what comes.
+    const auto before = engine_.stats();
+    std::size_t expected = 0;
+    for (const lb::move& m : valid) {
+      if (m.from == rank_) engine_.migrate(m.id, m.to);
+      if (m.to == rank_) ++expected;
+    }
+    while (engine_.stats().arrivals - before.arrivals < expected || engine_.in_flight() != 0) {
+      if (!engine_.poll()) {
+        const timespec pause{0, 20'000};
+        nanosleep(&pause, nullptr);
+      }
+    }
+    std::uint64_t bytes = engine_.stats().bytes_out - before.bytes_out, all_bytes = 0;
+    check_mpi(MPI_Allreduce(&bytes, &all_bytes, 1, MPI_UINT64_T, MPI_SUM, comm_), "MPI_Allreduce (lb)");
+
+    // Resume everyone; a new period starts.
+    sys_vector<tcb*> waiting;
+    sched_.for_each_thread([&](tcb* t) {
+      t->run_cycles = 0;
+      t->set_load = -1;
+      if (t->state == thread_state::blocked && t->wait == wait_reason::sync) waiting.push_back(t);
+    });
+    for (tcb* t : waiting) sched_.wake(t);
+    const std::int64_t t1 = now_ns();
+    period_start_ns_ = t1;
+    period_start_cycles_ = prim::cycles();
+    idle_at_start_ = sched_.idle_cycles();
+    if (due) last_balance_ns_ = t1;
+
+    last_ = {last_.step + 1,
+             strategy_->name(),
+             avg > 0 ? max_before / avg : 1.0,
+             avg > 0 ? max_after / avg : 1.0,
+             valid.size(),
+             static_cast<std::size_t>(all_bytes),
+             static_cast<double>(t1 - t0) * 1e-9};
+    if (rank_ == 0) {
+      std::printf("iso::lb step %zu (%s%s): max/avg load %.2f -> %.2f predicted, %zu threads moved, %.1f KiB, %.2f ms\n",
+                  last_.step, last_.strategy.c_str(), due ? "" : ", not due", last_.max_over_avg_before,
+                  last_.max_over_avg_after, last_.threads_moved, static_cast<double>(last_.bytes_moved) / 1024.0,
+                  last_.seconds * 1e3);
+      std::fflush(stdout);
+    }
+  } catch (const std::exception& e) {
+    fatal("load-balancing step failed: %s", e.what());
+  }
+}
+
+}  // namespace iso::detail
+
+namespace iso::lb {
+namespace {
+
+detail::balancer& balancer_or_throw(const char* call) {
+  detail::balancer* b = detail::balancer::current();
+  if (b == nullptr) detail::raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
+  return *b;
+}
+
+detail::tcb* running_or_throw(const char* call) {
+  detail::scheduler* s = detail::scheduler::current();
+  detail::tcb* t = s != nullptr ? s->running() : nullptr;
+  if (t == nullptr) detail::raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
+  return t;
+}
+
+}  // namespace
+
+void set_strategy(std::unique_ptr<strategy> s) {
+  detail::heap_scope system(nullptr);
+  balancer_or_throw("iso::lb::set_strategy").set_strategy(std::move(s));
+}
+
+void set_strategy(const std::string& name) {
+  detail::heap_scope system(nullptr);
+  balancer_or_throw("iso::lb::set_strategy").set_strategy(by_name(name));
+}
+
+void sync() {
+  balancer_or_throw("iso::lb::sync");
+  running_or_throw("iso::lb::sync");
+  detail::scheduler::current()->block_running(detail::wait_reason::sync);
+}
+
+void set_period(std::chrono::duration<double> period) { balancer_or_throw("iso::lb::set_period").set_period(period.count()); }
+
+void set_load(double seconds) {
+  detail::tcb* self = running_or_throw("iso::lb::set_load");
+  if (!(seconds >= 0)) detail::raise(errc::invalid_argument, "iso::lb::set_load(%g): a load is a non-negative time in seconds", seconds);
+  self->set_load = seconds;
+}
+
+step_report last_step() {
+  detail::heap_scope system(nullptr);
+  return balancer_or_throw("iso::lb::last_step").last();
+}
+
+}  // namespace iso::lb

@@ -1,0 +1,51 @@
+// The load balancer of a rank: the AtSync step (iso::lb).
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+
+#include "engine.hpp"
+#include "isothreads/lb.hpp"
+#include "scheduler.hpp"
+
+namespace iso::detail {
+
+// A step runs when every live thread on every rank waits in lb::sync() (the progress engine
+// detects it in its termination rounds). Then, on every rank at once: gather each thread's load
+// (its running time in the period, from the scheduler's cycle counts, or the load it set) and each
+// rank's background time; run the strategy (deterministic, so every rank gets the same moves);
+// ship the threads that move; wait until this rank has received those that come; resume every
+// thread. Rank 0 prints one line per step.
+class balancer {
+ public:
+  balancer(MPI_Comm comm, scheduler& s, engine& e);  // collective (MPI_Comm_dup)
+  ~balancer();
+  balancer(const balancer&) = delete;
+  balancer& operator=(const balancer&) = delete;
+
+  static balancer* current() noexcept;
+
+  void set_strategy(std::unique_ptr<lb::strategy> s);
+  void set_period(double seconds) noexcept { period_s_ = seconds; }
+  lb::step_report last() const { return last_; }
+
+  // Collective. pre: every live thread of every rank is blocked in lb::sync().
+  void step() noexcept;
+
+ private:
+  scheduler& sched_;
+  engine& engine_;
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::unique_ptr<lb::strategy> strategy_;
+  double period_s_ = 0;
+  std::int64_t period_start_ns_;        // start of the current measuring period
+  std::uint64_t period_start_cycles_;
+  std::uint64_t idle_at_start_;          // scheduler idle cycles at the period's start
+  std::int64_t last_balance_ns_;         // when a strategy last ran (periodic mode)
+  lb::step_report last_;
+};
+
+}  // namespace iso::detail

@@ -1,0 +1,131 @@
+// The built-in load-balancing strategies. Pure functions of the problem: deterministic, so every
+// rank computes the same moves.
+#include <algorithm>
+#include <numeric>
+#include <queue>
+#include <string>
+
+#include "diag.hpp"
+#include "isothreads/error.hpp"
+#include "isothreads/lb.hpp"
+
+namespace iso::lb {
+namespace {
+
+// Rank loads: background plus the loads of the threads there.
+std::vector<double> rank_loads(const problem& p) {
+  std::vector<double> load(static_cast<std::size_t>(p.ranks), 0.0);
+  for (int r = 0; r < p.ranks && r < static_cast<int>(p.background.size()); ++r) load[static_cast<std::size_t>(r)] = p.background[static_cast<std::size_t>(r)];
+  for (const thread_load& t : p.threads) load[static_cast<std::size_t>(t.rank)] += t.load;
+  return load;
+}
+
+// Heaviest first; equal loads by id, so that the order is the same on every rank.
+std::vector<const thread_load*> heaviest_first(const std::vector<thread_load>& threads) {
+  std::vector<const thread_load*> order;
+  order.reserve(threads.size());
+  for (const thread_load& t : threads) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const thread_load* a, const thread_load* b) {
+    return a->load != b->load ? a->load > b->load : a->id < b->id;
+  });
+  return order;
+}
+
+class greedy_strategy final : public strategy {
+ public:
+  const char* name() const noexcept override { return "greedy"; }
+  std::vector<move> plan(const problem& p) override {
+    std::vector<move> moves;
+    if (p.ranks <= 0 || p.threads.empty()) return moves;
+    double total = 0;
+    for (const thread_load& t : p.threads) total += t.load;
+    if (total <= 0) return moves;  // nothing measured: any placement is as good as the current one
+    // Min-heap of (load, rank), starting from each rank's background.
+    using slot = std::pair<double, int>;
+    std::priority_queue<slot, std::vector<slot>, std::greater<slot>> ranks;
+    for (int r = 0; r < p.ranks; ++r) {
+      ranks.push({r < static_cast<int>(p.background.size()) ? p.background[static_cast<std::size_t>(r)] : 0.0, r});
+    }
+    for (const thread_load* t : heaviest_first(p.threads)) {
+      auto [load, r] = ranks.top();
+      ranks.pop();
+      if (r != t->rank) moves.push_back({t->id, t->rank, r});
+      ranks.push({load + t->load, r});
+    }
+    return moves;
+  }
+};
+
+class refine_strategy final : public strategy {
+ public:
+  explicit refine_strategy(double tolerance) : tolerance_(tolerance) {}
+  const char* name() const noexcept override { return "refine"; }
+  std::vector<move> plan(const problem& p) override {
+    std::vector<move> moves;
+    if (p.ranks <= 1 || p.threads.empty()) return moves;
+    std::vector<double> load = rank_loads(p);
+    const double avg = std::accumulate(load.begin(), load.end(), 0.0) / p.ranks;
+    if (avg <= 0) return moves;
+    const double bound = avg * (1 + tolerance_);
+    // Candidates per rank, heaviest first; each thread moves at most once.
+    std::vector<std::vector<const thread_load*>> on(static_cast<std::size_t>(p.ranks));
+    for (const thread_load* t : heaviest_first(p.threads)) on[static_cast<std::size_t>(t->rank)].push_back(t);
+    for (;;) {
+      const auto donor = static_cast<int>(std::max_element(load.begin(), load.end()) - load.begin());
+      if (load[static_cast<std::size_t>(donor)] <= bound) break;
+      const auto taker = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      // The heaviest thread that leaves the taker within the bound and helps the donor.
+      auto& cands = on[static_cast<std::size_t>(donor)];
+      auto it = std::find_if(cands.begin(), cands.end(), [&](const thread_load* t) {
+        return t->load > 0 && load[static_cast<std::size_t>(taker)] + t->load <= bound &&
+               load[static_cast<std::size_t>(taker)] + t->load < load[static_cast<std::size_t>(donor)];
+      });
+      if (it == cands.end()) break;  // no single move improves things: stop, moving nothing more
+      const thread_load* t = *it;
+      cands.erase(it);
+      load[static_cast<std::size_t>(donor)] -= t->load;
+      load[static_cast<std::size_t>(taker)] += t->load;
+      moves.push_back({t->id, donor, taker});
+    }
+    return moves;
+  }
+
+ private:
+  double tolerance_;
+};
+
+class rotate_strategy final : public strategy {
+ public:
+  const char* name() const noexcept override { return "rotate"; }
+  std::vector<move> plan(const problem& p) override {
+    std::vector<move> moves;
+    if (p.ranks <= 1) return moves;
+    for (const thread_load& t : p.threads) moves.push_back({t.id, t.rank, (t.rank + 1) % p.ranks});
+    return moves;
+  }
+};
+
+class no_strategy final : public strategy {
+ public:
+  const char* name() const noexcept override { return "none"; }
+  std::vector<move> plan(const problem&) override { return {}; }
+};
+
+}  // namespace
+
+std::unique_ptr<strategy> greedy() { return std::make_unique<greedy_strategy>(); }
+std::unique_ptr<strategy> refine(double tolerance) {
+  if (!(tolerance >= 0)) detail::raise(errc::invalid_argument, "iso::lb::refine: tolerance %g is negative", tolerance);
+  return std::make_unique<refine_strategy>(tolerance);
+}
+std::unique_ptr<strategy> rotate() { return std::make_unique<rotate_strategy>(); }
+
+std::unique_ptr<strategy> by_name(const std::string& name) {
+  if (name == "greedy") return greedy();
+  if (name == "refine") return refine();
+  if (name == "rotate") return rotate();
+  if (name == "none") return std::make_unique<no_strategy>();
+  detail::raise(errc::invalid_argument, "iso::lb: unknown strategy '%s' (greedy, refine, rotate or none)", name.c_str());
+}
+
+}  // namespace iso::lb

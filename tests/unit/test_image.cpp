@@ -1,0 +1,94 @@
+// Thread images: what a suspended thread's image describes, and how a corrupt or foreign header
+// is rejected before anything is written.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "image.hpp"
+#include "isothreads/isothreads.hpp"
+#include "region.hpp"
+#include "scheduler.hpp"
+
+namespace iso::detail {
+namespace {
+
+constexpr std::uint64_t layout = 0x1234abcd;
+
+// Runs f(tcb of a suspended thread that holds a 100 KiB vector) inside another thread.
+template <class F>
+void with_suspended_thread(F&& f) {
+  scheduler s(0);
+  bool release = false;
+  std::vector<char>* data = nullptr;
+  const thread_id sleeper = spawn([&] {
+    std::vector<char> v(100 << 10, 'x');
+    data = &v;
+    while (!release) this_thread::yield();
+  });
+  spawn([&] {
+    this_thread::yield();
+    f(s.find(sleeper), data);
+    release = true;
+  });
+  s.run();
+}
+
+std::string rejection(const sys_vector<unsigned char>& h) {
+  try {
+    validate_image_header(h.data(), h.size(), layout);
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code_value(), errc::corrupt_image);
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Image, DescribesTheLiveStackAndTheLiveHeapOnly) {
+  with_suspended_thread([](tcb* t, std::vector<char>* v) {
+    ASSERT_NE(t, nullptr);
+    const sys_vector<unsigned char> h = build_image_header(t, layout);
+    const image_header& hdr = validate_image_header(h.data(), h.size(), layout);
+    EXPECT_EQ(hdr.thread, t->id.bits());
+    EXPECT_EQ(hdr.tcb, reinterpret_cast<std::uintptr_t>(t));
+    const image_extent* e = image_extents(hdr);
+    bool stack_top = false, vector_data = false;
+    std::uint64_t total = 0;
+    for (std::uint32_t i = 0; i < hdr.nextents; ++i) {
+      total += e[i].bytes;
+      stack_top = stack_top || e[i].addr + e[i].bytes == reinterpret_cast<std::uintptr_t>(t->stack.top());
+      const auto d = reinterpret_cast<std::uintptr_t>(v->data());
+      vector_data = vector_data || (d >= e[i].addr && d + v->size() <= e[i].addr + e[i].bytes);
+    }
+    EXPECT_TRUE(stack_top);
+    EXPECT_TRUE(vector_data);
+    EXPECT_EQ(total, hdr.data_bytes);
+    // Only what is live: the stack's used part and the heap's live pages, far less than the slots.
+    EXPECT_LT(total, (100u << 10) + t->stack.bytes / 2 + (64u << 10));
+  });
+}
+
+TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
+  with_suspended_thread([](tcb* t, std::vector<char>*) {
+    const sys_vector<unsigned char> good = build_image_header(t, layout);
+    EXPECT_EQ(rejection(good), "");
+    for (std::size_t at = 0; at < good.size(); at += 7) {
+      sys_vector<unsigned char> bad = good;
+      bad[at] ^= 0x40;
+      EXPECT_NE(rejection(bad), "") << "flipped byte " << at << " was accepted";
+    }
+    sys_vector<unsigned char> cut(good.begin(), good.end() - 1);
+    EXPECT_NE(rejection(cut).find("extents"), std::string::npos);
+    sys_vector<unsigned char> tiny(good.begin(), good.begin() + 8);
+    EXPECT_NE(rejection(tiny).find("too short"), std::string::npos);
+    try {
+      validate_image_header(good.data(), good.size(), layout + 1);
+      ADD_FAILURE() << "an image of another layout was accepted";
+    } catch (const iso::error& e) {
+      EXPECT_NE(std::string(e.what()).find("different binary"), std::string::npos) << e.what();
+    }
+  });
+}
+
+}  // namespace
+}  // namespace iso::detail
