@@ -353,11 +353,13 @@ void scheduler::run() {
       continue;
     }
     since_poll = 0;
+    // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
+    // sees as background only the work done for threads outside them (messages, migrations).
+    const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
     if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
     if (timers_head_ != nullptr && timers_head_->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     const std::int64_t deadline = next_deadline();
-    const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
     if (measure_) idle_cycles_ += prim::cycles() - idle_start;
   }

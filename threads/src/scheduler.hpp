@@ -114,7 +114,8 @@ class scheduler {
 
   // --- load measurement (for the load balancer) ---
   // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles: two
-  // rdtsc per switch, about 20 ns), and idle waits add to idle_cycles().
+  // rdtsc per switch, about 20 ns), and passes of run() that find nothing to do add to
+  // idle_cycles().
   void set_measure_load(bool on) noexcept { measure_ = on; }
   bool measuring_load() const noexcept { return measure_; }
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
@@ -167,7 +168,7 @@ class scheduler {
   std::size_t sleepers_ = 0;
   std::size_t blocked_[wait_reasons] = {};  // blocked threads per wait_reason
   bool measure_ = false;
-  std::uint64_t idle_cycles_ = 0;            // cycles spent in progress().idle() since creation
+  std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
 
   // Every live thread on this rank (invariant: exactly those whose state is not finished and that
   // have not departed), keyed by thread_id::bits().
