@@ -43,7 +43,8 @@ class mpi_progress final : public progress_engine {
   std::uint64_t sum_[fields] = {};
   std::uint64_t last_[fields] = {};   // the previous completed round's sums
   bool have_last_ = false;
-  std::int64_t backoff_ns_ = 0;       // current idle sleep, grows while nothing happens
+  std::int64_t idle_since_ns_ = -1;   // when the current idle spell began; -1: not idle
+  std::int64_t backoff_ns_ = 20'000;  // the next idle sleep, grows while nothing happens
 };
 
 }  // namespace iso::detail

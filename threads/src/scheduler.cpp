@@ -359,6 +359,7 @@ void scheduler::run() {
     if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
     if (timers_head_ != nullptr && timers_head_->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
+    if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
     const std::int64_t deadline = next_deadline();
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
     if (measure_) idle_cycles_ += prim::cycles() - idle_start;

@@ -1,0 +1,261 @@
+// jacobi2d: a 2D Jacobi stencil over-decomposed into many more blocks than ranks. Each block is a
+// migratable thread that owns its tile (in its own heap) and exchanges halos with iso::send/recv.
+// A band of block rows does several times the work of the rest, and the band moves over time, so
+// the load is imbalanced and the imbalance shifts. The program runs the same computation twice,
+// without and with load balancing (lb::sync every few iterations), checks that both give the same
+// result bit for bit, and prints the time per iteration and the speed-up.
+//
+//   mpirun -n 4 build/examples/jacobi2d [--n 2048] [--blocks 8] [--iters 200] [--lb-every 20]
+//                                       [--strategy refine] [--heavy 6] [--shift 50]
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "isothreads/isothreads.hpp"
+
+namespace {
+
+struct options {
+  int n = 2048;         // grid points per side
+  int blocks = 8;       // blocks per side: blocks^2 threads
+  int iters = 200;
+  int lb_every = 20;    // iterations between lb::sync() calls
+  int heavy = 6;        // work multiplier of the hot band
+  int shift = 50;       // iterations before the hot band moves
+  std::string strategy = "refine";
+};
+
+// Halo directions; a halo travels with the iteration it belongs to.
+enum dir : int { north = 0, south = 1, west = 2, east = 3 };
+dir opposite(int d) { return static_cast<dir>(d ^ 1); }
+
+// Per-rank results, indexed by block: each entry is written on exactly one rank (where the block
+// finished) and is zero elsewhere, so a sum over ranks is exact.
+std::vector<double> block_checksum, block_cpu;
+
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// The body of block (bx, by). Its tile has a one-point halo on each side.
+void block_main(options o, int bx, int by, bool balance) {
+  const std::vector<iso::thread_id> ids = [] {
+    const iso::message m = iso::recv();  // the table of every block's thread id, from main
+    std::vector<iso::thread_id> t(m.data.size() / sizeof(iso::thread_id));
+    std::memcpy(t.data(), m.data.data(), m.data.size());
+    return t;
+  }();
+  const int bs = o.n / o.blocks;  // tile side
+  const int w = bs + 2;
+  std::vector<double> u(static_cast<std::size_t>(w * w), 0.0), next(u.size(), 0.0), scratch(u.size());
+  auto at = [w](std::vector<double>& a, int i, int j) -> double& { return a[static_cast<std::size_t>(i * w + j)]; };
+  const bool top = by == 0;
+  if (top) {  // the grid's top edge is held at 1
+    for (int j = 0; j < w; ++j) at(u, 0, j) = at(next, 0, j) = 1.0;
+  }
+  iso::thread_id neighbour[4];
+  if (by > 0) neighbour[north] = ids[static_cast<std::size_t>((by - 1) * o.blocks + bx)];
+  if (by + 1 < o.blocks) neighbour[south] = ids[static_cast<std::size_t>((by + 1) * o.blocks + bx)];
+  if (bx > 0) neighbour[west] = ids[static_cast<std::size_t>(by * o.blocks + bx - 1)];
+  if (bx + 1 < o.blocks) neighbour[east] = ids[static_cast<std::size_t>(by * o.blocks + bx + 1)];
+
+  // Halos that arrived for the next iteration (a neighbour runs at most one ahead).
+  std::vector<std::vector<double>> early(4);
+  std::vector<double> edge(static_cast<std::size_t>(bs) + 1);
+  // The block's work: CPU time of everything it does between waits (packing, sending, placing
+  // halos, computing). Measured per stretch that cannot switch threads, since the clock is the
+  // OS thread's, which runs the other blocks while this one waits.
+  double cpu = 0;
+  for (int it = 0; it < o.iters; ++it) {
+    const double send_start = thread_cpu_seconds();
+    // Send my edges: element 0 is the iteration.
+    for (int d = 0; d < 4; ++d) {
+      if (!neighbour[d]) continue;
+      edge[0] = it;
+      for (int k = 0; k < bs; ++k) {
+        edge[static_cast<std::size_t>(k) + 1] = d == north ? at(u, 1, k + 1) : d == south ? at(u, bs, k + 1)
+                                              : d == west  ? at(u, k + 1, 1) : at(u, k + 1, bs);
+      }
+      iso::send(neighbour[d], edge.data(), edge.size() * sizeof(double), opposite(d));
+    }
+    cpu += thread_cpu_seconds() - send_start;
+    // Receive theirs: the tag says on which of my sides the halo goes.
+    int expected = 0;
+    for (int d = 0; d < 4; ++d) expected += neighbour[d] ? 1 : 0;
+    std::vector<bool> have(4, false);
+    auto place = [&](int side, const double* v) {
+      for (int k = 0; k < bs; ++k) {
+        double& h = side == north ? at(u, 0, k + 1) : side == south ? at(u, bs + 1, k + 1)
+                  : side == west  ? at(u, k + 1, 0) : at(u, k + 1, bs + 1);
+        h = v[k];
+      }
+      have[static_cast<std::size_t>(side)] = true;
+      --expected;
+    };
+    for (int d = 0; d < 4; ++d) {
+      if (!early[static_cast<std::size_t>(d)].empty()) {
+        place(d, early[static_cast<std::size_t>(d)].data() + 1);
+        early[static_cast<std::size_t>(d)].clear();
+      }
+    }
+    while (expected > 0) {
+      const iso::message m = iso::recv();
+      const double place_start = thread_cpu_seconds();
+      const auto* v = reinterpret_cast<const double*>(m.data.data());
+      if (static_cast<int>(v[0]) == it && !have[static_cast<std::size_t>(m.tag)]) {
+        place(m.tag, v + 1);
+      } else {
+        early[static_cast<std::size_t>(m.tag)].assign(v, v + bs + 1);
+      }
+      cpu += thread_cpu_seconds() - place_start;
+    }
+    // Compute. The hot band repeats the sweep into a scratch tile: more work, same result.
+    const double c0 = thread_cpu_seconds();
+    const int band = (it / o.shift) * (o.blocks / 4) % o.blocks;
+    const int sweeps = (by >= band && by < band + o.blocks / 4) ? o.heavy : 1;
+    for (int s = 0; s < sweeps; ++s) {
+      std::vector<double>& out = s == 0 ? next : scratch;
+      for (int i = 1; i <= bs; ++i) {
+        for (int j = 1; j <= bs; ++j) {
+          at(out, i, j) = 0.25 * (at(u, i - 1, j) + at(u, i + 1, j) + at(u, i, j - 1) + at(u, i, j + 1));
+        }
+      }
+    }
+    std::swap(u, next);
+    if (top) {
+      for (int j = 0; j < w; ++j) at(u, 0, j) = 1.0;
+    }
+    cpu += thread_cpu_seconds() - c0;
+    if (balance && (it + 1) % o.lb_every == 0 && it + 1 < o.iters) iso::lb::sync();
+  }
+  double sum = 0;
+  for (int i = 1; i <= bs; ++i) {
+    for (int j = 1; j <= bs; ++j) sum += at(u, i, j) * (1 + (i * 31 + j * 17) % 7);
+  }
+  block_checksum[static_cast<std::size_t>(by * o.blocks + bx)] = sum;
+  block_cpu[static_cast<std::size_t>(by * o.blocks + bx)] = cpu;
+}
+
+struct result {
+  double seconds;
+  double checksum;
+  double cpu;  // total work of all blocks, in CPU seconds
+};
+
+result run_once(iso::runtime& rt, const options& o, bool balance) {
+  const int nb = o.blocks * o.blocks;
+  block_checksum.assign(static_cast<std::size_t>(nb), 0.0);
+  block_cpu.assign(static_cast<std::size_t>(nb), 0.0);
+  iso::lb::set_strategy(balance ? o.strategy : "none");
+  // Block b starts on rank b * size / nb: contiguous rows of blocks per rank, so the hot band sits
+  // on one or two ranks.
+  std::vector<std::uint64_t> ids(static_cast<std::size_t>(nb), 0);
+  std::vector<iso::thread_id> mine;
+  for (int b = 0; b < nb; ++b) {
+    if (b * rt.size() / nb != rt.rank()) continue;
+    const iso::thread_id t = iso::spawn([o, b, balance] { block_main(o, b % o.blocks, b / o.blocks, balance); },
+                                        {.name = "block " + std::to_string(b)});
+    ids[static_cast<std::size_t>(b)] = t.bits();
+    mine.push_back(t);
+  }
+  MPI_Allreduce(MPI_IN_PLACE, ids.data(), nb, MPI_UINT64_T, MPI_BOR, MPI_COMM_WORLD);
+  std::vector<iso::thread_id> table;
+  for (std::uint64_t b : ids) table.push_back(iso::thread_id::from_bits(b));
+  for (iso::thread_id t : mine) iso::send(t, table.data(), table.size() * sizeof(iso::thread_id));
+
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto start = std::chrono::steady_clock::now();
+  rt.run();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  MPI_Allreduce(MPI_IN_PLACE, block_checksum.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, block_cpu.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  double checksum = 0, cpu = 0;
+  for (int b = 0; b < nb; ++b) {
+    checksum += block_checksum[static_cast<std::size_t>(b)];
+    cpu += block_cpu[static_cast<std::size_t>(b)];
+  }
+  double slowest = seconds;
+  MPI_Allreduce(&seconds, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return {slowest, checksum, cpu};
+}
+
+int int_arg(const char* v, const char* name) {
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || x <= 0 || x > 1 << 20) {
+    std::fprintf(stderr, "jacobi2d: %s needs a positive integer, got '%s'\n", name, v);
+    std::exit(2);
+  }
+  return static_cast<int>(x);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    iso::runtime rt(argc, argv);
+    options o;
+    for (int i = 1; i + 1 < argc; i += 2) {
+      const std::string k = argv[i];
+      if (k == "--n") o.n = int_arg(argv[i + 1], "--n");
+      else if (k == "--blocks") o.blocks = int_arg(argv[i + 1], "--blocks");
+      else if (k == "--iters") o.iters = int_arg(argv[i + 1], "--iters");
+      else if (k == "--lb-every") o.lb_every = int_arg(argv[i + 1], "--lb-every");
+      else if (k == "--heavy") o.heavy = int_arg(argv[i + 1], "--heavy");
+      else if (k == "--shift") o.shift = int_arg(argv[i + 1], "--shift");
+      else if (k == "--strategy") o.strategy = argv[i + 1];
+      else {
+        if (rt.rank() == 0) std::fprintf(stderr, "jacobi2d: unknown option %s\n", k.c_str());
+        return 2;
+      }
+    }
+    if (o.n % o.blocks != 0 || o.blocks < 4) {
+      if (rt.rank() == 0) std::fprintf(stderr, "jacobi2d: --n must be a multiple of --blocks, and --blocks >= 4\n");
+      return 2;
+    }
+    iso::lb::by_name(o.strategy);  // an unknown name fails here, before any thread runs
+    const int nb = o.blocks * o.blocks;
+    if (rt.rank() == 0) {
+      std::printf("jacobi2d: %dx%d grid, %dx%d blocks (%d threads) on %d ranks, %d iterations\n", o.n, o.n, o.blocks,
+                  o.blocks, nb, rt.size(), o.iters);
+      std::printf("          a band of %d block rows does %dx the work and moves every %d iterations\n",
+                  o.blocks / 4, o.heavy, o.shift);
+      std::fflush(stdout);
+    }
+    const result plain = run_once(rt, o, false);
+    if (rt.rank() == 0) {
+      std::printf("no balancing          : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", plain.seconds * 1e3 / o.iters,
+                  plain.seconds, plain.checksum);
+      std::fflush(stdout);
+    }
+    const result balanced = run_once(rt, o, true);
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    const double ideal = balanced.cpu / std::min<double>(rt.size(), cores);
+    if (rt.rank() == 0) {
+      const iso::lb::step_report r = iso::lb::last_step();
+      std::printf("%-6s every %2d iters : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", o.strategy.c_str(), o.lb_every,
+                  balanced.seconds * 1e3 / o.iters, balanced.seconds, balanced.checksum);
+      std::printf("speed-up %.2fx; ideal (total work %.2f s / %d ranks on %u cores) %.2f s: balanced run at %.0f%% of ideal\n",
+                  plain.seconds / balanced.seconds, balanced.cpu, rt.size(), cores, ideal,
+                  100.0 * balanced.seconds / ideal);
+      std::printf("result %s (last step moved %zu threads)\n",
+                  plain.checksum == balanced.checksum ? "identical with and without balancing" : "DIFFERS",
+                  r.threads_moved);
+      std::fflush(stdout);
+    }
+    return plain.checksum == balanced.checksum ? 0 : 1;
+  } catch (const iso::error& e) {
+    std::fprintf(stderr, "jacobi2d: %s\n", e.what());
+    return 1;
+  }
+}
