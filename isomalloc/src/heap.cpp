@@ -573,6 +573,17 @@ std::size_t heap::usable_size(const void* p) const noexcept {
   return 0;
 }
 
+void heap::visit_runs(extent_fn fn, void* ctx) const {
+  for (const chunk_header* c = chunks_; c != nullptr; c = c->next) {
+    if (c->magic == large_magic) {
+      const auto* l = static_cast<const large*>(c);
+      fn(ctx, reinterpret_cast<void*>(l->run), l->run_chunks);
+    } else {
+      fn(ctx, const_cast<chunk_header*>(c), 1);
+    }
+  }
+}
+
 void heap::visit_extents(extent_fn fn, void* ctx) const {
   sort_chunks();
   std::uintptr_t lo = 0, hi = 0;  // the run being merged, [lo, hi)

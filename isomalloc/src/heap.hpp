@@ -72,6 +72,10 @@ class heap {
   // thread's image carries exactly these runs.
   template <class F>
   void for_each_extent(F&& f) const;
+  // Visits every chunk run the heap holds (its segments and large runs), whatever is live in
+  // them: f(void* run, std::size_t chunks). A restart claims exactly these.
+  template <class F>
+  void for_each_run(F&& f) const;
   // Sum of the bytes for_each_extent visits.
   std::size_t extent_bytes() const noexcept;
 
@@ -215,6 +219,7 @@ class heap {
 
   void reset_empty_pages(bool decommit) noexcept;
   void visit_extents(extent_fn fn, void* ctx) const;
+  void visit_runs(extent_fn fn, void* ctx) const;  // fn(ctx, run, chunks)
   static bool small_page_valid(const segment* s, unsigned idx) noexcept;
   bool segment_valid(const segment* s) const noexcept;
 
@@ -231,6 +236,15 @@ void heap::for_each_extent(F&& f) const {
   visit_extents(
       [](void* ctx, void* addr, std::size_t bytes) {
         (*static_cast<std::remove_reference_t<F>*>(ctx))(addr, bytes);
+      },
+      const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
+
+template <class F>
+void heap::for_each_run(F&& f) const {
+  visit_runs(
+      [](void* ctx, void* run, std::size_t chunks) {
+        (*static_cast<std::remove_reference_t<F>*>(ctx))(run, chunks);
       },
       const_cast<void*>(static_cast<const void*>(std::addressof(f))));
 }

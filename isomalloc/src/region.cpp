@@ -14,6 +14,9 @@ namespace {
 constexpr std::uintptr_t one_gib = std::uintptr_t{1} << 30;
 // Below this the program, its brk heap and the kernel's low reservations live; never look there.
 constexpr std::uintptr_t gap_floor = std::uintptr_t{1} << 32;
+// Where the region goes when that range is free: at 16 TiB, far below where x86-64 Linux puts
+// executables (about 85 TiB) and mmap areas (about 127 TiB), randomised or not.
+constexpr std::uintptr_t preferred_base = std::uintptr_t{16} << 40;
 
 std::uintptr_t align_up(std::uintptr_t v, std::uintptr_t a) { return (v + a - 1) & ~(a - 1); }
 std::uintptr_t align_down(std::uintptr_t v, std::uintptr_t a) { return v & ~(a - 1); }
@@ -107,10 +110,16 @@ region& region::get() noexcept {
 void region::reserve_early() noexcept {
   std::lock_guard<std::mutex> g(lock_);
   if (early_bytes_ != 0 || bytes_ != 0) return;
-  const interval gap = largest(available(0, 0));
+  const sys_vector<interval> gaps = available(0, 0);
+  const interval gap = largest(gaps);
   std::size_t want = std::min(requested_bytes(0), align_down(gap.bytes() / 2, one_gib));
   for (; want >= min_share_bytes; want /= 2) {
-    const interval at = place_in(gap, want);
+    // The same address in every run if it is free, randomised layout or not, so that block
+    // images and checkpoints find their addresses again; else centred in the largest gap.
+    interval at{preferred_base, preferred_base + want};
+    if (std::none_of(gaps.begin(), gaps.end(), [&](const interval& g) { return g.lo <= at.lo && at.hi <= g.hi; })) {
+      at = place_in(gap, want);
+    }
     if (!at.empty() && prim::reserve_at(reinterpret_cast<void*>(at.lo), want) == 0) {
       early_base_ = at.lo;
       early_bytes_ = want;

@@ -2,7 +2,8 @@
 //
 // Map of the core types and their sizes:
 //   region   [base, base + bytes), default min(16 TiB, half the largest free gap), set by
-//            ISO_REGION_BYTES. Mapped read-write with MAP_NORESERVE as ONE mapping: untouched
+//            ISO_REGION_BYTES; at 16 TiB when that range is free, so every run of a program
+//            (with the same size) gets the same addresses. Mapped read-write with MAP_NORESERVE as ONE mapping: untouched
 //            pages cost nothing, and nothing inside ever changes protection, so the region adds a
 //            single entry to vm.max_map_count however many threads run (guard pages use
 //            MADV_GUARD_INSTALL, which adds none).
