@@ -60,10 +60,17 @@ std::uint64_t header_sum(const block_header& h) {
   return checksum64(&h, offsetof(block_header, header_checksum), image_magic);
 }
 
-void forget_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
+// A run comes home from the rank that freed its copy. If this rank, its owner, still holds the
+// block (the image left before iso_detach), the run stays this block's: refuse the return.
+// A detached block's record goes with its range.
+bool accept_return(std::uintptr_t addr, std::size_t) noexcept {
   block_table& t = block_table::get();
   std::lock_guard<std::mutex> g(t.lock);
-  for (std::uintptr_t a = addr; a < addr + bytes; a += chunk_bytes) t.entries.erase(a);
+  auto it = t.entries.find(addr);
+  if (it == t.entries.end()) return true;
+  if (it->second.held) return false;
+  t.entries.erase(it);
+  return true;
 }
 
 region& ready_region() {
@@ -71,22 +78,21 @@ region& ready_region() {
   if (!r.ready()) {
     raise(iso::errc::no_runtime, "the isomalloc region is not initialised: call iso_init(comm) after MPI_Init");
   }
-  r.set_return_hook(&forget_returned);
+  r.set_return_hook(&accept_return);
   if (region_peers* p = r.peers(); p != nullptr) p->poll();
   return r;
 }
 
-// The entry for a block held here, or nullptr with the last error set.
-const block_entry* held_entry(block_table& t, const void* block, const char* call) {
+// The entry for a block held here; throws iso::error(bad_pointer) naming the pointer otherwise.
+const block_entry& held_entry(block_table& t, const void* block, const char* call) {
   auto it = t.entries.find(reinterpret_cast<std::uintptr_t>(block));
   if (it == t.entries.end() || !it->second.held) {
-    set_last_error("%s(%p): not a block held on this rank%s", call, block,
-                   it != t.entries.end() ? " (it was detached)"
-                   : region::get().contains(block) ? " (never allocated here, or freed already)"
-                                                   : " (outside the isomalloc region)");
-    return nullptr;
+    raise(iso::errc::bad_pointer, "%s(%p): not a block held on this rank%s", call, block,
+          it != t.entries.end() ? " (it was detached)"
+          : region::get().contains(block) ? " (never allocated here, or freed already)"
+                                          : " (outside the isomalloc region)");
   }
-  return &it->second;
+  return it->second;
 }
 
 }  // namespace
@@ -126,9 +132,7 @@ void iso_free(void* block) {
     std::size_t length = 0;
     {
       std::lock_guard<std::mutex> g(t.lock);
-      const block_entry* e = held_entry(t, block, "iso_free");
-      if (e == nullptr) raise(iso::errc::bad_pointer, "%s", iso_last_error());
-      length = e->length;
+      length = held_entry(t, block, "iso_free").length;
       t.entries.erase(reinterpret_cast<std::uintptr_t>(block));
     }
     r.free_chunks(block, chunks_for(length));
@@ -141,7 +145,7 @@ size_t iso_length(const void* block) {
   c_call([&] {
     block_table& t = block_table::get();
     std::lock_guard<std::mutex> g(t.lock);
-    if (const block_entry* e = held_entry(t, block, "iso_length")) length = e->length;
+    length = held_entry(t, block, "iso_length").length;
   });
   return length;
 }
@@ -244,9 +248,8 @@ void iso_detach(void* block) {
     region& r = ready_region();
     block_table& t = block_table::get();
     std::lock_guard<std::mutex> g(t.lock);
-    const block_entry* e = held_entry(t, block, "iso_detach");
-    if (e == nullptr) raise(iso::errc::bad_pointer, "%s", iso_last_error());
-    prim::decommit(block, chunks_for(e->length) * chunk_bytes);
+    const block_entry& e = held_entry(t, block, "iso_detach");
+    prim::decommit(block, chunks_for(e.length) * chunk_bytes);
     if (r.owner_of(block) == r.rank()) {
       t.entries[reinterpret_cast<std::uintptr_t>(block)].held = false;
     } else {
@@ -260,7 +263,7 @@ const char* iso_last_error(void) { return t_last_error; }
 void iso_progress(void) {
   region& r = region::get();
   if (r.ready()) {
-    r.set_return_hook(&forget_returned);
+    r.set_return_hook(&accept_return);
     if (region_peers* p = r.peers(); p != nullptr) p->poll();
   }
 }

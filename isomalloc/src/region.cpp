@@ -193,6 +193,12 @@ void region::agree(region_peers& peers, std::size_t requested) {
     const std::size_t bytes = std::min(want, align_down(gap.bytes() / 2, one_gib));
     if (bytes >= need) chosen = place_in(gap, bytes);
   }
+  if (want < need) {
+    throw error(errc::region_agreement,
+                format("the requested isomalloc region of %zu MiB is too small for %d ranks: each rank's "
+                       "share needs at least %zu MiB (set ISO_REGION_BYTES to %zu MiB or more)",
+                       want >> 20, n, min_share_bytes >> 20, need >> 20));
+  }
   if (chosen.empty() || chosen.bytes() < need) {
     std::string msg = format("no common free address range of %zu GiB for the isomalloc region "
                              "across %d ranks; largest free range per rank:", need >> 30, n);
@@ -201,7 +207,7 @@ void region::agree(region_peers& peers, std::size_t requested) {
       sys_vector<interval> theirs;
       for (std::size_t k = 3; k + 1 < w.size(); k += 2) theirs.push_back({w[k], w[k + 1]});
       const interval big = largest(theirs);
-      msg += format(" rank %d [%#zx, %#zx) %zu GiB;", r, big.lo, big.hi, big.bytes() >> 30);
+      msg += format("%s rank %d [%#zx, %#zx) %zu GiB", r == 0 ? "" : ";", r, big.lo, big.hi, big.bytes() >> 30);
     }
     throw error(errc::region_agreement, msg);
   }
@@ -375,6 +381,11 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   const interval s = share(rank_);
+  if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr && !hook(addr, bytes)) {
+    std::lock_guard<std::mutex> g(lock_);
+    ++stats_.kept_returns;
+    return;
+  }
   {
     std::lock_guard<std::mutex> g(lock_);
     const bool shaped = addr % chunk_bytes == 0 && bytes % chunk_bytes == 0 && bytes != 0 &&
@@ -406,7 +417,6 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
     prim::decommit(reinterpret_cast<void*>(addr), bytes);
     insert_free(addr, bytes / chunk_bytes);
   }
-  if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr) hook(addr, bytes);
 }
 
 bool region::claim(void* p, std::size_t n) noexcept {

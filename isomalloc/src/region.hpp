@@ -106,16 +106,18 @@ class region {
 
   void set_cache_bound(std::size_t bytes) noexcept;
 
-  // Called (outside the region's lock) for every run accepted by accept_returned, so that the
-  // block interface can forget a detached block whose range came home.
-  using return_hook = void (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
+  // Asked (outside the region's lock) before accept_returned takes a run back: the block
+  // interface keeps a run whose block this rank still holds (false), and forgets a detached
+  // block whose range came home (true).
+  using return_hook = bool (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
   void set_return_hook(return_hook hook) noexcept { return_hook_.store(hook, std::memory_order_relaxed); }
 
   struct stats_t {
     std::size_t allocated_chunks = 0;  // runs currently allocated from this share, in chunks
     std::size_t cached_chunks = 0;     // of those free, still committed in the cache
     std::size_t returned_runs = 0;     // runs that came home from other ranks
-    std::size_t bad_returns = 0;       // returned runs that were refused
+    std::size_t bad_returns = 0;       // returned runs that were refused as malformed
+    std::size_t kept_returns = 0;      // returned runs kept for a block still held here
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
   };
   stats_t stats() const noexcept;

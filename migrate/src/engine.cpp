@@ -54,6 +54,7 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout) : sched_(s), l
   if (MPI_Comm_dup(comm, &comm_) != MPI_SUCCESS) raise(errc::mpi_failure, "MPI_Comm_dup failed for the migration engine");
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  id_ranks_ = size_;
   s.set_depart_hook(&depart_hook);
   s.set_finish_hook(&finish_hook);
   migrate_to_impl = &migrate_to_hook;
@@ -73,6 +74,33 @@ engine::~engine() {
 }
 
 engine* engine::current() noexcept { return g_engine; }
+
+void engine::restore_id_ranks(int ranks) noexcept { id_ranks_ = std::max(size_, ranks); }
+
+void engine::learn_location(thread_id id, int rank, std::uint32_t epoch) {
+  heap_scope system(nullptr);
+  if (rank == rank_) return;
+  cache_[id.bits()] = {rank, epoch};
+  if (home_of(id) == rank_) location_[id.bits()] = {rank, epoch};
+}
+
+sys_vector<std::pair<std::uint64_t, std::uint64_t>> engine::main_sequences() const {
+  return {main_next_seq_.begin(), main_next_seq_.end()};
+}
+
+void engine::restore_main_sequence(std::uint64_t to, std::uint64_t next) {
+  heap_scope system(nullptr);
+  main_next_seq_[to] = next;
+}
+
+sys_vector<std::pair<std::uint64_t, bool>> engine::finished_records() const {
+  return {finished_.begin(), finished_.end()};
+}
+
+void engine::restore_finished(thread_id id, bool joined) {
+  heap_scope system(nullptr);
+  finished_[id.bits()] = joined;
+}
 
 std::size_t engine::held_messages() const noexcept {
   std::size_t n = 0;
@@ -174,7 +202,7 @@ void engine::depart(tcb* t) noexcept {
   const thread_id id = t->id;
   try {
     departed_[id.bits()] = {dest, t->epoch};
-    if (id.home() == rank_) location_[id.bits()] = {dest, t->epoch};
+    if (home_of(id) == rank_) location_[id.bits()] = {dest, t->epoch};
     cache_.erase(id.bits());
     // Free pages need not travel, nor stay resident here.
     t->home_heap->trim();
@@ -267,10 +295,10 @@ void engine::finish_arrival(arrival& a) noexcept {
   departed_.erase(id.bits());
   cache_.erase(id.bits());
   sched_.attach(t);
-  if (id.home() == rank_) {
+  if (home_of(id) == rank_) {
     location_.erase(id.bits());
   } else {
-    send_ctrl(id.home(), {ctrl_kind::location, rank_, id.bits(), t->epoch});
+    send_ctrl(home_of(id), {ctrl_kind::location, rank_, id.bits(), t->epoch});
   }
   if (t->state == thread_state::blocked && t->wait == wait_reason::recv && t->mailbox != nullptr &&
       !static_cast<mailbox*>(t->mailbox)->ready.empty()) {
@@ -322,14 +350,14 @@ void engine::finished(tcb* t) noexcept {
   const bool joined = static_cast<bool>(t->joiner);
   try {
     if (joined) send_system(t->joiner, id, msg_kind::join_done, errc::ok);
-    if (id.home() == rank_) {
+    if (home_of(id) == rank_) {
       finished_[id.bits()] = joined;
       location_.erase(id.bits());
       departed_.erase(id.bits());
     } else {
       // A tombstone: whatever still comes here for the thread goes to its home, which answers.
-      departed_[id.bits()] = {id.home(), t->epoch + 1};
-      send_ctrl(id.home(), {ctrl_kind::finished, rank_, id.bits(), joined ? 1u : 0u});
+      departed_[id.bits()] = {home_of(id), t->epoch + 1};
+      send_ctrl(home_of(id), {ctrl_kind::finished, rank_, id.bits(), joined ? 1u : 0u});
     }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while recording that thread %s finished", id.to_string().c_str());
@@ -346,7 +374,7 @@ bool engine::finished_record(thread_id id, bool* joined) const noexcept {
 void engine::join_hook(scheduler&, tcb* self, thread_id t) { g_engine->join(self, t); }
 
 void engine::join(tcb* self, thread_id t) {
-  if (t.home() < 0 || t.home() >= size_) {
+  if (t.home() < 0 || t.home() >= id_ranks_) {
     raise(errc::unknown_thread, "iso::join(%s): no such thread (home rank %d does not exist)", t.to_string().c_str(), t.home());
   }
   if (tcb* target = sched_.find(t)) {
@@ -355,7 +383,7 @@ void engine::join(tcb* self, thread_id t) {
             target->joiner.to_string().c_str());
     }
     target->joiner = self->id;
-  } else if (bool joined = false; t.home() == rank_ && finished_record(t, &joined)) {
+  } else if (bool joined = false; home_of(t) == rank_ && finished_record(t, &joined)) {
     if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
     finished_[t.bits()] = true;
     return;
@@ -378,9 +406,9 @@ void engine::join(tcb* self, thread_id t) {
 // ---------------------------------------------------------------- messages
 
 void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
-  if (!to || to.home() >= size_) {
+  if (!to || to.home() >= id_ranks_) {
     raise(errc::unknown_thread, "iso::send: thread %s does not exist (home rank out of range, %d ranks)",
-          to.to_string().c_str(), size_);
+          to.to_string().c_str(), id_ranks_);
   }
   if (bytes != 0 && data == nullptr) raise(errc::invalid_argument, "iso::send: null data for %zu bytes", bytes);
   tcb* self = sched_.running();
@@ -422,7 +450,7 @@ void engine::route_out(sys_vector<unsigned char>&& wire) {
   data_header h;
   std::memcpy(&h, wire.data(), sizeof h);
   const thread_id to = thread_id::from_bits(h.to);
-  place target{to.home(), 0};
+  place target{home_of(to), 0};
   if (auto it = cache_.find(h.to); it != cache_.end()) target = it->second;
   if (auto it = departed_.find(h.to); it != departed_.end() && it->second.epoch >= target.epoch) target = it->second;
   if (auto it = location_.find(h.to); it != location_.end() && it->second.epoch >= target.epoch) target = it->second;
@@ -460,7 +488,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     post(next.rank, tag_data, std::move(wire));
     return;
   }
-  if (bool joined = false; to.home() == rank_ && finished_record(to, &joined)) {
+  if (bool joined = false; home_of(to) == rank_ && finished_record(to, &joined)) {
     const thread_id from = thread_id::from_bits(h.from);
     switch (h.kind) {
       case msg_kind::join_request:
@@ -471,7 +499,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       case msg_kind::join_done: drop(h, "the joining thread has finished"); return;
     }
   }
-  if (to.home() == rank_ && !sched_.spawned_here(to)) {
+  if (home_of(to) == rank_ && to.serial() >= sched_.next_serial()) {
     if (h.kind == msg_kind::join_request) {
       send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
     } else {

@@ -81,6 +81,20 @@ class engine {
   // Messages held for threads that have not arrived.
   std::size_t held_messages() const noexcept;
 
+  // The rank where t's location is kept: its home rank, folded onto this run's ranks (a run
+  // restarted from a checkpoint may have fewer ranks than the one that spawned t).
+  int home_of(thread_id t) const noexcept { return t.home() % size_; }
+
+  // Restart from a checkpoint (runtime/src/checkpoint.cpp): ids of the checkpointed run name
+  // `ranks` home ranks; where each restored thread now is; sequence numbers of messages from this
+  // rank's main; threads that had finished, kept at their (folded) home.
+  void restore_id_ranks(int ranks) noexcept;
+  void learn_location(thread_id id, int rank, std::uint32_t epoch);
+  sys_vector<std::pair<std::uint64_t, std::uint64_t>> main_sequences() const;
+  void restore_main_sequence(std::uint64_t to, std::uint64_t next);
+  sys_vector<std::pair<std::uint64_t, bool>> finished_records() const;
+  void restore_finished(thread_id id, bool joined);
+
   struct stats_t {
     std::uint64_t departures = 0;       // threads shipped from this rank
     std::uint64_t arrivals = 0;         // threads received
@@ -138,6 +152,7 @@ class engine {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
+  int id_ranks_ = 1;          // thread ids name home ranks below this (size_, or more after a restart)
   std::uint64_t layout_;
   work_counters counters_;
   stats_t stats_;

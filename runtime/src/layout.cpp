@@ -146,9 +146,10 @@ std::uint64_t verify_layout(MPI_Comm comm) {
       const std::string a = i < base.size() ? base[i] : "(nothing)";
       const std::string b = i < theirs.size() ? theirs[i] : "(nothing)";
       if (a == b) continue;
-      msg += format(" [%s] vs [%s];", b.c_str(), a.c_str());
+      msg += format("%s [%s] vs [%s]", shown == 0 ? "" : ",", b.c_str(), a.c_str());
       ++shown;
     }
+    msg += ".";
   }
   throw error(errc::layout_mismatch, msg);
 }

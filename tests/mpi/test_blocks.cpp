@@ -353,6 +353,47 @@ TEST(Blocks, BlockHopsTwiceThenIsFreed) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+// (2c) The image leaves but the owner keeps its copy (no iso_detach): when the receiver frees its
+// copy, the range must not go back into the owner's free space under the owner's live block.
+TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
+  const int me = my_rank();
+  const int n = world_size();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  const int next = (me + 1) % n;
+  const int prev = (me + n - 1) % n;
+  region& reg = region::get();
+  void* mine = iso_malloc(page());
+  EXPECT_NE(mine, nullptr) << iso_last_error();
+  if (mine != nullptr) fill(mine, page(), me, 41);
+  std::vector<unsigned char> image(mine != nullptr ? iso_pack_size(mine) : 0);
+  if (mine != nullptr) {
+    EXPECT_EQ(iso_pack(mine, image.data(), image.size()), image.size());
+  }
+  const auto before = reg.stats();
+  // Ring exchange of the images, keeping the local copy.
+  std::vector<unsigned char> theirs(image.size());
+  MPI_Sendrecv(image.data(), static_cast<int>(image.size()), MPI_BYTE, next, 5, theirs.data(),
+               static_cast<int>(theirs.size()), MPI_BYTE, prev, 5, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  void* copy = iso_unpack(theirs.data(), theirs.size());
+  EXPECT_NE(copy, nullptr) << iso_last_error();
+  if (copy != nullptr) iso_free(copy);  // its range is sent to its owner, who still holds it
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (int i = 0; i < 200 && reg.stats().kept_returns == before.kept_returns; ++i) {
+    iso_progress();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(reg.stats().kept_returns, before.kept_returns + 1);
+  EXPECT_EQ(reg.stats().returned_runs, before.returned_runs);
+  if (mine != nullptr) {
+    EXPECT_EQ(iso_length(mine), page()) << "the owner's block must survive";
+    EXPECT_EQ(first_mismatch(mine, page(), me, 41), page());
+    iso_free(mine);
+    EXPECT_STREQ(iso_last_error(), "");
+  }
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 // (3) Misuse is reported, names the pointer, and changes nothing.
 TEST(BlockErrors, FreeOfAMallocPointerIsRefused) {
   const auto before = region::get().stats();
@@ -404,6 +445,8 @@ TEST(BlockErrors, LengthOfAnythingButAHeldBlockIsZero) {
   ASSERT_NE(p, nullptr) << iso_last_error();
   EXPECT_EQ(iso_length(p), 2 * page());
   EXPECT_EQ(iso_length(m), 0u);
+  EXPECT_THAT(last_error(), HasSubstr(pointer_text(m)));
+  EXPECT_THAT(last_error(), HasSubstr("outside the isomalloc region"));
   EXPECT_EQ(iso_length(&on_stack), 0u);
   EXPECT_EQ(iso_length(nullptr), 0u);
   EXPECT_EQ(iso_length(static_cast<char*>(p) + page()), 0u) << "an interior pointer is not a block";

@@ -119,8 +119,10 @@ class scheduler {
   void set_measure_load(bool on) noexcept { measure_ = on; }
   bool measuring_load() const noexcept { return measure_; }
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
-  // Whether id was spawned on this rank (it may have finished or moved since).
-  bool spawned_here(thread_id id) const noexcept { return id.home() == rank_ && id.serial() != 0 && id.serial() < next_serial_; }
+  // Serial numbers below this have been handed out (on this rank, or, after a restart, anywhere).
+  std::uint64_t next_serial() const noexcept { return next_serial_; }
+  // After a restart: continue above every restored thread's serial, so that ids stay unique.
+  void raise_next_serial(std::uint64_t next) noexcept { next_serial_ = std::max(next_serial_, next); }
   std::size_t sleeping_threads() const noexcept { return sleepers_; }
   // --- migration ---
   // Whether t (suspended, on this rank) can leave now: ready, sleeping, or blocked in a join or
