@@ -7,6 +7,11 @@
 //
 //   mpirun -n 4 build/examples/jacobi2d [--n 2048] [--blocks 8] [--iters 200] [--lb-every 20]
 //                                       [--strategy refine] [--heavy 6] [--shift 50]
+//                                       [--mode both|plain|balanced]
+//                                       [--checkpoint-at K [--checkpoint-dir D]]
+// With --checkpoint-at K every block checkpoints after iteration K; a later
+//   mpirun -n M build/examples/jacobi2d <same options> --iso-restart D
+// resumes the blocks there, on M ranks, and prints the same checksum as an uninterrupted run.
 #include <time.h>
 
 #include <algorithm>
@@ -31,6 +36,9 @@ struct options {
   int heavy = 6;        // work multiplier of the hot band
   int shift = 50;       // iterations before the hot band moves
   std::string strategy = "refine";
+  std::string mode = "both";     // both, plain (no balancing) or balanced
+  int checkpoint_at = 0;         // iteration after which every block checkpoints (0: never)
+  std::string checkpoint_dir = "jacobi2d.ckpt";
 };
 
 // Halo directions; a halo travels with the iteration it belongs to.
@@ -137,6 +145,7 @@ void block_main(options o, int bx, int by, bool balance) {
     }
     cpu += thread_cpu_seconds() - c0;
     if (balance && (it + 1) % o.lb_every == 0 && it + 1 < o.iters) iso::lb::sync();
+    if (it + 1 == o.checkpoint_at) iso::checkpoint(o.checkpoint_dir);
   }
   double sum = 0;
   for (int i = 1; i <= bs; ++i) {
@@ -152,11 +161,34 @@ struct result {
   double cpu;  // total work of all blocks, in CPU seconds
 };
 
-result run_once(iso::runtime& rt, const options& o, bool balance) {
+void spawn_blocks(iso::runtime& rt, const options& o, bool balance);
+
+// One computation. After a restart the blocks exist already (restored from the checkpoint): only
+// run them.
+result run_once(iso::runtime& rt, const options& o, bool balance, bool restored) {
   const int nb = o.blocks * o.blocks;
   block_checksum.assign(static_cast<std::size_t>(nb), 0.0);
   block_cpu.assign(static_cast<std::size_t>(nb), 0.0);
   iso::lb::set_strategy(balance ? o.strategy : "none");
+  if (!restored) spawn_blocks(rt, o, balance);
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto start = std::chrono::steady_clock::now();
+  rt.run();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  MPI_Allreduce(MPI_IN_PLACE, block_checksum.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, block_cpu.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  double checksum = 0, cpu = 0;
+  for (int b = 0; b < nb; ++b) {
+    checksum += block_checksum[static_cast<std::size_t>(b)];
+    cpu += block_cpu[static_cast<std::size_t>(b)];
+  }
+  double slowest = seconds;
+  MPI_Allreduce(&seconds, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return {slowest, checksum, cpu};
+}
+
+void spawn_blocks(iso::runtime& rt, const options& o, bool balance) {
+  const int nb = o.blocks * o.blocks;
   // Block b starts on rank b * size / nb: contiguous rows of blocks per rank, so the hot band sits
   // on one or two ranks.
   std::vector<std::uint64_t> ids(static_cast<std::size_t>(nb), 0);
@@ -172,21 +204,6 @@ result run_once(iso::runtime& rt, const options& o, bool balance) {
   std::vector<iso::thread_id> table;
   for (std::uint64_t b : ids) table.push_back(iso::thread_id::from_bits(b));
   for (iso::thread_id t : mine) iso::send(t, table.data(), table.size() * sizeof(iso::thread_id));
-
-  MPI_Barrier(MPI_COMM_WORLD);
-  const auto start = std::chrono::steady_clock::now();
-  rt.run();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  MPI_Allreduce(MPI_IN_PLACE, block_checksum.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, block_cpu.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  double checksum = 0, cpu = 0;
-  for (int b = 0; b < nb; ++b) {
-    checksum += block_checksum[static_cast<std::size_t>(b)];
-    cpu += block_cpu[static_cast<std::size_t>(b)];
-  }
-  double slowest = seconds;
-  MPI_Allreduce(&seconds, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return {slowest, checksum, cpu};
 }
 
 int int_arg(const char* v, const char* name) {
@@ -214,10 +231,17 @@ int main(int argc, char** argv) {
       else if (k == "--heavy") o.heavy = int_arg(argv[i + 1], "--heavy");
       else if (k == "--shift") o.shift = int_arg(argv[i + 1], "--shift");
       else if (k == "--strategy") o.strategy = argv[i + 1];
+      else if (k == "--mode") o.mode = argv[i + 1];
+      else if (k == "--checkpoint-at") o.checkpoint_at = int_arg(argv[i + 1], "--checkpoint-at");
+      else if (k == "--checkpoint-dir") o.checkpoint_dir = argv[i + 1];
       else {
         if (rt.rank() == 0) std::fprintf(stderr, "jacobi2d: unknown option %s\n", k.c_str());
         return 2;
       }
+    }
+    if (o.mode != "both" && o.mode != "plain" && o.mode != "balanced") {
+      if (rt.rank() == 0) std::fprintf(stderr, "jacobi2d: --mode is both, plain or balanced\n");
+      return 2;
     }
     if (o.n % o.blocks != 0 || o.blocks < 4) {
       if (rt.rank() == 0) std::fprintf(stderr, "jacobi2d: --n must be a multiple of --blocks, and --blocks >= 4\n");
@@ -232,13 +256,25 @@ int main(int argc, char** argv) {
                   o.blocks / 4, o.heavy, o.shift);
       std::fflush(stdout);
     }
-    const result plain = run_once(rt, o, false);
+    if (rt.restarting() || o.mode != "both") {
+      // One computation: the checkpoint/restart runs and their reference.
+      const bool balance = o.mode == "balanced";
+      const result r = run_once(rt, o, balance, rt.restarting());
+      if (rt.restarting() && rt.rank() == 0) std::printf("restarted from %s\n", o.checkpoint_dir.c_str());
+      if (rt.rank() == 0) {
+        std::printf("%-21s : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", balance ? o.strategy.c_str() : "no balancing",
+                    r.seconds * 1e3 / o.iters, r.seconds, r.checksum);
+        std::fflush(stdout);
+      }
+      return 0;
+    }
+    const result plain = run_once(rt, o, false, false);
     if (rt.rank() == 0) {
       std::printf("no balancing          : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", plain.seconds * 1e3 / o.iters,
                   plain.seconds, plain.checksum);
       std::fflush(stdout);
     }
-    const result balanced = run_once(rt, o, true);
+    const result balanced = run_once(rt, o, true, false);
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     const double ideal = balanced.cpu / std::min<double>(rt.size(), cores);
     if (rt.rank() == 0) {

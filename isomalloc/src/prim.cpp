@@ -1,12 +1,14 @@
 #include "prim.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <ctime>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -125,6 +127,80 @@ int free_gaps(std::uintptr_t floor, std::vector<interval>& out) {
   }
   if (cursor < top) out.push_back({cursor, top});
   return 0;
+}
+
+int file_create(const char* path, int* fd) noexcept {
+  *fd = ::open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  return *fd < 0 ? errno : 0;
+}
+
+int file_open(const char* path, int* fd) noexcept {
+  *fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  return *fd < 0 ? errno : 0;
+}
+
+int file_write(int fd, const void* data, std::size_t bytes) noexcept {
+  const auto* p = static_cast<const char*>(data);
+  while (bytes != 0) {
+    const ssize_t n = ::write(fd, p, bytes);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += n;
+    bytes -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+int file_read_at(int fd, void* data, std::size_t bytes, std::uint64_t offset) noexcept {
+  auto* p = static_cast<char*>(data);
+  while (bytes != 0) {
+    const ssize_t n = ::pread(fd, p, bytes, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;  // truncated
+    p += n;
+    bytes -= static_cast<std::size_t>(n);
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return 0;
+}
+
+int file_size(int fd, std::uint64_t* bytes) noexcept {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return errno;
+  *bytes = static_cast<std::uint64_t>(st.st_size);
+  return 0;
+}
+
+int file_sync_close(int fd) noexcept {
+  const int e = ::fsync(fd) == 0 ? 0 : errno;
+  const int c = ::close(fd) == 0 ? 0 : errno;
+  return e != 0 ? e : c;
+}
+
+void file_close(int fd) noexcept { ::close(fd); }
+
+int file_commit(const char* from, const char* to) noexcept {
+  if (::rename(from, to) != 0) return errno;
+  std::string dir(to);
+  const std::size_t slash = dir.rfind('/');
+  dir = slash == std::string::npos ? "." : dir.substr(0, slash == 0 ? 1 : slash);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return errno;
+  const int e = ::fsync(dfd) == 0 ? 0 : errno;
+  ::close(dfd);
+  return e;
+}
+
+int file_remove(const char* path) noexcept { return ::unlink(path) == 0 ? 0 : errno; }
+
+int make_directory(const char* path) noexcept {
+  if (::mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
+  return errno;
 }
 
 std::uint64_t cycles() noexcept {

@@ -57,6 +57,20 @@ std::size_t resident_bytes() noexcept;
 // Number of mappings of this process (lines of /proc/self/maps).
 std::size_t mapping_count() noexcept;
 
+// Files, for checkpoints. Each returns 0 or an errno value.
+int file_create(const char* path, int* fd) noexcept;      // write-only, truncated, mode 0644
+int file_open(const char* path, int* fd) noexcept;        // read-only
+int file_write(int fd, const void* data, std::size_t bytes) noexcept;  // all of it
+// Reads exactly `bytes` at `offset`; EIO if the file ends first.
+int file_read_at(int fd, void* data, std::size_t bytes, std::uint64_t offset) noexcept;
+int file_size(int fd, std::uint64_t* bytes) noexcept;
+int file_sync_close(int fd) noexcept;                     // fsync, then close
+void file_close(int fd) noexcept;
+// rename(2), then fsync of the directory holding `to`, so that the new name survives a crash.
+int file_commit(const char* from, const char* to) noexcept;
+int file_remove(const char* path) noexcept;
+int make_directory(const char* path) noexcept;            // one level; an existing one is fine
+
 // A cheap monotonic cycle counter for measuring load (the time-stamp counter on x86-64, about
 // 9 ns a read here; elsewhere the monotonic clock in ns). Only differences over one process are
 // meaningful; convert with a rate measured against now over a long interval.

@@ -396,7 +396,9 @@ void engine::join(tcb* self, thread_id t) {
     self->waiting_for = t;
     send_system(t, self->id, msg_kind::join_request, errc::ok);
   }
-  while (self->waiting_for) sched_.block_running(wait_reason::join);
+  // Resumed perhaps on another rank: `this` and sched_ are the old rank's objects. Only the
+  // TCB (in the thread's slots) and scheduler::current() are valid after a suspension.
+  while (self->waiting_for) scheduler::current()->block_running(wait_reason::join);
   if (self->join_status != errc::ok) {
     raise(self->join_status, "iso::join(%s): %s", t.to_string().c_str(),
           self->join_status == errc::already_joined ? "the thread was joined already" : "no such thread");
@@ -577,7 +579,9 @@ message engine::recv() {
   tcb* self = sched_.running();
   if (self == nullptr) raise(errc::not_in_thread, "iso::recv must be called from a migratable thread");
   mailbox& mb = mailbox_of(self);
-  while (mb.ready.empty()) sched_.block_running(wait_reason::recv);
+  // As in join(): after a suspension only the mailbox (in the thread's heap) and
+  // scheduler::current() may be used, never `this`.
+  while (mb.ready.empty()) scheduler::current()->block_running(wait_reason::recv);
   message m = std::move(mb.ready.front());
   mb.ready.pop_front();
   return m;

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "balancer.hpp"
+#include "checkpoint.hpp"
 #include "diag.hpp"
 #include "mpi_peers.hpp"
 #include "region.hpp"
@@ -72,6 +73,7 @@ void mpi_progress::start_round(scheduler& s) noexcept {
   // A sleeping thread will wake, and one in transit will land: neither rank is stuck.
   mine_[active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
   mine_[at_sync] = s.blocked(wait_reason::sync);
+  mine_[at_checkpoint] = s.blocked(wait_reason::checkpoint);
   if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
     fatal("MPI_Iallreduce for termination detection failed");
   }
@@ -96,6 +98,12 @@ bool mpi_progress::finished(scheduler& s) {
   const bool stable = have_last_ && quiet && std::equal(sum_, sum_ + fields, last_);
   std::copy(sum_, sum_ + fields, last_);
   have_last_ = true;
+  if (checkpointer_ != nullptr && stable && sum_[at_checkpoint] != 0 && sum_[at_checkpoint] == sum_[live]) {
+    // Every live thread waits in iso::checkpoint and nothing is in flight: a consistent cut.
+    have_last_ = false;
+    checkpointer_->step();
+    return false;
+  }
   if (stable && sum_[live] == 0) {
     have_last_ = false;
     return true;

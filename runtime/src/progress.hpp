@@ -15,7 +15,8 @@ namespace iso::detail {
 // consecutive rounds agree on sent == received with no live thread anywhere (the second round
 // rules out a message that was in flight while the first was being taken). The same test with
 // live threads but none sleeping or in transit anywhere is a global deadlock. A round in which
-// every live thread waits in lb::sync() starts a balancing step on every rank.
+// every live thread waits in lb::sync() starts a balancing step on every rank; two identical
+// quiet rounds in which every live thread waits in iso::checkpoint() start a checkpoint.
 class mpi_progress final : public progress_engine {
  public:
   explicit mpi_progress(MPI_Comm comm);  // collective (MPI_Comm_dup)
@@ -29,6 +30,7 @@ class mpi_progress final : public progress_engine {
   // they exist.
   void set_engine(engine* e) noexcept { engine_ = e; }
   void set_balancer(class balancer* b) noexcept { balancer_ = b; }
+  void set_checkpointer(class checkpointer* c) noexcept { checkpointer_ = c; }
 
  private:
   void start_round(scheduler& s) noexcept;
@@ -36,8 +38,9 @@ class mpi_progress final : public progress_engine {
   MPI_Comm comm_;
   engine* engine_ = nullptr;
   class balancer* balancer_ = nullptr;
+  class checkpointer* checkpointer_ = nullptr;
 
-  enum { live, sent, received, active, at_sync, fields };
+  enum { live, sent, received, active, at_sync, at_checkpoint, fields };
   MPI_Request round_ = MPI_REQUEST_NULL;
   std::uint64_t mine_[fields] = {};
   std::uint64_t sum_[fields] = {};

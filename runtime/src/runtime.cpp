@@ -7,10 +7,13 @@
 #include <clocale>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
+#include <string>
 #include <ctime>
 #include <locale>
 
 #include "balancer.hpp"
+#include "checkpoint.hpp"
 #include "diag.hpp"
 #include "interpose.hpp"
 #include "layout.hpp"
@@ -31,9 +34,11 @@ class runtime_state {
         progress(MPI_COMM_WORLD),
         sched(rank, nullptr, &progress),
         migration(MPI_COMM_WORLD, sched, layout),
-        balance(MPI_COMM_WORLD, sched, migration) {
+        balance(MPI_COMM_WORLD, sched, migration),
+        checkpoints(MPI_COMM_WORLD, sched, migration, layout) {
     progress.set_engine(&migration);
     progress.set_balancer(&balance);
+    progress.set_checkpointer(&checkpoints);
   }
   int rank;
   int size;
@@ -42,11 +47,26 @@ class runtime_state {
   scheduler sched;
   engine migration;
   balancer balance;
+  checkpointer checkpoints;
+  bool restarted = false;  // threads came from a checkpoint
 };
 
 namespace {
 
 runtime_state* g_runtime = nullptr;
+
+// The checkpoint to restart from: `--iso-restart DIR` (taken out of argv), else ISO_RESTART.
+std::string take_restart_dir(int& argc, char** argv) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--iso-restart") != 0) continue;
+    std::string dir = argv[i + 1];
+    for (int k = i; k + 2 <= argc; ++k) argv[k] = argv[k + 2];
+    argc -= 2;
+    return dir;
+  }
+  const char* env = std::getenv("ISO_RESTART");
+  return env != nullptr ? env : "";
+}
 
 // Process-wide state that C and C++ libraries allocate on first use and keep in globals. Done here,
 // before any thread runs, so that none of it lands in (and dangles with) a thread's heap.
@@ -93,7 +113,15 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
     warm_up_process_state();
     heap_scope system(nullptr);
     state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout);
+    if (const std::string dir = take_restart_dir(argc, argv); !dir.empty()) {
+      state_->checkpoints.restore(dir);
+      state_->restarted = true;
+    }
   } catch (...) {
+    if (state_ != nullptr) {
+      state_->~runtime_state();
+      sys_allocator<runtime_state>().deallocate(state_, 1);
+    }
     if (!initialized) MPI_Finalize();
     throw;
   }
@@ -111,6 +139,7 @@ runtime::~runtime() {
 }
 
 int runtime::rank() const noexcept { return state_->rank; }
+bool runtime::restarting() const noexcept { return state_->restarted; }
 int runtime::size() const noexcept { return state_->size; }
 
 void runtime::run() {

@@ -50,8 +50,9 @@ enum class thread_state : std::uint8_t {
 // cannot migrate until it is woken; `join` and `recv` waits are satisfied by messages that find
 // the thread wherever it is, and `sync` by the load balancer, so such a thread can migrate while
 // blocked.
-enum class wait_reason : std::uint8_t { none, lock, join, recv, sync };
-inline constexpr std::size_t wait_reasons = 5;
+// `checkpoint` waits until every thread's image is written.
+enum class wait_reason : std::uint8_t { none, lock, join, recv, sync, checkpoint };
+inline constexpr std::size_t wait_reasons = 6;
 
 struct tcb {
   static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"

@@ -80,7 +80,7 @@ void join(thread_id t) {
   }
   target->joiner = self->id;
   self->waiting_for = t;  // cleared by the target's teardown, which then wakes us
-  while (self->waiting_for) s.block_running(detail::wait_reason::join);
+  while (self->waiting_for) detail::scheduler::current()->block_running(detail::wait_reason::join);
 }
 
 namespace this_thread {

@@ -37,8 +37,13 @@ inline std::error_code make_error_code(errc e) noexcept {
 
 class error : public std::system_error {
  public:
-  error(errc code, const std::string& what) : std::system_error(make_error_code(code), what) {}
+  error(errc code, const std::string& what) : std::system_error(make_error_code(code), what), what_(what) {}
   errc code_value() const noexcept { return static_cast<errc>(code().value()); }
+  // The message alone: it names the problem already, so the category's text is not appended.
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
 };
 
 }  // namespace iso

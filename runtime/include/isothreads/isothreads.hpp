@@ -1,6 +1,7 @@
 // isothreads: migratable user-level threads over MPI. The one header a program includes.
 #pragma once
 
+#include "isothreads/checkpoint.hpp"
 #include "isothreads/error.hpp"
 #include "isothreads/isomalloc.h"
 #include "isothreads/lb.hpp"

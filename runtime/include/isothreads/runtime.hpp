@@ -15,9 +15,12 @@ class runtime {
   // library layout identical, re-executing the program once with address-space randomisation off
   // if it is on (before MPI starts; set ISO_NO_REEXEC=1 to forbid it); verifies the layout across
   // ranks (build-id and load address of every loaded object) and agrees the isomalloc region.
+  // With `--iso-restart DIR` among the arguments (removed from argc/argv) or ISO_RESTART=DIR in
+  // the environment, restores the threads of that checkpoint (iso::checkpoint) on these ranks.
   // Collective over MPI_COMM_WORLD. Throws iso::error: (layout_mismatch) naming the differing
-  // ranks and objects, (region_agreement), (mpi_failure), or (invalid_argument) for a second
-  // runtime in one process.
+  // ranks and objects, (region_agreement), (mpi_failure), (invalid_argument) for a second
+  // runtime in one process, (corrupt_image) or (io_failure) for a checkpoint that cannot be
+  // restored (then no thread of it runs).
   runtime(int& argc, char**& argv);
   ~runtime();  // finalises MPI if the constructor initialised it
   runtime(const runtime&) = delete;
@@ -25,6 +28,9 @@ class runtime {
 
   int rank() const noexcept;
   int size() const noexcept;
+  // True when this run resumed threads from a checkpoint (--iso-restart DIR or ISO_RESTART=DIR):
+  // main() should then not spawn them again, only run().
+  bool restarting() const noexcept;
 
   // Runs the scheduler until every migratable thread on every rank has finished and no message
   // or migration is in flight; then returns on every rank. Collective. Throws iso::error(deadlock)

@@ -1,0 +1,63 @@
+// Checkpoint and restart (iso::checkpoint, --iso-restart).
+//
+// Files in the checkpoint directory:
+//   manifest              the current generation: magic, version, layout fingerprint, region,
+//                         rank count, and per rank its file's size and table checksum; replaced
+//                         by one rename when a new generation is complete.
+//   ckpt.<g>.rank<r>      rank r's threads: a header, a table (per thread: id, control block,
+//                         the chunk runs it owns, its live extents, their checksum), the rank's
+//                         runtime state (sequence numbers of main's messages, finished threads
+//                         homed there), then the extents' bytes.
+// A restart on M ranks gives thread k (in file order) to rank k % M, claims every restored run in
+// the share of the rank that now owns its address (so no new allocation can land on it), reads
+// each thread's extents straight into their addresses, and verifies every checksum; any failure
+// on any rank stops the restart on all ranks before a thread runs.
+#pragma once
+
+#include <mpi.h>
+
+#include <string>
+
+#include "engine.hpp"
+#include "scheduler.hpp"
+
+namespace iso::detail {
+
+class checkpointer {
+ public:
+  checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout);  // collective
+  ~checkpointer();
+  checkpointer(const checkpointer&) = delete;
+  checkpointer& operator=(const checkpointer&) = delete;
+
+  static checkpointer* current() noexcept;
+
+  // From a thread about to wait in iso::checkpoint: records (and checks) the directory.
+  void request(const std::string& dir);
+  // Collective. pre: every live thread of every rank waits in iso::checkpoint and no message is
+  // in flight. Writes the generation, then wakes every waiting thread.
+  void step() noexcept;
+  // Why the last step failed ("" if it did not); read by the woken threads.
+  const std::string& failure() const noexcept { return failure_; }
+
+  // Collective, at start-up, before any thread runs: restores the threads of the checkpoint in
+  // `dir`. Throws iso::error (corrupt_image, layout_mismatch, io_failure) on every rank.
+  void restore(const std::string& dir);
+
+ private:
+  std::string write_rank_file(std::uint64_t generation);  // "" or what failed
+  std::string write_manifest(std::uint64_t generation, std::uint64_t max_serial);
+
+  scheduler& sched_;
+  engine& engine_;
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::uint64_t layout_;
+  std::string dir_;          // requested by this rank's threads for the pending step
+  std::string failure_;
+  sys_vector<std::uint64_t> file_bytes_;  // rank file sizes and table checksums of the step,
+  sys_vector<std::uint64_t> table_sums_;  //   gathered on rank 0 for the manifest
+};
+
+}  // namespace iso::detail
