@@ -123,6 +123,11 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcep
   }
 }
 
+void engine::complete_sends() noexcept {
+  for (outgoing& o : sends_) MPI_Wait(&o.request, MPI_STATUS_IGNORE);
+  sends_.clear();
+}
+
 void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
   if (dest == rank_) {
     on_ctrl(m);

@@ -70,6 +70,8 @@ class engine {
 
   // Completes sends and arrivals, receives and dispatches what arrived. True if it did anything.
   bool poll() noexcept;
+  // At shutdown, after termination (everything sent has been received): completes the sends.
+  void complete_sends() noexcept;
 
   void send(thread_id to, const void* data, std::size_t bytes, int tag);
   message recv();

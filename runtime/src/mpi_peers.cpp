@@ -1,6 +1,7 @@
 #include "mpi_peers.hpp"
 
 #include "diag.hpp"
+#include "interpose.hpp"
 
 namespace iso::detail {
 
@@ -18,6 +19,23 @@ mpi_region_peers::mpi_region_peers(MPI_Comm comm) : user_comm_(comm) {
   MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
   MPI_Comm_rank(comm_, &rank_);
   MPI_Comm_size(comm_, &size_);
+  sent_to_.assign(static_cast<std::size_t>(size_), 0);
+}
+
+void mpi_region_peers::drain() {
+  heap_scope system(nullptr);
+  std::uint64_t expected = 0;
+  check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),
+            "MPI_Reduce_scatter_block (region returns)");
+  while (received_ < expected) {
+    std::array<std::uint64_t, 2> payload{};
+    check_mpi(MPI_Recv(payload.data(), 2, MPI_UINT64_T, MPI_ANY_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE),
+              "MPI_Recv (region returns)");
+    ++received_;
+    region::get().accept_returned(payload[0], payload[1]);
+  }
+  for (send& s : sends_) MPI_Wait(&s.request, MPI_STATUS_IGNORE);
+  sends_.clear();
 }
 
 sys_vector<sys_vector<std::uint64_t>> mpi_region_peers::allgather(const sys_vector<std::uint64_t>& mine) {
@@ -42,12 +60,16 @@ sys_vector<sys_vector<std::uint64_t>> mpi_region_peers::allgather(const sys_vect
 }
 
 void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept {
+  // Often called from inside a thread (its heap gives a segment back): whatever MPI allocates
+  // for the send must come from the system heap, not from the thread's.
+  heap_scope system(nullptr);
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;  // the owner is gone too: nothing can reuse the run any more
   try {
     send& s = sends_.emplace_back();
     s.payload = {addr, bytes};
+    ++sent_to_[static_cast<std::size_t>(owner)];
     if (MPI_Isend(s.payload.data(), 2, MPI_UINT64_T, owner, tag_return, comm_, &s.request) != MPI_SUCCESS) {
       fatal("could not return run [%#zx, +%zu) to its owner, rank %d (MPI_Isend failed)", addr, bytes, owner);
     }
@@ -57,6 +79,7 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
 }
 
 void mpi_region_peers::poll() noexcept {
+  heap_scope system(nullptr);
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
@@ -71,6 +94,7 @@ void mpi_region_peers::poll() noexcept {
     if (MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status) != MPI_SUCCESS || !arrived) return;
     std::array<std::uint64_t, 2> payload{};
     MPI_Recv(payload.data(), 2, MPI_UINT64_T, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE);
+    ++received_;
     region::get().accept_returned(payload[0], payload[1]);
   }
 }

@@ -25,6 +25,10 @@ class mpi_region_peers final : public region_peers {
   void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept override;
   void poll() noexcept override;
 
+  // Collective, at shutdown: completes this rank's returns and receives every run other ranks
+  // returned to it, so that nothing is in flight when MPI is finalised.
+  void drain();
+
   MPI_Comm user_comm() const noexcept { return user_comm_; }
   // Sends still in flight (a run is not lost while one is).
   std::size_t pending_sends() const noexcept { return sends_.size(); }
@@ -41,7 +45,14 @@ class mpi_region_peers final : public region_peers {
   int size_ = 1;
   // A list, not a vector: an in-flight payload must never move.
   std::list<send, sys_allocator<send>> sends_;
+  sys_vector<std::uint64_t> sent_to_;  // returns sent to each rank so far
+  std::uint64_t received_ = 0;         // returns received so far
 };
+
+// iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws
+// iso::error), and the peers it installed, or null before that.
+void init_region_over(MPI_Comm comm);
+mpi_region_peers* installed_peers_or_null() noexcept;
 
 // Throws iso::error(mpi_failure) naming `what` if rc is not MPI_SUCCESS.
 void check_mpi(int rc, const char* what);

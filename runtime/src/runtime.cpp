@@ -23,7 +23,6 @@
 
 namespace iso::detail {
 
-void init_region_over(MPI_Comm comm);  // iso_init.cpp
 
 class runtime_state {
  public:
@@ -131,6 +130,16 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
 runtime::~runtime() {
   using namespace detail;
   std::fflush(nullptr);
+  // Nothing may be in flight when MPI is finalised: the engine's last sends, and the runs that
+  // threads' heaps and stacks returned to their owners as they ended.
+  state_->migration.complete_sends();
+  if (mpi_region_peers* peers = installed_peers_or_null(); peers != nullptr) {
+    try {
+      peers->drain();
+    } catch (const iso::error& e) {
+      std::fprintf(stderr, "isothreads: rank %d: %s\n", state_->rank, e.what());
+    }
+  }
   const bool owns_mpi = state_->owns_mpi;
   g_runtime = nullptr;
   state_->~runtime_state();
