@@ -213,7 +213,10 @@ void engine::depart(tcb* t) noexcept {
     t->home_heap->trim();
     departure& d = departures_.emplace_back();
     d.thread = t;
+    d.dest = dest;
+    d.epoch = t->epoch;
     d.stack = t->stack;
+    d.start_ns = observer_ != nullptr ? now_ns() : 0;
     d.header = build_image_header(t, layout_);
     const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
     d.requests.emplace_back();
@@ -244,6 +247,9 @@ void engine::finish_departure(departure& d) noexcept {
   // The destination has every byte: give this rank's copy back to the kernel. The stack's guard
   // goes too (guards mark exactly the stacks of threads a rank holds).
   const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
+  if (observer_ != nullptr) {
+    observer_->departed(thread_id::from_bits(h.thread), d.epoch, d.dest, h.data_bytes, d.start_ns, now_ns());
+  }
   const image_extent* e = image_extents(h);
   for (std::uint32_t i = 0; i < h.nextents; ++i) prim::decommit(reinterpret_cast<void*>(e[i].addr), e[i].bytes);
   stack_pool::disarm(d.stack);
@@ -271,6 +277,7 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     arrival& a = arrivals_.emplace_back();
     a.source = source;
     a.thread = reinterpret_cast<tcb*>(h->tcb);
+    a.bytes = h->data_bytes;
     const image_extent* e = image_extents(*h);
     for (std::uint32_t i = 0; i < h->nextents; ++i) {
       for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
@@ -297,6 +304,7 @@ void engine::finish_arrival(arrival& a) noexcept {
   }
   const thread_id id = t->id;
   ++stats_.arrivals;
+  if (observer_ != nullptr) observer_->arrived(id, t->epoch, a.source, a.bytes, now_ns());
   departed_.erase(id.bits());
   cache_.erase(id.bits());
   sched_.attach(t);
@@ -429,6 +437,7 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
     seq = main_next_seq_[to.bits()]++ + 1;
   }
   heap_scope system(nullptr);
+  if (observer_ != nullptr) observer_->sent(from, to, bytes, tag, now_ns());
   if (tcb* t = sched_.find(to)) {
     deliver_user(t, from, seq, tag, data, bytes);
     return;

@@ -56,6 +56,17 @@ struct ctrl_msg {
   std::uint64_t epoch;       // location / hint: its epoch there; finished: 1 if it was joined
 };
 
+// Told what the engine does, for tracing (runtime/src/trace.cpp). Times are now_ns().
+class engine_observer {
+ public:
+  virtual ~engine_observer() = default;
+  // `epoch` numbers a thread's migrations: a departure and its arrival carry the same one.
+  virtual void departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
+                        std::int64_t end_ns) noexcept = 0;
+  virtual void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept = 0;
+  virtual void sent(thread_id from, thread_id to, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept = 0;
+};
+
 class engine {
  public:
   // Collective over comm (MPI_Comm_dup). Installs itself in the scheduler (depart/finish hooks)
@@ -78,6 +89,7 @@ class engine {
   void migrate(thread_id t, int dest);
 
   work_counters& counters() noexcept { return counters_; }
+  void set_observer(engine_observer* o) noexcept { observer_ = o; }
   // Threads in transit from or to this rank (they count as live for termination).
   std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size(); }
   // Messages held for threads that have not arrived.
@@ -113,13 +125,17 @@ class engine {
   };
   struct departure {                    // a thread being shipped; its memory stays until done
     tcb* thread;
+    int dest;
+    std::uint32_t epoch;                // the thread's epoch on arrival there
     stack_run stack;                    // the thread's stack (its TCB is not read once shipped)
+    std::int64_t start_ns;              // when it left (tracing)
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
   };
   struct arrival {                      // a thread being received straight into its addresses
     int source;
     tcb* thread;
+    std::uint64_t bytes;                // its image's data bytes (tracing)
     sys_vector<MPI_Request> requests;
   };
   struct place {
@@ -158,6 +174,7 @@ class engine {
   std::uint64_t layout_;
   work_counters counters_;
   stats_t stats_;
+  engine_observer* observer_ = nullptr;
 
   std::list<outgoing, sys_allocator<outgoing>> sends_;
   std::list<departure, sys_allocator<departure>> departures_;

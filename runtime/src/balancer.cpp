@@ -12,6 +12,7 @@
 #include "interpose.hpp"
 #include "mpi_peers.hpp"
 #include "prim.hpp"
+#include "trace.hpp"
 
 namespace iso::detail {
 namespace {
@@ -129,6 +130,7 @@ void balancer::step() noexcept {
     for (const auto& t : p.threads) load[static_cast<std::size_t>(t.rank)] += t.load;
     const double avg = std::accumulate(load.begin(), load.end(), 0.0) / size_;
     const double max_before = *std::max_element(load.begin(), load.end());
+    const std::vector<double> load_before = load;
     std::vector<lb::move> valid;
     for (const lb::move& m : moves) {
       auto it = std::lower_bound(p.threads.begin(), p.threads.end(), m.id,
@@ -184,6 +186,10 @@ void balancer::step() noexcept {
              valid.size(),
              static_cast<std::size_t>(all_bytes),
              static_cast<double>(t1 - t0) * 1e-9};
+    if (tracer* tr = tracer::current(); tr != nullptr && tr->enabled()) {
+      tr->balanced(last_, t0, t1, rank_ == 0 ? load_before : std::vector<double>{},
+                   rank_ == 0 ? load : std::vector<double>{});
+    }
     if (rank_ == 0) {
       std::printf("iso::lb step %zu (%s%s): max/avg load %.2f -> %.2f predicted, %zu threads moved, %.1f KiB, %.2f ms\n",
                   last_.step, last_.strategy.c_str(), due ? "" : ", not due", last_.max_over_avg_before,

@@ -20,6 +20,7 @@
 #include "mpi_peers.hpp"
 #include "progress.hpp"
 #include "scheduler.hpp"
+#include "trace.hpp"
 
 namespace iso::detail {
 
@@ -34,7 +35,8 @@ class runtime_state {
         sched(rank, nullptr, &progress),
         migration(MPI_COMM_WORLD, sched, layout),
         balance(MPI_COMM_WORLD, sched, migration),
-        checkpoints(MPI_COMM_WORLD, sched, migration, layout) {
+        checkpoints(MPI_COMM_WORLD, sched, migration, layout),
+        tracing(MPI_COMM_WORLD, sched, migration) {
     progress.set_engine(&migration);
     progress.set_balancer(&balance);
     progress.set_checkpointer(&checkpoints);
@@ -47,6 +49,7 @@ class runtime_state {
   engine migration;
   balancer balance;
   checkpointer checkpoints;
+  tracer tracing;
   bool restarted = false;  // threads came from a checkpoint
 };
 
@@ -153,6 +156,7 @@ int runtime::size() const noexcept { return state_->size; }
 
 void runtime::run() {
   state_->sched.run();
+  state_->tracing.write();
   if (const std::size_t held = state_->migration.held_messages(); held != 0) {
     std::fprintf(stderr, "isothreads: rank %d: %zu messages are held for threads that never arrived\n", state_->rank, held);
   }

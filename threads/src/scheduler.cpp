@@ -217,6 +217,7 @@ void scheduler::resume(tcb* t) noexcept {
   ++t->switches;
   ++switches_;
   current_heap = t->home_heap;
+  const std::int64_t traced_start = run_hook_ != nullptr ? now_ns() : 0;
   if (measure_) {
     const std::uint64_t start = prim::cycles();
     context_resume(t);
@@ -225,6 +226,7 @@ void scheduler::resume(tcb* t) noexcept {
     context_resume(t);
   }
   current_heap = nullptr;
+  if (run_hook_ != nullptr) run_hook_(t, traced_start, now_ns());
   running_ = nullptr;
   if (t->state == thread_state::finished) {
     teardown(t);

@@ -147,6 +147,10 @@ class scheduler {
 
   std::uint64_t total_switches() const noexcept { return switches_; }
 
+  // Tracing: called after each time a thread ran, with when it started and stopped (now_ns).
+  using run_hook = void (*)(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept;
+  void set_run_hook(run_hook h) noexcept { run_hook_ = h; }
+
  private:
   void resume(tcb* t) noexcept;
   void teardown(tcb* t) noexcept;
@@ -178,6 +182,7 @@ class scheduler {
   // Threads that finished here unjoined; a later join returns at once.
   sys_unordered_map<std::uint64_t, bool> finished_;
   depart_hook depart_hook_ = nullptr;
+  run_hook run_hook_ = nullptr;
   finish_hook finish_hook_ = nullptr;
 };
 

@@ -10,3 +10,4 @@
 #include "isothreads/sync.hpp"
 #include "isothreads/thread.hpp"
 #include "isothreads/thread_id.hpp"
+#include "isothreads/trace.hpp"

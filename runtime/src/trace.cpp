@@ -1,0 +1,271 @@
+#include "trace.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdlib>
+#include <cstdio>
+#include <cstring>
+
+#include "diag.hpp"
+#include "interpose.hpp"
+#include "isothreads/trace.hpp"
+#include "mpi_peers.hpp"
+#include "prim.hpp"
+
+namespace iso::detail {
+namespace {
+
+tracer* g_tracer = nullptr;
+
+std::uint64_t lane(std::uint64_t thread_bits) {
+  if (thread_bits == 0) return 0;
+  const thread_id t = thread_id::from_bits(thread_bits);
+  return static_cast<std::uint64_t>(t.home()) * 1000000u + t.serial();
+}
+
+// JSON string contents: escapes what JSON requires.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += format("\\u%04x", c);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string numbers(const std::vector<double>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) out += format("%s%.6g", i == 0 ? "" : ",", v[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+tracer::tracer(MPI_Comm comm, scheduler& s, engine& e) : sched_(s), engine_(e) {
+  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  // Time zero of the trace: every rank reads its clock right after one barrier, so the ranks'
+  // times line up to within the barrier's skew, even across nodes whose clocks differ.
+  check_mpi(MPI_Barrier(comm_), "MPI_Barrier (trace)");
+  origin_ns_ = now_ns();
+  g_tracer = this;
+  if (const char* env = std::getenv("ISO_TRACE"); env != nullptr && *env != '\0') enable(env);
+}
+
+tracer::~tracer() {
+  g_tracer = nullptr;
+  sched_.set_run_hook(nullptr);
+  engine_.set_observer(nullptr);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Comm_free(&comm_);
+}
+
+tracer* tracer::current() noexcept { return g_tracer; }
+
+void tracer::enable(const std::string& path) {
+  heap_scope system(nullptr);
+  if (path.empty()) raise(errc::invalid_argument, "iso::trace::enable: the path is empty");
+  path_ = path;
+  events_.reserve(std::size_t{1} << 16);
+  sched_.set_run_hook(&on_run);
+  engine_.set_observer(this);
+}
+
+void tracer::push(const event& e) noexcept {
+  if (events_.size() >= max_events) {
+    ++dropped_;
+    return;
+  }
+  try {
+    events_.push_back(e);
+  } catch (const std::bad_alloc&) {
+    ++dropped_;
+  }
+}
+
+void tracer::on_run(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept {
+  tracer* self = g_tracer;
+  const std::uint64_t id = t->id.bits();
+  if (self->names_.find(id) == self->names_.end()) {
+    try {
+      self->names_.emplace(id, t->name[0] != '\0' ? format("%s '%s'", t->id.to_string().c_str(), t->name) : t->id.to_string());
+    } catch (const std::bad_alloc&) {
+      // the lane keeps its numeric name
+    }
+  }
+  self->push({start_ns, end_ns - start_ns, id, 0, 0, 0, kind::run});
+}
+
+void tracer::departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
+                      std::int64_t end_ns) noexcept {
+  push({start_ns, end_ns - start_ns, t.bits(), static_cast<std::uint64_t>(to), bytes, static_cast<std::int32_t>(epoch),
+        kind::depart});
+}
+
+void tracer::arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept {
+  push({at_ns, 0, t.bits(), static_cast<std::uint64_t>(from), bytes, static_cast<std::int32_t>(epoch), kind::arrive});
+}
+
+void tracer::sent(thread_id from, thread_id to, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept {
+  push({at_ns, 0, from.bits(), to.bits(), bytes, tag, kind::send});
+}
+
+void tracer::balanced(const lb::step_report& r, std::int64_t start_ns, std::int64_t end_ns,
+                      const std::vector<double>& before, const std::vector<double>& after) noexcept {
+  try {
+    steps_.push_back({r, before, after});
+    push({start_ns, end_ns - start_ns, 0, steps_.size() - 1, 0, 0, kind::lb});
+  } catch (const std::bad_alloc&) {
+    ++dropped_;
+  }
+}
+
+std::string tracer::to_json() const {
+  std::string out;
+  auto add = [&](const std::string& e) {
+    if (!out.empty()) out += ",\n";
+    out += e;
+  };
+  auto us = [&](std::int64_t ns) { return static_cast<double>(ns - origin_ns_) / 1000.0; };
+  add(format(R"({"ph":"M","name":"process_name","pid":%d,"args":{"name":"rank %d"}})", rank_, rank_));
+  add(format(R"({"ph":"M","name":"thread_name","pid":%d,"tid":0,"args":{"name":"runtime"}})", rank_));
+  for (const auto& [id, name] : names_) {
+    add(format(R"({"ph":"M","name":"thread_name","pid":%d,"tid":%)" PRIu64 R"(,"args":{"name":"%s"}})", rank_,
+               lane(id), escaped(name).c_str()));
+  }
+  for (const event& e : events_) {
+    const std::string thread = thread_id::from_bits(e.thread).to_string();
+    switch (e.k) {
+      case kind::run: {
+        auto it = names_.find(e.thread);
+        const std::string name = it != names_.end() ? it->second : thread;
+        add(format(R"({"ph":"X","cat":"run","name":"%s","pid":%d,"tid":%)" PRIu64
+                   R"(,"ts":%.3f,"dur":%.3f,"args":{"thread":"%s"}})",
+                   escaped(name).c_str(), rank_, lane(e.thread), us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0,
+                   thread.c_str()));
+        break;
+      }
+      case kind::depart: {
+        add(format(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %)" PRIu64
+                   R"(","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,"args":{"thread":"%s","to":%)" PRIu64
+                   R"(,"bytes":%)" PRIu64 "}}",
+                   thread.c_str(), e.a, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.c_str(), e.a, e.b));
+        // The arrow's id: the thread and its epoch, known on both ends.
+        add(format(R"({"ph":"s","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
+                   thread.c_str(), e.c, rank_, us(e.ts_ns)));
+        break;
+      }
+      case kind::arrive:
+        add(format(R"({"ph":"i","s":"t","cat":"migrate","name":"arrive %s","pid":%d,"tid":0,"ts":%.3f,)"
+                   R"("args":{"thread":"%s","from":%)" PRIu64 R"(,"bytes":%)" PRIu64 "}}",
+                   thread.c_str(), rank_, us(e.ts_ns), thread.c_str(), e.a, e.b));
+        add(format(R"({"ph":"f","bp":"e","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
+                   thread.c_str(), e.c, rank_, us(e.ts_ns)));
+        break;
+      case kind::send:
+        add(format(R"({"ph":"i","s":"t","cat":"message","name":"send","pid":%d,"tid":%)" PRIu64
+                   R"(,"ts":%.3f,"args":{"to":"%s","bytes":%)" PRIu64 R"(,"tag":%d}})",
+                   rank_, lane(e.thread), us(e.ts_ns), thread_id::from_bits(e.a).to_string().c_str(), e.b, e.c));
+        break;
+      case kind::lb: {
+        const step& st = steps_[e.a];
+        std::string args = format(R"("step":%zu,"strategy":"%s","max_over_avg_before":%.4f,"max_over_avg_after":%.4f,)"
+                                  R"("threads_moved":%zu,"bytes_moved":%zu)",
+                                  st.report.step, escaped(st.report.strategy).c_str(), st.report.max_over_avg_before,
+                                  st.report.max_over_avg_after, st.report.threads_moved, st.report.bytes_moved);
+        if (!st.before.empty()) args += ",\"load_before\":" + numbers(st.before) + ",\"load_after\":" + numbers(st.after);
+        add(format(R"J({"ph":"X","cat":"lb","name":"lb step %zu (%s)","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,"args":{%s}})J",
+                   st.report.step, escaped(st.report.strategy).c_str(), rank_, us(e.ts_ns),
+                   static_cast<double>(e.dur_ns) / 1000.0, args.c_str()));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+void tracer::write() {
+  if (!enabled()) return;
+  heap_scope system(nullptr);
+  const std::string mine = to_json();
+  // Rank 0 gathers the text and writes the file.
+  const int len = static_cast<int>(mine.size());
+  sys_vector<int> lens(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
+  check_mpi(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, comm_), "MPI_Gather (trace)");
+  std::uint64_t dropped = 0;
+  check_mpi(MPI_Reduce(&dropped_, &dropped, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (trace)");
+  // Threads: those that ran anywhere, each counted once.
+  sys_vector<std::uint64_t> seen;
+  for (const auto& [id, name] : names_) seen.push_back(id);
+  const int nseen = static_cast<int>(seen.size());
+  sys_vector<int> seen_counts(static_cast<std::size_t>(size_)), seen_displs(static_cast<std::size_t>(size_));
+  check_mpi(MPI_Gather(&nseen, 1, MPI_INT, seen_counts.data(), 1, MPI_INT, 0, comm_), "MPI_Gather (trace)");
+  int seen_total = 0;
+  for (int r = 0; r < size_; ++r) {
+    seen_displs[static_cast<std::size_t>(r)] = seen_total;
+    seen_total += seen_counts[static_cast<std::size_t>(r)];
+  }
+  sys_vector<std::uint64_t> all_seen(rank_ == 0 ? static_cast<std::size_t>(seen_total) : 0);
+  check_mpi(MPI_Gatherv(seen.data(), nseen, MPI_UINT64_T, all_seen.data(), seen_counts.data(), seen_displs.data(),
+                        MPI_UINT64_T, 0, comm_),
+            "MPI_Gatherv (trace)");
+  std::sort(all_seen.begin(), all_seen.end());
+  const auto all_threads = static_cast<std::uint64_t>(std::unique(all_seen.begin(), all_seen.end()) - all_seen.begin());
+  std::string text;
+  if (rank_ == 0) {
+    std::size_t sum = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[static_cast<std::size_t>(r)] = static_cast<int>(sum);
+      sum += static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]);
+    }
+    text.resize(sum);
+  }
+  check_mpi(MPI_Gatherv(mine.data(), len, MPI_CHAR, text.data(), lens.data(), displs.data(), MPI_CHAR, 0, comm_),
+            "MPI_Gatherv (trace)");
+  if (rank_ != 0) return;
+  std::string file = format(R"({"displayTimeUnit":"ms","otherData":{"isothreads":1,"ranks":%d,"threads":%)" PRIu64
+                            R"(,"dropped_events":%)" PRIu64 "},\n\"traceEvents\":[\n",
+                            size_, all_threads, dropped);
+  for (int r = 0; r < size_; ++r) {
+    if (lens[static_cast<std::size_t>(r)] == 0) continue;
+    if (r != 0) file += ",\n";
+    file.append(text, static_cast<std::size_t>(displs[static_cast<std::size_t>(r)]),
+                static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]));
+  }
+  file += "\n]}\n";
+  const std::string tmp = path_ + ".tmp";
+  int fd = -1;
+  int e = prim::file_create(tmp.c_str(), &fd);
+  if (e == 0) {
+    e = prim::file_write(fd, file.data(), file.size());
+    const int c = prim::file_sync_close(fd);
+    if (e == 0) e = c;
+  }
+  if (e == 0) e = prim::file_commit(tmp.c_str(), path_.c_str());
+  if (e != 0) raise(errc::io_failure, "iso::trace: cannot write %s: %s", path_.c_str(), std::strerror(e));
+}
+
+}  // namespace iso::detail
+
+namespace iso::trace {
+
+void enable(const std::string& path) {
+  detail::tracer* t = detail::tracer::current();
+  if (t == nullptr) detail::raise(errc::no_runtime, "iso::trace::enable: no isothreads runtime in this process");
+  t->enable(path);
+}
+
+bool enabled() noexcept {
+  detail::tracer* t = detail::tracer::current();
+  return t != nullptr && t->enabled();
+}
+
+}  // namespace iso::trace
