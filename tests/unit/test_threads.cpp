@@ -236,10 +236,15 @@ TEST_F(Threads, AllocationsOutsideThreadsStayInTheSystemHeap) {
   void* from_thread = nullptr;
   spawn([&] {
     from_thread = std::malloc(64);
-    detail::heap_scope system(nullptr);  // runtime code inside a thread uses the system heap
-    void* sys = std::malloc(64);
-    EXPECT_FALSE(in_region(sys));
-    std::free(sys);
+    {
+      system_heap_scope system;  // process-wide state allocated from a thread
+      void* sys = std::malloc(64);
+      EXPECT_FALSE(in_region(sys));
+      std::free(sys);
+    }
+    void* again = std::malloc(64);  // the thread's heap again once the scope ends
+    EXPECT_TRUE(in_region(again));
+    std::free(again);
   });
   sched.run();
   EXPECT_TRUE(in_region(from_thread));  // leaked on purpose; its heap is gone with the thread

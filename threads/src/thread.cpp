@@ -54,6 +54,10 @@ thread_id spawn_frame::commit(body_base* body) noexcept {
 
 }  // namespace detail
 
+system_heap_scope::system_heap_scope() noexcept : saved_(detail::current_heap) { detail::current_heap = nullptr; }
+
+system_heap_scope::~system_heap_scope() { detail::current_heap = static_cast<detail::heap*>(saved_); }
+
 std::string thread_id::to_string() const {
   if (!*this) return "none";
   return std::to_string(home()) + ":" + std::to_string(serial());

@@ -92,6 +92,22 @@ thread_id spawn(F&& body, const spawn_options& opts = {}) {
 // join of oneself; (unknown_thread) for an id that names no thread.
 void join(thread_id t);
 
+// While one lives, malloc/new on this OS thread go to the system allocator, even inside a
+// migratable thread. For state that outlives the thread or stays on this rank: a library's
+// process-wide cache initialised lazily from a thread, a buffer handed to a rank-local service.
+// Such memory does not migrate; free it on the rank that allocated it. Not copyable or movable;
+// scopes nest.
+class system_heap_scope {
+ public:
+  system_heap_scope() noexcept;
+  ~system_heap_scope();
+  system_heap_scope(const system_heap_scope&) = delete;
+  system_heap_scope& operator=(const system_heap_scope&) = delete;
+
+ private:
+  void* saved_;  // the allocation target to restore
+};
+
 namespace this_thread {
 
 // The calling thread's id, stable across migrations. Default id outside a thread.
