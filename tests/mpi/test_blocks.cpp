@@ -20,7 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "heap.hpp"
 #include "isothreads/isomalloc.h"
+#include "prim.hpp"
 #include "region.hpp"
 
 namespace {
@@ -390,6 +392,72 @@ TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
     iso_free(mine);
     EXPECT_STREQ(iso_last_error(), "");
   }
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// (2d) A whole per-thread heap moves by its image: rank r builds one, ships it to r + 1, which
+// reads it at the same addresses and goes on allocating and freeing in it; destroying it there
+// returns its chunks to rank r.
+TEST(Blocks, HeapImageMovesAndKeepsServing) {
+  const int me = my_rank();
+  const int n = world_size();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  const int next = (me + 1) % n;
+  const int prev = (me + n - 1) % n;
+  region& reg = region::get();
+  using iso::detail::heap;
+
+  heap* h = heap::create();
+  std::vector<std::uint64_t> blocks;  // addresses of the blocks, sent along with the image
+  for (int i = 0; i < 300; ++i) {
+    const std::size_t bytes = 8 + static_cast<std::size_t>(i % 37) * 24 + (i % 50 == 0 ? 100000 : 0);
+    auto* p = static_cast<unsigned char*>(h->alloc(bytes));
+    ASSERT_NE(p, nullptr);
+    std::memset(p, (me * 31 + i) & 0xff, bytes);
+    blocks.push_back(reinterpret_cast<std::uintptr_t>(p));
+    blocks.push_back(bytes);
+  }
+  std::vector<unsigned char> image(h->image_bytes());
+  h->write_image(image.data());
+  const auto before = reg.stats();
+  // The image goes; this rank's copy is dropped (its extents decommitted), as a migration does.
+  h->for_each_extent([](void* addr, std::size_t bytes) { iso::detail::prim::decommit(addr, bytes); });
+
+  auto exchange = [&](std::vector<unsigned char>& data) {
+    std::uint64_t size = data.size(), theirs = 0;
+    MPI_Sendrecv(&size, 1, MPI_UINT64_T, next, 7, &theirs, 1, MPI_UINT64_T, prev, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    std::vector<unsigned char> got(theirs);
+    MPI_Sendrecv(data.data(), static_cast<int>(size), MPI_BYTE, next, 8, got.data(), static_cast<int>(theirs), MPI_BYTE,
+                 prev, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    return got;
+  };
+  std::vector<unsigned char> list(blocks.size() * sizeof(std::uint64_t));
+  std::memcpy(list.data(), blocks.data(), list.size());
+  const std::vector<unsigned char> their_image = exchange(image);
+  const std::vector<unsigned char> their_list = exchange(list);
+
+  heap* moved = heap::read_image(their_image.data(), their_image.size());
+  ASSERT_NE(moved, nullptr);
+  EXPECT_EQ(reg.owner_of(moved), prev);
+  std::vector<std::uint64_t> theirs(their_list.size() / sizeof(std::uint64_t));
+  std::memcpy(theirs.data(), their_list.data(), their_list.size());
+  for (std::size_t k = 0; k + 1 < theirs.size(); k += 2) {
+    const auto* p = reinterpret_cast<const unsigned char*>(theirs[k]);
+    const unsigned char expect = static_cast<unsigned char>((prev * 31 + static_cast<int>(k / 2)) & 0xff);
+    EXPECT_EQ(heap::owner_of(p), moved);
+    EXPECT_TRUE(p[0] == expect && p[theirs[k + 1] - 1] == expect) << "block " << k / 2 << " changed on the way";
+  }
+  // It keeps serving: new blocks (from this rank's share when it grows), frees of old ones.
+  for (std::size_t k = 0; k + 1 < theirs.size(); k += 4) moved->free(reinterpret_cast<void*>(theirs[k]));
+  void* fresh = moved->alloc(200000);
+  ASSERT_NE(fresh, nullptr);
+  std::memset(fresh, 1, 200000);
+  EXPECT_TRUE(moved->is_valid());
+  moved->destroy();  // its chunks go home to rank prev, the new one stays here
+  MPI_Barrier(MPI_COMM_WORLD);
+  EXPECT_GT(await_returned_runs(before.returned_runs), before.returned_runs)
+      << "the moved heap's chunks did not come home";
   EXPECT_TRUE(reg.is_valid());
   MPI_Barrier(MPI_COMM_WORLD);
 }
