@@ -364,6 +364,7 @@ void checkpointer::step() noexcept {
 
 void checkpointer::restore(const std::string& dir) {
   heap_scope system(nullptr);
+  const std::int64_t start_ns = now_ns();
   region& reg = region::get();
   std::string problem;
   manifest m{};
@@ -524,9 +525,17 @@ void checkpointer::restore(const std::string& dir) {
     if (engine_.home_of(thread_id::from_bits(id)) == rank_) engine_.restore_finished(thread_id::from_bits(id), joined);
   }
   sched_.raise_next_serial(m.header.max_serial + 1);
+  std::uint64_t read = 0, all_read = 0;
+  for (std::size_t k = static_cast<std::size_t>(rank_); k < threads.size(); k += static_cast<std::size_t>(size_)) {
+    read += threads[k].rec.data_bytes;
+  }
+  check_mpi(MPI_Reduce(&read, &all_read, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (restart)");
+  const double seconds = static_cast<double>(now_ns() - start_ns) * 1e-9;
   if (rank_ == 0) {
-    std::printf("iso::checkpoint: restarted %zu threads from %s (generation %llu, written by %u ranks) on %d ranks\n",
-                threads.size(), dir.c_str(), static_cast<unsigned long long>(m.header.generation), m.header.nranks, size_);
+    std::printf("iso::checkpoint: restarted %zu threads from %s (generation %llu, written by %u ranks) on %d ranks: "
+                "%.1f MiB in %.1f ms\n",
+                threads.size(), dir.c_str(), static_cast<unsigned long long>(m.header.generation), m.header.nranks, size_,
+                static_cast<double>(all_read) / (1 << 20), seconds * 1e3);
     std::fflush(stdout);
   }
 }
