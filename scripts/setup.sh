@@ -16,7 +16,7 @@ ISO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ISO_ROOT"
 
 iso_packages=(libboost-context-dev libboost-fiber-dev libopenmpi-dev openmpi-bin libgtest-dev
-              libbenchmark-dev cmake g++ zlib1g-dev make)
+              libbenchmark-dev cmake g++ zlib1g-dev make python3 chromium)
 iso_missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${iso_packages[@]}"; do

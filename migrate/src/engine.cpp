@@ -437,16 +437,18 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
     seq = main_next_seq_[to.bits()]++ + 1;
   }
   heap_scope system(nullptr);
-  if (observer_ != nullptr) observer_->sent(from, to, bytes, tag, now_ns());
+  const std::int64_t at = observer_ != nullptr ? now_ns() : 0;
+  int went = rank_;
   if (tcb* t = sched_.find(to)) {
     deliver_user(t, from, seq, tag, data, bytes);
-    return;
+  } else {
+    sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
+    data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, 0};
+    std::memcpy(wire.data(), &h, sizeof h);
+    if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
+    went = route_out(std::move(wire));
   }
-  sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
-  data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, 0};
-  std::memcpy(wire.data(), &h, sizeof h);
-  if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
-  route_out(std::move(wire));
+  if (observer_ != nullptr) observer_->sent(from, to, went, bytes, tag, at);
 }
 
 void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
@@ -462,7 +464,7 @@ void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc statu
 
 // Sends a message toward its thread from this rank: to the newest location known here, or its
 // home; handled here (held) when every pointer leads back here.
-void engine::route_out(sys_vector<unsigned char>&& wire) {
+int engine::route_out(sys_vector<unsigned char>&& wire) {
   data_header h;
   std::memcpy(&h, wire.data(), sizeof h);
   const thread_id to = thread_id::from_bits(h.to);
@@ -472,11 +474,12 @@ void engine::route_out(sys_vector<unsigned char>&& wire) {
   if (auto it = location_.find(h.to); it != location_.end() && it->second.epoch >= target.epoch) target = it->second;
   if (target.rank == rank_) {
     on_data(std::move(wire), false);
-    return;
+    return rank_;
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
   std::memcpy(wire.data(), &h, sizeof h);
   post(target.rank, tag_data, std::move(wire));
+  return target.rank;
 }
 
 void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {

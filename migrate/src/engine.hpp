@@ -64,7 +64,8 @@ class engine_observer {
   virtual void departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
                         std::int64_t end_ns) noexcept = 0;
   virtual void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept = 0;
-  virtual void sent(thread_id from, thread_id to, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept = 0;
+  // to_rank: where the message went first (this rank when delivered here, or held here).
+  virtual void sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept = 0;
 };
 
 class engine {
@@ -150,7 +151,8 @@ class engine {
   void finished(tcb* t) noexcept;
   void join(tcb* self, thread_id t);
 
-  void route_out(sys_vector<unsigned char>&& wire);   // a data message toward its thread
+  // Sends a data message toward its thread; returns the rank it went to (this one: held here).
+  int route_out(sys_vector<unsigned char>&& wire);
   void on_data(sys_vector<unsigned char>&& wire, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;

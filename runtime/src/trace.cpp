@@ -101,28 +101,28 @@ void tracer::on_run(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept
       // the lane keeps its numeric name
     }
   }
-  self->push({start_ns, end_ns - start_ns, id, 0, 0, 0, kind::run});
+  self->push({start_ns, end_ns - start_ns, id, 0, 0, 0, 0, kind::run});
 }
 
 void tracer::departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
                       std::int64_t end_ns) noexcept {
-  push({start_ns, end_ns - start_ns, t.bits(), static_cast<std::uint64_t>(to), bytes, static_cast<std::int32_t>(epoch),
+  push({start_ns, end_ns - start_ns, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), static_cast<std::int16_t>(to),
         kind::depart});
 }
 
 void tracer::arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept {
-  push({at_ns, 0, t.bits(), static_cast<std::uint64_t>(from), bytes, static_cast<std::int32_t>(epoch), kind::arrive});
+  push({at_ns, 0, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), static_cast<std::int16_t>(from), kind::arrive});
 }
 
-void tracer::sent(thread_id from, thread_id to, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept {
-  push({at_ns, 0, from.bits(), to.bits(), bytes, tag, kind::send});
+void tracer::sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept {
+  push({at_ns, 0, from.bits(), to.bits(), bytes, tag, static_cast<std::int16_t>(to_rank), kind::send});
 }
 
 void tracer::balanced(const lb::step_report& r, std::int64_t start_ns, std::int64_t end_ns,
                       const std::vector<double>& before, const std::vector<double>& after) noexcept {
   try {
     steps_.push_back({r, before, after});
-    push({start_ns, end_ns - start_ns, 0, steps_.size() - 1, 0, 0, kind::lb});
+    push({start_ns, end_ns - start_ns, 0, steps_.size() - 1, 0, 0, 0, kind::lb});
   } catch (const std::bad_alloc&) {
     ++dropped_;
   }
@@ -154,10 +154,10 @@ std::string tracer::to_json() const {
         break;
       }
       case kind::depart: {
-        add(format(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %)" PRIu64
-                   R"(","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,"args":{"thread":"%s","to":%)" PRIu64
-                   R"(,"bytes":%)" PRIu64 "}}",
-                   thread.c_str(), e.a, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.c_str(), e.a, e.b));
+        add(format(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %d","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,)"
+                   R"("args":{"thread":"%s","to":%d,"bytes":%)" PRIu64 "}}",
+                   thread.c_str(), e.peer, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.c_str(),
+                   e.peer, e.b));
         // The arrow's id: the thread and its epoch, known on both ends.
         add(format(R"({"ph":"s","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
                    thread.c_str(), e.c, rank_, us(e.ts_ns)));
@@ -165,15 +165,15 @@ std::string tracer::to_json() const {
       }
       case kind::arrive:
         add(format(R"({"ph":"i","s":"t","cat":"migrate","name":"arrive %s","pid":%d,"tid":0,"ts":%.3f,)"
-                   R"("args":{"thread":"%s","from":%)" PRIu64 R"(,"bytes":%)" PRIu64 "}}",
-                   thread.c_str(), rank_, us(e.ts_ns), thread.c_str(), e.a, e.b));
+                   R"("args":{"thread":"%s","from":%d,"bytes":%)" PRIu64 "}}",
+                   thread.c_str(), rank_, us(e.ts_ns), thread.c_str(), e.peer, e.b));
         add(format(R"({"ph":"f","bp":"e","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
                    thread.c_str(), e.c, rank_, us(e.ts_ns)));
         break;
       case kind::send:
         add(format(R"({"ph":"i","s":"t","cat":"message","name":"send","pid":%d,"tid":%)" PRIu64
-                   R"(,"ts":%.3f,"args":{"to":"%s","bytes":%)" PRIu64 R"(,"tag":%d}})",
-                   rank_, lane(e.thread), us(e.ts_ns), thread_id::from_bits(e.a).to_string().c_str(), e.b, e.c));
+                   R"(,"ts":%.3f,"args":{"to":"%s","to_rank":%d,"bytes":%)" PRIu64 R"(,"tag":%d}})",
+                   rank_, lane(e.thread), us(e.ts_ns), thread_id::from_bits(e.a).to_string().c_str(), e.peer, e.b, e.c));
         break;
       case kind::lb: {
         const step& st = steps_[e.a];

@@ -30,7 +30,7 @@ class tracer final : public engine_observer {
   void departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
                 std::int64_t end_ns) noexcept override;
   void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept override;
-  void sent(thread_id from, thread_id to, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept override;
+  void sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept override;
   // A balancing step, on every rank; rank 0 also gives the per-rank loads before and after.
   void balanced(const lb::step_report& r, std::int64_t start_ns, std::int64_t end_ns,
                 const std::vector<double>& before, const std::vector<double>& after) noexcept;
@@ -41,8 +41,9 @@ class tracer final : public engine_observer {
 
  private:
   enum class kind : std::uint8_t { run, depart, arrive, send, lb };
-  // One event: 48 bytes. Meaning of a/b/c by kind: depart (to, bytes, epoch), arrive (from,
-  // bytes, epoch), send (to thread, bytes, tag), lb (index into steps_).
+  // One event: 48 bytes. By kind: depart (peer = to, b = bytes, c = epoch), arrive (peer =
+  // from, b = bytes, c = epoch), send (a = to thread, peer = to rank, b = bytes, c = tag),
+  // lb (a = index into steps_).
   struct event {
     std::int64_t ts_ns;
     std::int64_t dur_ns;
@@ -50,8 +51,10 @@ class tracer final : public engine_observer {
     std::uint64_t a;
     std::uint64_t b;
     std::int32_t c;
+    std::int16_t peer;     // the other rank
     kind k;
   };
+  static_assert(sizeof(event) == 48);
   struct step {
     lb::step_report report;
     std::vector<double> before, after;

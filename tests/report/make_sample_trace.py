@@ -114,7 +114,8 @@ def simulate(args):
                         to = (r + rng.choice([1, -1])) % args.ranks
                         events[r].append({"ph": "i", "cat": "message", "name": "send", "s": "t",
                                           "pid": r, "tid": t.tid, "ts": round(now - 1.0, 3),
-                                          "args": {"to": to, "bytes": rng.choice([64, 512, 4096, 65536]),
+                                          "args": {"to": rng.choice(threads).id, "to_rank": to,
+                                                   "bytes": rng.choice([64, 512, 4096, 65536]),
                                                    "tag": rng.randrange(8)}})
                         counts["messages"] += 1
                     now += rng.uniform(*CONTEXT_SWITCH_US)
