@@ -178,15 +178,21 @@ void* heap::alloc_aligned(std::size_t align, std::size_t bytes) noexcept {
   return alloc_large(bytes, std::max(align, page_bytes));
 }
 
+// Carves the next never-used blocks of the page into its free list: about carve_bytes' worth at
+// a time (at least one block), so that a new thread's first allocations do not pay for linking a
+// whole page per size class (mimalloc extends its free lists in steps for the same reason).
 void heap::carve(page* pg) noexcept {
+  constexpr std::uint32_t carve_bytes = 512;
   char* base = page_address(pg);
   const std::uint32_t bs = pg->block_bytes;
+  const std::uint32_t end = pg->start + pg->capacity * bs;  // the page's blocks end here
+  const std::uint32_t stop = std::min<std::uint32_t>(end, pg->bump + std::max(bs, carve_bytes / bs * bs));
   char* p = base + pg->bump;
-  char* last = base + pg->start + (pg->capacity - 1u) * bs;
+  char* last = base + stop - bs;
   for (; p < last; p += bs) reinterpret_cast<block*>(p)->next = reinterpret_cast<block*>(p + bs);
   reinterpret_cast<block*>(last)->next = pg->free;
   pg->free = reinterpret_cast<block*>(base + pg->bump);
-  pg->bump = static_cast<std::uint16_t>(pg->start + pg->capacity * bs);
+  pg->bump = static_cast<std::uint16_t>(stop);
 }
 
 void* heap::alloc_small_slow(unsigned cls) noexcept {

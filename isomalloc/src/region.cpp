@@ -358,8 +358,11 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   const std::size_t bytes = n * chunk_bytes;
   if (owner != rank_) {
     prim::decommit(p, bytes);
-    std::lock_guard<std::mutex> g(lock_);
-    ++stats_.remote_frees;
+    {
+      std::lock_guard<std::mutex> g(lock_);
+      ++stats_.remote_frees;
+    }
+    // Outside the lock: the send may allocate, and MPI may call back into anything.
     if (peers_ != nullptr) peers_->remote_free(owner, reinterpret_cast<std::uintptr_t>(p), bytes);
     return;
   }

@@ -10,16 +10,7 @@
 
 #include "diag.hpp"
 #include "region.hpp"
-
-extern "C" {
-void* __libc_malloc(std::size_t);
-void __libc_free(void*);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void* __libc_valloc(std::size_t);
-void* __libc_pvalloc(std::size_t);
-}
+#include "sysalloc.hpp"
 
 namespace iso::detail {
 

@@ -19,13 +19,10 @@
 namespace iso::detail {
 namespace {
 
-scheduler* g_current = nullptr;
 
-// Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a switch.
-constexpr std::uint64_t switches_per_poll = 32;
 
 std::size_t describe_running(char* buf, std::size_t cap) noexcept {
-  scheduler* s = g_current;
+  scheduler* s = scheduler::current();
   tcb* t = s != nullptr ? s->running() : nullptr;
   if (t == nullptr) return 0;
   const int n = std::snprintf(buf, cap, "thread %d:%" PRIu64 " '%s'", t->id.home(), t->id.serial(), t->name);
@@ -36,7 +33,7 @@ std::size_t describe_running(char* buf, std::size_t cap) noexcept {
 // overflow; any other fault inside a thread is reported with the thread's name; faults outside
 // threads get the default action.
 void on_fault(int sig, siginfo_t* info, void*) {
-  scheduler* s = g_current;
+  scheduler* s = scheduler::current();
   tcb* t = s != nullptr ? s->running() : nullptr;
   if (t != nullptr && t->stack.guard_contains(info->si_addr)) {
     fatal("thread %d:%" PRIu64 " '%s' overflowed its %zu KiB stack on rank %d", t->id.home(),
@@ -66,6 +63,18 @@ void install_fault_handlers() {
 
 }  // namespace
 
+scheduler& scheduler_or_throw(const char* call) {
+  scheduler* s = scheduler::current();
+  if (s == nullptr) raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
+  return *s;
+}
+
+tcb* running_or_throw(const char* call) {
+  tcb* t = scheduler_or_throw(call).running();
+  if (t == nullptr) raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
+  return t;
+}
+
 std::int64_t now_ns() noexcept {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -73,21 +82,6 @@ std::int64_t now_ns() noexcept {
 }
 
 // ---- wait queues ----
-
-void wait_push(wait_queue& q, tcb* t) noexcept {
-  t->next = nullptr;
-  t->prev = q.tail;
-  if (q.tail != nullptr) q.tail->next = t; else q.head = t;
-  q.tail = t;
-}
-
-tcb* wait_pop(wait_queue& q) noexcept {
-  tcb* t = q.head;
-  q.head = t->next;
-  if (q.head != nullptr) q.head->prev = nullptr; else q.tail = nullptr;
-  t->next = t->prev = nullptr;
-  return t;
-}
 
 bool wait_remove(wait_queue& q, tcb* t) noexcept {
   tcb* at = q.head;
@@ -97,32 +91,6 @@ bool wait_remove(wait_queue& q, tcb* t) noexcept {
   if (t->next != nullptr) t->next->prev = t->prev; else q.tail = t->prev;
   t->next = t->prev = nullptr;
   return true;
-}
-
-// ---- policy ----
-
-void fifo_policy::awakened(tcb* t) noexcept {
-  wait_queue q{head_, tail_};
-  wait_push(q, t);
-  head_ = q.head;
-  tail_ = q.tail;
-}
-
-tcb* fifo_policy::pick_next() noexcept {
-  if (head_ == nullptr) return nullptr;
-  wait_queue q{head_, tail_};
-  tcb* t = wait_pop(q);
-  head_ = q.head;
-  tail_ = q.tail;
-  return t;
-}
-
-bool fifo_policy::remove(tcb* t) noexcept {
-  wait_queue q{head_, tail_};
-  const bool found = wait_remove(q, t);
-  head_ = q.head;
-  tail_ = q.tail;
-  return found;
 }
 
 // ---- local progress ----
@@ -148,20 +116,18 @@ scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
     : rank_(rank),
       policy_(policy != nullptr ? policy : &default_policy_),
       progress_(progress != nullptr ? progress : &default_progress_) {
-  if (g_current != nullptr) raise(errc::invalid_argument, "a scheduler already exists in this process");
+  if (scheduler::current_ != nullptr) raise(errc::invalid_argument, "a scheduler already exists in this process");
   region::get().init_single_rank();  // no-op once the runtime agreed the region across ranks
   set_diag_rank(rank);
   install_fault_handlers();
   set_context_hook(&describe_running);
-  g_current = this;
+  scheduler::current_ = this;
 }
 
 scheduler::~scheduler() {
-  g_current = nullptr;
+  scheduler::current_ = nullptr;
   set_context_hook(nullptr);
 }
-
-scheduler* scheduler::current() noexcept { return g_current; }
 
 tcb* scheduler::create_thread(const spawn_options& opts) {
   if (opts.stack_bytes < min_stack_bytes || opts.stack_bytes > max_stack_bytes) {
@@ -218,22 +184,23 @@ void scheduler::resume(tcb* t) noexcept {
   ++switches_;
   current_heap = t->home_heap;
   const std::int64_t traced_start = run_hook_ != nullptr ? now_ns() : 0;
-  if (measure_) {
-    const std::uint64_t start = prim::cycles();
-    context_resume(t);
-    t->run_cycles += prim::cycles() - start;  // t's TCB stays here until teardown or departure
-  } else {
-    context_resume(t);
-  }
+  if (measure_) run_start_ = prim::cycles();
+  context_resume(t, &running_);
+  // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (tcb TCBs stay
+  // here until teardown or departure, so `back` is valid).
+  tcb* back = running_;
+  if (measure_) back->run_cycles += prim::cycles() - run_start_;
   current_heap = nullptr;
-  if (run_hook_ != nullptr) run_hook_(t, traced_start, now_ns());
+  if (run_hook_ != nullptr) run_hook_(back, traced_start, now_ns());
   running_ = nullptr;
-  if (t->state == thread_state::finished) {
-    teardown(t);
+  if (back->state == thread_state::finished) {
+    teardown(back);
     return;
   }
-  if (t->state == thread_state::ready) policy_->awakened(t);
-  if (t->pending_dest >= 0 && depart_hook_ != nullptr && movable(t)) depart_hook_(*this, t);
+  if (back->state == thread_state::ready) {
+    if (policy_ == &default_policy_) default_policy_.awakened(back); else policy_->awakened(back);
+  }
+  if (back->pending_dest >= 0 && depart_hook_ != nullptr && movable(back)) depart_hook_(*this, back);
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -343,18 +310,17 @@ void scheduler::wake_expired(std::int64_t now) noexcept {
 
 void scheduler::run() {
   if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
-  std::uint64_t since_poll = 0;
   for (;;) {
     if (timers_head_ != nullptr) wake_expired(now_ns());
-    if (tcb* t = policy_->pick_next()) {
+    if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
-      if (++since_poll >= switches_per_poll) {
-        since_poll = 0;
+      if (++since_poll_ >= switches_per_poll) {
+        since_poll_ = 0;
         progress_->poll(*this);
       }
       continue;
     }
-    since_poll = 0;
+    since_poll_ = 0;
     // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
     // sees as background only the work done for threads outside them (messages, migrations).
     const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
@@ -366,13 +332,6 @@ void scheduler::run() {
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
     if (measure_) idle_cycles_ += prim::cycles() - idle_start;
   }
-}
-
-void scheduler::yield_running() {
-  tcb* self = running_;
-  if (self == nullptr) raise(errc::not_in_thread, "iso::this_thread::yield called outside a migratable thread");
-  self->state = thread_state::ready;
-  context_switch_out(self);
 }
 
 void scheduler::sleep_running_until(std::int64_t deadline) {

@@ -11,6 +11,9 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "context.hpp"
+#include "interpose.hpp"
+#include "prim.hpp"
 #include "sysalloc.hpp"
 #include "tcb.hpp"
 
@@ -27,17 +30,17 @@ class sched_policy {
   virtual bool remove(tcb* t) noexcept = 0;         // takes t out of the ready set if it is there
 };
 
-// FIFO ready queue through tcb::next/prev.
+// FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
+// when it is the policy in use, on every switch.
 class fifo_policy final : public sched_policy {
  public:
-  void awakened(tcb* t) noexcept override;
-  tcb* pick_next() noexcept override;
-  bool has_ready_threads() const noexcept override { return head_ != nullptr; }
-  bool remove(tcb* t) noexcept override;
+  void awakened(tcb* t) noexcept override { wait_push(ready_, t); }
+  tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
+  bool has_ready_threads() const noexcept override { return !ready_.empty(); }
+  bool remove(tcb* t) noexcept override { return wait_remove(ready_, t); }
 
  private:
-  tcb* head_ = nullptr;
-  tcb* tail_ = nullptr;
+  wait_queue ready_;
 };
 
 class progress_engine {
@@ -72,7 +75,7 @@ class scheduler {
   scheduler& operator=(const scheduler&) = delete;
 
   // The scheduler of this process (at most one exists at a time), or null.
-  static scheduler* current() noexcept;
+  static scheduler* current() noexcept { return current_; }
 
   int rank() const noexcept { return rank_; }
   void set_rank(int rank) noexcept { rank_ = rank; }
@@ -92,7 +95,32 @@ class scheduler {
   void discard_thread(tcb* t) noexcept;
 
   // --- from the running thread ---
-  void yield_running();                      // running -> ready
+  // running -> ready. pre: a thread is running. When the next ready thread can run without the
+  // scheduler's bookkeeping (FIFO policy, no tracing, no migration pending, not time to poll),
+  // switches to it directly.
+  void yield_running() noexcept {
+    tcb* self = running_;
+    self->state = thread_state::ready;
+    if (policy_ == &default_policy_ && run_hook_ == nullptr && self->pending_dest < 0 &&
+        ++since_poll_ < switches_per_poll) {
+      if (tcb* next = default_policy_.pick_next()) {
+        default_policy_.awakened(self);
+        if (measure_) {
+          const std::uint64_t now = prim::cycles();
+          self->run_cycles += now - run_start_;
+          run_start_ = now;
+        }
+        running_ = next;
+        next->state = thread_state::running;
+        ++next->switches;
+        ++switches_;
+        current_heap = next->home_heap;
+        context_switch_to(self, next);
+        return;
+      }
+    }
+    context_switch_out(self);
+  }
   void sleep_running_until(std::int64_t deadline_ns);
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;
@@ -159,12 +187,19 @@ class scheduler {
   void remove_timer(tcb* t) noexcept;
   std::int64_t next_deadline() const noexcept { return timers_head_ ? timers_head_->wake_ns : -1; }
 
+  // Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a
+  // switch.
+  static constexpr std::uint64_t switches_per_poll = 32;
+
+  static inline scheduler* current_ = nullptr;
   int rank_;
   fifo_policy default_policy_;
   local_progress default_progress_;
   sched_policy* policy_;
   progress_engine* progress_;
-  tcb* running_ = nullptr;
+  tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
+  std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
+  std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::uint64_t next_serial_ = 1;
   std::uint64_t switches_ = 0;
 
@@ -194,6 +229,11 @@ extern migrate_to_fn migrate_to_impl;
 // Throws iso::error (unknown_thread, already_joined).
 using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
 extern join_fn join_impl;
+
+// The scheduler of this process, or iso::error(no_runtime) naming `call`.
+scheduler& scheduler_or_throw(const char* call);
+// The running migratable thread, or iso::error (no_runtime, not_in_thread) naming `call`.
+tcb* running_or_throw(const char* call);
 
 // Steady clock in ns.
 std::int64_t now_ns() noexcept;

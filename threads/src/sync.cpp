@@ -5,21 +5,10 @@
 #include "scheduler.hpp"
 
 namespace iso {
-namespace {
-
-detail::tcb* running_or_throw(const char* call) {
-  detail::scheduler* s = detail::scheduler::current();
-  detail::tcb* t = s != nullptr ? s->running() : nullptr;
-  if (t == nullptr) detail::raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
-  return t;
-}
-
-}  // namespace
-
 mutex::~mutex() { ISO_ASSERT(owner_ == nullptr && waiters_.empty()); }
 
 void mutex::lock() {
-  detail::tcb* self = running_or_throw("iso::mutex::lock");
+  detail::tcb* self = detail::running_or_throw("iso::mutex::lock");
   if (owner_ == self) detail::raise(errc::invalid_argument, "iso::mutex::lock: thread %s already holds this mutex", self->id.to_string().c_str());
   if (owner_ == nullptr) {
     owner_ = self;
@@ -32,7 +21,7 @@ void mutex::lock() {
 }
 
 bool mutex::try_lock() {
-  detail::tcb* self = running_or_throw("iso::mutex::try_lock");
+  detail::tcb* self = detail::running_or_throw("iso::mutex::try_lock");
   if (owner_ != nullptr) return false;
   owner_ = self;
   ++self->locks_held;
@@ -40,7 +29,7 @@ bool mutex::try_lock() {
 }
 
 void mutex::unlock() {
-  detail::tcb* self = running_or_throw("iso::mutex::unlock");
+  detail::tcb* self = detail::running_or_throw("iso::mutex::unlock");
   if (owner_ != self) detail::raise(errc::invalid_argument, "iso::mutex::unlock: thread %s does not hold this mutex", self->id.to_string().c_str());
   --self->locks_held;
   owner_ = nullptr;
@@ -56,7 +45,7 @@ void mutex::unlock() {
 condition_variable::~condition_variable() { ISO_ASSERT(waiters_.empty()); }
 
 void condition_variable::wait(mutex& m) {
-  detail::tcb* self = running_or_throw("iso::condition_variable::wait");
+  detail::tcb* self = detail::running_or_throw("iso::condition_variable::wait");
   if (m.owner_ != self) detail::raise(errc::invalid_argument, "iso::condition_variable::wait: thread %s does not hold the mutex", self->id.to_string().c_str());
   detail::wait_push(waiters_, self);
   m.unlock();

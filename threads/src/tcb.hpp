@@ -103,8 +103,21 @@ static_assert(sizeof(boost::context::fiber) == sizeof(void*),
 static_assert(std::is_standard_layout_v<thread_id> && std::is_trivially_copyable_v<thread_id>);
 
 // wait_queue operations on TCB links. pre: t is in no queue (push) / q is not empty (pop).
-void wait_push(wait_queue& q, tcb* t) noexcept;
-tcb* wait_pop(wait_queue& q) noexcept;
+inline void wait_push(wait_queue& q, tcb* t) noexcept {
+  t->next = nullptr;
+  t->prev = q.tail;
+  if (q.tail != nullptr) q.tail->next = t; else q.head = t;
+  q.tail = t;
+}
+
+inline tcb* wait_pop(wait_queue& q) noexcept {
+  tcb* t = q.head;
+  q.head = t->next;
+  if (q.head != nullptr) q.head->prev = nullptr; else q.tail = nullptr;
+  t->next = t->prev = nullptr;
+  return t;
+}
+
 bool wait_remove(wait_queue& q, tcb* t) noexcept;
 
 }  // namespace iso::detail

@@ -7,23 +7,6 @@
 
 namespace iso {
 namespace detail {
-namespace {
-
-scheduler& scheduler_or_throw(const char* call) {
-  scheduler* s = scheduler::current();
-  if (s == nullptr) raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
-  return *s;
-}
-
-tcb* running_or_throw(const char* call) {
-  tcb* t = scheduler_or_throw(call).running();
-  if (t == nullptr) raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
-  return t;
-}
-
-// Set by the migration module; without it migrate_to can only stay.
-}  // namespace
-
 migrate_to_fn migrate_to_impl = nullptr;
 join_fn join_impl = nullptr;
 
@@ -102,8 +85,9 @@ const char* name() noexcept {
 }
 
 void yield() {
-  detail::running_or_throw("iso::this_thread::yield");
-  detail::scheduler::current()->yield_running();
+  detail::scheduler* s = detail::scheduler::current();
+  if (s == nullptr || s->running() == nullptr) detail::running_or_throw("iso::this_thread::yield");  // throws
+  s->yield_running();
 }
 
 void sleep_for_ns(std::int64_t ns) {
