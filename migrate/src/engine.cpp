@@ -49,12 +49,10 @@ std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_s
 
 }  // namespace
 
-engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout) : sched_(s), layout_(layout) {
+engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
+    : sched_(s), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), id_ranks_(size_), layout_(layout) {
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
-  if (MPI_Comm_dup(comm, &comm_) != MPI_SUCCESS) raise(errc::mpi_failure, "MPI_Comm_dup failed for the migration engine");
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
-  id_ranks_ = size_;
+  outboxes_.resize(static_cast<std::size_t>(size_));
   s.set_depart_hook(&depart_hook);
   s.set_finish_hook(&finish_hook);
   migrate_to_impl = &migrate_to_hook;
@@ -68,9 +66,6 @@ engine::~engine() {
   join_impl = nullptr;
   sched_.set_depart_hook(nullptr);
   sched_.set_finish_hook(nullptr);
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Comm_free(&comm_);
 }
 
 engine* engine::current() noexcept { return g_engine; }
@@ -110,10 +105,11 @@ std::size_t engine::held_messages() const noexcept {
 
 // ---------------------------------------------------------------- transport
 
-void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcept {
+void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer, int batch_dest) noexcept {
   try {
     outgoing& o = sends_.emplace_back();
     o.buffer = std::move(buffer);
+    o.batch_dest = batch_dest;
     if (MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_, &o.request) != MPI_SUCCESS) {
       fatal("MPI_Isend of %zu bytes to rank %d failed", o.buffer.size(), dest);
     }
@@ -123,7 +119,31 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcep
   }
 }
 
+void engine::post_data(int dest, sys_vector<unsigned char>&& wire) noexcept {
+  outbox& box = outboxes_[static_cast<std::size_t>(dest)];
+  try {
+    const auto bytes = static_cast<std::uint32_t>(wire.size());
+    if (box.batch.empty()) ++unsent_batches_;
+    const auto* b = reinterpret_cast<const unsigned char*>(&bytes);
+    box.batch.insert(box.batch.end(), b, b + sizeof bytes);
+    box.batch.insert(box.batch.end(), wire.begin(), wire.end());
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while queueing a message for rank %d", dest);
+  }
+  if (box.in_flight < batch_window || box.batch.size() >= batch_flush_bytes) flush(dest);
+}
+
+void engine::flush(int dest) noexcept {
+  outbox& box = outboxes_[static_cast<std::size_t>(dest)];
+  if (box.batch.empty()) return;
+  --unsent_batches_;
+  ++box.in_flight;
+  post(dest, tag_data, std::move(box.batch), dest);
+  box.batch = {};
+}
+
 void engine::complete_sends() noexcept {
+  for (std::size_t dest = 0; dest < outboxes_.size(); ++dest) flush(static_cast<int>(dest));
   for (outgoing& o : sends_) MPI_Wait(&o.request, MPI_STATUS_IGNORE);
   sends_.clear();
 }
@@ -144,7 +164,16 @@ bool engine::poll() noexcept {
   for (auto it = sends_.begin(); it != sends_.end();) {
     int done = 0;
     MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-    it = done ? sends_.erase(it) : std::next(it);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    if (it->batch_dest >= 0) --outboxes_[static_cast<std::size_t>(it->batch_dest)].in_flight;
+    it = sends_.erase(it);
+  }
+  // Batches that waited for room in their window.
+  for (std::size_t dest = 0; unsent_batches_ != 0 && dest < outboxes_.size(); ++dest) {
+    if (outboxes_[dest].in_flight < batch_window) flush(static_cast<int>(dest));
   }
   for (auto it = departures_.begin(); it != departures_.end();) {
     int done = 0;
@@ -188,7 +217,17 @@ bool engine::poll() noexcept {
       } else if (tag == tag_image) {
         start_arrival(st.MPI_SOURCE, std::move(buf));
       } else {
-        on_data(std::move(buf), true);
+        // A batch: records [u32 bytes][data_header][payload], in the order they were sent.
+        for (std::size_t at = 0; at + sizeof(std::uint32_t) <= buf.size();) {
+          std::uint32_t bytes = 0;
+          std::memcpy(&bytes, buf.data() + at, sizeof bytes);
+          at += sizeof bytes;
+          ISO_ASSERT(bytes >= sizeof(data_header) && at + bytes <= buf.size());
+          on_data(sys_vector<unsigned char>(buf.begin() + static_cast<std::ptrdiff_t>(at),
+                                            buf.begin() + static_cast<std::ptrdiff_t>(at + bytes)),
+                  true);
+          at += bytes;
+        }
       }
     }
   }
@@ -478,7 +517,7 @@ int engine::route_out(sys_vector<unsigned char>&& wire) {
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
   std::memcpy(wire.data(), &h, sizeof h);
-  post(target.rank, tag_data, std::move(wire));
+  post_data(target.rank, std::move(wire));
   return target.rank;
 }
 
@@ -504,7 +543,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     h.min_epoch = next.epoch;
     std::memcpy(wire.data(), &h, sizeof h);
     ++stats_.forwarded;
-    post(next.rank, tag_data, std::move(wire));
+    post_data(next.rank, std::move(wire));
     return;
   }
   if (bool joined = false; home_of(to) == rank_ && finished_record(to, &joined)) {
@@ -593,8 +632,7 @@ void engine::drop(const data_header& h, const char* why) noexcept {
 }
 
 message engine::recv() {
-  tcb* self = sched_.running();
-  if (self == nullptr) raise(errc::not_in_thread, "iso::recv must be called from a migratable thread");
+  tcb* self = running_or_throw("iso::recv");
   mailbox& mb = mailbox_of(self);
   // As in join(): after a suspension only the mailbox (in the thread's heap) and
   // scheduler::current() may be used, never `this`.

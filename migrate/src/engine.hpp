@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <list>
 
+#include "comm.hpp"
 #include "image.hpp"
 #include "isothreads/messaging.hpp"
 #include "scheduler.hpp"
@@ -91,8 +92,9 @@ class engine {
 
   work_counters& counters() noexcept { return counters_; }
   void set_observer(engine_observer* o) noexcept { observer_ = o; }
-  // Threads in transit from or to this rank (they count as live for termination).
-  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size(); }
+  // Threads in transit from or to this rank, and batches of messages not handed to MPI yet:
+  // work that termination detection must count as live.
+  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size() + unsent_batches_; }
   // Messages held for threads that have not arrived.
   std::size_t held_messages() const noexcept;
 
@@ -123,7 +125,19 @@ class engine {
   struct outgoing {                     // an Isend and the buffer it reads
     MPI_Request request;
     sys_vector<unsigned char> buffer;
+    int batch_dest;                     // a batch of data messages to this rank; -1: anything else
   };
+  // Data messages to one rank. Each becomes a record [u32 bytes][data_header][payload] of a batch;
+  // a batch is sent at once while fewer than batch_window batches to that rank are in flight, and
+  // otherwise grows until one completes. So a lone message leaves immediately, and a flood
+  // becomes a few large sends instead of one MPI request per message (Open MPI slows down badly
+  // with thousands of requests outstanding).
+  struct outbox {
+    sys_vector<unsigned char> batch;    // records not handed to MPI yet
+    std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
+  };
+  static constexpr std::uint32_t batch_window = 4;
+  static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
     tcb* thread;
     int dest;
@@ -158,7 +172,9 @@ class engine {
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
-  void post(int dest, int tag, sys_vector<unsigned char>&& buffer) noexcept;
+  void post(int dest, int tag, sys_vector<unsigned char>&& buffer, int batch_dest = -1) noexcept;
+  void post_data(int dest, sys_vector<unsigned char>&& wire) noexcept;  // into dest's outbox
+  void flush(int dest) noexcept;                                         // dest's batch, now
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
   bool finished_record(thread_id id, bool* joined) const noexcept;
@@ -169,9 +185,9 @@ class engine {
   static void join_hook(scheduler& s, tcb* self, thread_id t);
 
   scheduler& sched_;
-  MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
+  private_comm comm_;
+  int rank_;
+  int size_;
   int id_ranks_ = 1;          // thread ids name home ranks below this (size_, or more after a restart)
   std::uint64_t layout_;
   work_counters counters_;
@@ -179,6 +195,8 @@ class engine {
   engine_observer* observer_ = nullptr;
 
   std::list<outgoing, sys_allocator<outgoing>> sends_;
+  sys_vector<outbox> outboxes_;                         // by destination rank
+  std::size_t unsent_batches_ = 0;                      // outboxes with records waiting
   std::list<departure, sys_allocator<departure>> departures_;
   std::list<arrival, sys_allocator<arrival>> arrivals_;
 
