@@ -683,6 +683,8 @@ void heap::reset_empty_pages(bool decommit) noexcept {
 
 void heap::trim() noexcept { reset_empty_pages(true); }
 
+void heap::drop_empty_pages() noexcept { reset_empty_pages(false); }
+
 std::size_t heap::image_bytes() const noexcept {
   std::size_t extents = 0, data = 0;
   for_each_extent([&](void*, std::size_t bytes) {

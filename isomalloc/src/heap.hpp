@@ -90,6 +90,9 @@ class heap {
 
   // Gives the physical memory of free pages back to the kernel (madvise), keeping the addresses.
   void trim() noexcept;
+  // Before the heap's extents are shipped: small pages with no live block forget their free
+  // lists (such pages are not in the image, so their contents do not travel). No system call.
+  void drop_empty_pages() noexcept;
 
   // Full consistency check: headers, descriptors, free lists, live counts, extents.
   bool is_valid() const noexcept;

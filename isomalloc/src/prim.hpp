@@ -33,6 +33,11 @@ int unreserve(void* addr, std::size_t bytes) noexcept;
 // Guard pages inside the range stay installed. pre: page-aligned.
 int decommit(void* addr, std::size_t bytes) noexcept;
 
+// Gives the physical pages of [addr, addr+bytes) back to the kernel lazily (MADV_FREE): the
+// kernel takes them when it needs memory, and until then a write reuses a page without a fault.
+// Contents are undefined afterwards (old data, or zero). Falls back to decommit.
+int release_lazily(void* addr, std::size_t bytes) noexcept;
+
 // Installs guard pages over [addr, addr+bytes): any access raises SIGSEGV. With
 // MADV_GUARD_INSTALL (Linux >= 6.13) no new mapping is created; older kernels fall back to
 // mprotect(PROT_NONE), which splits the mapping (see prim.cpp).

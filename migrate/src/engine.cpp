@@ -21,8 +21,7 @@ namespace {
 engine* g_engine = nullptr;
 
 // MPI tags on the engine's private communicator.
-constexpr int tag_data = 1;
-constexpr int tag_ctrl = 2;
+constexpr int tag_data = 1;          // a batch of records (outbox)
 constexpr int tag_image = 3;        // image header + extent table
 constexpr int tag_image_data = 4;   // extent pieces, in extent order; never probed for
 // Messages handled per poll() and tag, so that a flood cannot starve the threads.
@@ -119,14 +118,14 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer, int bat
   }
 }
 
-void engine::post_data(int dest, sys_vector<unsigned char>&& wire) noexcept {
+void engine::post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept {
   outbox& box = outboxes_[static_cast<std::size_t>(dest)];
   try {
-    const auto bytes = static_cast<std::uint32_t>(wire.size());
+    const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
     if (box.batch.empty()) ++unsent_batches_;
-    const auto* b = reinterpret_cast<const unsigned char*>(&bytes);
-    box.batch.insert(box.batch.end(), b, b + sizeof bytes);
-    box.batch.insert(box.batch.end(), wire.begin(), wire.end());
+    const auto* h = reinterpret_cast<const unsigned char*>(head);
+    box.batch.insert(box.batch.end(), h, h + sizeof head);
+    box.batch.insert(box.batch.end(), bytes, bytes + n);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while queueing a message for rank %d", dest);
   }
@@ -153,9 +152,7 @@ void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
     on_ctrl(m);
     return;
   }
-  sys_vector<unsigned char> buf(sizeof m);
-  std::memcpy(buf.data(), &m, sizeof m);
-  post(dest, tag_ctrl, std::move(buf));
+  post_record(dest, record::ctrl, reinterpret_cast<const unsigned char*>(&m), sizeof m);
 }
 
 bool engine::poll() noexcept {
@@ -198,7 +195,7 @@ bool engine::poll() noexcept {
     finish_arrival(a);
     did = true;
   }
-  for (int tag : {tag_ctrl, tag_image, tag_data}) {
+  for (int tag : {tag_image, tag_data}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;
       MPI_Status st;
@@ -210,23 +207,34 @@ bool engine::poll() noexcept {
       MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
       ++counters_.received;
       did = true;
-      if (tag == tag_ctrl) {
-        ctrl_msg m;
-        std::memcpy(&m, buf.data(), sizeof m);
-        on_ctrl(m);
-      } else if (tag == tag_image) {
+      if (tag == tag_image) {
         start_arrival(st.MPI_SOURCE, std::move(buf));
-      } else {
-        // A batch: records [u32 bytes][data_header][payload], in the order they were sent.
-        for (std::size_t at = 0; at + sizeof(std::uint32_t) <= buf.size();) {
-          std::uint32_t bytes = 0;
-          std::memcpy(&bytes, buf.data() + at, sizeof bytes);
-          at += sizeof bytes;
-          ISO_ASSERT(bytes >= sizeof(data_header) && at + bytes <= buf.size());
-          on_data(sys_vector<unsigned char>(buf.begin() + static_cast<std::ptrdiff_t>(at),
-                                            buf.begin() + static_cast<std::ptrdiff_t>(at + bytes)),
-                  true);
-          at += bytes;
+        continue;
+      }
+      // A batch: records [u32 kind][u32 bytes][bytes], in the order they were sent.
+      for (std::size_t at = 0; at + 2 * sizeof(std::uint32_t) <= buf.size();) {
+        std::uint32_t head[2];
+        std::memcpy(head, buf.data() + at, sizeof head);
+        at += sizeof head;
+        ISO_ASSERT(at + head[1] <= buf.size());
+        sys_vector<unsigned char> rec(buf.begin() + static_cast<std::ptrdiff_t>(at),
+                                      buf.begin() + static_cast<std::ptrdiff_t>(at + head[1]));
+        at += head[1];
+        switch (static_cast<record>(head[0])) {
+          case record::data:
+            ISO_ASSERT(rec.size() >= sizeof(data_header));
+            on_data(std::move(rec), true);
+            break;
+          case record::ctrl: {
+            ISO_ASSERT(rec.size() == sizeof(ctrl_msg));
+            ctrl_msg m;
+            std::memcpy(&m, rec.data(), sizeof m);
+            on_ctrl(m);
+            break;
+          }
+          case record::image:
+            start_arrival(st.MPI_SOURCE, std::move(rec));
+            break;
         }
       }
     }
@@ -248,15 +256,24 @@ void engine::depart(tcb* t) noexcept {
     departed_[id.bits()] = {dest, t->epoch};
     if (home_of(id) == rank_) location_[id.bits()] = {dest, t->epoch};
     cache_.erase(id.bits());
-    // Free pages need not travel, nor stay resident here.
-    t->home_heap->trim();
+    const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
+    sys_vector<unsigned char> image = build_image_header(t, layout_, true);
+    const auto& small = *reinterpret_cast<const image_header*>(image.data());
+    if (small.inline_data == 1) {
+      // Small: the image is copied into the message, so this rank's copy can go at once.
+      ++stats_.departures;
+      stats_.bytes_out += small.data_bytes;
+      released(small, t->stack, dest, t->epoch, start_ns);
+      post_record(dest, record::image, image.data(), image.size());
+      return;
+    }
     departure& d = departures_.emplace_back();
     d.thread = t;
     d.dest = dest;
     d.epoch = t->epoch;
     d.stack = t->stack;
-    d.start_ns = observer_ != nullptr ? now_ns() : 0;
-    d.header = build_image_header(t, layout_);
+    d.start_ns = start_ns;
+    d.header = std::move(image);
     const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
     d.requests.emplace_back();
     if (MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image, comm_,
@@ -283,16 +300,21 @@ void engine::depart(tcb* t) noexcept {
 }
 
 void engine::finish_departure(departure& d) noexcept {
-  // The destination has every byte: give this rank's copy back to the kernel. The stack's guard
-  // goes too (guards mark exactly the stacks of threads a rank holds).
-  const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
-  if (observer_ != nullptr) {
-    observer_->departed(thread_id::from_bits(h.thread), d.epoch, d.dest, h.data_bytes, d.start_ns, now_ns());
-  }
-  const image_extent* e = image_extents(h);
-  for (std::uint32_t i = 0; i < h.nextents; ++i) prim::decommit(reinterpret_cast<void*>(e[i].addr), e[i].bytes);
-  stack_pool::disarm(d.stack);
-  prim::decommit(d.stack.base, d.stack.bytes);
+  released(*reinterpret_cast<const image_header*>(d.header.data()), d.stack, d.dest, d.epoch, d.start_ns);
+}
+
+void engine::released(const image_header& h, const stack_run& stack, int dest, std::uint32_t epoch,
+                      std::int64_t start_ns) noexcept {
+  if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now_ns());
+  // The destination has every byte: give this rank's copy back to the kernel, lazily, so that a
+  // thread that comes back soon (load balancing moves threads back and forth) lands in pages that
+  // are still mapped instead of faulting each one in. The stack's guard goes too (guards mark
+  // exactly the stacks of threads a rank holds).
+  // Whole chunk runs, free pages and all: fewer calls than one per extent.
+  reinterpret_cast<tcb*>(h.tcb)->home_heap->for_each_run(
+      [](void* run, std::size_t chunks) { prim::release_lazily(run, chunks * chunk_bytes); });
+  stack_pool::disarm(stack);
+  prim::release_lazily(stack.base, stack.bytes);
 }
 
 void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
@@ -311,6 +333,18 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     finish_departure(*it);
     departures_.erase(it);
     break;
+  }
+  if (h->inline_data == 1) {
+    // A small image carried its bytes along: put them in place and the thread is here.
+    const unsigned char* data = image_inline_data(*h);
+    const image_extent* e = image_extents(*h);
+    for (std::uint32_t i = 0; i < h->nextents; ++i) {
+      std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
+      data += e[i].bytes;
+    }
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, {}};
+    finish_arrival(a);
+    return;
   }
   try {
     arrival& a = arrivals_.emplace_back();
@@ -517,7 +551,7 @@ int engine::route_out(sys_vector<unsigned char>&& wire) {
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
   std::memcpy(wire.data(), &h, sizeof h);
-  post_data(target.rank, std::move(wire));
+  post_record(target.rank, record::data, wire.data(), wire.size());
   return target.rank;
 }
 
@@ -543,7 +577,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     h.min_epoch = next.epoch;
     std::memcpy(wire.data(), &h, sizeof h);
     ++stats_.forwarded;
-    post_data(next.rank, std::move(wire));
+    post_record(next.rank, record::data, wire.data(), wire.size());
     return;
   }
   if (bool joined = false; home_of(to) == rank_ && finished_record(to, &joined)) {

@@ -127,11 +127,12 @@ class engine {
     sys_vector<unsigned char> buffer;
     int batch_dest;                     // a batch of data messages to this rank; -1: anything else
   };
-  // Data messages to one rank. Each becomes a record [u32 bytes][data_header][payload] of a batch;
-  // a batch is sent at once while fewer than batch_window batches to that rank are in flight, and
-  // otherwise grows until one completes. So a lone message leaves immediately, and a flood
-  // becomes a few large sends instead of one MPI request per message (Open MPI slows down badly
-  // with thousands of requests outstanding).
+  // Everything small for one rank: thread messages, control messages, and small thread images.
+  // Each becomes a record [u32 kind][u32 bytes][bytes] of a batch; a batch is sent at once while
+  // fewer than batch_window batches to that rank are in flight, and otherwise grows until one
+  // completes. So a lone message leaves immediately, and a flood becomes a few large sends
+  // instead of one MPI request per message (Open MPI slows down badly with thousands of requests
+  // outstanding).
   struct outbox {
     sys_vector<unsigned char> batch;    // records not handed to MPI yet
     std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
@@ -160,6 +161,8 @@ class engine {
 
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
+  // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
+  void released(const image_header& h, const stack_run& stack, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
   void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
   void finish_arrival(arrival& a) noexcept;
   void finished(tcb* t) noexcept;
@@ -173,7 +176,8 @@ class engine {
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
   void post(int dest, int tag, sys_vector<unsigned char>&& buffer, int batch_dest = -1) noexcept;
-  void post_data(int dest, sys_vector<unsigned char>&& wire) noexcept;  // into dest's outbox
+  enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2 };
+  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;  // into dest's outbox
   void flush(int dest) noexcept;                                         // dest's batch, now
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;

@@ -21,7 +21,7 @@ std::uint64_t header_checksum(const image_header& h) {
 
 }  // namespace
 
-sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout) {
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
   const std::size_t page = prim::page_size();
   sys_vector<image_extent> extents;
   // The saved context is the stack pointer at the switch: everything live is above it.
@@ -30,13 +30,18 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout) {
   const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1);
   const std::uintptr_t stack_hi = reinterpret_cast<std::uintptr_t>(t->stack.top());
   extents.push_back({stack_lo, stack_hi - stack_lo});
+  t->home_heap->drop_empty_pages();  // their pages stay out of the image: so must their free lists
   t->home_heap->for_each_extent([&](void* addr, std::size_t bytes) {
     extents.push_back({reinterpret_cast<std::uintptr_t>(addr), bytes});
   });
   std::sort(extents.begin(), extents.end(),
             [](const image_extent& a, const image_extent& b) { return a.addr < b.addr; });
 
-  sys_vector<unsigned char> buffer(sizeof(image_header) + extents.size() * sizeof(image_extent));
+  std::uint64_t data_bytes = 0;
+  for (const image_extent& e : extents) data_bytes += e.bytes;
+  const bool inline_data = allow_inline && data_bytes <= inline_image_bytes;
+  const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
+  sys_vector<unsigned char> buffer(table_end + (inline_data ? data_bytes : 0));
   image_header h{};
   h.magic = image_magic;
   h.version = image_version;
@@ -44,8 +49,16 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout) {
   h.layout = layout;
   h.thread = t->id.bits();
   h.tcb = reinterpret_cast<std::uintptr_t>(t);
-  for (const image_extent& e : extents) h.data_bytes += e.bytes;
+  h.data_bytes = data_bytes;
+  h.inline_data = inline_data ? 1 : 0;
   std::memcpy(buffer.data() + sizeof h, extents.data(), extents.size() * sizeof(image_extent));
+  if (inline_data) {
+    unsigned char* at = buffer.data() + table_end;
+    for (const image_extent& e : extents) {
+      std::memcpy(at, reinterpret_cast<const void*>(e.addr), e.bytes);
+      at += e.bytes;
+    }
+  }
   std::memcpy(buffer.data(), &h, sizeof h);
   const std::uint64_t sum = header_checksum(*reinterpret_cast<const image_header*>(buffer.data()));
   std::memcpy(buffer.data() + offsetof(image_header, checksum), &sum, sizeof sum);
@@ -61,8 +74,11 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
   if (h.version != image_version) {
     raise(errc::corrupt_image, "thread image rejected: format version %u, this build reads %u", h.version, image_version);
   }
-  if (bytes != sizeof h + std::size_t{h.nextents} * sizeof(image_extent)) {
-    raise(errc::corrupt_image, "thread image rejected: header of %zu bytes for %u extents", bytes, h.nextents);
+  const std::size_t table_end = sizeof h + std::size_t{h.nextents} * sizeof(image_extent);
+  if (h.inline_data > 1 || (h.inline_data == 1 && h.data_bytes > inline_image_bytes) ||
+      bytes != table_end + (h.inline_data == 1 ? h.data_bytes : 0)) {
+    raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents%s", bytes, h.nextents,
+          h.inline_data == 1 ? " and their inline data" : "");
   }
   if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
   if (h.layout != layout) {

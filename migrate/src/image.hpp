@@ -2,7 +2,9 @@
 //
 // Layout on the wire: one header message (image_header, then nextents image_extent entries),
 // then the extents' bytes, each sent straight from its address in pieces of at most
-// max_piece_bytes (MPI counts are ints) and received straight into the same addresses.
+// max_piece_bytes (MPI counts are ints) and received straight into the same addresses. A small
+// image (at most inline_image_bytes of data) travels whole in the header message instead: one
+// eager send beats a rendezvous per extent, and copying a few pages costs less than that.
 // Extents: the live part of the stack (saved stack pointer, rounded down to a page, to the top of
 // the run) and the heap's live page runs (heap::for_each_extent), which contain the TCB.
 #pragma once
@@ -19,6 +21,7 @@ struct tcb;
 inline constexpr std::uint64_t image_magic = 0x474d49737268746full;  // "othrsIMG"
 inline constexpr std::uint32_t image_version = 1;
 inline constexpr std::size_t max_piece_bytes = std::size_t{1} << 30;
+inline constexpr std::size_t inline_image_bytes = std::size_t{64} << 10;
 
 struct image_extent {
   std::uint64_t addr;   // page-aligned address in the region
@@ -33,19 +36,27 @@ struct image_header {
   std::uint64_t thread;        // thread_id::bits()
   std::uint64_t tcb;           // address of the thread's control block (inside an extent)
   std::uint64_t data_bytes;    // sum of the extents' bytes
+  std::uint64_t inline_data;   // 1: the extents' bytes follow the table in this message
   std::uint64_t checksum;      // checksum64 of header (this field 0) and extent table
 };
 
-// The header and extent table of t's image. pre: t is suspended and detached from the scheduler.
-sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout);
+// The header and extent table of t's image, followed by the extents' bytes if the image is small
+// enough to travel inline (and `allow_inline`). Empty pages of t's heap forget their free lists
+// first (heap::drop_empty_pages). pre: t is suspended and detached from the scheduler.
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false);
 
-// Checks a received header buffer before anything is written: size, magic, version, layout,
-// checksum, and that every extent is page-aligned, inside the region, sorted and disjoint, and
-// the TCB lies inside one. Throws iso::error(corrupt_image) naming the first problem.
+// Checks a received header buffer (with its inline data, if any) before anything is written:
+// size, magic, version, layout, checksum, and that every extent is page-aligned, inside the
+// region, sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image)
+// naming the first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
 
 inline const image_extent* image_extents(const image_header& h) {
   return reinterpret_cast<const image_extent*>(&h + 1);
+}
+// The inline data of a validated header: the extents' bytes, in extent order.
+inline const unsigned char* image_inline_data(const image_header& h) {
+  return reinterpret_cast<const unsigned char*>(image_extents(h) + h.nextents);
 }
 
 }  // namespace iso::detail
