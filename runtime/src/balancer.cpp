@@ -42,24 +42,19 @@ std::size_t live_image_bytes(tcb* t) {
 balancer::balancer(MPI_Comm comm, scheduler& s, engine& e)
     : sched_(s),
       engine_(e),
+      comm_(comm),
+      rank_(comm_.rank()),
+      size_(comm_.size()),
       period_start_ns_(now_ns()),
       period_start_cycles_(prim::cycles()),
       idle_at_start_(s.idle_cycles()),
       last_balance_ns_(now_ns()) {
-  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
   const char* env = std::getenv("ISO_LB");
   set_strategy(lb::by_name(env != nullptr && *env != '\0' ? env : "greedy"));
   g_balancer = this;
 }
 
-balancer::~balancer() {
-  g_balancer = nullptr;
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Comm_free(&comm_);
-}
+balancer::~balancer() { g_balancer = nullptr; }
 
 balancer* balancer::current() noexcept { return g_balancer; }
 
@@ -94,17 +89,7 @@ void balancer::step() noexcept {
     // Everyone's, on every rank.
     sys_vector<wire_rank> ranks(static_cast<std::size_t>(size_));
     check_mpi(MPI_Allgather(&me, sizeof me, MPI_BYTE, ranks.data(), sizeof me, MPI_BYTE, comm_), "MPI_Allgather (lb)");
-    const int count = static_cast<int>(mine.size() * sizeof(wire_load));
-    sys_vector<int> counts(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
-    check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_), "MPI_Allgather (lb)");
-    int total = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[static_cast<std::size_t>(r)] = total;
-      total += counts[static_cast<std::size_t>(r)];
-    }
-    sys_vector<wire_load> all(static_cast<std::size_t>(total) / sizeof(wire_load));
-    check_mpi(MPI_Allgatherv(mine.data(), count, MPI_BYTE, all.data(), counts.data(), displs.data(), MPI_BYTE, comm_),
-              "MPI_Allgatherv (lb)");
+    const sys_vector<sys_vector<wire_load>> all = allgather_all(comm_, mine);
 
     lb::problem p;
     p.ranks = size_;
@@ -114,10 +99,8 @@ void balancer::step() noexcept {
       since_balance = std::max(since_balance, r.since_balance);
     }
     for (int r = 0; r < size_; ++r) {
-      const std::size_t first = static_cast<std::size_t>(displs[static_cast<std::size_t>(r)]) / sizeof(wire_load);
-      const std::size_t n = static_cast<std::size_t>(counts[static_cast<std::size_t>(r)]) / sizeof(wire_load);
-      for (std::size_t i = first; i < first + n; ++i) {
-        p.threads.push_back({thread_id::from_bits(all[i].id), r, all[i].load, all[i].bytes});
+      for (const wire_load& w : all[static_cast<std::size_t>(r)]) {
+        p.threads.push_back({thread_id::from_bits(w.id), r, w.load, w.bytes});
       }
     }
     std::sort(p.threads.begin(), p.threads.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -213,13 +196,6 @@ detail::balancer& balancer_or_throw(const char* call) {
   return *b;
 }
 
-detail::tcb* running_or_throw(const char* call) {
-  detail::scheduler* s = detail::scheduler::current();
-  detail::tcb* t = s != nullptr ? s->running() : nullptr;
-  if (t == nullptr) detail::raise(errc::not_in_thread, "%s must be called from a migratable thread", call);
-  return t;
-}
-
 }  // namespace
 
 void set_strategy(std::unique_ptr<strategy> s) {
@@ -234,14 +210,14 @@ void set_strategy(const std::string& name) {
 
 void sync() {
   balancer_or_throw("iso::lb::sync");
-  running_or_throw("iso::lb::sync");
+  detail::running_or_throw("iso::lb::sync");
   detail::scheduler::current()->block_running(detail::wait_reason::sync);
 }
 
 void set_period(std::chrono::duration<double> period) { balancer_or_throw("iso::lb::set_period").set_period(period.count()); }
 
 void set_load(double seconds) {
-  detail::tcb* self = running_or_throw("iso::lb::set_load");
+  detail::tcb* self = detail::running_or_throw("iso::lb::set_load");
   if (!(seconds >= 0)) detail::raise(errc::invalid_argument, "iso::lb::set_load(%g): a load is a non-negative time in seconds", seconds);
   self->set_load = seconds;
 }

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "comm.hpp"
 #include "engine.hpp"
 #include "isothreads/lb.hpp"
 #include "scheduler.hpp"
@@ -36,9 +37,9 @@ class balancer {
  private:
   scheduler& sched_;
   engine& engine_;
-  MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
+  private_comm comm_;
+  int rank_;
+  int size_;
   std::unique_ptr<lb::strategy> strategy_;
   double period_s_ = 0;
   std::int64_t period_start_ns_;        // start of the current measuring period

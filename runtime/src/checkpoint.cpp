@@ -170,19 +170,11 @@ void agree(MPI_Comm comm, const std::string& mine, errc code) {
 }  // namespace
 
 checkpointer::checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout)
-    : sched_(s), engine_(e), layout_(layout) {
-  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
+    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), layout_(layout) {
   g_checkpointer = this;
 }
 
-checkpointer::~checkpointer() {
-  g_checkpointer = nullptr;
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Comm_free(&comm_);
-}
+checkpointer::~checkpointer() { g_checkpointer = nullptr; }
 
 checkpointer* checkpointer::current() noexcept { return g_checkpointer; }
 
@@ -547,10 +539,9 @@ namespace iso {
 void checkpoint(const std::string& dir) {
   detail::checkpointer* c = detail::checkpointer::current();
   if (c == nullptr) detail::raise(errc::no_runtime, "iso::checkpoint: no isothreads runtime in this process (create iso::runtime first)");
-  detail::scheduler* s = detail::scheduler::current();
-  if (s == nullptr || s->running() == nullptr) detail::raise(errc::not_in_thread, "iso::checkpoint must be called from a migratable thread");
+  detail::running_or_throw("iso::checkpoint");
   c->request(dir);
-  s->block_running(detail::wait_reason::checkpoint);
+  detail::scheduler::current()->block_running(detail::wait_reason::checkpoint);
   // Resumed, perhaps in another process (a restart): c and s named this process's objects, so
   // look the checkpointer up again.
   const std::string& failure = detail::checkpointer::current()->failure();

@@ -18,6 +18,7 @@
 
 #include <string>
 
+#include "comm.hpp"
 #include "engine.hpp"
 #include "scheduler.hpp"
 
@@ -50,9 +51,9 @@ class checkpointer {
 
   scheduler& sched_;
   engine& engine_;
-  MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
+  private_comm comm_;
+  int rank_;
+  int size_;
   std::uint64_t layout_;
   std::string dir_;          // requested by this rank's threads for the pending step
   std::string failure_;

@@ -12,7 +12,7 @@
 
 #include "checksum.hpp"
 #include "diag.hpp"
-#include "mpi_peers.hpp"
+#include "comm.hpp"
 
 namespace iso::detail {
 namespace {
@@ -112,21 +112,10 @@ std::uint64_t verify_layout(MPI_Comm comm) {
   if (same) return mine;
 
   // They differ: every rank gets everyone's text and names the differences against rank 0's.
-  const int len = static_cast<int>(text.size());
-  sys_vector<int> lens(static_cast<std::size_t>(size)), displs(static_cast<std::size_t>(size));
-  check_mpi(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm), "MPI_Allgather (layout)");
-  int total = 0;
-  for (int r = 0; r < size; ++r) {
-    displs[static_cast<std::size_t>(r)] = total;
-    total += lens[static_cast<std::size_t>(r)];
-  }
-  std::string flat(static_cast<std::size_t>(total), '\0');
-  check_mpi(MPI_Allgatherv(text.data(), len, MPI_CHAR, flat.data(), lens.data(), displs.data(), MPI_CHAR, comm),
-            "MPI_Allgatherv (layout)");
+  const auto texts = allgather_all(comm, sys_vector<char>(text.begin(), text.end()));
   auto lines_of = [&](int r) {
     sys_vector<std::string> out;
-    const std::string t = flat.substr(static_cast<std::size_t>(displs[static_cast<std::size_t>(r)]),
-                                      static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]));
+    const std::string t(texts[static_cast<std::size_t>(r)].begin(), texts[static_cast<std::size_t>(r)].end());
     for (std::size_t at = 0; at < t.size();) {
       const std::size_t nl = t.find('\n', at);
       out.push_back(t.substr(at, nl - at));

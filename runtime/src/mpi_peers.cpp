@@ -5,58 +5,56 @@
 
 namespace iso::detail {
 
-void check_mpi(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  raise(errc::mpi_failure, "%s failed: %.*s", what, len, text);
+mpi_region_peers::mpi_region_peers(MPI_Comm comm) : user_comm_(comm), comm_(comm) {
+  const auto n = static_cast<std::size_t>(comm_.size());
+  waiting_.resize(n);
+  in_flight_.assign(n, 0);
+  sent_to_.assign(n, 0);
 }
 
-mpi_region_peers::mpi_region_peers(MPI_Comm comm) : user_comm_(comm) {
-  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-  // Report MPI errors as return codes on this communicator, so that they become iso::error.
-  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
-  sent_to_.assign(static_cast<std::size_t>(size_), 0);
+void mpi_region_peers::receive(const MPI_Status& status) {
+  int count = 0;
+  MPI_Get_count(&status, MPI_UINT64_T, &count);
+  sys_vector<std::uint64_t> pairs(static_cast<std::size_t>(count));
+  check_mpi(MPI_Recv(pairs.data(), count, MPI_UINT64_T, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE),
+            "MPI_Recv (region returns)");
+  for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    ++received_;
+    region::get().accept_returned(pairs[i], pairs[i + 1]);
+  }
 }
 
 void mpi_region_peers::drain() {
   heap_scope system(nullptr);
+  for (int owner = 0; owner < comm_.size(); ++owner) flush(owner);
   std::uint64_t expected = 0;
   check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),
             "MPI_Reduce_scatter_block (region returns)");
   while (received_ < expected) {
-    std::array<std::uint64_t, 2> payload{};
-    check_mpi(MPI_Recv(payload.data(), 2, MPI_UINT64_T, MPI_ANY_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE),
-              "MPI_Recv (region returns)");
-    ++received_;
-    region::get().accept_returned(payload[0], payload[1]);
+    MPI_Status status;
+    check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
+    receive(status);
   }
   for (send& s : sends_) MPI_Wait(&s.request, MPI_STATUS_IGNORE);
   sends_.clear();
 }
 
 sys_vector<sys_vector<std::uint64_t>> mpi_region_peers::allgather(const sys_vector<std::uint64_t>& mine) {
-  const int count = static_cast<int>(mine.size());
-  sys_vector<int> counts(static_cast<std::size_t>(size_));
-  check_mpi(MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_), "MPI_Allgather");
-  sys_vector<int> displs(counts.size());
-  int total = 0;
-  for (std::size_t r = 0; r < counts.size(); ++r) {
-    displs[r] = total;
-    total += counts[r];
+  return allgather_all(comm_, mine);
+}
+
+void mpi_region_peers::flush(int owner) noexcept {
+  sys_vector<std::uint64_t>& pairs = waiting_[static_cast<std::size_t>(owner)];
+  if (pairs.empty()) return;
+  send& s = sends_.emplace_back();
+  s.payload = std::move(pairs);
+  s.owner = owner;
+  pairs = {};
+  ++in_flight_[static_cast<std::size_t>(owner)];
+  if (MPI_Isend(s.payload.data(), static_cast<int>(s.payload.size()), MPI_UINT64_T, owner, tag_return, comm_,
+                &s.request) != MPI_SUCCESS) {
+    fatal("could not return %zu runs to their owner, rank %d (MPI_Isend failed)", s.payload.size() / 2, owner);
   }
-  sys_vector<std::uint64_t> flat(static_cast<std::size_t>(total));
-  check_mpi(MPI_Allgatherv(mine.data(), count, MPI_UINT64_T, flat.data(), counts.data(),
-                           displs.data(), MPI_UINT64_T, comm_),
-            "MPI_Allgatherv");
-  sys_vector<sys_vector<std::uint64_t>> out(counts.size());
-  for (std::size_t r = 0; r < counts.size(); ++r) {
-    out[r].assign(flat.begin() + displs[r], flat.begin() + displs[r] + counts[r]);
-  }
-  return out;
 }
 
 void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept {
@@ -67,12 +65,11 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
   MPI_Finalized(&finalized);
   if (finalized) return;  // the owner is gone too: nothing can reuse the run any more
   try {
-    send& s = sends_.emplace_back();
-    s.payload = {addr, bytes};
+    sys_vector<std::uint64_t>& pairs = waiting_[static_cast<std::size_t>(owner)];
+    pairs.push_back(addr);
+    pairs.push_back(bytes);
     ++sent_to_[static_cast<std::size_t>(owner)];
-    if (MPI_Isend(s.payload.data(), 2, MPI_UINT64_T, owner, tag_return, comm_, &s.request) != MPI_SUCCESS) {
-      fatal("could not return run [%#zx, +%zu) to its owner, rank %d (MPI_Isend failed)", addr, bytes, owner);
-    }
+    if (in_flight_[static_cast<std::size_t>(owner)] < window) flush(owner);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while returning run [%#zx, +%zu) to rank %d", addr, bytes, owner);
   }
@@ -86,16 +83,25 @@ void mpi_region_peers::poll() noexcept {
   for (auto it = sends_.begin(); it != sends_.end();) {
     int done = 0;
     MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-    it = done ? sends_.erase(it) : std::next(it);
+    if (!done) {
+      ++it;
+      continue;
+    }
+    --in_flight_[static_cast<std::size_t>(it->owner)];
+    it = sends_.erase(it);
+  }
+  for (int owner = 0; owner < comm_.size(); ++owner) {
+    if (in_flight_[static_cast<std::size_t>(owner)] < window) flush(owner);
   }
   for (;;) {
     int arrived = 0;
     MPI_Status status;
     if (MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status) != MPI_SUCCESS || !arrived) return;
-    std::array<std::uint64_t, 2> payload{};
-    MPI_Recv(payload.data(), 2, MPI_UINT64_T, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE);
-    ++received_;
-    region::get().accept_returned(payload[0], payload[1]);
+    try {
+      receive(status);
+    } catch (const iso::error& e) {
+      fatal("%s", e.what());
+    }
   }
 }
 

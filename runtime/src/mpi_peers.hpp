@@ -6,12 +6,16 @@
 #include <array>
 #include <list>
 
+#include "comm.hpp"
 #include "region.hpp"
 
 namespace iso::detail {
 
-// region_peers over a private duplicate of a communicator. remote_free is an MPI_Isend of
-// {address, bytes}; poll() completes sends and hands arriving returns to the region.
+// region_peers over a private duplicate of a communicator. Returns to one owner travel in
+// batches of {address, bytes} pairs: a return leaves at once while fewer than `window` batches to
+// that owner are in flight, and otherwise waits for the next batch (thousands of threads ending on
+// a rank must not become thousands of outstanding MPI requests). poll() completes sends, sends
+// waiting batches and hands arriving returns to the region.
 class mpi_region_peers final : public region_peers {
  public:
   // Collective over comm (MPI_Comm_dup). Throws iso::error(mpi_failure).
@@ -19,8 +23,8 @@ class mpi_region_peers final : public region_peers {
   mpi_region_peers(const mpi_region_peers&) = delete;
   mpi_region_peers& operator=(const mpi_region_peers&) = delete;
 
-  int rank() const noexcept override { return rank_; }
-  int size() const noexcept override { return size_; }
+  int rank() const noexcept override { return comm_.rank(); }
+  int size() const noexcept override { return comm_.size(); }
   sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) override;
   void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept override;
   void poll() noexcept override;
@@ -35,18 +39,22 @@ class mpi_region_peers final : public region_peers {
 
  private:
   static constexpr int tag_return = 1;
+  static constexpr std::uint32_t window = 2;
   struct send {
     MPI_Request request;
-    std::array<std::uint64_t, 2> payload;  // {address, bytes}; must outlive the request
+    sys_vector<std::uint64_t> payload;  // {address, bytes} pairs; must outlive the request
+    int owner;
   };
+  void flush(int owner) noexcept;
+  void receive(const MPI_Status& status);
   MPI_Comm user_comm_;
-  MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
+  private_comm comm_;
   // A list, not a vector: an in-flight payload must never move.
   std::list<send, sys_allocator<send>> sends_;
-  sys_vector<std::uint64_t> sent_to_;  // returns sent to each rank so far
-  std::uint64_t received_ = 0;         // returns received so far
+  sys_vector<sys_vector<std::uint64_t>> waiting_;  // per owner: pairs not sent yet
+  sys_vector<std::uint32_t> in_flight_;            // per owner: batches sent, not completed
+  sys_vector<std::uint64_t> sent_to_;  // runs returned to each rank so far
+  std::uint64_t received_ = 0;         // runs received so far
 };
 
 // iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws
@@ -54,7 +62,5 @@ class mpi_region_peers final : public region_peers {
 void init_region_over(MPI_Comm comm);
 mpi_region_peers* installed_peers_or_null() noexcept;
 
-// Throws iso::error(mpi_failure) naming `what` if rc is not MPI_SUCCESS.
-void check_mpi(int rc, const char* what);
 
 }  // namespace iso::detail

@@ -24,21 +24,11 @@ constexpr std::int64_t max_backoff_ns = 1'000'000;
 
 }  // namespace
 
-mpi_progress::mpi_progress(MPI_Comm comm) {
-  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-}
+mpi_progress::mpi_progress(MPI_Comm comm) : comm_(comm) {}
 
-mpi_progress::~mpi_progress() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (finalized) return;
-  if (round_ != MPI_REQUEST_NULL) {
-    // A round never completes alone; cancelling collectives is not allowed, so leave it to
-    // MPI_Finalize (all ranks reach here only after a completed round).
-    round_ = MPI_REQUEST_NULL;
-  }
-  MPI_Comm_free(&comm_);
-}
+// A round still pending at the end is never completed (collectives cannot be cancelled); every
+// rank returns from run() only after a completed round, so none is left by then.
+mpi_progress::~mpi_progress() = default;
 
 bool mpi_progress::poll(scheduler&) noexcept {
   const bool did = engine_ != nullptr && engine_->poll();

@@ -35,7 +35,7 @@ class mpi_progress final : public progress_engine {
  private:
   void start_round(scheduler& s) noexcept;
 
-  MPI_Comm comm_;
+  private_comm comm_;
   engine* engine_ = nullptr;
   class balancer* balancer_ = nullptr;
   class checkpointer* checkpointer_ = nullptr;

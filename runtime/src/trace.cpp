@@ -47,10 +47,8 @@ std::string numbers(const std::vector<double>& v) {
 
 }  // namespace
 
-tracer::tracer(MPI_Comm comm, scheduler& s, engine& e) : sched_(s), engine_(e) {
-  check_mpi(MPI_Comm_dup(comm, &comm_), "MPI_Comm_dup");
-  MPI_Comm_rank(comm_, &rank_);
-  MPI_Comm_size(comm_, &size_);
+tracer::tracer(MPI_Comm comm, scheduler& s, engine& e)
+    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()) {
   // Time zero of the trace: every rank reads its clock right after one barrier, so the ranks'
   // times line up to within the barrier's skew, even across nodes whose clocks differ.
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier (trace)");
@@ -63,9 +61,6 @@ tracer::~tracer() {
   g_tracer = nullptr;
   sched_.set_run_hook(nullptr);
   engine_.set_observer(nullptr);
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized) MPI_Comm_free(&comm_);
 }
 
 tracer* tracer::current() noexcept { return g_tracer; }

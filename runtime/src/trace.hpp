@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "comm.hpp"
 #include "engine.hpp"
 #include "isothreads/lb.hpp"
 #include "scheduler.hpp"
@@ -66,9 +67,9 @@ class tracer final : public engine_observer {
 
   scheduler& sched_;
   engine& engine_;
-  MPI_Comm comm_;
-  int rank_ = 0;
-  int size_ = 1;
+  private_comm comm_;
+  int rank_;
+  int size_;
   std::int64_t origin_ns_;              // the trace's time zero, in this rank's clock
   std::string path_;
   sys_vector<event> events_;
