@@ -384,6 +384,7 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   const interval s = share(rank_);
+  if (settle_hook hook = settle_hook_.load(std::memory_order_relaxed); hook != nullptr) hook(addr, bytes);
   if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr && !hook(addr, bytes)) {
     std::lock_guard<std::mutex> g(lock_);
     ++stats_.kept_returns;

@@ -111,6 +111,10 @@ class region {
   // block whose range came home (true).
   using return_hook = bool (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
   void set_return_hook(return_hook hook) noexcept { return_hook_.store(hook, std::memory_order_relaxed); }
+  // Called first, for every run that comes home: the migration engine finishes a departure still
+  // pending on this rank for that memory (it must release its copy before the run is reused).
+  using settle_hook = void (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
+  void set_settle_hook(settle_hook hook) noexcept { settle_hook_.store(hook, std::memory_order_relaxed); }
 
   struct stats_t {
     std::size_t allocated_chunks = 0;  // runs currently allocated from this share, in chunks
@@ -146,6 +150,7 @@ class region {
   int nranks_ = 1;
   region_peers* peers_ = nullptr;        // null in single-rank mode
   std::atomic<return_hook> return_hook_{nullptr};
+  std::atomic<settle_hook> settle_hook_{nullptr};
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.

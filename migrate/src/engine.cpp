@@ -53,6 +53,7 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
   outboxes_.resize(static_cast<std::size_t>(size_));
   s.set_depart_hook(&depart_hook);
+  region::get().set_settle_hook(&settle_hook);
   s.set_finish_hook(&finish_hook);
   migrate_to_impl = &migrate_to_hook;
   join_impl = &join_hook;
@@ -65,6 +66,7 @@ engine::~engine() {
   join_impl = nullptr;
   sched_.set_depart_hook(nullptr);
   sched_.set_finish_hook(nullptr);
+  region::get().set_settle_hook(nullptr);
 }
 
 engine* engine::current() noexcept { return g_engine; }
@@ -258,12 +260,14 @@ void engine::depart(tcb* t) noexcept {
     cache_.erase(id.bits());
     const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
     sys_vector<unsigned char> image = build_image_header(t, layout_, true);
+    sys_vector<std::pair<void*, std::size_t>> runs;
+    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
     const auto& small = *reinterpret_cast<const image_header*>(image.data());
     if (small.inline_data == 1) {
       // Small: the image is copied into the message, so this rank's copy can go at once.
       ++stats_.departures;
       stats_.bytes_out += small.data_bytes;
-      released(small, t->stack, dest, t->epoch, start_ns);
+      released(small, t->stack, runs, dest, t->epoch, start_ns);
       post_record(dest, record::image, image.data(), image.size());
       return;
     }
@@ -272,6 +276,7 @@ void engine::depart(tcb* t) noexcept {
     d.dest = dest;
     d.epoch = t->epoch;
     d.stack = t->stack;
+    d.runs = std::move(runs);
     d.start_ns = start_ns;
     d.header = std::move(image);
     const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
@@ -299,11 +304,35 @@ void engine::depart(tcb* t) noexcept {
   }
 }
 
-void engine::finish_departure(departure& d) noexcept {
-  released(*reinterpret_cast<const image_header*>(d.header.data()), d.stack, d.dest, d.epoch, d.start_ns);
+// A run comes home while a departure that holds it may still be pending here (this rank has not
+// yet seen its sends complete, though the thread ran, ended and gave the run back elsewhere):
+// finish that departure first, so that its release cannot touch the run once it is reused.
+void engine::settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept {
+  engine* self = g_engine;
+  if (self == nullptr) return;
+  auto overlaps = [&](const void* run, std::size_t run_bytes) {
+    const auto lo = reinterpret_cast<std::uintptr_t>(run);
+    return lo < addr + bytes && addr < lo + run_bytes;
+  };
+  for (auto it = self->departures_.begin(); it != self->departures_.end();) {
+    bool holds = overlaps(it->stack.base, it->stack.bytes);
+    for (const auto& [run, chunks] : it->runs) holds = holds || overlaps(run, chunks * chunk_bytes);
+    if (!holds) {
+      ++it;
+      continue;
+    }
+    MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
+    self->finish_departure(*it);
+    it = self->departures_.erase(it);
+  }
 }
 
-void engine::released(const image_header& h, const stack_run& stack, int dest, std::uint32_t epoch,
+void engine::finish_departure(departure& d) noexcept {
+  released(*reinterpret_cast<const image_header*>(d.header.data()), d.stack, d.runs, d.dest, d.epoch, d.start_ns);
+}
+
+void engine::released(const image_header& h, const stack_run& stack,
+                      const sys_vector<std::pair<void*, std::size_t>>& runs, int dest, std::uint32_t epoch,
                       std::int64_t start_ns) noexcept {
   if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now_ns());
   // The destination has every byte: give this rank's copy back to the kernel, lazily, so that a
@@ -311,8 +340,7 @@ void engine::released(const image_header& h, const stack_run& stack, int dest, s
   // are still mapped instead of faulting each one in. The stack's guard goes too (guards mark
   // exactly the stacks of threads a rank holds).
   // Whole chunk runs, free pages and all: fewer calls than one per extent.
-  reinterpret_cast<tcb*>(h.tcb)->home_heap->for_each_run(
-      [](void* run, std::size_t chunks) { prim::release_lazily(run, chunks * chunk_bytes); });
+  for (const auto& [run, chunks] : runs) prim::release_lazily(run, chunks * chunk_bytes);
   stack_pool::disarm(stack);
   prim::release_lazily(stack.base, stack.bytes);
 }
@@ -324,16 +352,10 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
   }
-  // A thread that comes back before this rank saw its last departure complete: that departure
-  // is over (the thread ran elsewhere since), so finish it now, before new data lands on the
-  // pages it would release.
-  for (auto it = departures_.begin(); it != departures_.end(); ++it) {
-    if (reinterpret_cast<std::uintptr_t>(it->thread) != h->tcb) continue;
-    MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
-    finish_departure(*it);
-    departures_.erase(it);
-    break;
-  }
+  // A thread that comes back (or any memory it now holds) before this rank saw a departure
+  // holding that memory complete: that departure is over, so finish it now, before new data
+  // lands on the pages it would release.
+  for (std::uint32_t i = 0; i < h->nextents; ++i) settle_hook(image_extents(*h)[i].addr, image_extents(*h)[i].bytes);
   if (h->inline_data == 1) {
     // A small image carried its bytes along: put them in place and the thread is here.
     const unsigned char* data = image_inline_data(*h);

@@ -143,7 +143,10 @@ class engine {
     tcb* thread;
     int dest;
     std::uint32_t epoch;                // the thread's epoch on arrival there
-    stack_run stack;                    // the thread's stack (its TCB is not read once shipped)
+    stack_run stack;                    // the thread's stack
+    sys_vector<std::pair<void*, std::size_t>> runs;  // its heap's chunk runs (addr, chunks): the
+                                                      // TCB is not read once shipped, since its
+                                                      // runs may come home and be reused meanwhile
     std::int64_t start_ns;              // when it left (tracing)
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
@@ -162,7 +165,8 @@ class engine {
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
-  void released(const image_header& h, const stack_run& stack, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
+  void released(const image_header& h, const stack_run& stack, const sys_vector<std::pair<void*, std::size_t>>& runs,
+                int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
   void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
   void finish_arrival(arrival& a) noexcept;
   void finished(tcb* t) noexcept;
@@ -184,6 +188,7 @@ class engine {
   bool finished_record(thread_id id, bool* joined) const noexcept;
 
   static void depart_hook(scheduler& s, tcb* t) noexcept;
+  static void settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept;
   static void finish_hook(scheduler& s, tcb* t) noexcept;
   static void migrate_to_hook(scheduler& s, tcb* self, int dest);
   static void join_hook(scheduler& s, tcb* self, thread_id t);

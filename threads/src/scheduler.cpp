@@ -83,15 +83,6 @@ std::int64_t now_ns() noexcept {
 
 // ---- wait queues ----
 
-bool wait_remove(wait_queue& q, tcb* t) noexcept {
-  tcb* at = q.head;
-  while (at != nullptr && at != t) at = at->next;
-  if (at == nullptr) return false;
-  if (t->prev != nullptr) t->prev->next = t->next; else q.head = t->next;
-  if (t->next != nullptr) t->next->prev = t->prev; else q.tail = t->prev;
-  t->next = t->prev = nullptr;
-  return true;
-}
 
 // ---- local progress ----
 
@@ -197,6 +188,8 @@ void scheduler::resume(tcb* t) noexcept {
     teardown(back);
     return;
   }
+  // A thread due to leave is queued like any other first: detach() takes it out of whatever
+  // queue its state puts it in.
   if (back->state == thread_state::ready) {
     if (policy_ == &default_policy_) default_policy_.awakened(back); else policy_->awakened(back);
   }

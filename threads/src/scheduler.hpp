@@ -27,7 +27,7 @@ class sched_policy {
   virtual void awakened(tcb* t) noexcept = 0;       // t became ready; pre: t in no queue
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
-  virtual bool remove(tcb* t) noexcept = 0;         // takes t out of the ready set if it is there
+  virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
 };
 
 // FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
@@ -37,7 +37,7 @@ class fifo_policy final : public sched_policy {
   void awakened(tcb* t) noexcept override { wait_push(ready_, t); }
   tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
-  bool remove(tcb* t) noexcept override { return wait_remove(ready_, t); }
+  void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
 
  private:
   wait_queue ready_;

@@ -118,6 +118,11 @@ inline tcb* wait_pop(wait_queue& q) noexcept {
   return t;
 }
 
-bool wait_remove(wait_queue& q, tcb* t) noexcept;
+// pre: t is in q. O(1): the links say where.
+inline void wait_remove(wait_queue& q, tcb* t) noexcept {
+  if (t->prev != nullptr) t->prev->next = t->next; else q.head = t->next;
+  if (t->next != nullptr) t->next->prev = t->prev; else q.tail = t->prev;
+  t->next = t->prev = nullptr;
+}
 
 }  // namespace iso::detail
