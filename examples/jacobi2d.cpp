@@ -5,8 +5,8 @@
 // without and with load balancing (lb::sync every few iterations), checks that both give the same
 // result bit for bit, and prints the time per iteration and the speed-up.
 //
-//   mpirun -n 4 build/examples/jacobi2d [--n 2048] [--blocks 8] [--iters 200] [--lb-every 20]
-//                                       [--strategy refine] [--heavy 6] [--shift 50]
+//   mpirun -n 4 build/examples/jacobi2d [--n 2048] [--blocks 8] [--iters 300] [--lb-every 10]
+//                                       [--strategy refine] [--heavy 6] [--shift 100]
 //                                       [--mode both|plain|balanced]
 //                                       [--checkpoint-at K [--checkpoint-dir D]]
 // With --checkpoint-at K every block checkpoints after iteration K; a later
@@ -31,10 +31,10 @@ namespace {
 struct options {
   int n = 2048;         // grid points per side
   int blocks = 8;       // blocks per side: blocks^2 threads
-  int iters = 200;
-  int lb_every = 20;    // iterations between lb::sync() calls
+  int iters = 300;
+  int lb_every = 10;    // iterations between lb::sync() calls
   int heavy = 6;        // work multiplier of the hot band
-  int shift = 50;       // iterations before the hot band moves
+  int shift = 100;      // iterations before the hot band moves
   std::string strategy = "refine";
   std::string mode = "both";     // both, plain (no balancing) or balanced
   int checkpoint_at = 0;         // iteration after which every block checkpoints (0: never)
