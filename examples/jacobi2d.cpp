@@ -260,7 +260,6 @@ int main(int argc, char** argv) {
       // One computation: the checkpoint/restart runs and their reference.
       const bool balance = o.mode == "balanced";
       const result r = run_once(rt, o, balance, rt.restarting());
-      if (rt.restarting() && rt.rank() == 0) std::printf("restarted from %s\n", o.checkpoint_dir.c_str());
       if (rt.rank() == 0) {
         std::printf("%-21s : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", balance ? o.strategy.c_str() : "no balancing",
                     r.seconds * 1e3 / o.iters, r.seconds, r.checksum);
