@@ -35,7 +35,7 @@ expect_refusal() {  # expect_refusal WHAT PATTERN COMMAND...
   local out
   if out=$("$@" 2>&1); then fail "$what was accepted"; fi
   grep -q "$pattern" <<<"$out" || fail "$what: no message matching '$pattern' in: $out"
-  grep -q "checksum" <<<"$out" && fail "$what: threads ran"
+  grep -q "ms/iteration" <<<"$out" && fail "$what: threads ran"
   echo "refused $what"
 }
 cp -r "$work/ck" "$work/flipped"
