@@ -13,8 +13,6 @@
 namespace iso::detail {
 namespace {
 
-constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
-constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
 constexpr std::uint64_t heap_magic = 0x50414868746f7369ull;     // "isothHAP"
 constexpr std::uint64_t image_magic = 0x50454869736f0a01ull;    // "\x01\nosiHEP"
 constexpr std::uint32_t image_version = 1;
@@ -548,21 +546,13 @@ void heap::sort_chunks() const noexcept {
 
 // ---- queries -----------------------------------------------------------------------------------
 
-heap* heap::owner_of(const void* p) noexcept {
-  const std::uintptr_t a = addr_of(p);
-  if (!region::get().contains(p)) return nullptr;
-  // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
-  // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
-  // belongs to no heap.
-  if (a % chunk_bytes == 0) {
-    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
-    const bool aligned_large = region::get().contains(l) && l->magic == large_magic &&
-                               l->block_offset == chunk_bytes;
-    return aligned_large ? l->owner : nullptr;
-  }
-  const auto* c = reinterpret_cast<const chunk_header*>(chunk_floor(a));
-  if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
-  return c->owner;
+// A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
+// any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
+// belongs to no heap.
+heap* heap::owner_of_chunk_aligned(std::uintptr_t a) noexcept {
+  const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
+  const bool aligned_large = in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes;
+  return aligned_large ? l->owner : nullptr;
 }
 
 std::size_t heap::usable_size(const void* p) const noexcept {

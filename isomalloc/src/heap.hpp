@@ -65,7 +65,7 @@ class heap {
   // The heap whose chunk holds p, checked by the header's magic; nullptr if p is in no heap chunk
   // (outside the region, a stack, a block of the C block interface, or memory decommitted after
   // its thread left this rank).
-  static heap* owner_of(const void* p) noexcept;
+  static heap* owner_of(const void* p) noexcept;  // inline: below
 
   // Visits the page runs that hold live data or heap metadata, in ascending address order,
   // adjacent pages merged: f(void* addr, std::size_t bytes). Free pages are not visited: a
@@ -188,6 +188,10 @@ class heap {
     return static_cast<std::uint32_t>(heap_offset() + sizeof(heap));
   }
 
+  static constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
+  static constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
+  static heap* owner_of_chunk_aligned(std::uintptr_t a) noexcept;
+
   heap() noexcept;
   segment* first_segment() const noexcept;
   static segment* segment_of(const page* pg) noexcept;
@@ -250,6 +254,15 @@ void heap::for_each_run(F&& f) const {
         (*static_cast<std::remove_reference_t<F>*>(ctx))(run, chunks);
       },
       const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
+
+// Inline for free()'s sake: the common case is one masked load and a compare.
+inline heap* heap::owner_of(const void* p) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  if (!in_region(p)) return nullptr;
+  if (a % chunk_bytes == 0) return owner_of_chunk_aligned(a);
+  const auto* c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
+  return c->magic == segment_magic || c->magic == large_magic ? c->owner : nullptr;
 }
 
 }  // namespace iso::detail

@@ -140,6 +140,8 @@ void region::set_layout(std::uintptr_t base, std::size_t bytes, int rank, int nr
   for (auto& c : cache_) c.clear();
   stats_ = {};
   insert_free(share(rank).lo, share_bytes_ / chunk_bytes);
+  region_lo = base_;
+  region_bytes = bytes_;
   ready_.store(true, std::memory_order_release);
 }
 

@@ -54,6 +54,12 @@ class region_peers {
   virtual void poll() noexcept = 0;
 };
 
+// The region's bounds for the hottest test of all (every free() asks it): plain globals,
+// constant-initialised, set once the region is agreed; [lo, lo + bytes).
+inline constinit std::uintptr_t region_lo = 0;
+inline constinit std::size_t region_bytes = 0;
+inline bool in_region(const void* p) noexcept { return reinterpret_cast<std::uintptr_t>(p) - region_lo < region_bytes; }
+
 class region {
  public:
   static region& get() noexcept;

@@ -72,7 +72,7 @@ void* malloc(std::size_t bytes) {
 
 void free(void* p) {
   if (p == nullptr) return;
-  if (iso::detail::region::get().contains(p)) {
+  if (iso::detail::in_region(p)) {
     if (heap* h = heap::owner_of(p)) {
       h->free(p);
     } else {
@@ -102,7 +102,7 @@ void* calloc(std::size_t n, std::size_t size) {
 
 void* realloc(void* p, std::size_t bytes) {
   if (p == nullptr) return malloc(bytes);
-  if (iso::detail::region::get().contains(p)) {
+  if (iso::detail::in_region(p)) {
     heap* h = heap::owner_of(p);
     if (h == nullptr) {
       iso::detail::foreign_free(p);
@@ -148,7 +148,7 @@ void* pvalloc(std::size_t bytes) {
 
 std::size_t malloc_usable_size(void* p) {
   if (p == nullptr) return 0;
-  if (iso::detail::region::get().contains(p)) {
+  if (iso::detail::in_region(p)) {
     heap* h = heap::owner_of(p);
     return h ? h->usable_size(p) : 0;
   }
