@@ -277,7 +277,8 @@ TEST(Migration, ErrorPathsNameTheValueAndLeaveTheThreadRunning) {
   const iso::thread_id t = iso::spawn([n] {
     const int here = iso::rank();
     EXPECT_EQ(error_of([] { iso::this_thread::migrate_to(-1); }, "(-1)"), iso::errc::invalid_rank);
-    EXPECT_EQ(error_of([n] { iso::this_thread::migrate_to(n); }, "(" + std::to_string(n) + ")"), iso::errc::invalid_rank);
+    const std::string bad_rank = std::string("(").append(std::to_string(n)).append(")");
+    EXPECT_EQ(error_of([n] { iso::this_thread::migrate_to(n); }, bad_rank), iso::errc::invalid_rank);
     EXPECT_EQ(iso::rank(), here);  // still here, still running
     EXPECT_EQ(error_of([] { iso::join(iso::thread_id(0, 987654321)); }, "0:987654321"), iso::errc::unknown_thread);
     EXPECT_EQ(error_of([] { iso::join(iso::this_thread::id()); }, "itself"), iso::errc::already_joined);
