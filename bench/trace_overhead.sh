@@ -6,14 +6,14 @@ set -euo pipefail
 build=${1:-build} ranks=${2:-2} reps=${3:-5}
 trace=$(mktemp)
 trap 'rm -f "$trace" "$trace.tmp"' EXIT
-args=(--n 1024 --iters 100 --mode plain)
-seconds() { sed -n 's/.*ms\/iteration (\([0-9.]*\) s).*/\1/p'; }
+args=(--iters 200 --mode plain)
+ms_per_iteration() { sed -n 's/^no balancing *: *\([0-9.]*\) ms\/iteration.*/\1/p'; }
 plain=() traced=()
 for ((i = 0; i < reps; ++i)); do
-  plain+=("$(mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | seconds)")
-  traced+=("$(ISO_TRACE=$trace mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | seconds)")
+  plain+=("$(mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
+  traced+=("$(ISO_TRACE=$trace mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 awk -v t="$(median "${traced[@]}")" -v p="$(median "${plain[@]}")" -v n="$ranks" 'BEGIN {
-  printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_traced/" n "ranks", t * 1e9, p * 1e9, t / p }'
+  printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_traced_iteration/" n "ranks", t * 1e6, p * 1e6, t / p }'
 echo "trace of the last run: $(stat -c %s "$trace") bytes"

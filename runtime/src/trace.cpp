@@ -1,10 +1,13 @@
 #include "trace.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cinttypes>
+#include <cstdarg>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 
 #include "diag.hpp"
 #include "interpose.hpp"
@@ -123,52 +126,134 @@ void tracer::balanced(const lb::step_report& r, std::int64_t start_ns, std::int6
   }
 }
 
+namespace {
+
+// Appends comma-separated JSON events to a string, formatting each into a stack buffer: a trace
+// holds hundreds of thousands of events, and a temporary string apiece would dominate the cost.
+class json_events {
+ public:
+  explicit json_events(std::string& out) : out_(out) {}
+  void add(const char* fmt, ...) __attribute__((format(printf, 2, 3))) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (!out_.empty()) out_ += ",\n";
+    if (n >= 0 && static_cast<std::size_t>(n) < sizeof buf) {
+      out_.append(buf, static_cast<std::size_t>(n));
+    } else {  // a long one (a balancing step with many ranks): format it again, unbounded
+      va_start(ap, fmt);
+      out_ += vformat(fmt, ap);
+      va_end(ap);
+    }
+  }
+
+ private:
+  std::string& out_;
+};
+
+// The two events a trace is mostly made of, appended piece by piece: printf's number formatting
+// would triple the time it takes to write a trace.
+class fast_json {
+ public:
+  explicit fast_json(std::string& out) : out_(out) {}
+  fast_json& text(std::string_view s) {
+    out_.append(s);
+    return *this;
+  }
+  fast_json& number(std::uint64_t v) {
+    char buf[24];
+    out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf));
+    return *this;
+  }
+  fast_json& micros(double v) {  // 3 decimals: nanosecond resolution in microseconds
+    char buf[48];
+    out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 3).ptr - buf));
+    return *this;
+  }
+
+ private:
+  std::string& out_;
+};
+
+// "home:serial" without allocating.
+struct id_text {
+  explicit id_text(std::uint64_t bits) {
+    const thread_id t = thread_id::from_bits(bits);
+    std::snprintf(text, sizeof text, "%d:%" PRIu64, t.home(), t.serial());
+  }
+  char text[32];
+};
+
+}  // namespace
+
 std::string tracer::to_json() const {
   std::string out;
-  auto add = [&](const std::string& e) {
-    if (!out.empty()) out += ",\n";
-    out += e;
-  };
+  out.reserve(events_.size() * 160);
+  json_events json(out);
   auto us = [&](std::int64_t ns) { return static_cast<double>(ns - origin_ns_) / 1000.0; };
-  add(format(R"({"ph":"M","name":"process_name","pid":%d,"args":{"name":"rank %d"}})", rank_, rank_));
-  add(format(R"({"ph":"M","name":"thread_name","pid":%d,"tid":0,"args":{"name":"runtime"}})", rank_));
+  json.add(R"({"ph":"M","name":"process_name","pid":%d,"args":{"name":"rank %d"}})", rank_, rank_);
+  json.add(R"({"ph":"M","name":"thread_name","pid":%d,"tid":0,"args":{"name":"runtime"}})", rank_);
+  sys_unordered_map<std::uint64_t, std::string> lane_names;  // escaped once, used per event
   for (const auto& [id, name] : names_) {
-    add(format(R"({"ph":"M","name":"thread_name","pid":%d,"tid":%)" PRIu64 R"(,"args":{"name":"%s"}})", rank_,
-               lane(id), escaped(name).c_str()));
+    const std::string& e = lane_names.emplace(id, escaped(name)).first->second;
+    json.add(R"({"ph":"M","name":"thread_name","pid":%d,"tid":%)" PRIu64 R"(,"args":{"name":"%s"}})", rank_, lane(id),
+             e.c_str());
   }
   for (const event& e : events_) {
-    const std::string thread = thread_id::from_bits(e.thread).to_string();
+    const id_text thread(e.thread);
     switch (e.k) {
       case kind::run: {
-        auto it = names_.find(e.thread);
-        const std::string name = it != names_.end() ? it->second : thread;
-        add(format(R"({"ph":"X","cat":"run","name":"%s","pid":%d,"tid":%)" PRIu64
-                   R"(,"ts":%.3f,"dur":%.3f,"args":{"thread":"%s"}})",
-                   escaped(name).c_str(), rank_, lane(e.thread), us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0,
-                   thread.c_str()));
+        auto it = lane_names.find(e.thread);
+        fast_json(out)
+            .text(",\n{\"ph\":\"X\",\"cat\":\"run\",\"name\":\"")
+            .text(it != lane_names.end() ? std::string_view(it->second) : std::string_view(thread.text))
+            .text("\",\"pid\":")
+            .number(static_cast<std::uint64_t>(rank_))
+            .text(",\"tid\":")
+            .number(lane(e.thread))
+            .text(",\"ts\":")
+            .micros(us(e.ts_ns))
+            .text(",\"dur\":")
+            .micros(static_cast<double>(e.dur_ns) / 1000.0)
+            .text(",\"args\":{\"thread\":\"")
+            .text(thread.text)
+            .text("\"}}");
         break;
       }
-      case kind::depart: {
-        add(format(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %d","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,)"
-                   R"("args":{"thread":"%s","to":%d,"bytes":%)" PRIu64 "}}",
-                   thread.c_str(), e.peer, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.c_str(),
-                   e.peer, e.b));
+      case kind::depart:
+        json.add(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %d","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,)"
+                 R"("args":{"thread":"%s","to":%d,"bytes":%)" PRIu64 "}}",
+                 thread.text, e.peer, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.text, e.peer, e.b);
         // The arrow's id: the thread and its epoch, known on both ends.
-        add(format(R"({"ph":"s","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
-                   thread.c_str(), e.c, rank_, us(e.ts_ns)));
+        json.add(R"({"ph":"s","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})", thread.text,
+                 e.c, rank_, us(e.ts_ns));
         break;
-      }
       case kind::arrive:
-        add(format(R"({"ph":"i","s":"t","cat":"migrate","name":"arrive %s","pid":%d,"tid":0,"ts":%.3f,)"
-                   R"("args":{"thread":"%s","from":%d,"bytes":%)" PRIu64 "}}",
-                   thread.c_str(), rank_, us(e.ts_ns), thread.c_str(), e.peer, e.b));
-        add(format(R"({"ph":"f","bp":"e","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
-                   thread.c_str(), e.c, rank_, us(e.ts_ns)));
+        json.add(R"({"ph":"i","s":"t","cat":"migrate","name":"arrive %s","pid":%d,"tid":0,"ts":%.3f,)"
+                 R"("args":{"thread":"%s","from":%d,"bytes":%)" PRIu64 "}}",
+                 thread.text, rank_, us(e.ts_ns), thread.text, e.peer, e.b);
+        json.add(R"({"ph":"f","bp":"e","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
+                 thread.text, e.c, rank_, us(e.ts_ns));
         break;
       case kind::send:
-        add(format(R"({"ph":"i","s":"t","cat":"message","name":"send","pid":%d,"tid":%)" PRIu64
-                   R"(,"ts":%.3f,"args":{"to":"%s","to_rank":%d,"bytes":%)" PRIu64 R"(,"tag":%d}})",
-                   rank_, lane(e.thread), us(e.ts_ns), thread_id::from_bits(e.a).to_string().c_str(), e.peer, e.b, e.c));
+        fast_json(out)
+            .text(",\n{\"ph\":\"i\",\"s\":\"t\",\"cat\":\"message\",\"name\":\"send\",\"pid\":")
+            .number(static_cast<std::uint64_t>(rank_))
+            .text(",\"tid\":")
+            .number(lane(e.thread))
+            .text(",\"ts\":")
+            .micros(us(e.ts_ns))
+            .text(",\"args\":{\"to\":\"")
+            .text(id_text(e.a).text)
+            .text("\",\"to_rank\":")
+            .number(static_cast<std::uint64_t>(e.peer))
+            .text(",\"bytes\":")
+            .number(e.b)
+            .text(",\"tag\":")
+            .text(std::to_string(e.c))
+            .text("}}");
         break;
       case kind::lb: {
         const step& st = steps_[e.a];
@@ -177,9 +262,9 @@ std::string tracer::to_json() const {
                                   st.report.step, escaped(st.report.strategy).c_str(), st.report.max_over_avg_before,
                                   st.report.max_over_avg_after, st.report.threads_moved, st.report.bytes_moved);
         if (!st.before.empty()) args += ",\"load_before\":" + numbers(st.before) + ",\"load_after\":" + numbers(st.after);
-        add(format(R"J({"ph":"X","cat":"lb","name":"lb step %zu (%s)","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,"args":{%s}})J",
-                   st.report.step, escaped(st.report.strategy).c_str(), rank_, us(e.ts_ns),
-                   static_cast<double>(e.dur_ns) / 1000.0, args.c_str()));
+        json.add(R"J({"ph":"X","cat":"lb","name":"lb step %zu (%s)","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,"args":{%s}})J",
+                 st.report.step, escaped(st.report.strategy).c_str(), rank_, us(e.ts_ns),
+                 static_cast<double>(e.dur_ns) / 1000.0, args.c_str());
         break;
       }
     }
@@ -236,15 +321,14 @@ void tracer::write() {
                 static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]));
   }
   file += "\n]}\n";
-  const std::string tmp = path_ + ".tmp";
+  // No fsync: a trace is for looking at, not for surviving a crash, and syncing megabytes
+  // would add to the run it describes.
   int fd = -1;
-  int e = prim::file_create(tmp.c_str(), &fd);
+  int e = prim::file_create(path_.c_str(), &fd);
   if (e == 0) {
     e = prim::file_write(fd, file.data(), file.size());
-    const int c = prim::file_sync_close(fd);
-    if (e == 0) e = c;
+    prim::file_close(fd);
   }
-  if (e == 0) e = prim::file_commit(tmp.c_str(), path_.c_str());
   if (e != 0) raise(errc::io_failure, "iso::trace: cannot write %s: %s", path_.c_str(), std::strerror(e));
 }
 

@@ -174,7 +174,7 @@ void scheduler::resume(tcb* t) noexcept {
   ++t->switches;
   ++switches_;
   current_heap = t->home_heap;
-  const std::int64_t traced_start = run_hook_ != nullptr ? now_ns() : 0;
+  if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();
   context_resume(t, &running_);
   // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (tcb TCBs stay
@@ -182,7 +182,7 @@ void scheduler::resume(tcb* t) noexcept {
   tcb* back = running_;
   if (measure_) back->run_cycles += prim::cycles() - run_start_;
   current_heap = nullptr;
-  if (run_hook_ != nullptr) run_hook_(back, traced_start, now_ns());
+  if (run_hook_ != nullptr) run_hook_(back, trace_start_ns_, now_ns());
   running_ = nullptr;
   if (back->state == thread_state::finished) {
     teardown(back);

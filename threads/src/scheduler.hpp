@@ -21,6 +21,9 @@ namespace iso::detail {
 
 class scheduler;
 
+// Steady clock in ns.
+std::int64_t now_ns() noexcept;
+
 class sched_policy {
  public:
   virtual ~sched_policy() = default;
@@ -96,19 +99,23 @@ class scheduler {
 
   // --- from the running thread ---
   // running -> ready. pre: a thread is running. When the next ready thread can run without the
-  // scheduler's bookkeeping (FIFO policy, no tracing, no migration pending, not time to poll),
-  // switches to it directly.
+  // scheduler's bookkeeping (FIFO policy, no migration pending, not time to poll), switches to
+  // it directly, doing the accounting (load, trace) itself.
   void yield_running() noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
-    if (policy_ == &default_policy_ && run_hook_ == nullptr && self->pending_dest < 0 &&
-        ++since_poll_ < switches_per_poll) {
+    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
       if (tcb* next = default_policy_.pick_next()) {
         default_policy_.awakened(self);
         if (measure_) {
           const std::uint64_t now = prim::cycles();
           self->run_cycles += now - run_start_;
           run_start_ = now;
+        }
+        if (run_hook_ != nullptr) {
+          const std::int64_t now = now_ns();
+          run_hook_(self, trace_start_ns_, now);
+          trace_start_ns_ = now;
         }
         running_ = next;
         next->state = thread_state::running;
@@ -200,6 +207,7 @@ class scheduler {
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
+  std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;
   std::uint64_t switches_ = 0;
 
@@ -235,7 +243,5 @@ scheduler& scheduler_or_throw(const char* call);
 // The running migratable thread, or iso::error (no_runtime, not_in_thread) naming `call`.
 tcb* running_or_throw(const char* call);
 
-// Steady clock in ns.
-std::int64_t now_ns() noexcept;
 
 }  // namespace iso::detail
