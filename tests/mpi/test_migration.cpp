@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine.hpp"
+#include "interpose.hpp"
 #include "isothreads/isothreads.hpp"
 
 namespace iso_test {
@@ -294,6 +295,22 @@ TEST(Migration, ErrorPathsNameTheValueAndLeaveTheThreadRunning) {
   iso::send(t, "late", 4);
   rt->run();
   EXPECT_EQ(iso::detail::engine::current()->stats().dropped, before + 1);
+}
+
+// A pointer into a thread heap that lives on another rank (here: one whose pages this rank never
+// held) is not freed into memory this rank does not own: it is ignored, counted and reported.
+TEST(Migration, FreeOfAPointerWhoseHeapIsElsewhereIsRefused) {
+  static std::uint64_t block = 0;  // rank 0's thread leaves its block's address here
+  if (rt->rank() == 0) {
+    iso::spawn([] { block = reinterpret_cast<std::uintptr_t>(std::malloc(100)); });
+  }
+  rt->run();
+  MPI_Bcast(&block, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  if (rt->rank() == rt->size() - 1) {
+    const std::size_t before = iso::detail::interposition_stats().foreign_frees;
+    std::free(reinterpret_cast<void*>(block));  // its heap is not on this rank
+    EXPECT_EQ(iso::detail::interposition_stats().foreign_frees, before + 1);
+  }
 }
 
 TEST(Migration, RunReturnsOnEveryRankWithNoThreads) {

@@ -171,8 +171,6 @@ bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id
 void scheduler::resume(tcb* t) noexcept {
   running_ = t;
   t->state = thread_state::running;
-  ++t->switches;
-  ++switches_;
   current_heap = t->home_heap;
   if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();

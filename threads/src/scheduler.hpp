@@ -5,7 +5,8 @@
 //   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
-// A thread switches only to the scheduler and back (two context switches per yield).
+// A thread switches to the scheduler and back (two context switches), or, yielding with
+// nothing for the scheduler to do, straight to the next ready thread (one).
 #pragma once
 
 #include <cstddef>
@@ -119,8 +120,6 @@ class scheduler {
         }
         running_ = next;
         next->state = thread_state::running;
-        ++next->switches;
-        ++switches_;
         current_heap = next->home_heap;
         context_switch_to(self, next);
         return;
@@ -180,7 +179,6 @@ class scheduler {
   void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
   bool has_finish_hook() const noexcept { return finish_hook_ != nullptr; }
 
-  std::uint64_t total_switches() const noexcept { return switches_; }
 
   // Tracing: called after each time a thread ran, with when it started and stopped (now_ns).
   using run_hook = void (*)(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept;
@@ -209,7 +207,6 @@ class scheduler {
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;
-  std::uint64_t switches_ = 0;
 
   // Timer list sorted by wake_ns ascending, through tcb::next/prev; sleepers_ = its length.
   tcb* timers_head_ = nullptr;

@@ -28,8 +28,6 @@ class stack_pool {
   static void arm(const stack_run& run);
   static void disarm(const stack_run& run) noexcept;
 
-  std::size_t pooled_bytes() const noexcept { return pooled_bytes_; }
-
  private:
   sys_vector<void*> free_[max_pooled_chunks + 1];  // free_[n]: pooled runs of n chunks
   std::size_t pooled_bytes_ = 0;                    // sum over free_ of n * chunk_bytes

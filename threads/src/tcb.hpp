@@ -90,7 +90,6 @@ struct tcb {
   void* mailbox = nullptr;            // messaging state, in this thread's heap (migrate module)
 
   std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
-  std::uint64_t switches = 0;         // times this thread was resumed
   std::uint64_t run_cycles = 0;       // TSC cycles spent running since the last balancing step
   double set_load = -1;               // load set by iso::lb::set_load for this period, s; < 0: none
 
