@@ -63,6 +63,11 @@ void balancer::set_strategy(std::unique_ptr<lb::strategy> s) {
   strategy_ = std::move(s);
   // Measuring costs two cycle reads per switch; a balancer that never moves anything needs none.
   sched_.set_measure_load(std::string(strategy_->name()) != "none");
+  // A new measuring period starts here: time before it was measured differently, or not at all.
+  period_start_ns_ = now_ns();
+  period_start_cycles_ = prim::cycles();
+  idle_at_start_ = sched_.idle_cycles();
+  sched_.for_each_thread([](tcb* t) { t->run_cycles = 0; });
 }
 
 void balancer::step() noexcept {
