@@ -3,6 +3,8 @@
 
 #include <mpi.h>
 
+#include <iterator>
+
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -30,6 +32,27 @@ class private_comm {
   int rank_ = 0;
   int size_ = 1;
 };
+
+// Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
+// done(item) just before. requests(item) gives the item's requests as a sys_vector or array.
+// True if any completed.
+template <class List, class Requests, class Done>
+bool complete(List& items, Requests requests, Done done) {
+  bool any = false;
+  for (auto it = items.begin(); it != items.end();) {
+    auto& r = requests(*it);
+    int flag = 0;
+    MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
+    if (!flag) {
+      ++it;
+      continue;
+    }
+    done(*it);
+    it = items.erase(it);
+    any = true;
+  }
+  return any;
+}
 
 // Collective: every rank's `mine`, on every rank, by rank. T must be trivially copyable.
 template <class T>

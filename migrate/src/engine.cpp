@@ -111,7 +111,7 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer, int bat
     outgoing& o = sends_.emplace_back();
     o.buffer = std::move(buffer);
     o.batch_dest = batch_dest;
-    if (MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_, &o.request) != MPI_SUCCESS) {
+    if (MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_, o.request) != MPI_SUCCESS) {
       fatal("MPI_Isend of %zu bytes to rank %d failed", o.buffer.size(), dest);
     }
     ++counters_.sent;
@@ -145,7 +145,7 @@ void engine::flush(int dest) noexcept {
 
 void engine::complete_sends() noexcept {
   for (std::size_t dest = 0; dest < outboxes_.size(); ++dest) flush(static_cast<int>(dest));
-  for (outgoing& o : sends_) MPI_Wait(&o.request, MPI_STATUS_IGNORE);
+  for (outgoing& o : sends_) MPI_Wait(o.request, MPI_STATUS_IGNORE);
   sends_.clear();
 }
 
@@ -160,43 +160,17 @@ void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
 bool engine::poll() noexcept {
   heap_scope system(nullptr);
   bool did = false;
-  for (auto it = sends_.begin(); it != sends_.end();) {
-    int done = 0;
-    MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-    if (!done) {
-      ++it;
-      continue;
-    }
-    if (it->batch_dest >= 0) --outboxes_[static_cast<std::size_t>(it->batch_dest)].in_flight;
-    it = sends_.erase(it);
-  }
+  complete(sends_, [](outgoing& o) -> auto& { return o.request; }, [this](outgoing& o) {
+    if (o.batch_dest >= 0) --outboxes_[static_cast<std::size_t>(o.batch_dest)].in_flight;
+  });
   // Batches that waited for room in their window.
   for (std::size_t dest = 0; unsent_batches_ != 0 && dest < outboxes_.size(); ++dest) {
     if (outboxes_[dest].in_flight < batch_window) flush(static_cast<int>(dest));
   }
-  for (auto it = departures_.begin(); it != departures_.end();) {
-    int done = 0;
-    MPI_Testall(static_cast<int>(it->requests.size()), it->requests.data(), &done, MPI_STATUSES_IGNORE);
-    if (!done) {
-      ++it;
-      continue;
-    }
-    finish_departure(*it);
-    it = departures_.erase(it);
-    did = true;
-  }
-  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
-    int done = 0;
-    MPI_Testall(static_cast<int>(it->requests.size()), it->requests.data(), &done, MPI_STATUSES_IGNORE);
-    if (!done) {
-      ++it;
-      continue;
-    }
-    arrival a = std::move(*it);
-    it = arrivals_.erase(it);
-    finish_arrival(a);
-    did = true;
-  }
+  did = complete(departures_, [](departure& d) -> auto& { return d.requests; },
+                 [this](departure& d) { finish_departure(d); }) || did;
+  did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; },
+                 [this](arrival& a) { finish_arrival(a); }) || did;
   for (int tag : {tag_image, tag_data}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;

@@ -123,7 +123,7 @@ class engine {
 
  private:
   struct outgoing {                     // an Isend and the buffer it reads
-    MPI_Request request;
+    MPI_Request request[1];
     sys_vector<unsigned char> buffer;
     int batch_dest;                     // a batch of data messages to this rank; -1: anything else
   };

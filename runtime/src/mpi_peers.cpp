@@ -35,7 +35,7 @@ void mpi_region_peers::drain() {
     check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
     receive(status);
   }
-  for (send& s : sends_) MPI_Wait(&s.request, MPI_STATUS_IGNORE);
+  for (send& s : sends_) MPI_Wait(s.request, MPI_STATUS_IGNORE);
   sends_.clear();
 }
 
@@ -52,7 +52,7 @@ void mpi_region_peers::flush(int owner) noexcept {
   pairs = {};
   ++in_flight_[static_cast<std::size_t>(owner)];
   if (MPI_Isend(s.payload.data(), static_cast<int>(s.payload.size()), MPI_UINT64_T, owner, tag_return, comm_,
-                &s.request) != MPI_SUCCESS) {
+                s.request) != MPI_SUCCESS) {
     fatal("could not return %zu runs to their owner, rank %d (MPI_Isend failed)", s.payload.size() / 2, owner);
   }
 }
@@ -80,16 +80,8 @@ void mpi_region_peers::poll() noexcept {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
-  for (auto it = sends_.begin(); it != sends_.end();) {
-    int done = 0;
-    MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
-    if (!done) {
-      ++it;
-      continue;
-    }
-    --in_flight_[static_cast<std::size_t>(it->owner)];
-    it = sends_.erase(it);
-  }
+  complete(sends_, [](send& s) -> auto& { return s.request; },
+           [this](send& s) { --in_flight_[static_cast<std::size_t>(s.owner)]; });
   for (int owner = 0; owner < comm_.size(); ++owner) {
     if (in_flight_[static_cast<std::size_t>(owner)] < window) flush(owner);
   }

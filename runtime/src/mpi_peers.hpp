@@ -41,7 +41,7 @@ class mpi_region_peers final : public region_peers {
   static constexpr int tag_return = 1;
   static constexpr std::uint32_t window = 2;
   struct send {
-    MPI_Request request;
+    MPI_Request request[1];
     sys_vector<std::uint64_t> payload;  // {address, bytes} pairs; must outlive the request
     int owner;
   };
