@@ -162,14 +162,26 @@ class fast_json {
     out_.append(s);
     return *this;
   }
+  fast_json& integer(std::int64_t v) {
+    char buf[24];
+    out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf));
+    return *this;
+  }
   fast_json& number(std::uint64_t v) {
     char buf[24];
     out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf));
     return *this;
   }
-  fast_json& micros(double v) {  // 3 decimals: nanosecond resolution in microseconds
-    char buf[48];
-    out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 3).ptr - buf));
+  // Nanoseconds as microseconds with 3 decimals, in integer arithmetic (pre: ns >= 0).
+  fast_json& micros(std::int64_t ns) {
+    char buf[32];
+    char* end = std::to_chars(buf, buf + sizeof buf, static_cast<std::uint64_t>(ns) / 1000).ptr;
+    const auto frac = static_cast<unsigned>(static_cast<std::uint64_t>(ns) % 1000);
+    *end++ = '.';
+    *end++ = static_cast<char>('0' + frac / 100);
+    *end++ = static_cast<char>('0' + frac / 10 % 10);
+    *end++ = static_cast<char>('0' + frac % 10);
+    out_.append(buf, static_cast<std::size_t>(end - buf));
     return *this;
   }
 
@@ -181,7 +193,9 @@ class fast_json {
 struct id_text {
   explicit id_text(std::uint64_t bits) {
     const thread_id t = thread_id::from_bits(bits);
-    std::snprintf(text, sizeof text, "%d:%" PRIu64, t.home(), t.serial());
+    char* end = std::to_chars(text, text + sizeof text, t.home()).ptr;
+    *end++ = ':';
+    *std::to_chars(end, text + sizeof text - 1, t.serial()).ptr = '\0';
   }
   char text[32];
 };
@@ -214,9 +228,9 @@ std::string tracer::to_json() const {
             .text(",\"tid\":")
             .number(lane(e.thread))
             .text(",\"ts\":")
-            .micros(us(e.ts_ns))
+            .micros(std::max<std::int64_t>(e.ts_ns - origin_ns_, 0))
             .text(",\"dur\":")
-            .micros(static_cast<double>(e.dur_ns) / 1000.0)
+            .micros(e.dur_ns)
             .text(",\"args\":{\"thread\":\"")
             .text(thread.text)
             .text("\"}}");
@@ -244,7 +258,7 @@ std::string tracer::to_json() const {
             .text(",\"tid\":")
             .number(lane(e.thread))
             .text(",\"ts\":")
-            .micros(us(e.ts_ns))
+            .micros(std::max<std::int64_t>(e.ts_ns - origin_ns_, 0))
             .text(",\"args\":{\"to\":\"")
             .text(id_text(e.a).text)
             .text("\",\"to_rank\":")
@@ -252,7 +266,7 @@ std::string tracer::to_json() const {
             .text(",\"bytes\":")
             .number(e.b)
             .text(",\"tag\":")
-            .text(std::to_string(e.c))
+            .integer(e.c)
             .text("}}");
         break;
       case kind::lb: {
