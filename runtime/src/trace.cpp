@@ -193,11 +193,13 @@ class fast_json {
 struct id_text {
   explicit id_text(std::uint64_t bits) {
     const thread_id t = thread_id::from_bits(bits);
-    char* end = std::to_chars(text, text + sizeof text, t.home()).ptr;
+    // At most 11 + 1 + 20 characters and the NUL: the buffer always has room.
+    char* end = std::to_chars(text, text + 12, t.home()).ptr;
     *end++ = ':';
-    *std::to_chars(end, text + sizeof text - 1, t.serial()).ptr = '\0';
+    end = std::to_chars(end, end + 20, t.serial()).ptr;
+    *end = '\0';
   }
-  char text[32];
+  char text[34];
 };
 
 }  // namespace
