@@ -208,16 +208,6 @@ int make_directory(const char* path) noexcept {
   return errno;
 }
 
-std::uint64_t cycles() noexcept {
-#if defined(__x86_64__)
-  return __builtin_ia32_rdtsc();
-#else
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
-#endif
-}
-
 std::size_t peak_resident_bytes() noexcept { return status_field_bytes("VmHWM:"); }
 std::size_t resident_bytes() noexcept { return status_field_bytes("VmRSS:"); }
 

@@ -14,7 +14,7 @@
 
 namespace iso::detail {
 
-thread_local heap* current_heap __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local heap* current_heap __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 

@@ -12,8 +12,10 @@
 namespace iso::detail {
 
 // The heap of the migratable thread running on this OS thread; null outside threads. Only the
-// scheduler's OS thread ever sets it, so MPI's helper threads always see null.
-extern thread_local heap* current_heap __attribute__((tls_model("initial-exec")));
+// scheduler's OS thread ever sets it, so MPI's helper threads always see null. constinit: no
+// dynamic initialisation, so every access is a plain %fs-relative load or store, without a call to
+// a TLS init wrapper.
+extern constinit thread_local heap* current_heap __attribute__((tls_model("initial-exec")));
 
 // Makes `h` the allocation target for a scope (null: the system allocator), then restores.
 // Runtime code called from a thread opens a heap_scope(nullptr) so that its own state never lands
