@@ -167,6 +167,7 @@ bool engine::poll() noexcept {
   for (std::size_t dest = 0; unsent_batches_ != 0 && dest < outboxes_.size(); ++dest) {
     if (outboxes_[dest].in_flight < batch_window) flush(static_cast<int>(dest));
   }
+  if (!kept_.empty()) give_back_old(now_ns());
   did = complete(departures_, [](departure& d) -> auto& { return d.requests; },
                  [this](departure& d) { finish_departure(d); }) || did;
   did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; },
@@ -282,22 +283,58 @@ void engine::depart(tcb* t) noexcept {
 // yet seen its sends complete, though the thread ran, ended and gave the run back elsewhere):
 // finish that departure first, so that its release cannot touch the run once it is reused.
 void engine::settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept {
-  engine* self = g_engine;
-  if (self == nullptr) return;
+  if (engine* self = g_engine) self->settle(addr, bytes, 0);
+}
+
+bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept {
   auto overlaps = [&](const void* run, std::size_t run_bytes) {
     const auto lo = reinterpret_cast<std::uintptr_t>(run);
     return lo < addr + bytes && addr < lo + run_bytes;
   };
-  for (auto it = self->departures_.begin(); it != self->departures_.end();) {
-    bool holds = overlaps(it->stack.base, it->stack.bytes);
-    for (const auto& [run, chunks] : it->runs) holds = holds || overlaps(run, chunks * chunk_bytes);
-    if (!holds) {
+  auto holds = [&](const stack_run& stack, const sys_vector<std::pair<void*, std::size_t>>& runs) {
+    bool any = overlaps(stack.base, stack.bytes);
+    for (const auto& [run, chunks] : runs) any = any || overlaps(run, chunks * chunk_bytes);
+    return any;
+  };
+  for (auto it = departures_.begin(); it != departures_.end();) {
+    if (!holds(it->stack, it->runs)) {
       ++it;
       continue;
     }
     MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
-    self->finish_departure(*it);
-    it = self->departures_.erase(it);
+    finish_departure(*it);
+    it = departures_.erase(it);
+  }
+  bool guard_kept = false;
+  for (auto it = kept_.begin(); it != kept_.end();) {
+    if (!holds(it->stack, it->runs)) {
+      ++it;
+      continue;
+    }
+    if (arriving != 0 && it->thread == arriving) {
+      guard_kept = true;  // the thread is back: pages and guard are where it left them
+    } else {
+      give_back(*it);  // something else lands on part of it, or part of it went home
+    }
+    kept_bytes_ -= it->bytes;
+    it = kept_.erase(it);
+  }
+  return guard_kept;
+}
+
+void engine::give_back(const kept& k) noexcept {
+  // Whole chunk runs, free pages and all: fewer calls than one per extent. Lazily (MADV_FREE):
+  // the kernel takes the pages when it needs memory.
+  for (const auto& [run, chunks] : k.runs) prim::release_lazily(run, chunks * chunk_bytes);
+  stack_pool::disarm(k.stack);
+  prim::release_lazily(k.stack.base, k.stack.bytes);
+}
+
+void engine::give_back_old(std::int64_t now) noexcept {
+  while (!kept_.empty() && (now - kept_.front().since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
+    give_back(kept_.front());
+    kept_bytes_ -= kept_.front().bytes;
+    kept_.pop_front();
   }
 }
 
@@ -308,15 +345,19 @@ void engine::finish_departure(departure& d) noexcept {
 void engine::released(const image_header& h, const stack_run& stack,
                       const sys_vector<std::pair<void*, std::size_t>>& runs, int dest, std::uint32_t epoch,
                       std::int64_t start_ns) noexcept {
-  if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now_ns());
-  // The destination has every byte: give this rank's copy back to the kernel, lazily, so that a
-  // thread that comes back soon (load balancing moves threads back and forth) lands in pages that
-  // are still mapped instead of faulting each one in. The stack's guard goes too (guards mark
-  // exactly the stacks of threads a rank holds).
-  // Whole chunk runs, free pages and all: fewer calls than one per extent.
-  for (const auto& [run, chunks] : runs) prim::release_lazily(run, chunks * chunk_bytes);
-  stack_pool::disarm(stack);
-  prim::release_lazily(stack.base, stack.bytes);
+  const std::int64_t now = now_ns();
+  if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now);
+  // The destination has every byte. This rank's copy is kept for a while (see kept), then given
+  // back to the kernel.
+  std::size_t bytes = stack.bytes;
+  for (const auto& [run, chunks] : runs) bytes += chunks * chunk_bytes;
+  try {
+    kept_.push_back({h.thread, stack, runs, bytes, now});
+    kept_bytes_ += bytes;
+  } catch (const std::bad_alloc&) {
+    give_back({h.thread, stack, runs, bytes, now});
+  }
+  give_back_old(now);
 }
 
 void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
@@ -329,7 +370,10 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
   // A thread that comes back (or any memory it now holds) before this rank saw a departure
   // holding that memory complete: that departure is over, so finish it now, before new data
   // lands on the pages it would release.
-  for (std::uint32_t i = 0; i < h->nextents; ++i) settle_hook(image_extents(*h)[i].addr, image_extents(*h)[i].bytes);
+  bool guard_kept = false;
+  for (std::uint32_t i = 0; i < h->nextents; ++i) {
+    guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
+  }
   if (h->inline_data == 1) {
     // A small image carried its bytes along: put them in place and the thread is here.
     const unsigned char* data = image_inline_data(*h);
@@ -338,7 +382,7 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
       std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
       data += e[i].bytes;
     }
-    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, {}};
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}};
     finish_arrival(a);
     return;
   }
@@ -347,6 +391,7 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     a.source = source;
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
+    a.guard_kept = guard_kept;
     const image_extent* e = image_extents(*h);
     for (std::uint32_t i = 0; i < h->nextents; ++i) {
       for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
@@ -367,7 +412,7 @@ void engine::finish_arrival(arrival& a) noexcept {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
   }
   try {
-    stack_pool::arm(t->stack);
+    if (!a.guard_kept) stack_pool::arm(t->stack);
   } catch (const iso::error& e) {
     fatal("thread %s arrived but its stack guard could not be installed: %s", t->id.to_string().c_str(), e.what());
   }

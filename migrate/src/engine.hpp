@@ -155,8 +155,29 @@ class engine {
     int source;
     tcb* thread;
     std::uint64_t bytes;                // its image's data bytes (tracing)
+    bool guard_kept;                    // its stack's guard is still installed here (it came back)
     sys_vector<MPI_Request> requests;
   };
+  // A departed thread's memory, kept here for a while before it goes back to the kernel: a thread
+  // that comes back soon (load balancing moves threads back and forth) finds its pages mapped and
+  // its stack guard installed, so its migration costs no system call. Given back after keep_ns,
+  // or sooner when more than keep_bytes are kept, or at once when the memory comes home or
+  // something else arrives on it.
+  struct kept {
+    std::uint64_t thread;               // thread_id bits
+    stack_run stack;                    // its guard is still installed
+    sys_vector<std::pair<void*, std::size_t>> runs;
+    std::size_t bytes;                  // runs + stack, in bytes
+    std::int64_t since_ns;              // when it left
+  };
+  static constexpr std::int64_t keep_ns = 100'000'000;
+  static constexpr std::size_t keep_bytes = std::size_t{64} << 20;
+  void give_back(const kept& k) noexcept;      // guard removed, pages released lazily
+  void give_back_old(std::int64_t now) noexcept;
+  // Memory [addr, addr+bytes) is about to be written by an arrival (`arriving`: its thread's id
+  // bits) or to come home (0): finish what this rank still does with it. True if `arriving`
+  // finds its own stack guard still installed.
+  bool settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept;
   struct place {
     int rank;
     std::uint32_t epoch;
@@ -208,6 +229,8 @@ class engine {
   std::size_t unsent_batches_ = 0;                      // outboxes with records waiting
   std::list<departure, sys_allocator<departure>> departures_;
   std::list<arrival, sys_allocator<arrival>> arrivals_;
+  std::list<kept, sys_allocator<kept>> kept_;            // oldest first
+  std::size_t kept_bytes_ = 0;
 
   sys_unordered_map<std::uint64_t, place> location_;   // threads homed here that live elsewhere
   sys_unordered_map<std::uint64_t, place> departed_;   // forwarding pointers of threads that left
