@@ -131,7 +131,9 @@ void engine::post_record(int dest, record kind, const unsigned char* bytes, std:
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while queueing a message for rank %d", dest);
   }
-  if (box.in_flight < batch_window || box.batch.size() >= batch_flush_bytes) flush(dest);
+  // Control records wait for the next poll (or ride along with the next message or image to
+  // that rank): a location update right after an arrival would otherwise cost a send of its own.
+  if ((kind != record::ctrl && box.in_flight < batch_window) || box.batch.size() >= batch_flush_bytes) flush(dest);
 }
 
 void engine::flush(int dest) noexcept {
