@@ -1,14 +1,11 @@
 #include "engine.hpp"
 
-#include <cinttypes>
-#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <unordered_map>
 
-#include "context.hpp"
 #include "diag.hpp"
 #include "interpose.hpp"
 #include "prim.hpp"
@@ -239,43 +236,35 @@ void engine::depart(tcb* t) noexcept {
     sys_vector<unsigned char> image = build_image_header(t, layout_, true);
     sys_vector<std::pair<void*, std::size_t>> runs;
     t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
-    const auto& small = *reinterpret_cast<const image_header*>(image.data());
-    if (small.inline_data == 1) {
+    // Moving `image` into a departure below keeps its buffer, so h stays valid.
+    const auto& h = *reinterpret_cast<const image_header*>(image.data());
+    ++stats_.departures;
+    stats_.bytes_out += h.data_bytes;
+    if (h.inline_data == 1) {
       // Small: the image is copied into the message, so this rank's copy can go at once.
-      ++stats_.departures;
-      stats_.bytes_out += small.data_bytes;
-      released(small, t->stack, runs, dest, t->epoch, start_ns);
+      released(h, t->stack, runs, dest, t->epoch, start_ns);
       post_record(dest, record::image, image.data(), image.size());
       return;
     }
     departure& d = departures_.emplace_back();
-    d.thread = t;
     d.dest = dest;
     d.epoch = t->epoch;
     d.stack = t->stack;
     d.runs = std::move(runs);
     d.start_ns = start_ns;
     d.header = std::move(image);
-    const auto& h = *reinterpret_cast<const image_header*>(d.header.data());
     d.requests.emplace_back();
     if (MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image, comm_,
                   &d.requests.back()) != MPI_SUCCESS) {
       fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
     }
     ++counters_.sent;
-    const image_extent* e = image_extents(h);
-    for (std::uint32_t i = 0; i < h.nextents; ++i) {
-      for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
-        const auto piece = static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off));
-        d.requests.emplace_back();
-        if (MPI_Isend(reinterpret_cast<void*>(e[i].addr + off), piece, MPI_BYTE, dest, tag_image_data, comm_,
-                      &d.requests.back()) != MPI_SUCCESS) {
-          fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
-        }
+    for_each_piece(h, [&](void* addr, int bytes) {
+      d.requests.emplace_back();
+      if (MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back()) != MPI_SUCCESS) {
+        fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
       }
-    }
-    ++stats_.departures;
-    stats_.bytes_out += h.data_bytes;
+    });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
   }
@@ -394,15 +383,10 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
-    const image_extent* e = image_extents(*h);
-    for (std::uint32_t i = 0; i < h->nextents; ++i) {
-      for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
-        const auto piece = static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off));
-        a.requests.emplace_back();
-        MPI_Irecv(reinterpret_cast<void*>(e[i].addr + off), piece, MPI_BYTE, source, tag_image_data, comm_,
-                  &a.requests.back());
-      }
-    }
+    for_each_piece(*h, [&](void* addr, int bytes) {
+      a.requests.emplace_back();
+      MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+    });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
   }
@@ -433,7 +417,11 @@ void engine::finish_arrival(arrival& a) noexcept {
       !static_cast<mailbox*>(t->mailbox)->ready.empty()) {
     sched_.wake(t);
   }
-  if (auto it = held_.find(id.bits()); it != held_.end()) {
+  release_held(id.bits());
+}
+
+void engine::release_held(std::uint64_t id) noexcept {
+  if (auto it = held_.find(id); it != held_.end()) {
     auto waiting = std::move(it->second);
     held_.erase(it);
     for (auto& wire : waiting) on_data(std::move(wire), false);
@@ -516,8 +504,6 @@ void engine::join(tcb* self, thread_id t) {
     if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
     finished_[t.bits()] = true;
     return;
-    self->join_status = errc::ok;
-    self->waiting_for = t;
   } else {
     // The answer may come at once (t's home is this rank): it sets join_status and clears
     // waiting_for.
@@ -736,11 +722,7 @@ void engine::on_ctrl(const ctrl_msg& m) noexcept {
         finished_[m.id] = m.epoch != 0;
         location_.erase(m.id);
         // Messages held here while the location was unknown now get their answer.
-        if (auto it = held_.find(m.id); it != held_.end()) {
-          auto waiting = std::move(it->second);
-          held_.erase(it);
-          for (auto& wire : waiting) on_data(std::move(wire), false);
-        }
+        release_held(m.id);
         break;
       }
     }

@@ -130,7 +130,8 @@ class engine {
   // Everything small for one rank: thread messages, control messages, and small thread images.
   // Each becomes a record [u32 kind][u32 bytes][bytes] of a batch; a batch is sent at once while
   // fewer than batch_window batches to that rank are in flight, and otherwise grows until one
-  // completes. So a lone message leaves immediately, and a flood becomes a few large sends
+  // completes. So a lone message leaves immediately (control records alone wait for the next
+  // poll, or ride with the next send to their rank), and a flood becomes a few large sends
   // instead of one MPI request per message (Open MPI slows down badly with thousands of requests
   // outstanding).
   struct outbox {
@@ -140,7 +141,6 @@ class engine {
   static constexpr std::uint32_t batch_window = 4;
   static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
-    tcb* thread;
     int dest;
     std::uint32_t epoch;                // the thread's epoch on arrival there
     stack_run stack;                    // the thread's stack
@@ -190,6 +190,8 @@ class engine {
                 int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
   void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
   void finish_arrival(arrival& a) noexcept;
+  // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
+  void release_held(std::uint64_t id) noexcept;
   void finished(tcb* t) noexcept;
   void join(tcb* self, thread_id t);
 

@@ -3,12 +3,14 @@
 // Layout on the wire: one header message (image_header, then nextents image_extent entries),
 // then the extents' bytes, each sent straight from its address in pieces of at most
 // max_piece_bytes (MPI counts are ints) and received straight into the same addresses. A small
-// image (at most inline_image_bytes of data) travels whole in the header message instead: one
-// eager send beats a rendezvous per extent, and copying a few pages costs less than that.
+// image (at most inline_image_bytes of data) travels whole, header and bytes, as one record of the
+// batched stream to its destination instead: one send beats a rendezvous per extent, and copying
+// a few pages costs less than that.
 // Extents: the live part of the stack (saved stack pointer, rounded down to a page, to the top of
 // the run) and the heap's live page runs (heap::for_each_extent), which contain the TCB.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -57,6 +59,20 @@ inline const image_extent* image_extents(const image_header& h) {
 // The inline data of a validated header: the extents' bytes, in extent order.
 inline const unsigned char* image_inline_data(const image_header& h) {
   return reinterpret_cast<const unsigned char*>(image_extents(h) + h.nextents);
+}
+
+// The pieces a non-inline image's bytes travel in: f(void* addr, int bytes) for each, in extent
+// order, each at most max_piece_bytes. Sender and receiver both split with this, so their
+// messages match one for one.
+template <class F>
+void for_each_piece(const image_header& h, F&& f) {
+  const image_extent* e = image_extents(h);
+  for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
+      f(reinterpret_cast<void*>(e[i].addr + off),
+        static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off)));
+    }
+  }
 }
 
 }  // namespace iso::detail
