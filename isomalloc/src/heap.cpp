@@ -409,8 +409,7 @@ void heap::small_page_slow(page* pg) noexcept {
 
 bool heap::segment_idle(const segment* s) noexcept {
   for (const page& pg : s->pages) {
-    if (pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail) return false;
-    if (pg.kind == page_kind::small && pg.used != 0) return false;
+    if (holds_data(pg)) return false;
   }
   return true;
 }
@@ -598,10 +597,7 @@ void heap::visit_extents(extent_fn fn, void* ctx) const {
       emit(addr_of(s), page_bytes);  // page 0: the header, and maybe blocks
       for (unsigned i = 1; i < pages_per_segment; ++i) {
         const page& pg = s->pages[i];
-        if (pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail ||
-            (pg.kind == page_kind::small && pg.used != 0)) {
-          emit(addr_of(s) + i * page_bytes, page_bytes);
-        }
+        if (holds_data(pg)) emit(addr_of(s) + i * page_bytes, page_bytes);
       }
     } else {
       const auto* l = static_cast<const large*>(c);
@@ -659,7 +655,7 @@ void heap::reset_empty_pages(bool decommit) noexcept {
           pg.free = nullptr;
           pg.bump = pg.start;
         }
-        idle = i != 0 && (pg.kind == page_kind::free || (pg.kind == page_kind::small && pg.used == 0));
+        idle = i != 0 && !holds_data(pg);
       }
       if (idle) {
         ++run;
@@ -869,9 +865,7 @@ bool heap::is_valid() const noexcept {
       for (unsigned i = 0; i < pages_per_segment; ++i) {
         const page& pg = s->pages[i];
         on_lists += pg.in_avail;
-        const bool live = pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail ||
-                          (pg.kind == page_kind::small && pg.used != 0);
-        if (i != 0 && live) expected_bytes += page_bytes;
+        if (i != 0 && holds_data(pg)) expected_bytes += page_bytes;
       }
     } else if (c->magic == large_magic) {
       const auto* l = static_cast<const large*>(c);

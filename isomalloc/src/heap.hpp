@@ -143,7 +143,7 @@ class heap {
     std::uint16_t bump;         // offset of the first never-carved byte, bytes
     page_kind kind;
     std::uint8_t cls;           // size class index (small)
-    std::uint8_t in_avail;      // 1 if on avail_[cls]
+    std::uint8_t in_avail;      // 1 if on the class's list (cur_[cls])
     std::uint8_t span;          // pages in the medium block (medium head)
   };
   static_assert(sizeof(page) == 48);
@@ -211,6 +211,12 @@ class heap {
   void free_slow(void* p) noexcept;
   [[noreturn]] void bad_free(const void* p) const noexcept;
   void small_page_slow(page* pg) noexcept;
+  // Whether pg holds live data: a page of a medium block, or a small page with a live block. The
+  // other pages (page_kind has four kinds) are exactly the free ones and the empty small ones.
+  static bool holds_data(const page& pg) noexcept {
+    return pg.kind == page_kind::medium || pg.kind == page_kind::medium_tail ||
+           (pg.kind == page_kind::small && pg.used != 0);
+  }
   static bool segment_idle(const segment* s) noexcept;  // no live block: only free or empty small pages
   void release_pages(segment* s, unsigned first, unsigned n) noexcept;
   void release_segment(segment* s) noexcept;

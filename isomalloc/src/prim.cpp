@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <ctime>
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
@@ -48,14 +47,14 @@ int decommit(void* addr, std::size_t bytes) noexcept {
   return ::madvise(addr, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
 }
 
-// Without MADV_GUARD_INSTALL (Linux < 6.13) guards fall back to mprotect(PROT_NONE), which
-// splits the region's mapping in three per guard: about 30k threads then exhaust the default
-// vm.max_map_count (65530), and the failure surfaces as an error from guard_install.
 int release_lazily(void* addr, std::size_t bytes) noexcept {
   if (::madvise(addr, bytes, MADV_FREE) == 0) return 0;
   return decommit(addr, bytes);
 }
 
+// Without MADV_GUARD_INSTALL (Linux < 6.13) guards fall back to mprotect(PROT_NONE), which
+// splits the region's mapping in three per guard: about 30k threads then exhaust the default
+// vm.max_map_count (65530), and the failure surfaces as an error from guard_install.
 int guard_install(void* addr, std::size_t bytes) noexcept {
   if (guard_supported()) return ::madvise(addr, bytes, MADV_GUARD_INSTALL) == 0 ? 0 : errno;
   return ::mprotect(addr, bytes, PROT_NONE) == 0 ? 0 : errno;

@@ -184,6 +184,12 @@ void region::agree(region_peers& peers, std::size_t requested) {
     common = (r == 0) ? theirs : intersect(common, theirs);
   }
   const std::size_t need = min_share_bytes * static_cast<std::size_t>(n);
+  if (want < need) {
+    throw error(errc::region_agreement,
+                format("the requested isomalloc region of %zu MiB is too small for %d ranks: each rank's "
+                       "share needs at least %zu MiB (set ISO_REGION_BYTES to %zu MiB or more)",
+                       want >> 20, n, min_share_bytes >> 20, need >> 20));
+  }
 
   // Keep the provisional range when every rank reserved the same one (identical layouts);
   // otherwise centre a new range in the largest common gap.
@@ -194,12 +200,6 @@ void region::agree(region_peers& peers, std::size_t requested) {
     const interval gap = largest(common);
     const std::size_t bytes = std::min(want, align_down(gap.bytes() / 2, one_gib));
     if (bytes >= need) chosen = place_in(gap, bytes);
-  }
-  if (want < need) {
-    throw error(errc::region_agreement,
-                format("the requested isomalloc region of %zu MiB is too small for %d ranks: each rank's "
-                       "share needs at least %zu MiB (set ISO_REGION_BYTES to %zu MiB or more)",
-                       want >> 20, n, min_share_bytes >> 20, need >> 20));
   }
   if (chosen.empty() || chosen.bytes() < need) {
     std::string msg = format("no common free address range of %zu GiB for the isomalloc region "
@@ -392,37 +392,35 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
     ++stats_.kept_returns;
     return;
   }
-  {
-    std::lock_guard<std::mutex> g(lock_);
-    const bool shaped = addr % chunk_bytes == 0 && bytes % chunk_bytes == 0 && bytes != 0 &&
-                        addr >= s.lo && addr + bytes <= s.hi;
-    bool overlaps = false;
-    if (shaped) {
-      auto it = free_by_addr_.upper_bound(addr + bytes - 1);
-      if (it != free_by_addr_.begin()) {
-        --it;
-        overlaps = it->first + it->second * chunk_bytes > addr;
-      }
-      // The cache holds at most cache_bound_ / chunk_bytes runs: a linear look is cheap, and a
-      // run accepted twice would be handed out twice.
-      for (std::size_t n = 1; n <= max_cached_run_chunks && !overlaps; ++n) {
-        for (std::uintptr_t a : cache_[n]) {
-          if (a < addr + bytes && addr < a + n * chunk_bytes) {
-            overlaps = true;
-            break;
-          }
+  std::lock_guard<std::mutex> g(lock_);
+  const bool shaped = addr % chunk_bytes == 0 && bytes % chunk_bytes == 0 && bytes != 0 &&
+                      addr >= s.lo && addr + bytes <= s.hi;
+  bool overlaps = false;
+  if (shaped) {
+    auto it = free_by_addr_.upper_bound(addr + bytes - 1);
+    if (it != free_by_addr_.begin()) {
+      --it;
+      overlaps = it->first + it->second * chunk_bytes > addr;
+    }
+    // The cache holds at most cache_bound_ / chunk_bytes runs: a linear look is cheap, and a
+    // run accepted twice would be handed out twice.
+    for (std::size_t n = 1; n <= max_cached_run_chunks && !overlaps; ++n) {
+      for (std::uintptr_t a : cache_[n]) {
+        if (a < addr + bytes && addr < a + n * chunk_bytes) {
+          overlaps = true;
+          break;
         }
       }
     }
-    if (!shaped || overlaps) {
-      ++stats_.bad_returns;
-      return;
-    }
-    ++stats_.returned_runs;
-    stats_.allocated_chunks -= bytes / chunk_bytes;
-    prim::decommit(reinterpret_cast<void*>(addr), bytes);
-    insert_free(addr, bytes / chunk_bytes);
   }
+  if (!shaped || overlaps) {
+    ++stats_.bad_returns;
+    return;
+  }
+  ++stats_.returned_runs;
+  stats_.allocated_chunks -= bytes / chunk_bytes;
+  prim::decommit(reinterpret_cast<void*>(addr), bytes);
+  insert_free(addr, bytes / chunk_bytes);
 }
 
 bool region::claim(void* p, std::size_t n) noexcept {

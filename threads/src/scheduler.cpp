@@ -19,8 +19,6 @@
 namespace iso::detail {
 namespace {
 
-
-
 std::size_t describe_running(char* buf, std::size_t cap) noexcept {
   scheduler* s = scheduler::current();
   tcb* t = s != nullptr ? s->running() : nullptr;
@@ -80,9 +78,6 @@ std::int64_t now_ns() noexcept {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
-
-// ---- wait queues ----
-
 
 // ---- local progress ----
 
@@ -175,8 +170,8 @@ void scheduler::resume(tcb* t) noexcept {
   if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();
   context_resume(t, &running_);
-  // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (tcb TCBs stay
-  // here until teardown or departure, so `back` is valid).
+  // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (TCBs stay here
+  // until teardown or departure, so `back` is valid).
   tcb* back = running_;
   if (measure_) back->run_cycles += prim::cycles() - run_start_;
   current_heap = nullptr;
@@ -263,20 +258,17 @@ void scheduler::attach(tcb* t) noexcept {
 
 void scheduler::insert_timer(tcb* t) noexcept {
   // From the tail: sleeps mostly end in the order they start.
-  tcb* after = timers_tail_;
+  tcb* after = timers_.tail;
   while (after != nullptr && after->wake_ns > t->wake_ns) after = after->prev;
   t->prev = after;
-  t->next = after != nullptr ? after->next : timers_head_;
-  if (t->next != nullptr) t->next->prev = t; else timers_tail_ = t;
-  if (after != nullptr) after->next = t; else timers_head_ = t;
+  t->next = after != nullptr ? after->next : timers_.head;
+  if (t->next != nullptr) t->next->prev = t; else timers_.tail = t;
+  if (after != nullptr) after->next = t; else timers_.head = t;
   ++sleepers_;
 }
 
 void scheduler::remove_timer(tcb* t) noexcept {
-  wait_queue q{timers_head_, timers_tail_};
-  wait_remove(q, t);
-  timers_head_ = q.head;
-  timers_tail_ = q.tail;
+  wait_remove(timers_, t);
   --sleepers_;
 }
 
@@ -287,12 +279,17 @@ void scheduler::wake(tcb* t) noexcept {
   policy_->awakened(t);
 }
 
+void scheduler::wake_all(wait_reason why) noexcept {
+  // wake() touches only blocked_ and the ready queue, never table_, so iterating table_ while
+  // waking is safe. A woken thread keeps t->wait until it runs, hence the state test.
+  for (const auto& [id, t] : table_) {
+    if (t->state == thread_state::blocked && t->wait == why) wake(t);
+  }
+}
+
 void scheduler::wake_expired(std::int64_t now) noexcept {
-  while (timers_head_ != nullptr && timers_head_->wake_ns <= now) {
-    wait_queue q{timers_head_, timers_tail_};
-    tcb* t = wait_pop(q);
-    timers_head_ = q.head;
-    timers_tail_ = q.tail;
+  while (!timers_.empty() && timers_.head->wake_ns <= now) {
+    tcb* t = wait_pop(timers_);
     --sleepers_;
     t->state = thread_state::ready;
     policy_->awakened(t);
@@ -302,7 +299,7 @@ void scheduler::wake_expired(std::int64_t now) noexcept {
 void scheduler::run() {
   if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
   for (;;) {
-    if (timers_head_ != nullptr) wake_expired(now_ns());
+    if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
       if (++since_poll_ >= switches_per_poll) {
@@ -316,7 +313,7 @@ void scheduler::run() {
     // sees as background only the work done for threads outside them (messages, migrations).
     const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
     if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
-    if (timers_head_ != nullptr && timers_head_->wake_ns <= now_ns()) continue;
+    if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
     const std::int64_t deadline = next_deadline();

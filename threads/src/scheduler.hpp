@@ -132,6 +132,8 @@ class scheduler {
   void block_running(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
   void wake(tcb* t) noexcept;
+  // Wakes every thread of this rank blocked for `why` (from a thread or the progress engine).
+  void wake_all(wait_reason why) noexcept;
 
   // --- the thread table ---
   tcb* find(thread_id id) const noexcept;     // a live thread on this rank, or null
@@ -151,7 +153,6 @@ class scheduler {
   // rdtsc per switch, about 20 ns), and passes of run() that find nothing to do add to
   // idle_cycles().
   void set_measure_load(bool on) noexcept { measure_ = on; }
-  bool measuring_load() const noexcept { return measure_; }
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
   // Serial numbers below this have been handed out (on this rank, or, after a restart, anywhere).
   std::uint64_t next_serial() const noexcept { return next_serial_; }
@@ -159,8 +160,8 @@ class scheduler {
   void raise_next_serial(std::uint64_t next) noexcept { next_serial_ = std::max(next_serial_, next); }
   std::size_t sleeping_threads() const noexcept { return sleepers_; }
   // --- migration ---
-  // Whether t (suspended, on this rank) can leave now: ready, sleeping, or blocked in a join or
-  // recv, and holding no iso::mutex.
+  // Whether t (suspended, on this rank) can leave now: ready, sleeping, or blocked in a join, a
+  // recv or a sync, and holding no iso::mutex.
   static bool movable(const tcb* t) noexcept;
   // Takes a movable thread out of the ready queue or timer list and the thread table; a sleeping
   // thread keeps the rest of its sleep in sleep_left_ns. Its state says how to resume it.
@@ -177,8 +178,6 @@ class scheduler {
   // thread's home rank); when null, both are local.
   using finish_hook = void (*)(scheduler& s, tcb* t) noexcept;
   void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
-  bool has_finish_hook() const noexcept { return finish_hook_ != nullptr; }
-
 
   // Tracing: called after each time a thread ran, with when it started and stopped (now_ns).
   using run_hook = void (*)(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept;
@@ -190,7 +189,7 @@ class scheduler {
   void wake_expired(std::int64_t now) noexcept;
   void insert_timer(tcb* t) noexcept;
   void remove_timer(tcb* t) noexcept;
-  std::int64_t next_deadline() const noexcept { return timers_head_ ? timers_head_->wake_ns : -1; }
+  std::int64_t next_deadline() const noexcept { return timers_.empty() ? -1 : timers_.head->wake_ns; }
 
   // Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a
   // switch.
@@ -209,8 +208,7 @@ class scheduler {
   std::uint64_t next_serial_ = 1;
 
   // Timer list sorted by wake_ns ascending, through tcb::next/prev; sleepers_ = its length.
-  tcb* timers_head_ = nullptr;
-  tcb* timers_tail_ = nullptr;
+  wait_queue timers_;
   std::size_t sleepers_ = 0;
   std::size_t blocked_[wait_reasons] = {};  // blocked threads per wait_reason
   bool measure_ = false;
@@ -239,6 +237,5 @@ extern join_fn join_impl;
 scheduler& scheduler_or_throw(const char* call);
 // The running migratable thread, or iso::error (no_runtime, not_in_thread) naming `call`.
 tcb* running_or_throw(const char* call);
-
 
 }  // namespace iso::detail

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "heap.hpp"
@@ -50,9 +51,10 @@ enum class thread_state : std::uint8_t {
 // cannot migrate until it is woken; `join` and `recv` waits are satisfied by messages that find
 // the thread wherever it is, and `sync` by the load balancer, so such a thread can migrate while
 // blocked.
-// `checkpoint` waits until every thread's image is written.
+// `checkpoint` waits until every thread's image is written; it must stay the last enumerator,
+// since wait_reasons counts from it.
 enum class wait_reason : std::uint8_t { none, lock, join, recv, sync, checkpoint };
-inline constexpr std::size_t wait_reasons = 6;
+inline constexpr std::size_t wait_reasons = static_cast<std::size_t>(wait_reason::checkpoint) + 1;
 
 struct tcb {
   static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"
@@ -94,6 +96,13 @@ struct tcb {
   double set_load = -1;               // load set by iso::lb::set_load for this period, s; < 0: none
 
   boost::context::fiber& self_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(self)); }
+  // While suspended: the stack pointer saved at the switch (the fiber's single pointer), so
+  // everything live on the stack lies in [saved_sp(), stack.top()).
+  const void* saved_sp() const noexcept {
+    const void* sp = nullptr;
+    std::memcpy(&sp, self, sizeof sp);
+    return sp;
+  }
   boost::context::fiber& caller_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(caller)); }
 };
 
