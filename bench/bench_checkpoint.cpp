@@ -5,7 +5,7 @@
 //   mpirun -n 2 bench_checkpoint read DIR [MIB_PER_RANK] --iso-restart DIR
 //                                                            the runtime restores them (and prints
 //                                                            its time); prints the raw read time
-// Ratio lines have bench_main.cpp's format: "ratio <name> <ns> raw <ns> = <x>".
+// Ratio lines have bench/ratio.hpp's format: "ratio <name> <ns> raw <ns> = <x>".
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
+#include "ratio.hpp"
 
 namespace {
 
@@ -53,10 +54,6 @@ double raw_io(const std::string& dir, std::size_t bytes, bool write) {
   return seconds_since(start);
 }
 
-void ratio(const char* name, double s, double raw) {
-  std::printf("ratio  %-40s %12.1f ns  raw %12.1f ns  = %.2f\n", name, s * 1e9, raw * 1e9, s / raw);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -85,7 +82,8 @@ int main(int argc, char** argv) {
     MPI_Allreduce(MPI_IN_PLACE, &raw, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (rt.rank() == 0) {
       std::printf("checkpoint of %zu MiB per rank (%d threads), %d ranks\n", mib, threads_per_rank, rt.size());
-      ratio(("checkpoint_write/" + std::to_string(mib) + "MiB_per_rank").c_str(), checkpoint_seconds, raw);
+      iso_bench::print_ratio("checkpoint_write/" + std::to_string(mib) + "MiB_per_rank", checkpoint_seconds * 1e9,
+                             raw * 1e9, "ns");
     }
   } else if (mode == "read" && restored) {
     rt.run();  // the restored threads finish

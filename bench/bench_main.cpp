@@ -8,6 +8,8 @@
 #include <map>
 #include <string>
 
+#include "ratio.hpp"
+
 namespace {
 
 class ratio_reporter : public benchmark::ConsoleReporter {
@@ -28,8 +30,7 @@ class ratio_reporter : public benchmark::ConsoleReporter {
       if (name.rfind("raw:", 0) == 0) continue;
       auto base = times_.find("raw:" + name);
       if (base == times_.end() || base->second <= 0) continue;
-      std::printf("ratio  %-40s %12.1f ns  raw %12.1f ns  = %.2f\n", name.c_str(), ns,
-                  base->second, ns / base->second);
+      iso_bench::print_ratio(name, ns, base->second, "ns");
     }
     std::fflush(stdout);
   }

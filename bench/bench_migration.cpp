@@ -43,6 +43,7 @@
 #include "engine.hpp"
 #include "image.hpp"
 #include "isothreads/isothreads.hpp"
+#include "ratio.hpp"
 
 namespace {
 
@@ -73,11 +74,6 @@ std::int64_t measure_clock_overhead() {
     samples.push_back(static_cast<double>(now_ns() - t0) / n);
   }
   return static_cast<std::int64_t>(median(samples));
-}
-
-void print_ratio(const std::string& name, double ns, double raw_ns) {
-  std::printf("ratio  %-40s %12.1f ns  raw %12.1f ns  = %.2f\n", name.c_str(), ns, raw_ns, ns / raw_ns);
-  std::fflush(stdout);
 }
 
 std::string size_name(std::size_t bytes) {
@@ -166,7 +162,7 @@ void bench_latency(iso::runtime& rt) {
       raw.push_back(mpi_pingpong_run(rt.rank(), buf, c.warm, c.reps));
       mig.push_back(migrate_latency_run(rt, c.bytes, c.warm, c.reps));
     }
-    if (rt.rank() == 0) print_ratio("migrate_latency/" + size_name(c.bytes), median(mig), median(raw));
+    if (rt.rank() == 0) iso_bench::print_ratio("migrate_latency/" + size_name(c.bytes), median(mig), median(raw), "ns");
   }
 }
 
@@ -257,7 +253,7 @@ void bench_many(iso::runtime& rt) {
     to_end.push_back(r.ns_to_last_end);
   }
   if (rt.rank() == 0) {
-    print_ratio("migrate_10k_threads", median(mig), median(raw));
+    iso_bench::print_ratio("migrate_10k_threads", median(mig), median(raw), "ns");
     std::printf("info   migrate_10k_threads: %.0f migrations/s (first start -> run() returns), %.0f migrations/s "
                 "(first start -> last thread ends on rank 1); image %.0f data bytes + header; "
                 "raw MPI stream of %zu-byte messages: %.0f messages/s\n",
@@ -339,7 +335,7 @@ void bench_messages(iso::runtime& rt) {
     ours.push_back(messages_run(rt));
   }
   if (rt.rank() == 0) {
-    print_ratio("messages_8B", median(ours), median(raw));
+    iso_bench::print_ratio("messages_8B", median(ours), median(raw), "ns");
     std::printf("info   messages_8B: iso::send/recv %.0f messages/s, raw MPI_Send/MPI_Recv %.0f messages/s\n",
                 1e9 / median(ours), 1e9 / median(raw));
     std::fflush(stdout);

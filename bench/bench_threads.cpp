@@ -40,6 +40,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "prim.hpp"
+#include "ratio.hpp"
 #include "scheduler.hpp"
 
 extern "C" {
@@ -164,8 +165,7 @@ struct resident_figures {
     if (ours <= 0 || raw <= 0) return;
     char name[64];
     std::snprintf(name, sizeof name, "resident_bytes_per_thread/%ld", count);
-    std::printf("ratio  %-40s %12.1f B   raw %12.1f B   = %.2f\n", name, ours, raw, ours / raw);
-    std::fflush(stdout);
+    iso_bench::print_ratio(name, ours, raw, "B");
   }
 } g_resident;
 

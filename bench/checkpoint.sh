@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checkpoint write and restart read throughput against raw file I/O of the same bytes, same disk.
 #   bench/checkpoint.sh [BUILD_DIR] [MIB_PER_RANK] [RANKS]
-# Prints two ratio lines in bench_main.cpp's format.
+# Prints two ratio lines in bench/ratio.hpp's format.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/../scripts source=../scripts/mpirun.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/mpirun.sh"  # MPIRUN; as root, Open MPI's consent
 build=${1:-build} mib=${2:-64} ranks=${3:-2}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-run() { mpirun --oversubscribe -n "$ranks" "$build/bench/bench_checkpoint" "$@"; }
+run() { "${MPIRUN[@]}" -n "$ranks" "$build/bench/bench_checkpoint" "$@"; }
 run write "$dir" "$mib" | grep -E '^(checkpoint of|ratio)'
 out=$(run read "$dir" "$mib" --iso-restart "$dir")
 restore_ms=$(sed -n 's/.*MiB in \([0-9.]*\) ms$/\1/p' <<<"$out")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tracing overhead on jacobi2d: the same run with and without ISO_TRACE, alternated REPS times;
-# prints the medians as a ratio line in bench_main.cpp's format (target: at most 1.05).
+# prints the medians as a ratio line in bench/ratio.hpp's format (target: at most 1.05).
 #   bench/trace_overhead.sh [BUILD_DIR] [RANKS] [REPS]
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/../scripts source=../scripts/mpirun.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/mpirun.sh"  # MPIRUN; as root, Open MPI's consent
 build=${1:-build} ranks=${2:-2} reps=${3:-5}
 trace=$(mktemp)
 trap 'rm -f "$trace" "$trace.tmp"' EXIT
@@ -10,8 +12,8 @@ args=(--iters 200 --mode plain)
 ms_per_iteration() { sed -n 's/^no balancing *: *\([0-9.]*\) ms\/iteration.*/\1/p'; }
 plain=() traced=()
 for ((i = 0; i < reps; ++i)); do
-  plain+=("$(mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
-  traced+=("$(ISO_TRACE=$trace mpirun --oversubscribe -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
+  plain+=("$("${MPIRUN[@]}" -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
+  traced+=("$(ISO_TRACE=$trace "${MPIRUN[@]}" -n "$ranks" "$build/examples/jacobi2d" "${args[@]}" | ms_per_iteration)")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 awk -v t="$(median "${traced[@]}")" -v p="$(median "${plain[@]}")" -v n="$ranks" 'BEGIN {

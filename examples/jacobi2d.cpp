@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -256,30 +255,29 @@ int main(int argc, char** argv) {
                   o.blocks / 4, o.heavy, o.shift);
       std::fflush(stdout);
     }
+    // One run's line (tests/mpi/checkpoint_restart.sh, bench/trace_overhead.sh and README.md read it).
+    auto print_run = [&](const char* label, const result& r) {
+      std::printf("%-21s : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", label, r.seconds * 1e3 / o.iters, r.seconds,
+                  r.checksum);
+      std::fflush(stdout);
+    };
     if (rt.restarting() || o.mode != "both") {
       // One computation: the checkpoint/restart runs and their reference.
       const bool balance = o.mode == "balanced";
       const result r = run_once(rt, o, balance, rt.restarting());
-      if (rt.rank() == 0) {
-        std::printf("%-21s : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", balance ? o.strategy.c_str() : "no balancing",
-                    r.seconds * 1e3 / o.iters, r.seconds, r.checksum);
-        std::fflush(stdout);
-      }
+      if (rt.rank() == 0) print_run(balance ? o.strategy.c_str() : "no balancing", r);
       return 0;
     }
     const result plain = run_once(rt, o, false, false);
-    if (rt.rank() == 0) {
-      std::printf("no balancing          : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", plain.seconds * 1e3 / o.iters,
-                  plain.seconds, plain.checksum);
-      std::fflush(stdout);
-    }
+    if (rt.rank() == 0) print_run("no balancing", plain);
     const result balanced = run_once(rt, o, true, false);
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     const double ideal = balanced.cpu / std::min<double>(rt.size(), cores);
     if (rt.rank() == 0) {
       const iso::lb::step_report r = iso::lb::last_step();
-      std::printf("%-6s every %2d iters : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", o.strategy.c_str(), o.lb_every,
-                  balanced.seconds * 1e3 / o.iters, balanced.seconds, balanced.checksum);
+      char label[64];  // e.g. "refine every 10 iters", 21 columns or more
+      std::snprintf(label, sizeof label, "%-6s every %2d iters", o.strategy.c_str(), o.lb_every);
+      print_run(label, balanced);
       std::printf("speed-up %.2fx; ideal (total work %.2f s / %d ranks on %u cores) %.2f s: balanced run at %.0f%% of ideal\n",
                   plain.seconds / balanced.seconds, balanced.cpu, rt.size(), cores, ideal,
                   100.0 * balanced.seconds / ideal);

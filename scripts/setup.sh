@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Makes this machine ready to build and run isothreads, then builds it into build/.
 #
-#   1. Checks the Debian packages the build needs; installs the missing ones when run as root,
-#      otherwise prints the apt-get command to run and fails.
+#   1. Checks the Debian packages the build needs, and those in the array iso_extra_packages if
+#      the caller set it (scripts/test adds chromium, which only the report tests use); installs
+#      the missing ones when run as root, otherwise prints the apt-get command to run and fails.
 #   2. Configures (RelWithDebInfo; ISO_DEBUG=2 when CI=true, or ISO_DEBUG=<level> when set) and
 #      builds into build/ at the repository root, from whatever directory it is called.
-#   3. Sets up mpirun for this machine: MPIRUN, an array holding mpirun and the flags every run
-#      needs (--oversubscribe: more ranks than cores); as root, exports the two variables with
-#      which Open MPI agrees to run as root.
+#   3. Sets up mpirun for this machine (scripts/mpirun.sh): MPIRUN, an array holding mpirun and
+#      the flags every run needs (--oversubscribe: more ranks than cores); as root, exports the
+#      two variables with which Open MPI agrees to run as root.
 #
 # scripts/demo and scripts/test source it; it can also be run on its own.
 set -euo pipefail
@@ -16,7 +17,7 @@ ISO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ISO_ROOT"
 
 iso_packages=(libboost-context-dev libboost-fiber-dev libopenmpi-dev openmpi-bin libgtest-dev
-              libbenchmark-dev cmake g++ zlib1g-dev make python3 chromium)
+              libbenchmark-dev cmake g++ zlib1g-dev make python3 "${iso_extra_packages[@]}")
 iso_missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${iso_packages[@]}"; do
@@ -49,8 +50,5 @@ fi
 cmake "${iso_cmake_args[@]}"
 cmake --build build -j2
 
-# shellcheck disable=SC2034  # used by the scripts that source this one
-MPIRUN=(mpirun --oversubscribe)
-if [[ "$(id -u)" -eq 0 ]]; then
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
+# shellcheck source-path=SCRIPTDIR source=mpirun.sh
+source "$ISO_ROOT/scripts/mpirun.sh"

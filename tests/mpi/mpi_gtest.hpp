@@ -9,7 +9,15 @@
 
 #include <cstdio>
 
+namespace iso {
+class runtime;
+}
+
 namespace iso_test {
+
+// The runtime shared by every test of a binary linked with runtime_main.cpp, which defines and
+// sets it (binaries linked with mpi_main.cpp have none).
+extern iso::runtime* rt;
 
 class rank_failure_printer : public testing::EmptyTestEventListener {
  public:

@@ -1,5 +1,6 @@
-// Every call of ../shared/API.md, spelled as the contract spells it, used once for real: programs
-// outside this repository are written against exactly these names and meanings.
+// Every call of the public headers (runtime/include/isothreads/isothreads.hpp and
+// isomalloc/include/isothreads/isomalloc.h), spelled as they spell it, used once for real:
+// programs outside this repository are written against exactly these names and meanings.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -11,10 +12,7 @@
 
 #include "isothreads/isomalloc.h"
 #include "isothreads/isothreads.hpp"
-
-namespace iso_test {
-extern iso::runtime* rt;
-}
+#include "mpi_gtest.hpp"
 
 namespace {
 

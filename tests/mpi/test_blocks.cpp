@@ -7,7 +7,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <mpi.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,6 +27,7 @@
 namespace {
 
 using iso::detail::region;
+using iso::detail::prim::page_size;
 using testing::HasSubstr;
 using testing::Not;
 
@@ -42,8 +42,6 @@ int world_size() {
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   return n;
 }
-
-std::size_t page() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
 
 // How a pointer appears in iso_last_error() messages.
 std::string pointer_text(const void* p) {
@@ -108,6 +106,23 @@ struct moved_image {
   std::vector<unsigned char> data;  // empty if the sender had nothing to send
 };
 
+// Sends `data` and the word `address` to rank `to` while receiving the same from rank `from`:
+// first the address and the size (tag `tag`), then the bytes (tag `tag + 1`).
+moved_image swap_bytes(std::uint64_t address, const std::vector<unsigned char>& data, int to, int from,
+                       int tag) {
+  std::uint64_t out[2] = {address, data.size()};
+  std::uint64_t in[2] = {0, 0};
+  MPI_Sendrecv(out, 2, MPI_UINT64_T, to, tag, in, 2, MPI_UINT64_T, from, tag, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+  moved_image got;
+  got.address = in[0];
+  got.data.resize(in[1]);
+  MPI_Sendrecv(data.data(), static_cast<int>(data.size()), MPI_BYTE, to, tag + 1, got.data.data(),
+               static_cast<int>(got.data.size()), MPI_BYTE, from, tag + 1, MPI_COMM_WORLD,
+               MPI_STATUS_IGNORE);
+  return got;
+}
+
 // Packs `block` (may be null: sends nothing), detaches it, and sends the image to rank `to` while
 // receiving one from rank `from`. The block is detached before its image leaves: once the image
 // is out, the receiver may free it and its range come home at any block call made here.
@@ -127,28 +142,24 @@ moved_image pass_on(void* block, int to, int from, const std::function<void()>& 
     EXPECT_EQ(iso_length(block), 0u) << block << " is still held after iso_detach";
     if (after_detach) after_detach();
   }
-  std::uint64_t out[2] = {reinterpret_cast<std::uintptr_t>(block), image.size()};
-  std::uint64_t in[2] = {0, 0};
-  MPI_Sendrecv(out, 2, MPI_UINT64_T, to, 10, in, 2, MPI_UINT64_T, from, 10, MPI_COMM_WORLD,
-               MPI_STATUS_IGNORE);
-  moved_image got;
-  got.address = in[0];
-  got.data.resize(in[1]);
-  MPI_Sendrecv(image.data(), static_cast<int>(image.size()), MPI_BYTE, to, 11, got.data.data(),
-               static_cast<int>(got.data.size()), MPI_BYTE, from, 11, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  return got;
+  return swap_bytes(reinterpret_cast<std::uintptr_t>(block), image, to, from, 10);
 }
 
-// Polls iso_progress() (1 ms apart, at most ~5 s) until this rank has taken back more than
-// `before` returned runs; returns the count reached.
-std::size_t await_returned_runs(std::size_t before) {
-  std::size_t now = region::get().stats().returned_runs;
-  for (int tries = 0; tries < 5000 && now <= before; ++tries) {
+// Polls iso_progress() (1 ms apart, at most `tries` times) until this rank's counter `what` of
+// the region's stats has gone past `before`; returns the count reached.
+std::size_t await_count(std::size_t region::stats_t::*what, std::size_t before, int tries = 5000) {
+  std::size_t now = region::get().stats().*what;
+  for (int i = 0; i < tries && now <= before; ++i) {
     iso_progress();
-    now = region::get().stats().returned_runs;
+    now = region::get().stats().*what;
     if (now <= before) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return now;
+}
+
+// await_count() on the runs that came home from other ranks, for up to ~5 s.
+std::size_t await_returned_runs(std::size_t before) {
+  return await_count(&region::stats_t::returned_runs, before);
 }
 
 // (1) Blocks of mixed sizes allocated on every rank never overlap, and each lies in the share of
@@ -162,7 +173,8 @@ TEST(Blocks, AddressesAreUniqueAcrossRanks) {
   EXPECT_EQ(reg.rank(), me);
   const std::size_t chunks_before = reg.stats().allocated_chunks;
 
-  const std::size_t sizes[] = {0, 1, page(), page() + 1, 10000, 65536, 65537, 200000, 1 << 20, 3 * page()};
+  const std::size_t sizes[] = {0, 1, page_size(), page_size() + 1, 10000, 65536, 65537, 200000, 1 << 20,
+                               3 * page_size()};
   constexpr int count = 96;
   std::vector<void*> mine;
   std::vector<std::uint64_t> ranges;  // addr, length, addr, length, ...
@@ -173,8 +185,8 @@ TEST(Blocks, AddressesAreUniqueAcrossRanks) {
     if (p == nullptr) continue;
     const std::size_t length = iso_length(p);
     EXPECT_GE(length, std::max<std::size_t>(bytes, 1));
-    EXPECT_EQ(length % page(), 0u) << length;
-    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % page(), 0u) << p;
+    EXPECT_EQ(length % page_size(), 0u) << length;
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % page_size(), 0u) << p;
     // Stamp both ends: an overlap between two of this rank's blocks would overwrite a stamp.
     const std::uint64_t stamp = (static_cast<std::uint64_t>(me) << 32) | static_cast<std::uint64_t>(i);
     std::memcpy(p, &stamp, sizeof stamp);
@@ -242,14 +254,14 @@ TEST(Blocks, BlockMovesByImageAndItsRangeGoesHome) {
   region& reg = region::get();
   constexpr unsigned seed = 7;
 
-  void* mine = iso_malloc(3 * page() + 1);
+  void* mine = iso_malloc(3 * page_size() + 1);
   EXPECT_NE(mine, nullptr) << iso_last_error();
   const std::size_t length = mine != nullptr ? iso_length(mine) : 0;
-  EXPECT_EQ(length, 4 * page());
+  EXPECT_EQ(length, 4 * page_size());
   if (mine != nullptr) {
     fill(mine, length, me, seed);
     // A pointer inside the block to another place in the block.
-    void* inner = static_cast<char*>(mine) + 2 * page() + 8;
+    void* inner = static_cast<char*>(mine) + 2 * page_size() + 8;
     std::memcpy(mine, &inner, sizeof inner);
   }
   // Taken before the block leaves: from then on its range may come home at any block call.
@@ -274,11 +286,11 @@ TEST(Blocks, BlockMovesByImageAndItsRangeGoesHome) {
     EXPECT_EQ(moved, expected) << iso_last_error();
   }
   if (moved != nullptr && moved == expected) {
-    EXPECT_EQ(iso_length(moved), 4 * page());
+    EXPECT_EQ(iso_length(moved), 4 * page_size());
     void* inner = nullptr;
     std::memcpy(&inner, moved, sizeof inner);
-    EXPECT_EQ(inner, static_cast<char*>(moved) + 2 * page() + 8) << "the inner pointer changed";
-    EXPECT_EQ(first_mismatch(moved, 4 * page(), prev, seed, sizeof inner), 4 * page())
+    EXPECT_EQ(inner, static_cast<char*>(moved) + 2 * page_size() + 8) << "the inner pointer changed";
+    EXPECT_EQ(first_mismatch(moved, 4 * page_size(), prev, seed, sizeof inner), 4 * page_size())
         << "the content moved from rank " << prev << " differs";
   }
 
@@ -321,9 +333,9 @@ TEST(Blocks, BlockHopsTwiceThenIsFreed) {
   region& reg = region::get();
   constexpr unsigned seed = 23;
 
-  void* mine = iso_malloc(page());
+  void* mine = iso_malloc(page_size());
   EXPECT_NE(mine, nullptr) << iso_last_error();
-  if (mine != nullptr) fill(mine, page(), me, seed);
+  if (mine != nullptr) fill(mine, page_size(), me, seed);
   // Taken before the block leaves: from then on its range may come home at any block call.
   const auto before = reg.stats();
 
@@ -336,7 +348,7 @@ TEST(Blocks, BlockHopsTwiceThenIsFreed) {
   EXPECT_EQ(last, reinterpret_cast<void*>(hop2.address)) << iso_last_error();
   EXPECT_EQ(reg.owner_of(last), origin);
   if (last != nullptr) {
-    EXPECT_EQ(first_mismatch(last, page(), origin, seed), page()) << "content changed on the way";
+    EXPECT_EQ(first_mismatch(last, page_size(), origin, seed), page_size()) << "content changed on the way";
     iso_free(last);
     EXPECT_STREQ(iso_last_error(), "");
   }
@@ -364,9 +376,9 @@ TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
   const int next = (me + 1) % n;
   const int prev = (me + n - 1) % n;
   region& reg = region::get();
-  void* mine = iso_malloc(page());
+  void* mine = iso_malloc(page_size());
   EXPECT_NE(mine, nullptr) << iso_last_error();
-  if (mine != nullptr) fill(mine, page(), me, 41);
+  if (mine != nullptr) fill(mine, page_size(), me, 41);
   std::vector<unsigned char> image(mine != nullptr ? iso_pack_size(mine) : 0);
   if (mine != nullptr) {
     EXPECT_EQ(iso_pack(mine, image.data(), image.size()), image.size());
@@ -380,15 +392,12 @@ TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
   EXPECT_NE(copy, nullptr) << iso_last_error();
   if (copy != nullptr) iso_free(copy);  // its range is sent to its owner, who still holds it
   MPI_Barrier(MPI_COMM_WORLD);
-  for (int i = 0; i < 200 && reg.stats().kept_returns == before.kept_returns; ++i) {
-    iso_progress();
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  await_count(&region::stats_t::kept_returns, before.kept_returns, 200);
   EXPECT_EQ(reg.stats().kept_returns, before.kept_returns + 1);
   EXPECT_EQ(reg.stats().returned_runs, before.returned_runs);
   if (mine != nullptr) {
-    EXPECT_EQ(iso_length(mine), page()) << "the owner's block must survive";
-    EXPECT_EQ(first_mismatch(mine, page(), me, 41), page());
+    EXPECT_EQ(iso_length(mine), page_size()) << "the owner's block must survive";
+    EXPECT_EQ(first_mismatch(mine, page_size(), me, 41), page_size());
     iso_free(mine);
     EXPECT_STREQ(iso_last_error(), "");
   }
@@ -424,14 +433,7 @@ TEST(Blocks, HeapImageMovesAndKeepsServing) {
   // The image goes; this rank's copy is dropped (its extents decommitted), as a migration does.
   h->for_each_extent([](void* addr, std::size_t bytes) { iso::detail::prim::decommit(addr, bytes); });
 
-  auto exchange = [&](std::vector<unsigned char>& data) {
-    std::uint64_t size = data.size(), theirs = 0;
-    MPI_Sendrecv(&size, 1, MPI_UINT64_T, next, 7, &theirs, 1, MPI_UINT64_T, prev, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    std::vector<unsigned char> got(theirs);
-    MPI_Sendrecv(data.data(), static_cast<int>(size), MPI_BYTE, next, 8, got.data(), static_cast<int>(theirs), MPI_BYTE,
-                 prev, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-    return got;
-  };
+  auto exchange = [&](const std::vector<unsigned char>& data) { return swap_bytes(0, data, next, prev, 7).data; };
   std::vector<unsigned char> list(blocks.size() * sizeof(std::uint64_t));
   std::memcpy(list.data(), blocks.data(), list.size());
   const std::vector<unsigned char> their_image = exchange(image);
@@ -509,15 +511,15 @@ TEST(BlockErrors, SecondFreeIsRefusedAndDoesNotCorruptTheShare) {
 TEST(BlockErrors, LengthOfAnythingButAHeldBlockIsZero) {
   int on_stack = 0;
   void* m = std::malloc(64);
-  void* p = iso_malloc(2 * page());
+  void* p = iso_malloc(2 * page_size());
   ASSERT_NE(p, nullptr) << iso_last_error();
-  EXPECT_EQ(iso_length(p), 2 * page());
+  EXPECT_EQ(iso_length(p), 2 * page_size());
   EXPECT_EQ(iso_length(m), 0u);
   EXPECT_THAT(last_error(), HasSubstr(pointer_text(m)));
   EXPECT_THAT(last_error(), HasSubstr("outside the isomalloc region"));
   EXPECT_EQ(iso_length(&on_stack), 0u);
   EXPECT_EQ(iso_length(nullptr), 0u);
-  EXPECT_EQ(iso_length(static_cast<char*>(p) + page()), 0u) << "an interior pointer is not a block";
+  EXPECT_EQ(iso_length(static_cast<char*>(p) + page_size()), 0u) << "an interior pointer is not a block";
   EXPECT_EQ(iso_pack_size(m), 0u);
   iso_free(p);
   EXPECT_EQ(iso_length(p), 0u) << "a freed block";
@@ -526,11 +528,11 @@ TEST(BlockErrors, LengthOfAnythingButAHeldBlockIsZero) {
 }
 
 TEST(BlockErrors, PackIntoATooSmallBufferWritesNothing) {
-  void* p = iso_malloc(page());
+  void* p = iso_malloc(page_size());
   ASSERT_NE(p, nullptr) << iso_last_error();
-  fill(p, page(), my_rank(), 3);
+  fill(p, page_size(), my_rank(), 3);
   const std::size_t need = iso_pack_size(p);
-  EXPECT_GT(need, page());
+  EXPECT_GT(need, page_size());
   std::vector<unsigned char> buffer(need, 0xAB);
   EXPECT_EQ(iso_pack(p, buffer.data(), need - 1), 0u);
   EXPECT_THAT(last_error(), HasSubstr(std::to_string(need)));
@@ -549,7 +551,7 @@ TEST(BlockErrors, CorruptImagesAreRefusedAndChangeNothing) {
   const int me = my_rank();
   constexpr unsigned seed = 11;
   region& reg = region::get();
-  void* p = iso_malloc(2 * page());
+  void* p = iso_malloc(2 * page_size());
   ASSERT_NE(p, nullptr) << iso_last_error();
   const std::size_t length = iso_length(p);
   fill(p, length, me, seed);
@@ -639,13 +641,13 @@ TEST(BlockErrors, InitAgainOnlyWithTheSameCommunicator) {
 // (4) iso_in_range: 1 for any rank's block address, 0 for system memory.
 TEST(Blocks, InRangeTellsRegionFromSystemMemory) {
   const region& reg = region::get();
-  void* p = iso_malloc(page());
+  void* p = iso_malloc(page_size());
   EXPECT_NE(p, nullptr) << iso_last_error();
   if (p != nullptr) {
     EXPECT_EQ(iso_in_range(p), 1);
-    EXPECT_EQ(iso_in_range(static_cast<char*>(p) + page() - 1), 1);
+    EXPECT_EQ(iso_in_range(static_cast<char*>(p) + page_size() - 1), 1);
   }
-  for (std::size_t n : {std::size_t{1}, std::size_t{100}, page(), std::size_t{1} << 20, std::size_t{64} << 20}) {
+  for (std::size_t n : {std::size_t{1}, std::size_t{100}, page_size(), std::size_t{1} << 20, std::size_t{64} << 20}) {
     void* m = std::malloc(n);
     ASSERT_NE(m, nullptr);
     EXPECT_EQ(iso_in_range(m), 0) << "malloc(" << n << ") = " << m;

@@ -7,10 +7,7 @@
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
-
-namespace iso_test {
-extern iso::runtime* rt;
-}
+#include "mpi_gtest.hpp"
 
 namespace {
 

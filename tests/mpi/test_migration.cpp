@@ -13,10 +13,7 @@
 #include "engine.hpp"
 #include "interpose.hpp"
 #include "isothreads/isothreads.hpp"
-
-namespace iso_test {
-extern iso::runtime* rt;
-}
+#include "mpi_gtest.hpp"
 
 namespace {
 
