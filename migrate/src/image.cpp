@@ -24,10 +24,8 @@ std::uint64_t header_checksum(const image_header& h) {
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
   const std::size_t page = prim::page_size();
   sys_vector<image_extent> extents;
-  // The saved context is the stack pointer at the switch: everything live is above it.
-  void* sp = nullptr;
-  std::memcpy(&sp, t->self, sizeof sp);
-  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1);
+  // Everything live on the stack is above the saved stack pointer.
+  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(t->saved_sp()) & ~(page - 1);
   const std::uintptr_t stack_hi = reinterpret_cast<std::uintptr_t>(t->stack.top());
   extents.push_back({stack_lo, stack_hi - stack_lo});
   t->home_heap->drop_empty_pages();  // their pages stay out of the image: so must their free lists

@@ -5,12 +5,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <numeric>
 
 #include "diag.hpp"
 #include "interpose.hpp"
-#include "mpi_peers.hpp"
 #include "prim.hpp"
 #include "trace.hpp"
 
@@ -32,9 +30,8 @@ struct wire_rank {
 };
 
 std::size_t live_image_bytes(tcb* t) {
-  void* sp = nullptr;
-  std::memcpy(&sp, t->self, sizeof sp);
-  return t->home_heap->extent_bytes() + (static_cast<char*>(t->stack.top()) - static_cast<char*>(sp));
+  return t->home_heap->extent_bytes() +
+         (static_cast<const char*>(t->stack.top()) - static_cast<const char*>(t->saved_sp()));
 }
 
 }  // namespace
@@ -45,10 +42,8 @@ balancer::balancer(MPI_Comm comm, scheduler& s, engine& e)
       comm_(comm),
       rank_(comm_.rank()),
       size_(comm_.size()),
-      period_start_ns_(now_ns()),
-      period_start_cycles_(prim::cycles()),
-      idle_at_start_(s.idle_cycles()),
       last_balance_ns_(now_ns()) {
+  // set_strategy starts the first period: nothing reads the period's start before it.
   const char* env = std::getenv("ISO_LB");
   set_strategy(lb::by_name(env != nullptr && *env != '\0' ? env : "greedy"));
   g_balancer = this;
@@ -64,10 +59,14 @@ void balancer::set_strategy(std::unique_ptr<lb::strategy> s) {
   // Measuring costs two cycle reads per switch; a balancer that never moves anything needs none.
   sched_.set_measure_load(std::string(strategy_->name()) != "none");
   // A new measuring period starts here: time before it was measured differently, or not at all.
-  period_start_ns_ = now_ns();
+  start_period(now_ns());
+  sched_.for_each_thread([](tcb* t) { t->run_cycles = 0; });
+}
+
+void balancer::start_period(std::int64_t at_ns) noexcept {
+  period_start_ns_ = at_ns;
   period_start_cycles_ = prim::cycles();
   idle_at_start_ = sched_.idle_cycles();
-  sched_.for_each_thread([](tcb* t) { t->run_cycles = 0; });
 }
 
 void balancer::step() noexcept {
@@ -113,9 +112,7 @@ void balancer::step() noexcept {
     // Plan (every rank the same) and check the plan against the problem.
     const bool due = period_s_ <= 0 || since_balance >= period_s_;
     std::vector<lb::move> moves = due ? strategy_->plan(p) : std::vector<lb::move>{};
-    std::vector<double> load(static_cast<std::size_t>(size_), 0.0);
-    for (int r = 0; r < size_; ++r) load[static_cast<std::size_t>(r)] = p.background[static_cast<std::size_t>(r)];
-    for (const auto& t : p.threads) load[static_cast<std::size_t>(t.rank)] += t.load;
+    std::vector<double> load = lb::rank_loads(p);
     const double avg = std::accumulate(load.begin(), load.end(), 0.0) / size_;
     const double max_before = *std::max_element(load.begin(), load.end());
     const std::vector<double> load_before = load;
@@ -154,17 +151,13 @@ void balancer::step() noexcept {
     check_mpi(MPI_Allreduce(&bytes, &all_bytes, 1, MPI_UINT64_T, MPI_SUM, comm_), "MPI_Allreduce (lb)");
 
     // Resume everyone; a new period starts.
-    sys_vector<tcb*> waiting;
-    sched_.for_each_thread([&](tcb* t) {
+    sched_.for_each_thread([](tcb* t) {
       t->run_cycles = 0;
       t->set_load = -1;
-      if (t->state == thread_state::blocked && t->wait == wait_reason::sync) waiting.push_back(t);
     });
-    for (tcb* t : waiting) sched_.wake(t);
+    sched_.wake_all(wait_reason::sync);
     const std::int64_t t1 = now_ns();
-    period_start_ns_ = t1;
-    period_start_cycles_ = prim::cycles();
-    idle_at_start_ = sched_.idle_cycles();
+    start_period(t1);
     if (due) last_balance_ns_ = t1;
 
     last_ = {last_.step + 1,

@@ -35,6 +35,10 @@ class balancer {
   void step() noexcept;
 
  private:
+  // Starts a measuring period at at_ns (now_ns()): from here on, the scheduler's idle cycles and
+  // the cycle clock count against it. Threads' run cycles are reset by the caller.
+  void start_period(std::int64_t at_ns) noexcept;
+
   scheduler& sched_;
   engine& engine_;
   private_comm comm_;
@@ -42,9 +46,10 @@ class balancer {
   int size_;
   std::unique_ptr<lb::strategy> strategy_;
   double period_s_ = 0;
-  std::int64_t period_start_ns_;        // start of the current measuring period
-  std::uint64_t period_start_cycles_;
-  std::uint64_t idle_at_start_;          // scheduler idle cycles at the period's start
+  // The current measuring period, set by start_period:
+  std::int64_t period_start_ns_;         // its start
+  std::uint64_t period_start_cycles_;    // prim::cycles() at its start
+  std::uint64_t idle_at_start_;          // scheduler idle cycles at its start
   std::int64_t last_balance_ns_;         // when a strategy last ran (periodic mode)
   lb::step_report last_;
 };

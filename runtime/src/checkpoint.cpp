@@ -8,7 +8,6 @@
 #include "image.hpp"
 #include "interpose.hpp"
 #include "isothreads/checkpoint.hpp"
-#include "mpi_peers.hpp"
 #include "prim.hpp"
 #include "region.hpp"
 #include "stack.hpp"
@@ -153,8 +152,7 @@ manifest read_manifest(const std::string& dir) {
 // rank that did and that rank's message.
 void agree(MPI_Comm comm, const std::string& mine, errc code) {
   constexpr int cap = 400;
-  int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
+  int size = 1;
   MPI_Comm_size(comm, &size);
   char local[cap] = {};
   std::strncpy(local, mine.c_str(), cap - 1);
@@ -243,8 +241,34 @@ std::string checkpointer::write_rank_file(std::uint64_t generation) {
   const int c = prim::file_sync_close(fd);
   if (e == 0) e = c;
   if (e != 0) return format("cannot write %s: %s", path.c_str(), std::strerror(e));
-  file_bytes_.assign(1, sizeof h + table.size() + data_bytes);
-  table_sums_.assign(1, h.table_checksum);
+  file_bytes_ = sizeof h + table.size() + data_bytes;
+  table_sum_ = h.table_checksum;
+  return "";
+}
+
+std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t max_serial,
+                                         const sys_vector<std::uint64_t>& files) {
+  const region& reg = region::get();
+  manifest_header h{manifest_magic, format_version, static_cast<std::uint32_t>(size_), layout_, reg.base(), reg.bytes(),
+                    generation, max_serial, 0};
+  sys_vector<manifest_entry> entries;
+  for (int r = 0; r < size_; ++r) entries.push_back({files[2 * static_cast<std::size_t>(r)], files[2 * static_cast<std::size_t>(r) + 1]});
+  h.checksum = manifest_sum(h, entries.data());
+  const std::string tmp = dir_ + "/manifest.tmp", path = dir_ + "/manifest";
+  int fd = -1;
+  int e = prim::file_create(tmp.c_str(), &fd);
+  if (e == 0) {
+    e = prim::file_write(fd, &h, sizeof h);
+    if (e == 0) e = prim::file_write(fd, entries.data(), entries.size() * sizeof(manifest_entry));
+    const int c = prim::file_sync_close(fd);
+    if (e == 0) e = c;
+  }
+  // Fault injection for the crash test: die with the new files written, uncommitted.
+  if (const char* fault = std::getenv("ISO_FAULT"); fault != nullptr && std::strcmp(fault, "checkpoint-before-commit") == 0) {
+    ::_exit(3);
+  }
+  if (e == 0) e = prim::file_commit(tmp.c_str(), path.c_str());
+  if (e != 0) return format("cannot write checkpoint manifest %s: %s", path.c_str(), std::strerror(e));
   return "";
 }
 
@@ -293,35 +317,12 @@ void checkpointer::step() noexcept {
 
     if (failure_.empty()) {
       // Rank 0 commits: the manifest names the new files; one rename makes them current.
-      std::uint64_t mine[2] = {file_bytes_[0], table_sums_[0]};
+      std::uint64_t mine[2] = {file_bytes_, table_sum_};
       sys_vector<std::uint64_t> all(2 * static_cast<std::size_t>(size_));
       check_mpi(MPI_Gather(mine, 2, MPI_UINT64_T, all.data(), 2, MPI_UINT64_T, 0, comm_), "MPI_Gather (checkpoint)");
       std::uint64_t max_serial = sched_.next_serial() - 1, global_max = 0;
       check_mpi(MPI_Reduce(&max_serial, &global_max, 1, MPI_UINT64_T, MPI_MAX, 0, comm_), "MPI_Reduce (checkpoint)");
-      std::string commit_problem;
-      if (rank_ == 0) {
-        const region& reg = region::get();
-        manifest_header h{manifest_magic, format_version, static_cast<std::uint32_t>(size_), layout_, reg.base(), reg.bytes(),
-                          generation, global_max, 0};
-        sys_vector<manifest_entry> entries;
-        for (int r = 0; r < size_; ++r) entries.push_back({all[2 * static_cast<std::size_t>(r)], all[2 * static_cast<std::size_t>(r) + 1]});
-        h.checksum = manifest_sum(h, entries.data());
-        const std::string tmp = dir_ + "/manifest.tmp", path = dir_ + "/manifest";
-        int fd = -1;
-        int e = prim::file_create(tmp.c_str(), &fd);
-        if (e == 0) {
-          e = prim::file_write(fd, &h, sizeof h);
-          if (e == 0) e = prim::file_write(fd, entries.data(), entries.size() * sizeof(manifest_entry));
-          const int c = prim::file_sync_close(fd);
-          if (e == 0) e = c;
-        }
-        // Fault injection for the crash test: die with the new files written, uncommitted.
-        if (const char* fault = std::getenv("ISO_FAULT"); fault != nullptr && std::strcmp(fault, "checkpoint-before-commit") == 0) {
-          ::_exit(3);
-        }
-        if (e == 0) e = prim::file_commit(tmp.c_str(), path.c_str());
-        if (e != 0) commit_problem = format("cannot write checkpoint manifest %s: %s", path.c_str(), std::strerror(e));
-      }
+      const std::string commit_problem = rank_ == 0 ? write_manifest(generation, global_max, all) : std::string();
       try {
         agree(comm_, commit_problem, errc::io_failure);
       } catch (const iso::error& e) {
@@ -340,11 +341,7 @@ void checkpointer::step() noexcept {
       }
     }
     dir_.clear();
-    sys_vector<tcb*> waiting;
-    sched_.for_each_thread([&](tcb* t) {
-      if (t->state == thread_state::blocked && t->wait == wait_reason::checkpoint) waiting.push_back(t);
-    });
-    for (tcb* t : waiting) sched_.wake(t);
+    sched_.wake_all(wait_reason::checkpoint);
     if (rank_ == 0 && failure_.empty()) {
       std::printf("iso::checkpoint: generation %llu written to %s\n", static_cast<unsigned long long>(generation), dir0.c_str());
       std::fflush(stdout);
@@ -393,6 +390,7 @@ void checkpointer::restore(const std::string& dir) {
   sys_vector<std::pair<std::uint64_t, std::uint64_t>> my_sequences;
   sys_vector<std::pair<std::uint64_t, bool>> finished;
   sys_vector<int> fds(m.header.nranks, -1);
+  std::uint64_t read = 0;  // data bytes of this rank's threads
   try {
     for (std::uint32_t r = 0; r < m.header.nranks; ++r) {
       const std::string path = rank_file(dir, m.header.generation, static_cast<int>(r));
@@ -465,6 +463,7 @@ void checkpointer::restore(const std::string& dir) {
     // Read this rank's threads straight into their addresses, and check every byte.
     for (std::size_t k = static_cast<std::size_t>(rank_); k < threads.size(); k += static_cast<std::size_t>(size_)) {
       const restored& t = threads[k];
+      read += t.rec.data_bytes;
       std::uint64_t offset = t.data_offset, sum = 0;
       for (const image_extent& e : t.extents) {
         if (!reg.contains(reinterpret_cast<void*>(e.addr)) || !reg.contains(reinterpret_cast<void*>(e.addr + e.bytes - 1))) {
@@ -517,10 +516,7 @@ void checkpointer::restore(const std::string& dir) {
     if (engine_.home_of(thread_id::from_bits(id)) == rank_) engine_.restore_finished(thread_id::from_bits(id), joined);
   }
   sched_.raise_next_serial(m.header.max_serial + 1);
-  std::uint64_t read = 0, all_read = 0;
-  for (std::size_t k = static_cast<std::size_t>(rank_); k < threads.size(); k += static_cast<std::size_t>(size_)) {
-    read += threads[k].rec.data_bytes;
-  }
+  std::uint64_t all_read = 0;
   check_mpi(MPI_Reduce(&read, &all_read, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (restart)");
   const double seconds = static_cast<double>(now_ns() - start_ns) * 1e-9;
   if (rank_ == 0) {
@@ -542,8 +538,8 @@ void checkpoint(const std::string& dir) {
   detail::running_or_throw("iso::checkpoint");
   c->request(dir);
   detail::scheduler::current()->block_running(detail::wait_reason::checkpoint);
-  // Resumed, perhaps in another process (a restart): c and s named this process's objects, so
-  // look the checkpointer up again.
+  // Resumed, perhaps in another process (a restart): c named this process's checkpointer, so look
+  // it up again.
   const std::string& failure = detail::checkpointer::current()->failure();
   if (!failure.empty()) detail::raise(errc::io_failure, "iso::checkpoint(\"%s\"): %s", dir.c_str(), failure.c_str());
 }

@@ -47,7 +47,10 @@ class checkpointer {
 
  private:
   std::string write_rank_file(std::uint64_t generation);  // "" or what failed
-  std::string write_manifest(std::uint64_t generation, std::uint64_t max_serial);
+  // Rank 0, once every rank has written its file: writes the manifest of `generation` (files: per
+  // rank its file's size and table checksum, as gathered) and makes it current by one rename.
+  // "" or what failed.
+  std::string write_manifest(std::uint64_t generation, std::uint64_t max_serial, const sys_vector<std::uint64_t>& files);
 
   scheduler& sched_;
   engine& engine_;
@@ -57,8 +60,10 @@ class checkpointer {
   std::uint64_t layout_;
   std::string dir_;          // requested by this rank's threads for the pending step
   std::string failure_;
-  sys_vector<std::uint64_t> file_bytes_;  // rank file sizes and table checksums of the step,
-  sys_vector<std::uint64_t> table_sums_;  //   gathered on rank 0 for the manifest
+  // This rank's file of the step, set by write_rank_file when it succeeds; rank 0 gathers them
+  // for the manifest.
+  std::uint64_t file_bytes_ = 0;  // its size
+  std::uint64_t table_sum_ = 0;   // its table's checksum64
 };
 
 }  // namespace iso::detail

@@ -10,15 +10,15 @@
 #include "isothreads/lb.hpp"
 
 namespace iso::lb {
-namespace {
 
-// Rank loads: background plus the loads of the threads there.
 std::vector<double> rank_loads(const problem& p) {
   std::vector<double> load(static_cast<std::size_t>(p.ranks), 0.0);
   for (int r = 0; r < p.ranks && r < static_cast<int>(p.background.size()); ++r) load[static_cast<std::size_t>(r)] = p.background[static_cast<std::size_t>(r)];
   for (const thread_load& t : p.threads) load[static_cast<std::size_t>(t.rank)] += t.load;
   return load;
 }
+
+namespace {
 
 // Heaviest first; equal loads by id, so that the order is the same on every rank.
 std::vector<const thread_load*> heaviest_first(const std::vector<thread_load>& threads) {

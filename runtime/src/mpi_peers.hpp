@@ -3,7 +3,6 @@
 
 #include <mpi.h>
 
-#include <array>
 #include <list>
 
 #include "comm.hpp"
@@ -34,8 +33,6 @@ class mpi_region_peers final : public region_peers {
   void drain();
 
   MPI_Comm user_comm() const noexcept { return user_comm_; }
-  // Sends still in flight (a run is not lost while one is).
-  std::size_t pending_sends() const noexcept { return sends_.size(); }
 
  private:
   static constexpr int tag_return = 1;

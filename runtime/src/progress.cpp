@@ -12,17 +12,6 @@
 #include "region.hpp"
 
 namespace iso::detail {
-namespace {
-
-// Idle back-off: for the first spin_ns of idleness, only give the core away (sched_yield) between
-// polls, so that a halo or a reply a few microseconds away is seen at once; then sleep, doubling
-// from min_backoff_ns up to max_backoff_ns. Keeps 4 oversubscribed ranks on 2 cores from starving
-// each other, while a message still wakes a long-idle rank within about a millisecond.
-constexpr std::int64_t spin_ns = 200'000;
-constexpr std::int64_t min_backoff_ns = 20'000;
-constexpr std::int64_t max_backoff_ns = 1'000'000;
-
-}  // namespace
 
 mpi_progress::mpi_progress(MPI_Comm comm) : comm_(comm) {}
 

@@ -12,7 +12,6 @@
 #include "diag.hpp"
 #include "interpose.hpp"
 #include "isothreads/trace.hpp"
-#include "mpi_peers.hpp"
 #include "prim.hpp"
 
 namespace iso::detail {

@@ -27,6 +27,12 @@ struct problem {
   std::vector<double> background;    // per rank, seconds
   int ranks = 0;
 };
+
+// Each rank's load in p: its background (0 where p.background has no entry) plus the loads of the
+// threads on it. pre: every thread's rank is in [0, p.ranks). For strategies, and for the
+// balancer's own before/after figures.
+std::vector<double> rank_loads(const problem& p);
+
 struct move {
   thread_id id;
   int from = 0;
