@@ -2,11 +2,16 @@
 // bench_main.cpp prints the ratios). All run on one process with a bare scheduler (no MPI).
 //
 //   yield_round_trip       thread A yields, thread B runs and yields, A runs again: one round trip
-//                          = A->scheduler->B->scheduler->A, 4 context switches plus the scheduler's
-//                          bookkeeping (ready queue, heap switch, timer/poll checks).
-//     raw:                 the same 4 switches with nothing else: main resumes a bare
-//                          boost::context::fiber that at once resumes main, twice
-//                          (main->B->main->B->main). The pure switching floor of the round trip.
+//                          = A->B->A, 2 direct context switches plus the scheduler's bookkeeping
+//                          (ready queue, heap switch, load/trace/poll checks); every 32nd yield
+//                          goes through the scheduler instead (2 switches and a progress poll).
+//     raw:                 the baseline, two bare boost::context::fiber resumes: main
+//                          resumes a fiber that at once resumes main, twice
+//                          (main->B->main->B->main, 4 switches). What a yield round trip costs
+//                          through a scheduler that does nothing.
+//   yield_round_trip_per_switch   the same round trip, against the bare switches it makes:
+//     raw:                 one bare resume and back (main->B->main, 2 switches). The ratio is
+//                          a yield's cost over a bare switch's.
 //   boost_fiber_yield_round_trip   (no ratio; for scale) the same ping-pong with two Boost.Fiber
 //                          fibers (main and one other) calling boost::this_fiber::yield().
 //   spawn_join             from a migratable thread: iso::spawn of an empty body, then iso::join
@@ -71,7 +76,9 @@ void yield_round_trip(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
-void raw_yield_round_trip(benchmark::State& state) {
+// `resumes` bare resumes of a fiber that at once resumes main back (2 switches each) per iteration.
+template <int resumes>
+void raw_fiber_resumes(benchmark::State& state) {
   bool done = false;
   ctx::fiber b([&done](ctx::fiber&& main) {
     while (!done) main = std::move(main).resume();
@@ -79,15 +86,14 @@ void raw_yield_round_trip(benchmark::State& state) {
   });
   b = std::move(b).resume();  // B starts and comes back (not timed)
   for (auto _ : state) {
-    b = std::move(b).resume();  // main -> B -> main
-    b = std::move(b).resume();  // main -> B -> main
+    for (int i = 0; i < resumes; ++i) b = std::move(b).resume();  // main -> B -> main
   }
   done = true;
   b = std::move(b).resume();  // B returns; b is empty
   state.SetItemsProcessed(state.iterations());
 }
 
-// Context for the figure above (no baseline): Boost.Fiber's own yield, round trip main -> F -> main.
+// Context for the figures above (no baseline): Boost.Fiber's own yield, round trip main -> F -> main.
 void boost_fiber_yield_round_trip(benchmark::State& state) {
   bool done = false;
   boost::fibers::fiber f([&done] {
@@ -265,7 +271,9 @@ constexpr long resident_count = 100'000;
 BENCHMARK(raw_resident)->Name("raw:resident")->Arg(resident_count)->Iterations(1)->UseManualTime()->Unit(benchmark::kNanosecond);
 BENCHMARK(resident)->Name("resident")->Arg(resident_count)->Iterations(1)->UseManualTime()->Unit(benchmark::kNanosecond);
 BENCHMARK(yield_round_trip)->Name("yield_round_trip");
-BENCHMARK(raw_yield_round_trip)->Name("raw:yield_round_trip");
+BENCHMARK(raw_fiber_resumes<2>)->Name("raw:yield_round_trip");
+BENCHMARK(yield_round_trip)->Name("yield_round_trip_per_switch");
+BENCHMARK(raw_fiber_resumes<1>)->Name("raw:yield_round_trip_per_switch");
 BENCHMARK(boost_fiber_yield_round_trip)->Name("boost_fiber_yield_round_trip");
 BENCHMARK(spawn_join)->Name("spawn_join");
 BENCHMARK(raw_spawn_join)->Name("raw:spawn_join");

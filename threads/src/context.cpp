@@ -10,11 +10,12 @@ namespace ctx = boost::context;
 
 namespace iso::detail {
 
+ctx::fiber* switch_landing = nullptr;
+
 void context_create(tcb* t) noexcept {
-  ctx::fiber f(std::allocator_arg, slot_stack{t->stack}, [t](ctx::fiber&& caller) {
-    t->caller_ctx() = std::move(caller);
-    thread_main(t);
-    return std::move(t->caller_ctx());
+  ctx::fiber f(std::allocator_arg, slot_stack{t->stack}, [t](ctx::fiber&& from) {
+    *switch_landing = std::move(from);  // the first landing, as context_switch does for later ones
+    return thread_main(t);
   });
   new (t->self) ctx::fiber(std::move(f));
 }

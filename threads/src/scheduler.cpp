@@ -169,9 +169,9 @@ void scheduler::resume(tcb* t) noexcept {
   current_heap = t->home_heap;
   if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();
-  context_resume(t, &running_);
+  context_switch(t->self_ctx(), &sched_ctx_);
   // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (TCBs stay here
-  // until teardown or departure, so `back` is valid).
+  // until teardown or departure, so `back` is valid); its context has landed in its TCB.
   tcb* back = running_;
   if (measure_) back->run_cycles += prim::cycles() - run_start_;
   current_heap = nullptr;
@@ -187,6 +187,19 @@ void scheduler::resume(tcb* t) noexcept {
     if (policy_ == &default_policy_) default_policy_.awakened(back); else policy_->awakened(back);
   }
   if (back->pending_dest >= 0 && depart_hook_ != nullptr && movable(back)) depart_hook_(*this, back);
+}
+
+void scheduler::account_switch(tcb* self) noexcept {
+  if (measure_) {
+    const std::uint64_t now = prim::cycles();
+    self->run_cycles += now - run_start_;
+    run_start_ = now;
+  }
+  if (run_hook_ != nullptr) {
+    const std::int64_t now = now_ns();
+    run_hook_(self, trace_start_ns_, now);
+    trace_start_ns_ = now;
+  }
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -328,7 +341,7 @@ void scheduler::sleep_running_until(std::int64_t deadline) {
   self->wake_ns = deadline;
   insert_timer(self);
   self->state = thread_state::sleeping;
-  context_switch_out(self);
+  switch_out(self);
 }
 
 void scheduler::block_running(wait_reason why) noexcept {
@@ -336,11 +349,11 @@ void scheduler::block_running(wait_reason why) noexcept {
   self->state = thread_state::blocked;
   self->wait = why;
   ++blocked_[static_cast<std::size_t>(why)];
-  context_switch_out(self);
+  switch_out(self);
   self->wait = wait_reason::none;
 }
 
-void thread_main(tcb* t) noexcept {
+boost::context::fiber thread_main(tcb* t) noexcept {
   try {
     t->body->run();
   } catch (const std::exception& e) {
@@ -352,6 +365,10 @@ void thread_main(tcb* t) noexcept {
   delete t->body;  // its heap is current: the callable and what it owns go back to it
   t->body = nullptr;
   t->state = thread_state::finished;
+  // Ending on the scheduler's context frees the stack there; what lands is an empty context.
+  scheduler& s = *scheduler::current();  // afresh: t may have migrated
+  switch_landing = &t->self_ctx();
+  return std::move(s.sched_ctx());
 }
 
 }  // namespace iso::detail

@@ -6,7 +6,8 @@
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
 // A thread switches to the scheduler and back (two context switches), or, yielding with
-// nothing for the scheduler to do, straight to the next ready thread (one).
+// nothing for the scheduler to do, straight to the next ready thread (one). Switches follow the
+// landing protocol of isothreads/detail/switch.hpp.
 #pragma once
 
 #include <cstddef>
@@ -99,33 +100,32 @@ class scheduler {
   void discard_thread(tcb* t) noexcept;
 
   // --- from the running thread ---
-  // running -> ready. pre: a thread is running. When the next ready thread can run without the
-  // scheduler's bookkeeping (FIFO policy, no migration pending, not time to poll), switches to
-  // it directly, doing the accounting (load, trace) itself.
-  void yield_running() noexcept {
+  // running -> ready, without the switch: returns the context to switch to and sets *save to the
+  // running thread's slot (for context_switch). pre: a thread is running. When the next ready
+  // thread can run without the scheduler's bookkeeping (FIFO policy, no migration pending, not
+  // time to poll), that is the next thread's context, and the accounting (load, trace) is done
+  // here; otherwise it is the scheduler's.
+  boost::context::fiber& prepare_yield(boost::context::fiber** save) noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
+    *save = &self->self_ctx();
     if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
       if (tcb* next = default_policy_.pick_next()) {
         default_policy_.awakened(self);
-        if (measure_) {
-          const std::uint64_t now = prim::cycles();
-          self->run_cycles += now - run_start_;
-          run_start_ = now;
-        }
-        if (run_hook_ != nullptr) {
-          const std::int64_t now = now_ns();
-          run_hook_(self, trace_start_ns_, now);
-          trace_start_ns_ = now;
-        }
+        if (measure_ || run_hook_ != nullptr) account_switch(self);
         running_ = next;
         next->state = thread_state::running;
         current_heap = next->home_heap;
-        context_switch_to(self, next);
-        return;
+        return next->self_ctx();
       }
     }
-    context_switch_out(self);
+    return sched_ctx_;
+  }
+  // prepare_yield and the switch, for the runtime's own yields.
+  void yield_running() noexcept {
+    boost::context::fiber* save = nullptr;
+    boost::context::fiber& to = prepare_yield(&save);
+    context_switch(to, save);
   }
   void sleep_running_until(std::int64_t deadline_ns);
   // The running thread blocks. pre: it is registered where its waker will find it.
@@ -134,6 +134,9 @@ class scheduler {
   void wake(tcb* t) noexcept;
   // Wakes every thread of this rank blocked for `why` (from a thread or the progress engine).
   void wake_all(wait_reason why) noexcept;
+
+  // The scheduler's context while a thread runs (where threads switch out to); empty otherwise.
+  boost::context::fiber& sched_ctx() noexcept { return sched_ctx_; }
 
   // --- the thread table ---
   tcb* find(thread_id id) const noexcept;     // a live thread on this rank, or null
@@ -185,6 +188,12 @@ class scheduler {
 
  private:
   void resume(tcb* t) noexcept;
+  // A direct switch away from self: ends its run for load measurement and tracing. Out of line,
+  // so that the yield path without either saves no registers.
+  [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
+  // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
+  void switch_out(tcb* self) noexcept { context_switch(sched_ctx_, &self->self_ctx()); }
   void teardown(tcb* t) noexcept;
   void wake_expired(std::int64_t now) noexcept;
   void insert_timer(tcb* t) noexcept;
@@ -202,6 +211,7 @@ class scheduler {
   sched_policy* policy_;
   progress_engine* progress_;
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
+  boost::context::fiber sched_ctx_;   // see sched_ctx()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing

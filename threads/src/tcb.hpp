@@ -68,13 +68,11 @@ struct tcb {
   stack_run stack;                    // this thread's stack run
   body_base* body = nullptr;          // the spawn callable, in home_heap; null once it returned
 
-  // Saved contexts (boost::context::fiber is one pointer: a saved stack pointer). `self` is the
-  // thread's own context while it is suspended (a pointer into its stack run); `caller` is the
-  // scheduler's context while the thread runs, consumed by the next switch out, so it is empty
-  // whenever the thread is suspended. Raw storage: a fiber left behind by a migration must never
-  // run its destructor (that would unwind the thread on the wrong rank).
+  // The thread's own context while it is suspended (boost::context::fiber is one pointer: the
+  // saved stack pointer, into this thread's stack run); empty while it runs. Raw storage: a fiber
+  // left behind by a migration must never run its destructor (that would unwind the thread on the
+  // wrong rank).
   alignas(boost::context::fiber) unsigned char self[sizeof(boost::context::fiber)] = {};
-  alignas(boost::context::fiber) unsigned char caller[sizeof(boost::context::fiber)] = {};
 
   // Links for exactly one queue at a time: ready queue, timer list or a wait_queue.
   tcb* next = nullptr;
@@ -103,7 +101,6 @@ struct tcb {
     std::memcpy(&sp, self, sizeof sp);
     return sp;
   }
-  boost::context::fiber& caller_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(caller)); }
 };
 
 static_assert(sizeof(boost::context::fiber) == sizeof(void*),

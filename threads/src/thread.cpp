@@ -35,6 +35,12 @@ thread_id spawn_frame::commit(body_base* body) noexcept {
   return t->id;
 }
 
+boost::context::fiber& yield_prepare(boost::context::fiber** save) {
+  scheduler* s = scheduler::current();
+  if (s == nullptr || s->running() == nullptr) running_or_throw("iso::this_thread::yield");  // throws
+  return s->prepare_yield(save);
+}
+
 }  // namespace detail
 
 system_heap_scope::system_heap_scope() noexcept : saved_(detail::current_heap) { detail::current_heap = nullptr; }
@@ -82,12 +88,6 @@ const char* name() noexcept {
   detail::scheduler* s = detail::scheduler::current();
   detail::tcb* t = s != nullptr ? s->running() : nullptr;
   return t != nullptr ? t->name : "";
-}
-
-void yield() {
-  detail::scheduler* s = detail::scheduler::current();
-  if (s == nullptr || s->running() == nullptr) detail::running_or_throw("iso::this_thread::yield");  // throws
-  s->yield_running();
 }
 
 void sleep_for_ns(std::int64_t ns) {

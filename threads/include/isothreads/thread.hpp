@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "isothreads/detail/switch.hpp"
 #include "isothreads/error.hpp"
 #include "isothreads/thread_id.hpp"
 
@@ -113,7 +114,12 @@ namespace this_thread {
 // The calling thread's id, stable across migrations. Default id outside a thread.
 thread_id id() noexcept;
 // Lets the other ready threads of this rank run. Error: (not_in_thread).
-void yield();
+// Inline so that the stack switch happens at the call site (see isothreads/detail/switch.hpp).
+inline void yield() {
+  boost::context::fiber* save = nullptr;
+  boost::context::fiber& to = detail::yield_prepare(&save);
+  detail::context_switch(to, save);
+}
 // Suspends the calling thread for at least `d` (other threads run meanwhile).
 void sleep_for_ns(std::int64_t ns);
 template <class Rep, class Period>

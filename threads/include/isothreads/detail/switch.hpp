@@ -1,0 +1,40 @@
+// The stack switch between migratable threads (and their scheduler), inline in every caller.
+//
+// Why it is in a public header: a switch made inside a library function returns, after the
+// thread is resumed, with a `ret` on the resumed thread's stack while the CPU's return-address
+// predictor still holds the suspending thread's caller. Whenever the two threads called from
+// different places, every switch costs a mispredicted return (about 7 ns on the reference
+// machine, more than the switch itself). iso::this_thread::yield() therefore does its
+// bookkeeping in the library and only the switch here, inline at the program's call site.
+//
+// Protocol: every context (thread or scheduler) that suspends names the slot where its context
+// is to be saved in `switch_landing`, then resumes the target; whoever lands (the target, at
+// its own switch point) stores the context it came from there. So a saved context is written
+// by the side that resumes, from a pointer read after the switch, and stays valid when a thread
+// resumes in another process: switch_landing is a process global, read afresh.
+#pragma once
+
+#include <boost/context/fiber.hpp>
+
+#include <utility>
+
+namespace iso::detail {
+
+// Where the context that switches next is to be saved. Set just before every switch; only
+// meaningful between a switch and the landing that follows it.
+extern boost::context::fiber* switch_landing;
+
+// Suspends the running context, to be saved in *save, and resumes `to` (which must hold a
+// suspended context; it is empty afterwards). Returns when some context switches back here.
+inline void context_switch(boost::context::fiber& to, boost::context::fiber* save) noexcept {
+  switch_landing = save;
+  boost::context::fiber from = std::move(to).resume();
+  *switch_landing = std::move(from);
+}
+
+// iso::this_thread::yield() without the switch: the running thread becomes ready and the
+// thread (or scheduler) to run next is chosen; returns the context to switch to, having set
+// the running thread's save slot as `*save`. Error: (not_in_thread).
+boost::context::fiber& yield_prepare(boost::context::fiber** save);
+
+}  // namespace iso::detail
