@@ -67,6 +67,8 @@ void balancer::start_period(std::int64_t at_ns) noexcept {
   period_start_ns_ = at_ns;
   period_start_cycles_ = prim::cycles();
   idle_at_start_ = sched_.idle_cycles();
+  cpu_at_start_ = prim::thread_cpu_ns();
+  idle_cpu_at_start_ = sched_.idle_cpu_ns();
 }
 
 void balancer::step() noexcept {
@@ -78,17 +80,25 @@ void balancer::step() noexcept {
         t0 > period_start_ns_ ? static_cast<double>(c0 - period_start_cycles_) * 1e9 / static_cast<double>(t0 - period_start_ns_) : 1e9;
     const auto seconds = [&](std::uint64_t cycles) { return cycles_per_s > 0 ? static_cast<double>(cycles) / cycles_per_s : 0.0; };
 
+    // Loads are CPU seconds. The cycles a thread ran count the time its rank was preempted too
+    // (ranks sharing a core, other processes), so they are scaled by the share of its core the
+    // rank had while not idle: this OS thread's CPU time over the wall time, idle spells excluded.
+    const double wall = static_cast<double>(t0 - period_start_ns_) * 1e-9;
+    const double idle = seconds(sched_.idle_cycles() - idle_at_start_);
+    const double busy_cpu = static_cast<double>((prim::thread_cpu_ns() - cpu_at_start_) -
+                                                (sched_.idle_cpu_ns() - idle_cpu_at_start_)) * 1e-9;
+    const double busy_wall = wall - idle;
+    const double share = busy_wall > 0 ? std::clamp(busy_cpu / busy_wall, 0.0, 1.0) : 1.0;
+
     // Loads of this rank's threads (all are in sync()), and the rank's background time.
     sys_vector<wire_load> mine;
     double running = 0;
     sched_.for_each_thread([&](tcb* t) {
       const double measured = seconds(t->run_cycles);
       running += measured;
-      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured, live_image_bytes(t)});
+      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured * share, live_image_bytes(t)});
     });
-    const double wall = static_cast<double>(t0 - period_start_ns_) * 1e-9;
-    const double idle = seconds(sched_.idle_cycles() - idle_at_start_);
-    const wire_rank me{std::max(0.0, wall - running - idle), static_cast<double>(t0 - last_balance_ns_) * 1e-9};
+    const wire_rank me{std::max(0.0, busy_wall - running) * share, static_cast<double>(t0 - last_balance_ns_) * 1e-9};
 
     // Everyone's, on every rank.
     sys_vector<wire_rank> ranks(static_cast<std::size_t>(size_));

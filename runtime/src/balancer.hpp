@@ -36,7 +36,7 @@ class balancer {
 
  private:
   // Starts a measuring period at at_ns (now_ns()): from here on, the scheduler's idle cycles and
-  // the cycle clock count against it. Threads' run cycles are reset by the caller.
+  // idle CPU time, the cycle clock and this OS thread's CPU clock count against it. Threads' run cycles are reset by the caller.
   void start_period(std::int64_t at_ns) noexcept;
 
   scheduler& sched_;
@@ -50,6 +50,8 @@ class balancer {
   std::int64_t period_start_ns_;         // its start
   std::uint64_t period_start_cycles_;    // prim::cycles() at its start
   std::uint64_t idle_at_start_;          // scheduler idle cycles at its start
+  std::int64_t cpu_at_start_;            // prim::thread_cpu_ns() at its start
+  std::int64_t idle_cpu_at_start_;       // scheduler idle CPU ns at its start
   std::int64_t last_balance_ns_;         // when a strategy last ran (periodic mode)
   lb::step_report last_;
 };

@@ -2,8 +2,13 @@
 // their state, and the strategies act as documented.
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <sched.h>
+#include <time.h>
 
+#include <atomic>
+#include <memory>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
@@ -72,6 +77,68 @@ TEST(LoadBalancing, MeasuredLoadsDriveTheStrategy) {
   EXPECT_GT(r.max_over_avg_before, 0.6 * rt->size());
   EXPECT_LT(r.max_over_avg_after, 1.5);
   for (int n : gather_tally()) EXPECT_GE(n, 1);
+}
+
+// A strategy that moves nothing and keeps what it was shown.
+struct recording_strategy final : iso::lb::strategy {
+  explicit recording_strategy(std::shared_ptr<iso::lb::problem> out) : seen(std::move(out)) {}
+  const char* name() const noexcept override { return "recording"; }
+  std::vector<iso::lb::move> plan(const iso::lb::problem& p) override {
+    *seen = p;
+    return {};
+  }
+  std::shared_ptr<iso::lb::problem> seen;
+};
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  // On rank 0, a busy OS thread shares this thread's core: a migratable thread's work then takes
+  // about twice its CPU time in wall time, and only the CPU time is load.
+  cpu_set_t saved;
+  CPU_ZERO(&saved);
+  ASSERT_EQ(sched_getaffinity(0, sizeof saved, &saved), 0);
+  std::atomic<bool> stop{false};
+  std::thread hog;
+  double burned = 0, wall = 0;
+  if (rt->rank() == 0) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+    hog = std::thread([&stop, one] {
+      sched_setaffinity(0, sizeof one, &one);
+      while (!stop.load(std::memory_order_relaxed)) {
+      }
+    });
+    iso::spawn([&burned, &wall] {
+      // 80 ms of CPU time in one stretch (no switch): the OS thread's CPU clock is this thread's.
+      const auto w0 = std::chrono::steady_clock::now();
+      const double c0 = thread_cpu_seconds();
+      volatile double x = 1;
+      while (thread_cpu_seconds() - c0 < 0.08) x = x * 1.0000001 + 1e-9;
+      burned = thread_cpu_seconds() - c0;
+      wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+      iso::lb::sync();
+    });
+  }
+  rt->run();
+  if (hog.joinable()) {
+    stop = true;
+    hog.join();
+    sched_setaffinity(0, sizeof saved, &saved);
+  }
+  ASSERT_EQ(seen->threads.size(), 1u);
+  if (rt->rank() == 0) {
+    ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
+    EXPECT_NEAR(seen->threads[0].load, burned, 0.25 * burned) << "wall time of the work: " << wall << " s";
+  }
 }
 
 TEST(LoadBalancing, RotateMovesEveryThreadToTheNextRankEachStep) {

@@ -314,6 +314,10 @@ void scheduler::run() {
   for (;;) {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
+      if (idle_spell_cpu_ns_ >= 0) {
+        idle_cpu_ns_ += prim::thread_cpu_ns() - idle_spell_cpu_ns_;
+        idle_spell_cpu_ns_ = -1;
+      }
       resume(t);
       if (++since_poll_ >= switches_per_poll) {
         since_poll_ = 0;
@@ -325,6 +329,7 @@ void scheduler::run() {
     // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
     // sees as background only the work done for threads outside them (messages, migrations).
     const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
+    if (measure_ && idle_spell_cpu_ns_ < 0) idle_spell_cpu_ns_ = prim::thread_cpu_ns();
     if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
     if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;

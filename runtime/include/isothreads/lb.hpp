@@ -13,9 +13,11 @@
 
 namespace iso::lb {
 
-// What a strategy sees. Loads are in seconds of the balancing period that just ended: the time
-// each thread ran (or the value it set with set_load), and per rank the time spent neither
-// running threads nor idle (progress, messaging, migration).
+// What a strategy sees. Loads are in CPU seconds of the balancing period that just ended: the
+// time each thread ran (or the value it set with set_load), and per rank the time spent neither
+// running threads nor idle (progress, messaging, migration). Time a rank was preempted (ranks
+// sharing a core, other processes) is not load: measured times are scaled by the share of its
+// core the rank had while not idle.
 struct thread_load {
   thread_id id;
   int rank = 0;              // where it is now
