@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
     }
     // One run's line (tests/mpi/checkpoint_restart.sh, bench/trace_overhead.sh and README.md read it).
     auto print_run = [&](const char* label, const result& r) {
-      std::printf("%-21s : %7.2f ms/iteration (%.2f s)   checksum %.10e\n", label, r.seconds * 1e3 / o.iters, r.seconds,
+      std::printf("%-21s : %7.2f ms/iteration (%.3f s)   checksum %.10e\n", label, r.seconds * 1e3 / o.iters, r.seconds,
                   r.checksum);
       std::fflush(stdout);
     };
@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
     auto print_ideal = [&](const char* what, const result& r) {
       const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
       const double ideal = r.cpu / std::min<double>(rt.size(), cores);
-      std::printf("ideal (total work %.2f s / %d ranks on %u cores) %.2f s: %s at %.0f%% of ideal\n", r.cpu, rt.size(),
+      std::printf("ideal (total work %.3f s / %d ranks on %u cores) %.3f s: %s at %.0f%% of ideal\n", r.cpu, rt.size(),
                   cores, ideal, what, 100.0 * r.seconds / ideal);
     };
     if (rt.restarting() || o.mode != "both") {
