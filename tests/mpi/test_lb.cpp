@@ -141,6 +141,25 @@ TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
   }
 }
 
+TEST(LoadBalancing, AThreadMovedWhileWaitingInSyncStillWaitsForTheStep) {
+  iso::lb::set_strategy("none");
+  if (rt->rank() == 0) {
+    const iso::thread_id a = iso::spawn([] {
+      const std::size_t before = iso::lb::last_step().step;
+      iso::lb::sync();
+      EXPECT_EQ(iso::rank(), 1);
+      EXPECT_EQ(iso::lb::last_step().step, before + 1);  // resumed by the step, not by landing
+    });
+    iso::spawn([a] {
+      iso::this_thread::sleep_for(std::chrono::milliseconds(2));  // a waits in sync by now
+      iso::migrate(a, 1);
+      iso::this_thread::sleep_for(std::chrono::milliseconds(20));  // a lands meanwhile
+      iso::lb::sync();
+    });
+  }
+  rt->run();
+}
+
 TEST(LoadBalancing, RotateMovesEveryThreadToTheNextRankEachStep) {
   iso::lb::set_strategy("rotate");
   for (int i = 0; i < 3; ++i) {
