@@ -5,10 +5,10 @@
 //                          = A->B->A, 2 direct context switches plus the scheduler's bookkeeping
 //                          (ready queue, heap switch, load/trace/poll checks); every 32nd yield
 //                          goes through the scheduler instead (2 switches and a progress poll).
-//     raw:                 the baseline, two bare boost::context::fiber resumes: main
-//                          resumes a fiber that at once resumes main, twice
-//                          (main->B->main->B->main, 4 switches). What a yield round trip costs
-//                          through a scheduler that does nothing.
+//     raw:                 the baseline, "two bare boost::context::fiber resumes": two
+//                          fiber::resume() calls from main, each into a fiber that at once resumes
+//                          main back (main->B->main->B->main, 4 switches). What a yield round trip
+//                          costs through a scheduler (A->S->B->S->A) that does nothing.
 //   yield_round_trip_per_switch   the same round trip, against the bare switches it makes:
 //     raw:                 one bare resume and back (main->B->main, 2 switches). The ratio is
 //                          a yield's cost over a bare switch's.

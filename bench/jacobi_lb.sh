@@ -22,8 +22,14 @@ for ((i = 0; i < reps; ++i)); do
   plain+=("$(sed -n 's/^no balancing *: .*(\([0-9.]*\) s).*/\1/p' <<<"$out")")
   balanced+=("$(sed -n 's/^[a-z]* *every .*(\([0-9.]*\) s).*/\1/p' <<<"$out")")
   ideal+=("$(sed -n 's/^speed-up.*ideal (.*) \([0-9.]*\) s: balanced run.*/\1/p' <<<"$out")")
+  if [[ -z ${plain[-1]} || -z ${balanced[-1]} || -z ${ideal[-1]} ]]; then
+    echo "jacobi_lb.sh: jacobi2d printed no 'no balancing', balanced and ideal lines (options that" \
+      "change the mode do not apply here):" >&2
+    echo "$out" >&2
+    exit 1
+  fi
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'; }
 awk -v p="$(median "${plain[@]}")" -v b="$(median "${balanced[@]}")" -v i="$(median "${ideal[@]}")" -v n="$ranks" 'BEGIN {
   printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_unbalanced_vs_ideal/" n "ranks", p * 1e9, i * 1e9, p / i
   printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_balanced_vs_ideal/" n "ranks", b * 1e9, i * 1e9, b / i

@@ -197,7 +197,9 @@ result run_once(iso::runtime& rt, const options& o, bool balance, bool restored)
   if (!restored) spawn_blocks(rt, o, balance);
   MPI_Barrier(MPI_COMM_WORLD);
   iterations_started = false;
-  iterations_start = std::chrono::steady_clock::now();  // a restored run has passed the barrier
+  // For a restored run (its blocks passed the barrier before the checkpoint), or a rank without
+  // blocks: from here.
+  iterations_start = std::chrono::steady_clock::now();
   rt.run();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - iterations_start).count();
   MPI_Allreduce(MPI_IN_PLACE, block_checksum.data(), nb, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);

@@ -14,8 +14,8 @@ namespace iso::detail {
 
 // A step runs when every live thread on every rank waits in lb::sync() (the progress engine
 // detects it in its termination rounds). Then, on every rank at once: gather each thread's load
-// (its running time in the period, from the scheduler's cycle counts, or the load it set) and each
-// rank's background time; run the strategy (deterministic, so every rank gets the same moves);
+// (its CPU time in the period: the scheduler's cycle counts scaled by the rank's share of its core
+// while not idle; or the load it set) and each rank's background time; run the strategy (deterministic, so every rank gets the same moves);
 // ship the threads that move; wait until this rank has received those that come; resume every
 // thread. Rank 0 prints one line per step.
 class balancer {

@@ -111,6 +111,8 @@ scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
 }
 
 scheduler::~scheduler() {
+  // A saved scheduler context exists only while a thread runs; destroying it would unwind main.
+  ISO_ASSERT_INTERNAL(!sched_ctx_);
   scheduler::current_ = nullptr;
   set_context_hook(nullptr);
 }
@@ -314,10 +316,6 @@ void scheduler::run() {
   for (;;) {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
-      if (idle_spell_cpu_ns_ >= 0) {
-        idle_cpu_ns_ += prim::thread_cpu_ns() - idle_spell_cpu_ns_;
-        idle_spell_cpu_ns_ = -1;
-      }
       resume(t);
       if (++since_poll_ >= switches_per_poll) {
         since_poll_ = 0;
@@ -328,15 +326,20 @@ void scheduler::run() {
     since_poll_ = 0;
     // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
     // sees as background only the work done for threads outside them (messages, migrations).
+    // Its CPU time too (two CPU-clock reads, each a system call: only passes that go idle pay
+    // them, and those wait anyway).
     const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
-    if (measure_ && idle_spell_cpu_ns_ < 0) idle_spell_cpu_ns_ = prim::thread_cpu_ns();
+    const std::int64_t idle_cpu_start = measure_ ? prim::thread_cpu_ns() : 0;
     if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
     if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
     const std::int64_t deadline = next_deadline();
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
-    if (measure_) idle_cycles_ += prim::cycles() - idle_start;
+    if (measure_) {
+      idle_cycles_ += prim::cycles() - idle_start;
+      idle_cpu_ns_ += prim::thread_cpu_ns() - idle_cpu_start;
+    }
   }
 }
 

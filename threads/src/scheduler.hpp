@@ -153,16 +153,13 @@ class scheduler {
 
   // --- load measurement (for the load balancer) ---
   // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles: two
-  // rdtsc per switch, about 20 ns), and passes of run() that find nothing to do add to
-  // idle_cycles().
+  // rdtsc per switch, about 20 ns), and passes of run() that find nothing to do add their cycles
+  // to idle_cycles() and their CPU time to idle_cpu_ns() (two CPU-clock reads per such pass).
   void set_measure_load(bool on) noexcept { measure_ = on; }
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
-  // CPU time (ns) this OS thread used in those passes, the idle spell in progress included: with
-  // idle_cycles(), what share of its core the rank had while not idle (two CPU-clock reads per
-  // idle spell, none per switch).
-  std::int64_t idle_cpu_ns() const noexcept {
-    return idle_cpu_ns_ + (idle_spell_cpu_ns_ >= 0 ? prim::thread_cpu_ns() - idle_spell_cpu_ns_ : 0);
-  }
+  // CPU time (ns) this OS thread used in those passes: with idle_cycles(), what share of its core
+  // the rank had while not idle.
+  std::int64_t idle_cpu_ns() const noexcept { return idle_cpu_ns_; }
   // Serial numbers below this have been handed out (on this rank, or, after a restart, anywhere).
   std::uint64_t next_serial() const noexcept { return next_serial_; }
   // After a restart: continue above every restored thread's serial, so that ids stay unique.
@@ -229,8 +226,7 @@ class scheduler {
   std::size_t blocked_[wait_reasons] = {};  // blocked threads per wait_reason
   bool measure_ = false;
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
-  std::int64_t idle_cpu_ns_ = 0;             // CPU time of the idle spells that ended, in ns
-  std::int64_t idle_spell_cpu_ns_ = -1;      // thread_cpu_ns() when the current spell began; -1: none
+  std::int64_t idle_cpu_ns_ = 0;             // CPU time of those passes, in ns
 
   // Every live thread on this rank (invariant: exactly those whose state is not finished and that
   // have not departed), keyed by thread_id::bits().

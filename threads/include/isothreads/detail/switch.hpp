@@ -8,10 +8,11 @@
 // bookkeeping in the library and only the switch here, inline at the program's call site.
 //
 // Protocol: every context (thread or scheduler) that suspends names the slot where its context
-// is to be saved in `switch_landing`, then resumes the target; whoever lands (the target, at
-// its own switch point) stores the context it came from there. So a saved context is written
-// by the side that resumes, from a pointer read after the switch, and stays valid when a thread
-// resumes in another process: switch_landing is a process global, read afresh.
+// is to be saved in `switch_landing`, then resumes the target; the context that lands (the
+// target, at its own switch point) stores the context it came from there. So a saved context is
+// written after the switch, through a pointer read then, which stays right when a thread resumes
+// in another process: switch_landing is a process global, read afresh. A finished thread names
+// its own (dead) slot: what lands there is the empty context Boost.Context leaves.
 #pragma once
 
 #include <boost/context/fiber.hpp>
