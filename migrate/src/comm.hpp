@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <iterator>
+#include <utility>
 
 #include "sysalloc.hpp"
 
@@ -54,28 +55,60 @@ bool complete(List& items, Requests requests, Done done) {
   return any;
 }
 
+// The parts of a gather: every rank's byte count, and where its bytes start in the concatenation.
+struct gather_layout {
+  sys_vector<int> counts, displs;
+  int total = 0;
+  explicit gather_layout(sys_vector<int> byte_counts) : counts(std::move(byte_counts)), displs(counts.size()) {
+    for (std::size_t r = 0; r < counts.size(); ++r) {
+      displs[r] = total;
+      total += counts[r];
+    }
+  }
+  // The concatenation cut back into one vector per rank.
+  template <class T>
+  sys_vector<sys_vector<T>> split(const sys_vector<T>& flat) const {
+    sys_vector<sys_vector<T>> out(counts.size());
+    for (std::size_t r = 0; r < counts.size(); ++r) {
+      const auto first = flat.begin() + displs[r] / static_cast<int>(sizeof(T));
+      out[r].assign(first, first + counts[r] / static_cast<int>(sizeof(T)));
+    }
+    return out;
+  }
+};
+
 // Collective: every rank's `mine`, on every rank, by rank. T must be trivially copyable.
 template <class T>
 sys_vector<sys_vector<T>> allgather_all(MPI_Comm comm, const sys_vector<T>& mine) {
   int size = 1;
   MPI_Comm_size(comm, &size);
   const int bytes = static_cast<int>(mine.size() * sizeof(T));
-  sys_vector<int> counts(static_cast<std::size_t>(size)), displs(static_cast<std::size_t>(size));
+  sys_vector<int> counts(static_cast<std::size_t>(size));
   check_mpi(MPI_Allgather(&bytes, 1, MPI_INT, counts.data(), 1, MPI_INT, comm), "MPI_Allgather");
-  int total = 0;
-  for (int r = 0; r < size; ++r) {
-    displs[static_cast<std::size_t>(r)] = total;
-    total += counts[static_cast<std::size_t>(r)];
-  }
-  sys_vector<T> flat(static_cast<std::size_t>(total) / sizeof(T));
-  check_mpi(MPI_Allgatherv(mine.data(), bytes, MPI_BYTE, flat.data(), counts.data(), displs.data(), MPI_BYTE, comm),
+  const gather_layout layout(std::move(counts));
+  sys_vector<T> flat(static_cast<std::size_t>(layout.total) / sizeof(T));
+  check_mpi(MPI_Allgatherv(mine.data(), bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
+                           MPI_BYTE, comm),
             "MPI_Allgatherv");
-  sys_vector<sys_vector<T>> out(static_cast<std::size_t>(size));
-  for (int r = 0; r < size; ++r) {
-    const auto first = flat.begin() + displs[static_cast<std::size_t>(r)] / static_cast<int>(sizeof(T));
-    out[static_cast<std::size_t>(r)].assign(first, first + counts[static_cast<std::size_t>(r)] / static_cast<int>(sizeof(T)));
-  }
-  return out;
+  return layout.split(flat);
+}
+
+// Collective: every rank's `mine` on rank 0, by rank; an empty vector elsewhere. T must be
+// trivially copyable.
+template <class T>
+sys_vector<sys_vector<T>> gather_all(MPI_Comm comm, const sys_vector<T>& mine) {
+  int size = 1, rank = 0;
+  MPI_Comm_size(comm, &size);
+  MPI_Comm_rank(comm, &rank);
+  const int bytes = static_cast<int>(mine.size() * sizeof(T));
+  sys_vector<int> counts(rank == 0 ? static_cast<std::size_t>(size) : 0);
+  check_mpi(MPI_Gather(&bytes, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm), "MPI_Gather");
+  const gather_layout layout(std::move(counts));
+  sys_vector<T> flat(static_cast<std::size_t>(layout.total) / sizeof(T));
+  check_mpi(MPI_Gatherv(mine.data(), bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
+                        MPI_BYTE, 0, comm),
+            "MPI_Gatherv");
+  return layout.split(flat);
 }
 
 }  // namespace iso::detail

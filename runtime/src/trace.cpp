@@ -290,50 +290,29 @@ std::string tracer::to_json() const {
 void tracer::write() {
   if (!enabled()) return;
   heap_scope system(nullptr);
-  const std::string mine = to_json();
-  // Rank 0 gathers the text and writes the file.
-  const int len = static_cast<int>(mine.size());
-  sys_vector<int> lens(static_cast<std::size_t>(size_)), displs(static_cast<std::size_t>(size_));
-  check_mpi(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, comm_), "MPI_Gather (trace)");
+  const std::string json = to_json();
+  // Rank 0 gathers every rank's events and the threads each saw, and writes the file.
   std::uint64_t dropped = 0;
   check_mpi(MPI_Reduce(&dropped_, &dropped, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (trace)");
-  // Threads: those that ran anywhere, each counted once.
   sys_vector<std::uint64_t> seen;
   for (const auto& [id, name] : names_) seen.push_back(id);
-  const int nseen = static_cast<int>(seen.size());
-  sys_vector<int> seen_counts(static_cast<std::size_t>(size_)), seen_displs(static_cast<std::size_t>(size_));
-  check_mpi(MPI_Gather(&nseen, 1, MPI_INT, seen_counts.data(), 1, MPI_INT, 0, comm_), "MPI_Gather (trace)");
-  int seen_total = 0;
-  for (int r = 0; r < size_; ++r) {
-    seen_displs[static_cast<std::size_t>(r)] = seen_total;
-    seen_total += seen_counts[static_cast<std::size_t>(r)];
-  }
-  sys_vector<std::uint64_t> all_seen(rank_ == 0 ? static_cast<std::size_t>(seen_total) : 0);
-  check_mpi(MPI_Gatherv(seen.data(), nseen, MPI_UINT64_T, all_seen.data(), seen_counts.data(), seen_displs.data(),
-                        MPI_UINT64_T, 0, comm_),
-            "MPI_Gatherv (trace)");
-  std::sort(all_seen.begin(), all_seen.end());
-  const auto all_threads = static_cast<std::uint64_t>(std::unique(all_seen.begin(), all_seen.end()) - all_seen.begin());
-  std::string text;
-  if (rank_ == 0) {
-    std::size_t sum = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[static_cast<std::size_t>(r)] = static_cast<int>(sum);
-      sum += static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]);
-    }
-    text.resize(sum);
-  }
-  check_mpi(MPI_Gatherv(mine.data(), len, MPI_CHAR, text.data(), lens.data(), displs.data(), MPI_CHAR, 0, comm_),
-            "MPI_Gatherv (trace)");
+  const sys_vector<sys_vector<std::uint64_t>> all_seen = gather_all(comm_, seen);
+  const sys_vector<sys_vector<char>> texts = gather_all(comm_, sys_vector<char>(json.begin(), json.end()));
   if (rank_ != 0) return;
+  // Threads: those that ran anywhere, each counted once.
+  sys_vector<std::uint64_t> threads;
+  for (const auto& ids : all_seen) threads.insert(threads.end(), ids.begin(), ids.end());
+  std::sort(threads.begin(), threads.end());
+  const auto all_threads = static_cast<std::uint64_t>(std::unique(threads.begin(), threads.end()) - threads.begin());
   std::string file = format(R"({"displayTimeUnit":"ms","otherData":{"isothreads":1,"ranks":%d,"threads":%)" PRIu64
                             R"(,"dropped_events":%)" PRIu64 "},\n\"traceEvents\":[\n",
                             size_, all_threads, dropped);
-  for (int r = 0; r < size_; ++r) {
-    if (lens[static_cast<std::size_t>(r)] == 0) continue;
-    if (r != 0) file += ",\n";
-    file.append(text, static_cast<std::size_t>(displs[static_cast<std::size_t>(r)]),
-                static_cast<std::size_t>(lens[static_cast<std::size_t>(r)]));
+  bool first = true;
+  for (const auto& text : texts) {
+    if (text.empty()) continue;
+    if (!first) file += ",\n";
+    file.append(text.begin(), text.end());
+    first = false;
   }
   file += "\n]}\n";
   // No fsync: a trace is for looking at, not for surviving a crash, and syncing megabytes
