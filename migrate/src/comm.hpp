@@ -93,19 +93,19 @@ sys_vector<sys_vector<T>> allgather_all(MPI_Comm comm, const sys_vector<T>& mine
   return layout.split(flat);
 }
 
-// Collective: every rank's `mine` on rank 0, by rank; an empty vector elsewhere. T must be
-// trivially copyable.
+// Collective: every rank's `count` items at `mine` on rank 0, by rank; an empty vector elsewhere.
+// T must be trivially copyable.
 template <class T>
-sys_vector<sys_vector<T>> gather_all(MPI_Comm comm, const sys_vector<T>& mine) {
+sys_vector<sys_vector<T>> gather_all(MPI_Comm comm, const T* mine, std::size_t count) {
   int size = 1, rank = 0;
   MPI_Comm_size(comm, &size);
   MPI_Comm_rank(comm, &rank);
-  const int bytes = static_cast<int>(mine.size() * sizeof(T));
+  const int bytes = static_cast<int>(count * sizeof(T));
   sys_vector<int> counts(rank == 0 ? static_cast<std::size_t>(size) : 0);
   check_mpi(MPI_Gather(&bytes, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm), "MPI_Gather");
   const gather_layout layout(std::move(counts));
   sys_vector<T> flat(static_cast<std::size_t>(layout.total) / sizeof(T));
-  check_mpi(MPI_Gatherv(mine.data(), bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
+  check_mpi(MPI_Gatherv(mine, bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
                         MPI_BYTE, 0, comm),
             "MPI_Gatherv");
   return layout.split(flat);

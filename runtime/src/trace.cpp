@@ -296,31 +296,31 @@ void tracer::write() {
   check_mpi(MPI_Reduce(&dropped_, &dropped, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (trace)");
   sys_vector<std::uint64_t> seen;
   for (const auto& [id, name] : names_) seen.push_back(id);
-  const sys_vector<sys_vector<std::uint64_t>> all_seen = gather_all(comm_, seen);
-  const sys_vector<sys_vector<char>> texts = gather_all(comm_, sys_vector<char>(json.begin(), json.end()));
+  const sys_vector<sys_vector<std::uint64_t>> all_seen = gather_all(comm_, seen.data(), seen.size());
+  const sys_vector<sys_vector<char>> texts = gather_all(comm_, json.data(), json.size());
   if (rank_ != 0) return;
   // Threads: those that ran anywhere, each counted once.
   sys_vector<std::uint64_t> threads;
   for (const auto& ids : all_seen) threads.insert(threads.end(), ids.begin(), ids.end());
   std::sort(threads.begin(), threads.end());
   const auto all_threads = static_cast<std::uint64_t>(std::unique(threads.begin(), threads.end()) - threads.begin());
-  std::string file = format(R"({"displayTimeUnit":"ms","otherData":{"isothreads":1,"ranks":%d,"threads":%)" PRIu64
-                            R"(,"dropped_events":%)" PRIu64 "},\n\"traceEvents\":[\n",
-                            size_, all_threads, dropped);
-  bool first = true;
-  for (const auto& text : texts) {
-    if (text.empty()) continue;
-    if (!first) file += ",\n";
-    file.append(text.begin(), text.end());
-    first = false;
-  }
-  file += "\n]}\n";
-  // No fsync: a trace is for looking at, not for surviving a crash, and syncing megabytes
-  // would add to the run it describes.
+  // Written piece by piece: the file is megabytes, and this time counts in the traced run. No
+  // fsync: a trace is for looking at, not for surviving a crash.
+  const std::string head = format(R"({"displayTimeUnit":"ms","otherData":{"isothreads":1,"ranks":%d,"threads":%)" PRIu64
+                                  R"(,"dropped_events":%)" PRIu64 "},\n\"traceEvents\":[\n",
+                                  size_, all_threads, dropped);
   int fd = -1;
   int e = prim::file_create(path_.c_str(), &fd);
   if (e == 0) {
-    e = prim::file_write(fd, file.data(), file.size());
+    e = prim::file_write(fd, head.data(), head.size());
+    bool first = true;
+    for (const auto& text : texts) {
+      if (e != 0 || text.empty()) continue;
+      if (!first) e = prim::file_write(fd, ",\n", 2);
+      if (e == 0) e = prim::file_write(fd, text.data(), text.size());
+      first = false;
+    }
+    if (e == 0) e = prim::file_write(fd, "\n]}\n", 4);
     prim::file_close(fd);
   }
   if (e != 0) raise(errc::io_failure, "iso::trace: cannot write %s: %s", path_.c_str(), std::strerror(e));
