@@ -100,15 +100,15 @@ class scheduler {
   void discard_thread(tcb* t) noexcept;
 
   // --- from the running thread ---
-  // running -> ready, without the switch: returns the context to switch to and sets *save to the
-  // running thread's slot (for context_switch). pre: a thread is running. When the next ready
+  // running -> ready, without the switch: names the running thread's slot in switch_landing and
+  // returns the context to resume (for context_resume_named). pre: a thread is running. When the next ready
   // thread can run without the scheduler's bookkeeping (FIFO policy, no migration pending, not
   // time to poll), that is the next thread's context, and the accounting (load, trace) is done
   // here; otherwise it is the scheduler's.
-  boost::context::fiber& prepare_yield(boost::context::fiber** save) noexcept {
+  boost::context::fiber& prepare_yield() noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
-    *save = &self->self_ctx();
+    switch_landing = &self->self_ctx();
     if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
       if (tcb* next = default_policy_.pick_next()) {
         default_policy_.awakened(self);
@@ -122,11 +122,7 @@ class scheduler {
     return sched_ctx_;
   }
   // prepare_yield and the switch, for the runtime's own yields.
-  void yield_running() noexcept {
-    boost::context::fiber* save = nullptr;
-    boost::context::fiber& to = prepare_yield(&save);
-    context_switch(to, save);
-  }
+  void yield_running() noexcept { context_resume_named(prepare_yield()); }
   void sleep_running_until(std::int64_t deadline_ns);
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;

@@ -35,10 +35,10 @@ thread_id spawn_frame::commit(body_base* body) noexcept {
   return t->id;
 }
 
-boost::context::fiber& yield_prepare(boost::context::fiber** save) {
+boost::context::fiber& yield_prepare() {
   scheduler* s = scheduler::current();
   if (s == nullptr || s->running() == nullptr) running_or_throw("iso::this_thread::yield");  // throws
-  return s->prepare_yield(save);
+  return s->prepare_yield();
 }
 
 }  // namespace detail

@@ -115,11 +115,7 @@ namespace this_thread {
 thread_id id() noexcept;
 // Lets the other ready threads of this rank run. Error: (not_in_thread).
 // Inline so that the stack switch happens at the call site (see isothreads/detail/switch.hpp).
-inline void yield() {
-  boost::context::fiber* save = nullptr;
-  boost::context::fiber& to = detail::yield_prepare(&save);
-  detail::context_switch(to, save);
-}
+inline void yield() { detail::context_resume_named(detail::yield_prepare()); }
 // Suspends the calling thread for at least `d` (other threads run meanwhile).
 void sleep_for_ns(std::int64_t ns);
 template <class Rep, class Period>

@@ -25,17 +25,23 @@ namespace iso::detail {
 // meaningful between a switch and the landing that follows it.
 extern boost::context::fiber* switch_landing;
 
-// Suspends the running context, to be saved in *save, and resumes `to` (which must hold a
-// suspended context; it is empty afterwards). Returns when some context switches back here.
-inline void context_switch(boost::context::fiber& to, boost::context::fiber* save) noexcept {
-  switch_landing = save;
+// Resumes `to` (which must hold a suspended context; it is empty afterwards), the running
+// context to be saved where switch_landing points (set by the caller). Returns when some context
+// switches back here.
+inline void context_resume_named(boost::context::fiber& to) noexcept {
   boost::context::fiber from = std::move(to).resume();
   *switch_landing = std::move(from);
 }
 
-// iso::this_thread::yield() without the switch: the running thread becomes ready and the
-// thread (or scheduler) to run next is chosen; returns the context to switch to, having set
-// the running thread's save slot as `*save`. Error: (not_in_thread).
-boost::context::fiber& yield_prepare(boost::context::fiber** save);
+// Suspends the running context, to be saved in *save, and resumes `to`.
+inline void context_switch(boost::context::fiber& to, boost::context::fiber* save) noexcept {
+  switch_landing = save;
+  context_resume_named(to);
+}
+
+// iso::this_thread::yield() without the switch: the running thread becomes ready, its save slot
+// is named in switch_landing, and the thread (or scheduler) to run next is chosen; returns the
+// context to resume. Error: (not_in_thread).
+boost::context::fiber& yield_prepare();
 
 }  // namespace iso::detail
