@@ -738,11 +738,7 @@ void engine::on_ctrl(const ctrl_msg& m) noexcept {
 namespace iso {
 
 namespace {
-detail::engine& engine_or_throw(const char* call) {
-  detail::engine* e = detail::engine::current();
-  if (e == nullptr) detail::raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
-  return *e;
-}
+detail::engine& engine_or_throw(const char* call) { return detail::runtime_part_or_throw(detail::engine::current(), call); }
 }  // namespace
 
 void send(thread_id to, const void* data, std::size_t bytes, int tag) {

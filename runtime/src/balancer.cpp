@@ -199,9 +199,7 @@ namespace iso::lb {
 namespace {
 
 detail::balancer& balancer_or_throw(const char* call) {
-  detail::balancer* b = detail::balancer::current();
-  if (b == nullptr) detail::raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
-  return *b;
+  return detail::runtime_part_or_throw(detail::balancer::current(), call);
 }
 
 }  // namespace

@@ -533,10 +533,9 @@ void checkpointer::restore(const std::string& dir) {
 namespace iso {
 
 void checkpoint(const std::string& dir) {
-  detail::checkpointer* c = detail::checkpointer::current();
-  if (c == nullptr) detail::raise(errc::no_runtime, "iso::checkpoint: no isothreads runtime in this process (create iso::runtime first)");
+  detail::checkpointer& c = detail::runtime_part_or_throw(detail::checkpointer::current(), "iso::checkpoint");
   detail::running_or_throw("iso::checkpoint");
-  c->request(dir);
+  c.request(dir);
   detail::scheduler::current()->block_running(detail::wait_reason::checkpoint);
   // Resumed, perhaps in another process (a restart): c named this process's checkpointer, so look
   // it up again.

@@ -61,10 +61,8 @@ void install_fault_handlers() {
 
 }  // namespace
 
-scheduler& scheduler_or_throw(const char* call) {
-  scheduler* s = scheduler::current();
-  if (s == nullptr) raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
-  return *s;
+void raise_no_runtime(const char* call) {
+  raise(errc::no_runtime, "%s: no isothreads runtime in this process (create iso::runtime first)", call);
 }
 
 tcb* running_or_throw(const char* call) {

@@ -243,8 +243,18 @@ extern migrate_to_fn migrate_to_impl;
 using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
 extern join_fn join_impl;
 
+// Throws iso::error(no_runtime) naming `call`: this process has no runtime (or no part of it
+// that `call` needs).
+[[noreturn]] void raise_no_runtime(const char* call);
+// *part, a part of this process's runtime (its scheduler, engine, balancer...) as its current()
+// gives it, or iso::error(no_runtime) naming `call` when there is none.
+template <class T>
+T& runtime_part_or_throw(T* part, const char* call) {
+  if (part == nullptr) raise_no_runtime(call);
+  return *part;
+}
 // The scheduler of this process, or iso::error(no_runtime) naming `call`.
-scheduler& scheduler_or_throw(const char* call);
+inline scheduler& scheduler_or_throw(const char* call) { return runtime_part_or_throw(scheduler::current(), call); }
 // The running migratable thread, or iso::error (no_runtime, not_in_thread) naming `call`.
 tcb* running_or_throw(const char* call);
 
