@@ -70,6 +70,26 @@ std::uint64_t header_sum(const image_header& h, const void* table) {
   return checksum64(table, h.extents * sizeof(image_extent), s);
 }
 
+// A null-terminated doubly linked list with a head pointer, threaded through T's members Next
+// and Prev: push at the front, unlink from anywhere, both O(1). pre: x is in no such list (push),
+// x is in the list at head (unlink).
+template <auto Next, auto Prev, class T>
+void list_push(T*& head, T* x) noexcept {
+  x->*Prev = nullptr;
+  x->*Next = head;
+  if (head != nullptr) head->*Prev = x;
+  head = x;
+}
+template <auto Next, auto Prev, class T>
+void list_unlink(T*& head, T* x) noexcept {
+  if (x->*Prev != nullptr) {
+    (x->*Prev)->*Next = x->*Next;
+  } else {
+    head = x->*Next;
+  }
+  if (x->*Next != nullptr) (x->*Next)->*Prev = x->*Prev;
+}
+
 }  // namespace
 
 heap::heap() noexcept : magic_(heap_magic), empty_{}, chunks_(nullptr), space_(nullptr) {
@@ -472,37 +492,10 @@ void heap::avail_unlink(page* pg) noexcept {
   pg->in_avail = 0;
 }
 
-void heap::chunks_push(chunk_header* c) noexcept {
-  c->prev = nullptr;
-  c->next = chunks_;
-  if (chunks_ != nullptr) chunks_->prev = c;
-  chunks_ = c;
-}
-
-void heap::chunks_unlink(chunk_header* c) noexcept {
-  if (c->prev != nullptr) {
-    c->prev->next = c->next;
-  } else {
-    chunks_ = c->next;
-  }
-  if (c->next != nullptr) c->next->prev = c->prev;
-}
-
-void heap::space_push(segment* s) noexcept {
-  s->space_prev = nullptr;
-  s->space_next = space_;
-  if (space_ != nullptr) space_->space_prev = s;
-  space_ = s;
-}
-
-void heap::space_unlink(segment* s) noexcept {
-  if (s->space_prev != nullptr) {
-    s->space_prev->space_next = s->space_next;
-  } else {
-    space_ = s->space_next;
-  }
-  if (s->space_next != nullptr) s->space_next->space_prev = s->space_prev;
-}
+void heap::chunks_push(chunk_header* c) noexcept { list_push<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
+void heap::chunks_unlink(chunk_header* c) noexcept { list_unlink<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
+void heap::space_push(segment* s) noexcept { list_push<&segment::space_next, &segment::space_prev>(space_, s); }
+void heap::space_unlink(segment* s) noexcept { list_unlink<&segment::space_next, &segment::space_prev>(space_, s); }
 
 // Sorts chunks_ by address: a bottom-up merge sort, O(n log n) with no allocation (bins[k] holds
 // a sorted list of 2^k nodes).
