@@ -43,6 +43,16 @@ int world_size() {
   return n;
 }
 
+// This rank's place in the ring the moving tests pass blocks around: {me, n, next, prev}.
+struct ring_place {
+  int me, n, next, prev;
+};
+ring_place ring_of_ranks() {
+  const int me = my_rank();
+  const int n = world_size();
+  return {me, n, (me + 1) % n, (me + n - 1) % n};
+}
+
 // How a pointer appears in iso_last_error() messages.
 std::string pointer_text(const void* p) {
   char text[32];
@@ -246,11 +256,8 @@ TEST(Blocks, AddressesAreUniqueAcrossRanks) {
 // (2) Each rank's block moves to the next rank by its image, keeps its address and content, is
 // detached on its owner and freed on the receiver; its range then comes home to the owner.
 TEST(Blocks, BlockMovesByImageAndItsRangeGoesHome) {
-  const int me = my_rank();
-  const int n = world_size();
+  const auto [me, n, next, prev] = ring_of_ranks();
   if (n < 2) GTEST_SKIP() << "needs two ranks";
-  const int next = (me + 1) % n;
-  const int prev = (me + n - 1) % n;
   region& reg = region::get();
   constexpr unsigned seed = 7;
 
@@ -324,11 +331,8 @@ TEST(Blocks, BlockMovesByImageAndItsRangeGoesHome) {
 // (2b) A block hops two ranks (holder -> holder + 1 -> holder + 2) and is freed there. On two
 // ranks it comes back to its owner by image and is freed locally; otherwise it goes home.
 TEST(Blocks, BlockHopsTwiceThenIsFreed) {
-  const int me = my_rank();
-  const int n = world_size();
+  const auto [me, n, next, prev] = ring_of_ranks();
   if (n < 2) GTEST_SKIP() << "needs two ranks";
-  const int next = (me + 1) % n;
-  const int prev = (me + n - 1) % n;
   const int origin = (me + n - 2) % n;  // the owner of the block this rank ends up with
   region& reg = region::get();
   constexpr unsigned seed = 23;
@@ -370,11 +374,8 @@ TEST(Blocks, BlockHopsTwiceThenIsFreed) {
 // (2c) The image leaves but the owner keeps its copy (no iso_detach): when the receiver frees its
 // copy, the range must not go back into the owner's free space under the owner's live block.
 TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
-  const int me = my_rank();
-  const int n = world_size();
+  const auto [me, n, next, prev] = ring_of_ranks();
   if (n < 2) GTEST_SKIP() << "needs two ranks";
-  const int next = (me + 1) % n;
-  const int prev = (me + n - 1) % n;
   region& reg = region::get();
   void* mine = iso_malloc(page_size());
   EXPECT_NE(mine, nullptr) << iso_last_error();
@@ -385,9 +386,7 @@ TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
   }
   const auto before = reg.stats();
   // Ring exchange of the images, keeping the local copy.
-  std::vector<unsigned char> theirs(image.size());
-  MPI_Sendrecv(image.data(), static_cast<int>(image.size()), MPI_BYTE, next, 5, theirs.data(),
-               static_cast<int>(theirs.size()), MPI_BYTE, prev, 5, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  const std::vector<unsigned char> theirs = swap_bytes(0, image, next, prev, 5).data;
   void* copy = iso_unpack(theirs.data(), theirs.size());
   EXPECT_NE(copy, nullptr) << iso_last_error();
   if (copy != nullptr) iso_free(copy);  // its range is sent to its owner, who still holds it
@@ -409,11 +408,8 @@ TEST(Blocks, OwnerThatKeptItsCopyKeepsTheRange) {
 // reads it at the same addresses and goes on allocating and freeing in it; destroying it there
 // returns its chunks to rank r.
 TEST(Blocks, HeapImageMovesAndKeepsServing) {
-  const int me = my_rank();
-  const int n = world_size();
+  const auto [me, n, next, prev] = ring_of_ranks();
   if (n < 2) GTEST_SKIP() << "needs two ranks";
-  const int next = (me + 1) % n;
-  const int prev = (me + n - 1) % n;
   region& reg = region::get();
   using iso::detail::heap;
 
