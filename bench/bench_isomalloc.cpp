@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "heap.hpp"
+#include "baselines.hpp"
 #include "isothreads/isomalloc.h"
 #include "region.hpp"
 
@@ -37,15 +38,6 @@ void heap_malloc_free(benchmark::State& state) {
     void* p = h->alloc(n);
     benchmark::DoNotOptimize(p);
     h->free(p);
-  }
-}
-
-void glibc_malloc_free(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  for (auto _ : state) {
-    void* p = std::malloc(n);
-    benchmark::DoNotOptimize(p);
-    std::free(p);
   }
 }
 
@@ -120,7 +112,7 @@ void two_memcpys(benchmark::State& state) {
 }
 
 BENCHMARK(heap_malloc_free)->Name("heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
-BENCHMARK(glibc_malloc_free)->Name("raw:heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
+BENCHMARK(iso_bench::glibc_malloc_free)->Name("raw:heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
 BENCHMARK(heap_batch)->Name("heap_batch_1000x64");
 BENCHMARK(glibc_batch)->Name("raw:heap_batch_1000x64");
 BENCHMARK(iso_malloc_free)->Name("iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);

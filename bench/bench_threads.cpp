@@ -43,6 +43,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "baselines.hpp"
 #include "isothreads/isothreads.hpp"
 #include "prim.hpp"
 #include "ratio.hpp"
@@ -141,15 +142,6 @@ void thread_malloc_free(benchmark::State& state) {
     }
   });
   s.run();
-}
-
-void raw_thread_malloc_free(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  for (auto _ : state) {
-    void* p = std::malloc(n);
-    benchmark::DoNotOptimize(p);
-    std::free(p);
-  }
 }
 
 void glibc_direct_malloc_free(benchmark::State& state) {
@@ -278,7 +270,7 @@ BENCHMARK(boost_fiber_yield_round_trip)->Name("boost_fiber_yield_round_trip");
 BENCHMARK(spawn_join)->Name("spawn_join");
 BENCHMARK(raw_spawn_join)->Name("raw:spawn_join");
 BENCHMARK(thread_malloc_free)->Name("thread_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(4096);
-BENCHMARK(raw_thread_malloc_free)->Name("raw:thread_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(4096);
+BENCHMARK(iso_bench::glibc_malloc_free)->Name("raw:thread_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(4096);
 BENCHMARK(glibc_direct_malloc_free)->Name("glibc_direct_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(4096);
 
 }  // namespace

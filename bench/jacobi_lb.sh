@@ -8,8 +8,8 @@
 # the unbalanced run by time-slicing, and the figures say little about the balancer (the script
 # says so).
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR/../scripts source=../scripts/mpirun.sh
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/mpirun.sh"  # MPIRUN; as root, Open MPI's consent
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # MPIRUN, median
 build=${1:-build} ranks=${2:-4} reps=${3:-5}
 shift $(($# < 3 ? $# : 3))
 cores=$(nproc)
@@ -29,7 +29,6 @@ for ((i = 0; i < reps; ++i)); do
     exit 1
   fi
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (v[int((NR + 1) / 2)] + v[int(NR / 2) + 1]) / 2 }'; }
 awk -v p="$(median "${plain[@]}")" -v b="$(median "${balanced[@]}")" -v i="$(median "${ideal[@]}")" -v n="$ranks" 'BEGIN {
   printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_unbalanced_vs_ideal/" n "ranks", p * 1e9, i * 1e9, p / i
   printf "ratio  %-40s %12.1f ns  raw %12.1f ns  = %.3f\n", "jacobi2d_balanced_vs_ideal/" n "ranks", b * 1e9, i * 1e9, b / i

@@ -1,8 +1,8 @@
 // The one printer of the benchmarks' ratio lines (bench_main.cpp, bench_migration.cpp,
 // bench_checkpoint.cpp, bench_threads.cpp):
 //   ratio  <name>  <figure> <unit>  raw <baseline> <unit>  = <figure / baseline>
-// with the columns at fixed widths. bench/checkpoint.sh and bench/trace_overhead.sh print the
-// same layout with awk, and scripts read it: keep them in step.
+// with the columns at fixed widths. bench/checkpoint.sh, bench/trace_overhead.sh and
+// bench/jacobi_lb.sh print the same layout with awk, and scripts read it: keep them in step.
 #pragma once
 
 #include <cstdio>

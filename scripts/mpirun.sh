@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sourced by the scripts that call mpirun (setup.sh, bench/checkpoint.sh, bench/trace_overhead.sh):
+# Sourced by the scripts that call mpirun (setup.sh, bench/checkpoint.sh, bench/lib.sh):
 # sets MPIRUN, an array holding mpirun and the flags every run needs (--oversubscribe: more ranks
 # than cores), and, as root, exports the two variables with which Open MPI agrees to run as root.
 
