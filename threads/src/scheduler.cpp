@@ -197,6 +197,7 @@ void scheduler::account_switch(tcb* self) noexcept {
   }
   if (run_hook_ != nullptr) {
     const std::int64_t now = now_ns();
+    heap_scope system(nullptr);  // self's heap is still current here: hooks get the system heap
     run_hook_(self, trace_start_ns_, now);
     trace_start_ns_ = now;
   }

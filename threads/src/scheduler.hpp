@@ -181,7 +181,8 @@ class scheduler {
   using finish_hook = void (*)(scheduler& s, tcb* t) noexcept;
   void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
 
-  // Tracing: called after each time a thread ran, with when it started and stopped (now_ns).
+  // Tracing: called after each time a thread ran, with when it started and stopped (now_ns), with
+  // the system heap current (as every hook: what it allocates must not land in a thread's heap).
   using run_hook = void (*)(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept;
   void set_run_hook(run_hook h) noexcept { run_hook_ = h; }
 
