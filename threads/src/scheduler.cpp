@@ -164,18 +164,15 @@ tcb* scheduler::find(thread_id id) const noexcept {
 bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id.bits()) != 0; }
 
 void scheduler::resume(tcb* t) noexcept {
-  running_ = t;
-  t->state = thread_state::running;
-  current_heap = t->home_heap;
+  start_running(t);
   if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();
   context_switch(t->self_ctx(), &sched_ctx_);
   // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (TCBs stay here
   // until teardown or departure, so `back` is valid); its context has landed in its TCB.
   tcb* back = running_;
-  if (measure_) back->run_cycles += prim::cycles() - run_start_;
   current_heap = nullptr;
-  if (run_hook_ != nullptr) run_hook_(back, trace_start_ns_, now_ns());
+  if (measure_ || run_hook_ != nullptr) account_switch(back);
   running_ = nullptr;
   if (back->state == thread_state::finished) {
     teardown(back);
@@ -197,7 +194,7 @@ void scheduler::account_switch(tcb* self) noexcept {
   }
   if (run_hook_ != nullptr) {
     const std::int64_t now = now_ns();
-    heap_scope system(nullptr);  // self's heap is still current here: hooks get the system heap
+    heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
     run_hook_(self, trace_start_ns_, now);
     trace_start_ns_ = now;
   }

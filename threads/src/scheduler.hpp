@@ -113,9 +113,7 @@ class scheduler {
       if (tcb* next = default_policy_.pick_next()) {
         default_policy_.awakened(self);
         if (measure_ || run_hook_ != nullptr) account_switch(self);
-        running_ = next;
-        next->state = thread_state::running;
-        current_heap = next->home_heap;
+        start_running(next);
         return next->self_ctx();
       }
     }
@@ -188,8 +186,14 @@ class scheduler {
 
  private:
   void resume(tcb* t) noexcept;
-  // A direct switch away from self: ends its run for load measurement and tracing. Out of line,
-  // so that the yield path without either saves no registers.
+  // t (ready, dequeued) becomes the running thread, its heap current.
+  void start_running(tcb* t) noexcept {
+    running_ = t;
+    t->state = thread_state::running;
+    current_heap = t->home_heap;
+  }
+  // Ends self's run for load measurement and tracing (and starts the next one's clocks). Out of
+  // line, so that the yield path without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
