@@ -500,6 +500,9 @@ void engine::join(tcb* self, thread_id t) {
             target->joiner.to_string().c_str());
     }
     target->joiner = self->id;
+    // Cleared by the join_done that finished() sends, which wakes self below.
+    self->join_status = errc::ok;
+    self->waiting_for = t;
   } else if (bool joined = false; home_of(t) == rank_ && finished_record(t, &joined)) {
     if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
     finished_[t.bits()] = true;
