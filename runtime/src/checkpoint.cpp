@@ -19,7 +19,7 @@ checkpointer* g_checkpointer = nullptr;
 
 constexpr std::uint64_t file_magic = 0x01544b4350534f49ull;      // "IOSPCKT\x01"
 constexpr std::uint64_t manifest_magic = 0x01464e414d534f49ull;  // "IOSMANF\x01"
-constexpr std::uint32_t format_version = 1;
+constexpr std::uint32_t format_version = 2;  // 2: the manifest records the thread guards
 
 struct file_header {
   std::uint64_t magic;
@@ -62,6 +62,7 @@ struct manifest_header {
   std::uint64_t region_bytes;
   std::uint64_t generation;
   std::uint64_t max_serial;      // highest thread serial handed out anywhere
+  tls_guards guards;             // the canary and pointer guard the threads ran with (guards.hpp)
   std::uint64_t checksum;        // of this header (field 0) and the entries
 };
 struct manifest_entry {
@@ -250,7 +251,7 @@ std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t
                                          const sys_vector<std::uint64_t>& files) {
   const region& reg = region::get();
   manifest_header h{manifest_magic, format_version, static_cast<std::uint32_t>(size_), layout_, reg.base(), reg.bytes(),
-                    generation, max_serial, 0};
+                    generation, max_serial, sched_.thread_guards(), 0};
   sys_vector<manifest_entry> entries;
   for (int r = 0; r < size_; ++r) entries.push_back({files[2 * static_cast<std::size_t>(r)], files[2 * static_cast<std::size_t>(r) + 1]});
   h.checksum = manifest_sum(h, entries.data());
@@ -516,6 +517,9 @@ void checkpointer::restore(const std::string& dir) {
     if (engine_.home_of(thread_id::from_bits(id)) == rank_) engine_.restore_finished(thread_id::from_bits(id), joined);
   }
   sched_.raise_next_serial(m.header.max_serial + 1);
+  // The restored frames hold the canary, and their jmp_bufs the pointer guard, of the job that
+  // wrote the checkpoint: this job's threads run with that pair too.
+  sched_.set_thread_guards(m.header.guards);
   std::uint64_t all_read = 0;
   check_mpi(MPI_Reduce(&read, &all_read, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (restart)");
   const double seconds = static_cast<double>(now_ns() - start_ns) * 1e-9;

@@ -115,6 +115,10 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
     warm_up_process_state();
     heap_scope system(nullptr);
     state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout);
+    // One canary and pointer guard for every migratable thread of the job (guards.hpp): rank 0's.
+    tls_guards job = state_->sched.thread_guards();
+    check_mpi(MPI_Bcast(&job, sizeof job, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (thread guards)");
+    state_->sched.set_thread_guards(job);
     if (const std::string dir = take_restart_dir(argc, argv); !dir.empty()) {
       state_->checkpoints.restore(dir);
       state_->restarted = true;

@@ -105,6 +105,8 @@ scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
   set_diag_rank(rank);
   install_fault_handlers();
   set_context_hook(&describe_running);
+  process_guards = read_tls_guards();
+  thread_guards_ = process_guards;
   scheduler::current_ = this;
 }
 
@@ -135,6 +137,7 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   tcb* t = new (mem) tcb();
   t->id = thread_id(rank_, next_serial_++);
   t->home_heap = h;
+  t->suspended_heap = h;
   t->stack = stack;
   std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
   return t;
@@ -167,7 +170,9 @@ void scheduler::resume(tcb* t) noexcept {
   start_running(t);
   if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
   if (measure_) run_start_ = prim::cycles();
+  write_tls_guards(thread_guards_);
   context_switch(t->self_ctx(), &sched_ctx_);
+  write_tls_guards(process_guards);
   // Back in the scheduler from `back`: t itself, or a thread t yielded to directly (TCBs stay here
   // until teardown or departure, so `back` is valid); its context has landed in its TCB.
   tcb* back = running_;

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "context.hpp"
+#include "guards.hpp"
 #include "interpose.hpp"
 #include "prim.hpp"
 #include "sysalloc.hpp"
@@ -108,6 +109,7 @@ class scheduler {
   boost::context::fiber& prepare_yield() noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
+    self->suspended_heap = current_heap;
     switch_landing = &self->self_ctx();
     if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
       if (tcb* next = default_policy_.pick_next()) {
@@ -179,6 +181,11 @@ class scheduler {
   using finish_hook = void (*)(scheduler& s, tcb* t) noexcept;
   void set_finish_hook(finish_hook h) noexcept { finish_hook_ = h; }
 
+  // The canary and pointer guard every migratable thread runs with (guards.hpp): this process's
+  // own until the runtime gives every rank the job's pair. pre (set): no thread is running.
+  const tls_guards& thread_guards() const noexcept { return thread_guards_; }
+  void set_thread_guards(const tls_guards& g) noexcept { thread_guards_ = g; }
+
   // Tracing: called after each time a thread ran, with when it started and stopped (now_ns), with
   // the system heap current (as every hook: what it allocates must not land in a thread's heap).
   using run_hook = void (*)(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept;
@@ -186,18 +193,22 @@ class scheduler {
 
  private:
   void resume(tcb* t) noexcept;
-  // t (ready, dequeued) becomes the running thread, its heap current.
+  // t (ready, dequeued) becomes the running thread, with the heap that was current when it
+  // suspended (its own, or the system heap inside a heap scope: a scope outlives suspensions).
   void start_running(tcb* t) noexcept {
     running_ = t;
     t->state = thread_state::running;
-    current_heap = t->home_heap;
+    current_heap = t->suspended_heap;
   }
   // Ends self's run for load measurement and tracing (and starts the next one's clocks). Out of
   // line, so that the yield path without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
-  void switch_out(tcb* self) noexcept { context_switch(sched_ctx_, &self->self_ctx()); }
+  void switch_out(tcb* self) noexcept {
+    self->suspended_heap = current_heap;
+    context_switch(sched_ctx_, &self->self_ctx());
+  }
   void teardown(tcb* t) noexcept;
   void wake_expired(std::int64_t now) noexcept;
   void insert_timer(tcb* t) noexcept;
@@ -216,6 +227,7 @@ class scheduler {
   progress_engine* progress_;
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
   boost::context::fiber sched_ctx_;   // see sched_ctx()
+  tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing

@@ -65,6 +65,9 @@ struct tcb {
   char name[32] = {};                 // spawn_options::name, NUL-terminated
 
   heap* home_heap = nullptr;          // this thread's heap (in its slots)
+  // While suspended: the heap that was current (home_heap, or null inside a heap scope), current
+  // again when it resumes.
+  heap* suspended_heap = nullptr;
   stack_run stack;                    // this thread's stack run
   body_base* body = nullptr;          // the spawn callable, in home_heap; null once it returned
 

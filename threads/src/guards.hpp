@@ -1,0 +1,79 @@
+// The two secrets glibc keeps per process, and the values migratable threads run with instead.
+//
+// glibc (x86-64) keeps in the control block of each OS thread, which %fs points to:
+//   %fs:0x28  the stack-protector canary: every function built with -fstack-protector(-strong),
+//             as distributions build all their packages, stores it in its frame on entry and
+//             compares on return;
+//   %fs:0x30  the pointer guard: setjmp/sigsetjmp, atexit/__cxa_atexit, on_exit, thread_local
+//             destructors and loaded gconv modules store code pointers XORed with it.
+// Both come from the kernel's AT_RANDOM, so they differ from process to process: a frame pushed
+// on one rank fails its canary check on another, and a jmp_buf filled on one rank sends longjmp
+// to a garbage address on another.
+//
+// So migratable threads do not run with their process's values but with the *thread guards*:
+// one pair for the whole job (iso::runtime takes rank 0's pair and gives it to every rank; a
+// checkpoint records it and a restart adopts it). The scheduler writes them into the OS thread's
+// control block when it resumes a thread and writes the process's own back when the thread
+// switches out (four stores per pair of switches; thread-to-thread switches need none, since
+// every thread has the same pair). So from its first instruction a thread sees the same canary
+// and pointer guard on every rank and in every job restarted from its checkpoints.
+//
+// What glibc mangles for the process while a thread runs must not be mangled with the thread
+// guards, or the process (running with its own) cannot read it back: exit handlers and thread_local
+// destructors registered from a thread, and gconv modules loaded through iconv. The interposed
+// __cxa_atexit, on_exit, __cxa_thread_atexit_impl, exit and iconv* (interpose.cpp) run glibc's
+// under the process's pair (process_guards_scope). The user guide lists what remains (NSS
+// look-ups and charset conversions that load gconv modules outside iconv, inside a thread).
+#pragma once
+
+#include <cstdint>
+
+#if !defined(__x86_64__) || !defined(__linux__)
+#error "isothreads: the thread guards (threads/src/guards.hpp) are written for x86-64 Linux with glibc"
+#endif
+
+namespace iso::detail {
+
+struct tls_guards {
+  std::uint64_t canary = 0;   // %fs:0x28
+  std::uint64_t pointer = 0;  // %fs:0x30
+  friend bool operator==(const tls_guards&, const tls_guards&) = default;
+};
+
+// The running OS thread's pair.
+inline tls_guards read_tls_guards() noexcept {
+  tls_guards g;
+  asm volatile("movq %%fs:0x28, %0\n\tmovq %%fs:0x30, %1" : "=r"(g.canary), "=r"(g.pointer) : : "memory");
+  return g;
+}
+
+// pre: no frame that is still to return was entered under the pair being replaced, unless the
+// same pair is back in place before it returns.
+inline void write_tls_guards(const tls_guards& g) noexcept {
+  asm volatile("movq %0, %%fs:0x28\n\tmovq %1, %%fs:0x30" : : "r"(g.canary), "r"(g.pointer) : "memory");
+}
+
+// The pair of the OS thread that runs the scheduler, as it was before any thread ran: what glibc
+// mangled the process's state with. Zero until a scheduler exists.
+extern tls_guards process_guards;
+
+// While it lives, the running OS thread has the process's pair, whatever it had before (a
+// migratable thread's, or the pair an OS thread started from a migratable thread inherited).
+// For calls into glibc that mangle or demangle process-wide state.
+class process_guards_scope {
+ public:
+  process_guards_scope() noexcept : saved_(read_tls_guards()), swapped_(process_guards.canary != 0 && saved_ != process_guards) {
+    if (swapped_) write_tls_guards(process_guards);
+  }
+  ~process_guards_scope() {
+    if (swapped_) write_tls_guards(saved_);
+  }
+  process_guards_scope(const process_guards_scope&) = delete;
+  process_guards_scope& operator=(const process_guards_scope&) = delete;
+
+ private:
+  tls_guards saved_;
+  bool swapped_;
+};
+
+}  // namespace iso::detail
