@@ -117,10 +117,16 @@ void* iso_malloc(size_t bytes) {
   c_call([&] {
     region& r = ready_region();
     const std::size_t length = page_round(bytes == 0 ? 1 : bytes);
-    block = r.alloc_chunks(chunks_for(length));
+    void* run = r.alloc_chunks(chunks_for(length));
     block_table& t = block_table::get();
-    std::lock_guard<std::mutex> g(t.lock);
-    t.entries[reinterpret_cast<std::uintptr_t>(block)] = {length, true};
+    try {
+      std::lock_guard<std::mutex> g(t.lock);
+      t.entries[reinterpret_cast<std::uintptr_t>(run)] = {length, true};
+    } catch (...) {
+      r.free_chunks(run, chunks_for(length));  // untracked, it could never be freed: NULL instead
+      throw;
+    }
+    block = run;  // only a block the table tracks is returned
   });
   return block;
 }

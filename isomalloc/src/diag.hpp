@@ -22,6 +22,14 @@ namespace iso::detail {
 std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string vformat(const char* fmt, va_list ap);
 
+// printf-style formatting into buf (at most cap bytes, NUL-terminated when cap > 0), async-signal-
+// safe: no locale, no allocation, no lock, which vsnprintf does not promise. Conversions: d i u x X
+// p s c and %%, with the flags '-', '0' and '#', a width, a precision for s (also as .*) and the
+// length modifiers hh h l ll z j t; anything else is copied as it stands. Returns the length
+// written (excluding the NUL); output past cap - 1 is cut.
+std::size_t safe_vformat(char* buf, std::size_t cap, const char* fmt, va_list ap) noexcept;
+std::size_t safe_format(char* buf, std::size_t cap, const char* fmt, ...) noexcept __attribute__((format(printf, 3, 4)));
+
 // Throws iso::error(code, formatted message).
 [[noreturn]] void raise(errc code, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -33,6 +41,16 @@ std::string vformat(const char* fmt, va_list ap);
 // The hook must be async-signal-safe; it writes at most `cap` bytes into buf and returns the length.
 using context_hook = std::size_t (*)(char* buf, std::size_t cap) noexcept;
 void set_context_hook(context_hook hook) noexcept;
+
+// Upper layers say where raise() allocates the exception it throws: the running migratable
+// thread's own heap, whatever heap a scope made current, so that an error caught after the
+// thread migrated is still in its memory. enter() makes that heap current and returns what was;
+// leave() puts that back (raise() calls it while the exception unwinds out of it).
+struct exception_heap_hooks {
+  void* (*enter)() noexcept;
+  void (*leave)(void* saved) noexcept;
+};
+void set_exception_heap_hooks(exception_heap_hooks hooks) noexcept;
 void set_diag_rank(int rank) noexcept;
 int diag_rank() noexcept;
 

@@ -55,6 +55,13 @@ balancer* balancer::current() noexcept { return g_balancer; }
 
 void balancer::set_strategy(std::unique_ptr<lb::strategy> s) {
   if (s == nullptr) raise(errc::invalid_argument, "iso::lb::set_strategy: null strategy");
+  // The balancer keeps it for the rank: memory of a thread's heap would move or end with the thread.
+  if (in_region(s.get())) {
+    raise(errc::invalid_argument,
+          "iso::lb::set_strategy: the strategy object at %p was allocated in a migratable thread's heap, which "
+          "moves and ends with the thread; create it in main, or inside an iso::system_heap_scope",
+          static_cast<const void*>(s.get()));
+  }
   strategy_ = std::move(s);
   // Measuring costs two cycle reads per switch; a balancer that never moves anything needs none.
   sched_.set_measure_load(std::string(strategy_->name()) != "none");

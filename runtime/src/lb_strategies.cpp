@@ -8,6 +8,7 @@
 #include "diag.hpp"
 #include "isothreads/error.hpp"
 #include "isothreads/lb.hpp"
+#include "isothreads/thread.hpp"
 
 namespace iso::lb {
 
@@ -111,20 +112,28 @@ class no_strategy final : public strategy {
   std::vector<move> plan(const problem&) override { return {}; }
 };
 
+// A strategy is rank-global state (set_strategy keeps it): it is allocated from the system heap
+// even when a migratable thread asks for it, since a thread's heap moves and ends with it.
+template <class S, class... Args>
+std::unique_ptr<strategy> make_strategy(Args... args) {
+  system_heap_scope system;
+  return std::make_unique<S>(args...);
+}
+
 }  // namespace
 
-std::unique_ptr<strategy> greedy() { return std::make_unique<greedy_strategy>(); }
+std::unique_ptr<strategy> greedy() { return make_strategy<greedy_strategy>(); }
 std::unique_ptr<strategy> refine(double tolerance) {
   if (!(tolerance >= 0)) detail::raise(errc::invalid_argument, "iso::lb::refine: tolerance %g is negative", tolerance);
-  return std::make_unique<refine_strategy>(tolerance);
+  return make_strategy<refine_strategy>(tolerance);
 }
-std::unique_ptr<strategy> rotate() { return std::make_unique<rotate_strategy>(); }
+std::unique_ptr<strategy> rotate() { return make_strategy<rotate_strategy>(); }
 
 std::unique_ptr<strategy> by_name(const std::string& name) {
   if (name == "greedy") return greedy();
   if (name == "refine") return refine();
   if (name == "rotate") return rotate();
-  if (name == "none") return std::make_unique<no_strategy>();
+  if (name == "none") return make_strategy<no_strategy>();
   detail::raise(errc::invalid_argument, "iso::lb: unknown strategy '%s' (greedy, refine, rotate or none)", name.c_str());
 }
 

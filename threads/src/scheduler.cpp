@@ -19,27 +19,56 @@
 namespace iso::detail {
 namespace {
 
+// True on the OS thread that runs the scheduler: the only one on which scheduler::running() is
+// the code executing. Initial-exec TLS, so a signal handler may read it.
+constinit thread_local bool tl_scheduler_thread __attribute__((tls_model("initial-exec"))) = false;
+bool on_scheduler_thread() noexcept { return tl_scheduler_thread; }
+
 std::size_t describe_running(char* buf, std::size_t cap) noexcept {
   scheduler* s = scheduler::current();
-  tcb* t = s != nullptr ? s->running() : nullptr;
+  tcb* t = s != nullptr && on_scheduler_thread() ? s->running() : nullptr;
   if (t == nullptr) return 0;
-  const int n = std::snprintf(buf, cap, "thread %d:%" PRIu64 " '%s'", t->id.home(), t->id.serial(), t->name);
-  return n > 0 ? std::min(static_cast<std::size_t>(n), cap - 1) : 0;
+  return safe_format(buf, cap, "thread %d:%" PRIu64 " '%s'", t->id.home(), t->id.serial(), t->name);
 }
 
+// The handlers that were installed before ours (Open MPI's, a sanitizer's, the program's, or the
+// default action), by signal: faults that are not a migratable thread's go to them.
+struct sigaction g_previous_segv {}, g_previous_bus {};
+
 // SIGSEGV/SIGBUS on the alternate stack: a fault inside the running thread's guard is a stack
-// overflow; any other fault inside a thread is reported with the thread's name; faults outside
-// threads get the default action.
-void on_fault(int sig, siginfo_t* info, void*) {
+// overflow; any other fault inside a thread is reported with the thread's name. A fault outside
+// threads (main, the scheduler, another OS thread) is handed to the handler ours replaced, as if
+// ours were not there: called with the same arguments, or, for the default action or an ignored
+// fault, by reinstating it, so that returning re-executes the access under it.
+void on_fault(int sig, siginfo_t* info, void* uctx) {
   scheduler* s = scheduler::current();
-  tcb* t = s != nullptr ? s->running() : nullptr;
+  tcb* t = s != nullptr && on_scheduler_thread() ? s->running() : nullptr;
   if (t != nullptr && t->stack.guard_contains(info->si_addr)) {
     fatal("thread %d:%" PRIu64 " '%s' overflowed its %zu KiB stack on rank %d", t->id.home(),
           t->id.serial(), t->name, t->stack.bytes >> 10, s->rank());
   }
   if (t != nullptr) fatal("%s at address %p", sig == SIGBUS ? "bus error" : "segmentation fault", info->si_addr);
-  signal(sig, SIG_DFL);  // returning re-executes the access, which now takes the default action
+  const struct sigaction& previous = sig == SIGBUS ? g_previous_bus : g_previous_segv;
+  if ((previous.sa_flags & SA_SIGINFO) != 0 && previous.sa_sigaction != nullptr) {
+    previous.sa_sigaction(sig, info, uctx);
+  } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+    previous.sa_handler(sig);
+  } else {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, nullptr);  // an ignored fault would only repeat: the default action then
+  }
 }
+
+void* enter_exception_heap() noexcept {
+  void* saved = current_heap;
+  scheduler* s = scheduler::current();
+  if (tcb* t = s != nullptr && on_scheduler_thread() ? s->running() : nullptr) current_heap = t->home_heap;
+  return saved;
+}
+
+void leave_exception_heap(void* saved) noexcept { current_heap = static_cast<heap*>(saved); }
 
 void install_fault_handlers() {
   static bool installed = false;
@@ -50,13 +79,17 @@ void install_fault_handlers() {
   stack_t ss{};
   ss.ss_sp = __libc_malloc(altstack_bytes);
   ss.ss_size = altstack_bytes;
-  if (ss.ss_sp == nullptr || sigaltstack(&ss, nullptr) != 0) return;
+  if (ss.ss_sp == nullptr) raise(errc::system_failure, "no memory for the signal stack of the stack-overflow handler");
+  if (sigaltstack(&ss, nullptr) != 0) {
+    raise(errc::system_failure, "cannot install the stack-overflow handler's signal stack: sigaltstack: %s", std::strerror(errno));
+  }
   struct sigaction sa {};
   sa.sa_sigaction = on_fault;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGSEGV, &sa, nullptr);
-  sigaction(SIGBUS, &sa, nullptr);
+  if (sigaction(SIGSEGV, &sa, &g_previous_segv) != 0 || sigaction(SIGBUS, &sa, &g_previous_bus) != 0) {
+    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction: %s", std::strerror(errno));
+  }
 }
 
 }  // namespace
@@ -104,7 +137,9 @@ scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
   region::get().init_single_rank();  // no-op once the runtime agreed the region across ranks
   set_diag_rank(rank);
   install_fault_handlers();
+  tl_scheduler_thread = true;
   set_context_hook(&describe_running);
+  set_exception_heap_hooks({&enter_exception_heap, &leave_exception_heap});
   process_guards = read_tls_guards();
   thread_guards_ = process_guards;
   scheduler::current_ = this;
@@ -114,7 +149,9 @@ scheduler::~scheduler() {
   // A saved scheduler context exists only while a thread runs; destroying it would unwind main.
   ISO_ASSERT_INTERNAL(!sched_ctx_);
   scheduler::current_ = nullptr;
+  tl_scheduler_thread = false;
   set_context_hook(nullptr);
+  set_exception_heap_hooks({nullptr, nullptr});
 }
 
 tcb* scheduler::create_thread(const spawn_options& opts) {

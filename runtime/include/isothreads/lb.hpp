@@ -62,7 +62,11 @@ std::unique_ptr<strategy> rotate();
 std::unique_ptr<strategy> by_name(const std::string& name);
 
 // The strategy of this rank's balancer; the same on every rank. Default: the environment
-// variable ISO_LB (a name as for by_name), else greedy. Errors: (no_runtime).
+// variable ISO_LB (a name as for by_name), else greedy. The built-in factories above allocate from
+// the system heap wherever they are called; a user strategy set from a migratable thread must be
+// created inside an iso::system_heap_scope (the balancer keeps it on this rank, while the
+// thread's heap moves and ends with it). Errors: (no_runtime), (invalid_argument) for a null
+// strategy or one in a thread's heap.
 void set_strategy(std::unique_ptr<strategy> s);
 void set_strategy(const std::string& name);
 

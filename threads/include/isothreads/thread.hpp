@@ -96,7 +96,9 @@ void join(thread_id t);
 // While one lives, malloc/new on this OS thread go to the system allocator, even inside a
 // migratable thread. For state that outlives the thread or stays on this rank: a library's
 // process-wide cache initialised lazily from a thread, a buffer handed to a rank-local service.
-// Such memory does not migrate; free it on the rank that allocated it. Not copyable or movable;
+// Such memory does not migrate; free it on the rank that allocated it. A scope lasts until it is
+// destroyed, across every suspension of its thread inside it (yield, sleep, recv, join, lb::sync,
+// migration): the thread resumes with the heap it suspended with. Not copyable or movable;
 // scopes nest.
 class system_heap_scope {
  public:
