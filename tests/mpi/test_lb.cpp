@@ -9,6 +9,7 @@
 #include <atomic>
 #include <memory>
 #include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -263,6 +264,64 @@ TEST(LoadBalancing, PeriodicModeSkipsStepsThatAreNotDue) {
   rt->run();
   EXPECT_EQ(iso::lb::last_step().threads_moved, 0u);
   iso::lb::set_period(std::chrono::seconds(0));
+}
+
+// A strategy that moves nothing, counting its plans (rank-local: each rank's own).
+int plans_made = 0;
+class counting_strategy final : public iso::lb::strategy {
+ public:
+  const char* name() const noexcept override { return "counting"; }
+  std::vector<iso::lb::move> plan(const iso::lb::problem&) override {
+    ++plans_made;
+    return {};
+  }
+};
+
+// The balancer keeps its strategy on the rank: one set from inside a thread must not live in
+// that thread's heap, which moves and ends with the thread (and is then reused).
+TEST(LoadBalancing, AStrategySetFromAThreadOutlivesTheThread) {
+  iso::spawn([] {
+    iso::lb::set_strategy(iso::lb::rotate());  // a built-in one, from inside a thread
+    iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+  });
+  rt->run();
+  // The setter's memory came home and is reused: scribble over it.
+  for (int i = 0; i < 8; ++i) {
+    iso::spawn([] {
+      std::vector<unsigned char> junk(256 << 10, 0xa5);
+      iso::this_thread::yield();
+    });
+  }
+  rt->run();
+  iso::spawn([] {
+    const int before = iso::rank();
+    iso::lb::sync();
+    EXPECT_EQ(iso::rank(), (before + 1) % iso::size());  // rotate still planned this step
+  });
+  rt->run();
+  EXPECT_EQ(iso::lb::last_step().strategy, "rotate");
+
+  iso::spawn([] {
+    try {
+      iso::lb::set_strategy(std::make_unique<counting_strategy>());  // in this thread's heap
+      ADD_FAILURE() << "a strategy in a thread's heap must be refused";
+    } catch (const iso::error& e) {
+      EXPECT_EQ(e.code_value(), iso::errc::invalid_argument);
+      EXPECT_NE(std::string(e.what()).find("system_heap_scope"), std::string::npos) << e.what();
+    }
+    std::unique_ptr<iso::lb::strategy> mine;
+    {
+      iso::system_heap_scope system;
+      mine = std::make_unique<counting_strategy>();
+    }
+    iso::lb::set_strategy(std::move(mine));
+  });
+  rt->run();
+  plans_made = 0;
+  iso::spawn([] { iso::lb::sync(); });
+  rt->run();
+  EXPECT_EQ(plans_made, 1);
+  EXPECT_EQ(iso::lb::last_step().strategy, "counting");
 }
 
 TEST(LoadBalancing, MisuseIsReported) {
