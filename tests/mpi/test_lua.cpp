@@ -14,7 +14,7 @@
 #include "mpi_gtest.hpp"
 #include "thread_checks.hpp"
 
-#if !defined(__SSP_STRONG__) || !defined(_FORTIFY_SOURCE) || _FORTIFY_SOURCE < 2
+#if !defined(__SSP_STRONG__) || !defined(__OPTIMIZE__) || !defined(_FORTIFY_SOURCE) || _FORTIFY_SOURCE < 2
 #error "test_lua.cpp must be built with -fstack-protector-strong -D_FORTIFY_SOURCE=2 (and -O2)"
 #endif
 

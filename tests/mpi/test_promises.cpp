@@ -25,7 +25,7 @@
 #include "thread_checks.hpp"
 
 // The point of this file is code built with the distribution's hardening: keep it so.
-#if !defined(__SSP_STRONG__) || !defined(_FORTIFY_SOURCE) || _FORTIFY_SOURCE < 2
+#if !defined(__SSP_STRONG__) || !defined(__OPTIMIZE__) || !defined(_FORTIFY_SOURCE) || _FORTIFY_SOURCE < 2
 #error "test_promises.cpp must be built with -fstack-protector-strong -D_FORTIFY_SOURCE=2 (and -O2)"
 #endif
 
@@ -156,6 +156,7 @@ void expect_system_allocations(const char* when, std::source_location where = st
 
 TEST(Promises, SystemHeapScopeHoldsAcrossEverySuspension) {
   const iso::thread_id scoped = iso::spawn([] {
+    const iso::thread_id child = iso::spawn([] { iso::this_thread::sleep_for(std::chrono::milliseconds(2)); });
     {
       iso::system_heap_scope system;
       expect_system_allocations("malloc inside a system_heap_scope");
@@ -163,6 +164,8 @@ TEST(Promises, SystemHeapScopeHoldsAcrossEverySuspension) {
       expect_system_allocations("malloc after yield() inside a system_heap_scope");
       iso::this_thread::sleep_for(std::chrono::milliseconds(1));
       expect_system_allocations("malloc after sleep_for() inside a system_heap_scope");
+      iso::join(child);
+      expect_system_allocations("malloc after join() inside a system_heap_scope");
       {
         const iso::message m = iso::recv();  // blocks: the sender sleeps first. Its payload dies
         check_eq(m.data.size(), std::size_t{4}, "payload bytes");  // here, before the migration
@@ -176,7 +179,7 @@ TEST(Promises, SystemHeapScopeHoldsAcrossEverySuspension) {
     std::free(p);
   });
   iso::spawn([scoped] {
-    iso::this_thread::sleep_for(std::chrono::milliseconds(5));
+    iso::this_thread::sleep_for(std::chrono::milliseconds(10));
     iso::send(scoped, "wake", 4);
   });
   rt->run();
