@@ -221,6 +221,23 @@ TEST(Promises, FramesGuardedByTheStackProtectorReturnOnAnotherRank) {
   rt->run();
 }
 
+// Main's own guarded frames span run() while threads migrate in and out of this process: they
+// must still find this process's canary when they return.
+__attribute__((noinline)) void run_in_a_guarded_frame() {
+  char label[32];
+  std::snprintf(label, sizeof label, "main on rank %d", rt->rank());
+  iso::spawn([] {
+    const int dest = next_rank();
+    check_eq(guarded_frames(2, dest), dest, "rank where three guarded frames returned");
+  });
+  rt->run();
+  char expected[32];
+  std::snprintf(expected, sizeof expected, "main on rank %d", rt->rank());
+  EXPECT_STREQ(label, expected);
+}
+
+TEST(Promises, MainsGuardedFramesReturnAfterRunsThatMigrate) { run_in_a_guarded_frame(); }
+
 // ---------------------------------------------------------------- setjmp / longjmp
 
 // Moves to `dest` and jumps back to `env`, which was set on the rank before. With
