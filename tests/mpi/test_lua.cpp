@@ -7,7 +7,6 @@
 #include <lua.hpp>
 
 #include <cstdio>
-#include <string>
 
 #include "isothreads/isomalloc.h"
 #include "isothreads/isothreads.hpp"

@@ -4,7 +4,6 @@
 // a stack canary, setjmp/longjmp and C++ exceptions that cross a migration. Every test is
 // collective: each rank runs it and calls run(). Checks inside threads go through thread_checks.hpp.
 #include <gtest/gtest.h>
-#include <mpi.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -37,11 +36,11 @@ using iso_test::rt;
 
 int next_rank() { return (iso::rank() + 1) % iso::size(); }
 
-// A mark a thread leaves on the rank where it ends, for the thread at index `slot`: a plain global
-// is each rank's own, so a thread that reads the mark on that rank after a join has seen the
-// joined thread finish there. Cleared on every rank before each test that uses it.
-constexpr int max_slots = 64;
-int finished_here[max_slots];
+// finished_here[r]: the mark the thread started by rank r's test thread leaves on the rank where
+// it ends. A plain global is each rank's own, so a thread that reads the mark on that rank after a
+// join has seen the joined thread finish there. Cleared on every rank before each test using it.
+constexpr int max_ranks = 64;
+int finished_here[max_ranks];
 
 void clear_marks() { std::fill(std::begin(finished_here), std::end(finished_here), 0); }
 
@@ -66,6 +65,7 @@ TEST(Promises, JoinOnTheSameRankWaitsForTheChildsLastEffect) {
 }
 
 TEST(Promises, JoinAcrossRanksReturnsOnlyOnceTheChildHasFinishedThere) {
+  ASSERT_LE(rt->size(), max_ranks);
   clear_marks();
   iso::spawn([] {
     const int home = iso::rank(), far = next_rank();
@@ -93,6 +93,7 @@ TEST(Promises, JoinAcrossRanksReturnsOnlyOnceTheChildHasFinishedThere) {
 }
 
 TEST(Promises, JoinWhileTheTargetMigratesWaitsForItsLastHop) {
+  ASSERT_LE(rt->size(), max_ranks);
   clear_marks();
   iso::spawn([] {
     const int home = iso::rank(), n = iso::size();
@@ -251,7 +252,8 @@ TEST(Promises, MainsGuardedFramesReturnAfterRunsThatMigrate) { run_in_a_guarded_
   sigset_t usr1;
   sigemptyset(&usr1);
   sigaddset(&usr1, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);  // siglongjmp must restore the mask saved before
+  // siglongjmp must restore the mask sigsetjmp saved, without SIGUSR1.
+  check(pthread_sigmask(SIG_BLOCK, &usr1, nullptr) == 0, "pthread_sigmask(SIG_BLOCK)");
   siglongjmp(env, 1);
 }
 
@@ -269,7 +271,7 @@ __attribute__((noinline)) int sigsetjmp_here_siglongjmp_there(int dest) {
 
 bool usr1_blocked() {
   sigset_t now;
-  pthread_sigmask(SIG_SETMASK, nullptr, &now);
+  check(pthread_sigmask(SIG_SETMASK, nullptr, &now) == 0, "pthread_sigmask(query)");
   return sigismember(&now, SIGUSR1) == 1;
 }
 
