@@ -17,7 +17,7 @@ ISO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ISO_ROOT"
 
 iso_packages=(libboost-context-dev libboost-fiber-dev libopenmpi-dev openmpi-bin libgtest-dev
-              libbenchmark-dev cmake g++ zlib1g-dev make python3 "${iso_extra_packages[@]}")
+              libbenchmark-dev cmake g++ zlib1g-dev liblua5.4-dev pkg-config make python3 "${iso_extra_packages[@]}")
 iso_missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${iso_packages[@]}"; do

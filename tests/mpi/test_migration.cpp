@@ -14,6 +14,7 @@
 #include "interpose.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "thread_checks.hpp"
 
 namespace {
 
@@ -166,11 +167,16 @@ TEST(Migration, MessagesArriveExactlyOnceInOrderWhileThreadsMigrate) {
       for (const auto& [from, count] : next) EXPECT_EQ(count, rounds) << "from " << from;
     }));
   }
+  const auto before = iso::detail::engine::current()->stats();
   hand_out(local, allgather_ids(local));
   rt->run();
-  const auto s = iso::detail::engine::current()->stats();
+  const auto after = iso::detail::engine::current()->stats();
   EXPECT_EQ(iso::detail::engine::current()->held_messages(), 0u);
-  (void)s;
+  EXPECT_EQ(after.dropped, before.dropped) << "messages to live threads were dropped";
+  // The threads did move (each draws migrations from its own fixed seed).
+  std::uint64_t departures = after.departures - before.departures, all_departures = 0;
+  MPI_Allreduce(&departures, &all_departures, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GT(all_departures, 0u);
 }
 
 TEST(Migration, ThreadBlockedInRecvIsMovedAndWokenThere) {
@@ -223,24 +229,37 @@ TEST(Migration, LockHolderMovesOnceItReleases) {
   rt->run();
 }
 
+// Set by worker `index` on the rank where it ends (a plain global: each rank's own).
+int worker_finished_here[64];
+constexpr int worker_hops = 3;
+
 TEST(Migration, JoinAcrossRanksWhileTheTargetMigrates) {
+  ASSERT_LE(2 * rt->size(), 64);
+  std::fill(std::begin(worker_finished_here), std::end(worker_finished_here), 0);
   std::vector<iso::thread_id> local;
-  // Rank r's worker wanders for a while, then reports to the next rank's joiner and ends.
+  // Rank r's worker wanders for a while, marks the rank it ends on, and ends there; the previous
+  // rank's joiner joins it.
   local.push_back(iso::spawn([] {
     const std::vector<iso::thread_id> ids = receive_table();
     const int n = iso::size();
-    for (int i = 0; i < 3; ++i) {
+    const int me = static_cast<int>(std::find(ids.begin(), ids.end(), iso::this_thread::id()) - ids.begin());
+    for (int i = 0; i < worker_hops; ++i) {
       iso::this_thread::sleep_for(std::chrono::milliseconds(2));
       iso::this_thread::migrate_to((iso::rank() + 1) % n);
     }
+    worker_finished_here[me] = 1;
   }));
   local.push_back(iso::spawn([] {
     const std::vector<iso::thread_id> ids = receive_table();
     const int n = iso::size();
     const int me = static_cast<int>(std::find(ids.begin(), ids.end(), iso::this_thread::id()) - ids.begin());
-    const iso::thread_id target = ids[static_cast<std::size_t>((me + 1) % (2 * n)) & ~std::size_t{1}];  // next rank's worker
+    const std::size_t target_index = static_cast<std::size_t>((me + 1) % (2 * n)) & ~std::size_t{1};
+    const iso::thread_id target = ids[target_index];  // next rank's worker
     iso::this_thread::migrate_to((iso::rank() + 2) % n);  // the joiner moves too
     iso::join(target);
+    // Where the target ended (its table index is twice its home rank): it has finished there.
+    iso::this_thread::migrate_to((static_cast<int>(target_index / 2) + worker_hops) % n);
+    iso_test::check_eq(worker_finished_here[target_index], 1, "the joined worker's last effect");
     try {
       iso::join(target);
       ADD_FAILURE() << "a second join must throw";

@@ -28,19 +28,23 @@ class Threads : public ::testing::Test {
 
 bool in_region(const void* p) { return iso_in_range(p) == 1; }
 
+// Main's containers that threads append to are reserved in main first: grown inside a thread,
+// a vector would move into that thread's heap, which is gone once the thread ends.
 TEST_F(Threads, RunInFifoOrderAndInterleaveOnYield) {
-  std::vector<std::string> log;  // lives in main's system heap; threads append short strings
+  std::vector<int> log;  // 10 * thread + step
+  log.reserve(9);
+  const int* const storage = log.data();
   for (int i = 0; i < 3; ++i) {
     spawn([i, &log] {
       for (int k = 0; k < 3; ++k) {
-        log.push_back(std::to_string(i) + std::to_string(k));
+        log.push_back(10 * i + k);
         this_thread::yield();
       }
     });
   }
   sched.run();
-  const std::vector<std::string> expected{"00", "10", "20", "01", "11", "21", "02", "12", "22"};
-  EXPECT_EQ(log, expected);
+  EXPECT_EQ(log.data(), storage);  // still main's
+  EXPECT_EQ(log, (std::vector<int>{0, 10, 20, 1, 11, 21, 2, 12, 22}));
   EXPECT_EQ(sched.live_threads(), 0u);
 }
 
@@ -69,6 +73,8 @@ TEST_F(Threads, IdsAreUniqueStableAndNamed) {
 
 TEST_F(Threads, SleepOrdersWakeUpsByDeadline) {
   std::vector<int> order;
+  order.reserve(3);
+  const int* const storage = order.data();
   for (int ms : {30, 10, 20}) {
     spawn([ms, &order] {
       const auto start = std::chrono::steady_clock::now();
@@ -78,6 +84,7 @@ TEST_F(Threads, SleepOrdersWakeUpsByDeadline) {
     });
   }
   sched.run();
+  EXPECT_EQ(order.data(), storage);
   EXPECT_EQ(order, (std::vector<int>{10, 20, 30}));
 }
 
@@ -105,6 +112,8 @@ TEST_F(Threads, ConditionVariableHandsOffWork) {
   mutex m;
   condition_variable cv;
   std::vector<int> queue;
+  queue.reserve(100);
+  const int* const storage = queue.data();
   int consumed = 0;
   bool done = false;
   spawn([&] {
@@ -134,11 +143,14 @@ TEST_F(Threads, ConditionVariableHandsOffWork) {
     m.unlock();
   });
   sched.run();
+  EXPECT_EQ(queue.data(), storage);
   EXPECT_EQ(consumed, 5050);
 }
 
 TEST_F(Threads, JoinWaitsForTheTarget) {
   std::vector<int> order;
+  order.reserve(4);
+  const int* const storage = order.data();
   spawn([&] {
     const thread_id child = spawn([&] {
       this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -152,6 +164,7 @@ TEST_F(Threads, JoinWaitsForTheTarget) {
     order.push_back(4);
   });
   sched.run();
+  EXPECT_EQ(order.data(), storage);
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4}));
 }
 
@@ -252,7 +265,9 @@ TEST_F(Threads, AllocationsOutsideThreadsStayInTheSystemHeap) {
 
 TEST_F(Threads, FreeFromAnotherThreadGoesToTheOwningHeap) {
   int* shared = nullptr;
+  detail::heap* first_heap = nullptr;
   spawn([&] {
+    first_heap = detail::current_heap;
     shared = new int[64]{};
     this_thread::yield();
     this_thread::yield();
@@ -260,7 +275,8 @@ TEST_F(Threads, FreeFromAnotherThreadGoesToTheOwningHeap) {
   spawn([&] {
     this_thread::yield();
     ASSERT_NE(shared, nullptr);
-    EXPECT_EQ(detail::heap::owner_of(shared), detail::heap::owner_of(shared));
+    ASSERT_NE(first_heap, nullptr);
+    EXPECT_EQ(detail::heap::owner_of(shared), first_heap);
     EXPECT_NE(detail::heap::owner_of(shared), detail::current_heap);
     delete[] shared;  // routed to the first thread's heap, which is still alive
   });
