@@ -4,6 +4,7 @@
 // iso_malloc when the system heap is exhausted. The same promises under the real runtime, on 2
 // and 4 ranks, are tests/mpi/test_promises.cpp.
 #include <gtest/gtest.h>
+#include <execinfo.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -89,6 +90,30 @@ TEST(GuardsDeathTest, ExitFromAThreadRunsTheProcesssExitHandlers) {
         sched.run();
       },
       ::testing::ExitedWithCode(5), "registered before the runtime");
+}
+
+TEST(GuardsDeathTest, QuickExitFromAThreadRunsTheProcesssHandlers) {
+  EXPECT_EXIT(
+      {
+        std::at_quick_exit([] { say_and_leave("quick exit handler ran\n", 6); });
+        scheduler sched{0};
+        sched.set_thread_guards(foreign_guards());
+        spawn([] { std::quick_exit(0); });
+        sched.run();
+      },
+      ::testing::ExitedWithCode(6), "quick exit handler ran");
+}
+
+// glibc's backtrace() reaches libgcc's unwinder through pointers it mangled when it loaded it.
+TEST(Guards, BacktraceInsideAThreadUnderOtherGuards) {
+  void* frames[16];
+  ASSERT_GT(backtrace(frames, 16), 0);  // loads the unwinder under the process's pair
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  int depth = 0;
+  spawn([&depth, &frames] { depth = backtrace(frames, 16); });
+  sched.run();
+  EXPECT_GT(depth, 1);
 }
 
 TEST(HeapScopes, LastAcrossYieldAndSleep) {

@@ -19,11 +19,13 @@
 // and pointer guard on every rank and in every job restarted from its checkpoints.
 //
 // What glibc mangles for the process while a thread runs must not be mangled with the thread
-// guards, or the process (running with its own) cannot read it back: exit handlers and thread_local
-// destructors registered from a thread, and gconv modules loaded through iconv. The interposed
-// __cxa_atexit, on_exit, __cxa_thread_atexit_impl, exit and iconv* (interpose.cpp) run glibc's
-// under the process's pair (process_guards_scope). The user guide lists what remains (NSS
-// look-ups and charset conversions that load gconv modules outside iconv, inside a thread).
+// guards, or the process (running with its own) cannot read it back, nor the other way round:
+// exit handlers and thread_local destructors registered from a thread, exit() from a thread,
+// gconv modules loaded through iconv, libgcc_s as backtrace() loads it. The wrappers of
+// guards.cpp (__cxa_atexit, __cxa_at_quick_exit, on_exit, __cxa_thread_atexit_impl, exit,
+// quick_exit, iconv*, backtrace) run glibc's under the process's pair (process_guards_scope).
+// The user guide lists what remains (NSS look-ups, and charset conversions that load gconv
+// modules outside iconv, made first inside a thread).
 #pragma once
 
 #include <cstdint>
