@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "diag.hpp"
@@ -114,6 +115,27 @@ TEST(Guards, BacktraceInsideAThreadUnderOtherGuards) {
   spawn([&depth, &frames] { depth = backtrace(frames, 16); });
   sched.run();
   EXPECT_GT(depth, 1);
+}
+
+// An OS thread started from inside a migratable thread inherits the thread guards; its
+// thread_local destructors run when it exits, under that pair.
+int tls_destroyed = 0;
+struct tls_witness {
+  ~tls_witness() { ++tls_destroyed; }
+};
+
+TEST(Guards, OsThreadsStartedFromAThreadRunTheirThreadLocalDestructors) {
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  spawn([] {
+    std::thread os_thread([] {
+      thread_local tls_witness witness;
+      (void)&witness;
+    });
+    os_thread.join();
+  });
+  sched.run();
+  EXPECT_EQ(tls_destroyed, 1);
 }
 
 TEST(HeapScopes, LastAcrossYieldAndSleep) {

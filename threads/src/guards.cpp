@@ -15,6 +15,7 @@
 
 #include "diag.hpp"
 #include "interpose.hpp"
+#include "scheduler.hpp"
 
 namespace iso::detail {
 
@@ -93,10 +94,14 @@ int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) {
   return glibc_fn(iso::detail::g_cxa_atexit, "__cxa_atexit")(fn, arg, dso);
 }
 
-// thread_local destructors of the OS thread: run at its exit, under the process's pair.
+// thread_local destructors of the calling OS thread, run when it exits, under the pair it has
+// then: the process's for the scheduler's OS thread (whatever thread runs on it now); its own for
+// any other (one started from inside a migratable thread inherited the thread guards).
 int __cxa_thread_atexit_impl(void (*fn)(void*), void* obj, void* dso) {
+  const auto real = glibc_fn(iso::detail::g_cxa_thread_atexit_impl, "__cxa_thread_atexit_impl");
+  if (!iso::detail::on_scheduler_thread()) return real(fn, obj, dso);
   process_guards_scope process;
-  return glibc_fn(iso::detail::g_cxa_thread_atexit_impl, "__cxa_thread_atexit_impl")(fn, obj, dso);
+  return real(fn, obj, dso);
 }
 
 int on_exit(void (*fn)(int, void*), void* arg) noexcept {

@@ -19,10 +19,14 @@
 namespace iso::detail {
 namespace {
 
-// True on the OS thread that runs the scheduler: the only one on which scheduler::running() is
-// the code executing. Initial-exec TLS, so a signal handler may read it.
+// See on_scheduler_thread(). Initial-exec TLS, so a signal handler may read it.
 constinit thread_local bool tl_scheduler_thread __attribute__((tls_model("initial-exec"))) = false;
+
+}  // namespace
+
 bool on_scheduler_thread() noexcept { return tl_scheduler_thread; }
+
+namespace {
 
 std::size_t describe_running(char* buf, std::size_t cap) noexcept {
   scheduler* s = scheduler::current();

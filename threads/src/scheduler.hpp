@@ -27,6 +27,11 @@ class scheduler;
 // Steady clock in ns.
 std::int64_t now_ns() noexcept;
 
+// True on the OS thread that runs the scheduler: the only one on which scheduler::running() is
+// the code executing (other OS threads, MPI's or the program's, never run migratable threads).
+// Async-signal-safe.
+bool on_scheduler_thread() noexcept;
+
 class sched_policy {
  public:
   virtual ~sched_policy() = default;
