@@ -115,9 +115,22 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
     warm_up_process_state();
     heap_scope system(nullptr);
     state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout);
-    // One canary and pointer guard for every migratable thread of the job (guards.hpp): rank 0's.
-    tls_guards job = state_->sched.thread_guards();
+    // One canary and pointer guard for every migratable thread of the job (guards.hpp), drawn
+    // by rank 0; a pair of zeros says it could not draw one, and every rank fails alike.
+    tls_guards job;
+    std::string problem;
+    if (rank == 0) {
+      try {
+        job = fresh_guards();
+      } catch (const iso::error& e) {
+        problem = e.what();
+      }
+    }
     check_mpi(MPI_Bcast(&job, sizeof job, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (thread guards)");
+    if (job.canary == 0) {
+      raise(errc::system_failure, "iso::runtime: rank 0 could not draw the thread guards%s%s",
+            problem.empty() ? "" : ": ", problem.c_str());
+    }
     state_->sched.set_thread_guards(job);
     if (const std::string dir = take_restart_dir(argc, argv); !dir.empty()) {
       state_->checkpoints.restore(dir);

@@ -4,7 +4,11 @@
 // iso_malloc when the system heap is exhausted. The same promises under the real runtime, on 2
 // and 4 ranks, are tests/mpi/test_promises.cpp.
 #include <gtest/gtest.h>
+#include <dlfcn.h>
+#include <error.h>
 #include <execinfo.h>
+#include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -13,6 +17,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -58,27 +65,82 @@ void say_and_leave(const char* text, int code) {
   ::_exit(code);
 }
 
+bool atexit_handler_ran = false;  // by the handler registered last, which exit() runs first
+
 struct exit_witness {
-  ~exit_witness() { say_and_leave("local static destroyed\n", 7); }
+  ~exit_witness() { say_and_leave(atexit_handler_ran ? "local static destroyed\n" : "atexit handler skipped\n", 7); }
 };
 
 void reach_local_static() { static exit_witness witness; }
 
+// Scribbles over memory that ended threads gave back, so that anything left in a thread's heap
+// is garbage by the time the process reads it again.
+void reuse_thread_memory() {
+  for (int i = 0; i < 4; ++i) {
+    spawn([] {
+      std::vector<void*> blocks;
+      for (std::size_t bytes = 16; bytes <= 4096; bytes *= 2) {
+        for (int k = 0; k < 64; ++k) blocks.push_back(std::memset(std::malloc(bytes), 0xa5, bytes));
+      }
+      this_thread::yield();
+      for (void* b : blocks) std::free(b);
+    });
+  }
+  scheduler::current()->run();
+}
+
 // Registered with the thread's pointer guard, an exit handler would be demangled with the
-// process's at exit: a jump to a garbage address.
+// process's at exit (a jump to a garbage address); registered in the thread's heap, glibc's list
+// of them would be garbage once the thread ended and its memory was reused.
+void exit_handlers_from_a_thread() {
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  spawn([] {
+    reach_local_static();
+    for (int i = 0; i < 40; ++i) std::atexit([] {});  // past glibc's first block of 32 entries
+    std::atexit([] { atexit_handler_ran = true; });
+  });
+  sched.run();
+  reuse_thread_memory();
+  std::exit(0);
+}
+
 TEST(GuardsDeathTest, ExitHandlersRegisteredInAThreadRunAtExit) {
-  EXPECT_EXIT(
-      {
-        scheduler sched{0};
-        sched.set_thread_guards(foreign_guards());
-        spawn([] {
-          reach_local_static();
-          std::atexit([] { say_and_leave("atexit handler ran\n", 9); });  // runs first: 9
-        });
-        sched.run();
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(9), "atexit handler ran");
+  EXPECT_EXIT(exit_handlers_from_a_thread(), ::testing::ExitedWithCode(7), "local static destroyed");
+}
+
+// The same for the scheduler's OS thread's thread_local destructors, run by exit().
+struct tls_exit_witness {
+  ~tls_exit_witness() { say_and_leave("thread_local destroyed\n", 8); }
+};
+
+void thread_local_first_reached_in_a_thread() {
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  spawn([] {
+    thread_local tls_exit_witness witness;
+    (void)&witness;
+  });
+  sched.run();
+  reuse_thread_memory();
+  std::exit(0);
+}
+
+TEST(GuardsDeathTest, ThreadLocalsFirstReachedInAThreadAreDestroyedAtExit) {
+  EXPECT_EXIT(thread_local_first_reached_in_a_thread(), ::testing::ExitedWithCode(8), "thread_local destroyed");
+}
+
+void error_from_a_thread() {
+  std::atexit([] { say_and_leave("exit handlers ran after error()\n", 4); });
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  spawn([] { ::error(3, 0, "reported from a thread"); });
+  sched.run();
+}
+
+// glibc's error() exits from inside libc, past the exit wrapper.
+TEST(GuardsDeathTest, ErrorFromAThreadExitsThroughTheProcesssHandlers) {
+  EXPECT_EXIT(error_from_a_thread(), ::testing::ExitedWithCode(4), "reported from a thread.*\n.*exit handlers ran");
 }
 
 TEST(GuardsDeathTest, ExitFromAThreadRunsTheProcesssExitHandlers) {
@@ -136,6 +198,74 @@ TEST(Guards, OsThreadsStartedFromAThreadRunTheirThreadLocalDestructors) {
   });
   sched.run();
   EXPECT_EQ(tls_destroyed, 1);
+}
+
+TEST(Guards, NameServiceLookUpsInAThreadAfterMain) {
+  const passwd* in_main = getpwuid(0);  // loads the NSS module under the process's pair
+  ASSERT_NE(in_main, nullptr);
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  std::string name;
+  name.reserve(64);
+  spawn([&name] {
+    if (const passwd* pw = getpwuid(0)) name = pw->pw_name;
+  });
+  sched.run();
+  EXPECT_EQ(name, "root");
+}
+
+TEST(Guards, PthreadExitInAnOsThreadStartedFromAThread) {
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  int exited = 0;
+  spawn([&exited] {
+    pthread_t os_thread;
+    ASSERT_EQ(pthread_create(&os_thread, nullptr, [](void*) -> void* { pthread_exit(reinterpret_cast<void*>(5)); }, nullptr), 0);
+    void* result = nullptr;
+    ASSERT_EQ(pthread_join(os_thread, &result), 0);
+    exited = static_cast<int>(reinterpret_cast<std::intptr_t>(result));
+  });
+  sched.run();
+  EXPECT_EQ(exited, 5);
+}
+
+// An exception leaving a once-routine unwinds through glibc's pthread_once frame.
+TEST(Guards, CallOnceWhoseCallableThrowsInAThread) {
+  void* frames[4];
+  ASSERT_GT(backtrace(frames, 4), 0);  // the unwinder glibc uses, loaded under the process's pair
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  int attempts = 0;
+  spawn([&attempts] {
+    static std::once_flag once;
+    for (int i = 0; i < 2; ++i) {
+      try {
+        std::call_once(once, [&attempts] {
+          if (++attempts == 1) throw std::runtime_error("first attempt fails");
+        });
+      } catch (const std::runtime_error&) {
+      }
+    }
+  });
+  sched.run();
+  EXPECT_EQ(attempts, 2);  // the first threw, so the second ran
+}
+
+// dlclose runs the library's exit handlers (its static destructors) through __cxa_finalize.
+TEST(Guards, DlopenAndDlcloseInAThread) {
+  scheduler sched{0};
+  sched.set_thread_guards(foreign_guards());
+  int destroyed = 0;
+  spawn([&destroyed] {
+    void* dso = dlopen(ISO_TEST_DSO_PATH, RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(dso, nullptr) << dlerror();
+    auto watch = reinterpret_cast<void (*)(int*)>(dlsym(dso, "iso_test_dso_watch"));
+    ASSERT_NE(watch, nullptr);
+    watch(&destroyed);
+    EXPECT_EQ(dlclose(dso), 0);
+  });
+  sched.run();
+  EXPECT_EQ(destroyed, 1);
 }
 
 TEST(HeapScopes, LastAcrossYieldAndSleep) {
@@ -248,6 +378,27 @@ TEST(FaultsDeathTest, OutsideThreadsReachTheHandlerTheRuntimeReplaced) {
         touch_unmapped_page();
       },
       ::testing::ExitedWithCode(3), "the program's handler ran");
+}
+
+// A one-shot handler: the kernel would reset the action before running it, so a fault it
+// returns from kills the process by the default action the second time.
+int oneshot_calls = 0;
+void oneshot_handler(int, siginfo_t*, void*) { ++oneshot_calls; }
+
+void fault_under_a_one_shot_handler() {
+  struct sigaction sa {};
+  sa.sa_sigaction = oneshot_handler;
+  sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, nullptr);
+  scheduler sched{0};
+  alarm(10);  // were the reset lost, the fault would come back for ever: SIGALRM ends it
+  touch_unmapped_page();
+}
+
+TEST(FaultsDeathTest, AOneShotHandlerRunsOnceThenTheDefaultAction) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(fault_under_a_one_shot_handler(), ::testing::KilledBySignal(SIGSEGV), "");
 }
 
 TEST(FaultsDeathTest, InsideAThreadAreReportedWithTheThreadsName) {

@@ -19,13 +19,11 @@
 // and pointer guard on every rank and in every job restarted from its checkpoints.
 //
 // What glibc mangles for the process while a thread runs must not be mangled with the thread
-// guards, or the process (running with its own) cannot read it back, nor the other way round:
-// exit handlers and thread_local destructors registered from a thread, exit() from a thread,
-// gconv modules loaded through iconv, libgcc_s as backtrace() loads it. The wrappers of
-// guards.cpp (__cxa_atexit, __cxa_at_quick_exit, on_exit, __cxa_thread_atexit_impl, exit,
-// quick_exit, iconv*, backtrace) run glibc's under the process's pair (process_guards_scope).
-// The user guide lists what remains (NSS look-ups, and charset conversions that load gconv
-// modules outside iconv, made first inside a thread).
+// guards, or the process (running with its own) cannot read it back, nor the other way round; and
+// what glibc allocates for the process must not land in the thread's heap. The wrappers of
+// guards.cpp (exit handlers and exit itself, error/err, pthread_create and pthread_once, dlopen
+// and dlclose, backtrace, iconv, the NSS look-ups) run glibc's under the process's pair with the
+// system heap current. The user guide lists what remains.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +52,11 @@ inline tls_guards read_tls_guards() noexcept {
 inline void write_tls_guards(const tls_guards& g) noexcept {
   asm volatile("movq %0, %%fs:0x28\n\tmovq %1, %%fs:0x30" : : "r"(g.canary), "r"(g.pointer) : "memory");
 }
+
+// A pair drawn at random (the canary's low byte 0, as glibc's): rank 0 draws the job's, so that
+// no rank runs its threads with its own process's pair, and a dependence on that shows on every
+// rank, rank 0 and one-rank runs included. Throws iso::error(system_failure) if getrandom fails.
+tls_guards fresh_guards();
 
 // The pair of the OS thread that runs the scheduler, as it was before any thread ran: what glibc
 // mangled the process's state with. Zero until a scheduler exists.

@@ -53,16 +53,36 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   }
   if (t != nullptr) fatal("%s at address %p", sig == SIGBUS ? "bus error" : "segmentation fault", info->si_addr);
   const struct sigaction& previous = sig == SIGBUS ? g_previous_bus : g_previous_segv;
-  if ((previous.sa_flags & SA_SIGINFO) != 0 && previous.sa_sigaction != nullptr) {
-    previous.sa_sigaction(sig, info, uctx);
-  } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
-    previous.sa_handler(sig);
-  } else {
+  // SIG_DFL and SIG_IGN are handler values whatever the flags say (the two pointers share a
+  // union). An ignored fault would only repeat: it gets the default action too.
+  if (previous.sa_handler == SIG_DFL || previous.sa_handler == SIG_IGN) {
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
-    sigaction(sig, &dfl, nullptr);  // an ignored fault would only repeat: the default action then
+    sigaction(sig, &dfl, nullptr);
+    return;
   }
+  // What the kernel would have done delivering to it: reset a one-shot handler, block its mask
+  // (and the signal itself unless SA_NODEFER) while it runs.
+  if ((previous.sa_flags & SA_RESETHAND) != 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, nullptr);
+  }
+  sigset_t mask = previous.sa_mask, saved;
+  pthread_sigmask(SIG_BLOCK, &mask, &saved);
+  if ((previous.sa_flags & SA_NODEFER) != 0) {
+    sigemptyset(&mask);
+    sigaddset(&mask, sig);
+    pthread_sigmask(SIG_UNBLOCK, &mask, nullptr);
+  }
+  if ((previous.sa_flags & SA_SIGINFO) != 0) {
+    previous.sa_sigaction(sig, info, uctx);
+  } else {
+    previous.sa_handler(sig);
+  }
+  pthread_sigmask(SIG_SETMASK, &saved, nullptr);
 }
 
 void* enter_exception_heap() noexcept {
@@ -74,10 +94,11 @@ void* enter_exception_heap() noexcept {
 
 void leave_exception_heap(void* saved) noexcept { current_heap = static_cast<heap*>(saved); }
 
+// Once per process, on the scheduler's OS thread; on failure nothing stays installed and a later
+// scheduler tries again.
 void install_fault_handlers() {
   static bool installed = false;
   if (installed) return;
-  installed = true;
   // The handler must run on its own stack: an overflowing thread has none left.
   constexpr std::size_t altstack_bytes = 64 << 10;
   stack_t ss{};
@@ -85,15 +106,23 @@ void install_fault_handlers() {
   ss.ss_size = altstack_bytes;
   if (ss.ss_sp == nullptr) raise(errc::system_failure, "no memory for the signal stack of the stack-overflow handler");
   if (sigaltstack(&ss, nullptr) != 0) {
-    raise(errc::system_failure, "cannot install the stack-overflow handler's signal stack: sigaltstack: %s", std::strerror(errno));
+    const int e = errno;
+    __libc_free(ss.ss_sp);
+    raise(errc::system_failure, "cannot install the stack-overflow handler's signal stack: sigaltstack: %s", std::strerror(e));
   }
   struct sigaction sa {};
   sa.sa_sigaction = on_fault;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGSEGV, &sa, &g_previous_segv) != 0 || sigaction(SIGBUS, &sa, &g_previous_bus) != 0) {
-    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction: %s", std::strerror(errno));
+  if (sigaction(SIGSEGV, &sa, &g_previous_segv) != 0) {
+    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction(SIGSEGV): %s", std::strerror(errno));
   }
+  if (sigaction(SIGBUS, &sa, &g_previous_bus) != 0) {
+    const int e = errno;
+    sigaction(SIGSEGV, &g_previous_segv, nullptr);
+    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction(SIGBUS): %s", std::strerror(e));
+  }
+  installed = true;
 }
 
 }  // namespace
