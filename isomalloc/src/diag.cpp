@@ -104,7 +104,7 @@ struct sink {
   }
 };
 
-// An unsigned number in base 8/10/16 with the conversion's flags, width and sign.
+// An unsigned number in base 10 or 16 with the conversion's flags, width and sign.
 void put_number(sink& out, unsigned long long v, unsigned base, bool upper, bool negative, bool left, bool zero,
                 bool alt, long width) noexcept {
   char digits[24];

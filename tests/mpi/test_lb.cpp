@@ -15,6 +15,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "thread_checks.hpp"
 
 namespace {
 
@@ -296,7 +297,7 @@ TEST(LoadBalancing, AStrategySetFromAThreadOutlivesTheThread) {
   iso::spawn([] {
     const int before = iso::rank();
     iso::lb::sync();
-    EXPECT_EQ(iso::rank(), (before + 1) % iso::size());  // rotate still planned this step
+    iso_test::check_eq(iso::rank(), (before + 1) % iso::size(), "rank after a rotate step");
   });
   rt->run();
   EXPECT_EQ(iso::lb::last_step().strategy, "rotate");
@@ -304,10 +305,11 @@ TEST(LoadBalancing, AStrategySetFromAThreadOutlivesTheThread) {
   iso::spawn([] {
     try {
       iso::lb::set_strategy(std::make_unique<counting_strategy>());  // in this thread's heap
-      ADD_FAILURE() << "a strategy in a thread's heap must be refused";
+      iso_test::check(false, "a strategy in a thread's heap must be refused");
     } catch (const iso::error& e) {
-      EXPECT_EQ(e.code_value(), iso::errc::invalid_argument);
-      EXPECT_NE(std::string(e.what()).find("system_heap_scope"), std::string::npos) << e.what();
+      iso_test::check(e.code_value() == iso::errc::invalid_argument, "refused as invalid_argument");
+      iso_test::check(std::string(e.what()).find("system_heap_scope") != std::string::npos,
+                      "the refusal names iso::system_heap_scope");
     }
     std::unique_ptr<iso::lb::strategy> mine;
     {
