@@ -22,6 +22,7 @@ struct wire_load {
   std::uint64_t id;
   double load;          // seconds
   std::uint64_t bytes;  // live image bytes
+  std::uint64_t movable;  // 1: it may leave (scheduler::movable); 0: it holds an iso::mutex
 };
 // One rank's entry.
 struct wire_rank {
@@ -96,7 +97,8 @@ void balancer::step() noexcept {
     sched_.for_each_thread([&](tcb* t) {
       const double measured = seconds(t->run_cycles);
       running += measured;
-      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured * share, live_image_bytes(t)});
+      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured * share, live_image_bytes(t),
+                      scheduler::movable(t) ? 1u : 0u});
     });
     const wire_rank me{std::max(0.0, busy_wall - running) * share, static_cast<double>(t0 - last_balance_ns_) * 1e-9};
 
@@ -114,7 +116,7 @@ void balancer::step() noexcept {
     }
     for (int r = 0; r < size_; ++r) {
       for (const wire_load& w : all[static_cast<std::size_t>(r)]) {
-        p.threads.push_back({thread_id::from_bits(w.id), r, w.load, w.bytes});
+        p.threads.push_back({thread_id::from_bits(w.id), r, w.load, w.bytes, w.movable != 0});
       }
     }
     std::sort(p.threads.begin(), p.threads.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -127,6 +129,7 @@ void balancer::step() noexcept {
     const double max_before = *std::max_element(load.begin(), load.end());
     const std::vector<double> load_before = load;
     std::vector<lb::move> valid;
+    std::size_t unmovable = 0;
     for (const lb::move& m : moves) {
       auto it = std::lower_bound(p.threads.begin(), p.threads.end(), m.id,
                                  [](const lb::thread_load& t, thread_id id) { return t.id < id; });
@@ -135,6 +138,12 @@ void balancer::step() noexcept {
           std::fprintf(stderr, "isothreads: strategy %s proposed an invalid move of thread %s from %d to %d; ignored\n",
                        strategy_->name(), m.id.to_string().c_str(), m.from, m.to);
         }
+        continue;
+      }
+      if (!it->movable) {
+        // It cannot leave until it unlocks, and nothing runs until the step ends: moving it would
+        // leave its destination waiting for it. Every rank sees the same flag and skips it.
+        ++unmovable;
         continue;
       }
       load[static_cast<std::size_t>(m.from)] -= it->load;
@@ -175,6 +184,7 @@ void balancer::step() noexcept {
              avg > 0 ? max_before / avg : 1.0,
              avg > 0 ? max_after / avg : 1.0,
              valid.size(),
+             unmovable,
              static_cast<std::size_t>(all_bytes),
              static_cast<double>(t1 - t0) * 1e-9};
     if (tracer* tr = tracer::current(); tr != nullptr && tr->enabled()) {

@@ -17,7 +17,10 @@ namespace iso::detail {
 // (its CPU time in the period: the scheduler's cycle counts scaled by the rank's share of its core
 // while not idle; or the load it set) and each rank's background time; run the strategy (deterministic, so every rank gets the same moves);
 // ship the threads that move; wait until this rank has received those that come; resume every
-// thread. Rank 0 prints one line per step.
+// thread. A planned move of a thread that cannot leave (it holds an iso::mutex) is not made, on
+// every rank alike (the gather carries each thread's movability), and the report counts it: its
+// destination must not wait for a thread that never departs.
+// Rank 0 prints one line per step.
 class balancer {
  public:
   balancer(MPI_Comm comm, scheduler& s, engine& e);  // collective (MPI_Comm_dup)
