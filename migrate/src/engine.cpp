@@ -108,9 +108,13 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer, int bat
     outgoing& o = sends_.emplace_back();
     o.buffer = std::move(buffer);
     o.batch_dest = batch_dest;
-    if (MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_, o.request) != MPI_SUCCESS) {
-      fatal("MPI_Isend of %zu bytes to rank %d failed", o.buffer.size(), dest);
-    }
+    // A batch is at most batch_flush_bytes plus one record of at most max_message_bytes, so its
+    // size fits an MPI count.
+    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                       return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag, comm_,
+                                        o.request);
+                     }),
+                     "MPI_Isend", dest);
     ++counters_.sent;
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while sending to rank %d", dest);
@@ -120,6 +124,7 @@ void engine::post(int dest, int tag, sys_vector<unsigned char>&& buffer, int bat
 void engine::post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept {
   outbox& box = outboxes_[static_cast<std::size_t>(dest)];
   try {
+    ISO_ASSERT_INTERNAL(n <= sizeof(data_header) + max_message_bytes || kind == record::image);
     const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
     if (box.batch.empty()) ++unsent_batches_;
     const auto* h = reinterpret_cast<const unsigned char*>(head);
@@ -144,7 +149,10 @@ void engine::flush(int dest) noexcept {
 
 void engine::complete_sends() noexcept {
   for (std::size_t dest = 0; dest < outboxes_.size(); ++dest) flush(static_cast<int>(dest));
-  for (outgoing& o : sends_) MPI_Wait(o.request, MPI_STATUS_IGNORE);
+  for (outgoing& o : sends_) {
+    check_mpi_or_die(mpi_call("MPI_Wait", [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); }), "MPI_Wait",
+                     o.batch_dest);
+  }
   sends_.clear();
 }
 
@@ -159,7 +167,8 @@ void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
 bool engine::poll() noexcept {
   heap_scope system(nullptr);
   bool did = false;
-  complete(sends_, [](outgoing& o) -> auto& { return o.request; }, [this](outgoing& o) {
+  complete(sends_, [](outgoing& o) -> auto& { return o.request; }, [](outgoing& o) { return o.batch_dest; },
+           [this](outgoing& o) {
     if (o.batch_dest >= 0) --outboxes_[static_cast<std::size_t>(o.batch_dest)].in_flight;
   });
   // Batches that waited for room in their window.
@@ -167,20 +176,25 @@ bool engine::poll() noexcept {
     if (outboxes_[dest].in_flight < batch_window) flush(static_cast<int>(dest));
   }
   if (!kept_.empty()) give_back_old(now_ns());
-  did = complete(departures_, [](departure& d) -> auto& { return d.requests; },
+  did = complete(departures_, [](departure& d) -> auto& { return d.requests; }, [](departure& d) { return d.dest; },
                  [this](departure& d) { finish_departure(d); }) || did;
-  did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; },
+  did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },
                  [this](arrival& a) { finish_arrival(a); }) || did;
   for (int tag : {tag_image, tag_data}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, tag, comm_, &flag, &st);
+      check_mpi_or_die(mpi_call("MPI_Iprobe", [&] { return MPI_Iprobe(MPI_ANY_SOURCE, tag, comm_, &flag, &st); }),
+                       "MPI_Iprobe", -1);
       if (!flag) break;
       int count = 0;
-      MPI_Get_count(&st, MPI_BYTE, &count);
+      check_mpi_or_die(mpi_call("MPI_Get_count", [&] { return MPI_Get_count(&st, MPI_BYTE, &count); }),
+                       "MPI_Get_count", st.MPI_SOURCE);
       sys_vector<unsigned char> buf(static_cast<std::size_t>(count));
-      MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
+      check_mpi_or_die(mpi_call("MPI_Recv", [&] {
+                         return MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, tag, comm_, MPI_STATUS_IGNORE);
+                       }),
+                       "MPI_Recv", st.MPI_SOURCE);
       ++counters_.received;
       did = true;
       if (tag == tag_image) {
@@ -254,16 +268,20 @@ void engine::depart(tcb* t) noexcept {
     d.start_ns = start_ns;
     d.header = std::move(image);
     d.requests.emplace_back();
-    if (MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image, comm_,
-                  &d.requests.back()) != MPI_SUCCESS) {
-      fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
-    }
+    // fatal() names the running thread; the one shipped is named here.
+    const std::string what = format("MPI_Isend of thread %s", id.to_string().c_str());
+    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                       return MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image,
+                                        comm_, &d.requests.back());
+                     }),
+                     what.c_str(), dest);
     ++counters_.sent;
     for_each_piece(h, [&](void* addr, int bytes) {
       d.requests.emplace_back();
-      if (MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back()) != MPI_SUCCESS) {
-        fatal("could not ship thread %s to rank %d (MPI_Isend failed)", id.to_string().c_str(), dest);
-      }
+      check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                         return MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back());
+                       }),
+                       what.c_str(), dest);
     });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
@@ -383,9 +401,13 @@ void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexc
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
+    const std::string what = format("MPI_Irecv of thread %s", id_text(h->thread).c_str());
     for_each_piece(*h, [&](void* addr, int bytes) {
       a.requests.emplace_back();
-      MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+      check_mpi_or_die(mpi_call("MPI_Irecv", [&] {
+                         return MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+                       }),
+                       what.c_str(), source);
     });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
@@ -531,6 +553,10 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
           to.to_string().c_str(), id_ranks_);
   }
   if (bytes != 0 && data == nullptr) raise(errc::invalid_argument, "iso::send: null data for %zu bytes", bytes);
+  if (bytes > max_message_bytes) {
+    raise(errc::invalid_argument, "iso::send: %zu bytes to thread %s: a message carries at most %zu bytes (split it)",
+          bytes, to.to_string().c_str(), max_message_bytes);
+  }
   tcb* self = sched_.running();
   const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
   std::uint64_t seq;

@@ -5,6 +5,7 @@
 
 #include "checksum.hpp"
 #include "diag.hpp"
+#include "fault.hpp"
 #include "image.hpp"
 #include "interpose.hpp"
 #include "isothreads/checkpoint.hpp"
@@ -263,10 +264,8 @@ std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t
     const int c = prim::file_sync_close(fd);
     if (e == 0) e = c;
   }
-  // Fault injection for the crash test: die with the new files written, uncommitted.
-  if (const char* fault = std::getenv("ISO_FAULT"); fault != nullptr && std::strcmp(fault, "checkpoint-before-commit") == 0) {
-    ::_exit(3);
-  }
+  // The crash test's fault point (fault.hpp): die with the new files written, uncommitted.
+  if (fault::hit("checkpoint-before-commit")) ::_exit(3);
   if (e == 0) e = prim::file_commit(tmp.c_str(), path.c_str());
   if (e != 0) return format("cannot write checkpoint manifest %s: %s", path.c_str(), std::strerror(e));
   return "";

@@ -14,9 +14,12 @@ mpi_region_peers::mpi_region_peers(MPI_Comm comm) : user_comm_(comm), comm_(comm
 
 void mpi_region_peers::receive(const MPI_Status& status) {
   int count = 0;
-  MPI_Get_count(&status, MPI_UINT64_T, &count);
+  check_mpi(mpi_call("MPI_Get_count", [&] { return MPI_Get_count(&status, MPI_UINT64_T, &count); }),
+            "MPI_Get_count (region returns)");
   sys_vector<std::uint64_t> pairs(static_cast<std::size_t>(count));
-  check_mpi(MPI_Recv(pairs.data(), count, MPI_UINT64_T, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE),
+  check_mpi(mpi_call("MPI_Recv", [&] {
+              return MPI_Recv(pairs.data(), count, MPI_UINT64_T, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE);
+            }),
             "MPI_Recv (region returns)");
   for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
     ++received_;
@@ -35,7 +38,7 @@ void mpi_region_peers::drain() {
     check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
     receive(status);
   }
-  for (send& s : sends_) MPI_Wait(s.request, MPI_STATUS_IGNORE);
+  for (send& s : sends_) check_mpi(MPI_Wait(s.request, MPI_STATUS_IGNORE), "MPI_Wait (region returns)");
   sends_.clear();
 }
 
@@ -51,10 +54,11 @@ void mpi_region_peers::flush(int owner) noexcept {
   s.owner = owner;
   pairs = {};
   ++in_flight_[static_cast<std::size_t>(owner)];
-  if (MPI_Isend(s.payload.data(), static_cast<int>(s.payload.size()), MPI_UINT64_T, owner, tag_return, comm_,
-                s.request) != MPI_SUCCESS) {
-    fatal("could not return %zu runs to their owner, rank %d (MPI_Isend failed)", s.payload.size() / 2, owner);
-  }
+  check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                     return MPI_Isend(s.payload.data(), static_cast<int>(s.payload.size()), MPI_UINT64_T, owner,
+                                      tag_return, comm_, s.request);
+                   }),
+                   "MPI_Isend (region returns)", owner);
 }
 
 void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept {
@@ -80,7 +84,7 @@ void mpi_region_peers::poll() noexcept {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
-  complete(sends_, [](send& s) -> auto& { return s.request; },
+  complete(sends_, [](send& s) -> auto& { return s.request; }, [](send& s) { return s.owner; },
            [this](send& s) { --in_flight_[static_cast<std::size_t>(s.owner)]; });
   for (int owner = 0; owner < comm_.size(); ++owner) {
     if (in_flight_[static_cast<std::size_t>(owner)] < window) flush(owner);
@@ -88,7 +92,9 @@ void mpi_region_peers::poll() noexcept {
   for (;;) {
     int arrived = 0;
     MPI_Status status;
-    if (MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status) != MPI_SUCCESS || !arrived) return;
+    check_mpi_or_die(mpi_call("MPI_Iprobe", [&] { return MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status); }),
+                     "MPI_Iprobe (region returns)", -1);
+    if (!arrived) return;
     try {
       receive(status);
     } catch (const iso::error& e) {
