@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <numeric>
 
 #include "diag.hpp"
@@ -37,16 +36,16 @@ std::size_t live_image_bytes(tcb* t) {
 
 }  // namespace
 
-balancer::balancer(MPI_Comm comm, scheduler& s, engine& e)
+balancer::balancer(MPI_Comm comm, scheduler& s, engine& e, const std::string& strategy, verbosity v)
     : sched_(s),
       engine_(e),
       comm_(comm),
       rank_(comm_.rank()),
       size_(comm_.size()),
+      verbosity_(v),
       last_balance_ns_(now_ns()) {
   // set_strategy starts the first period: nothing reads the period's start before it.
-  const char* env = std::getenv("ISO_LB");
-  set_strategy(lb::by_name(env != nullptr && *env != '\0' ? env : "greedy"));
+  set_strategy(lb::by_name(strategy));
   g_balancer = this;
 }
 
@@ -191,7 +190,7 @@ void balancer::step() noexcept {
       tr->balanced(last_, t0, t1, rank_ == 0 ? load_before : std::vector<double>{},
                    rank_ == 0 ? load : std::vector<double>{});
     }
-    if (rank_ == 0) {
+    if (rank_ == 0 && verbosity_ >= verbosity::steps) {
       std::printf("iso::lb step %zu (%s%s): max/avg load %.2f -> %.2f predicted, %zu threads moved, %.1f KiB, %.2f ms\n",
                   last_.step, last_.strategy.c_str(), due ? "" : ", not due", last_.max_over_avg_before,
                   last_.max_over_avg_after, last_.threads_moved, static_cast<double>(last_.bytes_moved) / 1024.0,

@@ -168,8 +168,8 @@ void agree(MPI_Comm comm, const std::string& mine, errc code) {
 
 }  // namespace
 
-checkpointer::checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout)
-    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), layout_(layout) {
+checkpointer::checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout, verbosity v)
+    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), layout_(layout), verbosity_(v) {
   g_checkpointer = this;
 }
 
@@ -341,7 +341,7 @@ void checkpointer::step() noexcept {
     }
     dir_.clear();
     sched_.wake_all(wait_reason::checkpoint);
-    if (rank_ == 0 && failure_.empty()) {
+    if (rank_ == 0 && failure_.empty() && verbosity_ >= verbosity::steps) {
       std::printf("iso::checkpoint: generation %llu written to %s\n", static_cast<unsigned long long>(generation), dir0.c_str());
       std::fflush(stdout);
     }
@@ -518,7 +518,7 @@ void checkpointer::restore(const std::string& dir) {
   std::uint64_t all_read = 0;
   check_mpi(MPI_Reduce(&read, &all_read, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (restart)");
   const double seconds = static_cast<double>(now_ns() - start_ns) * 1e-9;
-  if (rank_ == 0) {
+  if (rank_ == 0 && verbosity_ >= verbosity::steps) {
     std::printf("iso::checkpoint: restarted %zu threads from %s (generation %llu, written by %u ranks) on %d ranks: "
                 "%.1f MiB in %.1f ms\n",
                 threads.size(), dir.c_str(), static_cast<unsigned long long>(m.header.generation), m.header.nranks, size_,

@@ -17,7 +17,7 @@ mpi_region_peers*& installed_peers() noexcept {
 
 mpi_region_peers* installed_peers_or_null() noexcept { return installed_peers(); }
 
-void init_region_over(MPI_Comm comm) {
+void init_region_over(MPI_Comm comm, std::size_t requested) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) raise(errc::no_runtime, "iso_init: MPI is not initialised (call MPI_Init first)");
@@ -33,7 +33,7 @@ void init_region_over(MPI_Comm comm) {
   // only once the region is agreed, so that a failed iso_init can be retried.
   sys_allocator<mpi_region_peers> alloc;
   mpi_region_peers* fresh = new (alloc.allocate(1)) mpi_region_peers(comm);
-  region::get().agree(*fresh);
+  region::get().agree(*fresh, requested);
   peers = fresh;
 }
 

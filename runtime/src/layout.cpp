@@ -70,10 +70,10 @@ int add_object(dl_phdr_info* info, std::size_t, void* out) {
 
 }  // namespace
 
-void ensure_fixed_layout(char** argv) noexcept {
+void ensure_fixed_layout(char** argv, bool allowed) noexcept {
   int initialized = 0;
   MPI_Initialized(&initialized);
-  if (initialized || argv == nullptr || std::getenv("ISO_NO_REEXEC") != nullptr) return;
+  if (!allowed || initialized || argv == nullptr) return;
   const int persona = personality(0xffffffff);
   if (persona == -1 || (persona & ADDR_NO_RANDOMIZE) != 0 || !randomisation_enabled()) return;
   if (personality(static_cast<unsigned long>(persona | ADDR_NO_RANDOMIZE)) == -1) return;

@@ -55,8 +55,9 @@ class mpi_region_peers final : public region_peers {
 };
 
 // iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws
-// iso::error), and the peers it installed, or null before that.
-void init_region_over(MPI_Comm comm);
+// iso::error), of `requested` bytes (0: the default, or ISO_REGION_BYTES for iso_init), and the
+// peers it installed, or null before that.
+void init_region_over(MPI_Comm comm, std::size_t requested = 0);
 mpi_region_peers* installed_peers_or_null() noexcept;
 
 

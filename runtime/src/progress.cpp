@@ -13,7 +13,12 @@
 
 namespace iso::detail {
 
-mpi_progress::mpi_progress(MPI_Comm comm) : comm_(comm) {}
+mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns)
+    : spin_ns_(spin_ns),
+      min_backoff_ns_(min_backoff_ns),
+      max_backoff_ns_(max_backoff_ns),
+      comm_(comm),
+      backoff_ns_(min_backoff_ns) {}
 
 // A round still pending at the end is never completed (collectives cannot be cancelled); every
 // rank returns from run() only after a completed round, so none is left by then.
@@ -23,7 +28,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
-    backoff_ns_ = min_backoff_ns;
+    backoff_ns_ = min_backoff_ns_;
   }
   if (region_peers* p = region::get().peers(); p != nullptr) p->poll();
   return did;
@@ -32,13 +37,13 @@ bool mpi_progress::poll(scheduler&) noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (now - idle_since_ns_ < spin_ns) {
+  if (now - idle_since_ns_ < spin_ns_) {
     sched_yield();
     return;
   }
   std::int64_t ns = backoff_ns_;
   if (max_ns >= 0) ns = std::min(ns, max_ns);
-  backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns);
+  backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns_);
   if (ns <= 0) return;
   const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
   nanosleep(&ts, nullptr);

@@ -31,7 +31,8 @@ round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, 
 
 class mpi_progress final : public progress_engine {
  public:
-  explicit mpi_progress(MPI_Comm comm);  // collective (MPI_Comm_dup)
+  // Collective (MPI_Comm_dup). The back-off times are runtime_options' (ns): see idle().
+  mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns);
   ~mpi_progress() override;
 
   bool poll(scheduler& s) noexcept override;
@@ -47,14 +48,14 @@ class mpi_progress final : public progress_engine {
  private:
   void start_round(scheduler& s) noexcept;
 
-  // Idle back-off: for the first spin_ns of idleness, only give the core away (sched_yield)
-  // between polls, so that a halo or a reply a few microseconds away is seen at once; then sleep,
-  // doubling from min_backoff_ns up to max_backoff_ns. Keeps 4 oversubscribed ranks on 2 cores
-  // from starving each other, while a message still wakes a long-idle rank within about a
-  // millisecond.
-  static constexpr std::int64_t spin_ns = 200'000;
-  static constexpr std::int64_t min_backoff_ns = 20'000;
-  static constexpr std::int64_t max_backoff_ns = 1'000'000;
+  // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
+  // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
+  // few microseconds away is seen at once; then sleep, doubling from min_backoff_ns_ up to
+  // max_backoff_ns_. Keeps 4 oversubscribed ranks on 2 cores from starving each other, while a
+  // message still wakes a long-idle rank within max_backoff_ns_.
+  const std::int64_t spin_ns_;
+  const std::int64_t min_backoff_ns_;
+  const std::int64_t max_backoff_ns_;
 
   private_comm comm_;
   engine* engine_ = nullptr;
@@ -67,7 +68,7 @@ class mpi_progress final : public progress_engine {
   std::uint64_t last_[round::fields] = {};   // the previous completed round's sums
   bool have_last_ = false;
   std::int64_t idle_since_ns_ = -1;   // when the current idle spell began; -1: not idle
-  std::int64_t backoff_ns_ = min_backoff_ns;  // the next idle sleep, grows while nothing happens
+  std::int64_t backoff_ns_;           // the next idle sleep, grows while nothing happens
 };
 
 }  // namespace iso::detail

@@ -48,14 +48,14 @@ std::string numbers(const std::vector<double>& v) {
 
 }  // namespace
 
-tracer::tracer(MPI_Comm comm, scheduler& s, engine& e)
+tracer::tracer(MPI_Comm comm, scheduler& s, engine& e, const std::string& path)
     : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()) {
   // Time zero of the trace: every rank reads its clock right after one barrier, so the ranks'
   // times line up to within the barrier's skew, even across nodes whose clocks differ.
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier (trace)");
   origin_ns_ = now_ns();
   g_tracer = this;
-  if (const char* env = std::getenv("ISO_TRACE"); env != nullptr && *env != '\0') enable(env);
+  if (!path.empty()) enable(path);
 }
 
 tracer::~tracer() {

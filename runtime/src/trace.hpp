@@ -18,7 +18,8 @@ class tracer final : public engine_observer {
  public:
   static constexpr std::size_t max_events = std::size_t{2} << 20;
 
-  tracer(MPI_Comm comm, scheduler& s, engine& e);  // collective (aligns the ranks' clocks)
+  // Collective (aligns the ranks' clocks). path: enable(path) at once, unless empty.
+  tracer(MPI_Comm comm, scheduler& s, engine& e, const std::string& path);
   ~tracer() override;
   tracer(const tracer&) = delete;
   tracer& operator=(const tracer&) = delete;

@@ -4,9 +4,12 @@
 #include <mpi.h>
 #include <sched.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <thread>
@@ -316,6 +319,48 @@ TEST(LoadBalancing, PeriodicModeSkipsStepsThatAreNotDue) {
   rt->run();
   EXPECT_EQ(iso::lb::last_step().threads_moved, 0u);
   iso::lb::set_period(std::chrono::seconds(0));
+}
+
+// Everything the process writes to stdout while `f` runs.
+template <class F>
+std::string stdout_of(F&& f) {
+  std::fflush(stdout);
+  char path[] = "/tmp/iso-stdout-XXXXXX";
+  const int fd = mkstemp(path);
+  EXPECT_GE(fd, 0);
+  const int saved = dup(STDOUT_FILENO);
+  dup2(fd, STDOUT_FILENO);
+  f();
+  std::fflush(stdout);
+  dup2(saved, STDOUT_FILENO);
+  close(saved);
+  std::string text(static_cast<std::size_t>(lseek(fd, 0, SEEK_END)), '\0');
+  pread(fd, text.data(), text.size(), 0);
+  close(fd);
+  unlink(path);
+  return text;
+}
+
+// A library's output is its application's: by default (runtime_options::verbosity quiet) neither
+// a balancing step nor a checkpoint prints anything.
+TEST(LoadBalancing, StepsAndCheckpointsPrintNothingByDefault) {
+  iso::lb::set_strategy("rotate");
+  char dir[] = "/tmp/iso-quiet-ckpt-XXXXXX";
+  if (rt->rank() == 0) {
+    ASSERT_NE(mkdtemp(dir), nullptr);
+  }
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string out = stdout_of([&] {
+    iso::spawn([d = std::string(dir)] {
+      iso::lb::sync();
+      iso::checkpoint(d);
+    });
+    rt->run();
+  });
+  EXPECT_EQ(iso::lb::last_step().threads_moved, static_cast<std::size_t>(rt->size()));
+  EXPECT_EQ(out, "");
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rt->rank() == 0) std::filesystem::remove_all(dir);
 }
 
 TEST(LoadBalancing, MisuseIsReported) {
