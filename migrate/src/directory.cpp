@@ -19,10 +19,15 @@ route directory::route_in(std::uint64_t to, std::uint32_t min_epoch, std::uint64
   }
   if (next.rank >= 0 && next.rank != rank_) return {route::action::forward, next};
   if (home_of(to) == rank_) {
-    if (finished_.count(to) != 0) return {route::action::finished, {rank_, min_epoch}};
+    if (finished_record(to, next_serial, nullptr)) return {route::action::finished, {rank_, min_epoch}};
     if (thread_id::from_bits(to).serial() >= next_serial) return {route::action::never_spawned, {rank_, min_epoch}};
   }
   return {route::action::hold, {rank_, min_epoch}};
+}
+
+void directory::collect() noexcept {
+  departed_.clear();
+  cache_.clear();
 }
 
 void directory::departed(std::uint64_t id, int dest, std::uint32_t epoch) {
@@ -43,7 +48,7 @@ bool directory::arrived(std::uint64_t id) {
 
 bool directory::finished_here(std::uint64_t id, std::uint32_t epoch, bool joined) {
   if (home_of(id) == rank_) {
-    finished_[id] = joined;
+    if (!joined) finished_.emplace(id, false);
     location_.erase(id);
     departed_.erase(id);
     return false;
@@ -54,9 +59,14 @@ bool directory::finished_here(std::uint64_t id, std::uint32_t epoch, bool joined
 }
 
 bool directory::on_location(std::uint64_t id, place at) {
-  place& p = location_[id];
-  if (at.epoch >= p.epoch) p = at;
-  return held_.count(id) != 0;  // held at the home while the location was unknown
+  // Only an entry that exists is updated: a live thread homed here that is elsewhere has one
+  // (from its departure from here), so a location that finds none is stale: the thread is back
+  // here, or finished (the finished record of its last rank can overtake the location sent by a
+  // rank it passed through). Recreating the entry would send messages after it forever.
+  auto it = location_.find(id);
+  if (it == location_.end()) return false;
+  if (at.epoch >= it->second.epoch) it->second = at;
+  return held_.count(id) != 0;  // held at the home for a newer location
 }
 
 void directory::on_hint(std::uint64_t id, place at) {
@@ -65,7 +75,7 @@ void directory::on_hint(std::uint64_t id, place at) {
 }
 
 bool directory::on_finished(std::uint64_t id, bool joined) {
-  finished_[id] = joined;
+  if (!joined) finished_.emplace(id, false);
   location_.erase(id);
   return true;  // messages held here while the location was unknown now get their answer
 }
@@ -76,10 +86,14 @@ void directory::restore_location(std::uint64_t id, place at) {
   if (home_of(id) == rank_) location_[id] = at;
 }
 
-bool directory::finished_record(std::uint64_t id, bool* joined) const noexcept {
-  auto it = finished_.find(id);
-  if (it == finished_.end()) return false;
-  if (joined != nullptr) *joined = it->second;
+bool directory::finished_record(std::uint64_t id, std::uint64_t next_serial, bool* joined) const noexcept {
+  if (finished_.count(id) != 0) {
+    if (joined != nullptr) *joined = false;
+    return true;
+  }
+  // Spawned, not here, not elsewhere: finished, and joined (see finished_ in the header).
+  if (thread_id::from_bits(id).serial() >= next_serial || location_.count(id) != 0) return false;
+  if (joined != nullptr) *joined = true;
   return true;
 }
 

@@ -10,7 +10,10 @@
 //              finished away from home, a tombstone pointing home (epoch + 1)
 //   cache_     locations learnt from hints (a rank that received a forwarded message tells its
 //              first sender where the thread is, so that the next one goes direct)
-//   finished_  threads homed here that finished -> whether they were joined
+//   finished_  threads homed here that finished and were never joined (a join must find them);
+//              any other thread homed here with a serial below next_serial that is neither here
+//              nor in location_ has finished and was joined (invariant: a live thread homed here
+//              is on this rank or in location_, from its departure until it is back or finished)
 //   held_      messages for threads that are neither here nor known to be elsewhere: they are on
 //              their way here (or, at their home, their first location is not known yet)
 // Invariant that makes forwarding terminate: a message carries the newest epoch it has followed
@@ -18,6 +21,10 @@
 // the first raises min_epoch, and a message makes at most 1 + (the thread's migrations) hops.
 // A message that finds no newer pointer is held here until its thread lands here, or, at the
 // home, until the thread's fate is known (location or finished).
+// Bounds: location_ holds the live threads homed here that are elsewhere, finished_ the finished
+// unjoined ones, held_ messages in flight; departed_ and cache_ grow with the migrations and
+// hints since the last collect(), which the runtime calls at every balancing and checkpoint step
+// (with nothing in flight, the home's location_ alone routes every message right).
 #pragma once
 
 #include <cstdint>
@@ -65,6 +72,10 @@ class directory {
   // next_serial: serials below it have been spawned on this rank (to tell, at the home, a thread
   // that was never spawned from one whose location is not known yet).
   route route_in(std::uint64_t to, std::uint32_t min_epoch, std::uint64_t next_serial) const noexcept;
+  // Forgets every forwarding pointer, tombstone and hint. pre: on every rank at once, with no
+  // message, control message or thread in flight anywhere and no thread running (then no stale
+  // location is in use, and the homes' locations are exact).
+  void collect() noexcept;
 
   // --- events on this rank (each may throw std::bad_alloc) ---
   // Thread `id` left for `dest`, arriving there with `epoch`.
@@ -86,10 +97,14 @@ class directory {
   void restore_location(std::uint64_t id, place at);
 
   // --- finished threads homed here ---
-  // True if id finished (at its home, this rank); *joined says whether it was joined.
-  bool finished_record(std::uint64_t id, bool* joined) const noexcept;
-  void mark_joined(std::uint64_t id) { finished_[id] = true; }
-  void restore_finished(std::uint64_t id, bool joined) { finished_[id] = joined; }
+  // At its home (this rank), for a thread that is not here: true if id finished; *joined says
+  // whether it was joined. next_serial as for route_in.
+  bool finished_record(std::uint64_t id, std::uint64_t next_serial, bool* joined) const noexcept;
+  void mark_joined(std::uint64_t id) noexcept { finished_.erase(id); }
+  void restore_finished(std::uint64_t id, bool joined) {
+    if (!joined) finished_.emplace(id, false);
+  }
+  // The finished threads that were never joined (the joined ones follow from finished_record).
   sys_vector<std::pair<std::uint64_t, bool>> finished_records() const { return {finished_.begin(), finished_.end()}; }
 
   // --- held messages ---
@@ -102,7 +117,7 @@ class directory {
   std::size_t pointers() const noexcept { return departed_.size(); }
   std::size_t locations() const noexcept { return location_.size(); }
   std::size_t cached() const noexcept { return cache_.size(); }
-  std::size_t finished_threads() const noexcept { return finished_.size(); }
+  std::size_t unjoined_finished() const noexcept { return finished_.size(); }
 
  private:
   int rank_;
@@ -111,7 +126,7 @@ class directory {
   sys_unordered_map<std::uint64_t, place> location_;
   sys_unordered_map<std::uint64_t, place> departed_;
   sys_unordered_map<std::uint64_t, place> cache_;
-  sys_unordered_map<std::uint64_t, bool> finished_;
+  sys_unordered_map<std::uint64_t, bool> finished_;  // values are all false (not joined)
   sys_unordered_map<std::uint64_t, sys_vector<wire>> held_;
 };
 

@@ -100,6 +100,9 @@ class engine {
   // Messages held for threads that have not arrived.
   std::size_t held_messages() const noexcept { return directory_.held_messages(); }
   const directory& locations() const noexcept { return directory_; }
+  // directory::collect on this rank. pre: as there (the balancer and checkpointer call it at the
+  // start of their steps, on every rank, when nothing is in flight and every thread waits).
+  void collect_locations() noexcept { directory_.collect(); }
 
   // The rank where t's location is kept (directory::home_of).
   int home_of(thread_id t) const noexcept { return directory_.home_of(t.bits()); }

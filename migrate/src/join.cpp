@@ -40,9 +40,9 @@ void engine::join(tcb* self, thread_id t) {
     // Cleared by the join_done that finished() sends, which wakes self below.
     self->join_status = errc::ok;
     self->waiting_for = t;
-  } else if (bool joined = false; home_of(t) == rank_ && directory_.finished_record(t.bits(), &joined)) {
+  } else if (bool joined = false;
+             home_of(t) == rank_ && directory_.finished_record(t.bits(), sched_.next_serial(), &joined)) {
     if (joined) raise(errc::already_joined, "iso::join(%s): the thread was joined already", t.to_string().c_str());
-    heap_scope system(nullptr);
     directory_.mark_joined(t.bits());
     return;
   } else {
@@ -84,11 +84,7 @@ void engine::answer_finished(const data_header& h, bool joined) noexcept {
   const thread_id to = thread_id::from_bits(h.to), from = thread_id::from_bits(h.from);
   switch (h.kind) {
     case msg_kind::join_request:
-      try {
-        if (!joined) directory_.mark_joined(h.to);
-      } catch (const std::bad_alloc&) {
-        fatal("out of system memory while recording a join of thread %s", to.to_string().c_str());
-      }
+      directory_.mark_joined(h.to);
       send_system(from, to, msg_kind::join_done, joined ? errc::already_joined : errc::ok);
       return;
     case msg_kind::user: drop(h, "the thread has finished"); return;

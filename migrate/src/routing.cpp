@@ -99,7 +99,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       return;
     case route::action::finished: {
       bool joined = false;
-      directory_.finished_record(h.to, &joined);
+      directory_.finished_record(h.to, sched_.next_serial(), &joined);
       answer_finished(h, joined);
       return;
     }

@@ -73,6 +73,9 @@ void balancer::start_period(std::int64_t at_ns) noexcept {
 
 void balancer::step() noexcept {
   heap_scope system(nullptr);
+  // Nothing is in flight and every thread waits (the round that started this step was stable):
+  // forwarding pointers, tombstones and hints of the period can go.
+  engine_.collect_locations();
   try {
     const std::int64_t t0 = now_ns();
     const std::uint64_t c0 = prim::cycles();

@@ -273,6 +273,7 @@ std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t
 
 void checkpointer::step() noexcept {
   heap_scope system(nullptr);
+  engine_.collect_locations();  // nothing in flight, every thread waits: see directory::collect
   try {
     failure_.clear();
     // One directory for everyone: rank 0's, checked by all.

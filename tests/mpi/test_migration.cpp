@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
@@ -352,6 +353,35 @@ TEST(Migration, GathersInPiecesEqualOneCollective) {
   const auto at_root_pieces = iso::detail::gather_all(comm, mine.data(), mine.size(), 5);
   EXPECT_EQ(at_root, at_root_pieces);
   EXPECT_EQ(at_root, r == 0 ? whole : decltype(whole){});
+}
+
+// Rounds of spawn, migrate, finish and join, with a balancing step after each: the forwarding
+// pointers, tombstones and hints of a round are collected at the next step, and joined threads
+// leave no record, so a rank's tables do not grow with the rounds.
+TEST(Migration, LocationTablesDoNotGrowWithSpawnMigrateFinishCycles) {
+  iso::lb::set_strategy("none");
+  constexpr int rounds = 30, per_round = 40;
+  const iso::detail::directory& d = iso::detail::engine::current()->locations();
+  const std::size_t unjoined_before = d.unjoined_finished();
+  std::size_t most_pointers = 0;
+  iso::spawn([&most_pointers, &d] {
+    for (int r = 0; r < rounds; ++r) {
+      std::vector<iso::thread_id> kids;
+      for (int i = 0; i < per_round; ++i) {
+        kids.push_back(iso::spawn([] { iso::this_thread::migrate_to((iso::rank() + 1) % iso::size()); }));
+      }
+      for (iso::thread_id k : kids) iso::join(k);
+      if (r > 0) most_pointers = std::max(most_pointers, d.pointers());  // round 0 sees earlier tests' too
+      iso::lb::sync();
+    }
+  });
+  rt->run();
+  // A round leaves at most a pointer per kid that left and a tombstone per kid that ended here.
+  EXPECT_LE(most_pointers, static_cast<std::size_t>(2 * per_round));
+  EXPECT_EQ(d.pointers(), 0u);
+  EXPECT_EQ(d.cached(), 0u);
+  EXPECT_EQ(d.locations(), 0u);
+  EXPECT_LE(d.unjoined_finished(), unjoined_before + 1);  // the parent, which nobody joined
 }
 
 TEST(Migration, RunReturnsOnEveryRankWithNoThreads) {
