@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 
 #include "diag.hpp"
 
@@ -11,7 +12,7 @@ void check_mpi(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
-  MPI_Error_string(rc, text, &len);
+  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
   raise(errc::mpi_failure, "%s failed: %.*s", what, len, text);
 }
 
@@ -32,9 +33,10 @@ private_comm::private_comm(MPI_Comm parent) {
 }
 
 private_comm::~private_comm() {
+  // A destructor cannot report: a failure here only leaks the communicator, and is said so.
   int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (MPI_Finalized(&finalized) != MPI_SUCCESS || finalized || comm_ == MPI_COMM_NULL) return;
+  if (MPI_Comm_free(&comm_) != MPI_SUCCESS) std::fprintf(stderr, "isothreads: MPI_Comm_free failed\n");
 }
 
 void gather_bytes(MPI_Comm comm, const void* mine, std::size_t bytes, int root, std::size_t piece_bytes,

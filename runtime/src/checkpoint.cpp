@@ -154,7 +154,7 @@ manifest read_manifest(const std::string& dir) {
 void agree(MPI_Comm comm, const std::string& mine, errc code) {
   constexpr int cap = 400;
   int size = 1;
-  MPI_Comm_size(comm, &size);
+  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
   char local[cap] = {};
   std::strncpy(local, mine.c_str(), cap - 1);
   sys_vector<char> all(static_cast<std::size_t>(cap) * static_cast<std::size_t>(size));

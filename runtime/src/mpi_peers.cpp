@@ -48,7 +48,7 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
   // for the send must come from the system heap, not from the thread's.
   heap_scope system(nullptr);
   int finalized = 0;
-  MPI_Finalized(&finalized);
+  check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", owner);
   if (finalized) return;  // the owner is gone too: nothing can reuse the run any more
   const std::uint64_t pair[2] = {addr, bytes};
   ++sent_to_[static_cast<std::size_t>(owner)];
@@ -58,7 +58,7 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
 void mpi_region_peers::poll() noexcept {
   heap_scope system(nullptr);
   int finalized = 0;
-  MPI_Finalized(&finalized);
+  check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", -1);
   if (finalized) return;
   returns_.poll();
   for (;;) {

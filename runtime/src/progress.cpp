@@ -58,9 +58,8 @@ void mpi_progress::start_round(scheduler& s) noexcept {
   mine_[round::active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
   mine_[round::at_sync] = s.blocked(wait_reason::sync);
   mine_[round::at_checkpoint] = s.blocked(wait_reason::checkpoint);
-  if (MPI_Iallreduce(mine_, sum_, static_cast<int>(round::fields), MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
-    fatal("MPI_Iallreduce for termination detection failed");
-  }
+  check_mpi_or_die(MPI_Iallreduce(mine_, sum_, static_cast<int>(round::fields), MPI_UINT64_T, MPI_SUM, comm_, &round_),
+                   "MPI_Iallreduce (termination round)", -1);
 }
 
 round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, bool balancing,
@@ -83,9 +82,7 @@ bool mpi_progress::finished(scheduler& s) {
     return false;
   }
   int done = 0;
-  if (MPI_Test(&round_, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-    fatal("MPI_Test of a termination round failed");
-  }
+  check_mpi_or_die(MPI_Test(&round_, &done, MPI_STATUS_IGNORE), "MPI_Test (termination round)", -1);
   if (!done) return false;
   const round_outcome outcome =
       decide_round(sum_, have_last_ ? last_ : nullptr, balancer_ != nullptr, checkpointer_ != nullptr);

@@ -144,14 +144,14 @@ runtime::runtime(int& argc, char**& argv, const runtime_options& options) : stat
   check_options(options);
   ensure_fixed_layout(argv, options.reexec);
   int initialized = 0;
-  MPI_Initialized(&initialized);
+  check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
   if (!initialized) {
     int provided = 0;
     check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   }
   int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
   set_diag_rank(rank);
   try {
     const std::uint64_t layout = verify_layout(MPI_COMM_WORLD);
@@ -191,7 +191,7 @@ runtime::~runtime() {
   g_runtime = nullptr;
   state_->~runtime_state();
   sys_allocator<runtime_state>().deallocate(state_, 1);
-  if (owns_mpi) MPI_Finalize();
+  if (owns_mpi && MPI_Finalize() != MPI_SUCCESS) std::fprintf(stderr, "isothreads: MPI_Finalize failed\n");
 }
 
 int runtime::rank() const noexcept { return state_->rank; }
