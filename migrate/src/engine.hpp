@@ -93,9 +93,9 @@ class engine {
   work_counters counters() const noexcept { return {batches_.batches_sent() + images_sent_, received_}; }
   void set_observer(engine_observer* o) noexcept { observer_ = o; }
   // Threads in transit from or to this rank, and batches of messages not handed to MPI yet:
-  // work that termination detection must count as live.
-  // A thread inside a batch already handed to MPI is in none of these: termination rounds see it
-  // through counters() (sent != received), see progress.hpp.
+  // work that termination detection must count as live. A thread inside a batch already handed
+  // to MPI is in none of these: termination rounds see it through counters() (sent != received),
+  // see progress.hpp.
   std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size() + batches_.waiting(); }
   // Messages held for threads that have not arrived.
   std::size_t held_messages() const noexcept { return directory_.held_messages(); }
@@ -127,12 +127,8 @@ class engine {
   stats_t stats() const noexcept { return stats_; }
 
  private:
-  // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes]: thread messages, control
-  // messages and small thread images. Control records wait for the next poll (or ride along with
-  // the next message or image to that rank): a location update right after an arrival would
-  // otherwise cost a send of its own.
   // MPI tags on the engine's private communicator.
-  static constexpr int tag_data = 1;        // a batch of records
+  static constexpr int tag_data = 1;        // a batch of records (post_record)
   static constexpr int tag_image = 3;       // image header + extent table
   static constexpr int tag_image_data = 4;  // extent pieces, in extent order; never probed for
   static constexpr std::uint32_t batch_window = 4;
@@ -199,8 +195,12 @@ class engine {
   void on_batch(int source, sys_vector<unsigned char>&& buf) noexcept;
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
+  // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes]: thread messages, control
+  // messages and small thread images. Control records wait for the next poll (or ride along with
+  // the next message or image to that rank): a location update right after an arrival would
+  // otherwise cost a send of its own.
   enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2 };
-  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;  // into dest's batch
+  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
 
