@@ -68,8 +68,7 @@ void engine::post_record(int dest, record kind, const unsigned char* bytes, std:
   // u32, and a batch (at most batch_flush_bytes and one record) an MPI count.
   ISO_ASSERT_INTERNAL(n <= sizeof(data_header) + max_message_bytes || kind == record::image);
   const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
-  batches_.append(dest, head, sizeof head, false);
-  batches_.append(dest, bytes, n, kind != record::ctrl);
+  batches_.append(dest, head, sizeof head, bytes, n, kind != record::ctrl);
 }
 
 void engine::complete_sends() noexcept {

@@ -9,14 +9,17 @@ namespace iso::detail {
 batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes)
     : comm_(comm), tag_(tag), window_(window), flush_bytes_(flush_bytes), outboxes_(static_cast<std::size_t>(ranks)) {}
 
-void batcher::append(int dest, const void* bytes, std::size_t n, bool now) noexcept {
+void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
+                     bool now) noexcept {
   outbox& box = outboxes_[static_cast<std::size_t>(dest)];
   try {
     if (box.batch.empty()) ++waiting_;
+    const auto* h = static_cast<const unsigned char*>(head);
     const auto* b = static_cast<const unsigned char*>(bytes);
+    box.batch.insert(box.batch.end(), h, h + head_n);
     box.batch.insert(box.batch.end(), b, b + n);
   } catch (const std::bad_alloc&) {
-    fatal("out of system memory while queueing %zu bytes for rank %d", n, dest);
+    fatal("out of system memory while queueing %zu bytes for rank %d", head_n + n, dest);
   }
   if ((now && box.in_flight < window_) || box.batch.size() >= flush_bytes_) flush(dest);
 }

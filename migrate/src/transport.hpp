@@ -25,8 +25,9 @@ class batcher {
   batcher(const batcher&) = delete;
   batcher& operator=(const batcher&) = delete;
 
-  // Appends [bytes, bytes + n) to dest's batch, and sends it as the rules above say.
-  void append(int dest, const void* bytes, std::size_t n, bool now) noexcept;
+  // Appends [head, head + head_n) and then [bytes, bytes + n) to dest's batch, and sends it as
+  // the rules above say.
+  void append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n, bool now) noexcept;
   // Completes sends; sends the batches that waited for room in their window.
   void poll() noexcept;
   // Sends every waiting batch, whatever the window (non-blocking).

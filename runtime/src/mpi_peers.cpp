@@ -52,7 +52,7 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
   if (finalized) return;  // the owner is gone too: nothing can reuse the run any more
   const std::uint64_t pair[2] = {addr, bytes};
   ++sent_to_[static_cast<std::size_t>(owner)];
-  returns_.append(owner, pair, sizeof pair, true);
+  returns_.append(owner, pair, sizeof pair, nullptr, 0, true);
 }
 
 void mpi_region_peers::poll() noexcept {

@@ -52,6 +52,8 @@ class strategy {
 };
 
 // Heaviest thread first, onto the least-loaded rank (ties: lower rank). Moves many threads.
+// greedy and refine leave threads that are not movable where they are (their load stays there);
+// rotate proposes to move them too (the balancer then skips those moves and counts them).
 std::unique_ptr<strategy> greedy();
 // Moves as few threads as it can: from ranks above (1 + tolerance) * average, heaviest fitting
 // thread first, to the least-loaded ranks, each thread at most once.
