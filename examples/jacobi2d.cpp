@@ -247,7 +247,11 @@ int int_arg(const char* v, const char* name) {
 
 int main(int argc, char** argv) {
   try {
-    iso::runtime rt(argc, argv);
+    // The runtime says nothing by default; this example shows its balancing steps (and
+    // checkpoints), as the README's output does.
+    iso::runtime_options ro = iso::runtime_options::from_environment();
+    ro.verbosity = iso::verbosity::steps;
+    iso::runtime rt(argc, argv, ro);
     options o;
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string k = argv[i];

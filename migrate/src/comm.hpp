@@ -3,15 +3,28 @@
 
 #include <mpi.h>
 
+#include <cstdint>
+#include <cstring>
 #include <iterator>
 #include <utility>
 
+#include "fault.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
 
 // Throws iso::error(mpi_failure) naming `what` and MPI's message if rc is not MPI_SUCCESS.
 void check_mpi(int rc, const char* what);
+// For paths that cannot throw (progress, completion, the scheduler's hooks): if rc is not
+// MPI_SUCCESS, the one fatal path, naming MPI call `call`, the peer rank (< 0: any rank) and MPI's
+// message; fatal() adds this rank and the running thread.
+void check_mpi_or_die(int rc, const char* call, int peer) noexcept;
+// f() (an MPI call named `call`), unless the fault point `call` fires (fault.hpp): then
+// MPI_ERR_OTHER, and the call is not made.
+template <class F>
+int mpi_call(const char* call, F&& f) {
+  return fault::hit(call) ? MPI_ERR_OTHER : f();
+}
 
 // A private duplicate of a communicator, owned. Each part of the runtime (migration, balancing,
 // termination, checkpoints, tracing, region returns) talks on its own, so that no message of one
@@ -35,15 +48,19 @@ class private_comm {
 };
 
 // Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
-// done(item) just before. requests(item) gives the item's requests as a sys_vector or array.
+// done(item) just before. requests(item) gives the item's requests as a sys_vector or array,
+// peer(item) the rank they go to or come from (named if MPI_Testall fails, which is fatal).
 // True if any completed.
-template <class List, class Requests, class Done>
-bool complete(List& items, Requests requests, Done done) {
+template <class List, class Requests, class Peer, class Done>
+bool complete(List& items, Requests requests, Peer peer, Done done) {
   bool any = false;
   for (auto it = items.begin(); it != items.end();) {
     auto& r = requests(*it);
     int flag = 0;
-    MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
+    check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                       return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
+                     }),
+                     "MPI_Testall", peer(*it));
     if (!flag) {
       ++it;
       continue;
@@ -55,60 +72,51 @@ bool complete(List& items, Requests requests, Done done) {
   return any;
 }
 
-// The parts of a gather: every rank's byte count, and where its bytes start in the concatenation.
-struct gather_layout {
-  sys_vector<int> counts, displs;
-  int total = 0;
-  explicit gather_layout(sys_vector<int> byte_counts) : counts(std::move(byte_counts)), displs(counts.size()) {
-    for (std::size_t r = 0; r < counts.size(); ++r) {
-      displs[r] = total;
-      total += counts[r];
-    }
+// Bytes one MPI message of a gather carries at most (MPI counts and displacements are ints).
+inline constexpr std::size_t gather_piece_bytes = std::size_t{1} << 30;
+
+// Collective over comm: every rank's `bytes` bytes at `mine`, concatenated in rank order, on rank
+// `root` (root < 0: on every rank); counts[r] = rank r's byte count, on every rank. A total of at
+// most piece_bytes travels as one MPI_Gatherv / MPI_Allgatherv; a larger one rank by rank, in
+// messages of at most piece_bytes each. Throws iso::error(mpi_failure) naming the failed call.
+void gather_bytes(MPI_Comm comm, const void* mine, std::size_t bytes, int root, std::size_t piece_bytes,
+                  sys_vector<std::uint64_t>& counts, sys_vector<unsigned char>& flat);
+
+// The concatenation of gather_bytes cut back into one vector of T per rank.
+template <class T>
+sys_vector<sys_vector<T>> split_by_rank(const sys_vector<std::uint64_t>& counts, const sys_vector<unsigned char>& flat) {
+  sys_vector<sys_vector<T>> out(counts.size());
+  std::size_t at = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    out[r].resize(static_cast<std::size_t>(counts[r]) / sizeof(T));
+    if (!out[r].empty()) std::memcpy(out[r].data(), flat.data() + at, out[r].size() * sizeof(T));
+    at += static_cast<std::size_t>(counts[r]);
   }
-  // The concatenation cut back into one vector per rank.
-  template <class T>
-  sys_vector<sys_vector<T>> split(const sys_vector<T>& flat) const {
-    sys_vector<sys_vector<T>> out(counts.size());
-    for (std::size_t r = 0; r < counts.size(); ++r) {
-      const auto first = flat.begin() + displs[r] / static_cast<int>(sizeof(T));
-      out[r].assign(first, first + counts[r] / static_cast<int>(sizeof(T)));
-    }
-    return out;
-  }
-};
+  return out;
+}
 
 // Collective: every rank's `mine`, on every rank, by rank. T must be trivially copyable.
 template <class T>
-sys_vector<sys_vector<T>> allgather_all(MPI_Comm comm, const sys_vector<T>& mine) {
-  int size = 1;
-  MPI_Comm_size(comm, &size);
-  const int bytes = static_cast<int>(mine.size() * sizeof(T));
-  sys_vector<int> counts(static_cast<std::size_t>(size));
-  check_mpi(MPI_Allgather(&bytes, 1, MPI_INT, counts.data(), 1, MPI_INT, comm), "MPI_Allgather");
-  const gather_layout layout(std::move(counts));
-  sys_vector<T> flat(static_cast<std::size_t>(layout.total) / sizeof(T));
-  check_mpi(MPI_Allgatherv(mine.data(), bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
-                           MPI_BYTE, comm),
-            "MPI_Allgatherv");
-  return layout.split(flat);
+sys_vector<sys_vector<T>> allgather_all(MPI_Comm comm, const sys_vector<T>& mine,
+                                        std::size_t piece_bytes = gather_piece_bytes) {
+  sys_vector<std::uint64_t> counts;
+  sys_vector<unsigned char> flat;
+  gather_bytes(comm, mine.data(), mine.size() * sizeof(T), -1, piece_bytes, counts, flat);
+  return split_by_rank<T>(counts, flat);
 }
 
 // Collective: every rank's `count` items at `mine` on rank 0, by rank; an empty vector elsewhere.
 // T must be trivially copyable.
 template <class T>
-sys_vector<sys_vector<T>> gather_all(MPI_Comm comm, const T* mine, std::size_t count) {
-  int size = 1, rank = 0;
-  MPI_Comm_size(comm, &size);
-  MPI_Comm_rank(comm, &rank);
-  const int bytes = static_cast<int>(count * sizeof(T));
-  sys_vector<int> counts(rank == 0 ? static_cast<std::size_t>(size) : 0);
-  check_mpi(MPI_Gather(&bytes, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm), "MPI_Gather");
-  const gather_layout layout(std::move(counts));
-  sys_vector<T> flat(static_cast<std::size_t>(layout.total) / sizeof(T));
-  check_mpi(MPI_Gatherv(mine, bytes, MPI_BYTE, flat.data(), layout.counts.data(), layout.displs.data(),
-                        MPI_BYTE, 0, comm),
-            "MPI_Gatherv");
-  return layout.split(flat);
+sys_vector<sys_vector<T>> gather_all(MPI_Comm comm, const T* mine, std::size_t count,
+                                     std::size_t piece_bytes = gather_piece_bytes) {
+  sys_vector<std::uint64_t> counts;
+  sys_vector<unsigned char> flat;
+  gather_bytes(comm, mine, count * sizeof(T), 0, piece_bytes, counts, flat);
+  int rank = 0;
+  check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  if (rank != 0) return {};
+  return split_by_rank<T>(counts, flat);
 }
 
 }  // namespace iso::detail

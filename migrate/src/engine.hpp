@@ -1,15 +1,13 @@
 // The migration engine of a rank: ships suspended threads over MPI, locates threads, and routes
-// messages to them wherever they are.
-//
-// Locating (Charm++-style forwarding, ordered by epochs):
-//   every thread_id carries its home rank; the home keeps the thread's current location
-//   (location_, updated by the rank where it lands); a rank a thread left keeps a forwarding
-//   pointer (departed_); senders cache locations learnt from hints (cache_). A thread's epoch
-//   counts its migrations; a pointer is followed only if its epoch is newer than the newest one a
-//   message has followed so far (data_header::min_epoch), so forwarding never loops: a message
-//   that finds no newer pointer is held (held_) until its thread lands here.
-// Ordering and exactly-once: each user message carries a sequence number per (sender, receiver);
-//   the receiver's mailbox (in its heap, so it migrates with it) releases messages in order.
+// messages to them wherever they are. It wires parts that each hold one concept:
+//   transport.hpp  batches of records to each rank (the windowed batcher)
+//   directory.hpp  where threads are and where a message goes next (pure logic, unit-tested over
+//                  a simulated network)
+//   mailbox.hpp    a thread's mailbox: exactly once, in per-sender order
+//   shipping.cpp   images out and in (and the departed memory kept for a while)
+//   join.cpp       the join protocol and the end of threads
+//   routing.cpp    iso::send, routing through the directory, delivery, control messages
+//   engine.cpp     the wiring: set-up, the batched transport, poll, moving threads
 // All MPI traffic is non-blocking, driven by poll() from the scheduler's progress engine; a
 // thread that waits yields.
 #pragma once
@@ -20,10 +18,12 @@
 #include <list>
 
 #include "comm.hpp"
+#include "directory.hpp"
 #include "image.hpp"
 #include "isothreads/messaging.hpp"
 #include "scheduler.hpp"
 #include "sysalloc.hpp"
+#include "transport.hpp"
 
 namespace iso::detail {
 
@@ -90,26 +90,31 @@ class engine {
   message recv();
   void migrate(thread_id t, int dest);
 
-  work_counters& counters() noexcept { return counters_; }
+  work_counters counters() const noexcept { return {batches_.batches_sent() + images_sent_, received_}; }
   void set_observer(engine_observer* o) noexcept { observer_ = o; }
   // Threads in transit from or to this rank, and batches of messages not handed to MPI yet:
-  // work that termination detection must count as live.
-  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size() + unsent_batches_; }
+  // work that termination detection must count as live. A thread inside a batch already handed
+  // to MPI is in none of these: termination rounds see it through counters() (sent != received),
+  // see progress.hpp.
+  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size() + batches_.waiting(); }
   // Messages held for threads that have not arrived.
-  std::size_t held_messages() const noexcept;
+  std::size_t held_messages() const noexcept { return directory_.held_messages(); }
+  const directory& locations() const noexcept { return directory_; }
+  // directory::collect on this rank. pre: as there (the balancer and checkpointer call it at the
+  // start of their steps, on every rank, when nothing is in flight and every thread waits).
+  void collect_locations() noexcept { directory_.collect(); }
 
-  // The rank where t's location is kept: its home rank, folded onto this run's ranks (a run
-  // restarted from a checkpoint may have fewer ranks than the one that spawned t).
-  int home_of(thread_id t) const noexcept { return t.home() % size_; }
+  // The rank where t's location is kept (directory::home_of).
+  int home_of(thread_id t) const noexcept { return directory_.home_of(t.bits()); }
 
   // Restart from a checkpoint (runtime/src/checkpoint.cpp): ids of the checkpointed run name
   // `ranks` home ranks; where each restored thread now is; sequence numbers of messages from this
   // rank's main; threads that had finished, kept at their (folded) home.
-  void restore_id_ranks(int ranks) noexcept;
+  void restore_id_ranks(int ranks) noexcept { directory_.restore_id_ranks(ranks); }
   void learn_location(thread_id id, int rank, std::uint32_t epoch);
   sys_vector<std::pair<std::uint64_t, std::uint64_t>> main_sequences() const;
   void restore_main_sequence(std::uint64_t to, std::uint64_t next);
-  sys_vector<std::pair<std::uint64_t, bool>> finished_records() const;
+  sys_vector<std::pair<std::uint64_t, bool>> finished_records() const { return directory_.finished_records(); }
   void restore_finished(thread_id id, bool joined);
 
   struct stats_t {
@@ -122,22 +127,10 @@ class engine {
   stats_t stats() const noexcept { return stats_; }
 
  private:
-  struct outgoing {                     // an Isend and the buffer it reads
-    MPI_Request request[1];
-    sys_vector<unsigned char> buffer;
-    int batch_dest;                     // a batch of data messages to this rank; -1: anything else
-  };
-  // Everything small for one rank: thread messages, control messages, and small thread images.
-  // Each becomes a record [u32 kind][u32 bytes][bytes] of a batch; a batch is sent at once while
-  // fewer than batch_window batches to that rank are in flight, and otherwise grows until one
-  // completes. So a lone message leaves immediately (control records alone wait for the next
-  // poll, or ride with the next send to their rank), and a flood becomes a few large sends
-  // instead of one MPI request per message (Open MPI slows down badly with thousands of requests
-  // outstanding).
-  struct outbox {
-    sys_vector<unsigned char> batch;    // records not handed to MPI yet
-    std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
-  };
+  // MPI tags on the engine's private communicator.
+  static constexpr int tag_data = 1;        // a batch of records (post_record)
+  static constexpr int tag_image = 3;       // image header + extent table
+  static constexpr int tag_image_data = 4;  // extent pieces, in extent order; never probed for
   static constexpr std::uint32_t batch_window = 4;
   static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
@@ -178,11 +171,6 @@ class engine {
   // bits) or to come home (0): finish what this rank still does with it. True if `arriving`
   // finds its own stack guard still installed.
   bool settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept;
-  struct place {
-    int rank;
-    std::uint32_t epoch;
-  };
-
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
@@ -200,15 +188,21 @@ class engine {
   void on_data(sys_vector<unsigned char>&& wire, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+  void deliver_join_request(tcb* t, thread_id from) noexcept;
+  void deliver_join_done(tcb* t, thread_id from, errc status) noexcept;
+  void answer_finished(const data_header& h, bool joined) noexcept;
+  void receive(int tag) noexcept;
+  void on_batch(int source, sys_vector<unsigned char>&& buf) noexcept;
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
-  void post(int dest, int tag, sys_vector<unsigned char>&& buffer, int batch_dest = -1) noexcept;
+  // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes]: thread messages, control
+  // messages and small thread images. Control records wait for the next poll (or ride along with
+  // the next message or image to that rank): a location update right after an arrival would
+  // otherwise cost a send of its own.
   enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2 };
-  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;  // into dest's outbox
-  void flush(int dest) noexcept;                                         // dest's batch, now
+  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
-  bool finished_record(thread_id id, bool* joined) const noexcept;
 
   static void depart_hook(scheduler& s, tcb* t) noexcept;
   static void settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept;
@@ -220,25 +214,19 @@ class engine {
   private_comm comm_;
   int rank_;
   int size_;
-  int id_ranks_ = 1;          // thread ids name home ranks below this (size_, or more after a restart)
   std::uint64_t layout_;
-  work_counters counters_;
+  std::uint64_t images_sent_ = 0;       // image headers sent on their own (for work_counters)
+  std::uint64_t received_ = 0;          // batches and image headers received (for work_counters)
   stats_t stats_;
   engine_observer* observer_ = nullptr;
 
-  std::list<outgoing, sys_allocator<outgoing>> sends_;
-  sys_vector<outbox> outboxes_;                         // by destination rank
-  std::size_t unsent_batches_ = 0;                      // outboxes with records waiting
+  batcher batches_;
+  directory directory_;
   std::list<departure, sys_allocator<departure>> departures_;
   std::list<arrival, sys_allocator<arrival>> arrivals_;
   std::list<kept, sys_allocator<kept>> kept_;            // oldest first
   std::size_t kept_bytes_ = 0;
 
-  sys_unordered_map<std::uint64_t, place> location_;   // threads homed here that live elsewhere
-  sys_unordered_map<std::uint64_t, place> departed_;   // forwarding pointers of threads that left
-  sys_unordered_map<std::uint64_t, place> cache_;      // locations learnt from hints
-  sys_unordered_map<std::uint64_t, bool> finished_;    // homed here and finished -> joined?
-  sys_unordered_map<std::uint64_t, sys_vector<sys_vector<unsigned char>>> held_;
   sys_unordered_map<std::uint64_t, std::uint64_t> main_next_seq_;  // sends from main, per receiver
 };
 

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <numeric>
 
 #include "diag.hpp"
@@ -22,6 +21,7 @@ struct wire_load {
   std::uint64_t id;
   double load;          // seconds
   std::uint64_t bytes;  // live image bytes
+  std::uint64_t movable;  // 1: it may leave (scheduler::movable); 0: it holds an iso::mutex
 };
 // One rank's entry.
 struct wire_rank {
@@ -36,16 +36,16 @@ std::size_t live_image_bytes(tcb* t) {
 
 }  // namespace
 
-balancer::balancer(MPI_Comm comm, scheduler& s, engine& e)
+balancer::balancer(MPI_Comm comm, scheduler& s, engine& e, const std::string& strategy, verbosity v)
     : sched_(s),
       engine_(e),
       comm_(comm),
       rank_(comm_.rank()),
       size_(comm_.size()),
+      verbosity_(v),
       last_balance_ns_(now_ns()) {
   // set_strategy starts the first period: nothing reads the period's start before it.
-  const char* env = std::getenv("ISO_LB");
-  set_strategy(lb::by_name(env != nullptr && *env != '\0' ? env : "greedy"));
+  set_strategy(lb::by_name(strategy));
   g_balancer = this;
 }
 
@@ -80,6 +80,9 @@ void balancer::start_period(std::int64_t at_ns) noexcept {
 
 void balancer::step() noexcept {
   heap_scope system(nullptr);
+  // Nothing is in flight and every thread waits (the round that started this step was stable):
+  // forwarding pointers, tombstones and hints of the period can go.
+  engine_.collect_locations();
   try {
     const std::int64_t t0 = now_ns();
     const std::uint64_t c0 = prim::cycles();
@@ -103,7 +106,8 @@ void balancer::step() noexcept {
     sched_.for_each_thread([&](tcb* t) {
       const double measured = seconds(t->run_cycles);
       running += measured;
-      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured * share, live_image_bytes(t)});
+      mine.push_back({t->id.bits(), t->set_load >= 0 ? t->set_load : measured * share, live_image_bytes(t),
+                      scheduler::movable(t) ? 1u : 0u});
     });
     const wire_rank me{std::max(0.0, busy_wall - running) * share, static_cast<double>(t0 - last_balance_ns_) * 1e-9};
 
@@ -121,7 +125,7 @@ void balancer::step() noexcept {
     }
     for (int r = 0; r < size_; ++r) {
       for (const wire_load& w : all[static_cast<std::size_t>(r)]) {
-        p.threads.push_back({thread_id::from_bits(w.id), r, w.load, w.bytes});
+        p.threads.push_back({thread_id::from_bits(w.id), r, w.load, w.bytes, w.movable != 0});
       }
     }
     std::sort(p.threads.begin(), p.threads.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -134,6 +138,7 @@ void balancer::step() noexcept {
     const double max_before = *std::max_element(load.begin(), load.end());
     const std::vector<double> load_before = load;
     std::vector<lb::move> valid;
+    std::size_t unmovable = 0;
     for (const lb::move& m : moves) {
       auto it = std::lower_bound(p.threads.begin(), p.threads.end(), m.id,
                                  [](const lb::thread_load& t, thread_id id) { return t.id < id; });
@@ -142,6 +147,12 @@ void balancer::step() noexcept {
           std::fprintf(stderr, "isothreads: strategy %s proposed an invalid move of thread %s from %d to %d; ignored\n",
                        strategy_->name(), m.id.to_string().c_str(), m.from, m.to);
         }
+        continue;
+      }
+      if (!it->movable) {
+        // It cannot leave until it unlocks, and nothing runs until the step ends: moving it would
+        // leave its destination waiting for it. Every rank sees the same flag and skips it.
+        ++unmovable;
         continue;
       }
       load[static_cast<std::size_t>(m.from)] -= it->load;
@@ -182,13 +193,14 @@ void balancer::step() noexcept {
              avg > 0 ? max_before / avg : 1.0,
              avg > 0 ? max_after / avg : 1.0,
              valid.size(),
+             unmovable,
              static_cast<std::size_t>(all_bytes),
              static_cast<double>(t1 - t0) * 1e-9};
     if (tracer* tr = tracer::current(); tr != nullptr && tr->enabled()) {
       tr->balanced(last_, t0, t1, rank_ == 0 ? load_before : std::vector<double>{},
                    rank_ == 0 ? load : std::vector<double>{});
     }
-    if (rank_ == 0) {
+    if (rank_ == 0 && verbosity_ >= verbosity::steps) {
       std::printf("iso::lb step %zu (%s%s): max/avg load %.2f -> %.2f predicted, %zu threads moved, %.1f KiB, %.2f ms\n",
                   last_.step, last_.strategy.c_str(), due ? "" : ", not due", last_.max_over_avg_before,
                   last_.max_over_avg_after, last_.threads_moved, static_cast<double>(last_.bytes_moved) / 1024.0,

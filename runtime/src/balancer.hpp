@@ -8,6 +8,7 @@
 #include "comm.hpp"
 #include "engine.hpp"
 #include "isothreads/lb.hpp"
+#include "isothreads/runtime_options.hpp"
 #include "scheduler.hpp"
 
 namespace iso::detail {
@@ -17,10 +18,15 @@ namespace iso::detail {
 // (its CPU time in the period: the scheduler's cycle counts scaled by the rank's share of its core
 // while not idle; or the load it set) and each rank's background time; run the strategy (deterministic, so every rank gets the same moves);
 // ship the threads that move; wait until this rank has received those that come; resume every
-// thread. Rank 0 prints one line per step.
+// thread. A planned move of a thread that cannot leave (it holds an iso::mutex) is not made, on
+// every rank alike (the gather carries each thread's movability), and the report counts it: its
+// destination must not wait for a thread that never departs.
+// With verbosity::steps, rank 0 prints one line per step.
 class balancer {
  public:
-  balancer(MPI_Comm comm, scheduler& s, engine& e);  // collective (MPI_Comm_dup)
+  // Collective (MPI_Comm_dup). strategy: a name for lb::by_name (throws iso::error for an unknown
+  // one).
+  balancer(MPI_Comm comm, scheduler& s, engine& e, const std::string& strategy, verbosity v);
   ~balancer();
   balancer(const balancer&) = delete;
   balancer& operator=(const balancer&) = delete;
@@ -45,6 +51,7 @@ class balancer {
   int rank_;
   int size_;
   std::unique_ptr<lb::strategy> strategy_;
+  verbosity verbosity_;
   double period_s_ = 0;
   // The current measuring period, set by start_period:
   std::int64_t period_start_ns_;         // its start

@@ -5,6 +5,7 @@
 
 #include "checksum.hpp"
 #include "diag.hpp"
+#include "fault.hpp"
 #include "image.hpp"
 #include "interpose.hpp"
 #include "isothreads/checkpoint.hpp"
@@ -154,7 +155,7 @@ manifest read_manifest(const std::string& dir) {
 void agree(MPI_Comm comm, const std::string& mine, errc code) {
   constexpr int cap = 400;
   int size = 1;
-  MPI_Comm_size(comm, &size);
+  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
   char local[cap] = {};
   std::strncpy(local, mine.c_str(), cap - 1);
   sys_vector<char> all(static_cast<std::size_t>(cap) * static_cast<std::size_t>(size));
@@ -168,8 +169,8 @@ void agree(MPI_Comm comm, const std::string& mine, errc code) {
 
 }  // namespace
 
-checkpointer::checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout)
-    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), layout_(layout) {
+checkpointer::checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout, verbosity v)
+    : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()), layout_(layout), verbosity_(v) {
   g_checkpointer = this;
 }
 
@@ -264,10 +265,8 @@ std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t
     const int c = prim::file_sync_close(fd);
     if (e == 0) e = c;
   }
-  // Fault injection for the crash test: die with the new files written, uncommitted.
-  if (const char* fault = std::getenv("ISO_FAULT"); fault != nullptr && std::strcmp(fault, "checkpoint-before-commit") == 0) {
-    ::_exit(3);
-  }
+  // The crash test's fault point (fault.hpp): die with the new files written, uncommitted.
+  if (fault::hit("checkpoint-before-commit")) ::_exit(3);
   if (e == 0) e = prim::file_commit(tmp.c_str(), path.c_str());
   if (e != 0) return format("cannot write checkpoint manifest %s: %s", path.c_str(), std::strerror(e));
   return "";
@@ -275,6 +274,7 @@ std::string checkpointer::write_manifest(std::uint64_t generation, std::uint64_t
 
 void checkpointer::step() noexcept {
   heap_scope system(nullptr);
+  engine_.collect_locations();  // nothing in flight, every thread waits: see directory::collect
   try {
     failure_.clear();
     // One directory for everyone: rank 0's, checked by all.
@@ -343,7 +343,7 @@ void checkpointer::step() noexcept {
     }
     dir_.clear();
     sched_.wake_all(wait_reason::checkpoint);
-    if (rank_ == 0 && failure_.empty()) {
+    if (rank_ == 0 && failure_.empty() && verbosity_ >= verbosity::steps) {
       std::printf("iso::checkpoint: generation %llu written to %s\n", static_cast<unsigned long long>(generation), dir0.c_str());
       std::fflush(stdout);
     }
@@ -523,7 +523,7 @@ void checkpointer::restore(const std::string& dir) {
   std::uint64_t all_read = 0;
   check_mpi(MPI_Reduce(&read, &all_read, 1, MPI_UINT64_T, MPI_SUM, 0, comm_), "MPI_Reduce (restart)");
   const double seconds = static_cast<double>(now_ns() - start_ns) * 1e-9;
-  if (rank_ == 0) {
+  if (rank_ == 0 && verbosity_ >= verbosity::steps) {
     std::printf("iso::checkpoint: restarted %zu threads from %s (generation %llu, written by %u ranks) on %d ranks: "
                 "%.1f MiB in %.1f ms\n",
                 threads.size(), dir.c_str(), static_cast<unsigned long long>(m.header.generation), m.header.nranks, size_,

@@ -20,13 +20,15 @@
 
 #include "comm.hpp"
 #include "engine.hpp"
+#include "isothreads/runtime_options.hpp"
 #include "scheduler.hpp"
 
 namespace iso::detail {
 
 class checkpointer {
  public:
-  checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout);  // collective
+  // Collective. With verbosity::steps, rank 0 prints a line per checkpoint written and restart.
+  checkpointer(MPI_Comm comm, scheduler& s, engine& e, std::uint64_t layout, verbosity v);
   ~checkpointer();
   checkpointer(const checkpointer&) = delete;
   checkpointer& operator=(const checkpointer&) = delete;
@@ -58,6 +60,7 @@ class checkpointer {
   int rank_;
   int size_;
   std::uint64_t layout_;
+  verbosity verbosity_;
   std::string dir_;          // requested by this rank's threads for the pending step
   std::string failure_;
   // This rank's file of the step, set by write_rank_file when it succeeds; rank 0 gathers them

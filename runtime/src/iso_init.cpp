@@ -17,14 +17,14 @@ mpi_region_peers*& installed_peers() noexcept {
 
 mpi_region_peers* installed_peers_or_null() noexcept { return installed_peers(); }
 
-void init_region_over(MPI_Comm comm) {
+void init_region_over(MPI_Comm comm, std::size_t requested) {
   int initialized = 0;
-  MPI_Initialized(&initialized);
+  check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
   if (!initialized) raise(errc::no_runtime, "iso_init: MPI is not initialised (call MPI_Init first)");
   mpi_region_peers*& peers = installed_peers();
   if (peers != nullptr) {
     int same = MPI_UNEQUAL;
-    MPI_Comm_compare(peers->user_comm(), comm, &same);
+    check_mpi(MPI_Comm_compare(peers->user_comm(), comm, &same), "MPI_Comm_compare");
     if (same == MPI_IDENT) return;
     raise(errc::invalid_argument,
           "iso_init: already initialised over another communicator; the region is agreed once per process");
@@ -33,7 +33,7 @@ void init_region_over(MPI_Comm comm) {
   // only once the region is agreed, so that a failed iso_init can be retried.
   sys_allocator<mpi_region_peers> alloc;
   mpi_region_peers* fresh = new (alloc.allocate(1)) mpi_region_peers(comm);
-  region::get().agree(*fresh);
+  region::get().agree(*fresh, requested);
   peers = fresh;
 }
 

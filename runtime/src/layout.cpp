@@ -70,10 +70,11 @@ int add_object(dl_phdr_info* info, std::size_t, void* out) {
 
 }  // namespace
 
-void ensure_fixed_layout(char** argv) noexcept {
+void ensure_fixed_layout(char** argv, bool allowed) noexcept {
   int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (initialized || argv == nullptr || std::getenv("ISO_NO_REEXEC") != nullptr) return;
+  // Whether MPI started cannot be known if the call fails: then nothing is re-executed.
+  if (MPI_Initialized(&initialized) != MPI_SUCCESS) return;
+  if (!allowed || initialized || argv == nullptr) return;
   const int persona = personality(0xffffffff);
   if (persona == -1 || (persona & ADDR_NO_RANDOMIZE) != 0 || !randomisation_enabled()) return;
   if (personality(static_cast<unsigned long>(persona | ADDR_NO_RANDOMIZE)) == -1) return;
@@ -99,8 +100,8 @@ __attribute__((constructor)) void snapshot_layout_at_startup() { (void)layout_fi
 
 std::uint64_t verify_layout(MPI_Comm comm) {
   int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
+  check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
   const sys_vector<std::string>& lines = layout_fingerprint();
   std::string text;
   for (const std::string& l : lines) text += l + "\n";

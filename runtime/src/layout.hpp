@@ -10,10 +10,10 @@
 
 namespace iso::detail {
 
-// If MPI is not initialised, randomisation is on for this process and ISO_NO_REEXEC is unset:
-// sets ADDR_NO_RANDOMIZE and re-executes the program with the same argv (does not return on
-// success). The flag survives exec, so this happens at most once. pre: argv is NULL-terminated.
-void ensure_fixed_layout(char** argv) noexcept;
+// If `allowed` (runtime_options::reexec), MPI is not initialised and randomisation is on for this
+// process: sets ADDR_NO_RANDOMIZE and re-executes the program with the same argv (does not return
+// on success). The flag survives exec, so this happens at most once. pre: argv is NULL-terminated.
+void ensure_fixed_layout(char** argv, bool allowed) noexcept;
 
 // One line per object loaded at start-up: "<path> <load address> <build-id>", the executable
 // first, then the shared libraries in load order, then the main thread's TLS addresses (compilers

@@ -41,13 +41,20 @@ class greedy_strategy final : public strategy {
     double total = 0;
     for (const thread_load& t : p.threads) total += t.load;
     if (total <= 0) return moves;  // nothing measured: any placement is as good as the current one
-    // Min-heap of (load, rank), starting from each rank's background.
+    // Min-heap of (load, rank), starting from each rank's background and the threads that cannot
+    // move (they stay where they are).
+    std::vector<double> fixed(static_cast<std::size_t>(p.ranks), 0.0);
+    for (int r = 0; r < p.ranks && r < static_cast<int>(p.background.size()); ++r) {
+      fixed[static_cast<std::size_t>(r)] = p.background[static_cast<std::size_t>(r)];
+    }
+    for (const thread_load& t : p.threads) {
+      if (!t.movable) fixed[static_cast<std::size_t>(t.rank)] += t.load;
+    }
     using slot = std::pair<double, int>;
     std::priority_queue<slot, std::vector<slot>, std::greater<slot>> ranks;
-    for (int r = 0; r < p.ranks; ++r) {
-      ranks.push({r < static_cast<int>(p.background.size()) ? p.background[static_cast<std::size_t>(r)] : 0.0, r});
-    }
+    for (int r = 0; r < p.ranks; ++r) ranks.push({fixed[static_cast<std::size_t>(r)], r});
     for (const thread_load* t : heaviest_first(p.threads)) {
+      if (!t->movable) continue;
       auto [load, r] = ranks.top();
       ranks.pop();
       if (r != t->rank) moves.push_back({t->id, t->rank, r});
@@ -78,7 +85,7 @@ class refine_strategy final : public strategy {
       // The heaviest thread that leaves the taker within the bound and helps the donor.
       auto& cands = on[static_cast<std::size_t>(donor)];
       auto it = std::find_if(cands.begin(), cands.end(), [&](const thread_load* t) {
-        return t->load > 0 && load[static_cast<std::size_t>(taker)] + t->load <= bound &&
+        return t->movable && t->load > 0 && load[static_cast<std::size_t>(taker)] + t->load <= bound &&
                load[static_cast<std::size_t>(taker)] + t->load < load[static_cast<std::size_t>(donor)];
       });
       if (it == cands.end()) break;  // no single move improves things: stop, moving nothing more

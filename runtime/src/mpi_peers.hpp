@@ -3,18 +3,18 @@
 
 #include <mpi.h>
 
-#include <list>
 
 #include "comm.hpp"
 #include "region.hpp"
+#include "transport.hpp"
 
 namespace iso::detail {
 
 // region_peers over a private duplicate of a communicator. Returns to one owner travel in
-// batches of {address, bytes} pairs: a return leaves at once while fewer than `window` batches to
-// that owner are in flight, and otherwise waits for the next batch (thousands of threads ending on
-// a rank must not become thousands of outstanding MPI requests). poll() completes sends, sends
-// waiting batches and hands arriving returns to the region.
+// batches of {address, bytes} pairs (a batcher, transport.hpp): a return leaves at once while
+// fewer than `window` batches to that owner are in flight, and otherwise waits for the next batch
+// (thousands of threads ending on a rank must not become thousands of outstanding MPI requests).
+// poll() completes sends, sends waiting batches and hands arriving returns to the region.
 class mpi_region_peers final : public region_peers {
  public:
   // Collective over comm (MPI_Comm_dup). Throws iso::error(mpi_failure).
@@ -37,26 +37,20 @@ class mpi_region_peers final : public region_peers {
  private:
   static constexpr int tag_return = 1;
   static constexpr std::uint32_t window = 2;
-  struct send {
-    MPI_Request request[1];
-    sys_vector<std::uint64_t> payload;  // {address, bytes} pairs; must outlive the request
-    int owner;
-  };
-  void flush(int owner) noexcept;
+  // No size bound of its own: the window alone limits the requests.
+  static constexpr std::size_t flush_bytes = std::size_t{1} << 20;
   void receive(const MPI_Status& status);
   MPI_Comm user_comm_;
   private_comm comm_;
-  // A list, not a vector: an in-flight payload must never move.
-  std::list<send, sys_allocator<send>> sends_;
-  sys_vector<sys_vector<std::uint64_t>> waiting_;  // per owner: pairs not sent yet
-  sys_vector<std::uint32_t> in_flight_;            // per owner: batches sent, not completed
+  batcher returns_;                    // {address, bytes} pairs of u64, by owner
   sys_vector<std::uint64_t> sent_to_;  // runs returned to each rank so far
   std::uint64_t received_ = 0;         // runs received so far
 };
 
 // iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws
-// iso::error), and the peers it installed, or null before that.
-void init_region_over(MPI_Comm comm);
+// iso::error), of `requested` bytes (0: the default, or ISO_REGION_BYTES for iso_init), and the
+// peers it installed, or null before that.
+void init_region_over(MPI_Comm comm, std::size_t requested = 0);
 mpi_region_peers* installed_peers_or_null() noexcept;
 
 

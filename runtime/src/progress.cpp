@@ -13,7 +13,12 @@
 
 namespace iso::detail {
 
-mpi_progress::mpi_progress(MPI_Comm comm) : comm_(comm) {}
+mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns)
+    : spin_ns_(spin_ns),
+      min_backoff_ns_(min_backoff_ns),
+      max_backoff_ns_(max_backoff_ns),
+      comm_(comm),
+      backoff_ns_(min_backoff_ns) {}
 
 // A round still pending at the end is never completed (collectives cannot be cancelled); every
 // rank returns from run() only after a completed round, so none is left by then.
@@ -23,7 +28,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
-    backoff_ns_ = min_backoff_ns;
+    backoff_ns_ = min_backoff_ns_;
   }
   if (region_peers* p = region::get().peers(); p != nullptr) p->poll();
   return did;
@@ -32,13 +37,13 @@ bool mpi_progress::poll(scheduler&) noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (now - idle_since_ns_ < spin_ns) {
+  if (now - idle_since_ns_ < spin_ns_) {
     sched_yield();
     return;
   }
   std::int64_t ns = backoff_ns_;
   if (max_ns >= 0) ns = std::min(ns, max_ns);
-  backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns);
+  backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns_);
   if (ns <= 0) return;
   const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
   nanosleep(&ts, nullptr);
@@ -46,16 +51,29 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
 
 void mpi_progress::start_round(scheduler& s) noexcept {
   const work_counters c = engine_ != nullptr ? engine_->counters() : work_counters{};
-  mine_[live] = s.live_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
-  mine_[sent] = c.sent;
-  mine_[received] = c.received;
+  mine_[round::live] = s.live_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
+  mine_[round::sent] = c.sent;
+  mine_[round::received] = c.received;
   // A sleeping thread will wake, and one in transit will land: neither rank is stuck.
-  mine_[active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
-  mine_[at_sync] = s.blocked(wait_reason::sync);
-  mine_[at_checkpoint] = s.blocked(wait_reason::checkpoint);
-  if (MPI_Iallreduce(mine_, sum_, fields, MPI_UINT64_T, MPI_SUM, comm_, &round_) != MPI_SUCCESS) {
-    fatal("MPI_Iallreduce for termination detection failed");
+  mine_[round::active] = s.sleeping_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
+  mine_[round::at_sync] = s.blocked(wait_reason::sync);
+  mine_[round::at_checkpoint] = s.blocked(wait_reason::checkpoint);
+  check_mpi_or_die(MPI_Iallreduce(mine_, sum_, static_cast<int>(round::fields), MPI_UINT64_T, MPI_SUM, comm_, &round_),
+                   "MPI_Iallreduce (termination round)", -1);
+}
+
+round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, bool balancing,
+                           bool checkpointing) noexcept {
+  const bool stable =
+      last != nullptr && sum[round::sent] == sum[round::received] && std::equal(sum, sum + round::fields, last);
+  if (!stable) return round_outcome::next_round;
+  if (balancing && sum[round::at_sync] != 0 && sum[round::at_sync] == sum[round::live]) return round_outcome::balance;
+  if (checkpointing && sum[round::at_checkpoint] != 0 && sum[round::at_checkpoint] == sum[round::live]) {
+    return round_outcome::checkpoint;
   }
+  if (sum[round::live] == 0) return round_outcome::finished;
+  if (sum[round::active] == 0) return round_outcome::deadlock;
+  return round_outcome::next_round;
 }
 
 bool mpi_progress::finished(scheduler& s) {
@@ -64,36 +82,29 @@ bool mpi_progress::finished(scheduler& s) {
     return false;
   }
   int done = 0;
-  MPI_Test(&round_, &done, MPI_STATUS_IGNORE);
+  check_mpi_or_die(MPI_Test(&round_, &done, MPI_STATUS_IGNORE), "MPI_Test (termination round)", -1);
   if (!done) return false;
-  if (balancer_ != nullptr && sum_[at_sync] != 0 && sum_[at_sync] == sum_[live]) {
-    // Every live thread everywhere waits in lb::sync(), and none is in transit (those count in
-    // live only): all ranks saw the same sums, so all step now.
-    have_last_ = false;
-    balancer_->step();
-    return false;
-  }
-  const bool quiet = sum_[sent] == sum_[received];
-  const bool stable = have_last_ && quiet && std::equal(sum_, sum_ + fields, last_);
-  std::copy(sum_, sum_ + fields, last_);
-  have_last_ = true;
-  if (checkpointer_ != nullptr && stable && sum_[at_checkpoint] != 0 && sum_[at_checkpoint] == sum_[live]) {
-    // Every live thread waits in iso::checkpoint and nothing is in flight: a consistent cut.
-    have_last_ = false;
-    checkpointer_->step();
-    return false;
-  }
-  if (stable && sum_[live] == 0) {
-    have_last_ = false;
-    return true;
-  }
-  if (stable && sum_[active] == 0) {
-    have_last_ = false;
-    raise(errc::deadlock,
-          "deadlock: %llu threads on all ranks are blocked (%zu on rank %d; %llu of them in lb::sync, "
-          "which waits for every thread), no message or thread is in flight and no thread sleeps",
-          static_cast<unsigned long long>(sum_[live]), s.live_threads(), s.rank(),
-          static_cast<unsigned long long>(sum_[at_sync]));
+  const round_outcome outcome =
+      decide_round(sum_, have_last_ ? last_ : nullptr, balancer_ != nullptr, checkpointer_ != nullptr);
+  std::copy(sum_, sum_ + round::fields, last_);
+  have_last_ = outcome == round_outcome::next_round;
+  switch (outcome) {
+    case round_outcome::balance:
+      balancer_->step();
+      return false;
+    case round_outcome::checkpoint:
+      checkpointer_->step();
+      return false;
+    case round_outcome::finished:
+      return true;
+    case round_outcome::deadlock:
+      raise(errc::deadlock,
+            "deadlock: %llu threads on all ranks are blocked (%zu on rank %d; %llu of them in lb::sync, "
+            "which waits for every thread), no message or thread is in flight and no thread sleeps",
+            static_cast<unsigned long long>(sum_[round::live]), s.live_threads(), s.rank(),
+            static_cast<unsigned long long>(sum_[round::at_sync]));
+    case round_outcome::next_round:
+      break;
   }
   start_round(s);
   return false;

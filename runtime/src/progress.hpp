@@ -10,16 +10,29 @@
 
 namespace iso::detail {
 
-// Termination detection: when idle, a rank joins a round of MPI_Iallreduce over
-// {live threads (with those in transit), messages sent, received, threads sleeping or in transit}. run() may return once two
-// consecutive rounds agree on sent == received with no live thread anywhere (the second round
-// rules out a message that was in flight while the first was being taken). The same test with
-// live threads but none sleeping or in transit anywhere is a global deadlock. A round in which
-// every live thread waits in lb::sync() starts a balancing step on every rank; two identical
-// quiet rounds in which every live thread waits in iso::checkpoint() start a checkpoint.
+// Termination detection: when idle, a rank joins a round of MPI_Iallreduce over the fields of
+// round::field. Counters only grow, and a message counts as sent before it leaves and as received
+// once handled, so two consecutive rounds with equal sums and sent == received (stable) mean that
+// nothing was in flight at the second: every thread is then counted exactly once, on the rank
+// that holds it (a thread travelling as an inline image inside a batch is held by no rank, and
+// only sent != received shows it). On a stable round, the ranks finish (no live thread), start a
+// balancing step (every live thread waits in lb::sync()), start a checkpoint (every live thread
+// waits in iso::checkpoint()), or report a global deadlock (live threads, none sleeping or in
+// transit). A decision needs a stable round so that all ranks, which see the same sums, decide
+// the same.
+namespace round {
+enum field : std::size_t { live, sent, received, active, at_sync, at_checkpoint, fields };
+}
+enum class round_outcome { next_round, balance, checkpoint, finished, deadlock };
+// What the sums of a completed round decide. last: the previous completed round's sums, or null.
+// balancing / checkpointing: whether this runtime has a balancer / checkpointer.
+round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, bool balancing,
+                           bool checkpointing) noexcept;
+
 class mpi_progress final : public progress_engine {
  public:
-  explicit mpi_progress(MPI_Comm comm);  // collective (MPI_Comm_dup)
+  // Collective (MPI_Comm_dup). The back-off times are runtime_options' (ns): see idle().
+  mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns);
   ~mpi_progress() override;
 
   bool poll(scheduler& s) noexcept override;
@@ -35,28 +48,27 @@ class mpi_progress final : public progress_engine {
  private:
   void start_round(scheduler& s) noexcept;
 
-  // Idle back-off: for the first spin_ns of idleness, only give the core away (sched_yield)
-  // between polls, so that a halo or a reply a few microseconds away is seen at once; then sleep,
-  // doubling from min_backoff_ns up to max_backoff_ns. Keeps 4 oversubscribed ranks on 2 cores
-  // from starving each other, while a message still wakes a long-idle rank within about a
-  // millisecond.
-  static constexpr std::int64_t spin_ns = 200'000;
-  static constexpr std::int64_t min_backoff_ns = 20'000;
-  static constexpr std::int64_t max_backoff_ns = 1'000'000;
+  // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
+  // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
+  // few microseconds away is seen at once; then sleep, doubling from min_backoff_ns_ up to
+  // max_backoff_ns_. Keeps 4 oversubscribed ranks on 2 cores from starving each other, while a
+  // message still wakes a long-idle rank within max_backoff_ns_.
+  const std::int64_t spin_ns_;
+  const std::int64_t min_backoff_ns_;
+  const std::int64_t max_backoff_ns_;
 
   private_comm comm_;
   engine* engine_ = nullptr;
   class balancer* balancer_ = nullptr;
   class checkpointer* checkpointer_ = nullptr;
 
-  enum { live, sent, received, active, at_sync, at_checkpoint, fields };
   MPI_Request round_ = MPI_REQUEST_NULL;
-  std::uint64_t mine_[fields] = {};
-  std::uint64_t sum_[fields] = {};
-  std::uint64_t last_[fields] = {};   // the previous completed round's sums
+  std::uint64_t mine_[round::fields] = {};
+  std::uint64_t sum_[round::fields] = {};
+  std::uint64_t last_[round::fields] = {};   // the previous completed round's sums
   bool have_last_ = false;
   std::int64_t idle_since_ns_ = -1;   // when the current idle spell began; -1: not idle
-  std::int64_t backoff_ns_ = min_backoff_ns;  // the next idle sleep, grows while nothing happens
+  std::int64_t backoff_ns_;           // the next idle sleep, grows while nothing happens
 };
 
 }  // namespace iso::detail

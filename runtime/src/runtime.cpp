@@ -19,6 +19,7 @@
 #include "layout.hpp"
 #include "mpi_peers.hpp"
 #include "progress.hpp"
+#include "region.hpp"
 #include "scheduler.hpp"
 #include "trace.hpp"
 
@@ -27,16 +28,16 @@ namespace iso::detail {
 
 class runtime_state {
  public:
-  runtime_state(int rank, int size, bool owns_mpi, std::uint64_t layout)
+  runtime_state(int rank, int size, bool owns_mpi, std::uint64_t layout, const runtime_options& o)
       : rank(rank),
         size(size),
         owns_mpi(owns_mpi),
-        progress(MPI_COMM_WORLD),
+        progress(MPI_COMM_WORLD, o.idle_spin.count(), o.min_backoff.count(), o.max_backoff.count()),
         sched(rank, nullptr, &progress),
         migration(MPI_COMM_WORLD, sched, layout),
-        balance(MPI_COMM_WORLD, sched, migration),
-        checkpoints(MPI_COMM_WORLD, sched, migration, layout),
-        tracing(MPI_COMM_WORLD, sched, migration) {
+        balance(MPI_COMM_WORLD, sched, migration, o.strategy, o.verbosity),
+        checkpoints(MPI_COMM_WORLD, sched, migration, layout, o.verbosity),
+        tracing(MPI_COMM_WORLD, sched, migration, o.trace_path) {
     progress.set_engine(&migration);
     progress.set_balancer(&balance);
     progress.set_checkpointer(&checkpoints);
@@ -57,8 +58,8 @@ namespace {
 
 runtime_state* g_runtime = nullptr;
 
-// The checkpoint to restart from: `--iso-restart DIR` (taken out of argv), else ISO_RESTART.
-std::string take_restart_dir(int& argc, char** argv) {
+// The checkpoint to restart from: `--iso-restart DIR` (taken out of argv), else `configured`.
+std::string take_restart_dir(int& argc, char** argv, const std::string& configured) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--iso-restart") != 0) continue;
     std::string dir = argv[i + 1];
@@ -66,8 +67,23 @@ std::string take_restart_dir(int& argc, char** argv) {
     argc -= 2;
     return dir;
   }
-  const char* env = std::getenv("ISO_RESTART");
-  return env != nullptr ? env : "";
+  return configured;
+}
+
+// The value of environment variable `name`, or null when it is unset or empty.
+const char* env_value(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : nullptr;
+}
+
+void check_options(const runtime_options& o) {
+  if (o.idle_spin.count() < 0 || o.min_backoff.count() <= 0 || o.max_backoff < o.min_backoff) {
+    raise(errc::invalid_argument,
+          "iso::runtime: back-off times must be idle_spin >= 0 and 0 < min_backoff <= max_backoff "
+          "(got %lld, %lld, %lld ns)",
+          static_cast<long long>(o.idle_spin.count()), static_cast<long long>(o.min_backoff.count()),
+          static_cast<long long>(o.max_backoff.count()));
+  }
 }
 
 // Process-wide state that C and C++ libraries allocate on first use and keep in globals. Done here,
@@ -95,26 +111,54 @@ void warm_up_process_state() {
 
 namespace iso {
 
-runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
+runtime_options runtime_options::from_environment() {
+  using detail::env_value;
+  runtime_options o;
+  if (const char* v = env_value("ISO_REGION_BYTES")) {
+    o.region_bytes = detail::parse_bytes(v);
+    if (o.region_bytes == 0) {
+      detail::raise(errc::invalid_argument, "ISO_REGION_BYTES=%s: not a byte count (64G, 2T, ...)", v);
+    }
+  }
+  if (const char* v = env_value("ISO_LB")) o.strategy = v;
+  if (const char* v = env_value("ISO_TRACE")) o.trace_path = v;
+  if (const char* v = env_value("ISO_RESTART")) o.restart_dir = v;
+  if (std::getenv("ISO_NO_REEXEC") != nullptr) o.reexec = false;
+  if (const char* v = env_value("ISO_VERBOSE")) {
+    if (std::strcmp(v, "0") == 0) {
+      o.verbosity = verbosity::quiet;
+    } else if (std::strcmp(v, "1") == 0) {
+      o.verbosity = verbosity::steps;
+    } else {
+      detail::raise(errc::invalid_argument, "ISO_VERBOSE=%s: 0 (quiet) or 1 (a line per step)", v);
+    }
+  }
+  return o;
+}
+
+runtime::runtime(int& argc, char**& argv) : runtime(argc, argv, runtime_options::from_environment()) {}
+
+runtime::runtime(int& argc, char**& argv, const runtime_options& options) : state_(nullptr) {
   using namespace detail;
   if (g_runtime != nullptr) raise(errc::invalid_argument, "iso::runtime: this process already has a runtime");
-  ensure_fixed_layout(argv);
+  check_options(options);
+  ensure_fixed_layout(argv, options.reexec);
   int initialized = 0;
-  MPI_Initialized(&initialized);
+  check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
   if (!initialized) {
     int provided = 0;
     check_mpi(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
   }
   int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
   set_diag_rank(rank);
   try {
     const std::uint64_t layout = verify_layout(MPI_COMM_WORLD);
-    init_region_over(MPI_COMM_WORLD);
+    init_region_over(MPI_COMM_WORLD, options.region_bytes);
     warm_up_process_state();
     heap_scope system(nullptr);
-    state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout);
+    state_ = new (sys_allocator<runtime_state>().allocate(1)) runtime_state(rank, size, !initialized, layout, options);
     // One canary and pointer guard for every migratable thread of the job (guards.hpp), drawn
     // by rank 0; a pair of zeros says it could not draw one, and every rank fails alike.
     tls_guards job;
@@ -132,7 +176,7 @@ runtime::runtime(int& argc, char**& argv) : state_(nullptr) {
             problem.empty() ? "" : ": ", problem.c_str());
     }
     state_->sched.set_thread_guards(job);
-    if (const std::string dir = take_restart_dir(argc, argv); !dir.empty()) {
+    if (const std::string dir = take_restart_dir(argc, argv, options.restart_dir); !dir.empty()) {
       state_->checkpoints.restore(dir);
       state_->restarted = true;
     }
@@ -164,7 +208,7 @@ runtime::~runtime() {
   g_runtime = nullptr;
   state_->~runtime_state();
   sys_allocator<runtime_state>().deallocate(state_, 1);
-  if (owns_mpi) MPI_Finalize();
+  if (owns_mpi && MPI_Finalize() != MPI_SUCCESS) std::fprintf(stderr, "isothreads: MPI_Finalize failed\n");
 }
 
 int runtime::rank() const noexcept { return state_->rank; }

@@ -19,11 +19,10 @@ namespace {
 
 tracer* g_tracer = nullptr;
 
-std::uint64_t lane(std::uint64_t thread_bits) {
-  if (thread_bits == 0) return 0;
-  const thread_id t = thread_id::from_bits(thread_bits);
-  return static_cast<std::uint64_t>(t.home()) * 1000000u + t.serial();
-}
+// A thread's lane (the trace's tid) is its id's bits: unique for every thread of the run, and
+// exact in a JSON reader's doubles while homes stay below 2^13 (bits < 2^53). 0: the runtime lane.
+std::uint64_t lane(std::uint64_t thread_bits) { return thread_bits; }
+static_assert(thread_id(8190, (std::uint64_t{1} << 40) - 1).bits() < (std::uint64_t{1} << 53));
 
 // JSON string contents: escapes what JSON requires.
 std::string escaped(const std::string& s) {
@@ -49,14 +48,14 @@ std::string numbers(const std::vector<double>& v) {
 
 }  // namespace
 
-tracer::tracer(MPI_Comm comm, scheduler& s, engine& e)
+tracer::tracer(MPI_Comm comm, scheduler& s, engine& e, const std::string& path)
     : sched_(s), engine_(e), comm_(comm), rank_(comm_.rank()), size_(comm_.size()) {
   // Time zero of the trace: every rank reads its clock right after one barrier, so the ranks'
   // times line up to within the barrier's skew, even across nodes whose clocks differ.
   check_mpi(MPI_Barrier(comm_), "MPI_Barrier (trace)");
   origin_ns_ = now_ns();
   g_tracer = this;
-  if (const char* env = std::getenv("ISO_TRACE"); env != nullptr && *env != '\0') enable(env);
+  if (!path.empty()) enable(path);
 }
 
 tracer::~tracer() {
@@ -103,16 +102,15 @@ void tracer::on_run(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept
 
 void tracer::departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
                       std::int64_t end_ns) noexcept {
-  push({start_ns, end_ns - start_ns, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), static_cast<std::int16_t>(to),
-        kind::depart});
+  push({start_ns, end_ns - start_ns, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), to, kind::depart});
 }
 
 void tracer::arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept {
-  push({at_ns, 0, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), static_cast<std::int16_t>(from), kind::arrive});
+  push({at_ns, 0, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), from, kind::arrive});
 }
 
 void tracer::sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept {
-  push({at_ns, 0, from.bits(), to.bits(), bytes, tag, static_cast<std::int16_t>(to_rank), kind::send});
+  push({at_ns, 0, from.bits(), to.bits(), bytes, tag, to_rank, kind::send});
 }
 
 void tracer::balanced(const lb::step_report& r, std::int64_t start_ns, std::int64_t end_ns,

@@ -18,7 +18,8 @@ class tracer final : public engine_observer {
  public:
   static constexpr std::size_t max_events = std::size_t{2} << 20;
 
-  tracer(MPI_Comm comm, scheduler& s, engine& e);  // collective (aligns the ranks' clocks)
+  // Collective (aligns the ranks' clocks). path: enable(path) at once, unless empty.
+  tracer(MPI_Comm comm, scheduler& s, engine& e, const std::string& path);
   ~tracer() override;
   tracer(const tracer&) = delete;
   tracer& operator=(const tracer&) = delete;
@@ -42,7 +43,7 @@ class tracer final : public engine_observer {
 
  private:
   enum class kind : std::uint8_t { run, depart, arrive, send, lb };
-  // One event: 48 bytes. By kind: depart (peer = to, b = bytes, c = epoch), arrive (peer =
+  // One event: 56 bytes. By kind: depart (peer = to, b = bytes, c = epoch), arrive (peer =
   // from, b = bytes, c = epoch), send (a = to thread, peer = to rank, b = bytes, c = tag),
   // lb (a = index into steps_).
   struct event {
@@ -52,10 +53,10 @@ class tracer final : public engine_observer {
     std::uint64_t a;
     std::uint64_t b;
     std::int32_t c;
-    std::int16_t peer;     // the other rank
+    std::int32_t peer;     // the other rank
     kind k;
   };
-  static_assert(sizeof(event) == 48);
+  static_assert(sizeof(event) == 56);
   struct step {
     lb::step_report report;
     std::vector<double> before, after;

@@ -4,9 +4,12 @@
 #include <mpi.h>
 #include <sched.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -228,6 +231,59 @@ TEST(LoadBalancing, AThreadMovedWhileWaitingInSyncStillWaitsForTheStep) {
   rt->run();
 }
 
+// A thread of a few pages travels as an inline image, one record of a batch: once the batch is
+// handed to MPI (an eager send completes at once), no rank holds the thread. The step must still
+// wait for it to land, and balance it with the others.
+TEST(LoadBalancing, AThreadInTransitAsASmallImageIsWaitedForByTheStep) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  if (rt->rank() == 0) {
+    const iso::thread_id a = iso::spawn([] {
+      const std::size_t before = iso::lb::last_step().step;
+      iso::lb::sync();
+      EXPECT_EQ(iso::rank(), 1);
+      EXPECT_EQ(iso::lb::last_step().step, before + 1);
+    });
+    iso::spawn([a] {
+      iso::this_thread::sleep_for(std::chrono::milliseconds(2));  // a waits in sync by now
+      // Busy, yielding (the scheduler polls MPI between switches, but starts no termination
+      // round while a thread is ready): the other ranks see the round under way complete and
+      // join the next one, with no thread, before a leaves.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(5);
+      while (std::chrono::steady_clock::now() < until) iso::this_thread::yield();
+      iso::migrate(a, 1);
+      iso::lb::sync();  // at once: a is in transit
+    });
+  }
+  rt->run();
+  EXPECT_EQ(seen->threads.size(), 2u) << "the step started without the thread in transit";
+}
+
+// A planned move of a thread that cannot leave (it holds an iso::mutex while it waits in sync)
+// must not stall its destination: the step completes, the thread stays, and the report says so.
+TEST(LoadBalancing, AThreadHoldingAMutexStaysAndTheStepReportsIt) {
+  iso::lb::set_strategy("rotate");
+  iso::spawn([] {
+    const int before = iso::rank();
+    iso::mutex m;
+    const bool hold = before == 0;
+    if (hold) m.lock();
+    iso::lb::sync();
+    if (hold) {
+      EXPECT_EQ(iso::rank(), before) << "a thread holding a lock moved";
+      m.unlock();
+      iso::this_thread::yield();  // no move left pending either
+      EXPECT_EQ(iso::rank(), before);
+    } else {
+      EXPECT_EQ(iso::rank(), (before + 1) % iso::size());
+    }
+  });
+  rt->run();
+  const iso::lb::step_report r = iso::lb::last_step();
+  EXPECT_EQ(r.threads_moved, static_cast<std::size_t>(rt->size() - 1));
+  EXPECT_EQ(r.threads_not_moved, 1u);
+}
+
 TEST(LoadBalancing, RotateMovesEveryThreadToTheNextRankEachStep) {
   iso::lb::set_strategy("rotate");
   for (int i = 0; i < 3; ++i) {
@@ -324,6 +380,48 @@ TEST(LoadBalancing, AStrategySetFromAThreadOutlivesTheThread) {
   rt->run();
   EXPECT_EQ(plans_made, 1);
   EXPECT_EQ(iso::lb::last_step().strategy, "counting");
+}
+
+// Everything the process writes to stdout while `f` runs.
+template <class F>
+std::string stdout_of(F&& f) {
+  std::fflush(stdout);
+  char path[] = "/tmp/iso-stdout-XXXXXX";
+  const int fd = mkstemp(path);
+  EXPECT_GE(fd, 0);
+  const int saved = dup(STDOUT_FILENO);
+  dup2(fd, STDOUT_FILENO);
+  f();
+  std::fflush(stdout);
+  dup2(saved, STDOUT_FILENO);
+  close(saved);
+  std::string text(static_cast<std::size_t>(lseek(fd, 0, SEEK_END)), '\0');
+  pread(fd, text.data(), text.size(), 0);
+  close(fd);
+  unlink(path);
+  return text;
+}
+
+// A library's output is its application's: by default (runtime_options::verbosity quiet) neither
+// a balancing step nor a checkpoint prints anything.
+TEST(LoadBalancing, StepsAndCheckpointsPrintNothingByDefault) {
+  iso::lb::set_strategy("rotate");
+  char dir[] = "/tmp/iso-quiet-ckpt-XXXXXX";
+  if (rt->rank() == 0) {
+    ASSERT_NE(mkdtemp(dir), nullptr);
+  }
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  const std::string out = stdout_of([&] {
+    iso::spawn([d = std::string(dir)] {
+      iso::lb::sync();
+      iso::checkpoint(d);
+    });
+    rt->run();
+  });
+  EXPECT_EQ(iso::lb::last_step().threads_moved, static_cast<std::size_t>(rt->size()));
+  EXPECT_EQ(out, "");
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rt->rank() == 0) std::filesystem::remove_all(dir);
 }
 
 TEST(LoadBalancing, MisuseIsReported) {

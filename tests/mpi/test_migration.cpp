@@ -2,14 +2,17 @@
 // across ranks, and the error paths. Every test is collective: each rank runs it and calls run().
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <sys/mman.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "comm.hpp"
 #include "engine.hpp"
 #include "interpose.hpp"
 #include "isothreads/isothreads.hpp"
@@ -327,6 +330,77 @@ TEST(Migration, FreeOfAPointerWhoseHeapIsElsewhereIsRefused) {
     std::free(reinterpret_cast<void*>(block));  // its heap is not on this rank
     EXPECT_EQ(iso::detail::interposition_stats().foreign_frees, before + 1);
   }
+}
+
+// A message of more than iso::max_message_bytes is refused before a byte of it is read (here
+// none can be: the pages are inaccessible), instead of overflowing the int and u32 sizes of the
+// wire; the limit itself is accepted by the check.
+TEST(Migration, AMessageOverTheLimitIsRefusedBeforeItIsRead) {
+  const std::size_t huge = std::size_t{3} << 30;
+  void* pages = mmap(nullptr, huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(pages, MAP_FAILED);
+  const iso::thread_id elsewhere((rt->rank() + 1) % rt->size(), 1);
+  for (std::size_t bytes : {huge, iso::max_message_bytes + 1}) {
+    try {
+      iso::send(elsewhere, pages, bytes);
+      ADD_FAILURE() << "a message of " << bytes << " bytes was taken";
+    } catch (const iso::error& e) {
+      EXPECT_EQ(e.code_value(), iso::errc::invalid_argument);
+      EXPECT_NE(std::string(e.what()).find("at most"), std::string::npos) << e.what();
+    }
+  }
+  munmap(pages, huge);
+  rt->run();
+}
+
+// Gathers whose total passes what one collective can carry go rank by rank in pieces; with
+// pieces of a few bytes, that path must give exactly what one collective gives.
+TEST(Migration, GathersInPiecesEqualOneCollective) {
+  iso::detail::private_comm comm(MPI_COMM_WORLD);
+  const int r = rt->rank();
+  iso::detail::sys_vector<std::uint32_t> mine(static_cast<std::size_t>(3 * r + 2));
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = static_cast<std::uint32_t>(r * 1000 + static_cast<int>(i));
+  const auto whole = iso::detail::allgather_all(comm, mine);
+  const auto pieces = iso::detail::allgather_all(comm, mine, 7);
+  ASSERT_EQ(whole.size(), static_cast<std::size_t>(rt->size()));
+  EXPECT_EQ(whole, pieces);
+  for (int k = 0; k < rt->size(); ++k) {
+    ASSERT_EQ(whole[static_cast<std::size_t>(k)].size(), static_cast<std::size_t>(3 * k + 2));
+    EXPECT_EQ(whole[static_cast<std::size_t>(k)].back(), static_cast<std::uint32_t>(k * 1000 + 3 * k + 1));
+  }
+  const auto at_root = iso::detail::gather_all(comm, mine.data(), mine.size());
+  const auto at_root_pieces = iso::detail::gather_all(comm, mine.data(), mine.size(), 5);
+  EXPECT_EQ(at_root, at_root_pieces);
+  EXPECT_EQ(at_root, r == 0 ? whole : decltype(whole){});
+}
+
+// Rounds of spawn, migrate, finish and join, with a balancing step after each: the forwarding
+// pointers, tombstones and hints of a round are collected at the next step, and joined threads
+// leave no record, so a rank's tables do not grow with the rounds.
+TEST(Migration, LocationTablesDoNotGrowWithSpawnMigrateFinishCycles) {
+  iso::lb::set_strategy("none");
+  constexpr int rounds = 30, per_round = 40;
+  const iso::detail::directory& d = iso::detail::engine::current()->locations();
+  const std::size_t unjoined_before = d.unjoined_finished();
+  std::size_t most_pointers = 0;
+  iso::spawn([&most_pointers, &d] {
+    for (int r = 0; r < rounds; ++r) {
+      std::vector<iso::thread_id> kids;
+      for (int i = 0; i < per_round; ++i) {
+        kids.push_back(iso::spawn([] { iso::this_thread::migrate_to((iso::rank() + 1) % iso::size()); }));
+      }
+      for (iso::thread_id k : kids) iso::join(k);
+      if (r > 0) most_pointers = std::max(most_pointers, d.pointers());  // round 0 sees earlier tests' too
+      iso::lb::sync();
+    }
+  });
+  rt->run();
+  // A round leaves at most a pointer per kid that left and a tombstone per kid that ended here.
+  EXPECT_LE(most_pointers, static_cast<std::size_t>(2 * per_round));
+  EXPECT_EQ(d.pointers(), 0u);
+  EXPECT_EQ(d.cached(), 0u);
+  EXPECT_EQ(d.locations(), 0u);
+  EXPECT_LE(d.unjoined_finished(), unjoined_before + 1);  // the parent, which nobody joined
 }
 
 TEST(Migration, RunReturnsOnEveryRankWithNoThreads) {

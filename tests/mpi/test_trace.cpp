@@ -1,5 +1,6 @@
 // Tracing from the public API: iso::trace::enable, and the file run() writes.
 #include <gtest/gtest.h>
+#include <mpi.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,6 +11,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "scheduler.hpp"
 
 namespace {
 
@@ -45,6 +47,47 @@ TEST(Trace, NamesOfThreadsThatYieldToEachOtherOutliveTheirHeaps) {
     for (int i = 0; i < 4; ++i) {
       EXPECT_NE(text.find("'a rather long thread name " + std::to_string(i) + "'"), std::string::npos) << "thread " << i;
     }
+    std::remove(path.c_str());
+  }
+}
+
+// The tid of the lane named `name` on rank `pid` (its thread_name event), or -1.
+long long lane_of(const std::string& text, int pid, const std::string& name) {
+  const std::string pid_key = "\"pid\":" + std::to_string(pid) + ",";
+  for (std::size_t at = text.find("\"thread_name\""); at != std::string::npos; at = text.find("\"thread_name\"", at + 1)) {
+    const std::size_t begin = text.rfind('{', at), end = text.find('\n', at);
+    const std::string event = text.substr(begin, end - begin);
+    if (event.find(pid_key) == std::string::npos || event.find(name) == std::string::npos) continue;
+    const std::size_t tid = event.find("\"tid\":");
+    return std::stoll(event.substr(tid + 6));
+  }
+  return -1;
+}
+
+TEST(Trace, LanesOfThreadsWithLargeSerialsDoNotCollide) {
+  // Thread 1:s and thread 0:(10^6 + s) both run on rank 0: a lane numbered home * 10^6 + serial
+  // would give both the same tid there.
+  const std::string path = "trace-lanes.json";
+  iso::trace::enable(path);
+  std::uint64_t s = 0;
+  if (rt->rank() == 1) {
+    const iso::thread_id near = iso::spawn([] { iso::this_thread::migrate_to(0); }, {.name = "near serial"});
+    s = near.serial();
+  }
+  MPI_Bcast(&s, 1, MPI_UINT64_T, 1, MPI_COMM_WORLD);
+  if (rt->rank() == 0) {
+    iso::detail::scheduler::current()->raise_next_serial(1000000 + s);
+    const iso::thread_id far = iso::spawn([] { iso::this_thread::sleep_for(std::chrono::milliseconds(5)); },
+                                          {.name = "far serial"});
+    EXPECT_EQ(far, iso::thread_id(0, 1000000 + s));
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const std::string text = slurp(path);
+    const long long far = lane_of(text, 0, "'far serial'"), near = lane_of(text, 0, "'near serial'");
+    EXPECT_GT(far, 0);
+    EXPECT_GT(near, 0);
+    EXPECT_NE(far, near);
     std::remove(path.c_str());
   }
 }

@@ -42,7 +42,7 @@ class Thread:
 
     @property
     def tid(self):
-        return self.home * 1000000 + self.serial
+        return ((self.home + 1) << 40) + self.serial
 
 
 def greedy(threads, ranks):

@@ -142,6 +142,20 @@ TEST(Strategies, DeterministicAcrossCalls) {
   }
 }
 
+// A thread that cannot move (it holds an iso::mutex) stays, and the others balance around it.
+TEST(Strategies, ThreadsThatCannotMoveStayAndTheRestBalanceAroundThem) {
+  problem p = make(2, {{0, 4.0}, {0, 1.0}, {0, 1.0}, {0, 1.0}, {0, 1.0}});
+  p.threads[0].movable = false;
+  for (const char* name : {"greedy", "refine"}) {
+    const std::unique_ptr<strategy> s = by_name(name);
+    const std::vector<move> moves = s->plan(p);
+    for (const move& m : moves) EXPECT_NE(m.id, p.threads[0].id) << s->name() << " moved an unmovable thread";
+    const std::vector<double> load = after_moves(p, moves);
+    EXPECT_DOUBLE_EQ(load[0], 4.0) << s->name();
+    EXPECT_DOUBLE_EQ(load[1], 4.0) << s->name();
+  }
+}
+
 TEST(Strategies, UnknownNameIsAnError) {
   try {
     by_name("fastest");

@@ -8,6 +8,9 @@
 
 namespace iso {
 
+// The largest payload iso::send takes, in bytes (1 GiB): a larger one is refused.
+inline constexpr std::size_t max_message_bytes = std::size_t{1} << 30;
+
 struct message {
   thread_id from;               // the sending thread; thread_id(rank, 0) for a rank's main
   int tag = 0;
@@ -18,7 +21,7 @@ struct message {
 // arrives exactly once; from one thread to another in the order sent, even when either migrates.
 // From a migratable thread or from main (before or during run()).
 // Errors: iso::error(unknown_thread) for the default id or an id whose home rank does not exist;
-// (no_runtime) without a runtime. A message to a thread that has finished is dropped with a line
+// (invalid_argument) for more than max_message_bytes; (no_runtime) without a runtime. A message to a thread that has finished is dropped with a line
 // on stderr naming both threads.
 void send(thread_id to, const void* data, std::size_t bytes, int tag = 0);
 

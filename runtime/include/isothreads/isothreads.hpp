@@ -7,6 +7,7 @@
 #include "isothreads/lb.hpp"
 #include "isothreads/messaging.hpp"
 #include "isothreads/runtime.hpp"
+#include "isothreads/runtime_options.hpp"
 #include "isothreads/sync.hpp"
 #include "isothreads/thread.hpp"
 #include "isothreads/thread_id.hpp"

@@ -23,6 +23,7 @@ struct thread_load {
   int rank = 0;              // where it is now
   double load = 0;           // seconds
   std::size_t bytes = 0;     // its live image size: what moving it costs
+  bool movable = true;       // false: it holds an iso::mutex, so a move of it is not made
 };
 struct problem {
   std::vector<thread_load> threads;  // sorted by id
@@ -51,6 +52,8 @@ class strategy {
 };
 
 // Heaviest thread first, onto the least-loaded rank (ties: lower rank). Moves many threads.
+// greedy and refine leave threads that are not movable where they are (their load stays there);
+// rotate proposes to move them too (the balancer then skips those moves and counts them).
 std::unique_ptr<strategy> greedy();
 // Moves as few threads as it can: from ranks above (1 + tolerance) * average, heaviest fitting
 // thread first, to the least-loaded ranks, each thread at most once.
@@ -89,6 +92,8 @@ struct step_report {
   double max_over_avg_before = 0;       // max rank load / average rank load
   double max_over_avg_after = 0;        // predicted by the plan
   std::size_t threads_moved = 0;
+  std::size_t threads_not_moved = 0;    // planned moves of threads that could not leave (holding an
+                                        // iso::mutex): they stayed where they were
   std::size_t bytes_moved = 0;          // image bytes shipped, all ranks
   double seconds = 0;                   // the step's duration
 };

@@ -1,0 +1,180 @@
+// Messages: iso::send, routing through the directory (directory.hpp), delivery, and control
+// messages. Part of the engine (engine.hpp).
+#include <cstdio>
+#include <cstring>
+
+#include "diag.hpp"
+#include "engine.hpp"
+#include "interpose.hpp"
+#include "mailbox.hpp"
+
+namespace iso::detail {
+namespace {
+
+std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_string(); }
+
+}  // namespace
+
+void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
+  if (!to || to.home() >= directory_.id_ranks()) {
+    raise(errc::unknown_thread, "iso::send: thread %s does not exist (home rank out of range, %d ranks)",
+          to.to_string().c_str(), directory_.id_ranks());
+  }
+  if (bytes != 0 && data == nullptr) raise(errc::invalid_argument, "iso::send: null data for %zu bytes", bytes);
+  if (bytes > max_message_bytes) {
+    raise(errc::invalid_argument, "iso::send: %zu bytes to thread %s: a message carries at most %zu bytes (split it)",
+          bytes, to.to_string().c_str(), max_message_bytes);
+  }
+  tcb* self = sched_.running();
+  const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
+  std::uint64_t seq;
+  if (self != nullptr) {
+    heap_scope own(self->home_heap);  // the counter travels with the sender
+    seq = mailbox_of(self).next_out[to.bits()]++ + 1;
+  } else {
+    heap_scope system(nullptr);
+    seq = main_next_seq_[to.bits()]++ + 1;
+  }
+  heap_scope system(nullptr);
+  const std::int64_t at = observer_ != nullptr ? now_ns() : 0;
+  int went = rank_;
+  if (tcb* t = sched_.find(to)) {
+    deliver_user(t, from, seq, tag, data, bytes);
+  } else {
+    sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
+    data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, 0};
+    std::memcpy(wire.data(), &h, sizeof h);
+    if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
+    went = route_out(std::move(wire));
+  }
+  if (observer_ != nullptr) observer_->sent(from, to, went, bytes, tag, at);
+}
+
+void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
+  sys_vector<unsigned char> wire(sizeof(data_header));
+  data_header h{to.bits(), from.bits(), 0, 0, 0, kind, 0, rank_, 0, static_cast<std::uint32_t>(status)};
+  std::memcpy(wire.data(), &h, sizeof h);
+  if (tcb* t = sched_.find(to)) {
+    deliver(t, h, nullptr);
+    return;
+  }
+  route_out(std::move(wire));
+}
+
+// Sends a message toward its thread from this rank (directory::first_hop); handled here (held)
+// when every pointer leads back here.
+int engine::route_out(sys_vector<unsigned char>&& wire) {
+  data_header h;
+  std::memcpy(&h, wire.data(), sizeof h);
+  const place target = directory_.first_hop(h.to);
+  if (target.rank == rank_) {
+    on_data(std::move(wire), false);
+    return rank_;
+  }
+  h.min_epoch = std::max(h.min_epoch, target.epoch);
+  std::memcpy(wire.data(), &h, sizeof h);
+  post_record(target.rank, record::data, wire.data(), wire.size());
+  return target.rank;
+}
+
+void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
+  data_header h;
+  std::memcpy(&h, wire.data(), sizeof h);
+  const thread_id to = thread_id::from_bits(h.to);
+  if (tcb* t = sched_.find(to)) {
+    if (from_network && h.hops > 0 && h.origin != rank_) {
+      send_ctrl(h.origin, {ctrl_kind::hint, rank_, h.to, t->epoch});  // so the sender goes direct
+    }
+    deliver(t, h, wire.data() + sizeof h);
+    return;
+  }
+  const route r = directory_.route_in(h.to, h.min_epoch, sched_.next_serial());
+  switch (r.what) {
+    case route::action::forward:
+      ++h.hops;
+      h.min_epoch = r.to.epoch;
+      std::memcpy(wire.data(), &h, sizeof h);
+      ++stats_.forwarded;
+      post_record(r.to.rank, record::data, wire.data(), wire.size());
+      return;
+    case route::action::finished: {
+      bool joined = false;
+      directory_.finished_record(h.to, sched_.next_serial(), &joined);
+      answer_finished(h, joined);
+      return;
+    }
+    case route::action::never_spawned:
+      if (h.kind == msg_kind::join_request) {
+        send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
+      } else {
+        drop(h, "no such thread was ever spawned");
+      }
+      return;
+    case route::action::hold:
+      try {
+        directory_.hold(h.to, std::move(wire));
+      } catch (const std::bad_alloc&) {
+        fatal("out of system memory while holding a message for thread %s", to.to_string().c_str());
+      }
+      return;
+  }
+}
+
+void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept {
+  const thread_id from = thread_id::from_bits(h.from);
+  switch (h.kind) {
+    case msg_kind::user: deliver_user(t, from, h.seq, h.tag, payload, h.bytes); return;
+    case msg_kind::join_request: deliver_join_request(t, from); return;
+    case msg_kind::join_done: deliver_join_done(t, from, static_cast<errc>(h.status)); return;
+  }
+}
+
+void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data,
+                          std::size_t bytes) noexcept {
+  put_message(t, from, seq, tag, data, bytes);
+  if (t->state == thread_state::blocked && t->wait == wait_reason::recv) sched_.wake(t);
+}
+
+void engine::drop(const data_header& h, const char* why) noexcept {
+  ++stats_.dropped;
+  std::fprintf(stderr, "isothreads: rank %d: message from thread %s to thread %s (tag %d, %llu bytes) dropped: %s\n",
+               rank_, id_text(h.from).c_str(), id_text(h.to).c_str(), h.tag,
+               static_cast<unsigned long long>(h.bytes), why);
+}
+
+message engine::recv() { return take_message(running_or_throw("iso::recv")); }
+
+void engine::on_ctrl(const ctrl_msg& m) noexcept {
+  bool release = false;
+  try {
+    const place at{m.rank, static_cast<std::uint32_t>(m.epoch)};
+    switch (m.kind) {
+      case ctrl_kind::location: release = directory_.on_location(m.id, at); break;
+      case ctrl_kind::hint: directory_.on_hint(m.id, at); break;
+      case ctrl_kind::finished: release = directory_.on_finished(m.id, m.epoch != 0); break;
+    }
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while updating the location of thread %s", id_text(m.id).c_str());
+  }
+  if (release) release_held(m.id);
+}
+
+}  // namespace iso::detail
+
+// ---------------------------------------------------------------- public API
+
+namespace iso {
+
+namespace {
+detail::engine& engine_or_throw(const char* call) { return detail::runtime_part_or_throw(detail::engine::current(), call); }
+}  // namespace
+
+void send(thread_id to, const void* data, std::size_t bytes, int tag) {
+  engine_or_throw("iso::send").send(to, data, bytes, tag);
+}
+
+message recv() { return engine_or_throw("iso::recv").recv(); }
+
+void migrate(thread_id t, int dest) { engine_or_throw("iso::migrate").migrate(t, dest); }
+
+}  // namespace iso

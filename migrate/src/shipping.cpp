@@ -1,0 +1,225 @@
+// Shipping: thread images out (depart) and in (arrivals), and the memory of departed threads
+// kept for a while in case they come back. Part of the engine (engine.hpp).
+#include <cstring>
+
+#include "diag.hpp"
+#include "engine.hpp"
+#include "interpose.hpp"
+#include "mailbox.hpp"
+#include "prim.hpp"
+#include "region.hpp"
+#include "stack.hpp"
+
+namespace iso::detail {
+namespace {
+
+std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_string(); }
+
+}  // namespace
+
+void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
+
+void engine::depart(tcb* t) noexcept {
+  const int dest = t->pending_dest;
+  t->pending_dest = -1;
+  sched_.detach(t);
+  ++t->epoch;
+  const thread_id id = t->id;
+  try {
+    directory_.departed(id.bits(), dest, t->epoch);
+    const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
+    sys_vector<unsigned char> image = build_image_header(t, layout_, true);
+    sys_vector<std::pair<void*, std::size_t>> runs;
+    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
+    // Moving `image` into a departure below keeps its buffer, so h stays valid.
+    const auto& h = *reinterpret_cast<const image_header*>(image.data());
+    ++stats_.departures;
+    stats_.bytes_out += h.data_bytes;
+    if (h.inline_data == 1) {
+      // Small: the image is copied into the message, so this rank's copy can go at once.
+      released(h, t->stack, runs, dest, t->epoch, start_ns);
+      post_record(dest, record::image, image.data(), image.size());
+      return;
+    }
+    departure& d = departures_.emplace_back();
+    d.dest = dest;
+    d.epoch = t->epoch;
+    d.stack = t->stack;
+    d.runs = std::move(runs);
+    d.start_ns = start_ns;
+    d.header = std::move(image);
+    d.requests.emplace_back();
+    // fatal() names the running thread; the one shipped is named here.
+    const std::string what = format("MPI_Isend of thread %s", id.to_string().c_str());
+    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                       return MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image,
+                                        comm_, &d.requests.back());
+                     }),
+                     what.c_str(), dest);
+    ++images_sent_;
+    for_each_piece(h, [&](void* addr, int bytes) {
+      d.requests.emplace_back();
+      check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                         return MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back());
+                       }),
+                       what.c_str(), dest);
+    });
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
+  }
+}
+
+// A run comes home while a departure that holds it may still be pending here (this rank has not
+// yet seen its sends complete, though the thread ran, ended and gave the run back elsewhere):
+// finish that departure first, so that its release cannot touch the run once it is reused.
+void engine::settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept {
+  if (engine* self = current()) self->settle(addr, bytes, 0);
+}
+
+bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept {
+  auto overlaps = [&](const void* run, std::size_t run_bytes) {
+    const auto lo = reinterpret_cast<std::uintptr_t>(run);
+    return lo < addr + bytes && addr < lo + run_bytes;
+  };
+  auto holds = [&](const stack_run& stack, const sys_vector<std::pair<void*, std::size_t>>& runs) {
+    bool any = overlaps(stack.base, stack.bytes);
+    for (const auto& [run, chunks] : runs) any = any || overlaps(run, chunks * chunk_bytes);
+    return any;
+  };
+  for (auto it = departures_.begin(); it != departures_.end();) {
+    if (!holds(it->stack, it->runs)) {
+      ++it;
+      continue;
+    }
+    MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
+    finish_departure(*it);
+    it = departures_.erase(it);
+  }
+  bool guard_kept = false;
+  for (auto it = kept_.begin(); it != kept_.end();) {
+    if (!holds(it->stack, it->runs)) {
+      ++it;
+      continue;
+    }
+    if (arriving != 0 && it->thread == arriving) {
+      guard_kept = true;  // the thread is back: pages and guard are where it left them
+    } else {
+      give_back(*it);  // something else lands on part of it, or part of it went home
+    }
+    kept_bytes_ -= it->bytes;
+    it = kept_.erase(it);
+  }
+  return guard_kept;
+}
+
+void engine::give_back(const kept& k) noexcept {
+  // Whole chunk runs, free pages and all: fewer calls than one per extent. Lazily (MADV_FREE):
+  // the kernel takes the pages when it needs memory.
+  for (const auto& [run, chunks] : k.runs) prim::release_lazily(run, chunks * chunk_bytes);
+  stack_pool::disarm(k.stack);
+  prim::release_lazily(k.stack.base, k.stack.bytes);
+}
+
+void engine::give_back_old(std::int64_t now) noexcept {
+  while (!kept_.empty() && (now - kept_.front().since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
+    give_back(kept_.front());
+    kept_bytes_ -= kept_.front().bytes;
+    kept_.pop_front();
+  }
+}
+
+void engine::finish_departure(departure& d) noexcept {
+  released(*reinterpret_cast<const image_header*>(d.header.data()), d.stack, d.runs, d.dest, d.epoch, d.start_ns);
+}
+
+void engine::released(const image_header& h, const stack_run& stack,
+                      const sys_vector<std::pair<void*, std::size_t>>& runs, int dest, std::uint32_t epoch,
+                      std::int64_t start_ns) noexcept {
+  const std::int64_t now = now_ns();
+  if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now);
+  // The destination has every byte. This rank's copy is kept for a while (see kept), then given
+  // back to the kernel.
+  std::size_t bytes = stack.bytes;
+  for (const auto& [run, chunks] : runs) bytes += chunks * chunk_bytes;
+  try {
+    kept_.push_back({h.thread, stack, runs, bytes, now});
+    kept_bytes_ += bytes;
+  } catch (const std::bad_alloc&) {
+    give_back({h.thread, stack, runs, bytes, now});
+  }
+  give_back_old(now);
+}
+
+void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
+  const image_header* h = nullptr;
+  try {
+    h = &validate_image_header(buffer.data(), buffer.size(), layout_);
+  } catch (const iso::error& e) {
+    fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
+  }
+  // A thread that comes back (or any memory it now holds) before this rank saw a departure
+  // holding that memory complete: that departure is over, so finish it now, before new data
+  // lands on the pages it would release.
+  bool guard_kept = false;
+  for (std::uint32_t i = 0; i < h->nextents; ++i) {
+    guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
+  }
+  if (h->inline_data == 1) {
+    // A small image carried its bytes along: put them in place and the thread is here.
+    const unsigned char* data = image_inline_data(*h);
+    const image_extent* e = image_extents(*h);
+    for (std::uint32_t i = 0; i < h->nextents; ++i) {
+      std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
+      data += e[i].bytes;
+    }
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}};
+    finish_arrival(a);
+    return;
+  }
+  try {
+    arrival& a = arrivals_.emplace_back();
+    a.source = source;
+    a.thread = reinterpret_cast<tcb*>(h->tcb);
+    a.bytes = h->data_bytes;
+    a.guard_kept = guard_kept;
+    const std::string what = format("MPI_Irecv of thread %s", id_text(h->thread).c_str());
+    for_each_piece(*h, [&](void* addr, int bytes) {
+      a.requests.emplace_back();
+      check_mpi_or_die(mpi_call("MPI_Irecv", [&] {
+                         return MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+                       }),
+                       what.c_str(), source);
+    });
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while receiving a thread from rank %d", source);
+  }
+}
+
+void engine::finish_arrival(arrival& a) noexcept {
+  tcb* t = a.thread;
+  if (t->magic != tcb::magic_value) {
+    fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
+  }
+  try {
+    if (!a.guard_kept) stack_pool::arm(t->stack);
+  } catch (const iso::error& e) {
+    fatal("thread %s arrived but its stack guard could not be installed: %s", t->id.to_string().c_str(), e.what());
+  }
+  const thread_id id = t->id;
+  ++stats_.arrivals;
+  if (observer_ != nullptr) observer_->arrived(id, t->epoch, a.source, a.bytes, now_ns());
+  sched_.attach(t);
+  try {
+    if (directory_.arrived(id.bits())) send_ctrl(home_of(id), {ctrl_kind::location, rank_, id.bits(), t->epoch});
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while recording the arrival of thread %s", id.to_string().c_str());
+  }
+  if (t->state == thread_state::blocked && t->wait == wait_reason::recv && has_ready_message(t)) sched_.wake(t);
+  release_held(id.bits());
+}
+
+void engine::release_held(std::uint64_t id) noexcept {
+  for (auto& wire : directory_.take_held(id)) on_data(std::move(wire), false);
+}
+
+}  // namespace iso::detail

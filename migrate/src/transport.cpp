@@ -1,0 +1,68 @@
+#include "transport.hpp"
+
+#include "comm.hpp"
+#include "diag.hpp"
+#include "interpose.hpp"
+
+namespace iso::detail {
+
+batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes)
+    : comm_(comm), tag_(tag), window_(window), flush_bytes_(flush_bytes), outboxes_(static_cast<std::size_t>(ranks)) {}
+
+void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
+                     bool now) noexcept {
+  outbox& box = outboxes_[static_cast<std::size_t>(dest)];
+  try {
+    if (box.batch.empty()) ++waiting_;
+    const auto* h = static_cast<const unsigned char*>(head);
+    const auto* b = static_cast<const unsigned char*>(bytes);
+    box.batch.insert(box.batch.end(), h, h + head_n);
+    box.batch.insert(box.batch.end(), b, b + n);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while queueing %zu bytes for rank %d", head_n + n, dest);
+  }
+  if ((now && box.in_flight < window_) || box.batch.size() >= flush_bytes_) flush(dest);
+}
+
+void batcher::flush(int dest) noexcept {
+  outbox& box = outboxes_[static_cast<std::size_t>(dest)];
+  if (box.batch.empty()) return;
+  try {
+    outgoing& o = sends_.emplace_back();
+    o.buffer = std::move(box.batch);
+    o.dest = dest;
+    box.batch = {};
+    --waiting_;
+    ++box.in_flight;
+    ++sent_;
+    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                       return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag_, comm_,
+                                        o.request);
+                     }),
+                     "MPI_Isend", dest);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while sending to rank %d", dest);
+  }
+}
+
+void batcher::poll() noexcept {
+  complete(sends_, [](outgoing& o) -> auto& { return o.request; }, [](outgoing& o) { return o.dest; },
+           [this](outgoing& o) { --outboxes_[static_cast<std::size_t>(o.dest)].in_flight; });
+  for (std::size_t dest = 0; waiting_ != 0 && dest < outboxes_.size(); ++dest) {
+    if (outboxes_[dest].in_flight < window_) flush(static_cast<int>(dest));
+  }
+}
+
+void batcher::flush_all() noexcept {
+  for (std::size_t dest = 0; waiting_ != 0 && dest < outboxes_.size(); ++dest) flush(static_cast<int>(dest));
+}
+
+void batcher::wait_all() noexcept {
+  for (outgoing& o : sends_) {
+    check_mpi_or_die(mpi_call("MPI_Wait", [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); }), "MPI_Wait", o.dest);
+    --outboxes_[static_cast<std::size_t>(o.dest)].in_flight;
+  }
+  sends_.clear();
+}
+
+}  // namespace iso::detail

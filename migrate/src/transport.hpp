@@ -1,0 +1,63 @@
+// Batches of bytes to each rank, over one tag of a communicator: the transport under the
+// migration engine's records and the region peers' returns.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <list>
+
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+// Bytes for one rank accumulate in its outbox. A batch is sent at once (append with `now`) while
+// fewer than `window` batches to that rank are in flight, and otherwise grows until one
+// completes (poll); a batch of flush_bytes or more is sent whatever the window. So a lone record
+// leaves immediately, and a flood becomes a few large sends instead of one MPI request per record
+// (Open MPI slows down badly with thousands of requests outstanding).
+// Invariant: waiting() == the number of outboxes with bytes, and each outbox's in_flight == its
+// sends not yet completed. Every MPI failure goes through the fatal path, naming call and rank.
+class batcher {
+ public:
+  // The largest batch: flush_bytes plus one record, which must keep it within an MPI count.
+  batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes);
+  batcher(const batcher&) = delete;
+  batcher& operator=(const batcher&) = delete;
+
+  // Appends [head, head + head_n) and then [bytes, bytes + n) to dest's batch, and sends it as
+  // the rules above say.
+  void append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n, bool now) noexcept;
+  // Completes sends; sends the batches that waited for room in their window.
+  void poll() noexcept;
+  // Sends every waiting batch, whatever the window (non-blocking).
+  void flush_all() noexcept;
+  // Waits until every send has completed.
+  void wait_all() noexcept;
+
+  std::size_t waiting() const noexcept { return waiting_; }   // ranks with a batch not sent yet
+  std::uint64_t batches_sent() const noexcept { return sent_; }
+
+ private:
+  struct outgoing {                     // an Isend and the buffer it reads
+    MPI_Request request[1];
+    sys_vector<unsigned char> buffer;
+    int dest;
+  };
+  struct outbox {
+    sys_vector<unsigned char> batch;    // bytes not handed to MPI yet
+    std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
+  };
+  void flush(int dest) noexcept;
+
+  MPI_Comm comm_;
+  int tag_;
+  std::uint32_t window_;
+  std::size_t flush_bytes_;
+  std::list<outgoing, sys_allocator<outgoing>> sends_;  // a list: an in-flight buffer never moves
+  sys_vector<outbox> outboxes_;                         // by destination rank
+  std::size_t waiting_ = 0;
+  std::uint64_t sent_ = 0;
+};
+
+}  // namespace iso::detail
