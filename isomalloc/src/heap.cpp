@@ -4,8 +4,10 @@
 #include <array>
 #include <bit>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "checksum.hpp"
 #include "diag.hpp"
@@ -92,7 +94,13 @@ void list_unlink(T*& head, T* x) noexcept {
 
 }  // namespace
 
-heap::heap() noexcept : magic_(heap_magic), empty_{}, chunks_(nullptr), space_(nullptr) {
+heap::heap() noexcept
+    : magic_(heap_magic),
+      gate_(static_cast<std::uint32_t>(region_rank) + 1),
+      thread_free_(nullptr),
+      empty_{},
+      chunks_(nullptr),
+      space_(nullptr) {
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
@@ -102,6 +110,7 @@ heap* heap::create() {
                 page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
   ISO_ASSERT(prim::page_size() == page_bytes);
+  claim_heap_thread();
   void* mem = region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
   h->setup_segment(mem, first_header_bytes());
@@ -131,6 +140,7 @@ heap::segment* heap::new_segment() noexcept {
 }
 
 void heap::destroy() noexcept {
+  close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
   region& r = region::get();
   for (chunk_header* c = chunks_; c != nullptr;) {
@@ -214,6 +224,7 @@ void heap::carve(page* pg) noexcept {
 }
 
 void* heap::alloc_small_slow(unsigned cls) noexcept {
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
   page* pg = cur_[cls];
   while (pg != &empty_ && pg->free == nullptr) {
     if (pg->bump < pg->start + pg->capacity * pg->block_bytes) {
@@ -259,6 +270,7 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
 }
 
 void* heap::alloc_medium(std::size_t pages) noexcept {
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
   const auto k = static_cast<unsigned>(pages);
   segment* s = space_;
   unsigned idx = 0;
@@ -293,6 +305,7 @@ void* heap::alloc_medium(std::size_t pages) noexcept {
 void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
   constexpr std::size_t max_bytes = std::size_t{1} << 46;  // beyond any region share
   if (bytes > max_bytes || align > max_bytes) return nullptr;
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
   const std::size_t usable = round_up(std::max<std::size_t>(bytes, 1), page_bytes);
   // Below 64 KiB the alignment is met inside the run's first chunk; above, the header moves up to
   // the chunk just below the first aligned address past one chunk into the run.
@@ -401,6 +414,88 @@ void heap::free_slow(void* p) noexcept {
     region::get().free_chunks(reinterpret_cast<void*>(run), n);
   } else {
     bad_free(p);
+  }
+}
+
+// ---- ownership: the gate, and frees from other OS threads ----------------------------------------
+
+void heap::free_unusual(void* p, heap* h) noexcept {
+  if (h != nullptr && !t_heap_thread) {
+    h->free_from_other_thread(p);
+    return;
+  }
+  refuse_foreign_free(p, h);  // no heap holds it, or its heap is not in use here
+}
+
+// A block pushed here is written (its first word) only once the gate was seen open with this
+// thread counted in it, and leave() waits for the count to drop before the image is built: so no
+// push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
+// thread_free); the gate costs two more atomic adds on the same line.
+void heap::free_from_other_thread(void* p) noexcept {
+  const std::uint64_t before = gate_.fetch_add(gate_pusher, std::memory_order_acquire);
+  if (static_cast<std::uint32_t>(before & gate_rank_mask) != static_cast<std::uint32_t>(region_rank) + 1) {
+    gate_.fetch_sub(gate_pusher, std::memory_order_release);
+    refuse_foreign_free(p, this);
+    return;
+  }
+  auto* b = static_cast<block*>(p);
+  block* head = thread_free_.load(std::memory_order_relaxed);
+  do {
+    b->next = head;
+  } while (!thread_free_.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
+  gate_.fetch_sub(gate_pusher, std::memory_order_release);
+  count_delayed_free();
+}
+
+void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
+  heap* h = owner_of(p);
+  if (h != nullptr && t_heap_thread && h->in_use_here()) return h->realloc(p, bytes);
+  if (h == nullptr || t_heap_thread) {
+    refuse_foreign_free(p, h);
+    return nullptr;
+  }
+  // Another OS thread allocates from the system heap: the block moves there.
+  if (bytes == 0) {
+    h->free_from_other_thread(p);
+    return nullptr;
+  }
+  void* q = __libc_malloc(bytes);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, std::min(h->usable_size(p), bytes));
+  h->free_from_other_thread(p);
+  return q;
+}
+
+void heap::close_gate() noexcept {
+  std::uint64_t g = gate_.load(std::memory_order_relaxed);
+  while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+  }
+  // Pushers counted before the gate closed finish their push; those after see it closed.
+  while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
+}
+
+void heap::leave(int dest, const char* label) noexcept {
+  close_gate();
+  collect();
+  left_for_ = dest;
+  std::snprintf(label_, sizeof label_, "%s", label);
+}
+
+void heap::arrive() noexcept {
+  claim_heap_thread();
+  std::uint64_t g = gate_.load(std::memory_order_relaxed);
+  const std::uint64_t here = static_cast<std::uint32_t>(region_rank) + 1;
+  while (!gate_.compare_exchange_weak(g, (g & ~gate_rank_mask) | here, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed)) {
+  }
+}
+
+void heap::collect() noexcept {
+  block* b = thread_free_.exchange(nullptr, std::memory_order_acquire);
+  while (b != nullptr) {
+    block* next = b->next;  // free() reuses the link
+    free(b);
+    b = next;
   }
 }
 
@@ -773,6 +868,7 @@ heap* heap::read_image(const void* image, std::size_t bytes) {
   }
   auto* hp = reinterpret_cast<heap*>(h.heap);
   hp->reset_empty_pages(false);
+  hp->arrive();
   ISO_ASSERT_EXPENSIVE(hp->is_valid());
   return hp;
 }

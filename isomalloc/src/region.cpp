@@ -7,6 +7,7 @@
 #include <string>
 
 #include "diag.hpp"
+#include "ownership.hpp"
 
 namespace iso::detail {
 namespace {
@@ -142,6 +143,7 @@ void region::set_layout(std::uintptr_t base, std::size_t bytes, int rank, int nr
   insert_free(share(rank).lo, share_bytes_ / chunk_bytes);
   region_lo = base_;
   region_bytes = bytes_;
+  region_rank = rank;
   ready_.store(true, std::memory_order_release);
 }
 
@@ -386,7 +388,11 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   const interval s = share(rank_);
-  if (settle_hook hook = settle_hook_.load(std::memory_order_relaxed); hook != nullptr) hook(addr, bytes);
+  if (departures::get().park_return(addr, bytes)) {
+    std::lock_guard<std::mutex> g(lock_);
+    ++stats_.parked_returns;
+    return;
+  }
   if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr && !hook(addr, bytes)) {
     std::lock_guard<std::mutex> g(lock_);
     ++stats_.kept_returns;

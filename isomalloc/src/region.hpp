@@ -15,7 +15,8 @@
 // A run is in exactly one state on its owner: free (in free_by_addr_), cached (freed, still
 // committed, in cache_), or allocated (held by some rank: this one, or another after migration).
 // A run freed on a rank that does not own it is sent back through region_peers::remote_free and
-// stays allocated on the owner until it arrives, so nobody reuses it meanwhile.
+// stays allocated on the owner until it arrives, so nobody reuses it meanwhile. ownership.hpp
+// states the whole invariant, with the states a run of a departed thread passes through.
 #pragma once
 
 #include <atomic>
@@ -58,6 +59,8 @@ class region_peers {
 // constant-initialised, set once the region is agreed; [lo, lo + bytes).
 inline constinit std::uintptr_t region_lo = 0;
 inline constinit std::size_t region_bytes = 0;
+// This process's rank (0 until the region is agreed): the gate of a heap in use here holds it.
+inline constinit int region_rank = 0;
 inline bool in_region(const void* p) noexcept { return reinterpret_cast<std::uintptr_t>(p) - region_lo < region_bytes; }
 
 class region {
@@ -103,8 +106,9 @@ class region {
   // Releases a run taken by alloc_chunks on any rank: kept or cached here if this rank owns it,
   // else decommitted here and sent back to its owner. pre: p chunk-aligned, n the run's length.
   void free_chunks(void* p, std::size_t n) noexcept;
-  // A run freed elsewhere comes home. Ignores (and counts in bad_returns) a run outside the
-  // share or overlapping free space.
+  // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
+  // (departures::park_return; taken back when that send is over); ignores (and counts in
+  // bad_returns) a run outside the share or overlapping free space.
   void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
   // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
   // later run). Returns false if any part is already allocated here.
@@ -117,10 +121,6 @@ class region {
   // block whose range came home (true).
   using return_hook = bool (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
   void set_return_hook(return_hook hook) noexcept { return_hook_.store(hook, std::memory_order_relaxed); }
-  // Called first, for every run that comes home: the migration engine finishes a departure still
-  // pending on this rank for that memory (it must release its copy before the run is reused).
-  using settle_hook = void (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
-  void set_settle_hook(settle_hook hook) noexcept { settle_hook_.store(hook, std::memory_order_relaxed); }
 
   struct stats_t {
     std::size_t allocated_chunks = 0;  // runs currently allocated from this share, in chunks
@@ -128,6 +128,7 @@ class region {
     std::size_t returned_runs = 0;     // runs that came home from other ranks
     std::size_t bad_returns = 0;       // returned runs that were refused as malformed
     std::size_t kept_returns = 0;      // returned runs kept for a block still held here
+    std::size_t parked_returns = 0;    // returned runs that waited for a departure's send
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
   };
   stats_t stats() const noexcept;
@@ -156,7 +157,6 @@ class region {
   int nranks_ = 1;
   region_peers* peers_ = nullptr;        // null in single-rank mode
   std::atomic<return_hook> return_hook_{nullptr};
-  std::atomic<settle_hook> settle_hook_{nullptr};
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.

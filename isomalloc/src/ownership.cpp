@@ -1,0 +1,222 @@
+#include "ownership.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "diag.hpp"
+#include "heap.hpp"
+#include "prim.hpp"
+#include "region.hpp"
+
+namespace iso::detail {
+
+constinit thread_local bool t_heap_thread __attribute__((tls_model("initial-exec"))) = false;
+
+namespace {
+
+// The heap thread's t_heap_thread, identifying it (TLS addresses differ between the OS threads
+// of a process).
+std::atomic<const bool*> g_heap_thread{nullptr};
+std::atomic<std::size_t> g_refused{0};
+std::atomic<std::size_t> g_delayed{0};
+constexpr std::size_t max_reported = 16;
+
+}  // namespace
+
+void claim_heap_thread() noexcept {
+  if (t_heap_thread) return;
+  const bool* expected = nullptr;
+  if (!g_heap_thread.compare_exchange_strong(expected, &t_heap_thread, std::memory_order_acq_rel)) {
+    fatal("thread heaps are used from a second OS thread: only the OS thread that runs the scheduler may "
+          "create or run migratable threads");
+  }
+  t_heap_thread = true;
+}
+
+void count_delayed_free() noexcept { g_delayed.fetch_add(1, std::memory_order_relaxed); }
+
+void refuse_foreign_free(const void* p, const heap* h) noexcept {
+  const std::size_t n = g_refused.fetch_add(1, std::memory_order_relaxed);
+  if (n >= max_reported) return;
+  // snprintf into a stack buffer and write(2): no allocation, whatever heap is current.
+  char line[320];
+  int len;
+  const char* label = h != nullptr ? h->label() : "";
+  if (h != nullptr && label[0] != '\0') {
+    len = std::snprintf(line, sizeof line,
+                        "isothreads: rank %d: free(%p) refused: it is memory of thread %s, which left this rank "
+                        "for rank %d (a pointer kept after its thread moved); ignored%s\n",
+                        diag_rank(), p, label, h->left_for(),
+                        n + 1 == max_reported ? " (further refusals are only counted)" : "");
+  } else {
+    len = std::snprintf(line, sizeof line,
+                        "isothreads: rank %d: free(%p) refused: no thread heap in use on this rank holds it (its "
+                        "thread left or ended, or it is not a heap block); ignored%s\n",
+                        diag_rank(), p, n + 1 == max_reported ? " (further refusals are only counted)" : "");
+  }
+  if (len > 0) {
+    [[maybe_unused]] ssize_t w = ::write(STDERR_FILENO, line, std::min(static_cast<std::size_t>(len), sizeof line - 1));
+  }
+}
+
+ownership_stats_t ownership_stats() noexcept {
+  return {g_refused.load(std::memory_order_relaxed), g_delayed.load(std::memory_order_relaxed)};
+}
+
+// ---- departures --------------------------------------------------------------------------------
+
+departures& departures::get() noexcept {
+  static departures instance;
+  return instance;
+}
+
+bool departures::overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept {
+  auto hit = [&](std::uintptr_t lo, std::size_t n) { return lo < addr + bytes && addr < lo + n; };
+  if (hit(r.stack, r.stack_bytes)) return true;
+  for (const span& s : r.runs) {
+    if (hit(s.addr, s.bytes)) return true;
+  }
+  return false;
+}
+
+void departures::give_back(const record& r) noexcept {
+  // Whole chunk runs, free pages and all: fewer calls than one per extent. Lazily (MADV_FREE):
+  // the kernel takes the pages when it needs memory.
+  for (const span& s : r.runs) prim::release_lazily(reinterpret_cast<void*>(s.addr), s.bytes);
+  if (r.stack_bytes != 0) {
+    if (const int e = prim::guard_remove(reinterpret_cast<void*>(r.stack), r.guard_bytes); e != 0) {
+      fatal("could not remove the guard of stack %#zx: %s", r.stack, std::strerror(e));
+    }
+    prim::release_lazily(reinterpret_cast<void*>(r.stack), r.stack_bytes);
+  }
+}
+
+departures::list::iterator departures::erase_record(list::iterator it) noexcept {
+  if (it->sent) {
+    kept_bytes_ -= it->bytes;
+    kept_records_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return records_.erase(it);
+}
+
+void departures::leave(std::uint64_t owner, heap* h, void* stack, std::size_t stack_bytes, std::size_t guard_bytes,
+                       int dest, const char* label) noexcept {
+  h->leave(dest, label);  // first: collecting delayed frees may give segments back
+  try {
+    record r;
+    r.owner = owner;
+    r.stack = reinterpret_cast<std::uintptr_t>(stack);
+    r.stack_bytes = stack_bytes;
+    r.guard_bytes = guard_bytes;
+    r.bytes = stack_bytes;
+    h->for_each_run([&](void* run, std::size_t chunks) {
+      r.runs.push_back({reinterpret_cast<std::uintptr_t>(run), chunks * chunk_bytes});
+      r.bytes += chunks * chunk_bytes;
+    });
+    std::lock_guard<std::mutex> g(lock_);
+    records_.push_back(std::move(r));
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while recording that thread %s leaves for rank %d", label, dest);
+  }
+}
+
+void departures::sent(std::uint64_t owner, std::int64_t now_ns) noexcept {
+  sys_vector<span> parked;
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    auto it = records_.begin();
+    while (it != records_.end() && (it->owner != owner || it->sent)) ++it;
+    ISO_ASSERT_INTERNAL(it != records_.end());
+    if (it == records_.end()) return;
+    if (!it->parked.empty()) {
+      // Part of it came home while it was being sent: none of it is worth keeping.
+      give_back(*it);
+      parked = std::move(it->parked);
+      records_.erase(it);
+    } else {
+      it->sent = true;
+      it->since_ns = now_ns;
+      kept_bytes_ += it->bytes;
+      kept_records_.fetch_add(1, std::memory_order_relaxed);
+      // Oldest first: a sent record goes behind every other sent one.
+      records_.splice(records_.end(), records_, it);
+    }
+  }
+  // Outside the lock: the region asks park_return again, which now finds nothing.
+  for (const span& s : parked) region::get().accept_returned(s.addr, s.bytes);
+  tick(now_ns);
+}
+
+bool departures::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  bool own = false;
+  for (auto it = records_.begin(); it != records_.end();) {
+    if (!overlaps(*it, addr, bytes)) {
+      ++it;
+      continue;
+    }
+    ISO_ASSERT_INTERNAL(it->sent);
+    if (arriving != 0 && it->owner == arriving) {
+      own = true;  // the thread is back: pages and guard are where it left them
+    } else {
+      give_back(*it);  // something else lands on part of it
+    }
+    it = erase_record(it);
+  }
+  return own;
+}
+
+void departures::tick(std::int64_t now_ns) noexcept {
+  if (!any_kept()) return;
+  std::lock_guard<std::mutex> g(lock_);
+  for (auto it = records_.begin(); it != records_.end();) {
+    if (it->sent && (now_ns - it->since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
+      give_back(*it);
+      it = erase_record(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+bool departures::park_return(std::uintptr_t addr, std::size_t bytes) noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  for (auto it = records_.begin(); it != records_.end(); ++it) {
+    if (!overlaps(*it, addr, bytes)) continue;
+    if (!it->sent) {
+      try {
+        it->parked.push_back({addr, bytes});
+      } catch (const std::bad_alloc&) {
+        fatal("out of system memory while parking run [%#zx, +%zu), which came home during its departure", addr, bytes);
+      }
+      return true;
+    }
+    give_back(*it);
+    erase_record(it);
+    return false;
+  }
+  return false;
+}
+
+departures::stats_t departures::stats() const noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  stats_t s;
+  for (const record& r : records_) {
+    (r.sent ? s.kept : s.departing) += 1;
+    s.parked += r.parked.size();
+  }
+  s.kept_bytes = kept_bytes_;
+  return s;
+}
+
+bool departures::holds(std::uintptr_t addr, std::size_t bytes) const noexcept {
+  std::lock_guard<std::mutex> g(lock_);
+  for (const record& r : records_) {
+    if (overlaps(r, addr, bytes)) return true;
+  }
+  return false;
+}
+
+}  // namespace iso::detail
