@@ -12,6 +12,9 @@
 namespace iso::detail {
 namespace {
 
+// Set on the OS thread that agreed the region (region::on_mpi_thread).
+constinit thread_local bool t_mpi_thread = false;
+
 constexpr std::uintptr_t one_gib = std::uintptr_t{1} << 30;
 // Below this the program, its brk heap and the kernel's low reservations live; never look there.
 constexpr std::uintptr_t gap_floor = std::uintptr_t{1} << 32;
@@ -242,6 +245,7 @@ void region::agree(region_peers& peers, std::size_t requested) {
                        chosen.hi, failed.c_str()));
   }
   peers_ = &peers;
+  t_mpi_thread = true;
   set_layout(chosen.lo, chosen.bytes(), me, n);
 }
 
@@ -362,12 +366,23 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   const std::size_t bytes = n * chunk_bytes;
   if (owner != rank_) {
     prim::decommit(p, bytes);
+    const auto addr = reinterpret_cast<std::uintptr_t>(p);
     {
       std::lock_guard<std::mutex> g(lock_);
       ++stats_.remote_frees;
+      if (peers_ == nullptr) return;
+      if (!t_mpi_thread) {
+        try {
+          pending_returns_.push_back({owner, addr, bytes});
+        } catch (const std::bad_alloc&) {
+          fatal("out of system memory while queueing run [%#zx, +%zu) for its owner, rank %d", addr, bytes, owner);
+        }
+        return;
+      }
     }
     // Outside the lock: the send may allocate, and MPI may call back into anything.
-    if (peers_ != nullptr) peers_->remote_free(owner, reinterpret_cast<std::uintptr_t>(p), bytes);
+    flush_returns();
+    peers_->remote_free(owner, addr, bytes);
     return;
   }
   std::lock_guard<std::mutex> g(lock_);
@@ -384,6 +399,24 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   }
   prim::decommit(p, bytes);
   insert_free(reinterpret_cast<std::uintptr_t>(p), n);
+}
+
+bool region::on_mpi_thread() noexcept { return t_mpi_thread; }
+
+void region::flush_returns() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return;
+  sys_vector<pending_return> out;
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    out.swap(pending_returns_);
+  }
+  for (const pending_return& r : out) peers_->remote_free(r.owner, r.addr, r.bytes);
+}
+
+void region::poll() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return;
+  flush_returns();
+  peers_->poll();
 }
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {

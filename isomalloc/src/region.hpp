@@ -49,9 +49,10 @@ class region_peers {
   // Collective: every rank contributes a list of words, every rank receives all lists by rank.
   virtual sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) = 0;
   // Sends [addr, addr+bytes) back to its owner. Never blocks; the owner's side calls
-  // region::accept_returned when it arrives.
+  // region::accept_returned when it arrives. The region calls it, and poll(), only on its MPI
+  // thread (region::on_mpi_thread), one call at a time.
   virtual void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept = 0;
-  // Handles whatever has arrived (returned runs); called by the block interface on each call.
+  // Handles whatever has arrived (returned runs).
   virtual void poll() noexcept = 0;
 };
 
@@ -104,8 +105,17 @@ class region {
   // Throws iso::error(region_exhausted) naming the rank, the share and n.
   void* alloc_chunks(std::size_t n);
   // Releases a run taken by alloc_chunks on any rank: kept or cached here if this rank owns it,
-  // else decommitted here and sent back to its owner. pre: p chunk-aligned, n the run's length.
+  // else decommitted here and sent back to its owner (at once on the MPI thread; from another OS
+  // thread at the MPI thread's next poll()). pre: p chunk-aligned, n the run's length.
   void free_chunks(void* p, std::size_t n) noexcept;
+  // On the MPI thread: sends the returns other OS threads queued, then lets the peers handle what
+  // arrived (region_peers::poll). From any other OS thread: does nothing. Every block call, the
+  // runtime's progress engine and iso_progress call it.
+  void poll() noexcept;
+  // On the MPI thread: sends the returns other OS threads queued (before the peers drain).
+  void flush_returns() noexcept;
+  // True on the OS thread that agreed the region: the one that owns MPI (MPI_THREAD_FUNNELED).
+  static bool on_mpi_thread() noexcept;
   // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
   // (departures::park_return; taken back when that send is over); ignores (and counts in
   // bad_returns) a run outside the share or overlapping free space.
@@ -156,6 +166,12 @@ class region {
   int rank_ = 0;
   int nranks_ = 1;
   region_peers* peers_ = nullptr;        // null in single-rank mode
+  struct pending_return {
+    int owner;
+    std::uintptr_t addr;
+    std::size_t bytes;
+  };
+  sys_vector<pending_return> pending_returns_;  // freed by other OS threads, for the MPI thread
   std::atomic<return_hook> return_hook_{nullptr};
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this

@@ -4,14 +4,17 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <vector>
 
 #include "interpose.hpp"
+#include "isothreads/isomalloc.h"
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
 #include "ownership.hpp"
@@ -193,6 +196,57 @@ TEST(Ownership, FreesAndReallocsFromAnotherOSThreadAreSafeAndReclaimed) {
   EXPECT_EQ(g_cross.live_left, 0u) << "blocks freed by another OS thread were not reclaimed";
   EXPECT_TRUE(g_cross.realloc_moved);
   EXPECT_TRUE(g_cross.travelled);
+}
+
+// A thread goes from rank 0 to rank 1 and back, frees its 200 KiB block on rank 0 and ends: rank 1
+// still keeps its departed copy of that range. Rank 0 hands the range out again as a block
+// (iso_malloc), and its image is unpacked on rank 1: the kept copy must be given back before the
+// write, not after it (its later MADV_FREE would let the kernel discard the block).
+TEST(Ownership, UnpackOnARankThatKeptADepartedCopyOfTheRangeSettlesItFirst) {
+  static std::uint64_t freed_block = 0;
+  freed_block = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      void* p = std::malloc(big_bytes);
+      std::memset(p, 0x77, big_bytes);
+      iso::this_thread::migrate_to(1);
+      iso::this_thread::migrate_to(0);
+      freed_block = reinterpret_cast<std::uintptr_t>(p);
+      std::free(p);  // its run goes to rank 0's cache of four-chunk runs
+    });
+  }
+  rt->run();
+  const std::uintptr_t run = freed_block & ~(iso::detail::chunk_bytes - 1);
+  std::uint64_t msg[2] = {run, 0};  // the run, and whether rank 0 got it back as a block
+  std::vector<unsigned char> image;
+  void* block = nullptr;
+  if (rt->rank() == 0) {
+    block = iso_malloc(big_bytes);
+    msg[1] = reinterpret_cast<std::uintptr_t>(block) == run;
+    std::memset(block, 0x3C, iso_length(block));
+    image.resize(iso_pack_size(block));
+    iso_pack(block, image.data(), image.size());
+    iso_detach(block);
+  }
+  MPI_Bcast(msg, 2, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  std::uint64_t image_bytes = image.size();
+  MPI_Bcast(&image_bytes, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  image.resize(image_bytes);
+  MPI_Bcast(image.data(), static_cast<int>(image_bytes), MPI_BYTE, 0, MPI_COMM_WORLD);
+  if (rt->rank() == 1 && msg[1] == 1) {
+    auto& kept = iso::detail::departures::get();
+    EXPECT_TRUE(kept.holds(msg[0], big_bytes)) << "rank 1 no longer keeps the thread's copy: the test proves nothing";
+    void* here = iso_unpack(image.data(), image.size());
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(here), msg[0]) << iso_last_error();
+    EXPECT_FALSE(kept.holds(msg[0], big_bytes)) << "iso_unpack wrote over kept memory without settling it";
+    kept.tick(std::numeric_limits<std::int64_t>::max());  // whatever is still kept goes now
+    const auto* bytes = static_cast<const unsigned char*>(here);
+    EXPECT_TRUE(std::all_of(bytes, bytes + big_bytes, [](unsigned char c) { return c == 0x3C; }));
+    iso_free(here);  // rank 0's block: its range goes home
+  }
+  EXPECT_EQ(msg[1], 1u) << "rank 0 did not hand the freed run out again; the test proves nothing";
+  MPI_Barrier(MPI_COMM_WORLD);
+  rt->run();  // the return reaches rank 0
 }
 
 // After its thread moved away and ended, a pointer into its heap freed by another OS thread of
