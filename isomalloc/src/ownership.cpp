@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -81,10 +82,17 @@ bool departures::overlaps(const record& r, std::uintptr_t addr, std::size_t byte
   return false;
 }
 
+// The magic at the start of every chunk goes first: a lazily released page may keep its old
+// contents, and a chunk header left there would make heap::owner_of trust a copy nobody uses.
+void departures::forget(const span& s) noexcept {
+  for (std::uintptr_t c = s.addr; c < s.addr + s.bytes; c += chunk_bytes) *reinterpret_cast<std::uint64_t*>(c) = 0;
+  prim::release_lazily(reinterpret_cast<void*>(s.addr), s.bytes);
+}
+
 void departures::give_back(const record& r) noexcept {
   // Whole chunk runs, free pages and all: fewer calls than one per extent. Lazily (MADV_FREE):
   // the kernel takes the pages when it needs memory.
-  for (const span& s : r.runs) prim::release_lazily(reinterpret_cast<void*>(s.addr), s.bytes);
+  for (const span& s : r.runs) forget(s);
   if (r.stack_bytes != 0) {
     if (const int e = prim::guard_remove(reinterpret_cast<void*>(r.stack), r.guard_bytes); e != 0) {
       fatal("could not remove the guard of stack %#zx: %s", r.stack, std::strerror(e));
@@ -160,19 +168,58 @@ bool departures::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t ar
     ISO_ASSERT_INTERNAL(it->sent);
     if (arriving != 0 && it->owner == arriving) {
       own = true;  // the thread is back: pages and guard are where it left them
-    } else {
-      give_back(*it);  // something else lands on part of it
+      it->returning = true;
+      ++it;
+      continue;
     }
+    if (it->returning) {
+      // Its own thread is landing too, on the rest: this part is the newcomer's now, and must
+      // be left out of what arrive() forgets.
+      std::erase_if(it->runs, [&](const span& s) { return s.addr < addr + bytes && addr < s.addr + s.bytes; });
+      ++it;
+      continue;
+    }
+    give_back(*it);  // something else lands on part of it
     it = erase_record(it);
   }
   return own;
+}
+
+void departures::arrive(std::uint64_t owner, heap* h) noexcept {
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    auto it = records_.begin();
+    while (it != records_.end() && !(it->owner == owner && it->returning)) ++it;
+    if (it != records_.end()) {
+      try {
+        sys_vector<span> now;  // h's runs, by address
+        h->for_each_run([&](void* run, std::size_t chunks) {
+          now.push_back({reinterpret_cast<std::uintptr_t>(run), chunks * chunk_bytes});
+        });
+        std::sort(now.begin(), now.end(), [](const span& a, const span& b) { return a.addr < b.addr; });
+        auto held = [&](std::uintptr_t c) {
+          auto at = std::upper_bound(now.begin(), now.end(), c, [](std::uintptr_t v, const span& s) { return v < s.addr; });
+          return at != now.begin() && c < std::prev(at)->addr + std::prev(at)->bytes;
+        };
+        for (const span& s : it->runs) {
+          for (std::uintptr_t c = s.addr; c < s.addr + s.bytes; c += chunk_bytes) {
+            if (!held(c)) forget({c, chunk_bytes});
+          }
+        }
+      } catch (const std::bad_alloc&) {
+        fatal("out of system memory while settling the memory of thread %s, which came back", h->label());
+      }
+      erase_record(it);
+    }
+  }
+  h->arrive();
 }
 
 void departures::tick(std::int64_t now_ns) noexcept {
   if (!any_kept()) return;
   std::lock_guard<std::mutex> g(lock_);
   for (auto it = records_.begin(); it != records_.end();) {
-    if (it->sent && (now_ns - it->since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
+    if (it->sent && !it->returning && (now_ns - it->since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
       give_back(*it);
       it = erase_record(it);
     } else {
@@ -192,6 +239,13 @@ bool departures::park_return(std::uintptr_t addr, std::size_t bytes) noexcept {
         fatal("out of system memory while parking run [%#zx, +%zu), which came home during its departure", addr, bytes);
       }
       return true;
+    }
+    if (it->returning) {
+      // Its thread is landing here: only the run that came home goes, and arrive() must not
+      // touch it again once the region may have handed it out.
+      forget({addr, bytes});
+      std::erase_if(it->runs, [&](const span& s) { return s.addr < addr + bytes && addr < s.addr + s.bytes; });
+      return false;
     }
     give_back(*it);
     erase_record(it);

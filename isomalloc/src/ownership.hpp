@@ -22,7 +22,12 @@
 //     the rank where the image lands (heap::arrive);
 //   - the departing and kept states live here, in departures, not in the migration engine: the
 //     region asks it about every run that comes home, and arrivals and iso_unpack settle with it
-//     before they write.
+//     before they write;
+//   - no stale copy claims memory for a heap in use here: heap::owner_of trusts a chunk's header,
+//     so every heap chunk this rank stops using loses its header's magic first (a segment or a
+//     large run freed here, kept memory given back, and the runs a returning thread no longer
+//     holds, departures::arrive). Otherwise a pointer into a run that another rank now uses could
+//     find, in this rank's old copy, a header naming a heap that is in use here again.
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs
 // the scheduler), allocates from thread heaps and changes them. A free() from any other OS thread
@@ -84,10 +89,14 @@ class departures {
   // is given back with them. now_ns: a steady clock, ns.
   void sent(std::uint64_t owner, std::int64_t now_ns) noexcept;
   // [addr, +bytes) is about to be written by the arrival of thread `arriving` (0: by an iso_unpack):
-  // kept memory overlapping it is given back first, except the arriving thread's own, which is
-  // just forgotten. True if that was the case (its pages are mapped, its stack guard installed).
+  // kept memory overlapping it is given back first, except the arriving thread's own, which waits
+  // for arrive(). True if that was the case (its pages are mapped, its stack guard installed).
   // pre: no departing record overlaps the range (the caller finished those sends).
   bool settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept;
+  // Thread `owner` has landed here with heap h: the runs of its kept memory that h no longer holds
+  // (it freed them elsewhere) lose their stale headers and go back to the kernel; then h's gate
+  // opens here (heap::arrive).
+  void arrive(std::uint64_t owner, heap* h) noexcept;
   // Gives back kept memory older than keep_ns, and the oldest while more than keep_bytes are kept.
   void tick(std::int64_t now_ns) noexcept;
   // Whether tick() has anything to look at; cheap enough for every poll.
@@ -117,6 +126,7 @@ class departures {
   struct record {
     std::uint64_t owner;
     bool sent = false;
+    bool returning = false;         // kept, and its thread is arriving back here (settle)
     std::uintptr_t stack = 0;       // stack run, its guard in [stack, stack + guard_bytes)
     std::size_t stack_bytes = 0;
     std::size_t guard_bytes = 0;
@@ -128,6 +138,7 @@ class departures {
   using list = std::list<record, sys_allocator<record>>;
   static bool overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept;
   static void give_back(const record& r) noexcept;   // guard removed, pages released lazily
+  static void forget(const span& s) noexcept;        // headers cleared, pages released lazily
   list::iterator erase_record(list::iterator it) noexcept;  // lock held
 
   mutable std::mutex lock_;

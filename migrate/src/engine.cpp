@@ -351,7 +351,7 @@ void engine::finish_arrival(arrival& a) noexcept {
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
   }
-  t->home_heap->arrive();  // its memory is in use here now
+  departures::get().arrive(t->id.bits(), t->home_heap);  // its memory is in use here now
   try {
     if (!a.guard_kept) stack_pool::arm(t->stack);
   } catch (const iso::error& e) {

@@ -62,11 +62,14 @@ TEST_F(Ownership, FreeOfAHeapThatLeftIsRefusedAndChangesNothing) {
   EXPECT_STREQ(h_->label(), "0:1");
   EXPECT_EQ(h_->left_for(), 3);
   EXPECT_TRUE(departures::get().holds(big_run(), chunk_bytes));
-  // The thread comes back: its own memory is just forgotten, and frees work again.
+  // The thread comes back: its own memory is kept as it is (it still holds all of it), and
+  // frees work again.
   departures::get().sent(owner_a, 0);
   EXPECT_TRUE(departures::get().settle(big_run(), chunk_bytes, owner_a));
+  departures::get().arrive(owner_a, h_);
   EXPECT_FALSE(departures::get().holds(big_run(), chunk_bytes));
-  h_->arrive();
+  EXPECT_TRUE(h_->in_use_here());
+  EXPECT_EQ(heap::owner_of(big_), h_) << "arrive() forgot a run the heap still holds";
   heap::free_any(small);
   heap::free_any(big_);
   EXPECT_EQ(h_->stats().live_blocks, live - 2);
@@ -98,23 +101,43 @@ TEST_F(Ownership, ARunThatComesHomeWhileItsDepartureIsSentIsParkedUntilTheSendIs
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_);
 }
 
-TEST_F(Ownership, KeptMemoryIsGivenBackWhenItComesHomeWhenSomethingElseLandsOnItOrWhenItIsOld) {
+// Its thread ends elsewhere: every run of h comes home (its memory here is gone: given back).
+void runs_come_home(const std::vector<std::pair<std::uintptr_t, std::size_t>>& runs) {
+  for (const auto& [addr, bytes] : runs) region::get().accept_returned(addr, bytes);
+}
+
+std::vector<std::pair<std::uintptr_t, std::size_t>> runs_of(const heap* h) {
+  std::vector<std::pair<std::uintptr_t, std::size_t>> runs;
+  h->for_each_run([&](void* run, std::size_t chunks) {
+    runs.emplace_back(reinterpret_cast<std::uintptr_t>(run), chunks * chunk_bytes);
+  });
+  return runs;
+}
+
+TEST_F(Ownership, KeptMemoryIsGivenBackWithoutItsHeadersWhenSomethingElseLandsOnItOrWhenItIsOld) {
+  const auto runs = runs_of(h_);
   departures::get().leave(owner_a, h_, nullptr, 0, 0, 1, "0:3");
   departures::get().sent(owner_a, 1000);
   EXPECT_EQ(departures::get().stats().kept, 1u);
   EXPECT_TRUE(departures::get().any_kept());
   departures::get().tick(1000 + departures::keep_ns / 2);  // young: kept
   EXPECT_EQ(departures::get().stats().kept, 1u);
+  EXPECT_EQ(heap::owner_of(big_), h_);
   // Another thread's image lands on part of it: given back, and not the arriving thread's own.
   EXPECT_FALSE(departures::get().settle(big_run(), chunk_bytes, owner_b));
   EXPECT_EQ(departures::get().stats().kept, 0u);
   EXPECT_FALSE(departures::get().any_kept());
+  EXPECT_EQ(heap::owner_of(big_), nullptr) << "memory given back still claims a heap";
+  runs_come_home(runs);
 
-  departures::get().leave(owner_a, h_, nullptr, 0, 0, 1, "0:3");
-  departures::get().sent(owner_a, 1000);
+  heap* h2 = heap::create();
+  const auto runs2 = runs_of(h2);
+  departures::get().leave(owner_b, h2, nullptr, 0, 0, 1, "0:4");
+  departures::get().sent(owner_b, 1000);
   departures::get().tick(1000 + 2 * departures::keep_ns);  // old: given back
   EXPECT_EQ(departures::get().stats().kept, 0u);
-  finish_heap();
+  runs_come_home(runs2);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 
 }  // namespace
