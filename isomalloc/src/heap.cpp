@@ -451,7 +451,7 @@ void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
   heap* h = owner_of(p);
   if (h != nullptr && t_heap_thread && h->in_use_here()) return h->realloc(p, bytes);
   if (h == nullptr || t_heap_thread) {
-    refuse_foreign_free(p, h);
+    refuse_foreign_free(p, h, "realloc");
     return nullptr;
   }
   // Another OS thread allocates from the system heap: the block moves there.

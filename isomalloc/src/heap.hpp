@@ -26,7 +26,7 @@
 // 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
 // A fresh heap touches one page: page 0 of its first segment holds the segment header (824
-// bytes), the heap object (296 bytes) and the blocks of the first size class used; each further
+// bytes), the heap object (288 bytes) and the blocks of the first size class used; each further
 // class takes a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
 // it is its class's only page with room (kept, so that alloc + free of one block in a loop stays

@@ -38,7 +38,7 @@ void claim_heap_thread() noexcept {
 
 void count_delayed_free() noexcept { g_delayed.fetch_add(1, std::memory_order_relaxed); }
 
-void refuse_foreign_free(const void* p, const heap* h) noexcept {
+void refuse_foreign_free(const void* p, const heap* h, const char* call) noexcept {
   const std::size_t n = g_refused.fetch_add(1, std::memory_order_relaxed);
   if (n >= max_reported) return;
   // snprintf into a stack buffer and write(2): no allocation, whatever heap is current.
@@ -47,15 +47,15 @@ void refuse_foreign_free(const void* p, const heap* h) noexcept {
   const char* label = h != nullptr ? h->label() : "";
   if (h != nullptr && label[0] != '\0') {
     len = std::snprintf(line, sizeof line,
-                        "isothreads: rank %d: free(%p) refused: it is memory of thread %s, which left this rank "
+                        "isothreads: rank %d: %s(%p) refused: it is memory of thread %s, which left this rank "
                         "for rank %d (a pointer kept after its thread moved); ignored%s\n",
-                        diag_rank(), p, label, h->left_for(),
+                        diag_rank(), call, p, label, h->left_for(),
                         n + 1 == max_reported ? " (further refusals are only counted)" : "");
   } else {
     len = std::snprintf(line, sizeof line,
-                        "isothreads: rank %d: free(%p) refused: no thread heap in use on this rank holds it (its "
+                        "isothreads: rank %d: %s(%p) refused: no thread heap in use on this rank holds it (its "
                         "thread left or ended, or it is not a heap block); ignored%s\n",
-                        diag_rank(), p, n + 1 == max_reported ? " (further refusals are only counted)" : "");
+                        diag_rank(), call, p, n + 1 == max_reported ? " (further refusals are only counted)" : "");
   }
   if (len > 0) {
     [[maybe_unused]] ssize_t w = ::write(STDERR_FILENO, line, std::min(static_cast<std::size_t>(len), sizeof line - 1));

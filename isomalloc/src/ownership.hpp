@@ -56,10 +56,10 @@ extern constinit thread_local bool t_heap_thread __attribute__((tls_model("initi
 // it: thread heaps are not locked, so two OS threads must never use them.
 void claim_heap_thread() noexcept;
 
-// A free() of region memory that no heap in use on this rank holds (h: the heap whose header
-// describes p, or null): nothing is changed; counted, and reported on stderr (the first
+// A free() (or `call`) of region memory that no heap in use on this rank holds (h: the heap whose
+// header describes p, or null): nothing is changed; counted, and reported on stderr (the first
 // max_reported times, then only counted).
-void refuse_foreign_free(const void* p, const heap* h) noexcept;
+void refuse_foreign_free(const void* p, const heap* h, const char* call = "free") noexcept;
 void count_delayed_free() noexcept;  // one more free from another OS thread (ownership_stats)
 struct ownership_stats_t {
   std::size_t refused_frees = 0;       // frees refused as foreign (memory not in use here)

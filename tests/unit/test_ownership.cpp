@@ -140,4 +140,22 @@ TEST_F(Ownership, KeptMemoryIsGivenBackWithoutItsHeadersWhenSomethingElseLandsOn
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 
+// Fault injection, the one fault this build can cause without a hook: the share runs out. A
+// heap's allocation that needs a run the share cannot give fails as malloc does (nullptr), and the
+// heap, the region and the block interface stay consistent and keep serving.
+TEST_F(Ownership, AnExhaustedShareFailsTheAllocationAndLeavesEverythingConsistent) {
+  const region& r = region::get();
+  const auto before = r.stats();
+  EXPECT_EQ(h_->alloc(r.share_bytes()), nullptr);
+  EXPECT_EQ(h_->alloc_aligned(std::size_t{1} << 20, r.share_bytes()), nullptr);
+  EXPECT_EQ(r.stats().allocated_chunks, before.allocated_chunks) << "a failed allocation kept chunks";
+  EXPECT_TRUE(h_->is_valid());
+  EXPECT_TRUE(r.is_valid());
+  void* p = h_->alloc(300 << 10);  // and the next one works
+  EXPECT_NE(p, nullptr);
+  h_->free(p);
+  h_->free(big_);
+  finish_heap();
+}
+
 }  // namespace
