@@ -224,7 +224,7 @@ void heap::carve(page* pg) noexcept {
 }
 
 void* heap::alloc_small_slow(unsigned cls) noexcept {
-  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   page* pg = cur_[cls];
   while (pg != &empty_ && pg->free == nullptr) {
     if (pg->bump < pg->start + pg->capacity * pg->block_bytes) {
@@ -270,7 +270,7 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
 }
 
 void* heap::alloc_medium(std::size_t pages) noexcept {
-  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   const auto k = static_cast<unsigned>(pages);
   segment* s = space_;
   unsigned idx = 0;
@@ -305,7 +305,7 @@ void* heap::alloc_medium(std::size_t pages) noexcept {
 void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
   constexpr std::size_t max_bytes = std::size_t{1} << 46;  // beyond any region share
   if (bytes > max_bytes || align > max_bytes) return nullptr;
-  if (thread_free_.load(std::memory_order_relaxed) != nullptr) [[unlikely]] collect();
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   const std::size_t usable = round_up(std::max<std::size_t>(bytes, 1), page_bytes);
   // Below 64 KiB the alignment is met inside the run's first chunk; above, the header moves up to
   // the chunk just below the first aligned address past one chunk into the run.
@@ -432,6 +432,13 @@ void heap::free_unusual(void* p, heap* h) noexcept {
 // push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
 // thread_free); the gate costs two more atomic adds on the same line.
 void heap::free_from_other_thread(void* p) noexcept {
+  bool refused = false;
+  if (ring_free(this, p, &refused)) return;
+  if (refused) {
+    refuse_foreign_free(p, this);
+    return;
+  }
+  // The ring is full: onto thread_free_.
   const std::uint64_t before = gate_.fetch_add(gate_pusher, std::memory_order_acquire);
   if (static_cast<std::uint32_t>(before & gate_rank_mask) != static_cast<std::uint32_t>(region_rank) + 1) {
     gate_.fetch_sub(gate_pusher, std::memory_order_release);
@@ -444,7 +451,6 @@ void heap::free_from_other_thread(void* p) noexcept {
     b->next = head;
   } while (!thread_free_.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
   gate_.fetch_sub(gate_pusher, std::memory_order_release);
-  count_delayed_free();
 }
 
 void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
@@ -470,8 +476,10 @@ void heap::close_gate() noexcept {
   std::uint64_t g = gate_.load(std::memory_order_relaxed);
   while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
   }
-  // Pushers counted before the gate closed finish their push; those after see it closed.
+  // Pushers counted before the gate closed finish their push; those after see it closed. Then
+  // the rings give back what other OS threads freed while it was open.
   while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
+  if (rings_exist()) quiesce_rings();
 }
 
 void heap::leave(int dest, const char* label) noexcept {
@@ -491,12 +499,15 @@ void heap::arrive() noexcept {
 }
 
 void heap::collect() noexcept {
+  if (rings_exist()) drain_rings();
   block* b = thread_free_.exchange(nullptr, std::memory_order_acquire);
-  while (b != nullptr) {
+  std::size_t n = 0;
+  for (; b != nullptr; ++n) {
     block* next = b->next;  // free() reuses the link
     free(b);
     b = next;
   }
+  if (n != 0) count_delayed_frees(n);
 }
 
 void heap::bad_free(const void* p) const noexcept {

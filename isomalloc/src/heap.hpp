@@ -69,6 +69,11 @@ class heap {
     return static_cast<std::uint32_t>(gate_.load(std::memory_order_relaxed) & gate_rank_mask) ==
            static_cast<std::uint32_t>(region_rank) + 1;
   }
+  // The same, sequentially consistent: for other OS threads (ring_free's handshake).
+  bool in_use_here_sync() const noexcept {
+    return static_cast<std::uint32_t>(gate_.load(std::memory_order_seq_cst) & gate_rank_mask) ==
+           static_cast<std::uint32_t>(region_rank) + 1;
+  }
   // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
   // pushing a free right now), collects the delayed frees, and records `label` and dest for
   // messages. From now on frees of its blocks are refused here. pre: on the heap thread.
@@ -76,7 +81,8 @@ class heap {
   // The heap has landed on this rank (an arrival, a restart): opens the gate here; the calling OS
   // thread becomes the heap thread.
   void arrive() noexcept;
-  // Returns the blocks other OS threads freed (thread_free_) to their pages. pre: heap thread.
+  // Returns the blocks other OS threads freed (the rings, and thread_free_) to their pages.
+  // pre: heap thread.
   void collect() noexcept;
   // The thread that used the heap when it last left a rank ("" if it never left), and where to.
   const char* label() const noexcept { return label_; }
@@ -216,7 +222,9 @@ class heap {
   using extent_fn = void (*)(void* ctx, void* addr, std::size_t bytes);
 
   // Where the heap object sits in its first segment, and that segment's header bytes.
-  static constexpr std::size_t heap_offset() noexcept { return (sizeof(segment) + 15) / 16 * 16; }
+  static constexpr std::size_t heap_offset() noexcept {
+    return (sizeof(segment) + alignof(heap) - 1) / alignof(heap) * alignof(heap);
+  }
   static constexpr std::uint32_t first_header_bytes() noexcept {
     return static_cast<std::uint32_t>(heap_offset() + sizeof(heap));
   }
@@ -278,12 +286,14 @@ class heap {
   static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
 
   std::uint64_t magic_;               // heap_magic
-  std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
+  // On a line of its own: other OS threads read it on every free, the heap thread writes the
+  // lines that follow on every allocation.
+  alignas(64) std::atomic<std::uint64_t> gate_;  // see gate_rank_mask
   std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
                                       // word (any kind of block); still live to their pages
   std::int32_t left_for_ = -1;        // the rank its thread last left for; -1: never left
   char label_[20] = {};               // that thread's name ("home:serial"), NUL-terminated
-  page* cur_[small_classes];          // head of the class's list of pages with room (only the head
+  alignas(64) page* cur_[small_classes];          // head of the class's list of pages with room (only the head
                                       // may be full), or &empty_
   page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
   mutable chunk_header* chunks_;      // every segment and large run of the heap

@@ -1,10 +1,13 @@
 #include "ownership.hpp"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <new>
+#include <thread>
 
 #include "diag.hpp"
 #include "heap.hpp"
@@ -36,7 +39,104 @@ void claim_heap_thread() noexcept {
   t_heap_thread = true;
 }
 
-void count_delayed_free() noexcept { g_delayed.fetch_add(1, std::memory_order_relaxed); }
+void count_delayed_frees(std::size_t n) noexcept { g_delayed.fetch_add(n, std::memory_order_relaxed); }
+
+// ---- rings of frees from other OS threads ------------------------------------------------------
+
+namespace {
+
+// One OS thread's frees of thread-heap memory, for the heap thread. Invariant: tail <= head <=
+// tail + slots; slot[i % slots] for i in [tail, head) holds a pointer freed by the producer while
+// its heap was in use here. Only the producer writes head and slot, only the heap thread tail.
+struct remote_ring {
+  static constexpr std::uint64_t slots = 4096;  // 32 KiB: a batch of frees between two drains
+  std::atomic<std::uint32_t> busy{0};       // the producer is between its gate check and publishing
+  std::atomic<std::uint32_t> owned{1};      // an OS thread produces into it (0: free for reuse)
+  remote_ring* next = nullptr;              // the registry, push-only
+  alignas(64) std::atomic<std::uint64_t> head{0};
+  alignas(64) std::atomic<std::uint64_t> tail{0};
+  alignas(64) void* slot[slots];
+};
+
+std::atomic<remote_ring*> g_rings{nullptr};
+constinit thread_local remote_ring* t_ring __attribute__((tls_model("initial-exec"))) = nullptr;
+pthread_key_t g_ring_key;
+pthread_once_t g_ring_key_once = PTHREAD_ONCE_INIT;
+
+// At the OS thread's exit: its ring may serve another thread (what it holds stays valid).
+void release_ring(void* ring) { static_cast<remote_ring*>(ring)->owned.store(0, std::memory_order_release); }
+
+remote_ring* my_ring() noexcept {
+  if (remote_ring* r = t_ring) [[likely]] return r;
+  pthread_once(&g_ring_key_once, [] { pthread_key_create(&g_ring_key, &release_ring); });
+  remote_ring* r = g_rings.load(std::memory_order_acquire);
+  for (; r != nullptr; r = r->next) {
+    std::uint32_t free_ring = 0;
+    if (r->owned.compare_exchange_strong(free_ring, 1, std::memory_order_acq_rel)) break;
+  }
+  if (r == nullptr) {
+    void* mem = __libc_memalign(alignof(remote_ring), sizeof(remote_ring));
+    if (mem == nullptr) return nullptr;
+    r = new (mem) remote_ring;
+    r->next = g_rings.load(std::memory_order_relaxed);
+    while (!g_rings.compare_exchange_weak(r->next, r, std::memory_order_release, std::memory_order_relaxed)) {
+    }
+  }
+  pthread_setspecific(g_ring_key, r);
+  t_ring = r;
+  return r;
+}
+
+}  // namespace
+
+bool rings_exist() noexcept { return g_rings.load(std::memory_order_relaxed) != nullptr; }
+
+bool ring_free(heap* h, void* p, bool* refused) noexcept {
+  remote_ring* r = my_ring();
+  if (r == nullptr) return false;
+  const std::uint64_t head = r->head.load(std::memory_order_relaxed);
+  if (head - r->tail.load(std::memory_order_acquire) == remote_ring::slots) return false;
+  // Dekker with quiesce_rings: busy is set before the gate is read, the gate is closed before
+  // busy is read, both sequentially consistent, so either this push sees the gate closed or the
+  // heap thread waits for it.
+  r->busy.exchange(1, std::memory_order_seq_cst);  // xchg: a full fence, cheaper than mov + mfence
+  if (!h->in_use_here_sync()) {
+    r->busy.store(0, std::memory_order_release);
+    *refused = true;
+    return false;
+  }
+  r->slot[head % remote_ring::slots] = p;
+  r->head.store(head + 1, std::memory_order_release);
+  r->busy.store(0, std::memory_order_release);
+  return true;
+}
+
+void drain_rings() noexcept {
+  std::size_t taken = 0;
+  for (remote_ring* r = g_rings.load(std::memory_order_acquire); r != nullptr; r = r->next) {
+    const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
+    const std::uint64_t head = r->head.load(std::memory_order_acquire);
+    for (std::uint64_t i = tail; i < head; ++i) {
+      void* p = r->slot[i % remote_ring::slots];
+      // Its heap has been in use here since the free (see above): owner_of finds it.
+      if (heap* h = heap::owner_of(p)) {
+        h->free(p);
+      } else {
+        refuse_foreign_free(p, nullptr);
+      }
+    }
+    r->tail.store(head, std::memory_order_release);
+    taken += head - tail;
+  }
+  if (taken != 0) count_delayed_frees(taken);
+}
+
+void quiesce_rings() noexcept {
+  for (remote_ring* r = g_rings.load(std::memory_order_acquire); r != nullptr; r = r->next) {
+    while (r->busy.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+  }
+  drain_rings();
+}
 
 void refuse_foreign_free(const void* p, const heap* h, const char* call) noexcept {
   const std::size_t n = g_refused.fetch_add(1, std::memory_order_relaxed);

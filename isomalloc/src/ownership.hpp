@@ -31,10 +31,16 @@
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs
 // the scheduler), allocates from thread heaps and changes them. A free() from any other OS thread
-// (an OpenMP worker, a std::thread, an MPI progress thread) pushes the block onto its heap's
-// thread_free list with one compare-and-swap, under the gate (see heap::free_from_other_thread),
-// and the heap thread returns such blocks to their pages when that heap next allocates on a slow
-// path, or when it leaves or collects (mimalloc's thread_free list, drained by the owner).
+// (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer into that OS
+// thread's own remote_ring (single producer, the heap thread the single consumer) after checking,
+// with a Dekker handshake (ring busy flag / heap gate), that the heap is in use here; it never
+// touches the block, so it costs two stores and a fence, not a cache miss on the block. When its
+// ring is full it pushes the block onto the heap's thread_free list instead (one CAS, under the
+// gate's pusher count: mimalloc's thread_free list). The heap thread takes both back when a heap
+// allocates on a slow path or collects, and always before any heap's gate closes (leave,
+// destroy): so every pointer it takes belongs to a heap that has been in use here since the free.
+// Rings are never freed: one per OS thread that ever freed thread-heap memory, reused after that
+// thread exits.
 #pragma once
 
 #include <atomic>
@@ -60,11 +66,22 @@ void claim_heap_thread() noexcept;
 // header describes p, or null): nothing is changed; counted, and reported on stderr (the first
 // max_reported times, then only counted).
 void refuse_foreign_free(const void* p, const heap* h, const char* call = "free") noexcept;
-void count_delayed_free() noexcept;  // one more free from another OS thread (ownership_stats)
+void count_delayed_frees(std::size_t n) noexcept;  // frees from other OS threads taken back
 struct ownership_stats_t {
   std::size_t refused_frees = 0;       // frees refused as foreign (memory not in use here)
-  std::size_t delayed_frees = 0;       // frees from other OS threads, put on a thread_free list
+  std::size_t delayed_frees = 0;       // frees from other OS threads that the heap thread took back
 };
+
+// A free() from an OS thread that is not the heap thread, of a block of h: into the calling
+// thread's ring. False if the ring is full (the caller uses h's thread_free list), or if h is not
+// in use here (`*refused` set; nothing recorded).
+bool ring_free(heap* h, void* p, bool* refused) noexcept;
+// On the heap thread: frees every block the rings hold into its heap.
+void drain_rings() noexcept;
+// On the heap thread, right after a gate closed: waits for pushes in progress, then drains.
+void quiesce_rings() noexcept;
+// Whether any ring exists (any OS thread ever freed thread-heap memory); cheap.
+bool rings_exist() noexcept;
 ownership_stats_t ownership_stats() noexcept;
 
 // The memory of threads that left this rank: departing (image being sent) and kept (sent, still

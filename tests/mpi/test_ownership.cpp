@@ -181,8 +181,8 @@ TEST(Ownership, FreesAndReallocsFromAnotherOSThreadAreSafeAndReclaimed) {
     g_cross.realloc_moved = moved_to != nullptr && !iso::detail::in_region(moved_to) &&
                             std::strcmp(moved_to, "contents that must survive") == 0;
     std::free(moved_to);
-    g_cross.delayed = iso::detail::ownership_stats().delayed_frees - delayed;
     h->collect();
+    g_cross.delayed = iso::detail::ownership_stats().delayed_frees - delayed;
     g_cross.valid = h->is_valid();
     g_cross.live_left = h->stats().live_blocks - live_before;
     // The heap still serves, and travels.
