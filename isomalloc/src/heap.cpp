@@ -94,8 +94,22 @@ void list_unlink(T*& head, T* x) noexcept {
 
 }  // namespace
 
+namespace {
+// Heap identities: a per-process random start (so that heaps restored from a checkpoint, made by
+// an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
+std::uint64_t next_heap_id() noexcept {
+  static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
+  std::uint64_t z = counter.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return z != 0 ? z : 1;
+}
+}  // namespace
+
 heap::heap() noexcept
     : magic_(heap_magic),
+      id_(next_heap_id()),
       gate_(static_cast<std::uint32_t>(region_rank) + 1),
       thread_free_(nullptr),
       empty_{},
@@ -121,6 +135,7 @@ heap::segment* heap::setup_segment(void* mem, std::uint32_t header_bytes) noexce
   auto* s = new (mem) segment;
   s->magic = segment_magic;
   s->owner = this;
+  s->heap_id = id_;
   s->free_mask = (1u << pages_per_segment) - 1;
   s->header_bytes = header_bytes;
   for (page& pg : s->pages) pg = page{};
@@ -158,6 +173,7 @@ void heap::destroy() noexcept {
     c = next;
   }
   magic_ = 0;
+  id_ = 0;
   first->magic = 0;
   r.free_chunks(first, 1);
 }
@@ -323,6 +339,7 @@ void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
   auto* l = new (reinterpret_cast<void*>(at)) large;
   l->magic = large_magic;
   l->owner = this;
+  l->heap_id = id_;
   l->run = addr_of(run);
   l->run_chunks = n;
   l->block_offset = offset;
@@ -433,7 +450,7 @@ void heap::free_unusual(void* p, heap* h) noexcept {
 // thread_free); the gate costs two more atomic adds on the same line.
 void heap::free_from_other_thread(void* p) noexcept {
   bool refused = false;
-  if (ring_free(this, p, &refused)) return;
+  if (ring_free(this, p, id_, &refused)) return;
   if (refused) {
     refuse_foreign_free(p, this);
     return;
@@ -473,13 +490,14 @@ void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
 }
 
 void heap::close_gate() noexcept {
+  // First what other OS threads freed into their rings while it was open (after the gate closes
+  // those entries would be refused).
+  if (rings_exist()) drain_rings();
   std::uint64_t g = gate_.load(std::memory_order_relaxed);
   while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
   }
-  // Pushers counted before the gate closed finish their push; those after see it closed. Then
-  // the rings give back what other OS threads freed while it was open.
+  // Pushers counted before the gate closed finish their push; those after see it closed.
   while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
-  if (rings_exist()) quiesce_rings();
 }
 
 void heap::leave(int dest, const char* label) noexcept {
@@ -647,6 +665,26 @@ void heap::sort_chunks() const noexcept {
 // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
 // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
 // belongs to no heap.
+const heap::chunk_header* heap::header_of(std::uintptr_t a) noexcept {
+  if (!in_region(reinterpret_cast<const void*>(a))) return nullptr;
+  const chunk_header* c;
+  if (a % chunk_bytes == 0) {
+    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
+    if (!in_region(l) || l->magic != large_magic || l->block_offset != chunk_bytes) return nullptr;
+    c = l;
+  } else {
+    c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
+    if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
+  }
+  return c;
+}
+
+heap* heap::owner_with_id(const void* p, std::uint64_t id) noexcept {
+  const chunk_header* c = header_of(reinterpret_cast<std::uintptr_t>(p));
+  if (c == nullptr || c->heap_id != id || !in_region(c->owner)) return nullptr;
+  return c->owner->id_ == id ? c->owner : nullptr;
+}
+
 heap* heap::owner_of_chunk_aligned(std::uintptr_t a) noexcept {
   const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
   const bool aligned_large = in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes;

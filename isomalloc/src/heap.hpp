@@ -69,11 +69,6 @@ class heap {
     return static_cast<std::uint32_t>(gate_.load(std::memory_order_relaxed) & gate_rank_mask) ==
            static_cast<std::uint32_t>(region_rank) + 1;
   }
-  // The same, sequentially consistent: for other OS threads (ring_free's handshake).
-  bool in_use_here_sync() const noexcept {
-    return static_cast<std::uint32_t>(gate_.load(std::memory_order_seq_cst) & gate_rank_mask) ==
-           static_cast<std::uint32_t>(region_rank) + 1;
-  }
   // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
   // pushing a free right now), collects the delayed frees, and records `label` and dest for
   // messages. From now on frees of its blocks are refused here. pre: on the heap thread.
@@ -84,6 +79,12 @@ class heap {
   // Returns the blocks other OS threads freed (the rings, and thread_free_) to their pages.
   // pre: heap thread.
   void collect() noexcept;
+  // This heap's identity: unique among every heap of the run (and of a run restarted from it), and
+  // 0 once destroyed. Chunk headers carry it, so that a pointer recorded with it can later be told
+  // apart from one into the same address after the chunk went to another heap.
+  std::uint64_t id() const noexcept { return id_; }
+  // The heap that holds p if it is still the heap with identity `id`; else null.
+  static heap* owner_with_id(const void* p, std::uint64_t id) noexcept;
   // The thread that used the heap when it last left a rank ("" if it never left), and where to.
   const char* label() const noexcept { return label_; }
   int left_for() const noexcept { return left_for_; }
@@ -195,6 +196,7 @@ class heap {
     heap* owner;
     chunk_header* next;
     chunk_header* prev;
+    std::uint64_t heap_id;  // owner->id_ when the chunk joined it
   };
 
   // A segment. free_mask bit i == 1 iff pages[i].kind == free; the segment is on the heap's
@@ -232,6 +234,7 @@ class heap {
   static constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
   static constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
   static heap* owner_of_chunk_aligned(std::uintptr_t a) noexcept;
+  static const chunk_header* header_of(std::uintptr_t a) noexcept;  // the header describing a, or null
 
   heap() noexcept;
   segment* first_segment() const noexcept;
@@ -286,6 +289,7 @@ class heap {
   static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
 
   std::uint64_t magic_;               // heap_magic
+  std::uint64_t id_;                  // see id()
   // On a line of its own: other OS threads read it on every free, the heap thread writes the
   // lines that follow on every allocation.
   alignas(64) std::atomic<std::uint64_t> gate_;  // see gate_rank_mask

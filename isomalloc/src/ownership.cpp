@@ -46,16 +46,19 @@ void count_delayed_frees(std::size_t n) noexcept { g_delayed.fetch_add(n, std::m
 namespace {
 
 // One OS thread's frees of thread-heap memory, for the heap thread. Invariant: tail <= head <=
-// tail + slots; slot[i % slots] for i in [tail, head) holds a pointer freed by the producer while
-// its heap was in use here. Only the producer writes head and slot, only the heap thread tail.
+// tail + slots; slot[i % slots] for i in [tail, head) holds a pointer the producer freed and its
+// heap's identity. Only the producer writes head and slot, only the heap thread tail.
 struct remote_ring {
-  static constexpr std::uint64_t slots = 4096;  // 32 KiB: a batch of frees between two drains
-  std::atomic<std::uint32_t> busy{0};       // the producer is between its gate check and publishing
+  static constexpr std::uint64_t slots = 2048;  // 32 KiB: frees between two drains
+  struct entry {
+    void* p;
+    std::uint64_t heap_id;
+  };
   std::atomic<std::uint32_t> owned{1};      // an OS thread produces into it (0: free for reuse)
   remote_ring* next = nullptr;              // the registry, push-only
   alignas(64) std::atomic<std::uint64_t> head{0};
   alignas(64) std::atomic<std::uint64_t> tail{0};
-  alignas(64) void* slot[slots];
+  alignas(64) entry slot[slots];
 };
 
 std::atomic<remote_ring*> g_rings{nullptr};
@@ -91,23 +94,17 @@ remote_ring* my_ring() noexcept {
 
 bool rings_exist() noexcept { return g_rings.load(std::memory_order_relaxed) != nullptr; }
 
-bool ring_free(heap* h, void* p, bool* refused) noexcept {
+bool ring_free(const heap* h, void* p, std::uint64_t id, bool* refused) noexcept {
   remote_ring* r = my_ring();
   if (r == nullptr) return false;
   const std::uint64_t head = r->head.load(std::memory_order_relaxed);
   if (head - r->tail.load(std::memory_order_acquire) == remote_ring::slots) return false;
-  // Dekker with quiesce_rings: busy is set before the gate is read, the gate is closed before
-  // busy is read, both sequentially consistent, so either this push sees the gate closed or the
-  // heap thread waits for it.
-  r->busy.exchange(1, std::memory_order_seq_cst);  // xchg: a full fence, cheaper than mov + mfence
-  if (!h->in_use_here_sync()) {
-    r->busy.store(0, std::memory_order_release);
+  if (!h->in_use_here()) {
     *refused = true;
     return false;
   }
-  r->slot[head % remote_ring::slots] = p;
+  r->slot[head % remote_ring::slots] = {p, id};
   r->head.store(head + 1, std::memory_order_release);
-  r->busy.store(0, std::memory_order_release);
   return true;
 }
 
@@ -117,25 +114,18 @@ void drain_rings() noexcept {
     const std::uint64_t tail = r->tail.load(std::memory_order_relaxed);
     const std::uint64_t head = r->head.load(std::memory_order_acquire);
     for (std::uint64_t i = tail; i < head; ++i) {
-      void* p = r->slot[i % remote_ring::slots];
-      // Its heap has been in use here since the free (see above): owner_of finds it.
-      if (heap* h = heap::owner_of(p)) {
-        h->free(p);
+      const remote_ring::entry e = r->slot[i % remote_ring::slots];
+      heap* h = heap::owner_with_id(e.p, e.heap_id);
+      if (h != nullptr && h->in_use_here()) {
+        h->free(e.p);
+        ++taken;
       } else {
-        refuse_foreign_free(p, nullptr);
+        refuse_foreign_free(e.p, h);  // its free raced with its heap leaving or ending
       }
     }
     r->tail.store(head, std::memory_order_release);
-    taken += head - tail;
   }
   if (taken != 0) count_delayed_frees(taken);
-}
-
-void quiesce_rings() noexcept {
-  for (remote_ring* r = g_rings.load(std::memory_order_acquire); r != nullptr; r = r->next) {
-    while (r->busy.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
-  }
-  drain_rings();
 }
 
 void refuse_foreign_free(const void* p, const heap* h, const char* call) noexcept {

@@ -31,16 +31,18 @@
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs
 // the scheduler), allocates from thread heaps and changes them. A free() from any other OS thread
-// (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer into that OS
-// thread's own remote_ring (single producer, the heap thread the single consumer) after checking,
-// with a Dekker handshake (ring busy flag / heap gate), that the heap is in use here; it never
-// touches the block, so it costs two stores and a fence, not a cache miss on the block. When its
-// ring is full it pushes the block onto the heap's thread_free list instead (one CAS, under the
-// gate's pusher count: mimalloc's thread_free list). The heap thread takes both back when a heap
-// allocates on a slow path or collects, and always before any heap's gate closes (leave,
-// destroy): so every pointer it takes belongs to a heap that has been in use here since the free.
-// Rings are never freed: one per OS thread that ever freed thread-heap memory, reused after that
-// thread exits.
+// (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer, with its heap's
+// identity (heap::id), into that OS thread's own remote_ring (single producer, the heap thread the
+// single consumer) if the heap is in use here. It never touches the block and makes no atomic
+// read-modify-write: two plain stores. When its ring is full it pushes the block onto the heap's
+// thread_free list instead (one CAS, under the gate's pusher count: mimalloc's thread_free list).
+// The heap thread takes both back when a heap allocates on a slow path or collects, and before a
+// heap's gate closes (leave, destroy). A ring entry is freed only if the chunk still belongs to
+// the heap with that identity and the heap is in use here; an entry published too late (its free
+// raced with the heap leaving or ending) is refused as foreign instead: the block then stays
+// allocated (it travelled as a live block, or went with its heap), and no other heap's memory is
+// ever touched. Rings are never freed: one per OS thread that ever freed thread-heap memory,
+// reused after that thread exits.
 #pragma once
 
 #include <atomic>
@@ -72,14 +74,12 @@ struct ownership_stats_t {
   std::size_t delayed_frees = 0;       // frees from other OS threads that the heap thread took back
 };
 
-// A free() from an OS thread that is not the heap thread, of a block of h: into the calling
-// thread's ring. False if the ring is full (the caller uses h's thread_free list), or if h is not
-// in use here (`*refused` set; nothing recorded).
-bool ring_free(heap* h, void* p, bool* refused) noexcept;
-// On the heap thread: frees every block the rings hold into its heap.
+// A free() from an OS thread that is not the heap thread, of a block of h (identity id): into the
+// calling thread's ring. False if the ring is full (the caller uses h's thread_free list), or if h
+// is not in use here (`*refused` set; nothing recorded).
+bool ring_free(const heap* h, void* p, std::uint64_t id, bool* refused) noexcept;
+// On the heap thread: frees every block the rings hold into its heap (see above).
 void drain_rings() noexcept;
-// On the heap thread, right after a gate closed: waits for pushes in progress, then drains.
-void quiesce_rings() noexcept;
 // Whether any ring exists (any OS thread ever freed thread-heap memory); cheap.
 bool rings_exist() noexcept;
 ownership_stats_t ownership_stats() noexcept;
