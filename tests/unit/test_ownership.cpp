@@ -140,6 +140,26 @@ TEST_F(Ownership, KeptMemoryIsGivenBackWithoutItsHeadersWhenSomethingElseLandsOn
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 
+// A heap's identity tells a pointer recorded for it apart from the same address in a later heap
+// (a free from another OS thread published after its heap ended is refused, not applied there).
+TEST_F(Ownership, APointerRecordedForAHeapDoesNotMatchTheNextHeapAtTheSameAddress) {
+  heap* first = heap::create();
+  void* p = first->alloc(64);
+  const std::uint64_t id = first->id();
+  EXPECT_EQ(heap::owner_with_id(p, id), first);
+  first->destroy();
+  heap* second = heap::create();  // most likely in the same, cached chunk
+  void* q = second->alloc(64);
+  EXPECT_EQ(heap::owner_with_id(p, id), nullptr);
+  EXPECT_EQ(q, p) << "the chunk was not reused: the test proves less";
+  EXPECT_EQ(heap::owner_of(p), second);
+  EXPECT_NE(second->id(), id);
+  second->free(q);
+  second->destroy();
+  h_->free(big_);
+  finish_heap();
+}
+
 // Fault injection, the one fault this build can cause without a hook: the share runs out. A
 // heap's allocation that needs a run the share cannot give fails as malloc does (nullptr), and the
 // heap, the region and the block interface stay consistent and keep serving.
