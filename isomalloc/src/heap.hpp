@@ -290,9 +290,10 @@ class heap {
 
   std::uint64_t magic_;               // heap_magic
   std::uint64_t id_;                  // see id()
-  // On a line of its own: other OS threads read it on every free, the heap thread writes the
-  // lines that follow on every allocation.
-  alignas(64) std::atomic<std::uint64_t> gate_;  // see gate_rank_mask
+  // These share the first line with magic_ and id_, which never change: other OS threads read it
+  // on every free, and cur_ (the lines the heap thread writes on every allocation) starts on the
+  // next one.
+  std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
   std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
                                       // word (any kind of block); still live to their pages
   std::int32_t left_for_ = -1;        // the rank its thread last left for; -1: never left
@@ -324,7 +325,8 @@ void heap::for_each_run(F&& f) const {
 
 inline void heap::free_any(void* p) noexcept {
   heap* h = owner_of(p);
-  if (h != nullptr && t_heap_thread && h->in_use_here()) [[likely]] {
+  // On the heap thread, and its heap is in use here (t_heap_tag).
+  if (h != nullptr && static_cast<std::uint32_t>(h->gate_.load(std::memory_order_relaxed)) == t_heap_tag) [[likely]] {
     h->free(p);
     return;
   }

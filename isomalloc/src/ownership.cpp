@@ -17,6 +17,7 @@
 namespace iso::detail {
 
 constinit thread_local bool t_heap_thread __attribute__((tls_model("initial-exec"))) = false;
+constinit thread_local std::uint32_t t_heap_tag __attribute__((tls_model("initial-exec"))) = ~std::uint32_t{0};
 
 namespace {
 
@@ -30,6 +31,7 @@ constexpr std::size_t max_reported = 16;
 }  // namespace
 
 void claim_heap_thread() noexcept {
+  t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;  // the rank is agreed before heaps exist
   if (t_heap_thread) return;
   const bool* expected = nullptr;
   if (!g_heap_thread.compare_exchange_strong(expected, &t_heap_thread, std::memory_order_acq_rel)) {

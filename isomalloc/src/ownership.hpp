@@ -60,8 +60,12 @@ class heap;
 // The OS thread that uses thread heaps (see above). constinit and initial-exec, so that free()
 // reads it with one %fs-relative load.
 extern constinit thread_local bool t_heap_thread __attribute__((tls_model("initial-exec")));
-// Makes the calling OS thread the process's heap thread. fatal() if another OS thread is already
-// it: thread heaps are not locked, so two OS threads must never use them.
+// On the heap thread: this rank + 1, what the gate of a heap in use here holds; elsewhere a value
+// no gate holds. free() compares a heap's gate with it: one load and a compare for both tests.
+extern constinit thread_local std::uint32_t t_heap_tag __attribute__((tls_model("initial-exec")));
+// Makes the calling OS thread the process's heap thread (and sets its t_heap_tag). fatal() if
+// another OS thread is already it: thread heaps are not locked, so two OS threads must never use
+// them.
 void claim_heap_thread() noexcept;
 
 // A free() (or `call`) of region memory that no heap in use on this rank holds (h: the heap whose
