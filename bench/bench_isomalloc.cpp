@@ -2,6 +2,10 @@
 // prints the ratios):
 //   heap_malloc_free/N     the per-thread heap's alloc + free of N bytes   vs glibc malloc + free
 //   heap_batch_1000x64     1000 allocations of 64 B, then 1000 frees        vs glibc
+//   cross_thread_free_1000x64  free() of 1000 heap blocks of 64 B by another OS thread (each one
+//                          CAS onto the heap's thread_free list), plus the heap thread's collect of
+//                          them; manual time of just those    vs free() of the same 1000 blocks on
+//                          the heap thread (raw:). Allocation is outside the timed part.
 //   iso_malloc_free/N      the C block interface, N = 64 KiB and 1 MiB     vs mmap + munmap
 //   iso_pack_unpack/N      iso_pack, iso_detach, iso_unpack of an N-byte block (the image moves
 //                          out and back on one rank)                        vs two memcpys of N bytes
@@ -9,8 +13,11 @@
 #include <benchmark/benchmark.h>
 #include <sys/mman.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "heap.hpp"
@@ -61,6 +68,58 @@ void glibc_batch(benchmark::State& state) {
     benchmark::DoNotOptimize(blocks);
     for (void* p : blocks) std::free(p);
   }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+using bench_clock = std::chrono::steady_clock;
+
+double seconds_since(bench_clock::time_point t0) {
+  return std::chrono::duration<double>(bench_clock::now() - t0).count();
+}
+
+// The raw side: the heap thread frees its own blocks through the interposer's free().
+void local_free(benchmark::State& state) {
+  heap* h = bench_heap();
+  void* blocks[batch];
+  for (auto _ : state) {
+    for (void*& p : blocks) p = h->alloc(64);
+    const auto t0 = bench_clock::now();
+    for (void* p : blocks) std::free(p);
+    state.SetIterationTime(seconds_since(t0));
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+
+// Another OS thread frees them (spinning on `turn` between batches; both sides run on their own
+// core), then the heap thread collects them into their pages.
+void cross_thread_free(benchmark::State& state) {
+  heap* h = bench_heap();
+  void* blocks[batch];
+  std::atomic<int> turn{0};  // 0: heap thread's, 1: the freeing thread's, 2: stop
+  double freeing_seconds = 0;
+  std::thread other([&] {
+    for (;;) {
+      int t;
+      while ((t = turn.load(std::memory_order_acquire)) == 0) {
+      }
+      if (t == 2) return;
+      const auto t0 = bench_clock::now();
+      for (void* p : blocks) std::free(p);
+      freeing_seconds = seconds_since(t0);
+      turn.store(0, std::memory_order_release);
+    }
+  });
+  for (auto _ : state) {
+    for (void*& p : blocks) p = h->alloc(64);
+    turn.store(1, std::memory_order_release);
+    while (turn.load(std::memory_order_acquire) != 0) {
+    }
+    const auto t0 = bench_clock::now();
+    h->collect();
+    state.SetIterationTime(freeing_seconds + seconds_since(t0));
+  }
+  turn.store(2, std::memory_order_release);
+  other.join();
   state.SetItemsProcessed(state.iterations() * batch);
 }
 
@@ -115,6 +174,8 @@ BENCHMARK(heap_malloc_free)->Name("heap_malloc_free")->Arg(16)->Arg(64)->Arg(256
 BENCHMARK(iso_bench::glibc_malloc_free)->Name("raw:heap_malloc_free")->Arg(16)->Arg(64)->Arg(256)->Arg(1024)->Arg(8192);
 BENCHMARK(heap_batch)->Name("heap_batch_1000x64");
 BENCHMARK(glibc_batch)->Name("raw:heap_batch_1000x64");
+BENCHMARK(cross_thread_free)->Name("cross_thread_free_1000x64")->UseManualTime();
+BENCHMARK(local_free)->Name("raw:cross_thread_free_1000x64")->UseManualTime();
 BENCHMARK(iso_malloc_free)->Name("iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
 BENCHMARK(mmap_munmap)->Name("raw:iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
 BENCHMARK(iso_pack_unpack)->Name("iso_pack_unpack")->Arg(1 << 20)->Arg(16 << 20);

@@ -12,6 +12,7 @@
 #include "checksum.hpp"
 #include "diag.hpp"
 #include "isothreads/isomalloc.h"
+#include "ownership.hpp"
 #include "region.hpp"
 
 namespace iso::detail {
@@ -79,7 +80,7 @@ region& ready_region() {
     raise(iso::errc::no_runtime, "the isomalloc region is not initialised: call iso_init(comm) after MPI_Init");
   }
   r.set_return_hook(&accept_return);
-  if (region_peers* p = r.peers(); p != nullptr) p->poll();
+  r.poll();  // MPI only on the MPI thread: from other OS threads a no-op
   return r;
 }
 
@@ -242,6 +243,9 @@ void* iso_unpack(const void* image, size_t bytes) {
       raise(iso::errc::bad_pointer, "iso_unpack: the range of block %p is in use on its owner, rank %d",
             block, r.rank());
     }
+    // Kept memory of a departed thread on this range is given back before the write, not after
+    // (a later MADV_FREE would discard the block).
+    departures::get().settle(h.address, h.length, 0);
     std::memcpy(block, data, h.length);
     t.entries[h.address] = {static_cast<std::size_t>(h.length), true};
     result = block;
@@ -270,7 +274,7 @@ void iso_progress(void) {
   region& r = region::get();
   if (r.ready()) {
     r.set_return_hook(&accept_return);
-    if (region_peers* p = r.peers(); p != nullptr) p->poll();
+    r.poll();
   }
 }
 

@@ -4,8 +4,10 @@
 #include <array>
 #include <bit>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "checksum.hpp"
 #include "diag.hpp"
@@ -92,7 +94,27 @@ void list_unlink(T*& head, T* x) noexcept {
 
 }  // namespace
 
-heap::heap() noexcept : magic_(heap_magic), empty_{}, chunks_(nullptr), space_(nullptr) {
+namespace {
+// Heap identities: a per-process random start (so that heaps restored from a checkpoint, made by
+// an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
+std::uint64_t next_heap_id() noexcept {
+  static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
+  std::uint64_t z = counter.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return z != 0 ? z : 1;
+}
+}  // namespace
+
+heap::heap() noexcept
+    : magic_(heap_magic),
+      id_(next_heap_id()),
+      gate_(static_cast<std::uint32_t>(region_rank) + 1),
+      thread_free_(nullptr),
+      empty_{},
+      chunks_(nullptr),
+      space_(nullptr) {
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
@@ -102,6 +124,7 @@ heap* heap::create() {
                 page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
   ISO_ASSERT(prim::page_size() == page_bytes);
+  claim_heap_thread();
   void* mem = region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
   h->setup_segment(mem, first_header_bytes());
@@ -112,6 +135,7 @@ heap::segment* heap::setup_segment(void* mem, std::uint32_t header_bytes) noexce
   auto* s = new (mem) segment;
   s->magic = segment_magic;
   s->owner = this;
+  s->heap_id = id_;
   s->free_mask = (1u << pages_per_segment) - 1;
   s->header_bytes = header_bytes;
   for (page& pg : s->pages) pg = page{};
@@ -131,6 +155,7 @@ heap::segment* heap::new_segment() noexcept {
 }
 
 void heap::destroy() noexcept {
+  close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
   region& r = region::get();
   for (chunk_header* c = chunks_; c != nullptr;) {
@@ -148,6 +173,7 @@ void heap::destroy() noexcept {
     c = next;
   }
   magic_ = 0;
+  id_ = 0;
   first->magic = 0;
   r.free_chunks(first, 1);
 }
@@ -214,6 +240,7 @@ void heap::carve(page* pg) noexcept {
 }
 
 void* heap::alloc_small_slow(unsigned cls) noexcept {
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   page* pg = cur_[cls];
   while (pg != &empty_ && pg->free == nullptr) {
     if (pg->bump < pg->start + pg->capacity * pg->block_bytes) {
@@ -259,6 +286,7 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
 }
 
 void* heap::alloc_medium(std::size_t pages) noexcept {
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   const auto k = static_cast<unsigned>(pages);
   segment* s = space_;
   unsigned idx = 0;
@@ -293,6 +321,7 @@ void* heap::alloc_medium(std::size_t pages) noexcept {
 void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
   constexpr std::size_t max_bytes = std::size_t{1} << 46;  // beyond any region share
   if (bytes > max_bytes || align > max_bytes) return nullptr;
+  if (thread_free_.load(std::memory_order_relaxed) != nullptr || rings_exist()) [[unlikely]] collect();
   const std::size_t usable = round_up(std::max<std::size_t>(bytes, 1), page_bytes);
   // Below 64 KiB the alignment is met inside the run's first chunk; above, the header moves up to
   // the chunk just below the first aligned address past one chunk into the run.
@@ -310,6 +339,7 @@ void* heap::alloc_large(std::size_t bytes, std::size_t align) noexcept {
   auto* l = new (reinterpret_cast<void*>(at)) large;
   l->magic = large_magic;
   l->owner = this;
+  l->heap_id = id_;
   l->run = addr_of(run);
   l->run_chunks = n;
   l->block_offset = offset;
@@ -402,6 +432,100 @@ void heap::free_slow(void* p) noexcept {
   } else {
     bad_free(p);
   }
+}
+
+// ---- ownership: the gate, and frees from other OS threads ----------------------------------------
+
+void heap::free_unusual(void* p, heap* h) noexcept {
+  if (h != nullptr && !t_heap_thread) {
+    h->free_from_other_thread(p);
+    return;
+  }
+  refuse_foreign_free(p, h);  // no heap holds it, or its heap is not in use here
+}
+
+// A block pushed here is written (its first word) only once the gate was seen open with this
+// thread counted in it, and leave() waits for the count to drop before the image is built: so no
+// push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
+// thread_free); the gate costs two more atomic adds on the same line.
+void heap::free_from_other_thread(void* p) noexcept {
+  bool refused = false;
+  if (ring_free(this, p, id_, &refused)) return;
+  if (refused) {
+    refuse_foreign_free(p, this);
+    return;
+  }
+  // The ring is full: onto thread_free_.
+  const std::uint64_t before = gate_.fetch_add(gate_pusher, std::memory_order_acquire);
+  if (static_cast<std::uint32_t>(before & gate_rank_mask) != static_cast<std::uint32_t>(region_rank) + 1) {
+    gate_.fetch_sub(gate_pusher, std::memory_order_release);
+    refuse_foreign_free(p, this);
+    return;
+  }
+  auto* b = static_cast<block*>(p);
+  block* head = thread_free_.load(std::memory_order_relaxed);
+  do {
+    b->next = head;
+  } while (!thread_free_.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
+  gate_.fetch_sub(gate_pusher, std::memory_order_release);
+}
+
+void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
+  heap* h = owner_of(p);
+  if (h != nullptr && t_heap_thread && h->in_use_here()) return h->realloc(p, bytes);
+  if (h == nullptr || t_heap_thread) {
+    refuse_foreign_free(p, h, "realloc");
+    return nullptr;
+  }
+  // Another OS thread allocates from the system heap: the block moves there.
+  if (bytes == 0) {
+    h->free_from_other_thread(p);
+    return nullptr;
+  }
+  void* q = __libc_malloc(bytes);
+  if (q == nullptr) return nullptr;
+  std::memcpy(q, p, std::min(h->usable_size(p), bytes));
+  h->free_from_other_thread(p);
+  return q;
+}
+
+void heap::close_gate() noexcept {
+  // First what other OS threads freed into their rings while it was open (after the gate closes
+  // those entries would be refused).
+  if (rings_exist()) drain_rings();
+  std::uint64_t g = gate_.load(std::memory_order_relaxed);
+  while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+  }
+  // Pushers counted before the gate closed finish their push; those after see it closed.
+  while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
+}
+
+void heap::leave(int dest, const char* label) noexcept {
+  close_gate();
+  collect();
+  left_for_ = dest;
+  std::snprintf(label_, sizeof label_, "%s", label);
+}
+
+void heap::arrive() noexcept {
+  claim_heap_thread();
+  std::uint64_t g = gate_.load(std::memory_order_relaxed);
+  const std::uint64_t here = static_cast<std::uint32_t>(region_rank) + 1;
+  while (!gate_.compare_exchange_weak(g, (g & ~gate_rank_mask) | here, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed)) {
+  }
+}
+
+void heap::collect() noexcept {
+  if (rings_exist()) drain_rings();
+  block* b = thread_free_.exchange(nullptr, std::memory_order_acquire);
+  std::size_t n = 0;
+  for (; b != nullptr; ++n) {
+    block* next = b->next;  // free() reuses the link
+    free(b);
+    b = next;
+  }
+  if (n != 0) count_delayed_frees(n);
 }
 
 void heap::bad_free(const void* p) const noexcept {
@@ -541,6 +665,26 @@ void heap::sort_chunks() const noexcept {
 // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
 // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
 // belongs to no heap.
+const heap::chunk_header* heap::header_of(std::uintptr_t a) noexcept {
+  if (!in_region(reinterpret_cast<const void*>(a))) return nullptr;
+  const chunk_header* c;
+  if (a % chunk_bytes == 0) {
+    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
+    if (!in_region(l) || l->magic != large_magic || l->block_offset != chunk_bytes) return nullptr;
+    c = l;
+  } else {
+    c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
+    if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
+  }
+  return c;
+}
+
+heap* heap::owner_with_id(const void* p, std::uint64_t id) noexcept {
+  const chunk_header* c = header_of(reinterpret_cast<std::uintptr_t>(p));
+  if (c == nullptr || c->heap_id != id || !in_region(c->owner)) return nullptr;
+  return c->owner->id_ == id ? c->owner : nullptr;
+}
+
 heap* heap::owner_of_chunk_aligned(std::uintptr_t a) noexcept {
   const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
   const bool aligned_large = in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes;
@@ -773,6 +917,7 @@ heap* heap::read_image(const void* image, std::size_t bytes) {
   }
   auto* hp = reinterpret_cast<heap*>(h.heap);
   hp->reset_empty_pages(false);
+  hp->arrive();
   ISO_ASSERT_EXPENSIVE(hp->is_valid());
   return hp;
 }

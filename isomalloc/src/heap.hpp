@@ -16,14 +16,17 @@
 // 64 KiB-aligned large blocks start on a chunk boundary), so free() needs no table and works the
 // same on every rank.
 //
-// A heap belongs to one thread at a time and is not thread-safe (no locks: the scheduler runs
-// every migratable thread of a rank on one OS thread).
+// A heap belongs to one thread at a time and is not locked: the scheduler runs every migratable
+// thread of a rank on one OS thread, the heap thread (ownership.hpp). Other OS threads only push
+// the blocks they free onto thread_free_, which the heap thread collects. The gate says where the
+// heap is in use: on one rank at most, and nowhere while its thread is in transit or after it left
+// (ownership.hpp states the invariant).
 //
 // Size classes: 16-byte steps up to 128, then four per doubling (~25% apart) up to 1 KiB, then
 // 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
 // A fresh heap touches one page: page 0 of its first segment holds the segment header (824
-// bytes), the heap object (248 bytes) and the blocks of the first size class used; each further
+// bytes), the heap object (288 bytes) and the blocks of the first size class used; each further
 // class takes a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
 // it is its class's only page with room (kept, so that alloc + free of one block in a loop stays
@@ -31,23 +34,60 @@
 // the region. A segment with no live block left goes back to the region at once.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
 
+#include "ownership.hpp"
 #include "region.hpp"
 
 namespace iso::detail {
 
 class heap {
  public:
-  // A new empty heap in a fresh chunk of this rank's share. Throws iso::error(region_exhausted).
-  // The region must be ready. Touches one page.
+  // A new empty heap in a fresh chunk of this rank's share, in use here; the calling OS thread
+  // becomes the heap thread (claim_heap_thread). Throws iso::error(region_exhausted). The region
+  // must be ready. Touches one page.
   static heap* create();
-  // Returns every chunk of the heap to its owner (region::free_chunks). The heap and every block
-  // in it are gone afterwards. pre: called on the rank where the heap is now.
+  // Closes the gate and returns every chunk of the heap to its owner (region::free_chunks). The
+  // heap and every block in it are gone afterwards. pre: on the heap thread of the rank where the
+  // heap is in use.
   void destroy() noexcept;
+
+  // free() and realloc() of the interposer for a pointer in the region, from any OS thread: the
+  // block goes back to the heap that holds it when that heap is in use here (from another OS
+  // thread: through thread_free_; realloc from another OS thread moves the block to the system
+  // heap, that thread's allocator); anything else is refused as foreign (refuse_foreign_free) and
+  // changes nothing, realloc then returning nullptr. pre: in_region(p).
+  static void free_any(void* p) noexcept;  // inline: below
+  static void* realloc_any(void* p, std::size_t bytes) noexcept;
+
+  // True if the heap is in use on this rank (its gate is open here).
+  bool in_use_here() const noexcept {
+    return static_cast<std::uint32_t>(gate_.load(std::memory_order_relaxed) & gate_rank_mask) ==
+           static_cast<std::uint32_t>(region_rank) + 1;
+  }
+  // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
+  // pushing a free right now), collects the delayed frees, and records `label` and dest for
+  // messages. From now on frees of its blocks are refused here. pre: on the heap thread.
+  void leave(int dest, const char* label) noexcept;
+  // The heap has landed on this rank (an arrival, a restart): opens the gate here; the calling OS
+  // thread becomes the heap thread.
+  void arrive() noexcept;
+  // Returns the blocks other OS threads freed (the rings, and thread_free_) to their pages.
+  // pre: heap thread.
+  void collect() noexcept;
+  // This heap's identity: unique among every heap of the run (and of a run restarted from it), and
+  // 0 once destroyed. Chunk headers carry it, so that a pointer recorded with it can later be told
+  // apart from one into the same address after the chunk went to another heap.
+  std::uint64_t id() const noexcept { return id_; }
+  // The heap that holds p if it is still the heap with identity `id`; else null.
+  static heap* owner_with_id(const void* p, std::uint64_t id) noexcept;
+  // The thread that used the heap when it last left a rank ("" if it never left), and where to.
+  const char* label() const noexcept { return label_; }
+  int left_for() const noexcept { return left_for_; }
 
   // malloc semantics: nullptr when the region is exhausted; alloc(0) returns a unique pointer.
   // Alignment: 16 bytes for every block.
@@ -156,6 +196,7 @@ class heap {
     heap* owner;
     chunk_header* next;
     chunk_header* prev;
+    std::uint64_t heap_id;  // owner->id_ when the chunk joined it
   };
 
   // A segment. free_mask bit i == 1 iff pages[i].kind == free; the segment is on the heap's
@@ -183,7 +224,9 @@ class heap {
   using extent_fn = void (*)(void* ctx, void* addr, std::size_t bytes);
 
   // Where the heap object sits in its first segment, and that segment's header bytes.
-  static constexpr std::size_t heap_offset() noexcept { return (sizeof(segment) + 15) / 16 * 16; }
+  static constexpr std::size_t heap_offset() noexcept {
+    return (sizeof(segment) + alignof(heap) - 1) / alignof(heap) * alignof(heap);
+  }
   static constexpr std::uint32_t first_header_bytes() noexcept {
     return static_cast<std::uint32_t>(heap_offset() + sizeof(heap));
   }
@@ -191,6 +234,7 @@ class heap {
   static constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
   static constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
   static heap* owner_of_chunk_aligned(std::uintptr_t a) noexcept;
+  static const chunk_header* header_of(std::uintptr_t a) noexcept;  // the header describing a, or null
 
   heap() noexcept;
   segment* first_segment() const noexcept;
@@ -209,6 +253,9 @@ class heap {
   segment* setup_segment(void* mem, std::uint32_t header_bytes) noexcept;
 
   void free_slow(void* p) noexcept;
+  static void free_unusual(void* p, heap* h) noexcept;  // free_any's cases off the fast path
+  void free_from_other_thread(void* p) noexcept;
+  void close_gate() noexcept;
   [[noreturn]] void bad_free(const void* p) const noexcept;
   void small_page_slow(page* pg) noexcept;
   // Whether pg holds live data: a page of a medium block, or a small page with a live block. The
@@ -236,8 +283,22 @@ class heap {
   static bool small_page_valid(const segment* s, unsigned idx) noexcept;
   bool segment_valid(const segment* s) const noexcept;
 
+  // gate_: low 32 bits, rank + 1 where the heap is in use (0: nowhere); high 32 bits, other OS
+  // threads inside free_from_other_thread now. Only the heap thread changes the low bits.
+  static constexpr std::uint64_t gate_rank_mask = 0xffffffffu;
+  static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
+
   std::uint64_t magic_;               // heap_magic
-  page* cur_[small_classes];          // head of the class's list of pages with room (only the head
+  std::uint64_t id_;                  // see id()
+  // These share the first line with magic_ and id_, which never change: other OS threads read it
+  // on every free, and cur_ (the lines the heap thread writes on every allocation) starts on the
+  // next one.
+  std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
+  std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
+                                      // word (any kind of block); still live to their pages
+  std::int32_t left_for_ = -1;        // the rank its thread last left for; -1: never left
+  char label_[20] = {};               // that thread's name ("home:serial"), NUL-terminated
+  alignas(64) page* cur_[small_classes];          // head of the class's list of pages with room (only the head
                                       // may be full), or &empty_
   page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
   mutable chunk_header* chunks_;      // every segment and large run of the heap
@@ -260,6 +321,16 @@ void heap::for_each_run(F&& f) const {
         (*static_cast<std::remove_reference_t<F>*>(ctx))(run, chunks);
       },
       const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
+
+inline void heap::free_any(void* p) noexcept {
+  heap* h = owner_of(p);
+  // On the heap thread, and its heap is in use here (t_heap_tag).
+  if (h != nullptr && static_cast<std::uint32_t>(h->gate_.load(std::memory_order_relaxed)) == t_heap_tag) [[likely]] {
+    h->free(p);
+    return;
+  }
+  free_unusual(p, h);
 }
 
 // Inline for free()'s sake: the common case is one masked load and a compare.

@@ -7,9 +7,13 @@
 #include <string>
 
 #include "diag.hpp"
+#include "ownership.hpp"
 
 namespace iso::detail {
 namespace {
+
+// Set on the OS thread that agreed the region (region::on_mpi_thread).
+constinit thread_local bool t_mpi_thread = false;
 
 constexpr std::uintptr_t one_gib = std::uintptr_t{1} << 30;
 // Below this the program, its brk heap and the kernel's low reservations live; never look there.
@@ -142,6 +146,7 @@ void region::set_layout(std::uintptr_t base, std::size_t bytes, int rank, int nr
   insert_free(share(rank).lo, share_bytes_ / chunk_bytes);
   region_lo = base_;
   region_bytes = bytes_;
+  region_rank = rank;
   ready_.store(true, std::memory_order_release);
 }
 
@@ -240,6 +245,7 @@ void region::agree(region_peers& peers, std::size_t requested) {
                        chosen.hi, failed.c_str()));
   }
   peers_ = &peers;
+  t_mpi_thread = true;
   set_layout(chosen.lo, chosen.bytes(), me, n);
 }
 
@@ -360,12 +366,23 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   const std::size_t bytes = n * chunk_bytes;
   if (owner != rank_) {
     prim::decommit(p, bytes);
+    const auto addr = reinterpret_cast<std::uintptr_t>(p);
     {
       std::lock_guard<std::mutex> g(lock_);
       ++stats_.remote_frees;
+      if (peers_ == nullptr) return;
+      if (!t_mpi_thread) {
+        try {
+          pending_returns_.push_back({owner, addr, bytes});
+        } catch (const std::bad_alloc&) {
+          fatal("out of system memory while queueing run [%#zx, +%zu) for its owner, rank %d", addr, bytes, owner);
+        }
+        return;
+      }
     }
     // Outside the lock: the send may allocate, and MPI may call back into anything.
-    if (peers_ != nullptr) peers_->remote_free(owner, reinterpret_cast<std::uintptr_t>(p), bytes);
+    flush_returns();
+    peers_->remote_free(owner, addr, bytes);
     return;
   }
   std::lock_guard<std::mutex> g(lock_);
@@ -384,9 +401,31 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   insert_free(reinterpret_cast<std::uintptr_t>(p), n);
 }
 
+bool region::on_mpi_thread() noexcept { return t_mpi_thread; }
+
+void region::flush_returns() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return;
+  sys_vector<pending_return> out;
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    out.swap(pending_returns_);
+  }
+  for (const pending_return& r : out) peers_->remote_free(r.owner, r.addr, r.bytes);
+}
+
+void region::poll() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return;
+  flush_returns();
+  peers_->poll();
+}
+
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   const interval s = share(rank_);
-  if (settle_hook hook = settle_hook_.load(std::memory_order_relaxed); hook != nullptr) hook(addr, bytes);
+  if (departures::get().park_return(addr, bytes)) {
+    std::lock_guard<std::mutex> g(lock_);
+    ++stats_.parked_returns;
+    return;
+  }
   if (return_hook hook = return_hook_.load(std::memory_order_relaxed); hook != nullptr && !hook(addr, bytes)) {
     std::lock_guard<std::mutex> g(lock_);
     ++stats_.kept_returns;

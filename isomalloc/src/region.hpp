@@ -15,7 +15,8 @@
 // A run is in exactly one state on its owner: free (in free_by_addr_), cached (freed, still
 // committed, in cache_), or allocated (held by some rank: this one, or another after migration).
 // A run freed on a rank that does not own it is sent back through region_peers::remote_free and
-// stays allocated on the owner until it arrives, so nobody reuses it meanwhile.
+// stays allocated on the owner until it arrives, so nobody reuses it meanwhile. ownership.hpp
+// states the whole invariant, with the states a run of a departed thread passes through.
 #pragma once
 
 #include <atomic>
@@ -48,9 +49,10 @@ class region_peers {
   // Collective: every rank contributes a list of words, every rank receives all lists by rank.
   virtual sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) = 0;
   // Sends [addr, addr+bytes) back to its owner. Never blocks; the owner's side calls
-  // region::accept_returned when it arrives.
+  // region::accept_returned when it arrives. The region calls it, and poll(), only on its MPI
+  // thread (region::on_mpi_thread), one call at a time.
   virtual void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept = 0;
-  // Handles whatever has arrived (returned runs); called by the block interface on each call.
+  // Handles whatever has arrived (returned runs).
   virtual void poll() noexcept = 0;
 };
 
@@ -58,6 +60,8 @@ class region_peers {
 // constant-initialised, set once the region is agreed; [lo, lo + bytes).
 inline constinit std::uintptr_t region_lo = 0;
 inline constinit std::size_t region_bytes = 0;
+// This process's rank (0 until the region is agreed): the gate of a heap in use here holds it.
+inline constinit int region_rank = 0;
 inline bool in_region(const void* p) noexcept { return reinterpret_cast<std::uintptr_t>(p) - region_lo < region_bytes; }
 
 class region {
@@ -101,10 +105,20 @@ class region {
   // Throws iso::error(region_exhausted) naming the rank, the share and n.
   void* alloc_chunks(std::size_t n);
   // Releases a run taken by alloc_chunks on any rank: kept or cached here if this rank owns it,
-  // else decommitted here and sent back to its owner. pre: p chunk-aligned, n the run's length.
+  // else decommitted here and sent back to its owner (at once on the MPI thread; from another OS
+  // thread at the MPI thread's next poll()). pre: p chunk-aligned, n the run's length.
   void free_chunks(void* p, std::size_t n) noexcept;
-  // A run freed elsewhere comes home. Ignores (and counts in bad_returns) a run outside the
-  // share or overlapping free space.
+  // On the MPI thread: sends the returns other OS threads queued, then lets the peers handle what
+  // arrived (region_peers::poll). From any other OS thread: does nothing. Every block call, the
+  // runtime's progress engine and iso_progress call it.
+  void poll() noexcept;
+  // On the MPI thread: sends the returns other OS threads queued (before the peers drain).
+  void flush_returns() noexcept;
+  // True on the OS thread that agreed the region: the one that owns MPI (MPI_THREAD_FUNNELED).
+  static bool on_mpi_thread() noexcept;
+  // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
+  // (departures::park_return; taken back when that send is over); ignores (and counts in
+  // bad_returns) a run outside the share or overlapping free space.
   void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
   // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
   // later run). Returns false if any part is already allocated here.
@@ -117,10 +131,6 @@ class region {
   // block whose range came home (true).
   using return_hook = bool (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
   void set_return_hook(return_hook hook) noexcept { return_hook_.store(hook, std::memory_order_relaxed); }
-  // Called first, for every run that comes home: the migration engine finishes a departure still
-  // pending on this rank for that memory (it must release its copy before the run is reused).
-  using settle_hook = void (*)(std::uintptr_t addr, std::size_t bytes) noexcept;
-  void set_settle_hook(settle_hook hook) noexcept { settle_hook_.store(hook, std::memory_order_relaxed); }
 
   struct stats_t {
     std::size_t allocated_chunks = 0;  // runs currently allocated from this share, in chunks
@@ -128,6 +138,7 @@ class region {
     std::size_t returned_runs = 0;     // runs that came home from other ranks
     std::size_t bad_returns = 0;       // returned runs that were refused as malformed
     std::size_t kept_returns = 0;      // returned runs kept for a block still held here
+    std::size_t parked_returns = 0;    // returned runs that waited for a departure's send
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
   };
   stats_t stats() const noexcept;
@@ -155,8 +166,13 @@ class region {
   int rank_ = 0;
   int nranks_ = 1;
   region_peers* peers_ = nullptr;        // null in single-rank mode
+  struct pending_return {
+    int owner;
+    std::uintptr_t addr;
+    std::size_t bytes;
+  };
+  sys_vector<pending_return> pending_returns_;  // freed by other OS threads, for the MPI thread
   std::atomic<return_hook> return_hook_{nullptr};
-  std::atomic<settle_hook> settle_hook_{nullptr};
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.

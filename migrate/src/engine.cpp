@@ -6,6 +6,7 @@
 
 #include "diag.hpp"
 #include "interpose.hpp"
+#include "ownership.hpp"
 #include "region.hpp"
 
 namespace iso::detail {
@@ -28,7 +29,6 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
       directory_(rank_, size_) {
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
   s.set_depart_hook(&depart_hook);
-  region::get().set_settle_hook(&settle_hook);
   s.set_finish_hook(&finish_hook);
   migrate_to_impl = &migrate_to_hook;
   join_impl = &join_hook;
@@ -41,7 +41,6 @@ engine::~engine() {
   join_impl = nullptr;
   sched_.set_depart_hook(nullptr);
   sched_.set_finish_hook(nullptr);
-  region::get().set_settle_hook(nullptr);
 }
 
 engine* engine::current() noexcept { return g_engine; }
@@ -88,7 +87,7 @@ bool engine::poll() noexcept {
   heap_scope system(nullptr);
   bool did = false;
   batches_.poll();
-  if (!kept_.empty()) give_back_old(now_ns());
+  if (departures::get().any_kept()) departures::get().tick(now_ns());
   did = complete(departures_, [](departure& d) -> auto& { return d.requests; }, [](departure& d) { return d.dest; },
                  [this](departure& d) { finish_departure(d); }) || did;
   did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },

@@ -4,7 +4,7 @@
 //   directory.hpp  where threads are and where a message goes next (pure logic, unit-tested over
 //                  a simulated network)
 //   mailbox.hpp    a thread's mailbox: exactly once, in per-sender order
-//   shipping.cpp   images out and in (and the departed memory kept for a while)
+//   shipping.cpp   images out and in (the departed memory kept for a while is isomalloc's)
 //   join.cpp       the join protocol and the end of threads
 //   routing.cpp    iso::send, routing through the directory, delivery, control messages
 //   engine.cpp     the wiring: set-up, the batched transport, poll, moving threads
@@ -151,31 +151,14 @@ class engine {
     bool guard_kept;                    // its stack's guard is still installed here (it came back)
     sys_vector<MPI_Request> requests;
   };
-  // A departed thread's memory, kept here for a while before it goes back to the kernel: a thread
-  // that comes back soon (load balancing moves threads back and forth) finds its pages mapped and
-  // its stack guard installed, so its migration costs no system call. Given back after keep_ns,
-  // or sooner when more than keep_bytes are kept, or at once when the memory comes home or
-  // something else arrives on it.
-  struct kept {
-    std::uint64_t thread;               // thread_id bits
-    stack_run stack;                    // its guard is still installed
-    sys_vector<std::pair<void*, std::size_t>> runs;
-    std::size_t bytes;                  // runs + stack, in bytes
-    std::int64_t since_ns;              // when it left
-  };
-  static constexpr std::int64_t keep_ns = 100'000'000;
-  static constexpr std::size_t keep_bytes = std::size_t{64} << 20;
-  void give_back(const kept& k) noexcept;      // guard removed, pages released lazily
-  void give_back_old(std::int64_t now) noexcept;
-  // Memory [addr, addr+bytes) is about to be written by an arrival (`arriving`: its thread's id
-  // bits) or to come home (0): finish what this rank still does with it. True if `arriving`
-  // finds its own stack guard still installed.
+  // Memory [addr, addr+bytes) is about to be written by the arrival of `arriving` (its thread's id
+  // bits): finish the departures still sending it, then settle kept memory (departures::settle).
+  // True if `arriving` finds its own stack guard still installed.
   bool settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept;
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
-  void released(const image_header& h, const stack_run& stack, const sys_vector<std::pair<void*, std::size_t>>& runs,
-                int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
+  void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
   void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
   void finish_arrival(arrival& a) noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
@@ -205,7 +188,6 @@ class engine {
   void on_ctrl(const ctrl_msg& m) noexcept;
 
   static void depart_hook(scheduler& s, tcb* t) noexcept;
-  static void settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept;
   static void finish_hook(scheduler& s, tcb* t) noexcept;
   static void migrate_to_hook(scheduler& s, tcb* self, int dest);
   static void join_hook(scheduler& s, tcb* self, thread_id t);
@@ -224,8 +206,6 @@ class engine {
   directory directory_;
   std::list<departure, sys_allocator<departure>> departures_;
   std::list<arrival, sys_allocator<arrival>> arrivals_;
-  std::list<kept, sys_allocator<kept>> kept_;            // oldest first
-  std::size_t kept_bytes_ = 0;
 
   sys_unordered_map<std::uint64_t, std::uint64_t> main_next_seq_;  // sends from main, per receiver
 };

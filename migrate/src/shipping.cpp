@@ -1,12 +1,12 @@
-// Shipping: thread images out (depart) and in (arrivals), and the memory of departed threads
-// kept for a while in case they come back. Part of the engine (engine.hpp).
+// Shipping: thread images out (depart) and in (arrivals); the memory of departed threads is
+// isomalloc's (ownership.hpp). Part of the engine (engine.hpp).
 #include <cstring>
 
 #include "diag.hpp"
 #include "engine.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
-#include "prim.hpp"
+#include "ownership.hpp"
 #include "region.hpp"
 #include "stack.hpp"
 
@@ -28,6 +28,9 @@ void engine::depart(tcb* t) noexcept {
   try {
     directory_.departed(id.bits(), dest, t->epoch);
     const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
+    // Before the image is built: from now on this rank refuses frees of the thread's memory.
+    departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
+                            id.to_string().c_str());
     sys_vector<unsigned char> image = build_image_header(t, layout_, true);
     sys_vector<std::pair<void*, std::size_t>> runs;
     t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
@@ -37,7 +40,7 @@ void engine::depart(tcb* t) noexcept {
     stats_.bytes_out += h.data_bytes;
     if (h.inline_data == 1) {
       // Small: the image is copied into the message, so this rank's copy can go at once.
-      released(h, t->stack, runs, dest, t->epoch, start_ns);
+      released(h, dest, t->epoch, start_ns);
       post_record(dest, record::image, image.data(), image.size());
       return;
     }
@@ -69,13 +72,6 @@ void engine::depart(tcb* t) noexcept {
   }
 }
 
-// A run comes home while a departure that holds it may still be pending here (this rank has not
-// yet seen its sends complete, though the thread ran, ended and gave the run back elsewhere):
-// finish that departure first, so that its release cannot touch the run once it is reused.
-void engine::settle_hook(std::uintptr_t addr, std::size_t bytes) noexcept {
-  if (engine* self = current()) self->settle(addr, bytes, 0);
-}
-
 bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept {
   auto overlaps = [&](const void* run, std::size_t run_bytes) {
     const auto lo = reinterpret_cast<std::uintptr_t>(run);
@@ -91,63 +87,25 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
       ++it;
       continue;
     }
-    MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE);
+    if (MPI_Waitall(static_cast<int>(it->requests.size()), it->requests.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS) {
+      fatal("MPI_Waitall of a departure to rank %d failed, while memory it sends was needed here", it->dest);
+    }
     finish_departure(*it);
     it = departures_.erase(it);
   }
-  bool guard_kept = false;
-  for (auto it = kept_.begin(); it != kept_.end();) {
-    if (!holds(it->stack, it->runs)) {
-      ++it;
-      continue;
-    }
-    if (arriving != 0 && it->thread == arriving) {
-      guard_kept = true;  // the thread is back: pages and guard are where it left them
-    } else {
-      give_back(*it);  // something else lands on part of it, or part of it went home
-    }
-    kept_bytes_ -= it->bytes;
-    it = kept_.erase(it);
-  }
-  return guard_kept;
-}
-
-void engine::give_back(const kept& k) noexcept {
-  // Whole chunk runs, free pages and all: fewer calls than one per extent. Lazily (MADV_FREE):
-  // the kernel takes the pages when it needs memory.
-  for (const auto& [run, chunks] : k.runs) prim::release_lazily(run, chunks * chunk_bytes);
-  stack_pool::disarm(k.stack);
-  prim::release_lazily(k.stack.base, k.stack.bytes);
-}
-
-void engine::give_back_old(std::int64_t now) noexcept {
-  while (!kept_.empty() && (now - kept_.front().since_ns > keep_ns || kept_bytes_ > keep_bytes)) {
-    give_back(kept_.front());
-    kept_bytes_ -= kept_.front().bytes;
-    kept_.pop_front();
-  }
+  return departures::get().settle(addr, bytes, arriving);
 }
 
 void engine::finish_departure(departure& d) noexcept {
-  released(*reinterpret_cast<const image_header*>(d.header.data()), d.stack, d.runs, d.dest, d.epoch, d.start_ns);
+  released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns);
 }
 
-void engine::released(const image_header& h, const stack_run& stack,
-                      const sys_vector<std::pair<void*, std::size_t>>& runs, int dest, std::uint32_t epoch,
-                      std::int64_t start_ns) noexcept {
+void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept {
   const std::int64_t now = now_ns();
   if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now);
-  // The destination has every byte. This rank's copy is kept for a while (see kept), then given
-  // back to the kernel.
-  std::size_t bytes = stack.bytes;
-  for (const auto& [run, chunks] : runs) bytes += chunks * chunk_bytes;
-  try {
-    kept_.push_back({h.thread, stack, runs, bytes, now});
-    kept_bytes_ += bytes;
-  } catch (const std::bad_alloc&) {
-    give_back({h.thread, stack, runs, bytes, now});
-  }
-  give_back_old(now);
+  // The destination has every byte. This rank's copy is kept for a while (ownership.hpp), then
+  // given back to the kernel.
+  departures::get().sent(h.thread, now);
 }
 
 void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
@@ -200,6 +158,7 @@ void engine::finish_arrival(arrival& a) noexcept {
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
   }
+  departures::get().arrive(t->id.bits(), t->home_heap);  // its memory is in use here now
   try {
     if (!a.guard_kept) stack_pool::arm(t->stack);
   } catch (const iso::error& e) {

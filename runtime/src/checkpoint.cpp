@@ -505,6 +505,7 @@ void checkpointer::restore(const std::string& dir) {
       continue;
     }
     tcb* th = reinterpret_cast<tcb*>(t.rec.tcb);
+    th->home_heap->arrive();  // its memory is in use on this rank now
     stack_pool::arm(th->stack);
     th->state = thread_state::ready;  // its iso::checkpoint call returns
     th->pending_dest = -1;

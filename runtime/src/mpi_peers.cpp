@@ -27,6 +27,7 @@ void mpi_region_peers::receive(const MPI_Status& status) {
 
 void mpi_region_peers::drain() {
   heap_scope system(nullptr);
+  region::get().flush_returns();  // those other OS threads freed
   returns_.flush_all();
   std::uint64_t expected = 0;
   check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),

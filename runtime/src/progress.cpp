@@ -30,7 +30,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
     idle_since_ns_ = -1;
     backoff_ns_ = min_backoff_ns_;
   }
-  if (region_peers* p = region::get().peers(); p != nullptr) p->poll();
+  region::get().poll();
   return did;
 }
 

@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -328,6 +329,72 @@ TEST(Blocks, BlockMovesByImageAndItsRangeGoesHome) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+// (2c) Every block call from several OS threads at once: each rank's blocks travel to the next
+// rank by image, where four std::threads unpack, check, pack and free them (their ranges going
+// home) while also allocating and freeing blocks of their own. MPI stays on the main thread (the
+// one that called iso_init): the ranges freed by the workers go home at its next block call.
+TEST(Blocks, EveryCallWorksFromManyOSThreadsAndMPIStaysOnTheMPIThread) {
+  const auto [me, n, next, prev] = ring_of_ranks();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  region& reg = region::get();
+  constexpr int blocks = 64, workers = 4;
+  constexpr unsigned seed = 23;
+  const auto at_start = reg.stats();
+  std::vector<unsigned char> images;  // every block's image, back to back
+  std::vector<std::uint64_t> sizes;
+  for (int i = 0; i < blocks; ++i) {
+    const std::size_t bytes = page_size() * static_cast<std::size_t>(1 + i % 5);
+    void* b = iso_malloc(bytes);
+    EXPECT_NE(b, nullptr) << iso_last_error();
+    if (b == nullptr) continue;
+    fill(b, bytes, me, seed + static_cast<unsigned>(i));
+    const std::size_t at = images.size();
+    images.resize(at + iso_pack_size(b));
+    EXPECT_EQ(iso_pack(b, images.data() + at, images.size() - at), images.size() - at);
+    sizes.push_back(images.size() - at);
+    iso_detach(b);
+  }
+  const moved_image got = swap_bytes(sizes.size(), images, next, prev, 40);
+  std::vector<std::uint64_t> their_sizes(got.address);
+  MPI_Sendrecv(sizes.data(), static_cast<int>(sizes.size()), MPI_UINT64_T, next, 42, their_sizes.data(),
+               static_cast<int>(their_sizes.size()), MPI_UINT64_T, prev, 42, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+  std::vector<std::size_t> offsets;
+  for (std::size_t i = 0, at = 0; i < their_sizes.size(); at += their_sizes[i], ++i) offsets.push_back(at);
+
+  std::atomic<int> bad{0};
+  std::vector<std::thread> pool;
+  for (int w = 0; w < workers; ++w) {
+    pool.emplace_back([&, w] {
+      for (std::size_t i = static_cast<std::size_t>(w); i < offsets.size(); i += workers) {
+        void* b = iso_unpack(got.data.data() + offsets[i], their_sizes[i]);
+        const std::size_t length = b != nullptr ? iso_length(b) : 0;
+        if (b == nullptr || first_mismatch(b, length, prev, seed + static_cast<unsigned>(i)) != length) ++bad;
+        std::vector<unsigned char> scratch(iso_pack_size(b));
+        if (scratch.empty() || iso_pack(b, scratch.data(), scratch.size()) != scratch.size()) ++bad;
+        iso_free(b);  // rank prev's block: its range goes home
+        for (int k = 0; k < 16; ++k) {  // and blocks of this rank's own share, meanwhile
+          void* own = iso_malloc(page_size() * static_cast<std::size_t>(1 + k % 3));
+          if (own == nullptr) ++bad;
+          iso_free(own);
+        }
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  EXPECT_EQ(bad.load(), 0) << "a block call from a worker thread failed";
+  EXPECT_EQ(reg.stats().remote_frees, at_start.remote_frees + their_sizes.size());
+  MPI_Barrier(MPI_COMM_WORLD);  // every rank's workers have freed what they received
+  std::size_t returned = at_start.returned_runs;
+  for (int tries = 0; tries < 5000 && returned < at_start.returned_runs + sizes.size(); ++tries) {
+    returned = await_count(&region::stats_t::returned_runs, returned, 1);
+  }
+  EXPECT_EQ(returned, at_start.returned_runs + sizes.size()) << "not every range came home to rank " << me;
+  EXPECT_EQ(reg.stats().allocated_chunks, at_start.allocated_chunks);
+  EXPECT_EQ(reg.stats().bad_returns, 0u);
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 // (2b) A block hops two ranks (holder -> holder + 1 -> holder + 2) and is freed there. On two
 // ranks it comes back to its owner by image and is freed locally; otherwise it goes home.
 TEST(Blocks, BlockHopsTwiceThenIsFreed) {
@@ -627,6 +694,16 @@ TEST(BlockErrors, InitAgainOnlyWithTheSameCommunicator) {
   MPI_Comm_free(&other);
   EXPECT_EQ(reg.base(), base) << "a refused iso_init moved the region";
   EXPECT_EQ(reg.bytes(), bytes);
+  // From an OS thread that is not MPI's main one (MPI_Init's thread level): refused, since the
+  // block interface makes its MPI calls on the thread that called iso_init.
+  int worker_rc = 0;
+  std::string worker_error;
+  std::thread([&] {
+    worker_rc = iso_init(MPI_COMM_WORLD);
+    worker_error = iso_last_error();
+  }).join();
+  EXPECT_NE(worker_rc, 0);
+  EXPECT_THAT(worker_error, HasSubstr("not MPI's main thread"));
   void* p = iso_malloc(1);
   EXPECT_NE(p, nullptr) << "blocks no longer work after a refused iso_init: " << iso_last_error();
   EXPECT_EQ(reg.owner_of(p), my_rank());

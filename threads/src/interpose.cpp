@@ -1,11 +1,8 @@
 #include "interpose.hpp"
 
 #include <dlfcn.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 
 #include "diag.hpp"
@@ -17,22 +14,6 @@ namespace iso::detail {
 constinit thread_local heap* current_heap __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
-
-std::atomic<std::size_t> g_foreign_frees{0};
-
-// A region pointer that no heap on this rank holds: its thread migrated away or finished, or it
-// is a block of the C block interface. Freeing it here would corrupt someone else's memory, so
-// it is ignored and counted, with one line on stderr the first time.
-void foreign_free(void* p) noexcept {
-  if (g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0) {
-    char line[200];
-    const int n = std::snprintf(line, sizeof line,
-                                "isothreads: rank %d: free(%p) of memory whose thread heap is not on "
-                                "this rank (a pointer that left its thread); ignored\n",
-                                diag_rank(), p);
-    if (n > 0) [[maybe_unused]] ssize_t w = ::write(STDERR_FILENO, line, static_cast<std::size_t>(n));
-  }
-}
 
 using usable_fn = std::size_t (*)(void*);
 usable_fn glibc_usable_size() noexcept {
@@ -52,7 +33,7 @@ bool valid_alignment(std::size_t align) noexcept {
 
 }  // namespace
 
-interpose_stats interposition_stats() noexcept { return {g_foreign_frees.load()}; }
+interpose_stats interposition_stats() noexcept { return {ownership_stats().refused_frees}; }
 
 }  // namespace iso::detail
 
@@ -73,11 +54,7 @@ void* malloc(std::size_t bytes) {
 void free(void* p) {
   if (p == nullptr) return;
   if (iso::detail::in_region(p)) {
-    if (heap* h = heap::owner_of(p)) {
-      h->free(p);
-    } else {
-      iso::detail::foreign_free(p);
-    }
+    heap::free_any(p);  // from any OS thread; refused if its heap is not in use on this rank
     return;
   }
   __libc_free(p);
@@ -103,13 +80,7 @@ void* calloc(std::size_t n, std::size_t size) {
 void* realloc(void* p, std::size_t bytes) {
   if (p == nullptr) return malloc(bytes);
   if (iso::detail::in_region(p)) {
-    heap* h = heap::owner_of(p);
-    if (h == nullptr) {
-      iso::detail::foreign_free(p);
-      errno = ENOMEM;
-      return nullptr;
-    }
-    void* q = h->realloc(p, bytes);  // stays in the heap that holds the block
+    void* q = heap::realloc_any(p, bytes);  // stays in the heap that holds the block, if any
     if (q == nullptr && bytes != 0) errno = ENOMEM;
     return q;
   }

@@ -4,7 +4,8 @@
 //
 //   inside a migratable thread (current_heap != null)  ->  that thread's heap
 //   anywhere else (main, the scheduler, runtime code, MPI's and the OS's threads) -> glibc
-//   free(p) goes by p's address: region -> the heap whose chunk holds p; else glibc.
+//   free(p) goes by p's address: region -> the heap whose chunk holds p, if it is in use on this
+//   rank (heap::free_any, from any OS thread); else glibc.
 #pragma once
 
 #include "heap.hpp"
@@ -32,7 +33,7 @@ class heap_scope {
 };
 
 struct interpose_stats {
-  std::size_t foreign_frees;  // frees of region pointers whose heap is not on this rank (ignored)
+  std::size_t foreign_frees;  // frees of region pointers whose heap is not in use on this rank (refused)
 };
 interpose_stats interposition_stats() noexcept;
 

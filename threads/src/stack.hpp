@@ -27,6 +27,8 @@ class stack_pool {
   // Installs / removes the guard of a run that arrives on / leaves this rank by migration.
   static void arm(const stack_run& run);
   static void disarm(const stack_run& run) noexcept;
+  // Bytes of the runs pooled now (allocated in the region, free for the next spawn).
+  std::size_t pooled_bytes() const noexcept { return pooled_bytes_; }
 
  private:
   sys_vector<void*> free_[max_pooled_chunks + 1];  // free_[n]: pooled runs of n chunks

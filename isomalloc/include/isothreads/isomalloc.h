@@ -6,8 +6,11 @@
  * it holds into other blocks, stay valid.
  *
  * Calls return codes, never abort: on failure a call returns 0 / NULL (or does nothing, for the
- * void ones) and iso_last_error() names the problem. All calls may be made from any OS thread;
- * they are serialised internally.
+ * void ones) and iso_last_error() names the problem. iso_init must be called on the OS thread that
+ * owns MPI (the one that called MPI_Init). Every other call may be made from any OS thread; they are
+ * serialised internally, and only that MPI thread ever makes MPI calls: a block freed on another
+ * OS thread goes home to its owner at the MPI thread's next block call or iso_progress (or, under
+ * iso::runtime, the scheduler's next poll), and returns from other ranks are handled there too.
  */
 #ifndef ISOTHREADS_ISOMALLOC_H
 #define ISOTHREADS_ISOMALLOC_H
@@ -63,8 +66,10 @@ void iso_detach(void* block);
 /* The message of the last failed call on this OS thread, or "" if none failed. */
 const char* iso_last_error(void);
 
-/* Handles runs returned by other ranks' iso_free calls. Every block call does this too; a rank
- * that makes no block calls for a long time may call it to recycle memory sooner. */
+/* On the MPI thread: sends home the blocks other OS threads freed, and handles runs returned by
+ * other ranks' iso_free calls. Every block call on that thread does this too; a rank that makes no
+ * block calls for a long time may call it to recycle memory sooner. From another OS thread it does
+ * nothing. */
 void iso_progress(void);
 
 #ifdef __cplusplus

@@ -1,0 +1,269 @@
+// Memory has exactly one owner (isomalloc/src/ownership.hpp), tried the way a user meets it:
+// pointers kept by rank-local globals after their thread migrated, frees from other OS threads,
+// and realloc from them. Every test is collective: each rank runs it and calls run().
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include "interpose.hpp"
+#include "isothreads/isomalloc.h"
+#include "isothreads/isothreads.hpp"
+#include "mpi_gtest.hpp"
+#include "ownership.hpp"
+#include "region.hpp"
+#include "scheduler.hpp"
+
+namespace {
+
+using iso_test::rt;
+using iso::detail::heap;
+
+constexpr std::size_t big_bytes = std::size_t{200} << 10;
+
+// Rank-local globals that keep pointers into a thread's heap: the documented hazard.
+std::uint64_t* g_big = nullptr;
+char* g_small = nullptr;
+
+bool overlaps_big(const void* p, std::size_t bytes) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const auto b = reinterpret_cast<std::uintptr_t>(g_big);
+  return a < b + big_bytes && b < a + bytes;
+}
+
+std::uint64_t pattern(int rank, std::size_t i) { return (static_cast<std::uint64_t>(rank) << 48) ^ (i * 0x9E3779B97F4A7C15ull); }
+
+// What the threads of a test saw, checked on main after run(): a failed assertion inside a
+// thread would record itself in GoogleTest's globals from the thread's heap (user guide), and the
+// thread moves away.
+struct seen {
+  std::size_t stale_frees_refused = 0;      // of the 2 stale frees
+  std::size_t chunks_given_back = 0;        // this rank's share's allocated chunks lost by them
+  std::size_t reused_addresses = 0;         // blocks handed out again that overlap the stale block
+  std::size_t overwritten_words = 0;        // words of the departed thread's block found changed
+  bool small_intact = false;
+  bool checked = false;                     // the departed thread reached its check
+};
+seen g_seen;
+
+// A thread allocates 200 KiB and a small block, a global keeps the pointers, the thread migrates
+// to the next rank. On the rank it left, free() of the stale pointers must be refused (counted,
+// nothing returned to this rank's share), and threads spawned there afterwards must never be
+// handed those addresses: they move to where the first thread lives and write their memory
+// there, and the first thread's data must be intact.
+TEST(Ownership, StaleFreeOfADepartedThreadsMemoryIsRefusedAndItsAddressesAreNeverReused) {
+  const int me = rt->rank();
+  const int next = (me + 1) % rt->size();
+  g_seen = {};
+  const iso::thread_id checker = iso::spawn([next] {
+    const iso::message left = iso::recv();  // the first thread has arrived on `next`
+    const std::size_t refused = iso::detail::ownership_stats().refused_frees;
+    const std::size_t chunks = iso::detail::region::get().stats().allocated_chunks;
+    std::free(g_big);    // its heap is not in use here any more
+    std::free(g_small);
+    g_seen.stale_frees_refused = iso::detail::ownership_stats().refused_frees - refused;
+    g_seen.chunks_given_back = chunks - iso::detail::region::get().stats().allocated_chunks;
+    std::vector<iso::thread_id> reusers;
+    for (int i = 0; i < 8; ++i) {
+      reusers.push_back(iso::spawn([next] {
+        auto* p = static_cast<unsigned char*>(std::malloc(big_bytes));
+        auto* q = static_cast<unsigned char*>(std::malloc(64));
+        const iso::detail::stack_run& stack = iso::detail::scheduler::current()->running()->stack;
+        g_seen.reused_addresses += overlaps_big(p, big_bytes) + overlaps_big(q, 64) + overlaps_big(stack.base, stack.bytes);
+        std::memset(p, 0x5A, big_bytes);
+        iso::this_thread::migrate_to(next);  // to where the first thread lives
+        std::memset(p, 0xA5, big_bytes);
+        std::free(q);
+        std::free(p);
+      }));
+    }
+    for (iso::thread_id t : reusers) iso::join(t);
+    iso::send(left.from, "check", 5);
+    const iso::message report = iso::recv();
+    std::uint64_t r[2];
+    std::memcpy(r, report.data.data(), sizeof r);
+    g_seen.overwritten_words = r[0];
+    g_seen.small_intact = r[1] == 1;
+    g_seen.checked = true;
+  });
+  iso::spawn([me, next, checker] {
+    auto* big = static_cast<std::uint64_t*>(std::malloc(big_bytes));
+    char* small = static_cast<char*>(std::malloc(100));
+    for (std::size_t i = 0; i < big_bytes / 8; ++i) big[i] = pattern(me, i);
+    std::strcpy(small, "still mine");
+    g_big = big;
+    g_small = small;
+    iso::this_thread::migrate_to(next);
+    iso::send(checker, "left", 4);
+    (void)iso::recv();  // the checker has freed the stale pointers and run the reusers here
+    // On `next`: this rank's g_seen is not the one main checks; send the findings home.
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < big_bytes / 8; ++i) wrong += big[i] != pattern(me, i);
+    const std::uint64_t report[2] = {wrong, std::strcmp(small, "still mine") == 0 ? 1u : 0u};
+    std::free(small);  // in use here: accepted
+    std::free(big);
+    iso::send(checker, report, sizeof report);
+  });
+  rt->run();
+  EXPECT_EQ(g_seen.stale_frees_refused, 2u) << "a stale free was accepted on rank " << me;
+  EXPECT_EQ(g_seen.chunks_given_back, 0u)
+      << "a stale free gave memory of a thread living on rank " << next << " back to rank " << me << "'s share";
+  EXPECT_EQ(g_seen.reused_addresses, 0u) << "rank " << me << " handed out the departed thread's addresses again";
+  EXPECT_TRUE(g_seen.checked);
+  EXPECT_EQ(g_seen.overwritten_words, 0u) << "the thread's block was overwritten after it moved to rank " << next;
+  EXPECT_TRUE(g_seen.small_intact);
+  g_big = nullptr;
+  g_small = nullptr;
+}
+
+struct cross_seen {
+  std::size_t delayed = 0;           // frees the other OS thread delayed
+  bool valid = false;                // heap::is_valid after collecting them
+  std::size_t live_left = 1;         // live blocks beyond those before the test's own
+  bool realloc_moved = false;        // realloc gave system memory with the contents
+  bool travelled = false;            // the heap kept serving and migrated
+};
+cross_seen g_cross;
+
+// A std::thread frees blocks of a migratable thread's heap while that thread keeps allocating and
+// freeing: the frees are delayed onto the heap's thread_free list and collected by the heap
+// thread, and the heap stays consistent. realloc from the std::thread moves a block to the
+// system heap with its contents.
+TEST(Ownership, FreesAndReallocsFromAnotherOSThreadAreSafeAndReclaimed) {
+  g_cross = {};
+  iso::spawn([] {
+    heap* h = iso::detail::current_heap;
+    constexpr std::size_t n = 100000;
+    std::vector<void*> theirs(n);
+    std::vector<void*> mine;
+    mine.reserve(200);
+    char* moved = static_cast<char*>(std::malloc(3000));
+    std::memcpy(moved, "contents that must survive", 27);
+    const std::size_t live_before = h->stats().live_blocks - 1;  // all but `moved`
+    for (std::size_t i = 0; i < n; ++i) {
+      // Mostly the small classes this heap keeps using below (their pages and lists are shared
+      // with the frees), medium and large blocks now and then.
+      const std::size_t bytes = i % 997 == 0 ? 100000 : i % 101 == 0 ? 9000 : 16 + i % 64;
+      theirs[i] = std::malloc(bytes);
+      std::memset(theirs[i], 0x11, 16);
+    }
+    char* moved_to = nullptr;
+    const std::size_t delayed = iso::detail::ownership_stats().delayed_frees;
+    std::atomic<bool> go{false}, done{false};
+    std::thread other;
+    {
+      iso::system_heap_scope system;  // the OS thread's own state is process-wide: not in this heap
+      other = std::thread([&] {
+        while (!go.load(std::memory_order_acquire)) {
+        }
+        for (std::size_t i = 0; i < n; ++i) std::free(theirs[i]);
+        moved_to = static_cast<char*>(std::realloc(moved, 5000));
+        done.store(true, std::memory_order_release);
+      });
+    }
+    // Meanwhile this heap keeps working, and collects on its slow paths.
+    std::size_t rounds = 0;
+    go.store(true, std::memory_order_release);
+    while (!done.load(std::memory_order_acquire) || rounds < 50) {
+      for (int k = 0; k < 200; ++k) mine.push_back(std::malloc(16 + (rounds * 7 + static_cast<std::size_t>(k)) % 64));
+      for (void* p : mine) std::free(p);
+      mine.clear();
+      ++rounds;
+    }
+    other.join();
+    g_cross.realloc_moved = moved_to != nullptr && !iso::detail::in_region(moved_to) &&
+                            std::strcmp(moved_to, "contents that must survive") == 0;
+    std::free(moved_to);
+    h->collect();
+    g_cross.delayed = iso::detail::ownership_stats().delayed_frees - delayed;
+    g_cross.valid = h->is_valid();
+    g_cross.live_left = h->stats().live_blocks - live_before;
+    // The heap still serves, and travels.
+    std::vector<int> v(5000, 7);
+    iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+    g_cross.travelled = v[4999] == 7;  // the arriving rank's record: each rank receives one such thread
+  });
+  rt->run();
+  EXPECT_EQ(g_cross.delayed, 100001u);
+  EXPECT_TRUE(g_cross.valid) << "the heap is inconsistent after frees from another OS thread";
+  EXPECT_EQ(g_cross.live_left, 0u) << "blocks freed by another OS thread were not reclaimed";
+  EXPECT_TRUE(g_cross.realloc_moved);
+  EXPECT_TRUE(g_cross.travelled);
+}
+
+// A thread goes from rank 0 to rank 1 and back, frees its 200 KiB block on rank 0 and ends: rank 1
+// still keeps its departed copy of that range. Rank 0 hands the range out again as a block
+// (iso_malloc), and its image is unpacked on rank 1: the kept copy must be given back before the
+// write, not after it (its later MADV_FREE would let the kernel discard the block).
+TEST(Ownership, UnpackOnARankThatKeptADepartedCopyOfTheRangeSettlesItFirst) {
+  static std::uint64_t freed_block = 0;
+  freed_block = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      void* p = std::malloc(big_bytes);
+      std::memset(p, 0x77, big_bytes);
+      iso::this_thread::migrate_to(1);
+      iso::this_thread::migrate_to(0);
+      freed_block = reinterpret_cast<std::uintptr_t>(p);
+      std::free(p);  // its run goes to rank 0's cache of four-chunk runs
+    });
+  }
+  rt->run();
+  const std::uintptr_t run = freed_block & ~(iso::detail::chunk_bytes - 1);
+  std::uint64_t msg[2] = {run, 0};  // the run, and whether rank 0 got it back as a block
+  std::vector<unsigned char> image;
+  void* block = nullptr;
+  if (rt->rank() == 0) {
+    block = iso_malloc(big_bytes);
+    msg[1] = reinterpret_cast<std::uintptr_t>(block) == run;
+    std::memset(block, 0x3C, iso_length(block));
+    image.resize(iso_pack_size(block));
+    iso_pack(block, image.data(), image.size());
+    iso_detach(block);
+  }
+  MPI_Bcast(msg, 2, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  std::uint64_t image_bytes = image.size();
+  MPI_Bcast(&image_bytes, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  image.resize(image_bytes);
+  MPI_Bcast(image.data(), static_cast<int>(image_bytes), MPI_BYTE, 0, MPI_COMM_WORLD);
+  if (rt->rank() == 1 && msg[1] == 1) {
+    auto& kept = iso::detail::departures::get();
+    EXPECT_TRUE(kept.holds(msg[0], big_bytes)) << "rank 1 no longer keeps the thread's copy: the test proves nothing";
+    void* here = iso_unpack(image.data(), image.size());
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(here), msg[0]) << iso_last_error();
+    EXPECT_FALSE(kept.holds(msg[0], big_bytes)) << "iso_unpack wrote over kept memory without settling it";
+    kept.tick(std::numeric_limits<std::int64_t>::max());  // whatever is still kept goes now
+    const auto* bytes = static_cast<const unsigned char*>(here);
+    EXPECT_TRUE(std::all_of(bytes, bytes + big_bytes, [](unsigned char c) { return c == 0x3C; }));
+    iso_free(here);  // rank 0's block: its range goes home
+  }
+  EXPECT_EQ(msg[1], 1u) << "rank 0 did not hand the freed run out again; the test proves nothing";
+  MPI_Barrier(MPI_COMM_WORLD);
+  rt->run();  // the return reaches rank 0
+}
+
+// After its thread moved away and ended, a pointer into its heap freed by another OS thread of
+// the rank it left is refused, not pushed into memory this rank no longer uses.
+TEST(Ownership, FreeFromAnotherOSThreadOfMemoryWhoseThreadLeftIsRefused) {
+  static void* kept = nullptr;
+  iso::spawn([] {
+    kept = std::malloc(48);
+    iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+  });
+  rt->run();
+  ASSERT_NE(kept, nullptr);
+  const std::size_t refused = iso::detail::ownership_stats().refused_frees;
+  std::thread([] { std::free(kept); }).join();
+  EXPECT_EQ(iso::detail::ownership_stats().refused_frees, refused + 1);
+  EXPECT_TRUE(iso::detail::region::get().is_valid());
+  kept = nullptr;
+}
+
+}  // namespace
