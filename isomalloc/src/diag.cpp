@@ -78,14 +78,22 @@ std::string format(const char* fmt, ...) {
 void raise(errc code, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  std::string s = vformat(fmt, ap);
-  va_end(ap);
-  struct exception_heap {
-    void* saved = g_exception_heap.enter != nullptr ? g_exception_heap.enter() : nullptr;
-    ~exception_heap() {
+  struct heap_for {
+    explicit heap_for(bool own) noexcept : saved(g_exception_heap.enter != nullptr ? g_exception_heap.enter(own) : nullptr) {}
+    ~heap_for() {
       if (g_exception_heap.leave != nullptr) g_exception_heap.leave(saved);
     }
-  } heap;
+    void* saved;
+  };
+  static thread_local int raising = 0;  // raise() calls in progress on this OS thread
+  struct nesting {
+    nesting() noexcept { ++raising; }
+    ~nesting() { --raising; }
+  } nested;
+  heap_for message(false);
+  std::string s = vformat(fmt, ap);
+  va_end(ap);
+  heap_for exception(raising == 1);
   throw error(code, s);
 }
 

@@ -42,12 +42,15 @@ std::size_t safe_format(char* buf, std::size_t cap, const char* fmt, ...) noexce
 using context_hook = std::size_t (*)(char* buf, std::size_t cap) noexcept;
 void set_context_hook(context_hook hook) noexcept;
 
-// Upper layers say where raise() allocates the exception it throws: the running migratable
-// thread's own heap, whatever heap a scope made current, so that an error caught after the
-// thread migrated is still in its memory. enter() makes that heap current and returns what was;
-// leave() puts that back (raise() calls it while the exception unwinds out of it).
+// Upper layers say where raise() allocates: it formats its message in the system heap, and
+// allocates the exception it throws in the running migratable thread's own heap, whatever heap a
+// scope made current, so that an error caught after the thread migrated is still in its memory.
+// enter(own) makes that heap (own) or the system heap (!own) current and returns what was;
+// leave() puts that back (raise() calls it while the exception unwinds out of it). A raise()
+// inside another (the thread's heap could not grow while the first allocated its exception)
+// keeps to the system heap.
 struct exception_heap_hooks {
-  void* (*enter)() noexcept;
+  void* (*enter)(bool own) noexcept;
   void (*leave)(void* saved) noexcept;
 };
 void set_exception_heap_hooks(exception_heap_hooks hooks) noexcept;

@@ -336,7 +336,7 @@ void region::flush_cache() noexcept {
 void* region::alloc_chunks(std::size_t n) {
   if (!ready()) raise(errc::no_runtime, "the isomalloc region is not initialised (call iso_init or create iso::runtime first)");
   if (n == 0) raise(errc::invalid_argument, "a run of 0 chunks was requested");
-  std::lock_guard<std::mutex> g(lock_);
+  std::unique_lock<std::mutex> g(lock_);
   if (n <= max_cached_run_chunks && !cache_[n].empty()) {
     const std::uintptr_t a = cache_[n].back();
     cache_[n].pop_back();
@@ -354,10 +354,13 @@ void* region::alloc_chunks(std::size_t n) {
     flush_cache();
   }
   const interval s = share(rank_);
+  const std::size_t allocated = stats_.allocated_chunks;
+  // Unlocked first: raising allocates (the message, the exception), which may come back here.
+  g.unlock();
   raise(errc::region_exhausted,
         "rank %d's share of the isomalloc region [%#zx, %#zx) (%zu MiB) has no free run of %zu "
         "chunks (%zu KiB) left; %zu chunks are allocated",
-        rank_, s.lo, s.hi, share_bytes_ >> 20, n, n * chunk_bytes >> 10, stats_.allocated_chunks);
+        rank_, s.lo, s.hi, share_bytes_ >> 20, n, n * chunk_bytes >> 10, allocated);
 }
 
 void region::free_chunks(void* p, std::size_t n) noexcept {

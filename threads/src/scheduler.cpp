@@ -85,10 +85,11 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   pthread_sigmask(SIG_SETMASK, &saved, nullptr);
 }
 
-void* enter_exception_heap() noexcept {
+void* enter_exception_heap(bool own) noexcept {
   void* saved = current_heap;
   scheduler* s = scheduler::current();
-  if (tcb* t = s != nullptr && on_scheduler_thread() ? s->running() : nullptr) current_heap = t->home_heap;
+  tcb* t = s != nullptr && on_scheduler_thread() ? s->running() : nullptr;
+  current_heap = own && t != nullptr ? t->home_heap : nullptr;
   return saved;
 }
 
