@@ -14,7 +14,8 @@ void ready_queue::push(message&& m) {
   by_arrival_.emplace_hint(by_arrival_.end(), n, std::move(m));
   by_sender_[from].emplace_hint(by_sender_[from].end(), n);
   by_tag_[tag].emplace_hint(by_tag_[tag].end(), n);
-  by_stream_[{from, tag}].push_back(n);
+  auto& stream = by_stream_[{from, tag}];
+  stream.emplace_hint(stream.end(), n);
 }
 
 std::optional<std::uint64_t> ready_queue::first(thread_id from, int tag) const noexcept {
@@ -33,7 +34,7 @@ std::optional<std::uint64_t> ready_queue::first(thread_id from, int tag) const n
   }
   const auto it = by_stream_.find({from.bits(), tag});
   if (it == by_stream_.end()) return std::nullopt;
-  return it->second.front();
+  return *it->second.begin();
 }
 
 bool ready_queue::has(thread_id from, int tag) const noexcept { return first(from, tag).has_value(); }
@@ -54,10 +55,7 @@ std::optional<message> ready_queue::take(thread_id from, int tag) {
   };
   drop(by_sender_, m.from.bits());
   drop(by_tag_, m.tag);
-  const auto stream = by_stream_.find({m.from.bits(), m.tag});
-  ISO_ASSERT_INTERNAL(stream != by_stream_.end() && stream->second.front() == *n);  // see the invariant
-  stream->second.pop_front();
-  if (stream->second.empty()) by_stream_.erase(stream);
+  drop(by_stream_, std::make_pair(m.from.bits(), m.tag));
   return m;
 }
 

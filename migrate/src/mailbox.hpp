@@ -3,12 +3,12 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <optional>
 #include <set>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "diag.hpp"
 #include "isothreads/messaging.hpp"
@@ -57,9 +57,9 @@ class in_order {
 // numbers, so "the first matching message" is the smallest number in the right index.
 // Invariants: by_arrival_ holds every queued message; an arrival number is in by_sender_[from],
 // by_tag_[tag] and by_stream_[(from, tag)] exactly when its message (from, tag) is in by_arrival_;
-// no index holds an empty set. Each stream is in arrival order, so the message a receive takes is
-// always the front of its stream (the oldest of a sender, of a tag, or overall is the oldest of
-// its own stream). Allocates with the heap current when called (the thread's own).
+// no index holds an empty set. The message a receive takes is always the first of its own
+// stream (the oldest of a sender, of a tag, or overall is the oldest of its stream). Allocates
+// with the heap current when called (the thread's own).
 class ready_queue {
  public:
   void push(message&& m);
@@ -84,7 +84,7 @@ class ready_queue {
   std::map<std::uint64_t, message> by_arrival_;                        // arrival -> message
   std::unordered_map<std::uint64_t, std::set<std::uint64_t>> by_sender_;  // sender bits -> arrivals
   std::unordered_map<int, std::set<std::uint64_t>> by_tag_;               // tag -> arrivals
-  std::unordered_map<stream_key, std::deque<std::uint64_t>, stream_hash> by_stream_;  // in order
+  std::unordered_map<stream_key, std::set<std::uint64_t>, stream_hash> by_stream_;
 };
 
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
@@ -102,7 +102,8 @@ struct mailbox {
   int want_tag = 0;                                           // a tag or any_tag
   // Reserved messages a collective took while looking for another group's (two groups whose
   // tags collide): kept, in order, for the collective they belong to (collectives.cpp).
-  std::deque<message> stash;
+  // A vector, not a deque: an empty std::deque allocates, and every thread has a mailbox.
+  std::vector<message> stash;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };
