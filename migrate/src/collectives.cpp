@@ -31,7 +31,7 @@ struct header {
   std::uint64_t bytes;        // payload bytes
   std::uint64_t unused = 0;   // keeps the payload 16-byte aligned in a malloc'ed buffer
 };
-static_assert(sizeof(header) == 32);
+static_assert(sizeof(header) == result_offset);
 
 const char* kind_name(std::uint32_t k) {
   switch (static_cast<collective>(k)) {
@@ -106,10 +106,6 @@ class call_state {
       throw error(errc::invalid_argument, std::string(reinterpret_cast<const char*>(b.data()) + sizeof(header),
                                                       head(b).bytes));
     }
-  }
-  static std::vector<std::byte> payload(std::vector<std::byte>&& b) {
-    b.erase(b.begin(), b.begin() + sizeof(header));
-    return std::move(b);
   }
   const char* call() const noexcept { return call_; }
 
@@ -188,7 +184,7 @@ std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void*
     if (me != root) return {};
   }
   s.throw_if_failed(acc);
-  return call_state::payload(std::move(acc));
+  return acc;
 }
 
 std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call) {
@@ -196,7 +192,7 @@ std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::si
   s.check_root(root);
   std::vector<std::byte> b = s.me() == root ? s.make(data, bytes) : std::vector<std::byte>();
   tree_broadcast(s, root, b);
-  return call_state::payload(std::move(b));
+  return b;
 }
 
 std::vector<std::byte> gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root,
@@ -223,7 +219,7 @@ std::vector<std::byte> gather_bytes(const group& g, collective kind, const void*
     to_root(s, root, acc);
     if (me != root) return {};
   }
-  return call_state::payload(std::move(acc));
+  return acc;
 }
 
 }  // namespace iso::detail

@@ -67,8 +67,11 @@ void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::
   }
 }
 
-// The byte-level collectives. Each returns the result's bytes where the call gives one (root, or
-// every member for the all- variants and broadcast), empty elsewhere. `call` names the public call.
+// The byte-level collectives. Each returns the result where the call gives one (root, or every
+// member for the all- variants and broadcast): result_offset bytes of message header, then the
+// result's bytes (left in place: a large result is not moved again); empty elsewhere. `call`
+// names the public call.
+inline constexpr std::size_t result_offset = 32;
 std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
                                     const combiner& c, int root, bool all, const char* call);
 std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call);
@@ -78,13 +81,14 @@ std::vector<std::byte> gather_bytes(const group& g, collective kind, const void*
 template <class T>
 T value_from(const std::vector<std::byte>& b) {
   T v{};
-  if (b.size() == sizeof(T)) std::memcpy(&v, b.data(), sizeof(T));
+  if (b.size() == result_offset + sizeof(T)) std::memcpy(&v, b.data() + result_offset, sizeof(T));
   return v;
 }
 template <class T>
 std::vector<T> values_from(const std::vector<std::byte>& b) {
-  std::vector<T> v(b.size() / sizeof(T));
-  if (!v.empty()) std::memcpy(v.data(), b.data(), v.size() * sizeof(T));
+  if (b.size() <= result_offset) return {};
+  std::vector<T> v((b.size() - result_offset) / sizeof(T));
+  std::memcpy(v.data(), b.data() + result_offset, v.size() * sizeof(T));
   return v;
 }
 template <class T, class Op>
