@@ -65,10 +65,12 @@ class call_state {
 
   // A buffer: header + payload.
   std::vector<std::byte> make(const void* data, std::size_t bytes) const {
-    std::vector<std::byte> b(sizeof(header) + bytes);
     const header h{g_.fingerprint(), static_cast<std::uint32_t>(kind_), 0, bytes};
-    std::memcpy(b.data(), &h, sizeof h);
-    if (bytes != 0) std::memcpy(b.data() + sizeof h, data, bytes);
+    const auto* d = static_cast<const std::byte*>(data);
+    std::vector<std::byte> b;
+    b.reserve(sizeof h + bytes);  // filled by copies only: no zeroing first
+    b.insert(b.end(), reinterpret_cast<const std::byte*>(&h), reinterpret_cast<const std::byte*>(&h) + sizeof h);
+    if (bytes != 0) b.insert(b.end(), d, d + bytes);
     return b;
   }
   void send(int to, const std::vector<std::byte>& b) const { send_reserved(g_[static_cast<std::size_t>(to)], b.data(), b.size(), tag_); }
