@@ -219,10 +219,13 @@ TEST(Receive, RecvForTimesOutOrReceivesBeforeItsDeadlineAlsoWhileMigrating) {
       EXPECT_FALSE(iso::recv_for(30ms, iso::any_thread, 7).has_value());
       EXPECT_GE(clock::now() - t0, 30ms);
       EXPECT_EQ(iso::recv(s, 2).data.size(), 1u);
-      // The message comes long before the deadline: it ends the wait.
-      std::optional<iso::message> got = iso::recv_for(60s, s, 3);
+      // The message comes long before the deadline (60 ms after S started, against 20 s): it
+      // ends the wait, not the deadline.
+      t0 = clock::now();
+      std::optional<iso::message> got = iso::recv_for(20s, s, 3);
       ASSERT_TRUE(got.has_value());
       EXPECT_EQ(got->from, s);
+      EXPECT_LT(clock::now() - t0, 10s) << "the message did not end the wait";
       // Moved to the last rank while it waits, and timing out there.
       iso::send(m, "w", 1, 1);
       t0 = clock::now();
@@ -231,9 +234,11 @@ TEST(Receive, RecvForTimesOutOrReceivesBeforeItsDeadlineAlsoWhileMigrating) {
       EXPECT_EQ(iso::rank(), last);
       // Moved back while it waits; the message finds it on its new rank.
       iso::send(m, "w", 1, 2);
-      got = iso::recv_for(60s, s, 5);
+      t0 = clock::now();
+      got = iso::recv_for(20s, s, 5);
       ASSERT_TRUE(got.has_value());
       EXPECT_EQ(iso::rank(), 0);
+      EXPECT_LT(clock::now() - t0, 10s) << "the message did not end the wait on the new rank";
     });
     const iso::thread_id s = iso::spawn([w, last] {
       iso::this_thread::migrate_to(last);
