@@ -32,6 +32,7 @@ class category final : public std::error_category {
       case errc::mpi_failure: return "MPI failure";
       case errc::io_failure: return "I/O failure";
       case errc::system_failure: return "system call failure";
+      case errc::thread_failed: return "the thread's body threw";
     }
     return "unknown isothreads error";
   }

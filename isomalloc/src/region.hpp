@@ -34,8 +34,10 @@ inline constexpr std::size_t default_region_bytes = std::size_t{16} << 40;
 // The least a share may be: smaller regions would fail at the first thread stack.
 inline constexpr std::size_t min_share_bytes = std::size_t{1} << 30;
 // Runs of up to this many chunks are cached committed after a free (the hot path: stacks, heap
-// segments); larger runs are decommitted at once.
-inline constexpr std::size_t max_cached_run_chunks = 16;
+// segments, and large blocks up to 1 MiB, which with their header take 17 chunks: a thread that
+// allocates and frees 1 MiB buffers in a loop, as messages and collectives do, would otherwise
+// fault every page in again each time); larger runs are decommitted at once.
+inline constexpr std::size_t max_cached_run_chunks = 17;
 // Default bound on committed bytes kept in the cache per rank.
 inline constexpr std::size_t default_cache_bytes = std::size_t{256} << 20;
 

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <map>
+#include <optional>
+#include <set>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "diag.hpp"
 #include "isothreads/messaging.hpp"
@@ -14,6 +16,7 @@
 namespace iso::detail {
 
 struct tcb;
+class scheduler;
 
 // Releases items of many senders in each sender's order: items carry sequence numbers 1, 2, ...
 // per sender and may come in any order. Invariant: every item of `from` with seq < next_in[from]
@@ -48,24 +51,81 @@ class in_order {
   std::unordered_map<std::uint64_t, std::uint64_t> next_in_;        // from -> next seq to release
 };
 
+// The released messages of one thread that recv/try_recv/recv_for have not taken yet, indexed so
+// that a receive finds its message in O(log n) for any filter: exact (from, tag), one sender, one
+// tag, or anything. Every message gets an arrival number (increasing); each index holds arrival
+// numbers, so "the first matching message" is the smallest number in the right index.
+// Invariants: by_arrival_ holds every queued message; an arrival number is in by_sender_[from],
+// by_tag_[tag] and by_stream_[(from, tag)] exactly when its message (from, tag) is in by_arrival_;
+// no index holds an empty set. The message a receive takes is always the first of its own
+// stream (the oldest of a sender, of a tag, or overall is the oldest of its stream). Allocates
+// with the heap current when called (the thread's own).
+class ready_queue {
+ public:
+  void push(message&& m);
+  // The first queued message that matches (from: a thread or any_thread; tag: a tag or any_tag),
+  // removed; or none.
+  std::optional<message> take(thread_id from, int tag);
+  bool has(thread_id from, int tag) const noexcept;
+  bool empty() const noexcept { return by_arrival_.empty(); }
+  std::size_t size() const noexcept { return by_arrival_.size(); }
+
+ private:
+  using stream_key = std::pair<std::uint64_t, int>;  // (sender bits, tag)
+  struct stream_hash {
+    std::size_t operator()(const stream_key& k) const noexcept {
+      return std::hash<std::uint64_t>{}(k.first * 0x9e3779b97f4a7c15ull ^ static_cast<std::uint32_t>(k.second));
+    }
+  };
+  // The arrival number of the first message matching (from, tag), or none.
+  std::optional<std::uint64_t> first(thread_id from, int tag) const noexcept;
+
+  std::uint64_t next_arrival_ = 0;                                     // numbers handed out so far
+  std::map<std::uint64_t, message> by_arrival_;                        // arrival -> message
+  std::unordered_map<std::uint64_t, std::set<std::uint64_t>> by_sender_;  // sender bits -> arrivals
+  std::unordered_map<int, std::set<std::uint64_t>> by_tag_;               // tag -> arrivals
+  std::unordered_map<stream_key, std::set<std::uint64_t>, stream_hash> by_stream_;
+};
+
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
-// messages and sequence counters migrate with the thread.
+// messages, sequence counters and what the thread waits for migrate with the thread.
+// User messages (tag >= 0, what iso::any_tag matches) and the runtime's own (reserved negative
+// tags: futures, collectives) are queued apart, so that no user receive ever takes the runtime's.
 struct mailbox {
-  std::deque<message> ready;                                  // for recv(), in release order
+  ready_queue user;                                           // tags >= 0, in release order
+  ready_queue reserved;                                       // negative tags, in release order
   in_order<message> incoming;                                 // per-sender order of what arrives
   std::unordered_map<std::uint64_t, std::uint64_t> next_out;  // to -> next seq to send
+  // While the thread waits in a receive (blocked, or sleeping in recv_for): what it waits for.
+  bool waiting = false;
+  thread_id want_from;                                        // a thread or any_thread
+  int want_tag = 0;                                           // a tag or any_tag
+  // Reserved messages a collective took while looking for another group's (two groups whose
+  // tags collide): kept, in order, for the collective they belong to (collectives.cpp).
+  // A vector, not a deque: an empty std::deque allocates, and every thread has a mailbox.
+  std::vector<message> stash;
+
+  ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };
 
 // t's mailbox, made on first use. pre: t's heap is current.
 mailbox& mailbox_of(tcb* t);
-// Whether t has a message ready for recv() (false without a mailbox).
+// Whether t waits in a receive and a message it waits for is queued (false without a mailbox).
 bool has_ready_message(const tcb* t) noexcept;
 
 // Puts message number `seq` from `from` into t's mailbox (in t's heap), releasing what is now in
-// order. Fatal if t's heap is exhausted.
-void put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+// order. True if a released message is one t waits for (wake_receiver(t) then). Fatal if t's
+// heap is exhausted.
+bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+// Makes t, which waits in a receive on this rank (blocked in recv or sleeping in recv_for), ready.
+void wake_receiver(scheduler& s, tcb* t) noexcept;
 
-// The calling thread's next message; blocks it until one is there. pre: self is running.
+// The calling thread's first message matching (from, tag) (tag: >= 0, any_tag, or a reserved
+// negative tag). deadline_ns (now_ns() clock): < 0 waits as long as it takes; otherwise the wait
+// ends at that time, and the result is none if nothing matching came (0: never waits). The thread
+// stays movable while it waits. pre: self is running.
+std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns);
+// The calling thread's next user message; blocks it until one is there. pre: self is running.
 message take_message(tcb* self);
 
 }  // namespace iso::detail

@@ -131,8 +131,7 @@ void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload)
 
 void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data,
                           std::size_t bytes) noexcept {
-  put_message(t, from, seq, tag, data, bytes);
-  if (t->state == thread_state::blocked && t->wait == wait_reason::recv) sched_.wake(t);
+  if (put_message(t, from, seq, tag, data, bytes)) wake_receiver(sched_, t);
 }
 
 void engine::drop(const data_header& h, const char* why) noexcept {
@@ -170,6 +169,10 @@ detail::engine& engine_or_throw(const char* call) { return detail::runtime_part_
 }  // namespace
 
 void send(thread_id to, const void* data, std::size_t bytes, int tag) {
+  if (tag < 0) {
+    detail::raise(errc::invalid_argument, "iso::send: tag %d to thread %s is negative (tags are >= 0; negative tags are "
+          "the runtime's own)", tag, to.to_string().c_str());
+  }
   engine_or_throw("iso::send").send(to, data, bytes, tag);
 }
 

@@ -366,6 +366,13 @@ void scheduler::wake(tcb* t) noexcept {
   policy_->awakened(t);
 }
 
+void scheduler::wake_sleeper(tcb* t) noexcept {
+  ISO_ASSERT_INTERNAL(t->state == thread_state::sleeping);
+  remove_timer(t);
+  t->state = thread_state::ready;
+  policy_->awakened(t);
+}
+
 void scheduler::wake_all(wait_reason why) noexcept {
   // wake() touches only blocked_ and the ready queue, never table_, so iterating table_ while
   // waking is safe. A woken thread keeps t->wait until it runs, hence the state test.

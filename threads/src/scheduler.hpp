@@ -133,6 +133,9 @@ class scheduler {
   void block_running(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
   void wake(tcb* t) noexcept;
+  // sleeping -> ready before its deadline (a sleep that waits for something else too, as
+  // recv_for does). pre: t sleeps on this rank.
+  void wake_sleeper(tcb* t) noexcept;
   // Wakes every thread of this rank blocked for `why` (from a thread or the progress engine).
   void wake_all(wait_reason why) noexcept;
 

@@ -27,6 +27,7 @@ enum class errc {
   mpi_failure,              // an MPI call returned an error
   io_failure,               // a file could not be read or written
   system_failure,           // an OS call (mmap, madvise, exec, ...) failed
+  thread_failed,            // the body of an iso::async thread threw: what() is the exception's what()
 };
 
 const std::error_category& error_category() noexcept;

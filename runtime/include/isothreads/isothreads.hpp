@@ -2,7 +2,10 @@
 #pragma once
 
 #include "isothreads/checkpoint.hpp"
+#include "isothreads/collectives.hpp"
 #include "isothreads/error.hpp"
+#include "isothreads/future.hpp"
+#include "isothreads/group.hpp"
 #include "isothreads/isomalloc.h"
 #include "isothreads/lb.hpp"
 #include "isothreads/messaging.hpp"

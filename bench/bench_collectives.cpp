@@ -1,0 +1,160 @@
+// Collectives and futures, each beside a baseline measured in the same run. A plain MPI main
+// (as bench_migration.cpp):
+//
+//   mpirun -n 2 bench/bench_collectives
+//
+// Rank 0 prints ratio lines (ratio.hpp). Every figure is the median of K runs, each after warm-up.
+//   allreduce_8B/64threads     32 threads per rank (group indices 0..31 on rank 0, 32..63 on rank 1)
+//                              each call iso::allreduce(g, uint64, iso::sum) `reps` times; figure =
+//                              time per allreduce at member 0.
+//     raw:                     MPI_Allreduce of one uint64 between the mains of the same ranks.
+//   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
+//                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
+//     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.
+//   async_get                  a thread on rank 0: iso::async(body returning an int) then get(),
+//                              `reps` times; time per pair.
+//     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "isothreads/isothreads.hpp"
+#include "ratio.hpp"
+
+namespace {
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Written by member 0 (which stays on rank 0) or the timing thread, read by rank 0's main.
+double g_result_ns = 0;
+bool g_failed = false;
+
+// One run: `per_rank` threads on every rank form one group (rank-major indices) and each makes
+// `warm` + `reps` element-wise allreduces of `count` doubles (count == 0: one uint64 instead).
+// Returns ns per allreduce at member 0 (on rank 0; 0 elsewhere).
+double iso_allreduce_run(iso::runtime& rt, int per_rank, std::size_t count, int warm, int reps) {
+  g_result_ns = 0;
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([count, warm, reps] {
+      const iso::message m = iso::recv(iso::thread_id(iso::rank(), 0), 0);
+      std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
+      std::memcpy(ids.data(), m.data.data(), m.data.size());
+      const iso::group g(ids);
+      const int me = g.index_of(iso::this_thread::id());
+      std::vector<double> v(count, 1.0);
+      const auto once = [&] {
+        if (count == 0) {
+          if (iso::allreduce(g, std::uint64_t{1}, iso::sum) != g.size()) g_failed = true;
+        } else {
+          const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
+          if (r.size() != count || r[count - 1] != static_cast<double>(g.size())) g_failed = true;
+        }
+      };
+      for (int i = 0; i < warm; ++i) once();
+      const std::int64_t t0 = now_ns();
+      for (int i = 0; i < reps; ++i) once();
+      if (me == 0) g_result_ns = static_cast<double>(now_ns() - t0) / reps;
+    }));
+  }
+  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt.size()));
+  for (iso::thread_id t : mine) bits.push_back(t.bits());
+  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
+                MPI_UINT64_T, MPI_COMM_WORLD);
+  for (iso::thread_id t : mine) iso::send(t, all.data(), all.size() * sizeof all[0], 0);
+  rt.run();
+  return g_result_ns;
+}
+
+double mpi_allreduce_run(std::size_t count, int warm, int reps) {
+  std::vector<double> v(std::max<std::size_t>(count, 1), 1.0), r(v.size());
+  std::uint64_t x = 1, y = 0;
+  const auto once = [&] {
+    if (count == 0) {
+      MPI_Allreduce(&x, &y, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+    } else {
+      MPI_Allreduce(v.data(), r.data(), static_cast<int>(count), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    }
+  };
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (int i = 0; i < warm; ++i) once();
+  const std::int64_t t0 = now_ns();
+  for (int i = 0; i < reps; ++i) once();
+  const double ns = static_cast<double>(now_ns() - t0) / reps;
+  MPI_Barrier(MPI_COMM_WORLD);
+  return ns;
+}
+
+void bench_allreduce(iso::runtime& rt, const char* name, int per_rank, std::size_t count, int warm, int reps) {
+  std::vector<double> mine, raw;
+  for (int k = 0; k < 5; ++k) {  // interleaved, so that drifts hit both sides alike
+    raw.push_back(mpi_allreduce_run(count, warm, reps));
+    mine.push_back(iso_allreduce_run(rt, per_rank, count, warm, reps));
+  }
+  if (rt.rank() == 0) iso_bench::print_ratio(name, median(mine), median(raw), "ns");
+}
+
+// One run on rank 0: `reps` async+get pairs (futures) or spawn+join pairs.
+double pairs_run(iso::runtime& rt, bool futures, int warm, int reps) {
+  g_result_ns = 0;
+  if (rt.rank() == 0) {
+    iso::spawn([futures, warm, reps] {
+      int sink = 0;
+      const auto once = [&] {
+        if (futures) {
+          sink += iso::async([] { return 1; }).get();
+        } else {
+          iso::join(iso::spawn([&sink] { ++sink; }));
+        }
+      };
+      for (int i = 0; i < warm; ++i) once();
+      const std::int64_t t0 = now_ns();
+      for (int i = 0; i < reps; ++i) once();
+      g_result_ns = static_cast<double>(now_ns() - t0) / reps;
+      if (sink != warm + reps) g_failed = true;
+    });
+  }
+  rt.run();
+  return g_result_ns;
+}
+
+void bench_futures(iso::runtime& rt) {
+  std::vector<double> mine, raw;
+  for (int k = 0; k < 7; ++k) {
+    raw.push_back(pairs_run(rt, false, 200, 2000));
+    mine.push_back(pairs_run(rt, true, 200, 2000));
+  }
+  if (rt.rank() == 0) iso_bench::print_ratio("async_get (raw: spawn_join)", median(mine), median(raw), "ns");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  iso::runtime rt(argc, argv);
+  if (rt.size() != 2) {
+    if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: run it on 2 ranks (mpirun -n 2)\n");
+    return 1;
+  }
+  bench_allreduce(rt, "allreduce_8B/64threads", 32, 0, 50, 500);
+  bench_allreduce(rt, "allreduce_1MiB/16threads", 8, std::size_t{1} << 17, 3, 20);
+  bench_futures(rt);
+  int failed = g_failed ? 1 : 0, any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");
+  return any != 0 ? 1 : 0;
+}

@@ -1,0 +1,160 @@
+// Collectives over an iso::group: barrier, broadcast, reduce, allreduce, gather, allgather.
+//
+// Every member of g calls the same collective with the same root and op, in the same order as the
+// other members (like an MPI communicator), from a migratable thread; members may migrate
+// before, during and after. Several groups, overlapping ones too, may run collectives at once.
+// T: trivially copyable. Op: iso::sum, iso::min, iso::max, or an associative callable T(T, T),
+// identical on every member; members are combined in index order (op need not commute).
+//
+// Cost, for a group of N members: a binomial tree over the member indices. A reduce or gather
+// sends N - 1 messages (one more when root != 0), a broadcast N - 1, an allreduce, allgather or
+// barrier 2 (N - 1); each member sends and receives at most 2 ceil(log2 N) of them, and the
+// longest chain is ceil(log2 N) messages each way. Members on the same rank exchange them without
+// MPI; with the members of a rank holding consecutive indices (as spawn_group gives them), only
+// about P - 1 of the messages cross ranks, so a rank sends O(N/P + log N) messages. Payloads:
+// one value (or span) per message for reduce and broadcast; gather's messages carry the values
+// of the sending subtree.
+// Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
+// out of range, or (element-wise allreduce) members pass different lengths: that is found by the
+// member that combines the two, and every member throws; (not_in_thread) outside a thread.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "isothreads/group.hpp"
+
+namespace iso {
+
+struct sum_t {
+  template <class T>
+  T operator()(const T& a, const T& b) const { return a + b; }
+};
+struct min_t {
+  template <class T>
+  T operator()(const T& a, const T& b) const { return b < a ? b : a; }
+};
+struct max_t {
+  template <class T>
+  T operator()(const T& a, const T& b) const { return a < b ? b : a; }
+};
+inline constexpr sum_t sum{};
+inline constexpr min_t min{};
+inline constexpr max_t max{};
+
+namespace detail {
+
+enum class collective : std::uint32_t { barrier = 1, broadcast, reduce, allreduce, gather, allgather };
+
+// acc[i] = op(acc[i], in[i]) for `count` elements (acc: the lower member indices).
+struct combiner {
+  void (*fn)(const void* op, std::byte* acc, const std::byte* in, std::size_t count);
+  const void* op;
+  std::size_t elem;  // bytes per element
+};
+template <class T, class Op>
+void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::size_t count) {
+  const Op& f = *static_cast<const Op*>(op);
+  for (std::size_t i = 0; i < count; ++i) {
+    T a, b;
+    std::memcpy(&a, acc + i * sizeof(T), sizeof(T));
+    std::memcpy(&b, in + i * sizeof(T), sizeof(T));
+    const T c = f(a, b);
+    std::memcpy(acc + i * sizeof(T), &c, sizeof(T));
+  }
+}
+
+// The byte-level collectives. Each returns the result where the call gives one (root, or every
+// member for the all- variants and broadcast): result_offset bytes of message header, then the
+// result's bytes (left in place: a large result is not moved again); empty elsewhere. `call`
+// names the public call.
+inline constexpr std::size_t result_offset = 32;
+std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
+                                    const combiner& c, int root, bool all, const char* call);
+std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call);
+std::vector<std::byte> gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root,
+                                    bool all, const char* call);
+
+template <class T>
+T value_from(const std::vector<std::byte>& b) {
+  T v{};
+  if (b.size() == result_offset + sizeof(T)) std::memcpy(&v, b.data() + result_offset, sizeof(T));
+  return v;
+}
+template <class T>
+std::vector<T> values_from(const std::vector<std::byte>& b) {
+  if (b.size() <= result_offset) return {};
+  std::vector<T> v((b.size() - result_offset) / sizeof(T));
+  std::memcpy(v.data(), b.data() + result_offset, v.size() * sizeof(T));
+  return v;
+}
+template <class T, class Op>
+combiner combiner_for(const Op& op) {
+  static_assert(std::is_trivially_copyable_v<T>, "iso collectives: T must be trivially copyable");
+  static_assert(std::is_convertible_v<std::invoke_result_t<const Op&, const T&, const T&>, T>,
+                "iso collectives: op must be a callable T(T, T)");
+  return {&combine_elements<T, Op>, &op, sizeof(T)};
+}
+
+}  // namespace detail
+
+// Returns once every member has called it.
+inline void barrier(const group& g) {
+  detail::reduce_bytes(g, detail::collective::barrier, nullptr, 0, {nullptr, nullptr, 1}, 0, true, "iso::barrier");
+}
+
+// root's value, at every member.
+template <class T>
+T broadcast(const group& g, const T& value, int root) {
+  static_assert(std::is_trivially_copyable_v<T>, "iso::broadcast: T must be trivially copyable");
+  return detail::value_from<T>(detail::broadcast_bytes(g, &value, sizeof(T), root, "iso::broadcast"));
+}
+
+// The combination of every member's value at root (in index order); T{} elsewhere.
+template <class T, class Op>
+T reduce(const group& g, const T& value, Op op, int root) {
+  return detail::value_from<T>(detail::reduce_bytes(g, detail::collective::reduce, &value, sizeof(T),
+                                                    detail::combiner_for<T>(op), root, false, "iso::reduce"));
+}
+
+// The combination of every member's value, at every member.
+template <class T, class Op>
+T allreduce(const group& g, const T& value, Op op) {
+  return detail::value_from<T>(detail::reduce_bytes(g, detail::collective::allreduce, &value, sizeof(T),
+                                                    detail::combiner_for<T>(op), 0, true, "iso::allreduce"));
+}
+
+// Element-wise: element i of the result combines element i of every member's values. Every member
+// passes the same length.
+template <class T, std::size_t Extent, class Op>
+std::vector<std::remove_cv_t<T>> allreduce(const group& g, std::span<T, Extent> values, Op op) {
+  using V = std::remove_cv_t<T>;
+  return detail::values_from<V>(detail::reduce_bytes(g, detail::collective::allreduce, values.data(),
+                                                     values.size_bytes(), detail::combiner_for<V>(op), 0, true,
+                                                     "iso::allreduce"));
+}
+template <class T, class A, class Op>
+std::vector<T> allreduce(const group& g, const std::vector<T, A>& values, Op op) {
+  return allreduce(g, std::span<const T>(values), op);
+}
+
+// root: every member's value, in index order; elsewhere empty.
+template <class T>
+std::vector<T> gather(const group& g, const T& value, int root) {
+  static_assert(std::is_trivially_copyable_v<T>, "iso::gather: T must be trivially copyable");
+  return detail::values_from<T>(
+      detail::gather_bytes(g, detail::collective::gather, &value, sizeof(T), root, false, "iso::gather"));
+}
+
+// Every member: every member's value, in index order.
+template <class T>
+std::vector<T> allgather(const group& g, const T& value) {
+  static_assert(std::is_trivially_copyable_v<T>, "iso::allgather: T must be trivially copyable");
+  return detail::values_from<T>(
+      detail::gather_bytes(g, detail::collective::allgather, &value, sizeof(T), 0, true, "iso::allgather"));
+}
+
+}  // namespace iso

@@ -1,0 +1,33 @@
+// The runtime's own messages between threads (futures, groups, collectives): ordinary messages
+// of the engine on reserved negative tags, so they get its guarantees (exactly once, in order per
+// (sender, tag), wherever either thread runs) and are never taken by a user receive (they queue
+// apart, see mailbox.hpp).
+//   tag                         used by
+//   future_ask                  future -> producer: "send me the value" (or "nobody will ask")
+//   future_value                producer -> future: the value or the failure text
+//   group_members               spawn_group -> each new member: the member list
+//   collective_tag(fp)          collectives of the group with fingerprint fp, in [-2^30 - 1, -2]
+#pragma once
+
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+
+#include "isothreads/messaging.hpp"
+
+namespace iso::detail {
+
+inline constexpr int future_ask = INT_MIN;
+inline constexpr int future_value = INT_MIN + 1;
+inline constexpr int group_members = INT_MIN + 2;
+inline constexpr int collective_tag(std::uint64_t fingerprint) noexcept {
+  return -2 - static_cast<int>(fingerprint & ((std::uint64_t{1} << 30) - 1));
+}
+
+// iso::send on a reserved tag (tag < any_tag). Same errors as iso::send.
+void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag);
+// The calling thread's first message from `from` (a thread or any_thread) on reserved tag `tag`;
+// blocks it until one is there. `call` names the public call in errors (not_in_thread, no_runtime).
+message recv_reserved(thread_id from, int tag, const char* call);
+
+}  // namespace iso::detail

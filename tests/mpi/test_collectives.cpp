@@ -1,0 +1,179 @@
+// Groups and collectives under iso::runtime, with members migrating at random (seeded: the seed
+// is printed, ISO_TEST_SEED replays it) before, during and between collectives, several
+// overlapping groups running collectives at once, and misuse.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "isothreads/isothreads.hpp"
+#include "mpi_gtest.hpp"
+#include "test_seed.hpp"
+
+namespace {
+
+using iso_test::rt;
+
+// x -> x * a + b; op(p, q) applies p, then q: associative, not commutative, exact (mod 2^64).
+struct affine {
+  std::uint64_t a, b;
+  friend bool operator==(const affine&, const affine&) = default;
+};
+affine then(const affine& p, const affine& q) { return {p.a * q.a, p.b * q.a + q.b}; }
+affine affine_of(int i, int round) {
+  return {static_cast<std::uint64_t>(2 * i + 3 + round), static_cast<std::uint64_t>(i * 7 + round)};
+}
+
+void maybe_migrate(std::mt19937_64& rng) {
+  if (rng() % 3 == 0) iso::this_thread::migrate_to(static_cast<int>(rng() % static_cast<std::uint64_t>(iso::size())));
+}
+
+// Every collective once per round, checked against what it must give, at member i of g.
+void every_collective(const iso::group& g, int i, int rounds, std::mt19937_64& rng) {
+  const int n = static_cast<int>(g.size());
+  for (int round = 0; round < rounds; ++round) {
+    const int root = (round * 5 + 1) % n;
+    maybe_migrate(rng);
+    EXPECT_EQ(iso::allreduce(g, i + round, iso::sum), n * (n - 1) / 2 + n * round);
+    maybe_migrate(rng);
+    EXPECT_EQ(iso::broadcast(g, i == root ? 1000 + round : -1, root), 1000 + round);
+    affine expected = affine_of(0, round);
+    for (int k = 1; k < n; ++k) expected = then(expected, affine_of(k, round));
+    const affine r = iso::reduce(g, affine_of(i, round), then, root);
+    if (i == root) {
+      EXPECT_EQ(r, expected) << "round " << round;
+    } else {
+      EXPECT_EQ(r, affine{}) << "T{} elsewhere";
+    }
+    EXPECT_EQ(iso::allreduce(g, affine_of(i, round), [](affine p, affine q) { return then(p, q); }), expected);
+    maybe_migrate(rng);
+    const std::vector<double> mine = {static_cast<double>(i), static_cast<double>(-i), static_cast<double>(round)};
+    const std::vector<double> lo = iso::allreduce(g, std::span<const double>(mine), iso::min);
+    EXPECT_EQ(lo, (std::vector<double>{0, static_cast<double>(1 - n), static_cast<double>(round)}));
+    const std::vector<double> hi = iso::allreduce(g, std::span<const double>(mine), iso::max);
+    EXPECT_EQ(hi, (std::vector<double>{static_cast<double>(n - 1), 0, static_cast<double>(round)}));
+    const std::vector<int> at_root = iso::gather(g, i * 10 + round, root);
+    const std::vector<int> everywhere = iso::allgather(g, i * 10 + round);
+    std::vector<int> all(static_cast<std::size_t>(n));
+    for (int k = 0; k < n; ++k) all[static_cast<std::size_t>(k)] = k * 10 + round;
+    EXPECT_EQ(at_root, i == root ? all : std::vector<int>{});
+    EXPECT_EQ(everywhere, all);
+    iso::barrier(g);
+  }
+}
+
+TEST(Collectives, SpawnGroupEveryCollectiveWhileMembersMigrateAtRandom) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.SpawnGroupEveryCollectiveWhileMembersMigrateAtRandom");
+  if (rt->rank() == 0) {
+    const iso::group g = iso::spawn_group(11, [seed](int i, const iso::group& grp) {
+      EXPECT_EQ(grp.size(), 11u);
+      EXPECT_EQ(grp[static_cast<std::size_t>(i)], iso::this_thread::id());
+      EXPECT_EQ(grp.index_of(iso::this_thread::id()), i);
+      std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
+      every_collective(grp, i, 12, rng);
+    });
+    EXPECT_EQ(g.size(), 11u);
+    EXPECT_EQ(g.index_of(iso::thread_id(0, 0)), -1);
+    const iso::group copy = g;  // a value
+    EXPECT_EQ(copy.members(), g.members());
+  }
+  rt->run();
+}
+
+// Every rank's ids, in rank order (each rank contributes the same number).
+std::vector<iso::thread_id> allgather_ids(const std::vector<iso::thread_id>& mine) {
+  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt->size()));
+  for (iso::thread_id t : mine) bits.push_back(t.bits());
+  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
+                MPI_UINT64_T, MPI_COMM_WORLD);
+  std::vector<iso::thread_id> out;
+  for (std::uint64_t b : all) out.push_back(iso::thread_id::from_bits(b));
+  return out;
+}
+
+TEST(Collectives, OverlappingGroupsRunCollectivesAtOnce) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.OverlappingGroupsRunCollectivesAtOnce");
+  constexpr int per_rank = 5;
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([seed] {
+      // The member list: every rank's threads, from main of rank 0.
+      const iso::message m = iso::recv(iso::thread_id(0, 0), 0);
+      std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
+      std::memcpy(ids.data(), m.data.data(), m.data.size());
+      const iso::group all(ids);                                   // every thread
+      std::vector<iso::thread_id> rev(ids.rbegin(), ids.rend());
+      const iso::group reversed(rev);                              // the same threads, other order
+      std::vector<iso::thread_id> even;
+      for (std::size_t j = 0; j < ids.size(); j += 2) even.push_back(ids[j]);
+      const iso::group evens(even);                                // every other one
+      const iso::thread_id me = iso::this_thread::id();
+      const int i = all.index_of(me);
+      std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
+      const int n = static_cast<int>(all.size());
+      for (int round = 0; round < 8; ++round) {
+        // Interleaved, so that messages of the three groups are in flight together.
+        const std::vector<int> a = iso::allgather(all, i);
+        maybe_migrate(rng);
+        const std::vector<int> r = iso::allgather(reversed, i);
+        int e = -1;
+        if (evens.index_of(me) >= 0) e = iso::allreduce(evens, 1, iso::sum);
+        const int s = iso::allreduce(reversed, i * round, iso::sum);
+        maybe_migrate(rng);
+        for (int k = 0; k < n; ++k) {
+          EXPECT_EQ(a[static_cast<std::size_t>(k)], k);
+          EXPECT_EQ(r[static_cast<std::size_t>(k)], n - 1 - k);
+        }
+        if (evens.index_of(me) >= 0) {
+          EXPECT_EQ(e, static_cast<int>(evens.size()));
+        }
+        EXPECT_EQ(s, round * n * (n - 1) / 2);
+      }
+    }));
+  }
+  const std::vector<iso::thread_id> ids = allgather_ids(mine);
+  if (rt->rank() == 0) {
+    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
+  }
+  rt->run();
+}
+
+void expect_invalid(const std::function<void()>& f, const std::string& naming) {
+  try {
+    f();
+    ADD_FAILURE() << "expected iso::error(invalid_argument) naming '" << naming << "'";
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code_value(), iso::errc::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find(naming), std::string::npos) << e.what();
+  }
+}
+
+TEST(Collectives, MisuseIsRefusedNamingIt) {
+  if (rt->rank() == 0) {
+    expect_invalid([] { iso::group g(std::vector<iso::thread_id>{iso::thread_id(0, 5), iso::thread_id(0, 5)}); },
+                   "is member 0 and member 1");
+    expect_invalid([] { iso::group g(std::vector<iso::thread_id>{iso::thread_id{}}); }, "default thread_id");
+    expect_invalid([] { iso::spawn_group(-1, [](int, const iso::group&) {}); }, "negative");
+    const iso::group g = iso::spawn_group(4, [](int i, const iso::group& grp) {
+      expect_invalid([&] { iso::broadcast(grp, 1, 4); }, "root 4 is out of range");
+      expect_invalid([&] { iso::reduce(grp, 1, iso::sum, -1); }, "root -1 is out of range");
+      iso::this_thread::migrate_to(i % iso::size());
+      // Different lengths: found where two are combined, thrown at every member.
+      const std::vector<int> v(i == 2 ? 3 : 2, 1);
+      expect_invalid([&] { iso::allreduce(grp, std::span<const int>(v), iso::sum); }, "different lengths");
+      // The group still works afterwards.
+      EXPECT_EQ(iso::allreduce(grp, 1, iso::sum), 4);
+    });
+    // A thread that is not a member.
+    iso::spawn([g] { expect_invalid([&] { iso::barrier(g); }, "is not a member"); });
+  }
+  rt->run();
+}
+
+}  // namespace
