@@ -153,6 +153,21 @@ void to_root(const call_state& s, int root, std::vector<std::byte>& b) {
   if (s.me() == root) b = s.receive(0);
 }
 
+// The binomial tree toward member 0: a member takes in what each of its children sends
+// (merge(in, child), children in increasing index order), then sends acc to its parent; member 0
+// ends with everything merged.
+template <class Merge>
+void toward_member_0(const call_state& s, std::vector<std::byte>& acc, Merge&& merge) {
+  const int me = s.me(), n = s.n();
+  for (int mask = 1; mask < n; mask <<= 1) {
+    if ((me & mask) != 0) {
+      s.send(me - mask, acc);
+      return;
+    }
+    if (me + mask < n) merge(s.receive(me + mask), me + mask);
+  }
+}
+
 }  // namespace
 
 std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
@@ -160,25 +175,19 @@ std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void*
   const call_state s(g, kind, call);
   s.check_root(root);
   std::vector<std::byte> acc = s.make(data, bytes);
-  const int me = s.me(), n = s.n();
-  for (int mask = 1; mask < n; mask <<= 1) {
-    if ((me & mask) != 0) {
-      s.send(me - mask, acc);
-      break;
-    }
-    if (me + mask >= n) continue;
-    std::vector<std::byte> in = s.receive(me + mask);
-    if (call_state::head(acc).failed != 0) continue;  // the first failure wins; the rest are read and dropped
+  const int me = s.me();
+  toward_member_0(s, acc, [&](std::vector<std::byte>&& in, int child) {
+    if (call_state::head(acc).failed != 0) return;  // the first failure wins; the rest are read and dropped
     if (call_state::head(in).failed != 0) {
       acc = std::move(in);
     } else if (call_state::head(in).bytes != call_state::head(acc).bytes) {
       s.fail(acc, std::string(call) + ": members pass different lengths (member " + std::to_string(me) + ": " +
                       std::to_string(call_state::head(acc).bytes / c.elem) + " elements, member " +
-                      std::to_string(me + mask) + ": " + std::to_string(call_state::head(in).bytes / c.elem) + ")");
+                      std::to_string(child) + ": " + std::to_string(call_state::head(in).bytes / c.elem) + ")");
     } else if (c.fn != nullptr) {
       c.fn(c.op, acc.data() + sizeof(header), in.data() + sizeof(header), call_state::head(acc).bytes / c.elem);
     }
-  }
+  });
   if (all) {
     tree_broadcast(s, 0, acc);
   } else {
@@ -202,24 +211,17 @@ std::vector<std::byte> gather_bytes(const group& g, collective kind, const void*
   const call_state s(g, kind, call);
   s.check_root(root);
   std::vector<std::byte> acc = s.make(data, bytes);
-  const int me = s.me(), n = s.n();
-  for (int mask = 1; mask < n; mask <<= 1) {
-    if ((me & mask) != 0) {
-      s.send(me - mask, acc);
-      break;
-    }
-    if (me + mask >= n) continue;
-    // acc holds members [me, me + mask); in holds [me + mask, ...): appended, index order holds.
-    const std::vector<std::byte> in = s.receive(me + mask);
+  toward_member_0(s, acc, [&](std::vector<std::byte>&& in, int) {
+    // acc holds members [me, child); in holds [child, ...): appended, index order holds.
     const std::size_t more = call_state::head(in).bytes;
     acc.insert(acc.end(), in.begin() + sizeof(header), in.end());
     call_state::head(acc).bytes += more;
-  }
+  });
   if (all) {
     tree_broadcast(s, 0, acc);
   } else {
     to_root(s, root, acc);
-    if (me != root) return {};
+    if (s.me() != root) return {};
   }
   return acc;
 }

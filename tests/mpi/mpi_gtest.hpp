@@ -7,7 +7,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <vector>
+
+#include "isothreads/thread_id.hpp"
 
 namespace iso {
 class runtime;
@@ -18,6 +22,19 @@ namespace iso_test {
 // The runtime shared by every test of a binary linked with runtime_main.cpp, which defines and
 // sets it (binaries linked with mpi_main.cpp have none).
 extern iso::runtime* rt;
+
+// Every rank's ids, in rank order (each rank contributes the same number). Collective.
+inline std::vector<iso::thread_id> allgather_ids(const std::vector<iso::thread_id>& mine) {
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(size));
+  for (iso::thread_id t : mine) bits.push_back(t.bits());
+  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
+                MPI_UINT64_T, MPI_COMM_WORLD);
+  std::vector<iso::thread_id> out;
+  for (std::uint64_t b : all) out.push_back(iso::thread_id::from_bits(b));
+  return out;
+}
 
 class rank_failure_printer : public testing::EmptyTestEventListener {
  public:

@@ -21,18 +21,8 @@
 
 namespace {
 
+using iso_test::allgather_ids;
 using iso_test::rt;
-
-// Every rank's ids, in rank order (each rank contributes the same number).
-std::vector<iso::thread_id> allgather_ids(const std::vector<iso::thread_id>& mine) {
-  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt->size()));
-  for (iso::thread_id t : mine) bits.push_back(t.bits());
-  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
-                MPI_UINT64_T, MPI_COMM_WORLD);
-  std::vector<iso::thread_id> out;
-  for (std::uint64_t b : all) out.push_back(iso::thread_id::from_bits(b));
-  return out;
-}
 
 // Sends the table of ids to each local thread (its first message).
 void hand_out(const std::vector<iso::thread_id>& local, const std::vector<iso::thread_id>& table) {

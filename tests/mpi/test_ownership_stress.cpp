@@ -40,6 +40,7 @@
 
 namespace {
 
+using iso_test::allgather_ids;
 using iso_test::rt;
 using iso::detail::heap;
 
@@ -314,16 +315,6 @@ void coordinator_body(std::vector<iso::thread_id> agents, std::vector<iso::threa
   }
   for (iso::thread_id a : agents) iso::send(a, nullptr, 0, tag_finish);
   for (iso::thread_id c : checkers) iso::send(c, nullptr, 0, tag_finish);
-}
-
-std::vector<iso::thread_id> allgather_ids(const std::vector<iso::thread_id>& mine) {
-  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt->size()));
-  for (iso::thread_id t : mine) bits.push_back(t.bits());
-  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
-                MPI_UINT64_T, MPI_COMM_WORLD);
-  std::vector<iso::thread_id> out;
-  for (std::uint64_t b : all) out.push_back(iso::thread_id::from_bits(b));
-  return out;
 }
 
 // Chunks of this rank's share in use, beyond the stacks its pool keeps for reuse.
