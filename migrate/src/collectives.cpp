@@ -17,6 +17,7 @@
 
 #include "diag.hpp"
 #include "isothreads/collectives.hpp"
+#include "interpose.hpp"
 #include "mailbox.hpp"
 #include "reserved.hpp"
 #include "scheduler.hpp"
@@ -91,6 +92,7 @@ class call_state {
     for (;;) {
       message m = recv_reserved(sender, tag_, call_);
       if (ours(m.data)) return checked(from, std::move(m.data));
+      heap_scope own(self_->home_heap);  // the stash is the thread's, like the rest of its mailbox
       mb.stash.push_back(std::move(m));
     }
   }

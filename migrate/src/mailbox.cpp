@@ -62,7 +62,10 @@ std::optional<message> ready_queue::take(thread_id from, int tag) {
 // ---------------------------------------------------------------- mailbox
 
 mailbox& mailbox_of(tcb* t) {
-  if (t->mailbox == nullptr) t->mailbox = new mailbox();
+  if (t->mailbox == nullptr) {
+    heap_scope own(t->home_heap);  // whatever scope its caller is in: the mailbox migrates with t
+    t->mailbox = new mailbox();
+  }
   return *static_cast<mailbox*>(t->mailbox);
 }
 

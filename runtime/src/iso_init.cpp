@@ -23,8 +23,8 @@ void init_region_over(MPI_Comm comm, std::size_t requested) {
   if (!initialized) raise(errc::no_runtime, "iso_init: MPI is not initialised (call MPI_Init first)");
   // The region makes every MPI call of the block interface on the thread that agreed it.
   int level = MPI_THREAD_SINGLE, main_thread = 0;
-  MPI_Query_thread(&level);
-  MPI_Is_thread_main(&main_thread);
+  check_mpi(MPI_Query_thread(&level), "MPI_Query_thread");
+  check_mpi(MPI_Is_thread_main(&main_thread), "MPI_Is_thread_main");
   if (!main_thread && level < MPI_THREAD_MULTIPLE) {
     raise(errc::invalid_argument,
           "iso_init: called from an OS thread that is not MPI's main thread, at a thread level below "

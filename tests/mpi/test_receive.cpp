@@ -265,6 +265,34 @@ TEST(Receive, RecvForTimesOutOrReceivesBeforeItsDeadlineAlsoWhileMigrating) {
   rt->run();
 }
 
+// The mailbox is the thread's whatever heap its first receive ran in: made inside a
+// system_heap_scope, it stayed on the rank and dangled once the thread moved.
+TEST(Receive, AMailboxFirstUsedInsideASystemHeapScopeMovesWithItsThread) {
+  static int got = -1;  // rank-local: set where the thread receives
+  got = -1;
+  iso::thread_id receiver;
+  if (rt->rank() == 0) {
+    receiver = iso::spawn([] {
+      {
+        iso::system_heap_scope system;
+        (void)iso::try_recv();  // nothing there yet: makes the mailbox
+      }
+      iso::this_thread::migrate_to(iso::size() - 1);
+      const iso::message m = iso::recv();
+      std::memcpy(&got, m.data.data(), sizeof got);
+    });
+    iso::spawn([receiver] {
+      iso::this_thread::sleep_for(50ms);  // after the receiver left
+      const int v = 42;
+      iso::send(receiver, &v, sizeof v);
+    });
+  }
+  rt->run();
+  if (rt->rank() == rt->size() - 1) {
+    EXPECT_EQ(got, 42);
+  }
+}
+
 TEST(Receive, NegativeTagsAreRefused) {
   iso::spawn([] {
     const iso::thread_id me = iso::this_thread::id();

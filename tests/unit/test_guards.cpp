@@ -268,6 +268,29 @@ TEST(Guards, DlopenAndDlcloseInAThread) {
   EXPECT_EQ(destroyed, 1);
 }
 
+// glibc allocates an OS thread's TLS vector when it starts and keeps it with the thread's cached
+// stack after it ends: from a migratable thread's heap, a later pthread_create would write into
+// whatever reuses that heap's memory.
+void* own_dtv(void* out) {
+  void* dtv = nullptr;
+  asm volatile("movq %%fs:8, %0" : "=r"(dtv));
+  *static_cast<void**>(out) = dtv;
+  return nullptr;
+}
+
+TEST(Guards, OsThreadsStartedFromAThreadKeepGlibcsStateOutOfItsHeap) {
+  scheduler sched{0};
+  void* dtv = nullptr;
+  spawn([&dtv] {
+    pthread_t os_thread;
+    ASSERT_EQ(pthread_create(&os_thread, nullptr, &own_dtv, &dtv), 0);
+    ASSERT_EQ(pthread_join(os_thread, nullptr), 0);
+  });
+  sched.run();
+  EXPECT_NE(dtv, nullptr);
+  EXPECT_EQ(iso_in_range(dtv), 0) << "the OS thread's TLS vector is at " << dtv << ", in a thread's heap";
+}
+
 TEST(HeapScopes, LastAcrossYieldAndSleep) {
   scheduler sched{0};
   std::vector<int> in_range;

@@ -192,8 +192,10 @@ void errx(int status, const char* fmt, ...) {
 
 // glibc copies the creator's pair into a new OS thread: it gets the process's, like every OS
 // thread the process started itself, whoever calls.
+// What glibc allocates for it (its TLS vector, kept with its cached stack after it ends) is the
+// process's too.
 int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*start)(void*), void* arg) {
-  iso::detail::process_guards_scope guards;
+  for_the_process p;
   return glibc<"pthread_create">(pthread_create)(thread, attr, start, arg);
 }
 
