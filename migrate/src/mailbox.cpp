@@ -7,21 +7,32 @@ namespace iso::detail {
 
 // ---------------------------------------------------------------- ready_queue
 
+void ready_queue::index(std::uint64_t n, const message& m) {
+  const std::uint64_t from = m.from.bits();
+  by_sender_[from].emplace_hint(by_sender_[from].end(), n);
+  by_tag_[m.tag].emplace_hint(by_tag_[m.tag].end(), n);
+  auto& stream = by_stream_[{from, m.tag}];
+  stream.emplace_hint(stream.end(), n);
+}
+
 void ready_queue::push(message&& m) {
   const std::uint64_t n = next_arrival_++;
-  const std::uint64_t from = m.from.bits();
-  const int tag = m.tag;
-  by_arrival_.emplace_hint(by_arrival_.end(), n, std::move(m));
-  by_sender_[from].emplace_hint(by_sender_[from].end(), n);
-  by_tag_[tag].emplace_hint(by_tag_[tag].end(), n);
-  auto& stream = by_stream_[{from, tag}];
-  stream.emplace_hint(stream.end(), n);
+  const auto at = by_arrival_.emplace_hint(by_arrival_.end(), n, std::move(m));
+  if (indexed_) index(n, at->second);
+}
+
+std::optional<std::uint64_t> ready_queue::scan(thread_id from, int tag) const noexcept {
+  for (const auto& [n, m] : by_arrival_) {
+    if ((from == any_thread || m.from == from) && (tag == any_tag || m.tag == tag)) return n;
+  }
+  return std::nullopt;
 }
 
 std::optional<std::uint64_t> ready_queue::first(thread_id from, int tag) const noexcept {
   if (by_arrival_.empty()) return std::nullopt;
   const bool any_from = from == any_thread;
   if (any_from && tag == any_tag) return by_arrival_.begin()->first;
+  if (!indexed_) return scan(from, tag);
   if (tag == any_tag) {
     const auto it = by_sender_.find(from.bits());
     if (it == by_sender_.end()) return std::nullopt;
@@ -40,12 +51,25 @@ std::optional<std::uint64_t> ready_queue::first(thread_id from, int tag) const n
 bool ready_queue::has(thread_id from, int tag) const noexcept { return first(from, tag).has_value(); }
 
 std::optional<message> ready_queue::take(thread_id from, int tag) {
+  const bool filtered = from != any_thread || tag != any_tag;
+  if (filtered && !indexed_ && by_arrival_.size() >= index_from) {
+    for (const auto& [k, queued] : by_arrival_) index(k, queued);
+    indexed_ = true;
+  }
   const std::optional<std::uint64_t> n = first(from, tag);
   if (!n) return std::nullopt;
   const auto at = by_arrival_.find(*n);
   ISO_ASSERT_INTERNAL(at != by_arrival_.end());
   message m = std::move(at->second);
   by_arrival_.erase(at);
+  if (!indexed_) return m;
+  if (by_arrival_.empty()) {  // the indexes held only n
+    by_sender_.clear();
+    by_tag_.clear();
+    by_stream_.clear();
+    indexed_ = false;
+    return m;
+  }
   // Drops arrival n from one index, and the index's entry once it is empty.
   const auto drop = [n = *n](auto& index, const auto& key) {
     const auto it = index.find(key);
@@ -115,7 +139,10 @@ std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int
   // After a suspension only the mailbox (in the thread's heap), self and scheduler::current() may
   // be used: the thread may have migrated.
   for (;;) {
-    if (std::optional<message> m = mb.queue_for(tag).take(from, tag)) return m;
+    {
+      heap_scope own(self->home_heap);  // the queue's indexes are the thread's, whatever scope it is in
+      if (std::optional<message> m = mb.queue_for(tag).take(from, tag)) return m;
+    }
     if (deadline_ns >= 0 && now_ns() >= deadline_ns) return std::nullopt;
     mb.waiting = true;
     mb.want_from = from;

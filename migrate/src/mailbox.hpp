@@ -55,16 +55,20 @@ class in_order {
 // that a receive finds its message in O(log n) for any filter: exact (from, tag), one sender, one
 // tag, or anything. Every message gets an arrival number (increasing); each index holds arrival
 // numbers, so "the first matching message" is the smallest number in the right index.
-// Invariants: by_arrival_ holds every queued message; an arrival number is in by_sender_[from],
-// by_tag_[tag] and by_stream_[(from, tag)] exactly when its message (from, tag) is in by_arrival_;
-// no index holds an empty set. The message a receive takes is always the first of its own
+// Invariants: by_arrival_ holds every queued message. While indexed_, an arrival number is in
+// by_sender_[from], by_tag_[tag] and by_stream_[(from, tag)] exactly when its message (from, tag)
+// is in by_arrival_, and no index holds an empty set; while !indexed_, every index is empty. The
+// indexes cost about six allocations a message: they are built only when a receive that filters
+// by sender or tag finds index_from messages or more queued, and dropped when the queue empties.
+// So a thread that takes what comes (recv(), the common case) pays one map node a message, and a
+// short queue is searched from its front. The message a receive takes is always the first of its own
 // stream (the oldest of a sender, of a tag, or overall is the oldest of its stream). Allocates
 // with the heap current when called (the thread's own).
 class ready_queue {
  public:
   void push(message&& m);
   // The first queued message that matches (from: a thread or any_thread; tag: a tag or any_tag),
-  // removed; or none.
+  // removed; or none. Allocates (the indexes) in the heap current: call it with its thread's.
   std::optional<message> take(thread_id from, int tag);
   bool has(thread_id from, int tag) const noexcept;
   bool empty() const noexcept { return by_arrival_.empty(); }
@@ -77,9 +81,14 @@ class ready_queue {
       return std::hash<std::uint64_t>{}(k.first * 0x9e3779b97f4a7c15ull ^ static_cast<std::uint32_t>(k.second));
     }
   };
-  // The arrival number of the first message matching (from, tag), or none.
+  // The arrival number of the first message matching (from, tag), or none: from the indexes, or,
+  // without them, from the front.
   std::optional<std::uint64_t> first(thread_id from, int tag) const noexcept;
+  std::optional<std::uint64_t> scan(thread_id from, int tag) const noexcept;  // from the front
+  void index(std::uint64_t n, const message& m);  // adds arrival n of m to the three indexes
 
+  static constexpr std::size_t index_from = 16;  // queued messages before a filtered take indexes
+  bool indexed_ = false;                         // see the invariants
   std::uint64_t next_arrival_ = 0;                                     // numbers handed out so far
   std::map<std::uint64_t, message> by_arrival_;                        // arrival -> message
   std::unordered_map<std::uint64_t, std::set<std::uint64_t>> by_sender_;  // sender bits -> arrivals
