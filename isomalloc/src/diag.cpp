@@ -113,6 +113,13 @@ struct sink {
   }
 };
 
+// text[0, n) in a field of `width`, padded with spaces on the left (or, with '-', the right).
+void put_padded(sink& out, const char* text, long n, long width, bool left) noexcept {
+  if (!left) out.pad(' ', width - n);
+  for (long i = 0; i < n; ++i) out.put(text[i]);
+  if (left) out.pad(' ', width - n);
+}
+
 // An unsigned number in base 10 or 16 with the conversion's flags, width and sign.
 void put_number(sink& out, unsigned long long v, unsigned base, bool upper, bool negative, bool left, bool zero,
                 bool alt, long width) noexcept {
@@ -190,11 +197,7 @@ std::size_t safe_vformat(char* buf, std::size_t cap, const char* fmt, va_list ap
       case 'p': {
         const void* p = va_arg(ap, const void*);
         if (p == nullptr) {
-          const char* nil = "(nil)";
-          const long fill = width - 5;
-          if (!left) out.pad(' ', fill);
-          for (const char* c = nil; *c != '\0'; ++c) out.put(*c);
-          if (left) out.pad(' ', fill);
+          put_padded(out, "(nil)", 5, width, left);
         } else {
           put_number(out, reinterpret_cast<std::uintptr_t>(p), 16, false, false, left, false, true, width);
         }
@@ -205,16 +208,14 @@ std::size_t safe_vformat(char* buf, std::size_t cap, const char* fmt, va_list ap
         if (str == nullptr) str = "(null)";
         long n = 0;
         while (str[n] != '\0' && (precision < 0 || n < precision)) ++n;
-        if (!left) out.pad(' ', width - n);
-        for (long i = 0; i < n; ++i) out.put(str[i]);
-        if (left) out.pad(' ', width - n);
+        put_padded(out, str, n, width, left);
         break;
       }
-      case 'c':
-        if (!left) out.pad(' ', width - 1);
-        out.put(static_cast<char>(va_arg(ap, int)));
-        if (left) out.pad(' ', width - 1);
+      case 'c': {
+        const char c = static_cast<char>(va_arg(ap, int));
+        put_padded(out, &c, 1, width, left);
         break;
+      }
       case '%': out.put('%'); break;
       default:  // not a conversion this formatter knows: copied as it stands
         for (const char* c = start; c <= f && *c != '\0'; ++c) out.put(*c);

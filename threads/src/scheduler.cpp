@@ -39,6 +39,14 @@ std::size_t describe_running(char* buf, std::size_t cap) noexcept {
 // default action), by signal: faults that are not a migratable thread's go to them.
 struct sigaction g_previous_segv {}, g_previous_bus {};
 
+// The default action for sig from now on (async-signal-safe).
+void reset_to_default(int sig) noexcept {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+}
+
 // SIGSEGV/SIGBUS on the alternate stack: a fault inside the running thread's guard is a stack
 // overflow; any other fault inside a thread is reported with the thread's name. A fault outside
 // threads (main, the scheduler, another OS thread) is handed to the handler ours replaced, as if
@@ -56,20 +64,12 @@ void on_fault(int sig, siginfo_t* info, void* uctx) {
   // SIG_DFL and SIG_IGN are handler values whatever the flags say (the two pointers share a
   // union). An ignored fault would only repeat: it gets the default action too.
   if (previous.sa_handler == SIG_DFL || previous.sa_handler == SIG_IGN) {
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    sigaction(sig, &dfl, nullptr);
+    reset_to_default(sig);
     return;
   }
   // What the kernel would have done delivering to it: reset a one-shot handler, block its mask
   // (and the signal itself unless SA_NODEFER) while it runs.
-  if ((previous.sa_flags & SA_RESETHAND) != 0) {
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigemptyset(&dfl.sa_mask);
-    sigaction(sig, &dfl, nullptr);
-  }
+  if ((previous.sa_flags & SA_RESETHAND) != 0) reset_to_default(sig);
   sigset_t mask = previous.sa_mask, saved;
   pthread_sigmask(SIG_BLOCK, &mask, &saved);
   if ((previous.sa_flags & SA_NODEFER) != 0) {
@@ -106,23 +106,25 @@ void install_fault_handlers() {
   ss.ss_sp = __libc_malloc(altstack_bytes);
   ss.ss_size = altstack_bytes;
   if (ss.ss_sp == nullptr) raise(errc::system_failure, "no memory for the signal stack of the stack-overflow handler");
-  if (sigaltstack(&ss, nullptr) != 0) {
+  // Takes back what was installed so far, then raises naming the call that failed.
+  const auto fail = [&ss](const char* call, bool altstack_set, bool segv_set) {
     const int e = errno;
+    if (segv_set) sigaction(SIGSEGV, &g_previous_segv, nullptr);
+    if (altstack_set) {
+      stack_t off{};
+      off.ss_flags = SS_DISABLE;
+      sigaltstack(&off, nullptr);
+    }
     __libc_free(ss.ss_sp);
-    raise(errc::system_failure, "cannot install the stack-overflow handler's signal stack: sigaltstack: %s", std::strerror(e));
-  }
+    raise(errc::system_failure, "cannot install the stack-overflow handler: %s: %s", call, std::strerror(e));
+  };
+  if (sigaltstack(&ss, nullptr) != 0) fail("sigaltstack", false, false);
   struct sigaction sa {};
   sa.sa_sigaction = on_fault;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGSEGV, &sa, &g_previous_segv) != 0) {
-    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction(SIGSEGV): %s", std::strerror(errno));
-  }
-  if (sigaction(SIGBUS, &sa, &g_previous_bus) != 0) {
-    const int e = errno;
-    sigaction(SIGSEGV, &g_previous_segv, nullptr);
-    raise(errc::system_failure, "cannot install the stack-overflow handler: sigaction(SIGBUS): %s", std::strerror(e));
-  }
+  if (sigaction(SIGSEGV, &sa, &g_previous_segv) != 0) fail("sigaction(SIGSEGV)", true, false);
+  if (sigaction(SIGBUS, &sa, &g_previous_bus) != 0) fail("sigaction(SIGBUS)", true, true);
   installed = true;
 }
 
