@@ -86,10 +86,28 @@ void leave_for_good() noexcept {
   current_heap = nullptr;
 }
 
+// A message formatted for glibc's report functions, which take no va_list: fmt itself if it cannot
+// be formatted (vasprintf leaves its pointer undefined on failure, hence the reset).
+class formatted {
+ public:
+  formatted(const char* fmt, va_list ap) noexcept : fmt_(fmt) {
+    if (vasprintf(&text_, fmt, ap) < 0) text_ = nullptr;
+  }
+  ~formatted() { std::free(text_); }
+  formatted(const formatted&) = delete;
+  formatted& operator=(const formatted&) = delete;
+  const char* c_str() const noexcept { return text_ != nullptr ? text_ : fmt_; }
+
+ private:
+  const char* fmt_;
+  char* text_ = nullptr;
+};
+
 }  // namespace
 }  // namespace iso::detail
 
 using iso::detail::for_the_process;
+using iso::detail::formatted;
 using iso::detail::glibc;
 using iso::detail::leave_for_good;
 
@@ -145,22 +163,22 @@ void quick_exit(int status) noexcept {
 void error(int status, int errnum, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  char* text = nullptr;
-  const int n = vasprintf(&text, fmt, ap);
+  {
+    const formatted text(fmt, ap);
+    glibc<"error">(error)(0, errnum, "%s", text.c_str());
+  }
   va_end(ap);
-  glibc<"error">(error)(0, errnum, "%s", n >= 0 ? text : fmt);
-  std::free(text);
   if (status != 0) exit(status);
 }
 
 void error_at_line(int status, int errnum, const char* file, unsigned line, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  char* text = nullptr;
-  const int n = vasprintf(&text, fmt, ap);
+  {
+    const formatted text(fmt, ap);
+    glibc<"error_at_line">(error_at_line)(0, errnum, file, line, "%s", text.c_str());
+  }
   va_end(ap);
-  glibc<"error_at_line">(error_at_line)(0, errnum, file, line, "%s", n >= 0 ? text : fmt);
-  std::free(text);
   if (status != 0) exit(status);
 }
 
