@@ -11,8 +11,8 @@
 // to a garbage address on another.
 //
 // So migratable threads do not run with their process's values but with the *thread guards*:
-// one pair for the whole job (iso::runtime takes rank 0's pair and gives it to every rank; a
-// checkpoint records it and a restart adopts it). The scheduler writes them into the OS thread's
+// one pair for the whole job (rank 0 draws it, fresh_guards(), and iso::runtime gives it to every
+// rank; a checkpoint records it and a restart adopts it). The scheduler writes them into the OS thread's
 // control block when it resumes a thread and writes the process's own back when the thread
 // switches out (four stores per pair of switches; thread-to-thread switches need none, since
 // every thread has the same pair). So from its first instruction a thread sees the same canary
@@ -63,7 +63,7 @@ tls_guards fresh_guards();
 extern tls_guards process_guards;
 
 // While it lives, the running OS thread has the process's pair, whatever it had before (a
-// migratable thread's, or the pair an OS thread started from a migratable thread inherited).
+// migratable thread's, when one runs on this OS thread).
 // For calls into glibc that mangle or demangle process-wide state.
 class process_guards_scope {
  public:
