@@ -1,6 +1,7 @@
 # isothreads for builds without CMake: isothreads.pc (pkg-config) and the compiler wrappers
 # isocxx and isocc (the MPI wrappers plus isothreads' flags). Both give what the CMake target
-# isothreads::isothreads gives:
+# isothreads::isothreads gives (and isothreads-blocks.pc what isothreads::blocks gives: the C block
+# interface alone, the comm and isomalloc archives):
 #   compile: the include directory, the usage requirements of the targets (read from them: the
 #            definitions and options every module declares public, Boost's and MPI's);
 #   link:    the targets' link options, the module archives in dependency order (runtime,
@@ -26,9 +27,13 @@ set(ISO_PKGCONFIG_DIR ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 # Compile flags, from the targets (transitively: the modules, isothreads::mpi, Boost). The build
 # tree's include directories are replaced by the installed one; the compilers' implicit ones
 # (e.g. /usr/include, where Boost may live) are left out as CMake leaves them out.
-set(iso_usage "$<TARGET_PROPERTY:isothreads,INTERFACE_COMPILE_DEFINITIONS>")
-set(iso_definitions "$<$<BOOL:${iso_usage}>:-D$<JOIN:$<REMOVE_DUPLICATES:${iso_usage}>, -D>>")
-set(iso_options "$<JOIN:$<REMOVE_DUPLICATES:$<TARGET_PROPERTY:isothreads,INTERFACE_COMPILE_OPTIONS>>, >")
+function(iso_compile_flags out_definitions out_options target)
+  set(usage "$<TARGET_PROPERTY:${target},INTERFACE_COMPILE_DEFINITIONS>")
+  set(${out_definitions} "$<$<BOOL:${usage}>:-D$<JOIN:$<REMOVE_DUPLICATES:${usage}>, -D>>" PARENT_SCOPE)
+  set(${out_options} "$<JOIN:$<REMOVE_DUPLICATES:$<TARGET_PROPERTY:${target},INTERFACE_COMPILE_OPTIONS>>, >" PARENT_SCOPE)
+endfunction()
+iso_compile_flags(iso_definitions iso_options isothreads)
+iso_compile_flags(iso_blocks_definitions iso_blocks_options isothreads_blocks)
 set(iso_dependency_includes ${Boost_INCLUDE_DIRS})
 list(REMOVE_ITEM iso_dependency_includes ${CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES}
                                          ${CMAKE_C_IMPLICIT_INCLUDE_DIRECTORIES})
@@ -41,10 +46,10 @@ list(JOIN iso_mpi_includes " " iso_mpi_includes)
 # Link options of the targets and of everything they link, transitively, as CMake applies them
 # (e.g. the --export-dynamic-symbol options of threads/), with LINKER: spelled for the compiler
 # driver (-Wl,) as CMake spells it.
-function(iso_link_options out)
+function(iso_link_options out target)
   set(options "")
   set(seen "")
-  set(pending isothreads)
+  set(pending ${target})
   while(pending)
     list(POP_FRONT pending target)
     if(NOT TARGET "${target}" OR target IN_LIST seen)
@@ -66,7 +71,8 @@ function(iso_link_options out)
   list(JOIN options " " options)
   set(${out} "${options}" PARENT_SCOPE)
 endfunction()
-iso_link_options(iso_link_options)
+iso_link_options(iso_link_options isothreads)
+iso_link_options(iso_blocks_link_options isothreads_blocks)
 
 # Link items after the module archives; bare names (dl, m, stdc++) become -l options.
 function(iso_link_flags out)
@@ -81,8 +87,10 @@ function(iso_link_flags out)
   list(JOIN flags " " flags)
   set(${out} "${flags}" PARENT_SCOPE)
 endfunction()
-set(iso_modules runtime migrate threads isomalloc)
+set(iso_modules runtime migrate threads comm isomalloc)
+set(iso_blocks_modules comm isomalloc)
 iso_link_flags(iso_dependency_libs ${ISO_BOOST_CONTEXT_LIBRARY} ${CMAKE_DL_LIBS} ${CMAKE_THREAD_LIBS_INIT})
+iso_link_flags(iso_blocks_dependency_libs ${CMAKE_THREAD_LIBS_INIT})
 iso_link_flags(iso_mpi_libs ${MPI_C_LINK_FLAGS} ${MPI_C_LIBRARIES})
 iso_link_flags(iso_cxx_runtime_libs ${ISO_CXX_RUNTIME_LIBS})
 
@@ -91,16 +99,27 @@ iso_link_flags(iso_cxx_runtime_libs ${ISO_CXX_RUNTIME_LIBS})
 iso_path_from_dir(ISO_PC_PREFIX ${ISO_PKGCONFIG_DIR} "")
 iso_path_from_dir(ISO_PC_LIBDIR "" ${CMAKE_INSTALL_LIBDIR})
 iso_path_from_dir(ISO_PC_INCLUDEDIR "" ${CMAKE_INSTALL_INCLUDEDIR})
-set(iso_pc_archives "")
-foreach(m IN LISTS iso_modules)
-  string(APPEND iso_pc_archives " \${libdir}/$<TARGET_LINKER_FILE_NAME:isothreads_${m}>")
-endforeach()
-set(ISO_PC_CFLAGS "${iso_definitions} ${iso_options} ${iso_dependency_includes} ${iso_mpi_includes}")
-set(ISO_PC_LIBS "${iso_link_options} ${iso_pc_archives} ${iso_dependency_libs} ${iso_mpi_libs} ${iso_cxx_runtime_libs}")
-configure_file(${CMAKE_CURRENT_LIST_DIR}/isothreads.pc.in ${CMAKE_CURRENT_BINARY_DIR}/isothreads.pc.genex @ONLY)
-file(GENERATE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/pkgconfig/$<CONFIG>/isothreads.pc
-     INPUT ${CMAKE_CURRENT_BINARY_DIR}/isothreads.pc.genex)
-install(FILES ${CMAKE_CURRENT_BINARY_DIR}/pkgconfig/$<CONFIG>/isothreads.pc DESTINATION ${ISO_PKGCONFIG_DIR})
+# iso_write_pc(name description modules cflags libs-before-archives libs-after-archives)
+function(iso_write_pc name description modules cflags libs_before libs_after)
+  set(ISO_PC_NAME ${name})
+  set(ISO_PC_DESCRIPTION "${description}")
+  set(archives "")
+  foreach(m IN LISTS modules)
+    string(APPEND archives " \${libdir}/$<TARGET_LINKER_FILE_NAME:isothreads_${m}>")
+  endforeach()
+  set(ISO_PC_CFLAGS "${cflags}")
+  set(ISO_PC_LIBS "${libs_before}${archives} ${libs_after}")
+  configure_file(${CMAKE_CURRENT_LIST_DIR}/isothreads.pc.in ${CMAKE_CURRENT_BINARY_DIR}/${name}.pc.genex @ONLY)
+  file(GENERATE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/pkgconfig/$<CONFIG>/${name}.pc
+       INPUT ${CMAKE_CURRENT_BINARY_DIR}/${name}.pc.genex)
+  install(FILES ${CMAKE_CURRENT_BINARY_DIR}/pkgconfig/$<CONFIG>/${name}.pc DESTINATION ${ISO_PKGCONFIG_DIR})
+endfunction()
+iso_write_pc(isothreads "Migratable user-level threads over MPI (C++20); isomalloc blocks (C)" "${iso_modules}"
+             "${iso_definitions} ${iso_options} ${iso_dependency_includes} ${iso_mpi_includes}"
+             "${iso_link_options}" "${iso_dependency_libs} ${iso_mpi_libs} ${iso_cxx_runtime_libs}")
+iso_write_pc(isothreads-blocks "isomalloc blocks over MPI (C), without the threads" "${iso_blocks_modules}"
+             "${iso_blocks_definitions} ${iso_blocks_options} ${iso_mpi_includes}"
+             "${iso_blocks_link_options}" "${iso_blocks_dependency_libs} ${iso_mpi_libs} ${iso_cxx_runtime_libs}")
 
 # isocxx and isocc, around the MPI compiler wrappers FindMPI used (mpicc) or that sit beside it.
 if(NOT MPI_C_COMPILER)

@@ -1,4 +1,4 @@
-// The C block interface (isothreads/isomalloc.h), except iso_init, which runtime/ implements.
+// The C block interface (isothreads/isomalloc.h), except iso_init, which comm/ implements over MPI.
 //
 // Blocks held on this rank are recorded in `blocks` (address -> state), so that iso_free and
 // iso_length can refuse pointers that are not blocks. A detached block stays recorded on its

@@ -76,25 +76,25 @@ std::string format(const char* fmt, ...) {
   return s;
 }
 
+hooked_heap_scope::hooked_heap_scope(bool own) noexcept
+    : saved_(g_exception_heap.enter != nullptr ? g_exception_heap.enter(own) : nullptr) {}
+
+hooked_heap_scope::~hooked_heap_scope() {
+  if (g_exception_heap.leave != nullptr) g_exception_heap.leave(saved_);
+}
+
 void raise(errc code, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  struct heap_for {
-    explicit heap_for(bool own) noexcept : saved(g_exception_heap.enter != nullptr ? g_exception_heap.enter(own) : nullptr) {}
-    ~heap_for() {
-      if (g_exception_heap.leave != nullptr) g_exception_heap.leave(saved);
-    }
-    void* saved;
-  };
   static thread_local int raising = 0;  // raise() calls in progress on this OS thread
   struct nesting {
     nesting() noexcept { ++raising; }
     ~nesting() { --raising; }
   } nested;
-  heap_for message(false);
+  hooked_heap_scope message(false);
   std::string s = vformat(fmt, ap);
   va_end(ap);
-  heap_for exception(raising == 1);
+  hooked_heap_scope exception(raising == 1);
   throw error(code, s);
 }
 

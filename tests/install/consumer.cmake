@@ -75,7 +75,7 @@ elseif(MODE STREQUAL "make")
     check_show("the include directory and no libraries"
                "-I${real_prefix}/include .*-c app\\.cpp( -I[^ ]+)*$" -c app.cpp)
     check_show("the archives after the objects, in order"
-               "-std=c\\+\\+20 app\\.o -o app [^ ]*/libisothreads_runtime\\.a [^ ]*/libisothreads_migrate\\.a [^ ]*/libisothreads_threads\\.a [^ ]*/libisothreads_isomalloc\\.a .*boost_context.* -lmpi"
+               "-std=c\\+\\+20 app\\.o -o app [^ ]*/libisothreads_runtime\\.a [^ ]*/libisothreads_migrate\\.a [^ ]*/libisothreads_threads\\.a [^ ]*/libisothreads_comm\\.a [^ ]*/libisothreads_isomalloc\\.a .*boost_context.* -lmpi"
                -std=c++17 app.o -o app)
   endif()
   step("make -f ${SOURCE}/Makefile"

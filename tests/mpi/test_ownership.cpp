@@ -1,4 +1,4 @@
-// Memory has exactly one owner (isomalloc/src/ownership.hpp), tried the way a user meets it:
+// Memory has exactly one owner (isomalloc/internal/ownership.hpp), tried the way a user meets it:
 // pointers kept by rank-local globals after their thread migrated, frees from other OS threads,
 // and realloc from them. Every test is collective: each rank runs it and calls run().
 #include <gtest/gtest.h>

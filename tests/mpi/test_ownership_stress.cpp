@@ -1,4 +1,4 @@
-// A model-based stress test of ownership across ranks (isomalloc/src/ownership.hpp).
+// A model-based stress test of ownership across ranks (isomalloc/internal/ownership.hpp).
 //
 // Agents (three per rank, spawned by main) run a random script: allocate heap blocks, free them,
 // migrate (leaving a stale pointer behind in a rank-local global), allocate C blocks, carry one to

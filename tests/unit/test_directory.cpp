@@ -1,4 +1,4 @@
-// The directory (migrate/src/directory.hpp) on a simulated network of N ranks: messages and
+// The directory (migrate/internal/directory.hpp) on a simulated network of N ranks: messages and
 // control messages are delivered after random delays, in order only between one pair of ranks
 // (as MPI keeps the records of one rank's batches to another; thread images travel apart and may
 // overtake or be overtaken), threads migrate and finish at random, directories collect their

@@ -1,4 +1,4 @@
-// The per-thread heap (isomalloc/src/heap.hpp) on a single-rank region: a shadow-model stress
+// The per-thread heap (isomalloc/internal/heap.hpp) on a single-rank region: a shadow-model stress
 // test with full validation, then one test per property of the interface (alignment, realloc
 // across classes, owner_of, recycling of pages, segments and runs, extents, images, misuse).
 #include "heap.hpp"

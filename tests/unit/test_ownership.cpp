@@ -1,4 +1,4 @@
-// The pieces of the ownership invariant (isomalloc/src/ownership.hpp) on one rank: a heap's gate,
+// The pieces of the ownership invariant (isomalloc/internal/ownership.hpp) on one rank: a heap's gate,
 // the departing and kept records, and runs that come home while their departure is still sent.
 // tests/mpi/test_ownership.cpp checks the promise itself, through iso::runtime.
 #include <gtest/gtest.h>

@@ -25,7 +25,13 @@ extern "C" {
 /* Collective over comm: agrees the isomalloc region (one range of addresses mapped at the same
  * address on every rank of comm) and verifies it. Call after MPI_Init; iso::runtime calls it
  * itself. Returns 0 on success, else a nonzero iso::errc value with iso_last_error() set. Calling
- * it again with the same communicator does nothing. */
+ * it again with the same communicator does nothing.
+ *
+ * Where it lives: the isomalloc library never calls MPI; what it needs from the other ranks goes
+ * through a small interface (region_peers) that its MPI side, the comm library, implements over
+ * MPI, and iso_init is defined there. A program using only this header links both: the CMake
+ * target isothreads::blocks, or pkg-config's isothreads-blocks (isothreads::isothreads and
+ * isothreads.pc include them too). */
 int iso_init(MPI_Comm comm);
 
 /* A block of at least `bytes` bytes (rounded up to whole pages; 0 counts as 1), page-aligned, at an

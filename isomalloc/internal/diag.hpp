@@ -54,6 +54,20 @@ struct exception_heap_hooks {
   void (*leave)(void* saved) noexcept;
 };
 void set_exception_heap_hooks(exception_heap_hooks hooks) noexcept;
+// Makes the running migratable thread's own heap (own) or the system heap (!own) current for a
+// scope, through those hooks (it does nothing while none are set: no scheduler exists). raise()
+// uses it, and so does code below threads/, which cannot name a heap: comm/ opens one (!own)
+// wherever MPI may allocate, so that nothing MPI keeps lands in a thread's heap.
+class hooked_heap_scope {
+ public:
+  explicit hooked_heap_scope(bool own) noexcept;
+  ~hooked_heap_scope();
+  hooked_heap_scope(const hooked_heap_scope&) = delete;
+  hooked_heap_scope& operator=(const hooked_heap_scope&) = delete;
+
+ private:
+  void* saved_;  // what enter() returned, for leave()
+};
 void set_diag_rank(int rank) noexcept;
 int diag_rank() noexcept;
 

@@ -29,7 +29,7 @@
 #include <cstdint>
 
 #if !defined(__x86_64__) || !defined(__linux__)
-#error "isothreads: the thread guards (threads/src/guards.hpp) are written for x86-64 Linux with glibc"
+#error "isothreads: the thread guards (threads/internal/guards.hpp) are written for x86-64 Linux with glibc"
 #endif
 
 namespace iso::detail {

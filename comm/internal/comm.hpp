@@ -1,4 +1,4 @@
-// MPI plumbing shared by the modules that talk MPI (migrate/, runtime/).
+// MPI plumbing shared by the modules that talk MPI (comm/ itself, migrate/, runtime/).
 #pragma once
 
 #include <mpi.h>

@@ -41,7 +41,7 @@ inline constexpr std::size_t max_cached_run_chunks = 17;
 // Default bound on committed bytes kept in the cache per rank.
 inline constexpr std::size_t default_cache_bytes = std::size_t{256} << 20;
 
-// What the region needs from the other ranks. isomalloc knows nothing of MPI: runtime/ implements
+// What the region needs from the other ranks. isomalloc knows nothing of MPI: comm/ implements
 // this over MPI, and tests over nothing (a single rank).
 class region_peers {
  public:

@@ -1,7 +1,6 @@
 #include "mpi_peers.hpp"
 
 #include "diag.hpp"
-#include "interpose.hpp"
 
 namespace iso::detail {
 
@@ -26,7 +25,7 @@ void mpi_region_peers::receive(const MPI_Status& status) {
 }
 
 void mpi_region_peers::drain() {
-  heap_scope system(nullptr);
+  hooked_heap_scope system(false);
   region::get().flush_returns();  // those other OS threads freed
   returns_.flush_all();
   std::uint64_t expected = 0;
@@ -47,7 +46,7 @@ sys_vector<sys_vector<std::uint64_t>> mpi_region_peers::allgather(const sys_vect
 void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept {
   // Often called from inside a thread (its heap gives a segment back): whatever MPI allocates
   // for the send must come from the system heap, not from the thread's.
-  heap_scope system(nullptr);
+  hooked_heap_scope system(false);
   int finalized = 0;
   check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", owner);
   if (finalized) return;  // the owner is gone too: nothing can reuse the run any more
@@ -57,7 +56,7 @@ void mpi_region_peers::remote_free(int owner, std::uintptr_t addr, std::size_t b
 }
 
 void mpi_region_peers::poll() noexcept {
-  heap_scope system(nullptr);
+  hooked_heap_scope system(false);
   int finalized = 0;
   check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", -1);
   if (finalized) return;

@@ -1,4 +1,5 @@
-// The MPI side of isomalloc: region agreement and returning runs to their owners.
+// The MPI side of isomalloc: region agreement and returning runs to their owners. A program using
+// only the block interface links it (isothreads::blocks) with isomalloc, and no module above.
 #pragma once
 
 #include <mpi.h>

@@ -2,7 +2,6 @@
 
 #include "comm.hpp"
 #include "diag.hpp"
-#include "interpose.hpp"
 
 namespace iso::detail {
 
