@@ -4,10 +4,10 @@
 // the load is imbalanced and the imbalance shifts. Halos are received by (neighbour, side); the
 // blocks iterate until the residual, an iso::allreduce over the group of all blocks, is below
 // --tol (at most --iters iterations), and their results are combined with iso::reduce. The
-// program runs the same computation twice,
-// without and with load balancing (lb::sync every few iterations), checks that both give the same
-// result bit for bit, and prints the time per iteration, the speed-up, and how far the balanced
-// run is from the ideal: the blocks' total work (their CPU time) spread evenly over the ranks.
+// program runs the same computation twice, without and with load balancing (lb::sync every few
+// iterations), checks that both end after the same iterations with the same result bit for bit,
+// and prints the time per iteration, the speed-up, and how far the balanced run is from the
+// ideal: the blocks' total work (their CPU time) spread evenly over the ranks.
 // Times count the iterations only, from a barrier after every block has set up.
 //
 //   mpirun -n 4 build/examples/jacobi2d [--n 2048] [--blocks 8] [--tol 7e-5] [--check-every 10]
