@@ -10,10 +10,12 @@
 #include <random>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "reserved.hpp"  // collective_tag: which groups share a tag
 #include "test_seed.hpp"
 
 namespace {
@@ -130,6 +132,76 @@ TEST(Collectives, OverlappingGroupsRunCollectivesAtOnce) {
   const std::vector<iso::thread_id> ids = allgather_ids(mine);
   if (rt->rank() == 0) {
     for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
+  }
+  rt->run();
+}
+
+// Two orders of the same threads whose fingerprints differ but give the same tag, and whose
+// members 0 and 1 are the same: the first such pair next_permutation finds (a birthday search over
+// the tag's 30 bits, some 2^15 orders; the first two members stay put for (n - 2)! of them).
+std::pair<std::vector<iso::thread_id>, std::vector<iso::thread_id>> groups_sharing_a_tag(
+    std::vector<iso::thread_id> ids) {
+  const auto by_bits = [](iso::thread_id a, iso::thread_id b) { return a.bits() < b.bits(); };
+  std::sort(ids.begin(), ids.end(), by_bits);
+  std::unordered_map<int, std::vector<iso::thread_id>> seen;  // tag -> the first order giving it
+  do {
+    const iso::group g(ids);
+    const auto [it, fresh] = seen.try_emplace(iso::detail::collective_tag(g.fingerprint()), ids);
+    if (!fresh && it->second[0] == ids[0] && it->second[1] == ids[1] &&
+        iso::group(it->second).fingerprint() != g.fingerprint()) {
+      return {it->second, ids};
+    }
+  } while (std::next_permutation(ids.begin(), ids.end(), by_bits));
+  return {};
+}
+
+TEST(Collectives, GroupsWhoseTagsCollideKeepTheirMessagesApart) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.GroupsWhoseTagsCollideKeepTheirMessagesApart");
+  const int per_rank = 10 / iso::size() + 1;  // at least 10 threads: 10! orders, enough to find a shared tag
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([seed] {
+      // Both member lists, one after the other, from main of rank 0.
+      const iso::message m = iso::recv(iso::thread_id(0, 0), 0);
+      const std::size_t n = m.data.size() / sizeof(iso::thread_id) / 2;
+      std::vector<iso::thread_id> a(n), b(n);
+      std::memcpy(a.data(), m.data.data(), n * sizeof(iso::thread_id));
+      std::memcpy(b.data(), m.data.data() + n * sizeof(iso::thread_id), n * sizeof(iso::thread_id));
+      const iso::group ga(a), gb(b);
+      ASSERT_EQ(iso::detail::collective_tag(ga.fingerprint()), iso::detail::collective_tag(gb.fingerprint()));
+      const int i = ga.index_of(iso::this_thread::id()), j = gb.index_of(iso::this_thread::id());
+      std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
+      const int size = static_cast<int>(n);
+      // A member with odd indices in both groups is a leaf of both reduce trees: it sends and goes
+      // on without waiting, so it may call them in the other order than the rest without a
+      // deadlock. Member 1 is such a leaf, with member 0 its parent in both: member 0 waits in ga's
+      // reduce for member 1, whose first message on the shared tag is gb's. That one must be put
+      // aside for gb's reduce, not taken as ga's.
+      const bool leaf_of_both = i % 2 == 1 && j % 2 == 1;
+      for (int round = 0; round < 16; ++round) {
+        const auto in_a = [&] { return iso::reduce(ga, i + round, iso::sum, 0); };
+        const auto in_b = [&] { return iso::reduce(gb, 1000 * (j + round), iso::sum, 0); };
+        int ra = 0, rb = 0;
+        if (leaf_of_both) {
+          rb = in_b();
+          ra = in_a();
+        } else {
+          ra = in_a();
+          rb = in_b();
+        }
+        EXPECT_EQ(ra, i == 0 ? size * (size - 1) / 2 + size * round : 0) << "round " << round;
+        EXPECT_EQ(rb, j == 0 ? 1000 * (size * (size - 1) / 2 + size * round) : 0) << "round " << round;
+        maybe_migrate(rng);
+      }
+    }));
+  }
+  const std::vector<iso::thread_id> ids = allgather_ids(mine);
+  if (rt->rank() == 0) {
+    const auto [a, b] = groups_sharing_a_tag(ids);
+    ASSERT_FALSE(a.empty()) << "no two orders of " << ids.size() << " threads share a tag";
+    std::vector<iso::thread_id> both(a);
+    both.insert(both.end(), b.begin(), b.end());
+    for (iso::thread_id t : ids) iso::send(t, both.data(), both.size() * sizeof(iso::thread_id), 0);
   }
   rt->run();
 }

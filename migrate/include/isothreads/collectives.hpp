@@ -87,8 +87,16 @@ T value_from(const std::vector<std::byte>& b) {
 template <class T>
 std::vector<T> values_from(const std::vector<std::byte>& b) {
   if (b.size() <= result_offset) return {};
-  std::vector<T> v((b.size() - result_offset) / sizeof(T));
-  std::memcpy(v.data(), b.data() + result_offset, v.size() * sizeof(T));
+  const std::size_t n = (b.size() - result_offset) / sizeof(T);
+  if constexpr (alignof(T) <= alignof(std::max_align_t)) {
+    // Filled by one copy, without zeroing the elements first (a large result is written once).
+    // The payload is aligned for T (result_offset bytes into a heap block) and holds T objects
+    // (implicitly created in the block: T is trivially copyable).
+    const auto* first = reinterpret_cast<const T*>(b.data() + result_offset);
+    return std::vector<T>(first, first + n);
+  }
+  std::vector<T> v(n);
+  std::memcpy(v.data(), b.data() + result_offset, n * sizeof(T));
   return v;
 }
 template <class T, class Op>
