@@ -142,6 +142,8 @@ class region {
     std::size_t kept_returns = 0;      // returned runs kept for a block still held here
     std::size_t parked_returns = 0;    // returned runs that waited for a departure's send
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
+    std::size_t failed_releases = 0;   // ranges whose pages the kernel refused to take back
+                                       // (release_pages), by any part of isomalloc
   };
   stats_t stats() const noexcept;
 
@@ -185,6 +187,14 @@ class region {
   std::size_t cache_bound_ = default_cache_bytes;
   stats_t stats_;
 };
+
+// Gives the pages of [p, p + bytes) back to the kernel: at once (prim::decommit) or lazily
+// (prim::release_lazily). When the kernel refuses (madvise fails: locked pages, say), they stay
+// committed with their contents, which no caller relies on (a freed run's contents are
+// undefined, and heap chunks lose their magic before they are freed): that is counted in
+// region::stats().failed_releases and reported on stderr the first time, naming the range and
+// the error. Returns 0 or the errno value. From any OS thread. pre: page-aligned.
+int release_pages(void* p, std::size_t bytes, bool lazily = false) noexcept;
 
 // Parses sizes like "4096", "64K", "2G", "16T" (binary units); 0 on error.
 std::size_t parse_bytes(const char* text) noexcept;

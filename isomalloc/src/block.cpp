@@ -259,7 +259,12 @@ void iso_detach(void* block) {
     block_table& t = block_table::get();
     std::lock_guard<std::mutex> g(t.lock);
     const block_entry& e = held_entry(t, block, "iso_detach");
-    prim::decommit(block, chunks_for(e.length) * chunk_bytes);
+    // The copy's pages go first: if the kernel refuses them, the block stays held, unchanged.
+    if (const int err = release_pages(block, chunks_for(e.length) * chunk_bytes); err != 0) {
+      raise(iso::errc::system_failure,
+            "iso_detach(%p): the kernel refused to drop this rank's copy (madvise: %s); the block is still held here",
+            block, std::strerror(err));
+    }
     if (r.owner_of(block) == r.rank()) {
       t.entries[reinterpret_cast<std::uintptr_t>(block)].held = false;
     } else {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "fault.hpp"
 #include "heap.hpp"
 #include "isothreads/isomalloc.h"
 #include "prim.hpp"
@@ -708,6 +709,68 @@ TEST(BlockErrors, InitAgainOnlyWithTheSameCommunicator) {
   EXPECT_NE(p, nullptr) << "blocks no longer work after a refused iso_init: " << iso_last_error();
   EXPECT_EQ(reg.owner_of(p), my_rank());
   iso_free(p);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Fault injection (fault.hpp): the kernel refuses to take back the pages of a detached copy
+// (madvise fails, as it does on locked pages). iso_detach says so and changes nothing: the block
+// is still held, with its data; the next iso_detach works, and the region stays consistent.
+TEST(BlockErrors, ADetachWhosePagesTheKernelRefusesKeepsTheBlockHeld) {
+  region& reg = region::get();
+  const std::size_t bytes = 3 * page_size();
+  auto* block = static_cast<unsigned char*>(iso_malloc(bytes));
+  ASSERT_NE(block, nullptr) << iso_last_error();
+  std::memset(block, 0x5a, bytes);
+  std::vector<unsigned char> image(iso_pack_size(block));
+  ASSERT_EQ(iso_pack(block, image.data(), image.size()), image.size());
+  const std::size_t failed_before = reg.stats().failed_releases;
+
+  iso::detail::fault::arm("prim.decommit");
+  iso_detach(block);
+  EXPECT_THAT(last_error(), HasSubstr("iso_detach(" + pointer_text(block) + ")"));
+  EXPECT_THAT(last_error(), HasSubstr("still held"));
+  EXPECT_EQ(iso_length(block), bytes) << "the block was forgotten while its copy stayed";
+  EXPECT_EQ(block[0], 0x5a);
+  EXPECT_EQ(block[bytes - 1], 0x5a);
+  EXPECT_EQ(reg.stats().failed_releases, failed_before + 1);
+  EXPECT_TRUE(reg.is_valid());
+
+  iso_detach(block);  // the kernel takes them this time
+  EXPECT_STREQ(iso_last_error(), "");
+  EXPECT_EQ(iso_length(block), 0u);
+  // Back from its image, and freed, so that the range does not stay reserved for the copy.
+  EXPECT_EQ(iso_unpack(image.data(), image.size()), block) << iso_last_error();
+  iso_free(block);
+  EXPECT_STREQ(iso_last_error(), "");
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Fault injection: the kernel refuses to take back the pages of a freed block too large to be
+// cached. The free itself succeeds (a freed range's contents are undefined, so pages that stay
+// committed harm nothing): the range is free again and serves the next allocation, the refusal
+// is counted and reported on stderr, and the region stays consistent.
+TEST(BlockErrors, AFreeWhosePagesTheKernelRefusesStillReleasesTheRange) {
+  region& reg = region::get();
+  const std::size_t bytes = std::size_t{4} << 20;  // more than max_cached_run_chunks chunks
+  void* block = iso_malloc(bytes);
+  ASSERT_NE(block, nullptr) << iso_last_error();
+  std::memset(block, 0x33, bytes);
+  const auto before = reg.stats();
+
+  iso::detail::fault::arm("prim.decommit");
+  iso_free(block);
+  EXPECT_STREQ(iso_last_error(), "");
+  const auto after = reg.stats();
+  EXPECT_EQ(after.failed_releases, before.failed_releases + 1);
+  EXPECT_LT(after.allocated_chunks, before.allocated_chunks) << "the range was not released";
+  EXPECT_EQ(iso_length(block), 0u);
+  EXPECT_TRUE(reg.is_valid());
+  void* again = iso_malloc(bytes);
+  EXPECT_NE(again, nullptr) << iso_last_error();
+  EXPECT_EQ(reg.stats().allocated_chunks, before.allocated_chunks);
+  iso_free(again);
+  EXPECT_TRUE(reg.is_valid());
   MPI_Barrier(MPI_COMM_WORLD);
 }
 

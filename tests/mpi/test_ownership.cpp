@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "isothreads/isomalloc.h"
 #include "isothreads/isothreads.hpp"
@@ -264,6 +265,31 @@ TEST(Ownership, FreeFromAnotherOSThreadOfMemoryWhoseThreadLeftIsRefused) {
   EXPECT_EQ(iso::detail::ownership_stats().refused_frees, refused + 1);
   EXPECT_TRUE(iso::detail::region::get().is_valid());
   kept = nullptr;
+}
+
+// Fault injection (fault.hpp): the kernel refuses a new thread's stack guard (madvise, or
+// mprotect on older kernels; it does once vm.max_map_count is reached). iso::spawn throws
+// iso::error(system_failure) naming it, nothing of the thread stays allocated (heap, control
+// block, stack), and the next spawn works.
+TEST(Ownership, ASpawnWhoseStackGuardTheKernelRefusesFailsAndKeepsNothing) {
+  const iso::detail::region& r = iso::detail::region::get();
+  iso::spawn_options opts;
+  opts.stack_bytes = std::size_t{960} << 10;  // a size no earlier thread left in the stack pool
+  const std::size_t before = r.stats().allocated_chunks;
+  iso::detail::fault::arm("prim.guard_install");
+  try {
+    iso::spawn([] {}, opts);
+    ADD_FAILURE() << "iso::spawn succeeded without a stack guard";
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code(), iso::errc::system_failure) << e.what();
+    EXPECT_NE(std::strstr(e.what(), "guard"), nullptr) << e.what();
+  }
+  EXPECT_EQ(r.stats().allocated_chunks, before) << "the failed spawn kept chunks of the region";
+  EXPECT_TRUE(r.is_valid());
+  static bool ran = false;
+  iso::spawn([] { ran = true; }, opts);
+  rt->run();
+  EXPECT_TRUE(ran);
 }
 
 }  // namespace
