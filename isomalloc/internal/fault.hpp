@@ -6,7 +6,11 @@
 // Armed by the environment: ISO_FAULT=<point>[@<n>] makes the n-th pass through <point> on each
 // rank fail (n >= 1, default 1), once; or from a test, by arm(). Points:
 //   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
-//       the migration engine's and the region peers' calls of that name fail with MPI_ERR_OTHER without being made
+//       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
+//   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,
+//   region-returns:MPI_Isend, region-returns:MPI_Testall
+//       the same, for the calls of the region's peers that return runs to their owners
+//       (comm/internal/mpi_peers.hpp)
 //   prim.reserve_at (mmap), prim.decommit (madvise MADV_DONTNEED), prim.release_lazily
 //   (madvise MADV_FREE), prim.guard_install, prim.guard_remove (madvise MADV_GUARD_*, or
 //   mprotect on kernels without them)

@@ -439,6 +439,10 @@ void region::poll() noexcept {
   peers_->poll();
 }
 
+bool region::take_failure(char* out, std::size_t cap) noexcept {
+  return t_mpi_thread && peers_ != nullptr && peers_->take_failure(out, cap);
+}
+
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   const interval s = share(rank_);
   if (departures::get().park_return(addr, bytes)) {

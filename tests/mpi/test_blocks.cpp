@@ -774,6 +774,56 @@ TEST(BlockErrors, AFreeWhosePagesTheKernelRefusesStillReleasesTheRange) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+// Fault injection on the return path (mpi_peers.hpp): one MPI call of the region's peers fails
+// while a block freed on another rank goes home. Nothing is lost and nothing is fatal: an
+// iso_progress reports the failure, naming the call, a later one sends or receives what waited,
+// the range comes home to its owner, and the region stays consistent. Each point is armed before
+// the block calls that pass it (the remote iso_free sends, every block call polls) and after any
+// return could have been received: it fires in whichever comes first.
+class BlockReturnFaults : public testing::TestWithParam<const char*> {};
+
+TEST_P(BlockReturnFaults, AFailedCallOnTheReturnPathLosesNothing) {
+  const auto [me, n, next, prev] = ring_of_ranks();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  region& reg = region::get();
+  void* mine = iso_malloc(2 * page_size());
+  EXPECT_NE(mine, nullptr) << iso_last_error();
+  if (mine != nullptr) fill(mine, 2 * page_size(), me, 11);
+  const auto at_start = reg.stats();
+  moved_image got = pass_on(mine, next, prev);
+  iso::detail::fault::arm(GetParam());  // the next rank frees this rank's block after the swap
+  void* theirs = got.data.empty() ? nullptr : iso_unpack(got.data.data(), got.data.size());
+  EXPECT_EQ(theirs, reinterpret_cast<void*>(got.address)) << iso_last_error();
+  if (theirs != nullptr) iso_free(theirs);  // its range goes home to rank prev
+  EXPECT_STREQ(iso_last_error(), "") << "a failure of the return path is not iso_free's";
+  // Until the failure has been reported and this rank's own range has come home.
+  std::string reported;
+  std::size_t returned = reg.stats().returned_runs;
+  for (int i = 0; i < 5000 && (reported.empty() || returned == at_start.returned_runs); ++i) {
+    iso_progress();
+    if (reported.empty()) reported = last_error();
+    returned = reg.stats().returned_runs;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  iso::detail::fault::disarm();
+  EXPECT_THAT(reported, HasSubstr(std::string("iso_progress: ") + GetParam())) << "the failure was not reported";
+  EXPECT_EQ(returned, at_start.returned_runs + 1) << "the range of " << mine << " did not come home";
+  EXPECT_EQ(reg.stats().allocated_chunks, at_start.allocated_chunks - 1) << "the returned run must be free again";
+  EXPECT_EQ(reg.stats().bad_returns, 0u);
+  EXPECT_TRUE(reg.is_valid());
+  iso_progress();
+  EXPECT_STREQ(iso_last_error(), "");
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+INSTANTIATE_TEST_SUITE_P(, BlockReturnFaults,
+                         testing::Values("region-returns:MPI_Isend", "region-returns:MPI_Testall",
+                                         "region-returns:MPI_Iprobe", "region-returns:MPI_Get_count",
+                                         "region-returns:MPI_Recv"),
+                         [](const testing::TestParamInfo<const char*>& info) {
+                           return std::string(std::strchr(info.param, ':') + 1);
+                         });
+
 // (4) iso_in_range: 1 for any rank's block address, 0 for system memory.
 TEST(Blocks, InRangeTellsRegionFromSystemMemory) {
   const region& reg = region::get();
