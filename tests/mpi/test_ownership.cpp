@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -290,6 +292,42 @@ TEST(Ownership, ASpawnWhoseStackGuardTheKernelRefusesFailsAndKeepsNothing) {
   iso::spawn([] { ran = true; }, opts);
   rt->run();
   EXPECT_TRUE(ran);
+}
+
+// Fault injection on the return path under the runtime: a thread frees memory of its home rank
+// after moving away, and the MPI_Isend that sends the range home fails (from inside the thread).
+// The run goes on; the range waits in its batch and goes at a later poll, arrives home, and the
+// failure is reported to whoever asks the region (iso_progress does for the block interface).
+TEST(Ownership, ARangeWhoseReturnFailsToSendStillComesHome) {
+  iso::detail::region& r = iso::detail::region::get();
+  const std::size_t returned_before = r.stats().returned_runs;
+  char ignored[512];
+  while (r.take_failure(ignored, sizeof ignored)) {
+  }
+  iso::detail::fault::arm("region-returns:MPI_Isend");
+  iso::spawn([] {
+    // A run of this rank's share of its own; volatile (on this thread's stack, which travels),
+    // so that the compiler cannot drop the malloc/free pair.
+    void* volatile block = std::malloc(300 << 10);
+    std::memset(block, 1, 300 << 10);
+    iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+    std::free(block);  // on the next rank: the run goes home
+  });
+  rt->run();
+  std::string failure;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (r.stats().returned_runs == returned_before && std::chrono::steady_clock::now() < deadline) {
+    r.poll();
+    if (failure.empty() && r.take_failure(ignored, sizeof ignored)) failure = ignored;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (failure.empty() && r.take_failure(ignored, sizeof ignored)) failure = ignored;
+  iso::detail::fault::disarm();
+  EXPECT_GT(r.stats().returned_runs, returned_before) << "no range came home";
+  EXPECT_NE(failure.find("region-returns:MPI_Isend"), std::string::npos) << "reported: '" << failure << "'";
+  EXPECT_EQ(r.stats().bad_returns, 0u);
+  EXPECT_TRUE(r.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 }  // namespace
