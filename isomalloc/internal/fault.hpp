@@ -3,8 +3,9 @@
 //
 // Compiled in only when the library is built with its tests (ISO_BUILD_TESTS, which defines
 // ISO_FAULT_INJECTION); otherwise every point is the constant false and nothing is read.
-// Armed by the environment: ISO_FAULT=<point>[@<n>] makes the n-th pass through <point> on each
-// rank fail (n >= 1, default 1), once; or from a test, by arm(). Points:
+// Armed by the environment: ISO_FAULT=<point>[@<n>][*<k>] makes the n-th pass through <point> on
+// each rank fail (n >= 1, default 1), and the k - 1 passes after it (default: once); or from a
+// test, by arm(). Points:
 //   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
 //       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
 //   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,

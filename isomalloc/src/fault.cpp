@@ -21,13 +21,14 @@ struct armed_point {
   armed_point() {
     const char* env = std::getenv("ISO_FAULT");
     if (env == nullptr || *env == '\0') return;
-    const char* at = std::strchr(env, '@');
-    const std::size_t len = at != nullptr ? static_cast<std::size_t>(at - env) : std::strlen(env);
+    const std::size_t len = std::strcspn(env, "@*");
     if (len >= sizeof name) return;
     std::memcpy(name, env, len);
+    const char* at = std::strchr(env + len, '@');
+    const char* times = std::strchr(env + len, '*');
     countdown = at != nullptr ? std::strtoul(at + 1, nullptr, 10) : 1;
-    failures = 1;
-    active.store(countdown != 0, std::memory_order_release);
+    failures = times != nullptr ? std::strtoul(times + 1, nullptr, 10) : 1;
+    active.store(countdown != 0 && failures != 0, std::memory_order_release);
   }
 };
 
