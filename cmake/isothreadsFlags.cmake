@@ -5,7 +5,7 @@
 #   compile: the include directory, the usage requirements of the targets (read from them: the
 #            definitions and options every module declares public, Boost's and MPI's);
 #   link:    the targets' link options, the module archives in dependency order (runtime,
-#            migrate, threads, isomalloc), then Boost.Context, dl, threads, MPI, and the C++
+#            migrate, threads, comm, isomalloc), then Boost.Context, dl, threads, MPI, and the C++
 #            runtime for programs linked as C.
 # MPI's own flags are in isothreads.pc; the wrappers leave them to the MPI wrapper they call.
 # Included from the top-level CMakeLists.txt after the targets are defined.

@@ -19,6 +19,9 @@ void check_mpi(int rc, const char* what);
 // MPI_SUCCESS, the one fatal path, naming MPI call `call`, the peer rank (< 0: any rank) and MPI's
 // message; fatal() adds this rank and the running thread.
 void check_mpi_or_die(int rc, const char* call, int peer) noexcept;
+// "<call> with rank <peer> failed: <MPI's message for rc>" (peer < 0: "with any rank") into
+// buf, cut to cap bytes (NUL included); what check_mpi_or_die says.
+void describe_mpi_failure(char* buf, std::size_t cap, int rc, const char* call, int peer) noexcept;
 // f() (an MPI call named `call`), unless the fault point `call` fires (fault.hpp): then
 // MPI_ERR_OTHER, and the call is not made.
 template <class F>
@@ -49,18 +52,29 @@ class private_comm {
 
 // Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
 // done(item) just before. requests(item) gives the item's requests as a sys_vector or array,
-// peer(item) the rank they go to or come from (named if MPI_Testall fails, which is fatal).
+// peer(item) the rank they go to or come from (named if MPI_Testall fails). A failed
+// MPI_Testall (fault point `point`) is fatal; with `failure` set, it stops the pass instead,
+// leaving that item and those after it to the next pass, and *failure = {its code, its peer}.
 // True if any completed.
+struct mpi_failure_at {
+  int code = MPI_SUCCESS;
+  int peer = -1;
+};
 template <class List, class Requests, class Peer, class Done>
-bool complete(List& items, Requests requests, Peer peer, Done done) {
+bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall",
+              mpi_failure_at* failure = nullptr) {
   bool any = false;
   for (auto it = items.begin(); it != items.end();) {
     auto& r = requests(*it);
     int flag = 0;
-    check_mpi_or_die(mpi_call("MPI_Testall", [&] {
-                       return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
-                     }),
-                     "MPI_Testall", peer(*it));
+    const int rc = mpi_call(point, [&] {
+      return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
+    });
+    if (rc != MPI_SUCCESS && failure != nullptr) {
+      *failure = {rc, peer(*it)};
+      return any;
+    }
+    check_mpi_or_die(rc, "MPI_Testall", peer(*it));
     if (!flag) {
       ++it;
       continue;

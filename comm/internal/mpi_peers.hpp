@@ -16,6 +16,10 @@ namespace iso::detail {
 // fewer than `window` batches to that owner are in flight, and otherwise waits for the next batch
 // (thousands of threads ending on a rank must not become thousands of outstanding MPI requests).
 // poll() completes sends, sends waiting batches and hands arriving returns to the region.
+// A failed MPI call on this return path loses nothing: a batch that could not be sent stays in
+// its outbox, a message that could not be received stays in MPI's queue, both tried again at the
+// next poll, and take_failure reports the first; only max_failed_polls polls in a row that fail
+// take the fatal path. Its fault points (fault.hpp) are region-returns:<call>.
 class mpi_region_peers final : public region_peers {
  public:
   // Collective over comm (MPI_Comm_dup). Throws iso::error(mpi_failure).
@@ -28,9 +32,11 @@ class mpi_region_peers final : public region_peers {
   sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) override;
   void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept override;
   void poll() noexcept override;
+  bool take_failure(char* out, std::size_t cap) noexcept override;
 
   // Collective, at shutdown: completes this rank's returns and receives every run other ranks
-  // returned to it, so that nothing is in flight when MPI is finalised.
+  // returned to it, so that nothing is in flight when MPI is finalised. A failed MPI call is
+  // fatal here (the other ranks would wait for what it was to send).
   void drain();
 
   MPI_Comm user_comm() const noexcept { return user_comm_; }
@@ -40,12 +46,19 @@ class mpi_region_peers final : public region_peers {
   static constexpr std::uint32_t window = 2;
   // No size bound of its own: the window alone limits the requests.
   static constexpr std::size_t flush_bytes = std::size_t{1} << 20;
-  void receive(const MPI_Status& status);
+  // Polls in a row that may fail before the fatal path: an MPI that keeps failing is broken, and
+  // returns that never arrive would exhaust their owners' shares in silence.
+  static constexpr std::uint32_t max_failed_polls = 1000;
+  // Receives the returns of the message `status` describes: MPI_SUCCESS, or the failed call's
+  // code with *call naming it (the message then stays for a later receive).
+  int receive(const MPI_Status& status, const char** call) noexcept;
   MPI_Comm user_comm_;
   private_comm comm_;
   batcher returns_;                    // {address, bytes} pairs of u64, by owner
   sys_vector<std::uint64_t> sent_to_;  // runs returned to each rank so far
   std::uint64_t received_ = 0;         // runs received so far
+  std::uint32_t failed_polls_ = 0;     // polls in a row that reported a failure
+  char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // first failure not taken yet; "" if none
 };
 
 // iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws

@@ -17,11 +17,18 @@ namespace iso::detail {
 // leaves immediately, and a flood becomes a few large sends instead of one MPI request per record
 // (Open MPI slows down badly with thousands of requests outstanding).
 // Invariant: waiting() == the number of outboxes with bytes, and each outbox's in_flight == its
-// sends not yet completed. Every MPI failure goes through the fatal path, naming call and rank.
+// sends not yet completed. A failed MPI call goes through the fatal path, naming call and rank
+// (on_failure::die), or loses nothing (on_failure::retry): a batch whose MPI_Isend failed goes
+// back to its outbox, sends whose MPI_Testall failed stay, both tried again at the next poll,
+// and failure() describes it.
 class batcher {
  public:
+  enum class on_failure { die, retry };
   // The largest batch: flush_bytes plus one record, which must keep it within an MPI count.
-  batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes);
+  // `points`: the prefix of the fault points (fault.hpp) of its calls: "<points>:MPI_Isend" and
+  // "<points>:MPI_Testall"; null: "MPI_Isend", "MPI_Testall".
+  batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes,
+          on_failure mode = on_failure::die, const char* points = nullptr);
   batcher(const batcher&) = delete;
   batcher& operator=(const batcher&) = delete;
 
@@ -32,8 +39,11 @@ class batcher {
   void poll() noexcept;
   // Sends every waiting batch, whatever the window (non-blocking).
   void flush_all() noexcept;
-  // Waits until every send has completed.
+  // Waits until every send has completed. Fatal on failure, in either mode.
   void wait_all() noexcept;
+  // on_failure::retry: writes the first failure since take_failure() last ran ("MPI_Isend with
+  // rank 1 failed: ...") into out (cap bytes, NUL included) and forgets it; false if none.
+  bool take_failure(char* out, std::size_t cap) noexcept;
 
   std::size_t waiting() const noexcept { return waiting_; }   // ranks with a batch not sent yet
   std::uint64_t batches_sent() const noexcept { return sent_; }
@@ -49,11 +59,17 @@ class batcher {
     std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
   };
   void flush(int dest) noexcept;
+  // on_failure::die: the fatal path; retry: keeps the first description for take_failure().
+  void failed(int rc, const char* call, int dest) noexcept;
 
   MPI_Comm comm_;
   int tag_;
   std::uint32_t window_;
   std::size_t flush_bytes_;
+  on_failure mode_;
+  char isend_point_[64];                // fault point names, see the constructor
+  char testall_point_[64];
+  char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // see take_failure(); "" if none
   std::list<outgoing, sys_allocator<outgoing>> sends_;  // a list: an in-flight buffer never moves
   sys_vector<outbox> outboxes_;                         // by destination rank
   std::size_t waiting_ = 0;

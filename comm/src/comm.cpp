@@ -16,13 +16,22 @@ void check_mpi(int rc, const char* what) {
   raise(errc::mpi_failure, "%s failed: %.*s", what, len, text);
 }
 
-void check_mpi_or_die(int rc, const char* call, int peer) noexcept {
-  if (rc == MPI_SUCCESS) return;
+void describe_mpi_failure(char* buf, std::size_t cap, int rc, const char* call, int peer) noexcept {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) len = 0;
-  if (peer >= 0) fatal("%s with rank %d failed: %.*s", call, peer, len, text);
-  fatal("%s with any rank failed: %.*s", call, len, text);
+  if (peer >= 0) {
+    safe_format(buf, cap, "%s with rank %d failed: %.*s", call, peer, len, text);
+  } else {
+    safe_format(buf, cap, "%s with any rank failed: %.*s", call, len, text);
+  }
+}
+
+void check_mpi_or_die(int rc, const char* call, int peer) noexcept {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING + 128];
+  describe_mpi_failure(text, sizeof text, rc, call, peer);
+  fatal("%s", text);
 }
 
 private_comm::private_comm(MPI_Comm parent) {

@@ -1,40 +1,56 @@
 #include "mpi_peers.hpp"
 
+#include <cstring>
+
 #include "diag.hpp"
 
 namespace iso::detail {
 
 mpi_region_peers::mpi_region_peers(MPI_Comm comm)
-    : user_comm_(comm), comm_(comm), returns_(comm_, tag_return, comm_.size(), window, flush_bytes) {
+    : user_comm_(comm),
+      comm_(comm),
+      returns_(comm_, tag_return, comm_.size(), window, flush_bytes, batcher::on_failure::retry, "region-returns") {
   sent_to_.assign(static_cast<std::size_t>(comm_.size()), 0);
 }
 
-void mpi_region_peers::receive(const MPI_Status& status) {
+int mpi_region_peers::receive(const MPI_Status& status, const char** call) noexcept {
   int count = 0;  // bytes
-  check_mpi(mpi_call("MPI_Get_count", [&] { return MPI_Get_count(&status, MPI_BYTE, &count); }),
-            "MPI_Get_count (region returns)");
-  sys_vector<std::uint64_t> pairs(static_cast<std::size_t>(count) / sizeof(std::uint64_t));
-  check_mpi(mpi_call("MPI_Recv", [&] {
-              return MPI_Recv(pairs.data(), count, MPI_BYTE, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE);
-            }),
-            "MPI_Recv (region returns)");
+  *call = "region-returns:MPI_Get_count";
+  int rc = mpi_call(*call, [&] { return MPI_Get_count(&status, MPI_BYTE, &count); });
+  if (rc != MPI_SUCCESS) return rc;
+  sys_vector<std::uint64_t> pairs;
+  try {
+    pairs.resize(static_cast<std::size_t>(count) / sizeof(std::uint64_t));
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory for %d bytes of region returns from rank %d", count, status.MPI_SOURCE);
+  }
+  *call = "region-returns:MPI_Recv";
+  rc = mpi_call(*call, [&] {
+    return MPI_Recv(pairs.data(), count, MPI_BYTE, status.MPI_SOURCE, tag_return, comm_, MPI_STATUS_IGNORE);
+  });
+  if (rc != MPI_SUCCESS) return rc;
   for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
     ++received_;
     region::get().accept_returned(pairs[i], pairs[i + 1]);
   }
+  return MPI_SUCCESS;
 }
 
 void mpi_region_peers::drain() {
   hooked_heap_scope system(false);
   region::get().flush_returns();  // those other OS threads freed
   returns_.flush_all();
+  if (char failure[sizeof failure_]; returns_.take_failure(failure, sizeof failure)) {
+    fatal("region returns at shutdown: %s", failure);
+  }
   std::uint64_t expected = 0;
   check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),
             "MPI_Reduce_scatter_block (region returns)");
   while (received_ < expected) {
     MPI_Status status;
     check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
-    receive(status);
+    const char* call = nullptr;
+    check_mpi(receive(status, &call), call);
   }
   returns_.wait_all();
 }
@@ -61,18 +77,33 @@ void mpi_region_peers::poll() noexcept {
   check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", -1);
   if (finalized) return;
   returns_.poll();
-  for (;;) {
+  char failure[sizeof failure_];
+  bool failed = returns_.take_failure(failure, sizeof failure);
+  while (!failed) {
     int arrived = 0;
     MPI_Status status;
-    check_mpi_or_die(mpi_call("MPI_Iprobe", [&] { return MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status); }),
-                     "MPI_Iprobe (region returns)", -1);
-    if (!arrived) return;
-    try {
-      receive(status);
-    } catch (const iso::error& e) {
-      fatal("%s", e.what());
+    const char* call = "region-returns:MPI_Iprobe";
+    int rc = mpi_call(call, [&] { return MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status); });
+    if (rc == MPI_SUCCESS && !arrived) break;
+    if (rc == MPI_SUCCESS) rc = receive(status, &call);
+    if (rc != MPI_SUCCESS) {
+      describe_mpi_failure(failure, sizeof failure, rc, call, arrived ? status.MPI_SOURCE : -1);
+      failed = true;
     }
   }
+  if (!failed) {
+    failed_polls_ = 0;
+    return;
+  }
+  if (failure_[0] == '\0') std::memcpy(failure_, failure, sizeof failure_);
+  if (++failed_polls_ >= max_failed_polls) fatal("region returns: %u polls in a row failed, the last: %s", failed_polls_, failure);
+}
+
+bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept {
+  if (failure_[0] == '\0') return false;
+  safe_format(out, cap, "%s", failure_);
+  failure_[0] = '\0';
+  return true;
 }
 
 }  // namespace iso::detail

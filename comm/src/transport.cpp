@@ -5,8 +5,27 @@
 
 namespace iso::detail {
 
-batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes)
-    : comm_(comm), tag_(tag), window_(window), flush_bytes_(flush_bytes), outboxes_(static_cast<std::size_t>(ranks)) {}
+batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes, on_failure mode,
+                 const char* points)
+    : comm_(comm), tag_(tag), window_(window), flush_bytes_(flush_bytes), mode_(mode),
+      outboxes_(static_cast<std::size_t>(ranks)) {
+  const char* sep = points != nullptr ? ":" : "";
+  if (points == nullptr) points = "";
+  safe_format(isend_point_, sizeof isend_point_, "%s%sMPI_Isend", points, sep);
+  safe_format(testall_point_, sizeof testall_point_, "%s%sMPI_Testall", points, sep);
+}
+
+void batcher::failed(int rc, const char* call, int dest) noexcept {
+  if (mode_ == on_failure::die) check_mpi_or_die(rc, call, dest);
+  if (failure_[0] == '\0') describe_mpi_failure(failure_, sizeof failure_, rc, call, dest);
+}
+
+bool batcher::take_failure(char* out, std::size_t cap) noexcept {
+  if (failure_[0] == '\0') return false;
+  safe_format(out, cap, "%s", failure_);
+  failure_[0] = '\0';
+  return true;
+}
 
 void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
                      bool now) noexcept {
@@ -34,19 +53,30 @@ void batcher::flush(int dest) noexcept {
     --waiting_;
     ++box.in_flight;
     ++sent_;
-    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
-                       return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag_, comm_,
-                                        o.request);
-                     }),
-                     "MPI_Isend", dest);
+    const int rc = mpi_call(isend_point_, [&] {
+      return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag_, comm_, o.request);
+    });
+    if (rc != MPI_SUCCESS) {
+      failed(rc, isend_point_, dest);
+      // Retry: the batch goes back as it was (nothing was appended since), to be sent next time.
+      box.batch = std::move(o.buffer);
+      sends_.pop_back();
+      ++waiting_;
+      --box.in_flight;
+      --sent_;
+    }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while sending to rank %d", dest);
   }
 }
 
 void batcher::poll() noexcept {
-  complete(sends_, [](outgoing& o) -> auto& { return o.request; }, [](outgoing& o) { return o.dest; },
-           [this](outgoing& o) { --outboxes_[static_cast<std::size_t>(o.dest)].in_flight; });
+  mpi_failure_at failure;
+  complete(
+      sends_, [](outgoing& o) -> auto& { return o.request; }, [](outgoing& o) { return o.dest; },
+      [this](outgoing& o) { --outboxes_[static_cast<std::size_t>(o.dest)].in_flight; }, testall_point_,
+      mode_ == on_failure::retry ? &failure : nullptr);
+  if (failure.code != MPI_SUCCESS) failed(failure.code, testall_point_, failure.peer);
   for (std::size_t dest = 0; waiting_ != 0 && dest < outboxes_.size(); ++dest) {
     if (outboxes_[dest].in_flight < window_) flush(static_cast<int>(dest));
   }

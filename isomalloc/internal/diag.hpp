@@ -37,6 +37,10 @@ std::size_t safe_format(char* buf, std::size_t cap, const char* fmt, ...) noexce
 // async-signal-safe writes only, then _exit(code). Safe from a signal handler.
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// For a failure the library survives: prints "isothreads: rank R: <message>" to stderr, with the
+// same async-signal-safe formatting and writes as fatal() (no allocation, whatever heap is current).
+void warn(const char* fmt, ...) noexcept __attribute__((format(printf, 1, 2)));
+
 // Upper layers describe "where we are" for fatal(): the rank and the running thread.
 // The hook must be async-signal-safe; it writes at most `cap` bytes into buf and returns the length.
 using context_hook = std::size_t (*)(char* buf, std::size_t cap) noexcept;

@@ -3,13 +3,24 @@
 //
 // Compiled in only when the library is built with its tests (ISO_BUILD_TESTS, which defines
 // ISO_FAULT_INJECTION); otherwise every point is the constant false and nothing is read.
-// Armed by the environment: ISO_FAULT=<point>[@<n>] makes the n-th pass through <point> on each
-// rank fail (n >= 1, default 1), once. Points:
+// Armed by the environment: ISO_FAULT=<point>[@<n>][*<k>] makes the n-th pass through <point> on
+// each rank fail (n >= 1, default 1), and the k - 1 passes after it (default: once); or from a
+// test, by arm(). Points:
 //   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
-//       the migration engine's and the region peers' calls of that name fail with MPI_ERR_OTHER
-//       without being made
+//       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
+//   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,
+//   region-returns:MPI_Isend, region-returns:MPI_Testall
+//       the same, for the calls of the region's peers that return runs to their owners
+//       (comm/internal/mpi_peers.hpp)
+//   prim.reserve_at (mmap), prim.decommit (madvise MADV_DONTNEED), prim.release_lazily
+//   (madvise MADV_FREE), prim.guard_install, prim.guard_remove (madvise MADV_GUARD_*, or
+//   mprotect on kernels without them)
+//       the OS primitive of that name (prim.hpp) fails without its system call, with the errno
+//       the call gives when the kernel refuses it: ENOMEM for mmap and the guards (no memory, or
+//       vm.max_map_count reached), EINVAL for the releases (locked pages)
 //   checkpoint-before-commit
 //       the process exits (status 3) after writing a checkpoint generation, before committing it
+// Any OS thread may pass through a point.
 #pragma once
 
 namespace iso::detail::fault {
@@ -17,6 +28,11 @@ namespace iso::detail::fault {
 #ifdef ISO_FAULT_INJECTION
 // True if the fault armed at `point` fires on this pass. Cheap when nothing is armed.
 bool hit(const char* point) noexcept;
+// Arms `point` (replacing whatever was armed): the n-th pass from now fails, and so do the
+// `times` - 1 passes after it. pre: n >= 1, times >= 1, point shorter than 64 bytes.
+void arm(const char* point, unsigned long n = 1, unsigned long times = 1) noexcept;
+// Nothing armed any more.
+void disarm() noexcept;
 #else
 constexpr bool hit(const char*) noexcept { return false; }
 #endif

@@ -52,10 +52,15 @@ class region_peers {
   virtual sys_vector<sys_vector<std::uint64_t>> allgather(const sys_vector<std::uint64_t>& mine) = 0;
   // Sends [addr, addr+bytes) back to its owner. Never blocks; the owner's side calls
   // region::accept_returned when it arrives. The region calls it, and poll(), only on its MPI
-  // thread (region::on_mpi_thread), one call at a time.
+  // thread (region::on_mpi_thread), one call at a time. A run is never lost: if the other ranks
+  // cannot be reached now, it waits and goes at a later poll.
   virtual void remote_free(int owner, std::uintptr_t addr, std::size_t bytes) noexcept = 0;
-  // Handles whatever has arrived (returned runs).
+  // Sends what waits and handles whatever has arrived (returned runs). A call to the other
+  // ranks that fails loses nothing: it is tried again at the next poll (take_failure says so).
   virtual void poll() noexcept = 0;
+  // Writes the first failure since the last take_failure, described, into out (cap bytes, NUL
+  // included) and forgets it; false if none.
+  virtual bool take_failure(char* out, std::size_t cap) noexcept = 0;
 };
 
 // The region's bounds for the hottest test of all (every free() asks it): plain globals,
@@ -112,8 +117,11 @@ class region {
   void free_chunks(void* p, std::size_t n) noexcept;
   // On the MPI thread: sends the returns other OS threads queued, then lets the peers handle what
   // arrived (region_peers::poll). From any other OS thread: does nothing. Every block call, the
-  // runtime's progress engine and iso_progress call it.
+  // runtime's progress engine and iso_progress call it; iso_progress also reports what failed
+  // since it last ran (take_failure).
   void poll() noexcept;
+  // On the MPI thread, region_peers::take_failure; elsewhere, or without peers, false.
+  bool take_failure(char* out, std::size_t cap) noexcept;
   // On the MPI thread: sends the returns other OS threads queued (before the peers drain).
   void flush_returns() noexcept;
   // True on the OS thread that agreed the region: the one that owns MPI (MPI_THREAD_FUNNELED).
@@ -142,6 +150,8 @@ class region {
     std::size_t kept_returns = 0;      // returned runs kept for a block still held here
     std::size_t parked_returns = 0;    // returned runs that waited for a departure's send
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
+    std::size_t failed_releases = 0;   // ranges whose pages the kernel refused to take back
+                                       // (release_pages), by any part of isomalloc
   };
   stats_t stats() const noexcept;
 
@@ -185,6 +195,14 @@ class region {
   std::size_t cache_bound_ = default_cache_bytes;
   stats_t stats_;
 };
+
+// Gives the pages of [p, p + bytes) back to the kernel: at once (prim::decommit) or lazily
+// (prim::release_lazily). When the kernel refuses (madvise fails: locked pages, say), they stay
+// committed with their contents, which no caller relies on (a freed run's contents are
+// undefined, and heap chunks lose their magic before they are freed): that is counted in
+// region::stats().failed_releases and reported on stderr the first time, naming the range and
+// the error. Returns 0 or the errno value. From any OS thread. pre: page-aligned.
+int release_pages(void* p, std::size_t bytes, bool lazily = false) noexcept;
 
 // Parses sizes like "4096", "64K", "2G", "16T" (binary units); 0 on error.
 std::size_t parse_bytes(const char* text) noexcept;

@@ -80,7 +80,9 @@ region& ready_region() {
     raise(iso::errc::no_runtime, "the isomalloc region is not initialised: call iso_init(comm) after MPI_Init");
   }
   r.set_return_hook(&accept_return);
-  r.poll();  // MPI only on the MPI thread: from other OS threads a no-op
+  // MPI only on the MPI thread: from other OS threads a no-op. A failure of the return path is
+  // not this call's: it is tried again at the next poll, and iso_progress reports it.
+  r.poll();
   return r;
 }
 
@@ -259,7 +261,12 @@ void iso_detach(void* block) {
     block_table& t = block_table::get();
     std::lock_guard<std::mutex> g(t.lock);
     const block_entry& e = held_entry(t, block, "iso_detach");
-    prim::decommit(block, chunks_for(e.length) * chunk_bytes);
+    // The copy's pages go first: if the kernel refuses them, the block stays held, unchanged.
+    if (const int err = release_pages(block, chunks_for(e.length) * chunk_bytes); err != 0) {
+      raise(iso::errc::system_failure,
+            "iso_detach(%p): the kernel refused to drop this rank's copy (madvise: %s); the block is still held here",
+            block, std::strerror(err));
+    }
     if (r.owner_of(block) == r.rank()) {
       t.entries[reinterpret_cast<std::uintptr_t>(block)].held = false;
     } else {
@@ -272,9 +279,13 @@ const char* iso_last_error(void) { return t_last_error; }
 
 void iso_progress(void) {
   region& r = region::get();
+  clear_last_error();
   if (r.ready()) {
     r.set_return_hook(&accept_return);
     r.poll();
+    if (char failure[512]; r.take_failure(failure, sizeof failure)) {
+      set_last_error("iso_progress: %s; what it was to send or receive is tried again at every poll", failure);
+    }
   }
 }
 

@@ -235,6 +235,31 @@ std::size_t safe_format(char* buf, std::size_t cap, const char* fmt, ...) noexce
   return n;
 }
 
+namespace {
+
+// Ends buf[0, len) with a newline (cutting it to fit cap) and writes it all to stderr.
+void write_line(char* buf, std::size_t len, std::size_t cap) noexcept {
+  if (len >= cap - 1) len = cap - 2;
+  buf[len++] = '\n';
+  for (std::size_t off = 0; off < len;) {
+    const ssize_t w = ::write(STDERR_FILENO, buf + off, len - off);
+    if (w <= 0) break;
+    off += static_cast<std::size_t>(w);
+  }
+}
+
+}  // namespace
+
+void warn(const char* fmt, ...) noexcept {
+  char buf[512];
+  std::size_t len = safe_format(buf, sizeof buf, "isothreads: rank %d: ", g_rank.load());
+  va_list ap;
+  va_start(ap, fmt);
+  len += safe_vformat(buf + len, sizeof buf - len, fmt, ap);
+  va_end(ap);
+  write_line(buf, len, sizeof buf);
+}
+
 void fatal(const char* fmt, ...) {
   // Formats into a stack buffer with safe_vformat: no allocation, no lock, so this works from a
   // signal handler or with a corrupt heap.
@@ -253,13 +278,7 @@ void fatal(const char* fmt, ...) {
     len += safe_vformat(buf + len, sizeof buf - len, fmt, ap);
     va_end(ap);
   }
-  if (len >= sizeof buf - 1) len = sizeof buf - 2;
-  buf[len++] = '\n';
-  for (std::size_t off = 0; off < len;) {
-    const ssize_t w = ::write(STDERR_FILENO, buf + off, len - off);
-    if (w <= 0) break;
-    off += static_cast<std::size_t>(w);
-  }
+  write_line(buf, len, sizeof buf);
   ::_exit(EXIT_FAILURE);
 }
 

@@ -800,7 +800,7 @@ void heap::reset_empty_pages(bool decommit) noexcept {
       if (idle) {
         ++run;
       } else if (run != 0) {
-        if (decommit) prim::decommit(reinterpret_cast<char*>(s) + (i - run) * page_bytes, run * page_bytes);
+        if (decommit) detail::release_pages(reinterpret_cast<char*>(s) + (i - run) * page_bytes, run * page_bytes);
         run = 0;
       }
     }

@@ -177,7 +177,7 @@ bool departures::overlaps(const record& r, std::uintptr_t addr, std::size_t byte
 // contents, and a chunk header left there would make heap::owner_of trust a copy nobody uses.
 void departures::forget(const span& s) noexcept {
   for (std::uintptr_t c = s.addr; c < s.addr + s.bytes; c += chunk_bytes) *reinterpret_cast<std::uint64_t*>(c) = 0;
-  prim::release_lazily(reinterpret_cast<void*>(s.addr), s.bytes);
+  release_pages(reinterpret_cast<void*>(s.addr), s.bytes, true);
 }
 
 void departures::give_back(const record& r) noexcept {
@@ -188,7 +188,7 @@ void departures::give_back(const record& r) noexcept {
     if (const int e = prim::guard_remove(reinterpret_cast<void*>(r.stack), r.guard_bytes); e != 0) {
       fatal("could not remove the guard of stack %#zx: %s", r.stack, std::strerror(e));
     }
-    prim::release_lazily(reinterpret_cast<void*>(r.stack), r.stack_bytes);
+    release_pages(reinterpret_cast<void*>(r.stack), r.stack_bytes, true);
   }
 }
 

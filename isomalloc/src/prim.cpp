@@ -10,6 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include "fault.hpp"
+
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
@@ -35,6 +37,7 @@ std::int64_t thread_cpu_ns() noexcept {
 }
 
 int reserve_at(void* addr, std::size_t bytes) noexcept {
+  if (fault::hit("prim.reserve_at")) return ENOMEM;
   void* p = ::mmap(addr, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
   if (p == MAP_FAILED) return errno;
@@ -50,10 +53,12 @@ int unreserve(void* addr, std::size_t bytes) noexcept {
 }
 
 int decommit(void* addr, std::size_t bytes) noexcept {
+  if (fault::hit("prim.decommit")) return EINVAL;
   return ::madvise(addr, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
 }
 
 int release_lazily(void* addr, std::size_t bytes) noexcept {
+  if (fault::hit("prim.release_lazily")) return EINVAL;
   if (::madvise(addr, bytes, MADV_FREE) == 0) return 0;
   return decommit(addr, bytes);
 }
@@ -62,11 +67,13 @@ int release_lazily(void* addr, std::size_t bytes) noexcept {
 // splits the region's mapping in three per guard: about 30k threads then exhaust the default
 // vm.max_map_count (65530), and the failure surfaces as an error from guard_install.
 int guard_install(void* addr, std::size_t bytes) noexcept {
+  if (fault::hit("prim.guard_install")) return ENOMEM;
   if (guard_supported()) return ::madvise(addr, bytes, MADV_GUARD_INSTALL) == 0 ? 0 : errno;
   return ::mprotect(addr, bytes, PROT_NONE) == 0 ? 0 : errno;
 }
 
 int guard_remove(void* addr, std::size_t bytes) noexcept {
+  if (fault::hit("prim.guard_remove")) return ENOMEM;
   if (guard_supported()) return ::madvise(addr, bytes, MADV_GUARD_REMOVE) == 0 ? 0 : errno;
   return ::mprotect(addr, bytes, PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
 }

@@ -14,6 +14,8 @@ namespace {
 
 // Set on the OS thread that agreed the region (region::on_mpi_thread).
 constinit thread_local bool t_mpi_thread = false;
+// Ranges whose pages the kernel refused to take back (release_pages), from any OS thread.
+constinit std::atomic<std::size_t> g_failed_releases{0};
 
 constexpr std::uintptr_t one_gib = std::uintptr_t{1} << 30;
 // Below this the program, its brk heap and the kernel's low reservations live; never look there.
@@ -75,10 +77,19 @@ interval place_in(const interval& gap, std::size_t bytes) {
   return {lo, lo + bytes};
 }
 
+void unreserve_or_warn(std::uintptr_t addr, std::size_t bytes) noexcept {
+  if (const int e = prim::unreserve(reinterpret_cast<void*>(addr), bytes); e != 0) {
+    warn("could not unmap [%#zx, +%zu) of the provisional isomalloc range (%s): it stays reserved, unused", addr,
+         bytes, std::strerror(e));
+  }
+}
+
 // Free address space this process could give the region: its gaps plus its own provisional range.
-sys_vector<interval> available(std::uintptr_t early_base, std::size_t early_bytes) {
+// *failure: 0, or the errno of reading the gaps (then only the provisional range is known).
+sys_vector<interval> available(std::uintptr_t early_base, std::size_t early_bytes, int* failure) {
   std::vector<interval> gaps;
-  prim::free_gaps(gap_floor, gaps);
+  *failure = prim::free_gaps(gap_floor, gaps);
+  if (*failure != 0) gaps.clear();
   sys_vector<interval> v(gaps.begin(), gaps.end());
   if (early_bytes != 0) v.push_back({early_base, early_base + early_bytes});
   return normalise(std::move(v));
@@ -114,7 +125,8 @@ region& region::get() noexcept {
 void region::reserve_early() noexcept {
   std::lock_guard<std::mutex> g(lock_);
   if (early_bytes_ != 0 || bytes_ != 0) return;
-  const sys_vector<interval> gaps = available(0, 0);
+  int failure = 0;
+  const sys_vector<interval> gaps = available(0, 0, &failure);  // none on failure: agree() reports it
   const interval gap = largest(gaps);
   std::size_t want = std::min(requested_bytes(0), align_down(gap.bytes() / 2, one_gib));
   for (; want >= min_share_bytes; want /= 2) {
@@ -169,7 +181,11 @@ void region::agree(region_peers& peers, std::size_t requested) {
   const int n = peers.size();
 
   // Contribution: [requested, early_base, early_bytes, lo0, hi0, lo1, hi1, ...]
-  const sys_vector<interval> mine = available(early_base_, early_bytes_);
+  // Collective from here on: a rank that cannot read its gaps offers its provisional range only
+  // (raising alone would leave the others waiting in the allgather).
+  int unread = 0;
+  const sys_vector<interval> mine = available(early_base_, early_bytes_, &unread);
+  if (unread != 0) warn("could not read /proc/self/maps (%s): only the provisional range is offered", std::strerror(unread));
   sys_vector<std::uint64_t> words{requested_bytes(requested), early_base_, early_bytes_};
   for (const interval& i : mine) {
     words.push_back(i.lo);
@@ -223,10 +239,11 @@ void region::agree(region_peers& peers, std::size_t requested) {
   int failure = 0;
   const std::uintptr_t early_hi = early_base_ + early_bytes_;
   if (early_bytes_ != 0 && early_base_ <= chosen.lo && chosen.hi <= early_hi) {
-    if (chosen.lo > early_base_) prim::unreserve(reinterpret_cast<void*>(early_base_), chosen.lo - early_base_);
-    if (early_hi > chosen.hi) prim::unreserve(reinterpret_cast<void*>(chosen.hi), early_hi - chosen.hi);
+    // What cannot be unmapped stays reserved and unused: address space only, never memory.
+    if (chosen.lo > early_base_) unreserve_or_warn(early_base_, chosen.lo - early_base_);
+    if (early_hi > chosen.hi) unreserve_or_warn(chosen.hi, early_hi - chosen.hi);
   } else {
-    if (early_bytes_ != 0) prim::unreserve(reinterpret_cast<void*>(early_base_), early_bytes_);
+    if (early_bytes_ != 0) unreserve_or_warn(early_base_, early_bytes_);
     failure = prim::reserve_at(reinterpret_cast<void*>(chosen.lo), chosen.bytes());
   }
   early_base_ = failure == 0 ? chosen.lo : 0;
@@ -325,7 +342,7 @@ bool region::take_free(std::uintptr_t addr, std::size_t n) noexcept {
 void region::flush_cache() noexcept {
   for (std::size_t n = 1; n <= max_cached_run_chunks; ++n) {
     for (std::uintptr_t a : cache_[n]) {
-      prim::decommit(reinterpret_cast<void*>(a), n * chunk_bytes);
+      release_pages(reinterpret_cast<void*>(a), n * chunk_bytes);
       insert_free(a, n);
     }
     stats_.cached_chunks -= cache_[n].size() * n;
@@ -368,7 +385,7 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   ISO_ASSERT(owner >= 0 && reinterpret_cast<std::uintptr_t>(p) % chunk_bytes == 0 && n > 0);
   const std::size_t bytes = n * chunk_bytes;
   if (owner != rank_) {
-    prim::decommit(p, bytes);
+    release_pages(p, bytes);
     const auto addr = reinterpret_cast<std::uintptr_t>(p);
     {
       std::lock_guard<std::mutex> g(lock_);
@@ -400,7 +417,7 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
       // fall through: decommit and keep it in the free map instead
     }
   }
-  prim::decommit(p, bytes);
+  release_pages(p, bytes);
   insert_free(reinterpret_cast<std::uintptr_t>(p), n);
 }
 
@@ -420,6 +437,10 @@ void region::poll() noexcept {
   if (!t_mpi_thread || peers_ == nullptr) return;
   flush_returns();
   peers_->poll();
+}
+
+bool region::take_failure(char* out, std::size_t cap) noexcept {
+  return t_mpi_thread && peers_ != nullptr && peers_->take_failure(out, cap);
 }
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
@@ -461,7 +482,7 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   }
   ++stats_.returned_runs;
   stats_.allocated_chunks -= bytes / chunk_bytes;
-  prim::decommit(reinterpret_cast<void*>(addr), bytes);
+  release_pages(reinterpret_cast<void*>(addr), bytes);
   insert_free(addr, bytes / chunk_bytes);
 }
 
@@ -480,7 +501,18 @@ void region::set_cache_bound(std::size_t bytes) noexcept {
 
 region::stats_t region::stats() const noexcept {
   std::lock_guard<std::mutex> g(lock_);
-  return stats_;
+  stats_t s = stats_;
+  s.failed_releases = g_failed_releases.load(std::memory_order_relaxed);
+  return s;
+}
+
+int release_pages(void* p, std::size_t bytes, bool lazily) noexcept {
+  const int e = lazily ? prim::release_lazily(p, bytes) : prim::decommit(p, bytes);
+  if (e != 0 && g_failed_releases.fetch_add(1, std::memory_order_relaxed) == 0) {
+    warn("the kernel refused to take back the pages of [%p, +%zu) (madvise: %s): they stay committed; "
+         "further such failures are only counted", p, bytes, std::strerror(e));
+  }
+  return e;
 }
 
 bool region::is_valid() const noexcept {

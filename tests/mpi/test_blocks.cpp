@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "fault.hpp"
 #include "heap.hpp"
 #include "isothreads/isomalloc.h"
 #include "prim.hpp"
@@ -710,6 +711,118 @@ TEST(BlockErrors, InitAgainOnlyWithTheSameCommunicator) {
   iso_free(p);
   MPI_Barrier(MPI_COMM_WORLD);
 }
+
+// Fault injection (fault.hpp): the kernel refuses to take back the pages of a detached copy
+// (madvise fails, as it does on locked pages). iso_detach says so and changes nothing: the block
+// is still held, with its data; the next iso_detach works, and the region stays consistent.
+TEST(BlockErrors, ADetachWhosePagesTheKernelRefusesKeepsTheBlockHeld) {
+  region& reg = region::get();
+  const std::size_t bytes = 3 * page_size();
+  auto* block = static_cast<unsigned char*>(iso_malloc(bytes));
+  ASSERT_NE(block, nullptr) << iso_last_error();
+  std::memset(block, 0x5a, bytes);
+  std::vector<unsigned char> image(iso_pack_size(block));
+  ASSERT_EQ(iso_pack(block, image.data(), image.size()), image.size());
+  const std::size_t failed_before = reg.stats().failed_releases;
+
+  iso::detail::fault::arm("prim.decommit");
+  iso_detach(block);
+  EXPECT_THAT(last_error(), HasSubstr("iso_detach(" + pointer_text(block) + ")"));
+  EXPECT_THAT(last_error(), HasSubstr("still held"));
+  EXPECT_EQ(iso_length(block), bytes) << "the block was forgotten while its copy stayed";
+  EXPECT_EQ(block[0], 0x5a);
+  EXPECT_EQ(block[bytes - 1], 0x5a);
+  EXPECT_EQ(reg.stats().failed_releases, failed_before + 1);
+  EXPECT_TRUE(reg.is_valid());
+
+  iso_detach(block);  // the kernel takes them this time
+  EXPECT_STREQ(iso_last_error(), "");
+  EXPECT_EQ(iso_length(block), 0u);
+  // Back from its image, and freed, so that the range does not stay reserved for the copy.
+  EXPECT_EQ(iso_unpack(image.data(), image.size()), block) << iso_last_error();
+  iso_free(block);
+  EXPECT_STREQ(iso_last_error(), "");
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Fault injection: the kernel refuses to take back the pages of a freed block too large to be
+// cached. The free itself succeeds (a freed range's contents are undefined, so pages that stay
+// committed harm nothing): the range is free again and serves the next allocation, the refusal
+// is counted and reported on stderr, and the region stays consistent.
+TEST(BlockErrors, AFreeWhosePagesTheKernelRefusesStillReleasesTheRange) {
+  region& reg = region::get();
+  const std::size_t bytes = std::size_t{4} << 20;  // more than max_cached_run_chunks chunks
+  void* block = iso_malloc(bytes);
+  ASSERT_NE(block, nullptr) << iso_last_error();
+  std::memset(block, 0x33, bytes);
+  const auto before = reg.stats();
+
+  iso::detail::fault::arm("prim.decommit");
+  iso_free(block);
+  EXPECT_STREQ(iso_last_error(), "");
+  const auto after = reg.stats();
+  EXPECT_EQ(after.failed_releases, before.failed_releases + 1);
+  EXPECT_LT(after.allocated_chunks, before.allocated_chunks) << "the range was not released";
+  EXPECT_EQ(iso_length(block), 0u);
+  EXPECT_TRUE(reg.is_valid());
+  void* again = iso_malloc(bytes);
+  EXPECT_NE(again, nullptr) << iso_last_error();
+  EXPECT_EQ(reg.stats().allocated_chunks, before.allocated_chunks);
+  iso_free(again);
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Fault injection on the return path (mpi_peers.hpp): one MPI call of the region's peers fails
+// while a block freed on another rank goes home. Nothing is lost and nothing is fatal: an
+// iso_progress reports the failure, naming the call, a later one sends or receives what waited,
+// the range comes home to its owner, and the region stays consistent. Each point is armed before
+// the block calls that pass it (the remote iso_free sends, every block call polls) and after any
+// return could have been received: it fires in whichever comes first.
+class BlockReturnFaults : public testing::TestWithParam<const char*> {};
+
+TEST_P(BlockReturnFaults, AFailedCallOnTheReturnPathLosesNothing) {
+  const auto [me, n, next, prev] = ring_of_ranks();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  region& reg = region::get();
+  void* mine = iso_malloc(2 * page_size());
+  EXPECT_NE(mine, nullptr) << iso_last_error();
+  if (mine != nullptr) fill(mine, 2 * page_size(), me, 11);
+  const auto at_start = reg.stats();
+  moved_image got = pass_on(mine, next, prev);
+  iso::detail::fault::arm(GetParam());  // the next rank frees this rank's block after the swap
+  void* theirs = got.data.empty() ? nullptr : iso_unpack(got.data.data(), got.data.size());
+  EXPECT_EQ(theirs, reinterpret_cast<void*>(got.address)) << iso_last_error();
+  if (theirs != nullptr) iso_free(theirs);  // its range goes home to rank prev
+  EXPECT_STREQ(iso_last_error(), "") << "a failure of the return path is not iso_free's";
+  // Until the failure has been reported and this rank's own range has come home.
+  std::string reported;
+  std::size_t returned = reg.stats().returned_runs;
+  for (int i = 0; i < 5000 && (reported.empty() || returned == at_start.returned_runs); ++i) {
+    iso_progress();
+    if (reported.empty()) reported = last_error();
+    returned = reg.stats().returned_runs;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  iso::detail::fault::disarm();
+  EXPECT_THAT(reported, HasSubstr(std::string("iso_progress: ") + GetParam())) << "the failure was not reported";
+  EXPECT_EQ(returned, at_start.returned_runs + 1) << "the range of " << mine << " did not come home";
+  EXPECT_EQ(reg.stats().allocated_chunks, at_start.allocated_chunks - 1) << "the returned run must be free again";
+  EXPECT_EQ(reg.stats().bad_returns, 0u);
+  EXPECT_TRUE(reg.is_valid());
+  iso_progress();
+  EXPECT_STREQ(iso_last_error(), "");
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+INSTANTIATE_TEST_SUITE_P(, BlockReturnFaults,
+                         testing::Values("region-returns:MPI_Isend", "region-returns:MPI_Testall",
+                                         "region-returns:MPI_Iprobe", "region-returns:MPI_Get_count",
+                                         "region-returns:MPI_Recv"),
+                         [](const testing::TestParamInfo<const char*>& info) {
+                           return std::string(std::strchr(info.param, ':') + 1);
+                         });
 
 // (4) iso_in_range: 1 for any rank's block address, 0 for system memory.
 TEST(Blocks, InRangeTellsRegionFromSystemMemory) {

@@ -6,13 +6,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "isothreads/isomalloc.h"
 #include "isothreads/isothreads.hpp"
@@ -264,6 +267,67 @@ TEST(Ownership, FreeFromAnotherOSThreadOfMemoryWhoseThreadLeftIsRefused) {
   EXPECT_EQ(iso::detail::ownership_stats().refused_frees, refused + 1);
   EXPECT_TRUE(iso::detail::region::get().is_valid());
   kept = nullptr;
+}
+
+// Fault injection (fault.hpp): the kernel refuses a new thread's stack guard (madvise, or
+// mprotect on older kernels; it does once vm.max_map_count is reached). iso::spawn throws
+// iso::error(system_failure) naming it, nothing of the thread stays allocated (heap, control
+// block, stack), and the next spawn works.
+TEST(Ownership, ASpawnWhoseStackGuardTheKernelRefusesFailsAndKeepsNothing) {
+  const iso::detail::region& r = iso::detail::region::get();
+  iso::spawn_options opts;
+  opts.stack_bytes = std::size_t{960} << 10;  // a size no earlier thread left in the stack pool
+  const std::size_t before = r.stats().allocated_chunks;
+  iso::detail::fault::arm("prim.guard_install");
+  try {
+    iso::spawn([] {}, opts);
+    ADD_FAILURE() << "iso::spawn succeeded without a stack guard";
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code(), iso::errc::system_failure) << e.what();
+    EXPECT_NE(std::strstr(e.what(), "guard"), nullptr) << e.what();
+  }
+  EXPECT_EQ(r.stats().allocated_chunks, before) << "the failed spawn kept chunks of the region";
+  EXPECT_TRUE(r.is_valid());
+  static bool ran = false;
+  iso::spawn([] { ran = true; }, opts);
+  rt->run();
+  EXPECT_TRUE(ran);
+}
+
+// Fault injection on the return path under the runtime: a thread frees memory of its home rank
+// after moving away, and the MPI_Isend that sends the range home fails (from inside the thread).
+// The run goes on; the range waits in its batch and goes at a later poll, arrives home, and the
+// failure is reported to whoever asks the region (iso_progress does for the block interface).
+TEST(Ownership, ARangeWhoseReturnFailsToSendStillComesHome) {
+  iso::detail::region& r = iso::detail::region::get();
+  const std::size_t returned_before = r.stats().returned_runs;
+  char ignored[512];
+  while (r.take_failure(ignored, sizeof ignored)) {
+  }
+  iso::detail::fault::arm("region-returns:MPI_Isend");
+  iso::spawn([] {
+    // A run of this rank's share of its own; volatile (on this thread's stack, which travels),
+    // so that the compiler cannot drop the malloc/free pair.
+    void* volatile block = std::malloc(300 << 10);
+    std::memset(block, 1, 300 << 10);
+    iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+    std::free(block);  // on the next rank: the run goes home
+  });
+  rt->run();
+  std::string failure;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (r.stats().returned_runs == returned_before && std::chrono::steady_clock::now() < deadline) {
+    r.poll();
+    if (failure.empty() && r.take_failure(ignored, sizeof ignored)) failure = ignored;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (failure.empty() && r.take_failure(ignored, sizeof ignored)) failure = ignored;
+  iso::detail::fault::disarm();
+  EXPECT_GT(r.stats().returned_runs, returned_before) << "no range came home";
+  EXPECT_NE(failure.find("region-returns:MPI_Isend"), std::string::npos) << "reported: '" << failure << "'";
+  EXPECT_EQ(r.stats().bad_returns, 0u);
+  EXPECT_TRUE(r.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
 }
 
 }  // namespace

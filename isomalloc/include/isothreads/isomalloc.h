@@ -66,7 +66,8 @@ void* iso_unpack(const void* image, size_t bytes);
 
 /* After moving a block's image elsewhere: drops this rank's copy (its memory returns to the
  * kernel). The address range stays reserved for the copy; iso_free on the rank holding the copy
- * releases it, wherever that is. */
+ * releases it, wherever that is. If the kernel refuses the pages (madvise fails, as on locked
+ * memory), nothing changes: the block is still held here and iso_last_error() says so. */
 void iso_detach(void* block);
 
 /* The message of the last failed call on this OS thread, or "" if none failed. */
@@ -75,7 +76,10 @@ const char* iso_last_error(void);
 /* On the MPI thread: sends home the blocks other OS threads freed, and handles runs returned by
  * other ranks' iso_free calls. Every block call on that thread does this too; a rank that makes no
  * block calls for a long time may call it to recycle memory sooner. From another OS thread it does
- * nothing. */
+ * nothing. An MPI call of this return path that fails (here, or in an earlier block call) loses
+ * nothing: what it was to send or receive waits for the next call, and iso_progress reports it
+ * through iso_last_error() ("" when all went well); a return path that fails 1000 polls in a row
+ * ends the program through the fatal path. */
 void iso_progress(void);
 
 #ifdef __cplusplus
