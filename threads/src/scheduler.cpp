@@ -213,6 +213,7 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   t->suspended_heap = h;
   t->stack = stack;
   std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
+  t->stealable = opts.stealable;
   return t;
 }
 
@@ -312,6 +313,14 @@ bool scheduler::movable(const tcb* t) noexcept {
     case thread_state::finished: return false;
   }
   return false;
+}
+
+tcb* scheduler::oldest_stealable() const noexcept {
+  tcb* t = policy_->oldest_ready(
+      [](const tcb* c, const void*) noexcept { return c->stealable && c->pending_dest < 0 && movable(c); }, nullptr);
+  if (t == nullptr) return nullptr;
+  const bool another = policy_->oldest_ready([](const tcb* c, const void* given) noexcept { return c != given; }, t);
+  return another ? t : nullptr;
 }
 
 void scheduler::detach(tcb* t) noexcept {

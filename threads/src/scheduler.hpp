@@ -39,6 +39,15 @@ class sched_policy {
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
+  // The ready thread that has waited longest among those for which fits(t, context) holds, left
+  // in the ready set; or null. What a thief takes (work stealing): in fork-join, the oldest thread
+  // holds the biggest share of the work. A policy that cannot tell gives none away.
+  using ready_filter = bool (*)(const tcb* t, const void* context) noexcept;
+  virtual tcb* oldest_ready(ready_filter fits, const void* context) const noexcept {
+    (void)fits;
+    (void)context;
+    return nullptr;
+  }
 };
 
 // FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
@@ -49,6 +58,13 @@ class fifo_policy final : public sched_policy {
   tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
   void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
+  // From the head: the queue is in the order threads became ready.
+  tcb* oldest_ready(ready_filter fits, const void* context) const noexcept override {
+    for (tcb* t = ready_.head; t != nullptr; t = t->next) {
+      if (fits(t, context)) return t;
+    }
+    return nullptr;
+  }
 
  private:
   wait_queue ready_;
@@ -178,6 +194,12 @@ class scheduler {
   void detach(tcb* t) noexcept;
   // A thread that arrived: into the table, then ready queue / timer list / left blocked.
   void attach(tcb* t) noexcept;
+  // Work stealing: the thread to give a thief, or null: the oldest ready thread (policy's
+  // oldest_ready) that is stealable, movable and has no migration pending, provided another ready
+  // thread stays (a rank never goes idle to feed a thief: the two would trade its last thread back
+  // and forth). It stays ready here; setting pending_dest and departing it (detach) takes it
+  // out. Linear in the ready threads it passes over.
+  tcb* oldest_stealable() const noexcept;
 
   // Called with a suspended thread whose pending_dest is set once it is movable (migration);
   // null: no migration support.
