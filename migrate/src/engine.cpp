@@ -94,7 +94,7 @@ bool engine::poll() noexcept {
   did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },
                  [this](arrival& a) { finish_arrival(a); }) || did;
   // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
-  if (stealing_ || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
+  if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
   for (int tag : {tag_image, tag_data}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;

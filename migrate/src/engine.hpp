@@ -140,6 +140,7 @@ class engine {
     std::uint64_t stolen = 0;           // threads that arrived here as the answer to one
     std::uint64_t refused = 0;          // "none" answers this rank received
     std::uint64_t given = 0;            // threads this rank gave to thieves
+    std::int64_t last_request_ns = 0;   // now_ns() when this rank's last request left (benchmarks)
   };
   steal_stats_t steal_stats() const noexcept { return steal_stats_; }
   // Collective, when a run ends (termination or deadlock, decided alike on every rank): answers

@@ -34,6 +34,7 @@ void engine::request_steal(int victim) noexcept {
   ISO_ASSERT_INTERNAL(can_request_steal() && victim != rank_ && victim >= 0 && victim < size_);
   steal_outstanding_ = true;
   ++steal_stats_.requests;
+  steal_stats_.last_request_ns = now_ns();
   post_steal(victim, tag_steal_request);
 }
 

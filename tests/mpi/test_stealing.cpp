@@ -9,6 +9,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <random>
 #include <set>
 #include <vector>
@@ -306,6 +309,54 @@ TEST_F(Stealing, LbSyncStepsInterleaveWithSteals) {
   EXPECT_EQ(all[2], 0u);
   const iso::steal_stats after = global_steal_stats();
   EXPECT_EQ(after.stolen - before.stolen, after.given - before.given);
+}
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Last of the suite: tracing stays on for the later runs of this process.
+TEST_F(Stealing, TheTraceMarksEachStealAndNothingElse) {
+  const std::string path = "trace-steals.json";  // the same on every rank; rank 0 writes it
+  iso::trace::enable(path);
+  iso::stealing(true);
+  const iso::steal_stats before = global_steal_stats();
+  static std::uint64_t given_before = 0;
+  given_before = iso::stealing_stats().given;
+  if (rt->rank() == 0) {
+    // One thread that moves by migrate_to (a migration, not a steal), and stealable ones that
+    // yield until rank 0 has given a few away.
+    iso::spawn([] {
+      iso::this_thread::migrate_to(1);
+      iso::this_thread::migrate_to(0);
+    });
+    for (int i = 0; i < 8; ++i) {
+      iso::spawn(
+          [] {
+            for (int k = 0; k < 100000 && iso::rank() == 0 && iso::stealing_stats().given - given_before < 3; ++k) {
+              iso::this_thread::yield();
+            }
+          },
+          iso::spawn_options{.stealable = true});
+    }
+  }
+  rt->run();
+  const iso::steal_stats after = global_steal_stats();
+  const std::uint64_t stolen = after.stolen - before.stolen;
+  EXPECT_GE(stolen, 1u);
+  if (rt->rank() == 0) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string t = text.str();
+    EXPECT_EQ(occurrences(t, R"("name":"steal )"), stolen);   // departures to thieves
+    EXPECT_EQ(occurrences(t, R"("name":"stolen )"), stolen);  // their arrivals
+    EXPECT_EQ(occurrences(t, R"("steal":true)"), 2 * stolen);
+    EXPECT_EQ(occurrences(t, R"("name":"migrate )"), 2u);     // the migrate_to pair, not marked
+    std::remove(path.c_str());
+  }
 }
 
 TEST(StealingOptions, IsoStealMapsOntoRuntimeOptions) {

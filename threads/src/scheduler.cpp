@@ -214,6 +214,7 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   t->stack = stack;
   std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
   t->stealable = opts.stealable;
+  t->born_ns = now_ns();
   return t;
 }
 
@@ -452,6 +453,7 @@ void scheduler::block_running(wait_reason why) noexcept {
 }
 
 boost::context::fiber thread_main(tcb* t) noexcept {
+  t->started = true;
   try {
     t->body->run();
   } catch (const std::exception& e) {

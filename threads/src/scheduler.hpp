@@ -39,9 +39,11 @@ class sched_policy {
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
-  // The ready thread that has waited longest among those for which fits(t, context) holds, left
-  // in the ready set; or null. What a thief takes (work stealing): in fork-join, the oldest thread
-  // holds the biggest share of the work. A policy that cannot tell gives none away.
+  // What a thief takes (work stealing), among the ready threads for which fits(t, context) holds:
+  // the one spawned first (tcb::born_ns) of those that have not started, else the one ready
+  // longest; left in the ready set; or null. In fork-join the oldest unstarted thread is nearest
+  // the root and holds the biggest share of the work, while a started one is most often a parent
+  // woken to finish (its children done). A policy that cannot tell gives none away.
   using ready_filter = bool (*)(const tcb* t, const void* context) noexcept;
   virtual tcb* oldest_ready(ready_filter fits, const void* context) const noexcept {
     (void)fits;
@@ -58,12 +60,16 @@ class fifo_policy final : public sched_policy {
   tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
   void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
-  // From the head: the queue is in the order threads became ready.
+  // The queue is in the order threads became ready, not spawned: the whole queue is searched.
   tcb* oldest_ready(ready_filter fits, const void* context) const noexcept override {
+    tcb* fresh = nullptr;     // the oldest unstarted one
+    tcb* waiting = nullptr;   // the first started one
     for (tcb* t = ready_.head; t != nullptr; t = t->next) {
-      if (fits(t, context)) return t;
+      if (t->started ? waiting == nullptr : fresh == nullptr || t->born_ns < fresh->born_ns) {
+        if (fits(t, context)) (t->started ? waiting : fresh) = t;
+      }
     }
-    return nullptr;
+    return fresh != nullptr ? fresh : waiting;
   }
 
  private:
@@ -198,7 +204,7 @@ class scheduler {
   // oldest_ready) that is stealable, movable and has no migration pending, provided another ready
   // thread stays (a rank never goes idle to feed a thief: the two would trade its last thread back
   // and forth). It stays ready here; setting pending_dest and departing it (detach) takes it
-  // out. Linear in the ready threads it passes over.
+  // out. Linear in the ready threads (fifo_policy).
   tcb* oldest_stealable() const noexcept;
 
   // Called with a suspended thread whose pending_dest is set once it is movable (migration);
