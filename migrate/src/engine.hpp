@@ -129,7 +129,7 @@ class engine {
   // wake none, and the thread a victim gives is counted as any migration is. Off, a rank neither
   // asks nor gives, and answers requests only while it waits for its own answer and when a run
   // ends (quiesce_steals).
-  void set_stealing(bool on) noexcept { stealing_ = on; }
+  void set_stealing(bool on) noexcept;
   bool stealing() const noexcept { return stealing_; }
   // Stealing on, more than one rank, and no request of this rank waiting for its answer.
   bool can_request_steal() const noexcept { return stealing_ && size_ > 1 && !steal_outstanding_; }

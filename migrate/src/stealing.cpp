@@ -14,6 +14,10 @@ namespace {
 // Steal messages carry no payload: the tag says what it is, the source who sent it.
 const unsigned char g_no_payload = 0;
 
+// With stealing on, the scheduler polls at least this often while threads return to it (ns): a
+// request waits for the victim's next poll. A poll costs about a microsecond.
+constexpr std::int64_t steal_poll_interval_ns = 50'000;
+
 }  // namespace
 
 void engine::post_steal(int dest, int tag) noexcept {
@@ -28,6 +32,11 @@ void engine::post_steal(int dest, int tag) noexcept {
   } catch (const std::bad_alloc&) {
     fatal("out of system memory for a steal message to rank %d", dest);
   }
+}
+
+void engine::set_stealing(bool on) noexcept {
+  stealing_ = on;
+  sched_.set_poll_interval_ns(on && size_ > 1 ? steal_poll_interval_ns : 0);
 }
 
 void engine::request_steal(int victim) noexcept {
