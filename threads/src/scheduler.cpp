@@ -408,10 +408,10 @@ void scheduler::run() {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
-      const bool due = ++since_poll_ >= switches_per_poll;
-      if (due || (poll_interval_ns_ > 0 && now_ns() - last_poll_ns_ >= poll_interval_ns_)) {
+      const std::int64_t now = poll_interval_ns_ > 0 ? now_ns() : 0;
+      if (++since_poll_ >= switches_per_poll || (poll_interval_ns_ > 0 && now - last_poll_ns_ >= poll_interval_ns_)) {
         since_poll_ = 0;
-        if (poll_interval_ns_ > 0) last_poll_ns_ = now_ns();
+        last_poll_ns_ = now;
         progress_->poll(*this);
       }
       continue;
