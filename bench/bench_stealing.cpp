@@ -13,8 +13,12 @@
 //                   ends; rank 1, idle again, asks again. So one figure spans the request, the
 //                   victim's answer at its next poll, the migration and the first run on the
 //                   thief. The threads left on rank 0 end once it has given enough.
-//     raw:          the same thread, stealing off, alone: migrate_to(1), migrate_to(0) in a loop,
-//                   timed on rank 0; round trip / 2 = one-way migration.
+//     raw:          one-way migrations of the same kind of thread, stealing off: a driver on rank
+//                   0 spawns them one at a time (and joins each); each reads the clock,
+//                   migrate_to(1), and reads it again on rank 1 (CLOCK_MONOTONIC is the host's:
+//                   run both ranks on one host). Like a stolen thread, each arrives at addresses
+//                   rank 1 has never touched (first-touch page faults included on both sides); a
+//                   thread migrating back and forth (bench_migration) finds its pages warm.
 #include <mpi.h>
 
 #include <algorithm>
@@ -44,7 +48,8 @@ constexpr int runs = 5;
 // Written on rank 1 by stolen threads (globals: each rank has its own).
 double g_latency_ns[warm_steals + samples];
 int g_stolen = 0;
-double g_migration_ns = 0;  // rank 0: one-way migration of the last baseline run
+double g_migration_ns[warm_steals + samples];  // rank 1: one-way migrations of a baseline run
+int g_migrated = 0;
 std::uint64_t g_given_before = 0;  // rank 0: stealing_stats().given when a run starts
 
 double steal_latency_run(iso::runtime& rt) {
@@ -77,23 +82,24 @@ double steal_latency_run(iso::runtime& rt) {
 }
 
 double migration_run(iso::runtime& rt) {
-  constexpr int warm = 20, reps = 200;
+  g_migrated = 0;
   if (rt.rank() == 0) {
     iso::spawn([] {
-      for (int i = 0; i < warm; ++i) {
-        iso::this_thread::migrate_to(1);
-        iso::this_thread::migrate_to(0);
+      for (int i = 0; i < warm_steals + samples; ++i) {
+        iso::join(iso::spawn([] {
+          const std::int64_t left = now_ns();
+          iso::this_thread::migrate_to(1);
+          if (g_migrated < warm_steals + samples) g_migration_ns[g_migrated++] = static_cast<double>(now_ns() - left);
+        }));
       }
-      const std::int64_t t0 = now_ns();
-      for (int i = 0; i < reps; ++i) {
-        iso::this_thread::migrate_to(1);
-        iso::this_thread::migrate_to(0);
-      }
-      g_migration_ns = static_cast<double>(now_ns() - t0) / (2.0 * reps);
     });
   }
   rt.run();
-  return g_migration_ns;
+  double median_ns = 0;
+  if (rt.rank() == 1) median_ns = median(std::vector<double>(g_migration_ns + warm_steals, g_migration_ns + g_migrated));
+  double on_rank0 = 0;
+  MPI_Reduce(&median_ns, &on_rank0, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+  return on_rank0;
 }
 
 }  // namespace

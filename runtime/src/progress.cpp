@@ -61,8 +61,10 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
   const int victim = (comm_.rank() + 1 + static_cast<int>(next_random(victim_rng_) % static_cast<std::uint64_t>(others))) %
                      engine_->ranks();
   engine_->request_steal(victim);
-  // Poll for the answer by giving the core away, not sleeping, for min_backoff_ns_.
-  idle_since_ns_ = now - spin_ns_ + min_backoff_ns_;
+  // Poll for the answer by giving the core away, not sleeping, for at least min_backoff_ns_ (the
+  // rest of the idle spell's first idle_spin if longer: a rank that just ran out asks at once,
+  // and the answer is microseconds away); a sleep costs the timer slack on top.
+  idle_since_ns_ = std::max(idle_since_ns_, now - spin_ns_ + min_backoff_ns_);
   backoff_ns_ = min_backoff_ns_;
 }
 

@@ -84,8 +84,8 @@ class mpi_progress final : public progress_engine {
   // Steal back-off: after each "none", the next request waits steal_delay_ns_, doubling from
   // min_backoff_ns_ up to max_backoff_ns_ (so idle ranks ask at most once per max_backoff_ns_
   // once work is scarce); a stolen thread or any other work resets it. After a request, a rank
-  // gives its core away between polls (no sleep) for min_backoff_ns_: the answer is usually
-  // microseconds away.
+  // gives its core away between polls (no sleep) for at least min_backoff_ns_: the answer is
+  // usually microseconds away.
   std::uint64_t victim_rng_;          // splitmix64 state: victims are uniform over the other ranks
   std::int64_t steal_delay_ns_ = 0;
   std::int64_t steal_at_ns_ = 0;      // no request before this time

@@ -317,11 +317,8 @@ bool scheduler::movable(const tcb* t) noexcept {
 }
 
 tcb* scheduler::oldest_stealable() const noexcept {
-  tcb* t = policy_->oldest_ready(
+  return policy_->oldest_ready(
       [](const tcb* c, const void*) noexcept { return c->stealable && c->pending_dest < 0 && movable(c); }, nullptr);
-  if (t == nullptr) return nullptr;
-  const bool another = policy_->oldest_ready([](const tcb* c, const void* given) noexcept { return c != given; }, t);
-  return another ? t : nullptr;
 }
 
 void scheduler::detach(tcb* t) noexcept {

@@ -41,8 +41,8 @@ class sched_policy {
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
   // What a thief takes (work stealing), among the ready threads for which fits(t, context) holds
   // (the policy may look at only some, those ready longest): the one spawned first (tcb::born_ns)
-  // of those that have not started, else the one ready longest; left in the ready set; or null.
-  // In fork-join the oldest unstarted thread is nearest the root and holds the biggest share of
+  // of those that have not started, else the one ready longest; left in the ready set; or null,
+  // also when it is the only ready thread (a victim keeps work for itself). In fork-join the oldest unstarted thread is nearest the root and holds the biggest share of
   // the work, while a started one is most often a parent woken to finish (its children done). A
   // policy that cannot tell gives none away.
   using ready_filter = bool (*)(const tcb* t, const void* context) noexcept;
@@ -62,10 +62,11 @@ class fifo_policy final : public sched_policy {
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
   void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
   // The queue is in the order threads became ready, not spawned: the first steal_scan threads
-  // from the head are searched (a fork-join queue can hold 10^5 threads, each in its own pages;
-  // a victim answers a request in a bounded time).
-  static constexpr int steal_scan = 64;
+  // from the head are searched (a fork-join queue can hold 10^5 threads, each TCB in its own
+  // pages, a cache miss apiece: a victim answers a request in a bounded time).
+  static constexpr int steal_scan = 32;
   tcb* oldest_ready(ready_filter fits, const void* context) const noexcept override {
+    if (ready_.head == ready_.tail) return nullptr;  // none, or one: it stays
     tcb* fresh = nullptr;     // the oldest unstarted one
     tcb* waiting = nullptr;   // the first started one
     int seen = 0;
@@ -214,7 +215,7 @@ class scheduler {
   // oldest_ready) that is stealable, movable and has no migration pending, provided another ready
   // thread stays (a rank never goes idle to feed a thief: the two would trade its last thread back
   // and forth). It stays ready here; setting pending_dest and departing it (detach) takes it
-  // out. At most 2 * fifo_policy::steal_scan threads looked at.
+  // out. At most fifo_policy::steal_scan threads looked at.
   tcb* oldest_stealable() const noexcept;
 
   // Called with a suspended thread whose pending_dest is set once it is movable (migration);
