@@ -7,6 +7,7 @@
 //   shipping.cpp   images out and in (the departed memory kept for a while is isomalloc's)
 //   join.cpp       the join protocol and the end of threads
 //   routing.cpp    iso::send, routing through the directory, delivery, control messages
+//   stealing.cpp   work stealing: steal requests and "none" replies, handing threads to thieves
 //   engine.cpp     the wiring: set-up, the batched transport, poll, moving threads
 // All MPI traffic is non-blocking, driven by poll() from the scheduler's progress engine; a
 // thread that waits yields.
@@ -62,9 +63,11 @@ class engine_observer {
  public:
   virtual ~engine_observer() = default;
   // `epoch` numbers a thread's migrations: a departure and its arrival carry the same one.
+  // `steal`: the migration is a thief taking the thread (stealing.cpp).
   virtual void departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
-                        std::int64_t end_ns) noexcept = 0;
-  virtual void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept = 0;
+                        std::int64_t end_ns, bool steal) noexcept = 0;
+  virtual void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns,
+                       bool steal) noexcept = 0;
   // to_rank: where the message went first (this rank when delivered here, or held here).
   virtual void sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept = 0;
 };
@@ -117,6 +120,35 @@ class engine {
   sys_vector<std::pair<std::uint64_t, bool>> finished_records() const { return directory_.finished_records(); }
   void restore_finished(thread_id id, bool joined);
 
+  // --- work stealing (stealing.cpp) ---
+  // Protocol: an idle thief sends a request to one victim and sends no other until it is
+  // answered. The victim answers once: with its oldest ready stealable thread
+  // (scheduler::oldest_stealable), migrated to the thief by depart() with tcb::stolen set, so
+  // that the arrival is the answer; or with a "none" reply. Requests and "none" replies travel on
+  // a communicator of their own and are not counted for termination: they carry no thread and
+  // wake none, and the thread a victim gives is counted as any migration is. Off, a rank neither
+  // asks nor gives, and answers requests only while it waits for its own answer and when a run
+  // ends (quiesce_steals).
+  void set_stealing(bool on) noexcept;
+  bool stealing() const noexcept { return stealing_; }
+  // Stealing on, more than one rank, and no request of this rank waiting for its answer.
+  bool can_request_steal() const noexcept { return stealing_ && size_ > 1 && !steal_outstanding_; }
+  // Sends a steal request to rank `victim`. pre: can_request_steal(), victim another rank.
+  void request_steal(int victim) noexcept;
+  struct steal_stats_t {
+    std::uint64_t requests = 0;         // steal requests this rank sent
+    std::uint64_t stolen = 0;           // threads that arrived here as the answer to one
+    std::uint64_t refused = 0;          // "none" answers this rank received
+    std::uint64_t given = 0;            // threads this rank gave to thieves
+    std::int64_t last_request_ns = 0;   // now_ns() when this rank's last request left (benchmarks)
+  };
+  steal_stats_t steal_stats() const noexcept { return steal_stats_; }
+  // Collective, when a run ends (termination or deadlock, decided alike on every rank): answers
+  // "none" to every request until this rank's own has its answer and every rank is there, then
+  // completes the steal sends, so that no steal message outlives the run.
+  void quiesce_steals() noexcept;
+  int ranks() const noexcept { return size_; }
+
   struct stats_t {
     std::uint64_t departures = 0;       // threads shipped from this rank
     std::uint64_t arrivals = 0;         // threads received
@@ -141,6 +173,7 @@ class engine {
                                                       // TCB is not read once shipped, since its
                                                       // runs may come home and be reused meanwhile
     std::int64_t start_ns;              // when it left (tracing)
+    bool steal;                         // a thief took it
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
   };
@@ -158,7 +191,7 @@ class engine {
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
-  void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept;
+  void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
   void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
   void finish_arrival(arrival& a) noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
@@ -187,6 +220,21 @@ class engine {
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
 
+  // Stealing (stealing.cpp), on steal_comm_: a request, and the answer that gives no thread.
+  static constexpr int tag_steal_request = 1;
+  static constexpr int tag_steal_none = 2;
+  struct steal_send {                   // an Isend of the steal protocol (no payload)
+    MPI_Request request[1];
+    int dest;
+  };
+  // Handles what arrived on steal_comm_ and completes steal sends. True if a thread left.
+  bool poll_steals() noexcept;
+  // A request from `thief`: give it a thread, or answer "none".
+  bool answer_steal(int thief) noexcept;
+  void post_steal(int dest, int tag) noexcept;
+  // t arrived (finish_arrival): if it was stolen, this rank's request has its answer.
+  void note_stolen_arrival(tcb* t) noexcept;
+
   static void depart_hook(scheduler& s, tcb* t) noexcept;
   static void finish_hook(scheduler& s, tcb* t) noexcept;
   static void migrate_to_hook(scheduler& s, tcb* self, int dest);
@@ -194,6 +242,7 @@ class engine {
 
   scheduler& sched_;
   private_comm comm_;
+  private_comm steal_comm_;             // steal requests and "none" replies (see request_steal)
   int rank_;
   int size_;
   std::uint64_t layout_;
@@ -208,6 +257,12 @@ class engine {
   std::list<arrival, sys_allocator<arrival>> arrivals_;
 
   sys_unordered_map<std::uint64_t, std::uint64_t> main_next_seq_;  // sends from main, per receiver
+
+  bool stealing_ = false;               // see set_stealing
+  bool steal_outstanding_ = false;      // this rank's request waits for its answer
+  bool quiescing_ = false;              // quiesce_steals runs: every request gets "none"
+  steal_stats_t steal_stats_;
+  std::list<steal_send, sys_allocator<steal_send>> steal_sends_;  // a list: a request never moves
 };
 
 }  // namespace iso::detail

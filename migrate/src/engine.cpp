@@ -22,6 +22,7 @@ constexpr int max_receives_per_poll = 64;
 engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
     : sched_(s),
       comm_(comm),
+      steal_comm_(comm),
       rank_(comm_.rank()),
       size_(comm_.size()),
       layout_(layout),
@@ -92,6 +93,8 @@ bool engine::poll() noexcept {
                  [this](departure& d) { finish_departure(d); }) || did;
   did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },
                  [this](arrival& a) { finish_arrival(a); }) || did;
+  // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
+  if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
   for (int tag : {tag_image, tag_data}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;

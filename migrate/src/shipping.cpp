@@ -21,6 +21,7 @@ void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
 
 void engine::depart(tcb* t) noexcept {
   const int dest = t->pending_dest;
+  const bool steal = t->stolen;  // read now: the TCB is not read once shipped
   t->pending_dest = -1;
   sched_.detach(t);
   ++t->epoch;
@@ -40,7 +41,7 @@ void engine::depart(tcb* t) noexcept {
     stats_.bytes_out += h.data_bytes;
     if (h.inline_data == 1) {
       // Small: the image is copied into the message, so this rank's copy can go at once.
-      released(h, dest, t->epoch, start_ns);
+      released(h, dest, t->epoch, start_ns, steal);
       post_record(dest, record::image, image.data(), image.size());
       return;
     }
@@ -50,6 +51,7 @@ void engine::depart(tcb* t) noexcept {
     d.stack = t->stack;
     d.runs = std::move(runs);
     d.start_ns = start_ns;
+    d.steal = steal;
     d.header = std::move(image);
     d.requests.emplace_back();
     // fatal() names the running thread; the one shipped is named here.
@@ -97,12 +99,14 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
 }
 
 void engine::finish_departure(departure& d) noexcept {
-  released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns);
+  released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
 }
 
-void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns) noexcept {
+void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept {
   const std::int64_t now = now_ns();
-  if (observer_ != nullptr) observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now);
+  if (observer_ != nullptr) {
+    observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now, steal);
+  }
   // The destination has every byte. This rank's copy is kept for a while (ownership.hpp), then
   // given back to the kernel.
   departures::get().sent(h.thread, now);
@@ -166,7 +170,9 @@ void engine::finish_arrival(arrival& a) noexcept {
   }
   const thread_id id = t->id;
   ++stats_.arrivals;
-  if (observer_ != nullptr) observer_->arrived(id, t->epoch, a.source, a.bytes, now_ns());
+  const bool steal = t->stolen;
+  note_stolen_arrival(t);
+  if (observer_ != nullptr) observer_->arrived(id, t->epoch, a.source, a.bytes, now_ns(), steal);
   sched_.attach(t);
   try {
     if (directory_.arrived(id.bits())) send_ctrl(home_of(id), {ctrl_kind::location, rank_, id.bits(), t->epoch});

@@ -13,12 +13,26 @@
 
 namespace iso::detail {
 
-mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns)
+namespace {
+
+// splitmix64: one step of the victim generator.
+std::uint64_t next_random(std::uint64_t& state) noexcept {
+  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
+                           std::uint64_t steal_seed)
     : spin_ns_(spin_ns),
       min_backoff_ns_(min_backoff_ns),
       max_backoff_ns_(max_backoff_ns),
       comm_(comm),
-      backoff_ns_(min_backoff_ns) {}
+      backoff_ns_(min_backoff_ns),
+      victim_rng_(steal_seed ^ (static_cast<std::uint64_t>(comm_.rank()) + 1) * 0xd1b54a32d192ed03ull) {}
 
 // A round still pending at the end is never completed (collectives cannot be cancelled); every
 // rank returns from run() only after a completed round, so none is left by then.
@@ -29,14 +43,35 @@ bool mpi_progress::poll(scheduler&) noexcept {
   if (did) {
     idle_since_ns_ = -1;
     backoff_ns_ = min_backoff_ns_;
+    steal_delay_ns_ = 0;
+    steal_at_ns_ = 0;
   }
   region::get().poll();
   return did;
 }
 
+void mpi_progress::ask_for_work(std::int64_t now) noexcept {
+  if (const std::uint64_t refused = engine_->steal_stats().refused; refused != refused_seen_) {
+    refused_seen_ = refused;
+    steal_delay_ns_ = steal_delay_ns_ == 0 ? min_backoff_ns_ : std::min(steal_delay_ns_ * 2, max_backoff_ns_);
+    steal_at_ns_ = now + steal_delay_ns_;
+  }
+  if (now < steal_at_ns_) return;
+  const int others = engine_->ranks() - 1;
+  const int victim = (comm_.rank() + 1 + static_cast<int>(next_random(victim_rng_) % static_cast<std::uint64_t>(others))) %
+                     engine_->ranks();
+  engine_->request_steal(victim);
+  // Poll for the answer by giving the core away, not sleeping, for at least min_backoff_ns_ (the
+  // rest of the idle spell's first idle_spin if longer: a rank that just ran out asks at once,
+  // and the answer is microseconds away); a sleep costs the timer slack on top.
+  idle_since_ns_ = std::max(idle_since_ns_, now - spin_ns_ + min_backoff_ns_);
+  backoff_ns_ = min_backoff_ns_;
+}
+
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
+  if (engine_ != nullptr && engine_->can_request_steal()) ask_for_work(now);
   if (now - idle_since_ns_ < spin_ns_) {
     sched_yield();
     return;
@@ -96,8 +131,10 @@ bool mpi_progress::finished(scheduler& s) {
       checkpointer_->step();
       return false;
     case round_outcome::finished:
+      if (engine_ != nullptr) engine_->quiesce_steals();
       return true;
     case round_outcome::deadlock:
+      if (engine_ != nullptr) engine_->quiesce_steals();
       raise(errc::deadlock,
             "deadlock: %llu threads on all ranks are blocked (%zu on rank %d; %llu of them in lb::sync, "
             "which waits for every thread), no message or thread is in flight and no thread sleeps",

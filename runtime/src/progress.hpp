@@ -20,6 +20,12 @@ namespace iso::detail {
 // waits in iso::checkpoint()), or report a global deadlock (live threads, none sleeping or in
 // transit). A decision needs a stable round so that all ranks, which see the same sums, decide
 // the same.
+// Work stealing leaves this as it is: a rank joins a round only while nothing is ready on it, and
+// steal requests and "none" answers (not counted) neither carry nor wake a thread, while a thread
+// a victim gives travels as any migration does (counted). So a rank that waits for a steal answer
+// is idle like any other, and a round that finds every thread blocked is a deadlock whatever
+// steals are under way: only ready threads are stolen. At the end of a run (and before a
+// deadlock is raised) every rank takes the answer to its own request (engine::quiesce_steals).
 namespace round {
 enum field : std::size_t { live, sent, received, active, at_sync, at_checkpoint, fields };
 }
@@ -32,7 +38,9 @@ round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, 
 class mpi_progress final : public progress_engine {
  public:
   // Collective (MPI_Comm_dup). The back-off times are runtime_options' (ns): see idle().
-  mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns);
+  // steal_seed: seeds the choice of steal victims (runtime_options::steal_seed), with the rank.
+  mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
+               std::uint64_t steal_seed);
   ~mpi_progress() override;
 
   bool poll(scheduler& s) noexcept override;
@@ -47,6 +55,9 @@ class mpi_progress final : public progress_engine {
 
  private:
   void start_round(scheduler& s) noexcept;
+  // Idle with stealing on: asks a random other rank for a thread, unless a request waits for its
+  // answer or the steal back-off says not yet.
+  void ask_for_work(std::int64_t now) noexcept;
 
   // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
   // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
@@ -69,6 +80,16 @@ class mpi_progress final : public progress_engine {
   bool have_last_ = false;
   std::int64_t idle_since_ns_ = -1;   // when the current idle spell began; -1: not idle
   std::int64_t backoff_ns_;           // the next idle sleep, grows while nothing happens
+
+  // Steal back-off: after each "none", the next request waits steal_delay_ns_, doubling from
+  // min_backoff_ns_ up to max_backoff_ns_ (so idle ranks ask at most once per max_backoff_ns_
+  // once work is scarce); a stolen thread or any other work resets it. After a request, a rank
+  // gives its core away between polls (no sleep) for at least min_backoff_ns_: the answer is
+  // usually microseconds away.
+  std::uint64_t victim_rng_;          // splitmix64 state: victims are uniform over the other ranks
+  std::int64_t steal_delay_ns_ = 0;
+  std::int64_t steal_at_ns_ = 0;      // no request before this time
+  std::uint64_t refused_seen_ = 0;    // engine's steal_stats().refused when last looked at
 };
 
 }  // namespace iso::detail

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <clocale>
 #include <cstdio>
 #include <cstring>
@@ -32,7 +33,7 @@ class runtime_state {
       : rank(rank),
         size(size),
         owns_mpi(owns_mpi),
-        progress(MPI_COMM_WORLD, o.idle_spin.count(), o.min_backoff.count(), o.max_backoff.count()),
+        progress(MPI_COMM_WORLD, o.idle_spin.count(), o.min_backoff.count(), o.max_backoff.count(), o.steal_seed),
         sched(rank, nullptr, &progress),
         migration(MPI_COMM_WORLD, sched, layout),
         balance(MPI_COMM_WORLD, sched, migration, o.strategy, o.verbosity),
@@ -41,6 +42,7 @@ class runtime_state {
     progress.set_engine(&migration);
     progress.set_balancer(&balance);
     progress.set_checkpointer(&checkpoints);
+    migration.set_stealing(o.steal);
   }
   int rank;
   int size;
@@ -124,6 +126,20 @@ runtime_options runtime_options::from_environment() {
   if (const char* v = env_value("ISO_TRACE")) o.trace_path = v;
   if (const char* v = env_value("ISO_RESTART")) o.restart_dir = v;
   if (std::getenv("ISO_NO_REEXEC") != nullptr) o.reexec = false;
+  if (const char* v = env_value("ISO_STEAL")) {
+    if (std::strcmp(v, "0") != 0 && std::strcmp(v, "1") != 0) {
+      detail::raise(errc::invalid_argument, "ISO_STEAL=%s: 0 (no work stealing) or 1 (idle ranks steal threads)", v);
+    }
+    o.steal = v[0] == '1';
+  }
+  if (const char* v = env_value("ISO_STEAL_SEED")) {
+    char* end = nullptr;
+    errno = 0;
+    o.steal_seed = std::strtoull(v, &end, 10);
+    if (errno != 0 || *end != '\0' || *v == '-') {
+      detail::raise(errc::invalid_argument, "ISO_STEAL_SEED=%s: not an unsigned decimal number", v);
+    }
+  }
   if (const char* v = env_value("ISO_VERBOSE")) {
     if (std::strcmp(v, "0") == 0) {
       o.verbosity = verbosity::quiet;

@@ -101,12 +101,13 @@ void tracer::on_run(tcb* t, std::int64_t start_ns, std::int64_t end_ns) noexcept
 }
 
 void tracer::departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
-                      std::int64_t end_ns) noexcept {
-  push({start_ns, end_ns - start_ns, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), to, kind::depart});
+                      std::int64_t end_ns, bool steal) noexcept {
+  push({start_ns, end_ns - start_ns, t.bits(), steal ? 1u : 0u, bytes, static_cast<std::int32_t>(epoch), to, kind::depart});
 }
 
-void tracer::arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept {
-  push({at_ns, 0, t.bits(), 0, bytes, static_cast<std::int32_t>(epoch), from, kind::arrive});
+void tracer::arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns,
+                     bool steal) noexcept {
+  push({at_ns, 0, t.bits(), steal ? 1u : 0u, bytes, static_cast<std::int32_t>(epoch), from, kind::arrive});
 }
 
 void tracer::sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept {
@@ -236,17 +237,20 @@ std::string tracer::to_json() const {
         break;
       }
       case kind::depart:
-        json.add(R"({"ph":"X","cat":"migrate","name":"migrate %s -> %d","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,)"
-                 R"("args":{"thread":"%s","to":%d,"bytes":%)" PRIu64 "}}",
-                 thread.text, e.peer, rank_, us(e.ts_ns), static_cast<double>(e.dur_ns) / 1000.0, thread.text, e.peer, e.b);
+        // A steal is a migration named so, with "steal":true.
+        json.add(R"({"ph":"X","cat":"migrate","name":"%s %s -> %d","pid":%d,"tid":0,"ts":%.3f,"dur":%.3f,)"
+                 R"("args":{"thread":"%s","to":%d,"bytes":%)" PRIu64 "%s}}",
+                 e.a != 0 ? "steal" : "migrate", thread.text, e.peer, rank_, us(e.ts_ns),
+                 static_cast<double>(e.dur_ns) / 1000.0, thread.text, e.peer, e.b, e.a != 0 ? R"(,"steal":true)" : "");
         // The arrow's id: the thread and its epoch, known on both ends.
         json.add(R"({"ph":"s","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})", thread.text,
                  e.c, rank_, us(e.ts_ns));
         break;
       case kind::arrive:
-        json.add(R"({"ph":"i","s":"t","cat":"migrate","name":"arrive %s","pid":%d,"tid":0,"ts":%.3f,)"
-                 R"("args":{"thread":"%s","from":%d,"bytes":%)" PRIu64 "}}",
-                 thread.text, rank_, us(e.ts_ns), thread.text, e.peer, e.b);
+        json.add(R"({"ph":"i","s":"t","cat":"migrate","name":"%s %s","pid":%d,"tid":0,"ts":%.3f,)"
+                 R"("args":{"thread":"%s","from":%d,"bytes":%)" PRIu64 "%s}}",
+                 e.a != 0 ? "stolen" : "arrive", thread.text, rank_, us(e.ts_ns), thread.text, e.peer, e.b,
+                 e.a != 0 ? R"(,"steal":true)" : "");
         json.add(R"({"ph":"f","bp":"e","cat":"migrate","name":"migration","id":"%s/%d","pid":%d,"tid":0,"ts":%.3f})",
                  thread.text, e.c, rank_, us(e.ts_ns));
         break;

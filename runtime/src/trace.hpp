@@ -30,8 +30,9 @@ class tracer final : public engine_observer {
   bool enabled() const noexcept { return !path_.empty(); }
 
   void departed(thread_id t, std::uint32_t epoch, int to, std::uint64_t bytes, std::int64_t start_ns,
-                std::int64_t end_ns) noexcept override;
-  void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns) noexcept override;
+                std::int64_t end_ns, bool steal) noexcept override;
+  void arrived(thread_id t, std::uint32_t epoch, int from, std::uint64_t bytes, std::int64_t at_ns,
+               bool steal) noexcept override;
   void sent(thread_id from, thread_id to, int to_rank, std::uint64_t bytes, int tag, std::int64_t at_ns) noexcept override;
   // A balancing step, on every rank; rank 0 also gives the per-rank loads before and after.
   void balanced(const lb::step_report& r, std::int64_t start_ns, std::int64_t end_ns,
@@ -43,8 +44,8 @@ class tracer final : public engine_observer {
 
  private:
   enum class kind : std::uint8_t { run, depart, arrive, send, lb };
-  // One event: 56 bytes. By kind: depart (peer = to, b = bytes, c = epoch), arrive (peer =
-  // from, b = bytes, c = epoch), send (a = to thread, peer = to rank, b = bytes, c = tag),
+  // One event: 56 bytes. By kind: depart (peer = to, b = bytes, c = epoch, a = 1 for a steal),
+  // arrive (peer = from, b = bytes, c = epoch, a = 1 for a steal), send (a = to thread, peer = to rank, b = bytes, c = tag),
   // lb (a = index into steps_).
   struct event {
     std::int64_t ts_ns;

@@ -39,6 +39,18 @@ class sched_policy {
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
+  // What a thief takes (work stealing), among the ready threads for which fits(t, context) holds
+  // (the policy may look at only some, those ready longest): the one spawned first (tcb::born_ns)
+  // of those that have not started, else the one ready longest; left in the ready set; or null,
+  // also when it is the only ready thread (a victim keeps work for itself). In fork-join the oldest unstarted thread is nearest the root and holds the biggest share of
+  // the work, while a started one is most often a parent woken to finish (its children done). A
+  // policy that cannot tell gives none away.
+  using ready_filter = bool (*)(const tcb* t, const void* context) noexcept;
+  virtual tcb* oldest_ready(ready_filter fits, const void* context) const noexcept {
+    (void)fits;
+    (void)context;
+    return nullptr;
+  }
 };
 
 // FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
@@ -49,6 +61,22 @@ class fifo_policy final : public sched_policy {
   tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
   void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
+  // The queue is in the order threads became ready, not spawned: the first steal_scan threads
+  // from the head are searched (a fork-join queue can hold 10^5 threads, each TCB in its own
+  // pages, a cache miss apiece: a victim answers a request in a bounded time).
+  static constexpr int steal_scan = 32;
+  tcb* oldest_ready(ready_filter fits, const void* context) const noexcept override {
+    if (ready_.head == ready_.tail) return nullptr;  // none, or one: it stays
+    tcb* fresh = nullptr;     // the oldest unstarted one
+    tcb* waiting = nullptr;   // the first started one
+    int seen = 0;
+    for (tcb* t = ready_.head; t != nullptr && seen < steal_scan; t = t->next, ++seen) {
+      if (t->started ? waiting == nullptr : fresh == nullptr || t->born_ns < fresh->born_ns) {
+        if (fits(t, context)) (t->started ? waiting : fresh) = t;
+      }
+    }
+    return fresh != nullptr ? fresh : waiting;
+  }
 
  private:
   wait_queue ready_;
@@ -96,6 +124,11 @@ class scheduler {
 
   // Runs threads until progress().finished() says so. Not from a migratable thread.
   void run();
+  // Besides every switches_per_poll switches, poll progress when a thread returns to the
+  // scheduler at least ns after the last poll (0, the default: only by switches). Work stealing
+  // sets it: threads that run for tens of microseconds would otherwise leave steal requests
+  // unanswered for a millisecond. Costs a clock read per return to the scheduler while set.
+  void set_poll_interval_ns(std::int64_t ns) noexcept { poll_interval_ns_ = ns; }
 
   // --- creating threads (spawn) ---
   // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
@@ -178,6 +211,12 @@ class scheduler {
   void detach(tcb* t) noexcept;
   // A thread that arrived: into the table, then ready queue / timer list / left blocked.
   void attach(tcb* t) noexcept;
+  // Work stealing: the thread to give a thief, or null: the oldest ready thread (policy's
+  // oldest_ready) that is stealable, movable and has no migration pending, provided another ready
+  // thread stays (a rank never goes idle to feed a thief: the two would trade its last thread back
+  // and forth). It stays ready here; setting pending_dest and departing it (detach) takes it
+  // out. At most fifo_policy::steal_scan threads looked at.
+  tcb* oldest_stealable() const noexcept;
 
   // Called with a suspended thread whose pending_dest is set once it is movable (migration);
   // null: no migration support.
@@ -237,6 +276,8 @@ class scheduler {
   boost::context::fiber sched_ctx_;   // see sched_ctx()
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
+  std::int64_t poll_interval_ns_ = 0;  // see set_poll_interval_ns
+  std::int64_t last_poll_ns_ = 0;      // now_ns() at the last poll, while poll_interval_ns_ > 0
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;

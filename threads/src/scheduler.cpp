@@ -213,6 +213,8 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   t->suspended_heap = h;
   t->stack = stack;
   std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
+  t->stealable = opts.stealable;
+  t->born_ns = now_ns();
   return t;
 }
 
@@ -314,6 +316,11 @@ bool scheduler::movable(const tcb* t) noexcept {
   return false;
 }
 
+tcb* scheduler::oldest_stealable() const noexcept {
+  return policy_->oldest_ready(
+      [](const tcb* c, const void*) noexcept { return c->stealable && c->pending_dest < 0 && movable(c); }, nullptr);
+}
+
 void scheduler::detach(tcb* t) noexcept {
   ISO_ASSERT_INTERNAL(movable(t));
   if (t->state == thread_state::ready) {
@@ -398,8 +405,10 @@ void scheduler::run() {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
-      if (++since_poll_ >= switches_per_poll) {
+      const std::int64_t now = poll_interval_ns_ > 0 ? now_ns() : 0;
+      if (++since_poll_ >= switches_per_poll || (poll_interval_ns_ > 0 && now - last_poll_ns_ >= poll_interval_ns_)) {
         since_poll_ = 0;
+        last_poll_ns_ = now;
         progress_->poll(*this);
       }
       continue;
@@ -443,6 +452,7 @@ void scheduler::block_running(wait_reason why) noexcept {
 }
 
 boost::context::fiber thread_main(tcb* t) noexcept {
+  t->started = true;
   try {
     t->body->run();
   } catch (const std::exception& e) {

@@ -73,8 +73,10 @@ class future;
 // Spawns body (a callable R()) as a migratable thread on this rank (as iso::spawn, with opts) and
 // returns the future of its value. Take the value with get(), or destroy the future, while run()
 // runs: the thread waits for one or the other before it ends. Errors: those of iso::spawn.
+// Without options the thread is stealable (iso::stealing); with options, as opts.stealable says
+// (say `.stealable = true` to keep it so).
 template <class F>
-auto async(F&& body, const spawn_options& opts = {});
+auto async(F&& body, const spawn_options& opts = spawn_options{.stealable = true});
 
 // The value of an iso::async thread, to be taken once with get(). Move-only; a default-constructed
 // or moved-from future, or one whose get() was called, is not valid().

@@ -11,6 +11,7 @@
 #include "isothreads/messaging.hpp"
 #include "isothreads/runtime.hpp"
 #include "isothreads/runtime_options.hpp"
+#include "isothreads/stealing.hpp"
 #include "isothreads/sync.hpp"
 #include "isothreads/thread.hpp"
 #include "isothreads/thread_id.hpp"

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace iso {
@@ -40,6 +41,13 @@ struct runtime_options {
   std::chrono::nanoseconds idle_spin{200'000};
   std::chrono::nanoseconds min_backoff{20'000};
   std::chrono::nanoseconds max_backoff{1'000'000};
+  // Work stealing (iso::stealing) at start-up: an idle rank asks random others for ready
+  // stealable threads; after each request answered "none" it waits as the back-off above says,
+  // doubling from min_backoff up to max_backoff.  [ISO_STEAL: 0 or 1]
+  bool steal = false;
+  // Seeds the choice of steal victims (with the rank), so that a schedule can be replayed as far
+  // as timing allows.  [ISO_STEAL_SEED: an unsigned decimal number]
+  std::uint64_t steal_seed = 0;
 
   // The defaults, with the environment variables above applied. Throws iso::error(invalid_argument)
   // naming the variable whose value is malformed.

@@ -32,6 +32,10 @@ struct spawn_options {
   std::size_t stack_bytes = default_stack_bytes;
   // Shown in errors, diagnostics and traces; the first 31 bytes are kept.
   std::string name;
+  // With iso::stealing on, an idle rank may take this thread while it is ready here (it migrates
+  // there, as iso::migrate would move it). Off by default: a thread stays where it is spawned
+  // unless the program or the load balancer moves it. iso::async sets it when given no options.
+  bool stealable = false;
 };
 
 namespace detail {

@@ -1,0 +1,145 @@
+// Work stealing: steal requests, "none" answers, and handing a thread to a thief (protocol in
+// engine.hpp, "work stealing"). When and whom to ask is the progress engine's (runtime/src/
+// progress.cpp): this file only moves the messages and the threads. Part of the engine.
+#include <time.h>
+
+#include "diag.hpp"
+#include "engine.hpp"
+#include "interpose.hpp"
+#include "isothreads/stealing.hpp"
+
+namespace iso::detail {
+namespace {
+
+// Steal messages carry no payload: the tag says what it is, the source who sent it.
+const unsigned char g_no_payload = 0;
+
+// With stealing on, the scheduler polls at least this often while threads return to it (ns): a
+// request waits for the victim's next poll. A poll costs about a microsecond.
+constexpr std::int64_t steal_poll_interval_ns = 50'000;
+
+}  // namespace
+
+void engine::post_steal(int dest, int tag) noexcept {
+  heap_scope system(nullptr);
+  try {
+    steal_send& s = steal_sends_.emplace_back();
+    s.dest = dest;
+    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
+                       return MPI_Isend(&g_no_payload, 0, MPI_BYTE, dest, tag, steal_comm_, &s.request[0]);
+                     }),
+                     tag == tag_steal_request ? "MPI_Isend (steal request)" : "MPI_Isend (steal answer)", dest);
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory for a steal message to rank %d", dest);
+  }
+}
+
+void engine::set_stealing(bool on) noexcept {
+  stealing_ = on;
+  sched_.set_poll_interval_ns(on && size_ > 1 ? steal_poll_interval_ns : 0);
+}
+
+void engine::request_steal(int victim) noexcept {
+  ISO_ASSERT_INTERNAL(can_request_steal() && victim != rank_ && victim >= 0 && victim < size_);
+  steal_outstanding_ = true;
+  ++steal_stats_.requests;
+  steal_stats_.last_request_ns = now_ns();
+  post_steal(victim, tag_steal_request);
+}
+
+bool engine::answer_steal(int thief) noexcept {
+  tcb* t = stealing_ && !quiescing_ ? sched_.oldest_stealable() : nullptr;
+  if (t == nullptr) {
+    post_steal(thief, tag_steal_none);
+    return false;
+  }
+  ++steal_stats_.given;
+  t->stolen = true;
+  t->pending_dest = thief;
+  depart(t);
+  return true;
+}
+
+bool engine::poll_steals() noexcept {
+  heap_scope system(nullptr);
+  bool gave = false;
+  complete(steal_sends_, [](steal_send& s) -> auto& { return s.request; }, [](steal_send& s) { return s.dest; },
+           [](steal_send&) {});
+  // At most one request from each other rank can be waiting (a thief asks one victim at a time),
+  // and one answer to this rank's request: the loop ends.
+  for (;;) {
+    int flag = 0;
+    MPI_Status st;
+    check_mpi_or_die(mpi_call("MPI_Iprobe", [&] { return MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, steal_comm_, &flag, &st); }),
+                     "MPI_Iprobe (steal)", -1);
+    if (!flag) break;
+    unsigned char none = 0;
+    check_mpi_or_die(mpi_call("MPI_Recv", [&] {
+                       return MPI_Recv(&none, 0, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, steal_comm_, MPI_STATUS_IGNORE);
+                     }),
+                     "MPI_Recv (steal)", st.MPI_SOURCE);
+    if (st.MPI_TAG == tag_steal_request) {
+      gave = answer_steal(st.MPI_SOURCE) || gave;
+    } else {
+      ISO_ASSERT(st.MPI_TAG == tag_steal_none && steal_outstanding_);
+      steal_outstanding_ = false;
+      ++steal_stats_.refused;
+    }
+  }
+  return gave;
+}
+
+void engine::note_stolen_arrival(tcb* t) noexcept {
+  if (!t->stolen) return;
+  // Only an answer to this rank's request carries the flag: a victim sets it for the thief only.
+  ISO_ASSERT_INTERNAL(steal_outstanding_);
+  t->stolen = false;
+  steal_outstanding_ = false;
+  ++steal_stats_.stolen;
+}
+
+void engine::quiesce_steals() noexcept {
+  heap_scope system(nullptr);
+  quiescing_ = true;
+  const timespec pause{0, 20'000};  // between polls: ranks may share cores
+  while (steal_outstanding_) {
+    // The run ended with no thread ready and none in flight anywhere: the answer is "none".
+    if (!poll()) nanosleep(&pause, nullptr);
+  }
+  // Every rank here has its answer, so every request was received; answers still go out to
+  // ranks that have not arrived yet.
+  MPI_Request barrier = MPI_REQUEST_NULL;
+  check_mpi_or_die(MPI_Ibarrier(steal_comm_, &barrier), "MPI_Ibarrier (steal)", -1);
+  for (;;) {
+    int done = 0;
+    check_mpi_or_die(MPI_Test(&barrier, &done, MPI_STATUS_IGNORE), "MPI_Test (steal barrier)", -1);
+    if (done) break;
+    if (!poll_steals()) nanosleep(&pause, nullptr);
+  }
+  // Each answer this rank sent was taken by its thief before the barrier, each request by its
+  // victim: these sends complete.
+  for (steal_send& s : steal_sends_) {
+    check_mpi_or_die(MPI_Wait(&s.request[0], MPI_STATUS_IGNORE), "MPI_Wait (steal)", s.dest);
+  }
+  steal_sends_.clear();
+  quiescing_ = false;
+}
+
+}  // namespace iso::detail
+
+namespace iso {
+
+void stealing(bool on) { detail::runtime_part_or_throw(detail::engine::current(), "iso::stealing").set_stealing(on); }
+
+bool stealing() noexcept {
+  const detail::engine* e = detail::engine::current();
+  return e != nullptr && e->stealing();
+}
+
+steal_stats stealing_stats() {
+  const detail::engine::steal_stats_t s =
+      detail::runtime_part_or_throw(detail::engine::current(), "iso::stealing_stats").steal_stats();
+  return {s.requests, s.stolen, s.refused, s.given};
+}
+
+}  // namespace iso
