@@ -118,14 +118,14 @@ heap::heap() noexcept
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
-heap* heap::create() {
+heap* heap::create(void* warm) {
   static_assert(std::size(class_bytes) == small_classes && class_bytes[small_classes - 1] == small_max);
   static_assert(page0_start(first_header_bytes(), 1024) + 1024 <= page_bytes &&
                 page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
   ISO_ASSERT(prim::page_size() == page_bytes);
   claim_heap_thread();
-  void* mem = region::get().alloc_chunks(1);
+  void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
   h->setup_segment(mem, first_header_bytes());
   return h;
@@ -154,7 +154,9 @@ heap::segment* heap::new_segment() noexcept {
   return setup_segment(mem, sizeof(segment));
 }
 
-void heap::destroy() noexcept {
+void heap::destroy() noexcept { region::get().free_chunks(retire(), 1); }
+
+void* heap::retire() noexcept {
   close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
   region& r = region::get();
@@ -175,7 +177,7 @@ void heap::destroy() noexcept {
   magic_ = 0;
   id_ = 0;
   first->magic = 0;
-  r.free_chunks(first, 1);
+  return first;
 }
 
 heap::segment* heap::first_segment() const noexcept {

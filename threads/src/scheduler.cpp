@@ -197,14 +197,26 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   }
   heap_scope system(nullptr);
   const std::size_t stack_bytes = (opts.stack_bytes + chunk_bytes - 1) / chunk_bytes * chunk_bytes;
-  heap* h = heap::create();
+  stack_pool& pool = stack_pool::get();
+  heap* h;
+  if (void* warm = pool.acquire_heap_chunk()) {
+    h = heap::create(warm);
+  } else {
+    try {
+      h = heap::create();
+    } catch (const iso::error& e) {
+      if (e.code() != errc::region_exhausted || pool.pooled_bytes() == 0) throw;
+      pool.flush();  // what the pool holds may be what the share lacks
+      h = heap::create();
+    }
+  }
   void* mem = h->alloc(sizeof(tcb));
   stack_run stack;
   try {
     if (mem == nullptr) raise(errc::region_exhausted, "iso::spawn: no room for a thread control block on rank %d", rank_);
-    stack = stack_pool::get().acquire(stack_bytes);
+    stack = pool.acquire(stack_bytes);
   } catch (...) {
-    h->destroy();
+    release_heap(h);
     throw;
   }
   tcb* t = new (mem) tcb();
@@ -229,8 +241,10 @@ void scheduler::start_thread(tcb* t) noexcept {
 
 void scheduler::discard_thread(tcb* t) noexcept {
   stack_pool::get().release(t->stack);
-  t->home_heap->destroy();
+  release_heap(t->home_heap);
 }
+
+void scheduler::release_heap(heap* h) noexcept { stack_pool::get().release_heap_chunk(h->retire()); }
 
 tcb* scheduler::find(thread_id id) const noexcept {
   auto it = table_.find(id.bits());
@@ -298,7 +312,7 @@ void scheduler::teardown(tcb* t) noexcept {
   // The stack went back to the pool when its fiber record was destroyed; the TCB lives in the
   // heap, so the heap goes last.
   t->magic = 0;
-  t->home_heap->destroy();
+  release_heap(t->home_heap);
 }
 
 bool scheduler::movable(const tcb* t) noexcept {
@@ -415,6 +429,7 @@ void scheduler::run() {
     if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
+    stack_pool::get().trim();  // off the hot path: nothing is ready, the rank is about to wait
     const std::int64_t deadline = next_deadline();
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
     if (measure_) {

@@ -218,6 +218,9 @@ class scheduler {
     context_switch(sched_ctx_, &self->self_ctx());
   }
   void teardown(tcb* t) noexcept;
+  // Ends the heap of a thread that is gone, keeping its first chunk warm for the next spawn
+  // (stack_pool) when the pool takes it.
+  static void release_heap(heap* h) noexcept;
   void wake_expired(std::int64_t now) noexcept;
   void insert_timer(tcb* t) noexcept;
   void remove_timer(tcb* t) noexcept;
