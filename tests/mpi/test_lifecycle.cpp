@@ -1,17 +1,20 @@
 // A thread's life under iso::runtime once the rank is warm: spawn, first run, finish and join
 // reuse a recently freed thread's memory (stack with its guard, heap header chunk) and touch no
-// new page, one at a time and in batches; and a recycled heap is a new heap, never taken for the
-// one that lived in its chunk before. (bench/spawn_syscalls.sh shows the same loop makes no
-// system call.)
+// new page, one at a time and in batches; a recycled heap is a new heap, never taken for the one
+// that lived in its chunk before (bench/spawn_syscalls.sh shows the same loop makes no system
+// call). Fork-join work runs depth-first: the live threads stay within the bound the user guide
+// states.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "heap.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "scheduler.hpp"
 
 namespace {
 
@@ -88,6 +91,53 @@ TEST(Lifecycle, RecycledHeapIsANewHeap) {
   EXPECT_NE(second_id, 0u);
   EXPECT_FALSE(stale_owner_found) << "a pointer recorded with the old heap's identity must not find the new heap";
   EXPECT_NE(second_thread, first_thread);
+}
+
+// fib(n) with a thread per call (spawn fib(n-1), compute fib(n-2) here, join, or the same with
+// iso::async / get), noting the most threads alive on this rank at any leaf.
+std::size_t g_peak_live = 0;
+
+void note_live() {
+  g_peak_live = std::max(g_peak_live, iso::detail::scheduler::current()->live_threads());
+}
+
+long fib_join(int n) {
+  if (n < 2) {
+    note_live();
+    return n;
+  }
+  long a = 0;
+  const iso::thread_id t = iso::spawn([&a, n] { a = fib_join(n - 1); }, {.stack_bytes = iso::min_stack_bytes});
+  const long b = fib_join(n - 2);
+  iso::join(t);
+  return a + b;
+}
+
+long fib_future(int n) {
+  if (n < 2) {
+    note_live();
+    return n;
+  }
+  iso::future<long> a = iso::async([n] { return fib_future(n - 1); }, {.stack_bytes = iso::min_stack_bytes});
+  const long b = fib_future(n - 2);
+  return a.get() + b;
+}
+
+TEST(Lifecycle, ForkJoinRunsDepthFirst) {
+  // fib(20) spawns 10,945 threads. Breadth-first (FIFO) about 6,700 of them are alive at once; the
+  // user guide's bound for depth D = 20 with at most S = 10 children pending per thread (the
+  // fib(n-2) chain a thread computes itself) is D * (S + 1) = 220, and the root's thread.
+  constexpr int n = 20;
+  constexpr std::size_t bound = 20 * (10 + 1) + 1;
+  for (const bool futures : {false, true}) {
+    g_peak_live = 0;
+    long value = 0;
+    iso::spawn([&] { value = futures ? fib_future(n) : fib_join(n); });
+    rt->run();
+    EXPECT_EQ(value, 6765);
+    EXPECT_LE(g_peak_live, bound) << (futures ? "async/get" : "spawn/join") << " on rank " << rt->rank();
+    EXPECT_GT(g_peak_live, static_cast<std::size_t>(n / 2)) << "the leaves saw too few threads to check anything";
+  }
 }
 
 }  // namespace

@@ -236,7 +236,7 @@ void scheduler::start_thread(tcb* t) noexcept {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
   t->state = thread_state::ready;
-  policy_->awakened(t);
+  if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
 }
 
 void scheduler::discard_thread(tcb* t) noexcept {
@@ -301,7 +301,7 @@ void scheduler::teardown(tcb* t) noexcept {
     ISO_ASSERT_INTERNAL(j != nullptr && j->wait == wait_reason::join && j->waiting_for == t->id);
     j->join_status = errc::ok;
     j->waiting_for = thread_id{};
-    wake(j);
+    wake(j, true);
   } else {
     try {
       finished_.emplace(t->id.bits(), true);
@@ -375,11 +375,11 @@ void scheduler::remove_timer(tcb* t) noexcept {
   --sleepers_;
 }
 
-void scheduler::wake(tcb* t) noexcept {
+void scheduler::wake(tcb* t, bool fork_join) noexcept {
   ISO_ASSERT_INTERNAL(t->state == thread_state::blocked);
   --blocked_[static_cast<std::size_t>(t->wait)];
   t->state = thread_state::ready;
-  policy_->awakened(t);
+  if (fork_join) policy_->forked(t); else policy_->awakened(t);
 }
 
 void scheduler::wake_sleeper(tcb* t) noexcept {
@@ -453,7 +453,10 @@ void scheduler::block_running(wait_reason why) noexcept {
   self->state = thread_state::blocked;
   self->wait = why;
   ++blocked_[static_cast<std::size_t>(why)];
-  switch_out(self);
+  // Straight to the next ready thread when it can run without the scheduler (a join of a thread
+  // just spawned: to that thread).
+  self->suspended_heap = current_heap;
+  context_switch(next_context(self, false), &self->self_ctx());
   self->wait = wait_reason::none;
 }
 

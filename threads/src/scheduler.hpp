@@ -1,7 +1,8 @@
 // The per-rank scheduler: runs every migratable thread of this rank on one OS thread.
 //
 // Parts (Boost.Fiber / folly::fibers style):
-//   sched_policy     which ready thread runs next (FIFO by default); intrusive, never allocates.
+//   sched_policy     which ready thread runs next (ready_deque by default); intrusive, never
+//                    allocates.
 //   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
@@ -36,22 +37,62 @@ class sched_policy {
  public:
   virtual ~sched_policy() = default;
   virtual void awakened(tcb* t) noexcept = 0;       // t became ready; pre: t in no queue
+  // t became ready as fork-join work: spawned by a running thread, or a joiner whose child just
+  // ended (its continuation). pre: t in no queue. A policy without the distinction: awakened().
+  virtual void forked(tcb* t) noexcept { awakened(t); }
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
 };
 
-// FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
-// when it is the policy in use, on every switch.
-class fifo_policy final : public sched_policy {
+// The default ready set: ONE list through tcb::next/prev, in two parts,
+//   head -> [fork-join part: newest ... oldest] [FIFO part: oldest ... newest] <- tail
+// with fifo_ pointing at the FIFO part's first thread (null when that part is empty).
+//   forked(t)    a thread spawned by a running thread, or a joiner whose child just ended, goes to
+//                the head: this rank works the fork-join part LIFO, as a Cilk worker works its
+//                own deque (the spawner itself runs on until it suspends: help-first, no switch
+//                at a spawn), so a fork-join program runs depth-first and keeps about
+//                depth x pending-children threads alive (docs/user-guide.md) instead of spreading
+//                breadth-first.
+//   awakened(t)  everything else (a yield, a wake by a message, a lock or a timer, an arrival, a
+//                spawn from main) goes to the tail: FIFO, fair among them.
+//   pick_next()  takes the head, except that every fifo_turn-th pick while the FIFO part is not
+//                empty takes its first thread: fork-join work cannot starve the FIFO part.
+// For work stealing (thieves take the OLDEST ready thread that satisfies a predicate, Cilk's
+// thieves the oldest continuation): both parts' oldest ends are O(1), the fork-join part's at
+// fifo_->prev (tail when the FIFO part is empty), scanned toward the head, and the FIFO part's at
+// fifo_, scanned toward the tail; remove(t) keeps fifo_ right from anywhere, so a thief only
+// has to call remove() on what it takes. Final and inline: the scheduler calls it directly when
+// it is the policy in use, on every switch.
+class ready_deque final : public sched_policy {
  public:
-  void awakened(tcb* t) noexcept override { wait_push(ready_, t); }
-  tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
+  void awakened(tcb* t) noexcept override {
+    wait_push(ready_, t);
+    if (fifo_ == nullptr) fifo_ = t;
+  }
+  void forked(tcb* t) noexcept override {
+    t->prev = nullptr;
+    t->next = ready_.head;
+    if (ready_.head != nullptr) ready_.head->prev = t; else ready_.tail = t;
+    ready_.head = t;
+  }
+  tcb* pick_next() noexcept override {
+    if (ready_.empty()) return nullptr;
+    tcb* t = fifo_ != nullptr && ++picks_ % fifo_turn == 0 ? fifo_ : ready_.head;
+    remove(t);
+    return t;
+  }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
-  void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
+  void remove(tcb* t) noexcept override {
+    if (t == fifo_) fifo_ = t->next;
+    wait_remove(ready_, t);
+  }
 
  private:
+  static constexpr std::uint32_t fifo_turn = 32;
   wait_queue ready_;
+  tcb* fifo_ = nullptr;      // first thread of the FIFO part, or null
+  std::uint32_t picks_ = 0;  // picks made while the FIFO part was not empty
 };
 
 class progress_engine {
@@ -79,7 +120,7 @@ class local_progress final : public progress_engine {
 class scheduler {
  public:
   // rank: the rank whose threads this scheduler runs (0 without MPI). policy/progress: owned by
-  // the caller, must outlive the scheduler; null selects fifo_policy / local_progress.
+  // the caller, must outlive the scheduler; null selects ready_deque / local_progress.
   explicit scheduler(int rank, sched_policy* policy = nullptr, progress_engine* progress = nullptr);
   ~scheduler();
   scheduler(const scheduler&) = delete;
@@ -100,31 +141,22 @@ class scheduler {
   // --- creating threads (spawn) ---
   // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
   tcb* create_thread(const spawn_options& opts);
-  // Creates the fiber and makes t ready. pre: t->body set.
+  // Creates the fiber and makes t ready: fork-join work (sched_policy::forked) when a thread
+  // spawned it. pre: t->body set.
   void start_thread(tcb* t) noexcept;
   // Frees a thread that create_thread made but start_thread never saw.
   void discard_thread(tcb* t) noexcept;
 
   // --- from the running thread ---
   // running -> ready, without the switch: names the running thread's slot in switch_landing and
-  // returns the context to resume (for context_resume_named). pre: a thread is running. When the next ready
-  // thread can run without the scheduler's bookkeeping (FIFO policy, no migration pending, not
-  // time to poll), that is the next thread's context, and the accounting (load, trace) is done
-  // here; otherwise it is the scheduler's.
+  // returns the context to resume (for context_resume_named). pre: a thread is running. See
+  // next_context() for which.
   boost::context::fiber& prepare_yield() noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
     self->suspended_heap = current_heap;
     switch_landing = &self->self_ctx();
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
-      if (tcb* next = default_policy_.pick_next()) {
-        default_policy_.awakened(self);
-        if (measure_ || run_hook_ != nullptr) account_switch(self);
-        start_running(next);
-        return next->self_ctx();
-      }
-    }
-    return sched_ctx_;
+    return next_context(self, true);
   }
   // prepare_yield and the switch, for the runtime's own yields.
   void yield_running() noexcept { context_resume_named(prepare_yield()); }
@@ -132,7 +164,9 @@ class scheduler {
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
-  void wake(tcb* t) noexcept;
+  // fork_join: t's continuation is fork-join work (sched_policy::forked): t joined a thread that
+  // just ended, or waits for the value of a future.
+  void wake(tcb* t, bool fork_join = false) noexcept;
   // sleeping -> ready before its deadline (a sleep that waits for something else too, as
   // recv_for does). pre: t sleeps on this rank.
   void wake_sleeper(tcb* t) noexcept;
@@ -201,6 +235,22 @@ class scheduler {
 
  private:
   void resume(tcb* t) noexcept;
+  // Where the running thread `self`, which suspends now (ready, or blocked), switches to. When the
+  // next ready thread can run without the scheduler's bookkeeping (default policy, no migration
+  // pending for self, not time to poll), that thread's context: it is taken from the ready set and
+  // made running, self put back in the ready set first if `requeue`, and the accounting (load,
+  // trace) done here. Otherwise the scheduler's.
+  boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
+    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
+      if (tcb* next = default_policy_.pick_next()) {
+        if (requeue) default_policy_.awakened(self);
+        if (measure_ || run_hook_ != nullptr) account_switch(self);
+        start_running(next);
+        return next->self_ctx();
+      }
+    }
+    return sched_ctx_;
+  }
   // t (ready, dequeued) becomes the running thread, with the heap that was current when it
   // suspended (its own, or the system heap inside a heap scope: a scope outlives suspensions).
   void start_running(tcb* t) noexcept {
@@ -232,7 +282,7 @@ class scheduler {
 
   static inline scheduler* current_ = nullptr;
   int rank_;
-  fifo_policy default_policy_;
+  ready_deque default_policy_;
   local_progress default_progress_;
   sched_policy* policy_;
   progress_engine* progress_;
