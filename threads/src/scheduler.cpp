@@ -224,7 +224,7 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   t->home_heap = h;
   t->suspended_heap = h;
   t->stack = stack;
-  std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
+  opts.name.copy(t->name, sizeof t->name - 1);  // the rest of name is zero already (no padding to write)
   return t;
 }
 
