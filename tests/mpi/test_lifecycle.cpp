@@ -14,6 +14,7 @@
 #include "heap.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
+#include "prim.hpp"
 #include "scheduler.hpp"
 
 namespace {
@@ -57,6 +58,32 @@ TEST(Lifecycle, WarmSpawnAndJoinTouchNoNewPage) {
   // now and then; the threads' own memory never does (before: 2.5 faults a thread).
   EXPECT_LE(batched, static_cast<long>(batch / 100))
       << "page faults over 5 rounds of " << batch << " spawns then joins on rank " << rt->rank();
+}
+
+TEST(Lifecycle, PooledStacksBeyondTheHotOnesGiveTheirPagesBackWhenIdle) {
+  // 4096 threads at once, each touching 64 KiB of its stack: 256 MiB resident while they live.
+  // Their stacks stay pooled, but once the rank idles (run()'s termination rounds) all but the
+  // 1024 most recent keep only their top 16 KiB: about 64 + 48 MiB, instead of 256.
+  constexpr std::size_t threads = 4096, touched = std::size_t{64} << 10;
+  const std::size_t before = iso::detail::prim::resident_bytes();
+  iso::spawn([] {
+    std::vector<iso::thread_id> ids(threads);
+    for (iso::thread_id& t : ids) {
+      t = iso::spawn(
+          [] {
+            volatile char frame[touched];
+            for (std::size_t i = 0; i < touched; i += 4096) frame[i] = 1;
+            iso::this_thread::yield();  // all alive at once
+            EXPECT_EQ(frame[0], 1);
+          },
+          {.stack_bytes = 128 << 10});
+    }
+    for (iso::thread_id t : ids) iso::join(t);
+  });
+  rt->run();
+  const std::size_t after = iso::detail::prim::resident_bytes();
+  EXPECT_LT(after, before + (std::size_t{160} << 20))
+      << "resident grew by " << ((after - before) >> 20) << " MiB on rank " << rt->rank();
 }
 
 TEST(Lifecycle, RecycledHeapIsANewHeap) {

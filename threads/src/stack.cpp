@@ -96,12 +96,14 @@ void stack_pool::flush() noexcept {
 }
 
 void stack_pool::trim() noexcept {
-  // Releases [run + from, run + to) of each run beyond the hot ones. Failures are ignored: the
-  // pages then stay resident, which costs memory, not correctness.
+  // Releases [run + from, run + to) of each run beyond the hot ones. A failure stops the shelf's
+  // trim there (the pages stay resident, which costs memory, not correctness; the next trim
+  // tries again).
   const auto trim_shelf = [](shelf& s, std::size_t from, std::size_t to) {
     while (s.runs.size() > hot_runs + s.trimmed) {
-      char* run = static_cast<char*>(s.runs[s.trimmed++]);
-      (void)prim::decommit(run + from, to - from);
+      char* run = static_cast<char*>(s.runs[s.trimmed]);
+      if (prim::decommit(run + from, to - from) != 0) return;
+      ++s.trimmed;
     }
   };
   // A stack keeps its guard (the range starts above it) and its warm top.
