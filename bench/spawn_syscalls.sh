@@ -5,7 +5,9 @@
 # markers of bench/spawn_syscalls.cpp is counted, by name. Prints
 #   spawn_syscalls  <PAIRS> pairs  <n> system calls (<n/PAIRS> per pair)  <f> page faults
 # then one line per system call name, and the calls of rank 0's other OS threads (MPI's) over
-# the same window, for information. Exits 1 if the scheduler's thread made any call in the window.
+# the same window, for information. What the scheduler's thread still makes is Open MPI's: every
+# 32nd switch polls MPI (MPI_Iprobe), and opal_progress runs its libevent loop, a poll(), every few
+# thousand of those (about 5-15 per 100k pairs). Exits 1 from one call per 1000 pairs.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/../scripts source=../scripts/mpirun.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/mpirun.sh"  # MPIRUN; as root, Open MPI's consent
@@ -37,5 +39,5 @@ awk -v pairs="$pairs" -v faults="$faults" '
     printf "spawn_syscalls  %d pairs  %d system calls (%.3f per pair)  %d page faults\n", pairs, n, n / pairs, faults
     for (k in mine) printf "  scheduler thread  %-20s %8d  (%.3f per pair)\n", k, mine[k], mine[k] / pairs
     for (k in other) printf "  other threads     %-20s %8d\n", k, other[k]
-    exit n == 0 ? 0 : 1
+    exit n * 1000 < pairs ? 0 : 1
   }' "$dir/trace"
