@@ -4,8 +4,9 @@
 //
 //   yield_round_trip       thread A yields, thread B runs and yields, A runs again: one round trip
 //                          = A->B->A, 2 direct context switches plus the scheduler's bookkeeping
-//                          (ready queue, heap switch, load/trace/poll checks); every 32nd yield
-//                          goes through the scheduler instead (2 switches and a progress poll).
+//                          (ready queue, heap switch, load/trace/poll checks); every 32nd to
+//                          256th yield (polls that find nothing space them out) goes through the
+//                          scheduler instead (2 switches and a progress poll).
 //     raw:                 the baseline, "two bare boost::context::fiber resumes": two
 //                          fiber::resume() calls from main, each into a fiber that at once resumes
 //                          main back (main->B->main->B->main, 4 switches). What a yield round trip
@@ -13,6 +14,10 @@
 //   yield_round_trip_per_switch   the same round trip, against the bare switches it makes:
 //     raw:                 one bare resume and back (main->B->main, 2 switches). The ratio is
 //                          a yield's cost over a bare switch's.
+//   yield_round_trip_per_switch/lb_none   the same with the load-balancing strategy "none", which
+//                          turns the load measurement off (two cycle-counter reads per switch, about
+//                          17 ns each in this VM), MPI progress still on.
+//     raw:                 the same bare resume and back.
 //   boost_fiber_yield_round_trip   (no ratio; for scale) the same ping-pong with two Boost.Fiber
 //                          fibers (main and one other) calling boost::this_fiber::yield().
 //   spawn_join             from a migratable thread: iso::spawn of an empty body, then iso::join
@@ -131,6 +136,14 @@ void yield_round_trip(benchmark::State& state) {
   });
   run_threads();
   state.SetItemsProcessed(state.iterations());
+}
+
+// yield_round_trip without load measurement (strategy "none"), then the strategy of the runtime's
+// options back.
+void yield_round_trip_unmeasured(benchmark::State& state) {
+  iso::lb::set_strategy(iso::lb::by_name("none"));
+  yield_round_trip(state);
+  iso::lb::set_strategy(iso::lb::by_name(iso::runtime_options::from_environment().strategy));
 }
 
 // `resumes` bare resumes of a fiber that at once resumes main back (2 switches each) per iteration.
@@ -435,6 +448,8 @@ BENCHMARK(yield_round_trip)->Name("yield_round_trip");
 BENCHMARK(raw_fiber_resumes<2>)->Name("raw:yield_round_trip");
 BENCHMARK(yield_round_trip)->Name("yield_round_trip_per_switch");
 BENCHMARK(raw_fiber_resumes<1>)->Name("raw:yield_round_trip_per_switch");
+BENCHMARK(yield_round_trip_unmeasured)->Name("yield_round_trip_per_switch/lb_none");
+BENCHMARK(raw_fiber_resumes<1>)->Name("raw:yield_round_trip_per_switch/lb_none");
 BENCHMARK(boost_fiber_yield_round_trip)->Name("boost_fiber_yield_round_trip");
 BENCHMARK(spawn_join)->Name("spawn_join");
 BENCHMARK(raw_spawn_join)->Name("raw:spawn_join");

@@ -6,8 +6,9 @@
 #   spawn_syscalls  <PAIRS> pairs  <n> system calls (<n/PAIRS> per pair)  <f> page faults
 # then one line per system call name, and the calls of rank 0's other OS threads (MPI's) over
 # the same window, for information. What the scheduler's thread still makes is Open MPI's: every
-# 32nd switch polls MPI (MPI_Iprobe), and opal_progress runs its libevent loop, a poll(), every few
-# thousand of those (about 5-15 per 100k pairs). Exits 1 from one call per 1000 pairs.
+# 32nd to 256th switch polls MPI (MPI_Iprobe), and opal_progress runs its libevent loop, a
+# poll(), every few thousand of those (about 5-15 per 100k pairs). Exits 1 from one call per
+# 1000 pairs.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/../scripts source=../scripts/mpirun.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/mpirun.sh"  # MPIRUN; as root, Open MPI's consent

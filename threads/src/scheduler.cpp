@@ -412,13 +412,15 @@ void scheduler::run() {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
-      if (++since_poll_ >= switches_per_poll) {
+      if (++since_poll_ >= switches_per_poll_) {
         since_poll_ = 0;
-        progress_->poll(*this);
+        switches_per_poll_ = progress_->poll(*this) ? min_switches_per_poll
+                                                    : std::min(2 * switches_per_poll_, max_switches_per_poll);
       }
       continue;
     }
     since_poll_ = 0;
+    switches_per_poll_ = min_switches_per_poll;
     // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
     // sees as background only the work done for threads outside them (messages, migrations).
     // Its CPU time too (two CPU-clock reads, each a system call: only passes that go idle pay

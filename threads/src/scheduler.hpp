@@ -241,7 +241,7 @@ class scheduler {
   // made running, self put back in the ready set first if `requeue`, and the accounting (load,
   // trace) done here. Otherwise the scheduler's.
   boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
+    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_) {
       if (tcb* next = default_policy_.pick_next()) {
         if (requeue) default_policy_.awakened(self);
         if (measure_ || run_hook_ != nullptr) account_switch(self);
@@ -276,9 +276,12 @@ class scheduler {
   void remove_timer(tcb* t) noexcept;
   std::int64_t next_deadline() const noexcept { return timers_.empty() ? -1 : timers_.head->wake_ns; }
 
-  // Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a
-  // switch.
-  static constexpr std::uint64_t switches_per_poll = 32;
+  // Switches between progress polls while threads run (a poll, MPI_Iprobe and friends, costs far
+  // more than a switch): from the minimum, doubling after each poll that found nothing to do up
+  // to the maximum (nothing in flight: a loop of yields then pays one poll per 256 switches),
+  // back to the minimum after a poll that did work and after an idle pass.
+  static constexpr std::uint64_t min_switches_per_poll = 32;
+  static constexpr std::uint64_t max_switches_per_poll = 256;
 
   static inline scheduler* current_ = nullptr;
   int rank_;
@@ -290,6 +293,7 @@ class scheduler {
   boost::context::fiber sched_ctx_;   // see sched_ctx()
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
+  std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;
