@@ -10,6 +10,16 @@
 
 #include "ratio.hpp"
 
+#ifdef ISO_BENCH_RUNTIME
+#include "isothreads/isothreads.hpp"
+
+// With ISO_BENCH_RUNTIME (bench_threads): the benchmarks run their threads under this process's
+// iso::runtime, made before anything else (it may re-execute the program with its arguments).
+namespace iso_bench {
+iso::runtime* rt = nullptr;
+}
+#endif
+
 namespace {
 
 class ratio_reporter : public benchmark::ConsoleReporter {
@@ -42,6 +52,10 @@ class ratio_reporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef ISO_BENCH_RUNTIME
+  iso::runtime runtime(argc, argv);
+  iso_bench::rt = &runtime;
+#endif
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   ratio_reporter reporter;

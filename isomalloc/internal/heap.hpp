@@ -47,14 +47,22 @@ namespace iso::detail {
 
 class heap {
  public:
-  // A new empty heap in a fresh chunk of this rank's share, in use here; the calling OS thread
-  // becomes the heap thread (claim_heap_thread). Throws iso::error(region_exhausted). The region
-  // must be ready. Touches one page.
-  static heap* create();
+  // A new empty heap, in use here, in `warm` (a chunk retire() returned on this rank) or else in
+  // a fresh chunk of this rank's share; the calling OS thread becomes the heap thread
+  // (claim_heap_thread). Throws iso::error(region_exhausted). The region must be ready. Touches
+  // one page (in a warm chunk, the page the retired heap's header had faulted in already). The
+  // new heap has a new id(), so nothing recorded for the heap that lived there before (a delayed
+  // free, a pointer with its heap's identity) is ever taken for one of the new heap's.
+  static heap* create(void* warm = nullptr);
   // Closes the gate and returns every chunk of the heap to its owner (region::free_chunks). The
   // heap and every block in it are gone afterwards. pre: on the heap thread of the rank where the
   // heap is in use.
   void destroy() noexcept;
+  // destroy() except for the first segment: its chunk, header magic cleared (no heap owns it, so
+  // frees into it are refused as foreign), stays allocated to the caller, committed, and is
+  // returned for a later create(warm) on this rank or region::free_chunks(chunk, 1).
+  // destroy() == free_chunks(retire(), 1). Same precondition as destroy().
+  void* retire() noexcept;
 
   // free() and realloc() of the interposer for a pointer in the region, from any OS thread: the
   // block goes back to the heap that holds it when that heap is in use here (from another OS

@@ -39,13 +39,29 @@ static_assert(class_bytes[class_of[127]] == 2032 && class_of[0] == 0 && class_of
 // In page 0 blocks start after the header; a power-of-two class starts at a multiple of its size,
 // so that every block of that class is aligned to its size (other pages start at 0).
 constexpr std::uint32_t page0_start(std::uint32_t header_bytes, std::uint32_t block_bytes) {
-  const std::uint32_t a = std::has_single_bit(block_bytes) ? block_bytes : 16;
-  return (header_bytes + a - 1) / a * a;
+  const std::uint32_t a = std::has_single_bit(block_bytes) ? block_bytes : 16;  // a power of two
+  return (header_bytes + a - 1) & ~(a - 1);
 }
 
 constexpr std::uint64_t divisor_of(std::uint32_t block_bytes) {
   return UINT64_MAX / block_bytes + 1;
 }
+
+// divisor_of of each class, so that taking a page for a class divides nothing (a spawn takes two).
+constexpr auto class_divisor = [] {
+  std::array<std::uint64_t, std::size(class_bytes)> t{};
+  for (std::size_t c = 0; c < t.size(); ++c) t[c] = divisor_of(class_bytes[c]);
+  return t;
+}();
+
+// x / b for the block size b whose divisor_of is `divisor`: exact for x, b < 2^32, since
+// divisor - 2^64 / b lies in (0, 1].
+__extension__ using uint128 = unsigned __int128;  // GCC and Clang: the high half of a 64x64 product
+constexpr std::uint32_t divide(std::uint32_t x, std::uint64_t divisor) {
+  return static_cast<std::uint32_t>((static_cast<uint128>(x) * divisor) >> 64);
+}
+static_assert(divide(4096 - 48, divisor_of(48)) == (4096 - 48) / 48 && divide(4096, divisor_of(2032)) == 2 &&
+              divide(4095, divisor_of(1024)) == 3 && divide(4096, divisor_of(16)) == 256);
 
 std::uintptr_t addr_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
 std::uintptr_t chunk_floor(std::uintptr_t a) { return a & ~(chunk_bytes - 1); }
@@ -118,14 +134,14 @@ heap::heap() noexcept
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
-heap* heap::create() {
+heap* heap::create(void* warm) {
   static_assert(std::size(class_bytes) == small_classes && class_bytes[small_classes - 1] == small_max);
   static_assert(page0_start(first_header_bytes(), 1024) + 1024 <= page_bytes &&
                 page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
   ISO_ASSERT(prim::page_size() == page_bytes);
   claim_heap_thread();
-  void* mem = region::get().alloc_chunks(1);
+  void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
   h->setup_segment(mem, first_header_bytes());
   return h;
@@ -154,7 +170,9 @@ heap::segment* heap::new_segment() noexcept {
   return setup_segment(mem, sizeof(segment));
 }
 
-void heap::destroy() noexcept {
+void heap::destroy() noexcept { region::get().free_chunks(retire(), 1); }
+
+void* heap::retire() noexcept {
   close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
   region& r = region::get();
@@ -175,7 +193,7 @@ void heap::destroy() noexcept {
   magic_ = 0;
   id_ = 0;
   first->magic = 0;
-  r.free_chunks(first, 1);
+  return first;
 }
 
 heap::segment* heap::first_segment() const noexcept {
@@ -278,10 +296,10 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
   pg->kind = page_kind::small;
   pg->cls = static_cast<std::uint8_t>(cls);
   pg->block_bytes = bs;
-  pg->divisor = divisor_of(bs);
+  pg->divisor = class_divisor[cls];
   pg->start = static_cast<std::uint16_t>(idx == 0 ? start0 : 0);
   pg->bump = pg->start;
-  pg->capacity = static_cast<std::uint16_t>((page_bytes - pg->start) / bs);
+  pg->capacity = static_cast<std::uint16_t>(divide(static_cast<std::uint32_t>(page_bytes) - pg->start, pg->divisor));
   return pg;
 }
 

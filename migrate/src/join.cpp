@@ -74,7 +74,7 @@ void engine::deliver_join_done(tcb* t, thread_id from, errc status) noexcept {
   if (t->waiting_for == from) {
     t->join_status = status;
     t->waiting_for = thread_id{};
-    if (t->state == thread_state::blocked && t->wait == wait_reason::join) sched_.wake(t);
+    if (t->state == thread_state::blocked && t->wait == wait_reason::join) sched_.wake(t, true);
   }
 }
 

@@ -125,10 +125,10 @@ bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void*
   }
 }
 
-void wake_receiver(scheduler& s, tcb* t) noexcept {
+void wake_receiver(scheduler& s, tcb* t, bool fork_join) noexcept {
   if (t->wait != wait_reason::recv) return;
   if (t->state == thread_state::blocked) {
-    s.wake(t);
+    s.wake(t, fork_join);
   } else if (t->state == thread_state::sleeping) {
     s.wake_sleeper(t);
   }

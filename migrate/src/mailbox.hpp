@@ -127,7 +127,8 @@ bool has_ready_message(const tcb* t) noexcept;
 // heap is exhausted.
 bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
 // Makes t, which waits in a receive on this rank (blocked in recv or sleeping in recv_for), ready.
-void wake_receiver(scheduler& s, tcb* t) noexcept;
+// fork_join: the message continues fork-join work (a future's ask or value; scheduler::wake).
+void wake_receiver(scheduler& s, tcb* t, bool fork_join = false) noexcept;
 
 // The calling thread's first message matching (from, tag) (tag: >= 0, any_tag, or a reserved
 // negative tag). deadline_ns (now_ns() clock): < 0 waits as long as it takes; otherwise the wait

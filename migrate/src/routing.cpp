@@ -7,6 +7,7 @@
 #include "engine.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
+#include "reserved.hpp"
 
 namespace iso::detail {
 namespace {
@@ -51,13 +52,13 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
 }
 
 void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
-  sys_vector<unsigned char> wire(sizeof(data_header));
-  data_header h{to.bits(), from.bits(), 0, 0, 0, kind, 0, rank_, 0, static_cast<std::uint32_t>(status)};
-  std::memcpy(wire.data(), &h, sizeof h);
+  const data_header h{to.bits(), from.bits(), 0, 0, 0, kind, 0, rank_, 0, static_cast<std::uint32_t>(status)};
   if (tcb* t = sched_.find(to)) {
-    deliver(t, h, nullptr);
+    deliver(t, h, nullptr);  // no wire to build (the join_done of every local join)
     return;
   }
+  sys_vector<unsigned char> wire(sizeof h);
+  std::memcpy(wire.data(), &h, sizeof h);
   route_out(std::move(wire));
 }
 
@@ -131,7 +132,9 @@ void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload)
 
 void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data,
                           std::size_t bytes) noexcept {
-  if (put_message(t, from, seq, tag, data, bytes)) wake_receiver(sched_, t);
+  // A future's ask wakes its producer to answer and end, its value the thread that waits in
+  // get(): both are fork-join work, as a join is.
+  if (put_message(t, from, seq, tag, data, bytes)) wake_receiver(sched_, t, tag == future_ask || tag == future_value);
 }
 
 void engine::drop(const data_header& h, const char* why) noexcept {

@@ -1,7 +1,8 @@
 // The per-rank scheduler: runs every migratable thread of this rank on one OS thread.
 //
 // Parts (Boost.Fiber / folly::fibers style):
-//   sched_policy     which ready thread runs next (FIFO by default); intrusive, never allocates.
+//   sched_policy     which ready thread runs next (ready_deque by default); intrusive, never
+//                    allocates.
 //   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
@@ -36,15 +37,20 @@ class sched_policy {
  public:
   virtual ~sched_policy() = default;
   virtual void awakened(tcb* t) noexcept = 0;       // t became ready; pre: t in no queue
+  // t became ready as fork-join work: spawned by a running thread, or a joiner whose child just
+  // ended (its continuation). pre: t in no queue. A policy without the distinction: awakened().
+  virtual void forked(tcb* t) noexcept { awakened(t); }
   virtual tcb* pick_next() noexcept = 0;            // the next thread to run, removed; or null
   virtual bool has_ready_threads() const noexcept = 0;
   virtual void remove(tcb* t) noexcept = 0;         // takes t out of the ready set; pre: t is in it
   // What a thief takes (work stealing), among the ready threads for which fits(t, context) holds
-  // (the policy may look at only some, those ready longest): the one spawned first (tcb::born_ns)
-  // of those that have not started, else the one ready longest; left in the ready set; or null,
-  // also when it is the only ready thread (a victim keeps work for itself). In fork-join the oldest unstarted thread is nearest the root and holds the biggest share of
-  // the work, while a started one is most often a parent woken to finish (its children done). A
-  // policy that cannot tell gives none away.
+  // (the policy may look at only some, those ready longest): the one spawned first (the lowest
+  // serial number of its id: spawn order on its home rank, no clock read at a spawn) of those
+  // that have not started, else the one ready longest; left in the ready set; or null, also when
+  // it is the only ready thread (a victim keeps work for itself). In fork-join the oldest
+  // unstarted thread is nearest the root and holds the biggest share of the work, while a started
+  // one is most often a parent woken to finish (its children done). A policy that cannot tell
+  // gives none away.
   using ready_filter = bool (*)(const tcb* t, const void* context) noexcept;
   virtual tcb* oldest_ready(ready_filter fits, const void* context) const noexcept {
     (void)fits;
@@ -53,33 +59,77 @@ class sched_policy {
   }
 };
 
-// FIFO ready queue through tcb::next/prev. Final and inline: the scheduler calls it directly
-// when it is the policy in use, on every switch.
-class fifo_policy final : public sched_policy {
+// The default ready set: ONE list through tcb::next/prev, in two parts,
+//   head -> [fork-join part: newest ... oldest] [FIFO part: oldest ... newest] <- tail
+// with fifo_ pointing at the FIFO part's first thread (null when that part is empty).
+//   forked(t)    a thread spawned by a running thread, or a joiner whose child just ended, goes to
+//                the head: this rank works the fork-join part LIFO, as a Cilk worker works its
+//                own deque (the spawner itself runs on until it suspends: help-first, no switch
+//                at a spawn), so a fork-join program runs depth-first and keeps about
+//                depth x pending-children threads alive (docs/user-guide.md) instead of spreading
+//                breadth-first.
+//   awakened(t)  everything else (a yield, a wake by a message, a lock or a timer, an arrival, a
+//                spawn from main) goes to the tail: FIFO, fair among them.
+//   pick_next()  takes the head, except that every fifo_turn-th pick while the FIFO part is not
+//                empty takes its first thread: fork-join work cannot starve the FIFO part.
+// For work stealing (thieves take the OLDEST ready thread that satisfies a predicate, Cilk's
+// thieves the oldest continuation): both parts' oldest ends are O(1), the fork-join part's at
+// fifo_->prev (tail when the FIFO part is empty), scanned toward the head, and the FIFO part's at
+// fifo_, scanned toward the tail; remove(t) keeps fifo_ right from anywhere, so a thief only
+// has to call remove() on what it takes. Final and inline: the scheduler calls it directly when
+// it is the policy in use, on every switch.
+class ready_deque final : public sched_policy {
  public:
-  void awakened(tcb* t) noexcept override { wait_push(ready_, t); }
-  tcb* pick_next() noexcept override { return ready_.empty() ? nullptr : wait_pop(ready_); }
+  void awakened(tcb* t) noexcept override {
+    wait_push(ready_, t);
+    if (fifo_ == nullptr) fifo_ = t;
+  }
+  void forked(tcb* t) noexcept override {
+    t->prev = nullptr;
+    t->next = ready_.head;
+    if (ready_.head != nullptr) ready_.head->prev = t; else ready_.tail = t;
+    ready_.head = t;
+  }
+  tcb* pick_next() noexcept override {
+    if (ready_.empty()) return nullptr;
+    tcb* t = fifo_ != nullptr && ++picks_ % fifo_turn == 0 ? fifo_ : ready_.head;
+    remove(t);
+    return t;
+  }
   bool has_ready_threads() const noexcept override { return !ready_.empty(); }
-  void remove(tcb* t) noexcept override { wait_remove(ready_, t); }
-  // The queue is in the order threads became ready, not spawned: the first steal_scan threads
-  // from the head are searched (a fork-join queue can hold 10^5 threads, each TCB in its own
-  // pages, a cache miss apiece: a victim answers a request in a bounded time).
+  void remove(tcb* t) noexcept override {
+    if (t == fifo_) fifo_ = t->next;
+    wait_remove(ready_, t);
+  }
+  // A thief's choice is searched among the steal_scan oldest threads of each part (a fork-join
+  // set can hold 10^5 threads, each TCB in its own pages, a cache miss apiece: a victim answers a
+  // request in a bounded time): the fork-join part from its oldest end toward the head, the FIFO
+  // part from fifo_ toward the tail.
   static constexpr int steal_scan = 32;
   tcb* oldest_ready(ready_filter fits, const void* context) const noexcept override {
     if (ready_.head == ready_.tail) return nullptr;  // none, or one: it stays
-    tcb* fresh = nullptr;     // the oldest unstarted one
-    tcb* waiting = nullptr;   // the first started one
-    int seen = 0;
-    for (tcb* t = ready_.head; t != nullptr && seen < steal_scan; t = t->next, ++seen) {
-      if (t->started ? waiting == nullptr : fresh == nullptr || t->born_ns < fresh->born_ns) {
+    tcb* fresh = nullptr;    // the oldest unstarted one
+    tcb* waiting = nullptr;  // the first started one
+    const auto consider = [&](tcb* t) {
+      if (t->started ? waiting == nullptr : fresh == nullptr || t->id.serial() < fresh->id.serial()) {
         if (fits(t, context)) (t->started ? waiting : fresh) = t;
       }
+    };
+    int seen = 0;
+    for (tcb* t = fifo_ != nullptr ? fifo_->prev : ready_.tail; t != nullptr && seen < steal_scan; t = t->prev, ++seen) {
+      consider(t);
     }
+    seen = 0;
+    for (tcb* t = fifo_; t != nullptr && seen < steal_scan; t = t->next, ++seen) consider(t);
     return fresh != nullptr ? fresh : waiting;
+  }
   }
 
  private:
+  static constexpr std::uint32_t fifo_turn = 32;
   wait_queue ready_;
+  tcb* fifo_ = nullptr;      // first thread of the FIFO part, or null
+  std::uint32_t picks_ = 0;  // picks made while the FIFO part was not empty
 };
 
 class progress_engine {
@@ -107,7 +157,7 @@ class local_progress final : public progress_engine {
 class scheduler {
  public:
   // rank: the rank whose threads this scheduler runs (0 without MPI). policy/progress: owned by
-  // the caller, must outlive the scheduler; null selects fifo_policy / local_progress.
+  // the caller, must outlive the scheduler; null selects ready_deque / local_progress.
   explicit scheduler(int rank, sched_policy* policy = nullptr, progress_engine* progress = nullptr);
   ~scheduler();
   scheduler(const scheduler&) = delete;
@@ -133,31 +183,22 @@ class scheduler {
   // --- creating threads (spawn) ---
   // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
   tcb* create_thread(const spawn_options& opts);
-  // Creates the fiber and makes t ready. pre: t->body set.
+  // Creates the fiber and makes t ready: fork-join work (sched_policy::forked) when a thread
+  // spawned it. pre: t->body set.
   void start_thread(tcb* t) noexcept;
   // Frees a thread that create_thread made but start_thread never saw.
   void discard_thread(tcb* t) noexcept;
 
   // --- from the running thread ---
   // running -> ready, without the switch: names the running thread's slot in switch_landing and
-  // returns the context to resume (for context_resume_named). pre: a thread is running. When the next ready
-  // thread can run without the scheduler's bookkeeping (FIFO policy, no migration pending, not
-  // time to poll), that is the next thread's context, and the accounting (load, trace) is done
-  // here; otherwise it is the scheduler's.
+  // returns the context to resume (for context_resume_named). pre: a thread is running. See
+  // next_context() for which.
   boost::context::fiber& prepare_yield() noexcept {
     tcb* self = running_;
     self->state = thread_state::ready;
     self->suspended_heap = current_heap;
     switch_landing = &self->self_ctx();
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll) {
-      if (tcb* next = default_policy_.pick_next()) {
-        default_policy_.awakened(self);
-        if (measure_ || run_hook_ != nullptr) account_switch(self);
-        start_running(next);
-        return next->self_ctx();
-      }
-    }
-    return sched_ctx_;
+    return next_context(self, true);
   }
   // prepare_yield and the switch, for the runtime's own yields.
   void yield_running() noexcept { context_resume_named(prepare_yield()); }
@@ -165,7 +206,9 @@ class scheduler {
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
-  void wake(tcb* t) noexcept;
+  // fork_join: t's continuation is fork-join work (sched_policy::forked): t joined a thread that
+  // just ended, or waits for the value of a future.
+  void wake(tcb* t, bool fork_join = false) noexcept;
   // sleeping -> ready before its deadline (a sleep that waits for something else too, as
   // recv_for does). pre: t sleeps on this rank.
   void wake_sleeper(tcb* t) noexcept;
@@ -215,7 +258,7 @@ class scheduler {
   // oldest_ready) that is stealable, movable and has no migration pending, provided another ready
   // thread stays (a rank never goes idle to feed a thief: the two would trade its last thread back
   // and forth). It stays ready here; setting pending_dest and departing it (detach) takes it
-  // out. At most fifo_policy::steal_scan threads looked at.
+  // out. At most ready_deque::steal_scan threads of each part looked at.
   tcb* oldest_stealable() const noexcept;
 
   // Called with a suspended thread whose pending_dest is set once it is movable (migration);
@@ -240,6 +283,22 @@ class scheduler {
 
  private:
   void resume(tcb* t) noexcept;
+  // Where the running thread `self`, which suspends now (ready, or blocked), switches to. When the
+  // next ready thread can run without the scheduler's bookkeeping (default policy, no migration
+  // pending for self, not time to poll), that thread's context: it is taken from the ready set and
+  // made running, self put back in the ready set first if `requeue`, and the accounting (load,
+  // trace) done here. Otherwise the scheduler's.
+  boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
+    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_) {
+      if (tcb* next = default_policy_.pick_next()) {
+        if (requeue) default_policy_.awakened(self);
+        if (measure_ || run_hook_ != nullptr) account_switch(self);
+        start_running(next);
+        return next->self_ctx();
+      }
+    }
+    return sched_ctx_;
+  }
   // t (ready, dequeued) becomes the running thread, with the heap that was current when it
   // suspended (its own, or the system heap inside a heap scope: a scope outlives suspensions).
   void start_running(tcb* t) noexcept {
@@ -257,18 +316,24 @@ class scheduler {
     context_switch(sched_ctx_, &self->self_ctx());
   }
   void teardown(tcb* t) noexcept;
+  // Ends the heap of a thread that is gone, keeping its first chunk warm for the next spawn
+  // (stack_pool) when the pool takes it.
+  static void release_heap(heap* h) noexcept;
   void wake_expired(std::int64_t now) noexcept;
   void insert_timer(tcb* t) noexcept;
   void remove_timer(tcb* t) noexcept;
   std::int64_t next_deadline() const noexcept { return timers_.empty() ? -1 : timers_.head->wake_ns; }
 
-  // Switches between progress polls: a poll (MPI_Iprobe and friends) costs far more than a
-  // switch.
-  static constexpr std::uint64_t switches_per_poll = 32;
+  // Switches between progress polls while threads run (a poll, MPI_Iprobe and friends, costs far
+  // more than a switch): from the minimum, doubling after each poll that found nothing to do up
+  // to the maximum (nothing in flight: a loop of yields then pays one poll per 256 switches),
+  // back to the minimum after a poll that did work and after an idle pass.
+  static constexpr std::uint64_t min_switches_per_poll = 32;
+  static constexpr std::uint64_t max_switches_per_poll = 256;
 
   static inline scheduler* current_ = nullptr;
   int rank_;
-  fifo_policy default_policy_;
+  ready_deque default_policy_;
   local_progress default_progress_;
   sched_policy* policy_;
   progress_engine* progress_;
@@ -276,6 +341,7 @@ class scheduler {
   boost::context::fiber sched_ctx_;   // see sched_ctx()
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
+  std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
   std::int64_t poll_interval_ns_ = 0;  // see set_poll_interval_ns
   std::int64_t last_poll_ns_ = 0;      // now_ns() at the last poll, while poll_interval_ns_ > 0
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring

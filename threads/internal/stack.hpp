@@ -10,13 +10,25 @@
 
 namespace iso::detail {
 
-// Recently freed stack runs of this rank, kept with their guard installed and their top pages
-// committed, so that spawning does no system call. Bounded by max_pooled_bytes; only runs this
-// rank owns are pooled (others go home). Rank-local; not thread-safe (the scheduler's OS thread).
+// Recently freed thread memory of this rank, kept warm for the next spawn so that spawning and
+// ending a thread do no system call and touch no new page: stack runs with their guard installed
+// and their top pages committed, and the first chunks of retired heaps (heap::retire), their
+// header page committed. Reuse is LIFO (the most recently freed, warmest, first).
+// Bounds: per kind (each stack length, heap chunks) at most max_pooled_runs runs, and in all at
+// most a sixteenth of the share's addresses (a pool must not starve a small share: acquire()
+// flushes the pool and retries before it reports exhaustion); beyond them a run goes back at once
+// (guard removed, to the region). Resident memory is bounded off the hot path: trim(), which the
+// scheduler calls when its rank has nothing to run, gives back to the kernel the pages of every
+// pooled run but the hot_runs most recently freed of its kind, except the part the next thread
+// touches anyway (a stack's top warm_stack_bytes, a heap chunk's first page); guards stay.
+// Only runs this rank owns are pooled (others go home). Rank-local; not thread-safe (the
+// scheduler's OS thread).
 class stack_pool {
  public:
-  static constexpr std::size_t max_pooled_bytes = std::size_t{256} << 20;
-  static constexpr std::size_t max_pooled_chunks = 16;  // runs up to 1 MiB are pooled
+  static constexpr std::size_t max_pooled_chunks = 16;  // stack runs up to 1 MiB are pooled
+  static constexpr std::size_t max_pooled_runs = std::size_t{1} << 15;
+  static constexpr std::size_t hot_runs = 1024;
+  static constexpr std::size_t warm_stack_bytes = std::size_t{16} << 10;
 
   static stack_pool& get() noexcept;
 
@@ -24,15 +36,36 @@ class stack_pool {
   stack_run acquire(std::size_t bytes);
   // Gives a run back: pooled, or guard removed and returned to the region (its owner).
   void release(stack_run run) noexcept;
+  // A chunk for heap::create(warm), or null if none is pooled.
+  void* acquire_heap_chunk() noexcept;
+  // The chunk heap::retire() returned: pooled, or returned to the region (its owner).
+  void release_heap_chunk(void* chunk) noexcept;
+  // Gives every pooled run back to the region (before a retry of an allocation that found the
+  // share exhausted).
+  void flush() noexcept;
+  // Releases the pages of the runs pooled beyond hot_runs per kind (see above). One madvise per
+  // run not trimmed before; nothing when there is none.
+  void trim() noexcept;
   // Installs / removes the guard of a run that arrives on / leaves this rank by migration.
   static void arm(const stack_run& run);
   static void disarm(const stack_run& run) noexcept;
-  // Bytes of the runs pooled now (allocated in the region, free for the next spawn).
+  // Bytes of the runs pooled now, stacks and heap chunks (allocated in the region, free for the
+  // next spawn).
   std::size_t pooled_bytes() const noexcept { return pooled_bytes_; }
 
  private:
-  sys_vector<void*> free_[max_pooled_chunks + 1];  // free_[n]: pooled runs of n chunks
-  std::size_t pooled_bytes_ = 0;                    // sum over free_ of n * chunk_bytes
+  // Pooled runs of one kind, the oldest first; runs[0, trimmed) have been trimmed already.
+  struct shelf {
+    sys_vector<void*> runs;
+    std::size_t trimmed = 0;
+  };
+  // Pushes run (of `bytes`) onto s if the bounds allow; false if not.
+  bool push(shelf& s, void* run, std::size_t bytes) noexcept;
+  void* pop(shelf& s, std::size_t bytes) noexcept;  // null if s is empty
+
+  shelf stacks_[max_pooled_chunks + 1];  // stacks_[n]: pooled stack runs of n chunks
+  shelf heaps_;                          // first chunks of retired heaps
+  std::size_t pooled_bytes_ = 0;         // sum over the shelves of their runs' bytes
 };
 
 // The Boost.Context StackAllocator handing a thread its pre-acquired run. Boost.Context stores a

@@ -91,7 +91,6 @@ struct tcb {
   std::int32_t pending_dest = -1;     // rank to move to at the next suspension point; -1: none
   bool stealable = false;             // spawn_options::stealable: an idle rank may take it while ready
   bool stolen = false;                // in transit to a rank that stole it; cleared on arrival there
-  std::int64_t born_ns = 0;           // now_ns() when it was spawned: thieves take the oldest
   bool started = false;               // its body began: thieves prefer threads that have not
   std::int64_t sleep_left_ns = 0;     // in transit while sleeping: the rest of the sleep, in ns
   void* mailbox = nullptr;            // messaging state, in this thread's heap (migrate module)

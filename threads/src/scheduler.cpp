@@ -197,14 +197,26 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   }
   heap_scope system(nullptr);
   const std::size_t stack_bytes = (opts.stack_bytes + chunk_bytes - 1) / chunk_bytes * chunk_bytes;
-  heap* h = heap::create();
+  stack_pool& pool = stack_pool::get();
+  heap* h;
+  if (void* warm = pool.acquire_heap_chunk()) {
+    h = heap::create(warm);
+  } else {
+    try {
+      h = heap::create();
+    } catch (const iso::error& e) {
+      if (e.code() != errc::region_exhausted || pool.pooled_bytes() == 0) throw;
+      pool.flush();  // what the pool holds may be what the share lacks
+      h = heap::create();
+    }
+  }
   void* mem = h->alloc(sizeof(tcb));
   stack_run stack;
   try {
     if (mem == nullptr) raise(errc::region_exhausted, "iso::spawn: no room for a thread control block on rank %d", rank_);
-    stack = stack_pool::get().acquire(stack_bytes);
+    stack = pool.acquire(stack_bytes);
   } catch (...) {
-    h->destroy();
+    release_heap(h);
     throw;
   }
   tcb* t = new (mem) tcb();
@@ -212,9 +224,8 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   t->home_heap = h;
   t->suspended_heap = h;
   t->stack = stack;
-  std::strncpy(t->name, opts.name.c_str(), sizeof t->name - 1);
+  opts.name.copy(t->name, sizeof t->name - 1);  // the rest of name is zero already (no padding to write)
   t->stealable = opts.stealable;
-  t->born_ns = now_ns();
   return t;
 }
 
@@ -226,13 +237,15 @@ void scheduler::start_thread(tcb* t) noexcept {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
   t->state = thread_state::ready;
-  policy_->awakened(t);
+  if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
 }
 
 void scheduler::discard_thread(tcb* t) noexcept {
   stack_pool::get().release(t->stack);
-  t->home_heap->destroy();
+  release_heap(t->home_heap);
 }
+
+void scheduler::release_heap(heap* h) noexcept { stack_pool::get().release_heap_chunk(h->retire()); }
 
 tcb* scheduler::find(thread_id id) const noexcept {
   auto it = table_.find(id.bits());
@@ -289,7 +302,7 @@ void scheduler::teardown(tcb* t) noexcept {
     ISO_ASSERT_INTERNAL(j != nullptr && j->wait == wait_reason::join && j->waiting_for == t->id);
     j->join_status = errc::ok;
     j->waiting_for = thread_id{};
-    wake(j);
+    wake(j, true);
   } else {
     try {
       finished_.emplace(t->id.bits(), true);
@@ -300,7 +313,7 @@ void scheduler::teardown(tcb* t) noexcept {
   // The stack went back to the pool when its fiber record was destroyed; the TCB lives in the
   // heap, so the heap goes last.
   t->magic = 0;
-  t->home_heap->destroy();
+  release_heap(t->home_heap);
 }
 
 bool scheduler::movable(const tcb* t) noexcept {
@@ -368,11 +381,11 @@ void scheduler::remove_timer(tcb* t) noexcept {
   --sleepers_;
 }
 
-void scheduler::wake(tcb* t) noexcept {
+void scheduler::wake(tcb* t, bool fork_join) noexcept {
   ISO_ASSERT_INTERNAL(t->state == thread_state::blocked);
   --blocked_[static_cast<std::size_t>(t->wait)];
   t->state = thread_state::ready;
-  policy_->awakened(t);
+  if (fork_join) policy_->forked(t); else policy_->awakened(t);
 }
 
 void scheduler::wake_sleeper(tcb* t) noexcept {
@@ -406,14 +419,16 @@ void scheduler::run() {
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
       const std::int64_t now = poll_interval_ns_ > 0 ? now_ns() : 0;
-      if (++since_poll_ >= switches_per_poll || (poll_interval_ns_ > 0 && now - last_poll_ns_ >= poll_interval_ns_)) {
+      if (++since_poll_ >= switches_per_poll_ || (poll_interval_ns_ > 0 && now - last_poll_ns_ >= poll_interval_ns_)) {
         since_poll_ = 0;
         last_poll_ns_ = now;
-        progress_->poll(*this);
+        switches_per_poll_ = progress_->poll(*this) ? min_switches_per_poll
+                                                    : std::min(2 * switches_per_poll_, max_switches_per_poll);
       }
       continue;
     }
     since_poll_ = 0;
+    switches_per_poll_ = min_switches_per_poll;
     // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
     // sees as background only the work done for threads outside them (messages, migrations).
     // Its CPU time too (two CPU-clock reads, each a system call: only passes that go idle pay
@@ -424,6 +439,7 @@ void scheduler::run() {
     if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
     if (progress_->finished(*this)) return;
     if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
+    stack_pool::get().trim();  // off the hot path: nothing is ready, the rank is about to wait
     const std::int64_t deadline = next_deadline();
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
     if (measure_) {
@@ -447,7 +463,10 @@ void scheduler::block_running(wait_reason why) noexcept {
   self->state = thread_state::blocked;
   self->wait = why;
   ++blocked_[static_cast<std::size_t>(why)];
-  switch_out(self);
+  // Straight to the next ready thread when it can run without the scheduler (a join of a thread
+  // just spawned: to that thread).
+  self->suspended_heap = current_heap;
+  context_switch(next_context(self, false), &self->self_ctx());
   self->wait = wait_reason::none;
 }
 

@@ -1,5 +1,6 @@
 #include "stack.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "diag.hpp"
@@ -25,15 +26,43 @@ void stack_pool::disarm(const stack_run& run) noexcept {
   }
 }
 
+bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
+  region& r = region::get();
+  if (s.runs.size() >= max_pooled_runs || pooled_bytes_ + bytes > r.share_bytes() / 16 ||
+      r.owner_of(run) != r.rank()) {
+    return false;
+  }
+  try {
+    s.runs.push_back(run);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  pooled_bytes_ += bytes;
+  return true;
+}
+
+void* stack_pool::pop(shelf& s, std::size_t bytes) noexcept {
+  if (s.runs.empty()) return nullptr;
+  void* run = s.runs.back();
+  s.runs.pop_back();
+  s.trimmed = std::min(s.trimmed, s.runs.size());
+  pooled_bytes_ -= bytes;
+  return run;
+}
+
 stack_run stack_pool::acquire(std::size_t bytes) {
   const std::size_t n = bytes / chunk_bytes;
-  if (n <= max_pooled_chunks && !free_[n].empty()) {
-    void* base = free_[n].back();
-    free_[n].pop_back();
-    pooled_bytes_ -= bytes;
-    return {base, bytes};
+  if (n <= max_pooled_chunks) {
+    if (void* base = pop(stacks_[n], bytes)) return {base, bytes};
   }
-  stack_run run{region::get().alloc_chunks(n), bytes};
+  stack_run run{nullptr, bytes};
+  try {
+    run.base = region::get().alloc_chunks(n);
+  } catch (const iso::error& e) {
+    if (e.code() != errc::region_exhausted || pooled_bytes_ == 0) throw;
+    flush();  // what the pool holds may be what the share lacks
+    run.base = region::get().alloc_chunks(n);
+  }
   try {
     arm(run);
   } catch (...) {
@@ -45,19 +74,44 @@ stack_run stack_pool::acquire(std::size_t bytes) {
 
 void stack_pool::release(stack_run run) noexcept {
   const std::size_t n = run.bytes / chunk_bytes;
-  region& r = region::get();
-  if (n <= max_pooled_chunks && pooled_bytes_ + run.bytes <= max_pooled_bytes &&
-      r.owner_of(run.base) == r.rank()) {
-    try {
-      free_[n].push_back(run.base);
-      pooled_bytes_ += run.bytes;
-      return;
-    } catch (const std::bad_alloc&) {
-      // not pooled: return it below
+  if (n <= max_pooled_chunks && push(stacks_[n], run.base, run.bytes)) return;
+  disarm(run);
+  region::get().free_chunks(run.base, n);
+}
+
+void* stack_pool::acquire_heap_chunk() noexcept { return pop(heaps_, chunk_bytes); }
+
+void stack_pool::release_heap_chunk(void* chunk) noexcept {
+  if (!push(heaps_, chunk, chunk_bytes)) region::get().free_chunks(chunk, 1);
+}
+
+void stack_pool::flush() noexcept {
+  for (std::size_t n = 1; n <= max_pooled_chunks; ++n) {
+    while (void* base = pop(stacks_[n], n * chunk_bytes)) {
+      disarm({base, n * chunk_bytes});
+      region::get().free_chunks(base, n);
     }
   }
-  disarm(run);
-  r.free_chunks(run.base, n);
+  while (void* chunk = pop(heaps_, chunk_bytes)) region::get().free_chunks(chunk, 1);
+}
+
+void stack_pool::trim() noexcept {
+  // Releases [run + from, run + to) of each run beyond the hot ones. A failure stops the shelf's
+  // trim there (the pages stay resident, which costs memory, not correctness; the next trim
+  // tries again).
+  const auto trim_shelf = [](shelf& s, std::size_t from, std::size_t to) {
+    while (s.runs.size() > hot_runs + s.trimmed) {
+      char* run = static_cast<char*>(s.runs[s.trimmed]);
+      if (prim::decommit(run + from, to - from) != 0) return;
+      ++s.trimmed;
+    }
+  };
+  // A stack keeps its guard (the range starts above it) and its warm top.
+  for (std::size_t n = 1; n <= max_pooled_chunks; ++n) {
+    const std::size_t bytes = n * chunk_bytes;
+    if (bytes > stack_guard_bytes + warm_stack_bytes) trim_shelf(stacks_[n], stack_guard_bytes, bytes - warm_stack_bytes);
+  }
+  trim_shelf(heaps_, prim::page_size(), chunk_bytes);  // a heap chunk keeps its header page
 }
 
 boost::context::stack_context slot_stack::allocate() noexcept {
