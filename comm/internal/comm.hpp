@@ -53,16 +53,10 @@ class private_comm {
 // Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
 // done(item) just before. requests(item) gives the item's requests as a sys_vector or array,
 // peer(item) the rank they go to or come from (named if MPI_Testall fails). A failed
-// MPI_Testall (fault point `point`) is fatal; with `failure` set, it stops the pass instead,
-// leaving that item and those after it to the next pass, and *failure = {its code, its peer}.
-// True if any completed.
-struct mpi_failure_at {
-  int code = MPI_SUCCESS;
-  int peer = -1;
-};
+// MPI_Testall (fault point `point`) is fatal. True if any completed. (The batcher's retry mode
+// completes its sends itself: a send that failed is sent again, transport.cpp.)
 template <class List, class Requests, class Peer, class Done>
-bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall",
-              mpi_failure_at* failure = nullptr) {
+bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall") {
   bool any = false;
   for (auto it = items.begin(); it != items.end();) {
     auto& r = requests(*it);
@@ -70,10 +64,6 @@ bool complete(List& items, Requests requests, Peer peer, Done done, const char* 
     const int rc = mpi_call(point, [&] {
       return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
     });
-    if (rc != MPI_SUCCESS && failure != nullptr) {
-      *failure = {rc, peer(*it)};
-      return any;
-    }
     check_mpi_or_die(rc, "MPI_Testall", peer(*it));
     if (!flag) {
       ++it;

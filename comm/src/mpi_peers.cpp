@@ -79,7 +79,8 @@ void mpi_region_peers::poll() noexcept {
   returns_.poll();
   char failure[sizeof failure_];
   bool failed = returns_.take_failure(failure, sizeof failure);
-  while (!failed) {
+  // Returns arriving are received whatever became of the sends, until one fails.
+  for (;;) {
     int arrived = 0;
     MPI_Status status;
     const char* call = "region-returns:MPI_Iprobe";
@@ -87,8 +88,9 @@ void mpi_region_peers::poll() noexcept {
     if (rc == MPI_SUCCESS && !arrived) break;
     if (rc == MPI_SUCCESS) rc = receive(status, &call);
     if (rc != MPI_SUCCESS) {
-      describe_mpi_failure(failure, sizeof failure, rc, call, arrived ? status.MPI_SOURCE : -1);
+      if (!failed) describe_mpi_failure(failure, sizeof failure, rc, call, arrived ? status.MPI_SOURCE : -1);
       failed = true;
+      break;
     }
   }
   if (!failed) {

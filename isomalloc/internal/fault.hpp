@@ -12,6 +12,9 @@
 //   region-returns:MPI_Isend, region-returns:MPI_Testall
 //       the same, for the calls of the region's peers that return runs to their owners
 //       (comm/internal/mpi_peers.hpp)
+//   region-returns:send_completes_in_error, send_completes_in_error
+//       a send of the region's peers (of the migration engine) is not made and its MPI_Testall
+//       fails, as if MPI had failed the send after taking it (comm/internal/transport.hpp)
 //   prim.reserve_at (mmap), prim.decommit (madvise MADV_DONTNEED), prim.release_lazily
 //   (madvise MADV_FREE), prim.guard_install, prim.guard_remove (madvise MADV_GUARD_*, or
 //   mprotect on kernels without them)
