@@ -4,6 +4,7 @@
 
 #include <mpi.h>
 
+#include <chrono>
 
 #include "comm.hpp"
 #include "region.hpp"
@@ -16,9 +17,11 @@ namespace iso::detail {
 // fewer than `window` batches to that owner are in flight, and otherwise waits for the next batch
 // (thousands of threads ending on a rank must not become thousands of outstanding MPI requests).
 // poll() completes sends, sends waiting batches and hands arriving returns to the region.
-// A failed MPI call on this return path loses nothing: a batch that could not be sent stays in
-// its outbox, a message that could not be received stays in MPI's queue, both tried again at the
-// next poll, and take_failure reports the first; only max_failed_polls polls in a row that fail
+// A failed MPI call on this return path is reported (take_failure reports the first) and tried
+// again at the next poll: a batch that could not be sent stays in its outbox, one whose send
+// completed in error goes back to it. A failed probe or MPI_Get_count leaves the message in
+// MPI's queue (and so does an injected MPI_Recv fault); a real MPI_Recv failure may lose it, and
+// drain() then reports the runs missing; only max_failed_polls polls in a row that fail
 // take the fatal path. Its fault points (fault.hpp) are region-returns:<call>.
 class mpi_region_peers final : public region_peers {
  public:
@@ -35,8 +38,10 @@ class mpi_region_peers final : public region_peers {
   bool take_failure(char* out, std::size_t cap) noexcept override;
 
   // Collective, at shutdown: completes this rank's returns and receives every run other ranks
-  // returned to it, so that nothing is in flight when MPI is finalised. A failed MPI call is
-  // fatal here (the other ranks would wait for what it was to send).
+  // returned to it, so that nothing is in flight when MPI is finalised. A failed send is fatal
+  // here (the other ranks would wait for what it was to send); a failed receive, or runs still
+  // missing after drain_timeout without a message arriving (a receive that failed earlier lost
+  // them), throw iso::error(mpi_failure) saying how many.
   void drain();
 
   MPI_Comm user_comm() const noexcept { return user_comm_; }
@@ -46,6 +51,9 @@ class mpi_region_peers final : public region_peers {
   static constexpr std::uint32_t window = 2;
   // No size bound of its own: the window alone limits the requests.
   static constexpr std::size_t flush_bytes = std::size_t{1} << 20;
+  // How long drain() waits for the runs still to come, from its start: every rank has sent its
+  // returns before the count is agreed, so they are in MPI's queues or lost.
+  static constexpr std::chrono::seconds drain_timeout{5};
   // Polls in a row that may fail before the fatal path: an MPI that keeps failing is broken, and
   // returns that never arrive would exhaust their owners' shares in silence.
   static constexpr std::uint32_t max_failed_polls = 1000;

@@ -1,5 +1,8 @@
 #include "mpi_peers.hpp"
 
+#include <sched.h>
+
+#include <chrono>
 #include <cstring>
 
 #include "diag.hpp"
@@ -46,11 +49,23 @@ void mpi_region_peers::drain() {
   std::uint64_t expected = 0;
   check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),
             "MPI_Reduce_scatter_block (region returns)");
+  const auto deadline = std::chrono::steady_clock::now() + drain_timeout;
   while (received_ < expected) {
+    int arrived = 0;
     MPI_Status status;
-    check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
-    const char* call = nullptr;
-    check_mpi(receive(status, &call), call);
+    check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status), "MPI_Iprobe (region returns)");
+    if (arrived) {
+      const char* call = nullptr;
+      check_mpi(receive(status, &call), call);
+    } else if (std::chrono::steady_clock::now() < deadline) {
+      sched_yield();
+    } else {
+      raise(errc::mpi_failure,
+            "region returns at shutdown: %llu of the %llu runs other ranks returned to rank %d did not arrive "
+            "within %lld s (lost by a receive that failed?)",
+            static_cast<unsigned long long>(expected - received_), static_cast<unsigned long long>(expected),
+            comm_.rank(), static_cast<long long>(drain_timeout.count()));
+    }
   }
   returns_.wait_all();
 }
