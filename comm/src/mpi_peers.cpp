@@ -42,8 +42,13 @@ int mpi_region_peers::receive(const MPI_Status& status, const char** call) noexc
 void mpi_region_peers::drain() {
   hooked_heap_scope system(false);
   region::get().flush_returns();  // those other OS threads freed
+  // A failure before now was tried again here: only whether flush_all sent everything counts.
+  char failure[sizeof failure_];
+  while (returns_.take_failure(failure, sizeof failure)) {
+  }
   returns_.flush_all();
-  if (char failure[sizeof failure_]; returns_.take_failure(failure, sizeof failure)) {
+  // A batch still waiting is one whose MPI_Isend failed just now (take_failure says how).
+  if (returns_.waiting() != 0 && returns_.take_failure(failure, sizeof failure)) {
     fatal("region returns at shutdown: %s", failure);
   }
   std::uint64_t expected = 0;

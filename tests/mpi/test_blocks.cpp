@@ -23,6 +23,7 @@
 #include "fault.hpp"
 #include "heap.hpp"
 #include "isothreads/isomalloc.h"
+#include "mpi_peers.hpp"
 #include "prim.hpp"
 #include "region.hpp"
 
@@ -828,6 +829,27 @@ INSTANTIATE_TEST_SUITE_P(, BlockReturnFaults,
                          [](const testing::TestParamInfo<const char*>& info) {
                            return std::string(std::strchr(info.param, ':') + 1);
                          });
+
+// A return whose MPI_Isend failed waits in its batch; shutdown's drain (which the runtime's
+// destructor runs) sends it and is not fatal: the failure was tried again, and the send worked.
+TEST(Blocks, ShutdownSendsAReturnWhoseSendFailedBefore) {
+  const auto [me, n, next, prev] = ring_of_ranks();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  region& reg = region::get();
+  void* mine = iso_malloc(page_size());
+  EXPECT_NE(mine, nullptr) << iso_last_error();
+  const auto at_start = reg.stats();
+  moved_image got = pass_on(mine, next, prev);
+  void* theirs = got.data.empty() ? nullptr : iso_unpack(got.data.data(), got.data.size());
+  EXPECT_EQ(theirs, reinterpret_cast<void*>(got.address)) << iso_last_error();
+  iso::detail::fault::arm("region-returns:MPI_Isend");
+  if (theirs != nullptr) iso_free(theirs);  // no poll after it: the failure is not taken yet
+  iso::detail::fault::disarm();
+  iso::detail::installed_peers_or_null()->drain();
+  EXPECT_EQ(reg.stats().returned_runs, at_start.returned_runs + 1) << "the range of " << mine << " did not come home";
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
 
 // (4) iso_in_range: 1 for any rank's block address, 0 for system memory.
 TEST(Blocks, InRangeTellsRegionFromSystemMemory) {
