@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <optional>
 
 #include "comm.hpp"
 #include "region.hpp"
@@ -21,8 +22,8 @@ namespace iso::detail {
 // again at the next poll: a batch that could not be sent stays in its outbox, one whose send
 // completed in error goes back to it. A failed probe or MPI_Get_count leaves the message in
 // MPI's queue (and so does an injected MPI_Recv fault); a real MPI_Recv failure may lose it, and
-// drain() then reports the runs missing; only max_failed_polls polls in a row that fail
-// take the fatal path. Its fault points (fault.hpp) are region-returns:<call>.
+// drain() then reports the runs missing. Only polls that keep failing for max_failing (each
+// poll from the first failing one on) take the fatal path. Its fault points (fault.hpp) are region-returns:<call>.
 class mpi_region_peers final : public region_peers {
  public:
   // Collective over comm (MPI_Comm_dup). Throws iso::error(mpi_failure).
@@ -54,9 +55,10 @@ class mpi_region_peers final : public region_peers {
   // How long drain() waits for the runs still to come, from its start: every rank has sent its
   // returns before the count is agreed, so they are in MPI's queues or lost.
   static constexpr std::chrono::seconds drain_timeout{5};
-  // Polls in a row that may fail before the fatal path: an MPI that keeps failing is broken, and
-  // returns that never arrive would exhaust their owners' shares in silence.
-  static constexpr std::uint32_t max_failed_polls = 1000;
+  // How long polls may keep failing before the fatal path: an MPI that fails that long is
+  // broken, and returns that never arrive would exhaust their owners' shares in silence. A time,
+  // not a count: an idle rank polls thousands of times a second.
+  static constexpr std::chrono::seconds max_failing{5};
   // Receives the returns of the message `status` describes: MPI_SUCCESS, or the failed call's
   // code with *call naming it (the message then stays for a later receive).
   int receive(const MPI_Status& status, const char** call) noexcept;
@@ -65,7 +67,8 @@ class mpi_region_peers final : public region_peers {
   batcher returns_;                    // {address, bytes} pairs of u64, by owner
   sys_vector<std::uint64_t> sent_to_;  // runs returned to each rank so far
   std::uint64_t received_ = 0;         // runs received so far
-  std::uint32_t failed_polls_ = 0;     // polls in a row that reported a failure
+  // When the polls that failed without a good one between began; empty: the last poll was good.
+  std::optional<std::chrono::steady_clock::time_point> failing_since_;
   char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // first failure not taken yet; "" if none
 };
 

@@ -114,11 +114,16 @@ void mpi_region_peers::poll() noexcept {
     }
   }
   if (!failed) {
-    failed_polls_ = 0;
+    failing_since_.reset();
     return;
   }
   if (failure_[0] == '\0') std::memcpy(failure_, failure, sizeof failure_);
-  if (++failed_polls_ >= max_failed_polls) fatal("region returns: %u polls in a row failed, the last: %s", failed_polls_, failure);
+  const auto now = std::chrono::steady_clock::now();
+  if (!failing_since_) failing_since_ = now;
+  if (now - *failing_since_ >= max_failing) {
+    fatal("region returns: every poll failed for %lld s, the last: %s", static_cast<long long>(max_failing.count()),
+          failure);
+  }
 }
 
 bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept {
