@@ -27,10 +27,10 @@ class batcher {
  public:
   enum class on_failure { die, retry };
   // The largest batch: flush_bytes plus one record, which must keep it within an MPI count.
-  // `points`: the prefix of the fault points (fault.hpp) of its calls: "<points>:MPI_Isend" and
-  // "<points>:MPI_Testall", and "<points>:send_completes_in_error" (MPI_Isend is not called and
-  // the send's test fails, as if MPI had failed it after taking it); null: the same without
-  // "<points>:".
+  // `points`: the prefix of the fault points (fault.hpp) of its calls: "<points>:MPI_Isend",
+  // "<points>:MPI_Testall", "<points>:MPI_Wait", and "<points>:send_completes_in_error"
+  // (MPI_Isend is not called and the send's test fails, as if MPI had failed it after taking
+  // it); null: the same without "<points>:".
   batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes,
           on_failure mode = on_failure::die, const char* points = nullptr);
   batcher(const batcher&) = delete;
@@ -78,6 +78,7 @@ class batcher {
   on_failure mode_;
   char isend_point_[64];                // fault point names, see the constructor
   char testall_point_[64];
+  char wait_point_[64];
   char late_point_[64];
   char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // see take_failure(); "" if none
   send_list sends_;                     // a list: an in-flight buffer never moves

@@ -13,6 +13,7 @@ batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::s
   if (points == nullptr) points = "";
   safe_format(isend_point_, sizeof isend_point_, "%s%sMPI_Isend", points, sep);
   safe_format(testall_point_, sizeof testall_point_, "%s%sMPI_Testall", points, sep);
+  safe_format(wait_point_, sizeof wait_point_, "%s%sMPI_Wait", points, sep);
   safe_format(late_point_, sizeof late_point_, "%s%ssend_completes_in_error", points, sep);
 }
 
@@ -138,8 +139,8 @@ void batcher::wait_all() noexcept {
   for (outgoing& o : sends_) {
     const int rc = o.late_error != MPI_SUCCESS
                        ? o.late_error
-                       : mpi_call("MPI_Wait", [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); });
-    check_mpi_or_die(rc, "MPI_Wait", o.dest);
+                       : mpi_call(wait_point_, [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); });
+    check_mpi_or_die(rc, wait_point_, o.dest);
     --outboxes_[static_cast<std::size_t>(o.dest)].in_flight;
   }
   sends_.clear();

@@ -9,7 +9,7 @@
 //   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
 //       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
 //   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,
-//   region-returns:MPI_Isend, region-returns:MPI_Testall
+//   region-returns:MPI_Isend, region-returns:MPI_Testall, region-returns:MPI_Wait
 //       the same, for the calls of the region's peers that return runs to their owners
 //       (comm/internal/mpi_peers.hpp)
 //   region-returns:send_completes_in_error, send_completes_in_error
