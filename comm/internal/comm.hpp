@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "fault.hpp"
+#include "region.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -22,6 +23,23 @@ void check_mpi_or_die(int rc, const char* call, int peer) noexcept;
 // "<call> with rank <peer> failed: <MPI's message for rc>" (peer < 0: "with any rank") into
 // buf, cut to cap bytes (NUL included); what check_mpi_or_die says.
 void describe_mpi_failure(char* buf, std::size_t cap, int rc, const char* call, int peer) noexcept;
+static_assert(failure_text_bytes >= MPI_MAX_ERROR_STRING + 128, "a failure's description must hold MPI's message");
+
+// The first failure of a path that retries, described, until take() hands it out: what
+// region_peers::take_failure reports.
+class first_failure {
+ public:
+  // Keeps describe_mpi_failure's text unless a failure is kept already.
+  void keep(int rc, const char* call, int peer) noexcept;
+  // Keeps `text` unless a failure is kept already.
+  void keep(const char* text) noexcept;
+  // Writes the kept failure into out (cap bytes, NUL included) and forgets it; false if none.
+  bool take(char* out, std::size_t cap) noexcept;
+
+ private:
+  char text_[failure_text_bytes] = {};  // "" if none
+};
+
 // f() (an MPI call named `call`), unless the fault point `call` fires (fault.hpp): then
 // MPI_ERR_OTHER, and the call is not made.
 template <class F>

@@ -69,7 +69,7 @@ class mpi_region_peers final : public region_peers {
   std::uint64_t received_ = 0;         // runs received so far
   // When the polls that failed without a good one between began; empty: the last poll was good.
   std::optional<std::chrono::steady_clock::time_point> failing_since_;
-  char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // first failure not taken yet; "" if none
+  first_failure failure_;              // the first failure not taken yet
 };
 
 // iso_init.cpp: agrees the region over comm once per process (iso_init's work; throws

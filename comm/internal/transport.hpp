@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <list>
 
+#include "comm.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -80,7 +81,7 @@ class batcher {
   char testall_point_[64];
   char wait_point_[64];
   char late_point_[64];
-  char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // see take_failure(); "" if none
+  first_failure failure_;               // see take_failure()
   send_list sends_;                     // a list: an in-flight buffer never moves
   sys_vector<outbox> outboxes_;                         // by destination rank
   std::size_t waiting_ = 0;

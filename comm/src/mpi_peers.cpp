@@ -3,7 +3,6 @@
 #include <sched.h>
 
 #include <chrono>
-#include <cstring>
 
 #include "diag.hpp"
 
@@ -43,7 +42,7 @@ void mpi_region_peers::drain() {
   hooked_heap_scope system(false);
   region::get().flush_returns();  // those other OS threads freed
   // A failure before now was tried again here: only whether flush_all sent everything counts.
-  char failure[sizeof failure_];
+  char failure[failure_text_bytes];
   while (returns_.take_failure(failure, sizeof failure)) {
   }
   returns_.flush_all();
@@ -97,7 +96,7 @@ void mpi_region_peers::poll() noexcept {
   check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", -1);
   if (finalized) return;
   returns_.poll();
-  char failure[sizeof failure_];
+  char failure[failure_text_bytes];
   bool failed = returns_.take_failure(failure, sizeof failure);
   // Returns arriving are received whatever became of the sends, until one fails.
   for (;;) {
@@ -117,7 +116,7 @@ void mpi_region_peers::poll() noexcept {
     failing_since_.reset();
     return;
   }
-  if (failure_[0] == '\0') std::memcpy(failure_, failure, sizeof failure_);
+  failure_.keep(failure);
   const auto now = std::chrono::steady_clock::now();
   if (!failing_since_) failing_since_ = now;
   if (now - *failing_since_ >= max_failing) {
@@ -126,11 +125,6 @@ void mpi_region_peers::poll() noexcept {
   }
 }
 
-bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept {
-  if (failure_[0] == '\0') return false;
-  safe_format(out, cap, "%s", failure_);
-  failure_[0] = '\0';
-  return true;
-}
+bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept { return failure_.take(out, cap); }
 
 }  // namespace iso::detail

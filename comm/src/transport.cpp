@@ -19,15 +19,10 @@ batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::s
 
 void batcher::failed(int rc, const char* call, int dest) noexcept {
   if (mode_ == on_failure::die) check_mpi_or_die(rc, call, dest);
-  if (failure_[0] == '\0') describe_mpi_failure(failure_, sizeof failure_, rc, call, dest);
+  failure_.keep(rc, call, dest);
 }
 
-bool batcher::take_failure(char* out, std::size_t cap) noexcept {
-  if (failure_[0] == '\0') return false;
-  safe_format(out, cap, "%s", failure_);
-  failure_[0] = '\0';
-  return true;
-}
+bool batcher::take_failure(char* out, std::size_t cap) noexcept { return failure_.take(out, cap); }
 
 void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
                      bool now) noexcept {

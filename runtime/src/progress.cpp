@@ -54,7 +54,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
   }
   region& r = region::get();
   r.poll();
-  if (char failure[MPI_MAX_ERROR_STRING + 128]; r.take_failure(failure, sizeof failure)) {
+  if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
     if (return_failures_++ == 0) {
       std::fprintf(stderr, "isothreads: rank %d: region returns: %s; tried again at every poll (reported once)\n",
                    comm_.rank(), failure);
