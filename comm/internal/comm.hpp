@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "fault.hpp"
+#include "region.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -22,6 +23,23 @@ void check_mpi_or_die(int rc, const char* call, int peer) noexcept;
 // "<call> with rank <peer> failed: <MPI's message for rc>" (peer < 0: "with any rank") into
 // buf, cut to cap bytes (NUL included); what check_mpi_or_die says.
 void describe_mpi_failure(char* buf, std::size_t cap, int rc, const char* call, int peer) noexcept;
+static_assert(failure_text_bytes >= MPI_MAX_ERROR_STRING + 128, "a failure's description must hold MPI's message");
+
+// The first failure of a path that retries, described, until take() hands it out: what
+// region_peers::take_failure reports.
+class first_failure {
+ public:
+  // Keeps describe_mpi_failure's text unless a failure is kept already.
+  void keep(int rc, const char* call, int peer) noexcept;
+  // Keeps `text` unless a failure is kept already.
+  void keep(const char* text) noexcept;
+  // Writes the kept failure into out (cap bytes, NUL included) and forgets it; false if none.
+  bool take(char* out, std::size_t cap) noexcept;
+
+ private:
+  char text_[failure_text_bytes] = {};  // "" if none
+};
+
 // f() (an MPI call named `call`), unless the fault point `call` fires (fault.hpp): then
 // MPI_ERR_OTHER, and the call is not made.
 template <class F>
@@ -53,16 +71,10 @@ class private_comm {
 // Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
 // done(item) just before. requests(item) gives the item's requests as a sys_vector or array,
 // peer(item) the rank they go to or come from (named if MPI_Testall fails). A failed
-// MPI_Testall (fault point `point`) is fatal; with `failure` set, it stops the pass instead,
-// leaving that item and those after it to the next pass, and *failure = {its code, its peer}.
-// True if any completed.
-struct mpi_failure_at {
-  int code = MPI_SUCCESS;
-  int peer = -1;
-};
+// MPI_Testall (fault point `point`) is fatal. True if any completed. (The batcher's retry mode
+// completes its sends itself: a send that failed is sent again, transport.cpp.)
 template <class List, class Requests, class Peer, class Done>
-bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall",
-              mpi_failure_at* failure = nullptr) {
+bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall") {
   bool any = false;
   for (auto it = items.begin(); it != items.end();) {
     auto& r = requests(*it);
@@ -70,10 +82,6 @@ bool complete(List& items, Requests requests, Peer peer, Done done, const char* 
     const int rc = mpi_call(point, [&] {
       return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
     });
-    if (rc != MPI_SUCCESS && failure != nullptr) {
-      *failure = {rc, peer(*it)};
-      return any;
-    }
     check_mpi_or_die(rc, "MPI_Testall", peer(*it));
     if (!flag) {
       ++it;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <list>
 
+#include "comm.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -19,14 +20,18 @@ namespace iso::detail {
 // Invariant: waiting() == the number of outboxes with bytes, and each outbox's in_flight == its
 // sends not yet completed. A failed MPI call goes through the fatal path, naming call and rank
 // (on_failure::die), or loses nothing (on_failure::retry): a batch whose MPI_Isend failed goes
-// back to its outbox, sends whose MPI_Testall failed stay, both tried again at the next poll,
-// and failure() describes it.
+// back to its outbox; after a failed MPI_Testall the send is tested alone (MPI_Test), and one
+// that completed in error goes back to the front of its outbox to be sent again (so a batch put
+// back can reach twice flush_bytes), while one whose test alone failed stays in flight; the
+// other sends are tested as usual. take_failure() describes the first failure.
 class batcher {
  public:
   enum class on_failure { die, retry };
   // The largest batch: flush_bytes plus one record, which must keep it within an MPI count.
-  // `points`: the prefix of the fault points (fault.hpp) of its calls: "<points>:MPI_Isend" and
-  // "<points>:MPI_Testall"; null: "MPI_Isend", "MPI_Testall".
+  // `points`: the prefix of the fault points (fault.hpp) of its calls: "<points>:MPI_Isend",
+  // "<points>:MPI_Testall", "<points>:MPI_Wait", and "<points>:send_completes_in_error"
+  // (MPI_Isend is not called and the send's test fails, as if MPI had failed it after taking
+  // it); null: the same without "<points>:".
   batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::size_t flush_bytes,
           on_failure mode = on_failure::die, const char* points = nullptr);
   batcher(const batcher&) = delete;
@@ -53,12 +58,17 @@ class batcher {
     MPI_Request request[1];
     sys_vector<unsigned char> buffer;
     int dest;
+    int late_error = MPI_SUCCESS;       // fault injection: what the send's test returns
   };
   struct outbox {
     sys_vector<unsigned char> batch;    // bytes not handed to MPI yet
     std::uint32_t in_flight = 0;        // batches sent to this rank and not completed
   };
+  using send_list = std::list<outgoing, sys_allocator<outgoing>>;
   void flush(int dest) noexcept;
+  // Puts the batch of a send that failed back at the front of its outbox, undoing its counts;
+  // the send's request is null. The send after it.
+  send_list::iterator resend(send_list::iterator it) noexcept;
   // on_failure::die: the fatal path; retry: keeps the first description for take_failure().
   void failed(int rc, const char* call, int dest) noexcept;
 
@@ -69,8 +79,10 @@ class batcher {
   on_failure mode_;
   char isend_point_[64];                // fault point names, see the constructor
   char testall_point_[64];
-  char failure_[MPI_MAX_ERROR_STRING + 128] = {};  // see take_failure(); "" if none
-  std::list<outgoing, sys_allocator<outgoing>> sends_;  // a list: an in-flight buffer never moves
+  char wait_point_[64];
+  char late_point_[64];
+  first_failure failure_;               // see take_failure()
+  send_list sends_;                     // a list: an in-flight buffer never moves
   sys_vector<outbox> outboxes_;                         // by destination rank
   std::size_t waiting_ = 0;
   std::uint64_t sent_ = 0;

@@ -27,9 +27,24 @@ void describe_mpi_failure(char* buf, std::size_t cap, int rc, const char* call, 
   }
 }
 
+void first_failure::keep(int rc, const char* call, int peer) noexcept {
+  if (text_[0] == '\0') describe_mpi_failure(text_, sizeof text_, rc, call, peer);
+}
+
+void first_failure::keep(const char* text) noexcept {
+  if (text_[0] == '\0') safe_format(text_, sizeof text_, "%s", text);
+}
+
+bool first_failure::take(char* out, std::size_t cap) noexcept {
+  if (text_[0] == '\0') return false;
+  safe_format(out, cap, "%s", text_);
+  text_[0] = '\0';
+  return true;
+}
+
 void check_mpi_or_die(int rc, const char* call, int peer) noexcept {
   if (rc == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING + 128];
+  char text[failure_text_bytes];
   describe_mpi_failure(text, sizeof text, rc, call, peer);
   fatal("%s", text);
 }

@@ -1,4 +1,5 @@
 // iso_init: the block interface's collective set-up over MPI.
+#include <memory>
 #include <new>
 
 #include "c_api.hpp"
@@ -39,11 +40,24 @@ void init_region_over(MPI_Comm comm, std::size_t requested) {
           "iso_init: already initialised over another communicator; the region is agreed once per process");
   }
   // sys_allocator storage: iso_init may run inside a migratable thread's call chain. Installed
-  // only once the region is agreed, so that a failed iso_init can be retried.
-  sys_allocator<mpi_region_peers> alloc;
-  mpi_region_peers* fresh = new (alloc.allocate(1)) mpi_region_peers(comm);
+  // only once the region is agreed, so that a failed iso_init can be retried; until then owned
+  // here, so that a failure frees it and its communicator.
+  struct destroy {
+    void operator()(mpi_region_peers* p) const noexcept {
+      p->~mpi_region_peers();
+      sys_allocator<mpi_region_peers>().deallocate(p, 1);
+    }
+  };
+  mpi_region_peers* storage = sys_allocator<mpi_region_peers>().allocate(1);
+  std::unique_ptr<mpi_region_peers, destroy> fresh;
+  try {
+    fresh.reset(new (storage) mpi_region_peers(comm));
+  } catch (...) {
+    sys_allocator<mpi_region_peers>().deallocate(storage, 1);
+    throw;
+  }
   region::get().agree(*fresh, requested);
-  peers = fresh;
+  peers = fresh.release();
 }
 
 }  // namespace iso::detail

@@ -1,6 +1,8 @@
 #include "mpi_peers.hpp"
 
-#include <cstring>
+#include <sched.h>
+
+#include <chrono>
 
 #include "diag.hpp"
 
@@ -39,18 +41,35 @@ int mpi_region_peers::receive(const MPI_Status& status, const char** call) noexc
 void mpi_region_peers::drain() {
   hooked_heap_scope system(false);
   region::get().flush_returns();  // those other OS threads freed
+  // A failure before now was tried again here: only whether flush_all sent everything counts.
+  char failure[failure_text_bytes];
+  while (returns_.take_failure(failure, sizeof failure)) {
+  }
   returns_.flush_all();
-  if (char failure[sizeof failure_]; returns_.take_failure(failure, sizeof failure)) {
+  // A batch still waiting is one whose MPI_Isend failed just now (take_failure says how).
+  if (returns_.waiting() != 0 && returns_.take_failure(failure, sizeof failure)) {
     fatal("region returns at shutdown: %s", failure);
   }
   std::uint64_t expected = 0;
   check_mpi(MPI_Reduce_scatter_block(sent_to_.data(), &expected, 1, MPI_UINT64_T, MPI_SUM, comm_),
             "MPI_Reduce_scatter_block (region returns)");
+  const auto deadline = std::chrono::steady_clock::now() + drain_timeout;
   while (received_ < expected) {
+    int arrived = 0;
     MPI_Status status;
-    check_mpi(MPI_Probe(MPI_ANY_SOURCE, tag_return, comm_, &status), "MPI_Probe (region returns)");
-    const char* call = nullptr;
-    check_mpi(receive(status, &call), call);
+    check_mpi(MPI_Iprobe(MPI_ANY_SOURCE, tag_return, comm_, &arrived, &status), "MPI_Iprobe (region returns)");
+    if (arrived) {
+      const char* call = nullptr;
+      check_mpi(receive(status, &call), call);
+    } else if (std::chrono::steady_clock::now() < deadline) {
+      sched_yield();
+    } else {
+      raise(errc::mpi_failure,
+            "region returns at shutdown: %llu of the %llu runs other ranks returned to rank %d did not arrive "
+            "within %lld s (lost by a receive that failed?)",
+            static_cast<unsigned long long>(expected - received_), static_cast<unsigned long long>(expected),
+            comm_.rank(), static_cast<long long>(drain_timeout.count()));
+    }
   }
   returns_.wait_all();
 }
@@ -77,9 +96,10 @@ void mpi_region_peers::poll() noexcept {
   check_mpi_or_die(MPI_Finalized(&finalized), "MPI_Finalized", -1);
   if (finalized) return;
   returns_.poll();
-  char failure[sizeof failure_];
+  char failure[failure_text_bytes];
   bool failed = returns_.take_failure(failure, sizeof failure);
-  while (!failed) {
+  // Returns arriving are received whatever became of the sends, until one fails.
+  for (;;) {
     int arrived = 0;
     MPI_Status status;
     const char* call = "region-returns:MPI_Iprobe";
@@ -87,23 +107,24 @@ void mpi_region_peers::poll() noexcept {
     if (rc == MPI_SUCCESS && !arrived) break;
     if (rc == MPI_SUCCESS) rc = receive(status, &call);
     if (rc != MPI_SUCCESS) {
-      describe_mpi_failure(failure, sizeof failure, rc, call, arrived ? status.MPI_SOURCE : -1);
+      if (!failed) describe_mpi_failure(failure, sizeof failure, rc, call, arrived ? status.MPI_SOURCE : -1);
       failed = true;
+      break;
     }
   }
   if (!failed) {
-    failed_polls_ = 0;
+    failing_since_.reset();
     return;
   }
-  if (failure_[0] == '\0') std::memcpy(failure_, failure, sizeof failure_);
-  if (++failed_polls_ >= max_failed_polls) fatal("region returns: %u polls in a row failed, the last: %s", failed_polls_, failure);
+  failure_.keep(failure);
+  const auto now = std::chrono::steady_clock::now();
+  if (!failing_since_) failing_since_ = now;
+  if (now - *failing_since_ >= max_failing) {
+    fatal("region returns: every poll failed for %lld s, the last: %s", static_cast<long long>(max_failing.count()),
+          failure);
+  }
 }
 
-bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept {
-  if (failure_[0] == '\0') return false;
-  safe_format(out, cap, "%s", failure_);
-  failure_[0] = '\0';
-  return true;
-}
+bool mpi_region_peers::take_failure(char* out, std::size_t cap) noexcept { return failure_.take(out, cap); }
 
 }  // namespace iso::detail

@@ -13,19 +13,16 @@ batcher::batcher(MPI_Comm comm, int tag, int ranks, std::uint32_t window, std::s
   if (points == nullptr) points = "";
   safe_format(isend_point_, sizeof isend_point_, "%s%sMPI_Isend", points, sep);
   safe_format(testall_point_, sizeof testall_point_, "%s%sMPI_Testall", points, sep);
+  safe_format(wait_point_, sizeof wait_point_, "%s%sMPI_Wait", points, sep);
+  safe_format(late_point_, sizeof late_point_, "%s%ssend_completes_in_error", points, sep);
 }
 
 void batcher::failed(int rc, const char* call, int dest) noexcept {
   if (mode_ == on_failure::die) check_mpi_or_die(rc, call, dest);
-  if (failure_[0] == '\0') describe_mpi_failure(failure_, sizeof failure_, rc, call, dest);
+  failure_.keep(rc, call, dest);
 }
 
-bool batcher::take_failure(char* out, std::size_t cap) noexcept {
-  if (failure_[0] == '\0') return false;
-  safe_format(out, cap, "%s", failure_);
-  failure_[0] = '\0';
-  return true;
-}
+bool batcher::take_failure(char* out, std::size_t cap) noexcept { return failure_.take(out, cap); }
 
 void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
                      bool now) noexcept {
@@ -53,9 +50,16 @@ void batcher::flush(int dest) noexcept {
     --waiting_;
     ++box.in_flight;
     ++sent_;
-    const int rc = mpi_call(isend_point_, [&] {
-      return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag_, comm_, o.request);
-    });
+    int rc = MPI_SUCCESS;
+    if (fault::hit(late_point_)) {
+      // As if MPI had taken the send and then failed it: nothing is sent, its test fails.
+      o.request[0] = MPI_REQUEST_NULL;
+      o.late_error = MPI_ERR_OTHER;
+    } else {
+      rc = mpi_call(isend_point_, [&] {
+        return MPI_Isend(o.buffer.data(), static_cast<int>(o.buffer.size()), MPI_BYTE, dest, tag_, comm_, o.request);
+      });
+    }
     if (rc != MPI_SUCCESS) {
       failed(rc, isend_point_, dest);
       // Retry: the batch goes back as it was (nothing was appended since), to be sent next time.
@@ -71,15 +75,55 @@ void batcher::flush(int dest) noexcept {
 }
 
 void batcher::poll() noexcept {
-  mpi_failure_at failure;
-  complete(
-      sends_, [](outgoing& o) -> auto& { return o.request; }, [](outgoing& o) { return o.dest; },
-      [this](outgoing& o) { --outboxes_[static_cast<std::size_t>(o.dest)].in_flight; }, testall_point_,
-      mode_ == on_failure::retry ? &failure : nullptr);
-  if (failure.code != MPI_SUCCESS) failed(failure.code, testall_point_, failure.peer);
+  for (auto it = sends_.begin(); it != sends_.end();) {
+    outgoing& o = *it;
+    int flag = 0;
+    int rc = o.late_error;
+    if (rc == MPI_SUCCESS) {
+      rc = mpi_call(testall_point_, [&] { return MPI_Testall(1, o.request, &flag, MPI_STATUSES_IGNORE); });
+    }
+    if (rc != MPI_SUCCESS) {
+      failed(rc, testall_point_, o.dest);
+      // Did the test fail, or the send? A send that completed in error has had its request
+      // freed by MPI, or fails its own MPI_Test; after a test that failed alone it is pending.
+      bool lost = o.request[0] == MPI_REQUEST_NULL;
+      if (!lost) {
+        MPI_Status status;
+        lost = MPI_Test(o.request, &flag, &status) != MPI_SUCCESS;
+        if (lost && o.request[0] != MPI_REQUEST_NULL) {
+          check_mpi_or_die(MPI_Request_free(o.request), "MPI_Request_free", o.dest);
+        }
+      }
+      if (lost) {
+        it = resend(it);
+        continue;
+      }
+    }
+    if (!flag) {
+      ++it;
+      continue;
+    }
+    --outboxes_[static_cast<std::size_t>(o.dest)].in_flight;
+    it = sends_.erase(it);
+  }
   for (std::size_t dest = 0; waiting_ != 0 && dest < outboxes_.size(); ++dest) {
     if (outboxes_[dest].in_flight < window_) flush(static_cast<int>(dest));
   }
+}
+
+batcher::send_list::iterator batcher::resend(send_list::iterator it) noexcept {
+  outgoing& o = *it;
+  outbox& box = outboxes_[static_cast<std::size_t>(o.dest)];
+  try {
+    // At the front: what was appended since comes after it, as before.
+    box.batch.insert(box.batch.begin(), o.buffer.begin(), o.buffer.end());
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while queueing %zu bytes again for rank %d", o.buffer.size(), o.dest);
+  }
+  if (box.batch.size() == o.buffer.size()) ++waiting_;
+  --box.in_flight;
+  --sent_;  // counted again when it leaves
+  return sends_.erase(it);
 }
 
 void batcher::flush_all() noexcept {
@@ -88,7 +132,10 @@ void batcher::flush_all() noexcept {
 
 void batcher::wait_all() noexcept {
   for (outgoing& o : sends_) {
-    check_mpi_or_die(mpi_call("MPI_Wait", [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); }), "MPI_Wait", o.dest);
+    const int rc = o.late_error != MPI_SUCCESS
+                       ? o.late_error
+                       : mpi_call(wait_point_, [&] { return MPI_Wait(o.request, MPI_STATUS_IGNORE); });
+    check_mpi_or_die(rc, wait_point_, o.dest);
     --outboxes_[static_cast<std::size_t>(o.dest)].in_flight;
   }
   sends_.clear();

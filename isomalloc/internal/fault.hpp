@@ -9,9 +9,12 @@
 //   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
 //       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
 //   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,
-//   region-returns:MPI_Isend, region-returns:MPI_Testall
+//   region-returns:MPI_Isend, region-returns:MPI_Testall, region-returns:MPI_Wait
 //       the same, for the calls of the region's peers that return runs to their owners
 //       (comm/internal/mpi_peers.hpp)
+//   region-returns:send_completes_in_error, send_completes_in_error
+//       a send of the region's peers (of the migration engine) is not made and its MPI_Testall
+//       fails, as if MPI had failed the send after taking it (comm/internal/transport.hpp)
 //   prim.reserve_at (mmap), prim.decommit (madvise MADV_DONTNEED), prim.release_lazily
 //   (madvise MADV_FREE), prim.guard_install, prim.guard_remove (madvise MADV_GUARD_*, or
 //   mprotect on kernels without them)

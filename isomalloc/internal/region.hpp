@@ -59,9 +59,12 @@ class region_peers {
   // ranks that fails loses nothing: it is tried again at the next poll (take_failure says so).
   virtual void poll() noexcept = 0;
   // Writes the first failure since the last take_failure, described, into out (cap bytes, NUL
-  // included) and forgets it; false if none.
+  // included; failure_text_bytes hold any) and forgets it; false if none.
   virtual bool take_failure(char* out, std::size_t cap) noexcept = 0;
 };
+// Bytes that hold any failure take_failure describes: the call, the rank and MPI's message
+// (MPI_MAX_ERROR_STRING, at most 1024 in the MPIs we know; comm.hpp checks it).
+inline constexpr std::size_t failure_text_bytes = 1024 + 128;
 
 // The region's bounds for the hottest test of all (every free() asks it): plain globals,
 // constant-initialised, set once the region is agreed; [lo, lo + bytes).

@@ -283,7 +283,7 @@ void iso_progress(void) {
   if (r.ready()) {
     r.set_return_hook(&accept_return);
     r.poll();
-    if (char failure[512]; r.take_failure(failure, sizeof failure)) {
+    if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
       set_last_error("iso_progress: %s; what it was to send or receive is tried again at every poll", failure);
     }
   }

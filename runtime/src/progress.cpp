@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "balancer.hpp"
 #include "checkpoint.hpp"
@@ -36,7 +37,12 @@ mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min
 
 // A round still pending at the end is never completed (collectives cannot be cancelled); every
 // rank returns from run() only after a completed round, so none is left by then.
-mpi_progress::~mpi_progress() = default;
+mpi_progress::~mpi_progress() {
+  if (return_failures_ > 1) {
+    std::fprintf(stderr, "isothreads: rank %d: region returns failed in %llu polls in all\n", comm_.rank(),
+                 static_cast<unsigned long long>(return_failures_));
+  }
+}
 
 bool mpi_progress::poll(scheduler&) noexcept {
   const bool did = engine_ != nullptr && engine_->poll();
@@ -46,7 +52,14 @@ bool mpi_progress::poll(scheduler&) noexcept {
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
-  region::get().poll();
+  region& r = region::get();
+  r.poll();
+  if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
+    if (return_failures_++ == 0) {
+      std::fprintf(stderr, "isothreads: rank %d: region returns: %s; tried again at every poll (reported once)\n",
+                   comm_.rank(), failure);
+    }
+  }
   return did;
 }
 

@@ -87,6 +87,9 @@ class mpi_progress final : public progress_engine {
   // gives its core away between polls (no sleep) for at least min_backoff_ns_: the answer is
   // usually microseconds away.
   std::uint64_t victim_rng_;          // splitmix64 state: victims are uniform over the other ranks
+  // Polls whose region returns failed (region::take_failure): the first is printed at once,
+  // the count at the end.
+  std::uint64_t return_failures_ = 0;
   std::int64_t steal_delay_ns_ = 0;
   std::int64_t steal_at_ns_ = 0;      // no request before this time
   std::uint64_t refused_seen_ = 0;    // engine's steal_stats().refused when last looked at

@@ -6,7 +6,8 @@
 # Each breach is named, and any fails the test:
 #   - a module's target has another module's src/ on its include path;
 #   - a file of a module includes ("..." or <isothreads/...>) a header found neither in its own
-#     module nor in the internal/ or include/ of a module it uses. A module's own src/ counts only
+#     module nor in the internal/ or include/ of a module it uses (".." components may not lead
+#     out of the directory the header is found in). A module's own src/ counts only
 #     for its src/ files: its internal/ and include/ headers are read by the modules above, which
 #     cannot see its src/.
 string(REPLACE "|" ";" MODULES "${MODULES}")
@@ -66,7 +67,10 @@ foreach(entry IN LISTS MODULES)
       string(REGEX REPLACE "^[^\"<]*[\"<]([^\">]+)[\">].*" "\\1" header "${line}")
       set(found FALSE)
       foreach(dir IN LISTS search)
-        if(EXISTS "${dir}/${header}")
+        # Found only inside the directory searched: ".." components must not lead out of it.
+        get_filename_component(path "${dir}/${header}" ABSOLUTE)
+        starts_with(inside "${path}" "${dir}/")
+        if(inside AND EXISTS "${path}")
           set(found TRUE)
           break()
         endif()

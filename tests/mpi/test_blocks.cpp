@@ -23,6 +23,7 @@
 #include "fault.hpp"
 #include "heap.hpp"
 #include "isothreads/isomalloc.h"
+#include "mpi_peers.hpp"
 #include "prim.hpp"
 #include "region.hpp"
 
@@ -774,8 +775,9 @@ TEST(BlockErrors, AFreeWhosePagesTheKernelRefusesStillReleasesTheRange) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-// Fault injection on the return path (mpi_peers.hpp): one MPI call of the region's peers fails
-// while a block freed on another rank goes home. Nothing is lost and nothing is fatal: an
+// Fault injection on the return path (mpi_peers.hpp): one MPI call of the region's peers fails,
+// or a send it posted completes in error (it must be sent again), while a block freed on another
+// rank goes home. Nothing is lost and nothing is fatal: an
 // iso_progress reports the failure, naming the call, a later one sends or receives what waited,
 // the range comes home to its owner, and the region stays consistent. Each point is armed before
 // the block calls that pass it (the remote iso_free sends, every block call polls) and after any
@@ -806,7 +808,11 @@ TEST_P(BlockReturnFaults, AFailedCallOnTheReturnPathLosesNothing) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   iso::detail::fault::disarm();
-  EXPECT_THAT(reported, HasSubstr(std::string("iso_progress: ") + GetParam())) << "the failure was not reported";
+  // A send that completes in error is found by its test.
+  const std::string call = std::strcmp(GetParam(), "region-returns:send_completes_in_error") == 0
+                               ? "region-returns:MPI_Testall"
+                               : GetParam();
+  EXPECT_THAT(reported, HasSubstr("iso_progress: " + call)) << "the failure was not reported";
   EXPECT_EQ(returned, at_start.returned_runs + 1) << "the range of " << mine << " did not come home";
   EXPECT_EQ(reg.stats().allocated_chunks, at_start.allocated_chunks - 1) << "the returned run must be free again";
   EXPECT_EQ(reg.stats().bad_returns, 0u);
@@ -819,10 +825,31 @@ TEST_P(BlockReturnFaults, AFailedCallOnTheReturnPathLosesNothing) {
 INSTANTIATE_TEST_SUITE_P(, BlockReturnFaults,
                          testing::Values("region-returns:MPI_Isend", "region-returns:MPI_Testall",
                                          "region-returns:MPI_Iprobe", "region-returns:MPI_Get_count",
-                                         "region-returns:MPI_Recv"),
+                                         "region-returns:MPI_Recv", "region-returns:send_completes_in_error"),
                          [](const testing::TestParamInfo<const char*>& info) {
                            return std::string(std::strchr(info.param, ':') + 1);
                          });
+
+// A return whose MPI_Isend failed waits in its batch; shutdown's drain (which the runtime's
+// destructor runs) sends it and is not fatal: the failure was tried again, and the send worked.
+TEST(Blocks, ShutdownSendsAReturnWhoseSendFailedBefore) {
+  const auto [me, n, next, prev] = ring_of_ranks();
+  if (n < 2) GTEST_SKIP() << "needs two ranks";
+  region& reg = region::get();
+  void* mine = iso_malloc(page_size());
+  EXPECT_NE(mine, nullptr) << iso_last_error();
+  const auto at_start = reg.stats();
+  moved_image got = pass_on(mine, next, prev);
+  void* theirs = got.data.empty() ? nullptr : iso_unpack(got.data.data(), got.data.size());
+  EXPECT_EQ(theirs, reinterpret_cast<void*>(got.address)) << iso_last_error();
+  iso::detail::fault::arm("region-returns:MPI_Isend");
+  if (theirs != nullptr) iso_free(theirs);  // no poll after it: the failure is not taken yet
+  iso::detail::fault::disarm();
+  iso::detail::installed_peers_or_null()->drain();
+  EXPECT_EQ(reg.stats().returned_runs, at_start.returned_runs + 1) << "the range of " << mine << " did not come home";
+  EXPECT_TRUE(reg.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
 
 // (4) iso_in_range: 1 for any rank's block address, 0 for system memory.
 TEST(Blocks, InRangeTellsRegionFromSystemMemory) {

@@ -164,6 +164,7 @@ TEST(Collectives, GroupsWhoseTagsCollideKeepTheirMessagesApart) {
       // Both member lists, one after the other, from main of rank 0.
       const iso::message m = iso::recv(iso::thread_id(0, 0), 0);
       const std::size_t n = m.data.size() / sizeof(iso::thread_id) / 2;
+      if (n == 0) return;  // no pair was found: rank 0 reports it
       std::vector<iso::thread_id> a(n), b(n);
       std::memcpy(a.data(), m.data.data(), n * sizeof(iso::thread_id));
       std::memcpy(b.data(), m.data.data() + n * sizeof(iso::thread_id), n * sizeof(iso::thread_id));
@@ -198,7 +199,9 @@ TEST(Collectives, GroupsWhoseTagsCollideKeepTheirMessagesApart) {
   const std::vector<iso::thread_id> ids = allgather_ids(mine);
   if (rt->rank() == 0) {
     const auto [a, b] = groups_sharing_a_tag(ids);
-    ASSERT_FALSE(a.empty()) << "no two orders of " << ids.size() << " threads share a tag";
+    // Without a pair every thread is still released (an empty message), so that this fails
+    // instead of hanging.
+    EXPECT_FALSE(a.empty()) << "no two orders of " << ids.size() << " threads share a tag";
     std::vector<iso::thread_id> both(a);
     both.insert(both.end(), b.begin(), b.end());
     for (iso::thread_id t : ids) iso::send(t, both.data(), both.size() * sizeof(iso::thread_id), 0);
