@@ -123,7 +123,6 @@ class ready_deque final : public sched_policy {
     for (tcb* t = fifo_; t != nullptr && seen < steal_scan; t = t->next, ++seen) consider(t);
     return fresh != nullptr ? fresh : waiting;
   }
-  }
 
  private:
   static constexpr std::uint32_t fifo_turn = 32;
