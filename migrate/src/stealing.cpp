@@ -109,17 +109,20 @@ void engine::quiesce_steals() noexcept {
   // Every rank here has its answer, so every request was received; answers still go out to
   // ranks that have not arrived yet.
   MPI_Request barrier = MPI_REQUEST_NULL;
-  check_mpi_or_die(MPI_Ibarrier(steal_comm_, &barrier), "MPI_Ibarrier (steal)", -1);
+  check_mpi_or_die(mpi_call("MPI_Ibarrier", [&] { return MPI_Ibarrier(steal_comm_, &barrier); }), "MPI_Ibarrier (steal)",
+                   -1);
   for (;;) {
     int done = 0;
-    check_mpi_or_die(MPI_Test(&barrier, &done, MPI_STATUS_IGNORE), "MPI_Test (steal barrier)", -1);
+    check_mpi_or_die(mpi_call("MPI_Test", [&] { return MPI_Test(&barrier, &done, MPI_STATUS_IGNORE); }),
+                     "MPI_Test (steal barrier)", -1);
     if (done) break;
     if (!poll_steals()) nanosleep(&pause, nullptr);
   }
   // Each answer this rank sent was taken by its thief before the barrier, each request by its
   // victim: these sends complete.
   for (steal_send& s : steal_sends_) {
-    check_mpi_or_die(MPI_Wait(&s.request[0], MPI_STATUS_IGNORE), "MPI_Wait (steal)", s.dest);
+    check_mpi_or_die(mpi_call("MPI_Wait", [&] { return MPI_Wait(&s.request[0], MPI_STATUS_IGNORE); }), "MPI_Wait (steal)",
+                     s.dest);
   }
   steal_sends_.clear();
   quiescing_ = false;
