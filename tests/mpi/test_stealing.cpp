@@ -428,8 +428,10 @@ TEST(StealingOptions, IsoStealMapsOntoRuntimeOptions) {
     EXPECT_NE(std::string(e.what()).find("ISO_STEAL=yes"), std::string::npos) << e.what();
   }
   ::setenv("ISO_STEAL", "0", 1);
-  ::setenv("ISO_STEAL_SEED", "-3", 1);
-  EXPECT_THROW((void)iso::runtime_options::from_environment(), iso::error);
+  for (const char* bad : {"-3", " -3", " 3", "+3", "3x", "99999999999999999999"}) {
+    ::setenv("ISO_STEAL_SEED", bad, 1);
+    EXPECT_THROW((void)iso::runtime_options::from_environment(), iso::error) << "ISO_STEAL_SEED=\"" << bad << '"';
+  }
   ::unsetenv("ISO_STEAL_SEED");
   EXPECT_FALSE(iso::runtime_options::from_environment().steal);
   ::unsetenv("ISO_STEAL");
