@@ -71,7 +71,13 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (engine_ != nullptr && engine_->can_request_steal()) ask_for_work(now);
+  if (engine_ != nullptr) {
+    if (engine_->can_request_steal()) {
+      ask_for_work(now);
+    } else if (!engine_->stealing()) {
+      engine_->answer_steals_while_off();
+    }
+  }
   if (now - idle_since_ns_ < spin_ns_) {
     sched_yield();
     return;

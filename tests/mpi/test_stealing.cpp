@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -342,6 +343,32 @@ TEST_F(Stealing, LbSyncStepsInterleaveWithSteals) {
   EXPECT_GE(stolen, 1u);
   EXPECT_LE(all[3], stolen);  // a thread can also be stolen before it starts or leaving lb::sync
   EXPECT_GE(all[4], 1u) << "no steal between two lb::sync steps (" << stolen << " steals in all)";
+}
+
+// A victim that turned stealing off mid-run still answers: rank 0 keeps it on and, idle (its only
+// thread sleeps), keeps asking; every other rank turns it off and sleeps. Each request must get
+// its "none" within the idle back-off, not when the run ends.
+TEST_F(Stealing, AVictimThatTurnedStealingOffStillAnswers) {
+  iso::stealing(true);
+  using namespace std::chrono_literals;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      iso::this_thread::sleep_for(30ms);  // the others are off by now, and idle
+      const iso::steal_stats a = iso::stealing_stats();
+      iso::this_thread::sleep_for(100ms);
+      const iso::steal_stats b = iso::stealing_stats();
+      EXPECT_GE(b.requests - a.requests, 2u);
+      EXPECT_GE(b.refused - a.refused, 1u) << "no answer from ranks with stealing off in 100 ms";
+    });
+  } else {
+    iso::spawn([] {
+      iso::stealing(false);
+      iso::this_thread::sleep_for(200ms);
+    });
+  }
+  rt->run();
+  const iso::steal_stats s = global_steal_stats();
+  EXPECT_EQ(s.requests, s.stolen + s.refused);
 }
 
 // Idle ranks that keep asking for work must neither hide a deadlock (their requests are not
