@@ -14,8 +14,9 @@ namespace {
 // Steal messages carry no payload: the tag says what it is, the source who sent it.
 const unsigned char g_no_payload = 0;
 
-// With stealing on, the scheduler polls at least this often while threads return to it (ns): a
-// request waits for the victim's next poll. A poll costs about a microsecond.
+// With stealing on, the scheduler polls at the first switch this long (ns) after its last poll,
+// direct switches between threads included: a request waits for the victim's next poll. A poll
+// costs about a microsecond.
 constexpr std::int64_t steal_poll_interval_ns = 50'000;
 
 }  // namespace
