@@ -127,14 +127,18 @@ class engine {
   // that the arrival is the answer; or with a "none" reply. Requests and "none" replies travel on
   // a communicator of their own and are not counted for termination: they carry no thread and
   // wake none, and the thread a victim gives is counted as any migration is. Off, a rank neither
-  // asks nor gives, and answers requests only while it waits for its own answer and when a run
-  // ends (quiesce_steals).
+  // asks nor gives, and answers requests "none" while it is idle (answer_steals_while_off), while
+  // it waits for its own answer, and when a run ends (quiesce_steals).
   void set_stealing(bool on) noexcept;
   bool stealing() const noexcept { return stealing_; }
   // Stealing on, more than one rank, and no request of this rank waiting for its answer.
   bool can_request_steal() const noexcept { return stealing_ && size_ > 1 && !steal_outstanding_; }
   // Sends a steal request to rank `victim`. pre: can_request_steal(), victim another rank.
   void request_steal(int victim) noexcept;
+  // With stealing off on this rank (and more than one rank): answers "none" to the requests that
+  // have reached it, so that a thief whose victim turned stealing off mid-run does not wait for
+  // its answer until the run ends. For the idle path: off, the switches never look (poll()).
+  void answer_steals_while_off() noexcept;
   struct steal_stats_t {
     std::uint64_t requests = 0;         // steal requests this rank sent
     std::uint64_t stolen = 0;           // threads that arrived here as the answer to one

@@ -14,8 +14,9 @@ namespace {
 // Steal messages carry no payload: the tag says what it is, the source who sent it.
 const unsigned char g_no_payload = 0;
 
-// With stealing on, the scheduler polls at least this often while threads return to it (ns): a
-// request waits for the victim's next poll. A poll costs about a microsecond.
+// With stealing on, the scheduler polls at the first switch this long (ns) after its last poll,
+// direct switches between threads included: a request waits for the victim's next poll. A poll
+// costs about a microsecond.
 constexpr std::int64_t steal_poll_interval_ns = 50'000;
 
 }  // namespace
@@ -89,6 +90,10 @@ bool engine::poll_steals() noexcept {
   return gave;
 }
 
+void engine::answer_steals_while_off() noexcept {
+  if (!stealing_ && size_ > 1) (void)poll_steals();  // off: every answer is "none"
+}
+
 void engine::note_stolen_arrival(tcb* t) noexcept {
   if (!t->stolen) return;
   // Only an answer to this rank's request carries the flag: a victim sets it for the thief only.
@@ -109,17 +114,20 @@ void engine::quiesce_steals() noexcept {
   // Every rank here has its answer, so every request was received; answers still go out to
   // ranks that have not arrived yet.
   MPI_Request barrier = MPI_REQUEST_NULL;
-  check_mpi_or_die(MPI_Ibarrier(steal_comm_, &barrier), "MPI_Ibarrier (steal)", -1);
+  check_mpi_or_die(mpi_call("MPI_Ibarrier", [&] { return MPI_Ibarrier(steal_comm_, &barrier); }), "MPI_Ibarrier (steal)",
+                   -1);
   for (;;) {
     int done = 0;
-    check_mpi_or_die(MPI_Test(&barrier, &done, MPI_STATUS_IGNORE), "MPI_Test (steal barrier)", -1);
+    check_mpi_or_die(mpi_call("MPI_Test", [&] { return MPI_Test(&barrier, &done, MPI_STATUS_IGNORE); }),
+                     "MPI_Test (steal barrier)", -1);
     if (done) break;
     if (!poll_steals()) nanosleep(&pause, nullptr);
   }
   // Each answer this rank sent was taken by its thief before the barrier, each request by its
   // victim: these sends complete.
   for (steal_send& s : steal_sends_) {
-    check_mpi_or_die(MPI_Wait(&s.request[0], MPI_STATUS_IGNORE), "MPI_Wait (steal)", s.dest);
+    check_mpi_or_die(mpi_call("MPI_Wait", [&] { return MPI_Wait(&s.request[0], MPI_STATUS_IGNORE); }), "MPI_Wait (steal)",
+                     s.dest);
   }
   steal_sends_.clear();
   quiescing_ = false;

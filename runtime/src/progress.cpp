@@ -74,9 +74,13 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
   const int victim = (comm_.rank() + 1 + static_cast<int>(next_random(victim_rng_) % static_cast<std::uint64_t>(others))) %
                      engine_->ranks();
   engine_->request_steal(victim);
-  // Poll for the answer by giving the core away, not sleeping, for at least min_backoff_ns_ (the
-  // rest of the idle spell's first idle_spin if longer: a rank that just ran out asks at once,
-  // and the answer is microseconds away); a sleep costs the timer slack on top.
+  // Once the steal delay is at its cap, work has been scarce for a while: the rank sleeps on as
+  // its idle back-off says (the answer waits at most max_backoff_ns_ for it), so that idle ranks
+  // sharing cores wake about once per max_backoff_ns_ instead of spinning after each request.
+  if (steal_delay_ns_ >= max_backoff_ns_) return;
+  // Before that, poll for the answer by giving the core away, not sleeping, for at least
+  // min_backoff_ns_ (the rest of the idle spell's first idle_spin if longer: a rank that just ran
+  // out asks at once, and the answer is microseconds away); a sleep costs the timer slack on top.
   idle_since_ns_ = std::max(idle_since_ns_, now - spin_ns_ + min_backoff_ns_);
   backoff_ns_ = min_backoff_ns_;
 }
@@ -84,13 +88,21 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (engine_ != nullptr && engine_->can_request_steal()) ask_for_work(now);
+  if (engine_ != nullptr) {
+    if (engine_->can_request_steal()) {
+      ask_for_work(now);
+    } else if (!engine_->stealing()) {
+      engine_->answer_steals_while_off();
+    }
+  }
   if (now - idle_since_ns_ < spin_ns_) {
     sched_yield();
     return;
   }
   std::int64_t ns = backoff_ns_;
   if (max_ns >= 0) ns = std::min(ns, max_ns);
+  // Wake for the next steal request, not a whole back-off after it is due.
+  if (engine_ != nullptr && engine_->can_request_steal() && steal_at_ns_ > now) ns = std::min(ns, steal_at_ns_ - now);
   backoff_ns_ = std::min(backoff_ns_ * 2, max_backoff_ns_);
   if (ns <= 0) return;
   const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <clocale>
 #include <cstdio>
@@ -136,7 +137,8 @@ runtime_options runtime_options::from_environment() {
     char* end = nullptr;
     errno = 0;
     o.steal_seed = std::strtoull(v, &end, 10);
-    if (errno != 0 || *end != '\0' || *v == '-') {
+    // strtoull would skip leading white space and wrap a sign: only digits are a seed.
+    if (errno != 0 || *end != '\0' || !std::isdigit(static_cast<unsigned char>(*v))) {
       detail::raise(errc::invalid_argument, "ISO_STEAL_SEED=%s: not an unsigned decimal number", v);
     }
   }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -264,7 +265,17 @@ TEST_F(Stealing, FuturesWhoseProducersAreStolen) {
 
 // Threads on every rank do seeded amounts of work between lb::sync steps, with stealing on: the
 // balancer's moves and thieves' steals interleave, and each thread still does every iteration
-// exactly once and sees every step.
+// exactly once, sees every step and ends with the state a serial run computes (its generator and
+// running value live on its stack). Some steals must come after a step: a thread finds itself on
+// another rank after a yield (only a steal moves a thread there; the balancer moves threads in
+// lb::sync).
+struct lb_thread_state {
+  std::uint64_t x;
+  std::mt19937_64 rng;
+  explicit lb_thread_state(std::uint64_t seed) : x(seed), rng(seed) {}
+  void iterate(int weight) { x = churn(x, weight * (100 + static_cast<int>(rng() % 400))); }
+};
+
 TEST_F(Stealing, LbSyncStepsInterleaveWithSteals) {
   const std::uint64_t seed = iso_test::test_seed("Stealing.LbSyncStepsInterleaveWithSteals");
   iso::stealing(true);
@@ -272,43 +283,92 @@ TEST_F(Stealing, LbSyncStepsInterleaveWithSteals) {
   constexpr int steps = 6;
   constexpr int iterations = 10;  // between two steps
   const iso::steal_stats before = global_steal_stats();
-  // No collector thread: a step waits for every live thread to be in lb::sync. Each thread checks
-  // its own work and counts it on the rank where it ends; the totals are reduced after run().
-  static std::uint64_t iterations_done = 0;  // on this rank, by threads that ended here
-  static std::uint64_t threads_done = 0;
-  static std::uint64_t bad = 0;
-  iterations_done = threads_done = bad = 0;
+  // No collector thread: a step waits for every live thread to be in lb::sync. Each thread counts
+  // its iterations where it runs them and its result where it ends; the totals are reduced after
+  // run().
+  static std::uint64_t iterations_done = 0;  // on this rank
+  static std::uint64_t threads_done = 0;     // threads that ended on this rank
+  static std::uint64_t checksum = 0;         // sum of their final values
+  static std::uint64_t steals_seen = 0;      // yields after which a thread was on another rank
+  static std::uint64_t steals_seen_after_a_step = 0;
+  iterations_done = threads_done = checksum = steals_seen = steals_seen_after_a_step = 0;
+  const auto thread_seed = [seed](int rank, int i) {
+    return seed ^ (static_cast<std::uint64_t>(rank) << 32) ^ static_cast<std::uint64_t>(i);
+  };
+  // In step s the threads spawned on rank s % size are the heavy ones: the balancer plans from
+  // the step before, so every step leaves ranks idle early, and they steal.
+  const int ranks_spawning = rt->size();
+  const auto weight_of = [ranks_spawning](int rank, int step) { return rank == step % ranks_spawning ? 100 : 1; };
   for (int i = 0; i < threads_per_rank; ++i) {
-    const std::uint64_t my_seed = seed ^ (static_cast<std::uint64_t>(rt->rank()) << 32) ^ static_cast<std::uint64_t>(i);
-    // Rank 0 gets the heavy threads, so the others go idle and steal between steps.
-    const int weight = rt->rank() == 0 ? 40 : 1;
     iso::spawn(
-        [my_seed, weight] {
-          std::mt19937_64 rng(my_seed);
-          std::uint64_t x = my_seed, done = 0;
+        [my_seed = thread_seed(rt->rank(), i), origin = rt->rank(), weight_of] {
+          lb_thread_state state(my_seed);
           for (int s = 0; s < steps; ++s) {
             for (int k = 0; k < iterations; ++k) {
-              x = churn(x, weight * (100 + static_cast<int>(rng() % 400)));
-              ++done;
+              state.iterate(weight_of(origin, s));
+              ++iterations_done;
+              const int at = iso::rank();
               iso::this_thread::yield();
+              if (iso::rank() != at) {
+                ++steals_seen;
+                if (s > 0) ++steals_seen_after_a_step;
+              }
             }
             iso::lb::sync();
           }
-          if (done != static_cast<std::uint64_t>(steps * iterations)) ++bad;
-          iterations_done += done;
+          checksum += state.x;
           ++threads_done;
         },
         iso::spawn_options{.stealable = true});
   }
   rt->run();
-  std::uint64_t mine_counts[3] = {iterations_done, threads_done, bad}, all[3] = {};
-  MPI_Allreduce(mine_counts, all, 3, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  std::uint64_t mine_counts[5] = {iterations_done, threads_done, checksum, steals_seen, steals_seen_after_a_step},
+                all[5] = {};
+  MPI_Allreduce(mine_counts, all, 5, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  std::uint64_t expected_checksum = 0;
+  for (int r = 0; r < rt->size(); ++r) {
+    for (int i = 0; i < threads_per_rank; ++i) {
+      lb_thread_state state(thread_seed(r, i));
+      for (int k = 0; k < steps * iterations; ++k) state.iterate(weight_of(r, k / iterations));
+      expected_checksum += state.x;
+    }
+  }
   const auto ranks = static_cast<std::uint64_t>(rt->size());
   EXPECT_EQ(all[0], ranks * threads_per_rank * steps * iterations);
   EXPECT_EQ(all[1], ranks * threads_per_rank);
-  EXPECT_EQ(all[2], 0u);
+  EXPECT_EQ(all[2], expected_checksum);
   const iso::steal_stats after = global_steal_stats();
-  EXPECT_EQ(after.stolen - before.stolen, after.given - before.given);
+  const std::uint64_t stolen = after.stolen - before.stolen;
+  EXPECT_EQ(stolen, after.given - before.given);
+  EXPECT_GE(stolen, 1u);
+  EXPECT_LE(all[3], stolen);  // a thread can also be stolen before it starts or leaving lb::sync
+  EXPECT_GE(all[4], 1u) << "no steal between two lb::sync steps (" << stolen << " steals in all)";
+}
+
+// A victim that turned stealing off mid-run still answers: rank 0 keeps it on and, idle (its only
+// thread sleeps), keeps asking; every other rank turns it off and sleeps. Each request must get
+// its "none" within the idle back-off, not when the run ends.
+TEST_F(Stealing, AVictimThatTurnedStealingOffStillAnswers) {
+  iso::stealing(true);
+  using namespace std::chrono_literals;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      iso::this_thread::sleep_for(30ms);  // the others are off by now, and idle
+      const iso::steal_stats a = iso::stealing_stats();
+      iso::this_thread::sleep_for(100ms);
+      const iso::steal_stats b = iso::stealing_stats();
+      EXPECT_GE(b.requests - a.requests, 2u);
+      EXPECT_GE(b.refused - a.refused, 1u) << "no answer from ranks with stealing off in 100 ms";
+    });
+  } else {
+    iso::spawn([] {
+      iso::stealing(false);
+      iso::this_thread::sleep_for(200ms);
+    });
+  }
+  rt->run();
+  const iso::steal_stats s = global_steal_stats();
+  EXPECT_EQ(s.requests, s.stolen + s.refused);
 }
 
 // Idle ranks that keep asking for work must neither hide a deadlock (their requests are not
@@ -395,8 +455,10 @@ TEST(StealingOptions, IsoStealMapsOntoRuntimeOptions) {
     EXPECT_NE(std::string(e.what()).find("ISO_STEAL=yes"), std::string::npos) << e.what();
   }
   ::setenv("ISO_STEAL", "0", 1);
-  ::setenv("ISO_STEAL_SEED", "-3", 1);
-  EXPECT_THROW((void)iso::runtime_options::from_environment(), iso::error);
+  for (const char* bad : {"-3", " -3", " 3", "+3", "3x", "99999999999999999999"}) {
+    ::setenv("ISO_STEAL_SEED", bad, 1);
+    EXPECT_THROW((void)iso::runtime_options::from_environment(), iso::error) << "ISO_STEAL_SEED=\"" << bad << '"';
+  }
   ::unsetenv("ISO_STEAL_SEED");
   EXPECT_FALSE(iso::runtime_options::from_environment().steal);
   ::unsetenv("ISO_STEAL");

@@ -173,11 +173,13 @@ class scheduler {
 
   // Runs threads until progress().finished() says so. Not from a migratable thread.
   void run();
-  // Besides every switches_per_poll switches, poll progress when a thread returns to the
-  // scheduler at least ns after the last poll (0, the default: only by switches). Work stealing
-  // sets it: threads that run for tens of microseconds would otherwise leave steal requests
-  // unanswered for a millisecond. Costs a clock read per return to the scheduler while set.
-  void set_poll_interval_ns(std::int64_t ns) noexcept { poll_interval_ns_ = ns; }
+  // Besides every switches_per_poll switches, poll progress at the first switch at least about
+  // ns after the last poll (0, the default: only by switches), direct switches between threads
+  // included. Work stealing sets it: threads that run for tens of microseconds would otherwise
+  // leave steal requests unanswered for up to max_switches_per_poll of their runs (10 ms for
+  // 40 us threads). Costs a cycle-counter read (prim::cycles, about 9 ns) per switch while set,
+  // not a clock read; the first call that sets it calibrates the counter (about 100 us, once).
+  void set_poll_interval_ns(std::int64_t ns) noexcept;
 
   // --- creating threads (spawn) ---
   // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
@@ -288,7 +290,8 @@ class scheduler {
   // made running, self put back in the ready set first if `requeue`, and the accounting (load,
   // trace) done here. Otherwise the scheduler's.
   boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_) {
+    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_ &&
+        !poll_due_by_time()) {
       if (tcb* next = default_policy_.pick_next()) {
         if (requeue) default_policy_.awakened(self);
         if (measure_ || run_hook_ != nullptr) account_switch(self);
@@ -297,6 +300,10 @@ class scheduler {
       }
     }
     return sched_ctx_;
+  }
+  // With a poll interval set: whether it has passed since the last poll.
+  bool poll_due_by_time() const noexcept {
+    return poll_interval_cycles_ != 0 && prim::cycles() - last_poll_cycles_ >= poll_interval_cycles_;
   }
   // t (ready, dequeued) becomes the running thread, with the heap that was current when it
   // suspended (its own, or the system heap inside a heap scope: a scope outlives suspensions).
@@ -341,8 +348,8 @@ class scheduler {
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
-  std::int64_t poll_interval_ns_ = 0;  // see set_poll_interval_ns
-  std::int64_t last_poll_ns_ = 0;      // now_ns() at the last poll, while poll_interval_ns_ > 0
+  std::uint64_t poll_interval_cycles_ = 0;  // see set_poll_interval_ns; 0: none
+  std::uint64_t last_poll_cycles_ = 0;      // prim::cycles() at the last poll, while an interval is set
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;

@@ -412,16 +412,37 @@ void scheduler::wake_expired(std::int64_t now) noexcept {
   }
 }
 
+namespace {
+
+// prim::cycles() per ns, measured once over about 100 us against the monotonic clock (the
+// time-stamp counter runs at a fixed rate; elsewhere cycles() is in ns already).
+double cycles_per_ns() noexcept {
+  static const double rate = [] {
+    const std::int64_t t0 = now_ns();
+    const std::uint64_t c0 = prim::cycles();
+    std::int64_t t1 = t0;
+    while (t1 - t0 < 100'000) t1 = now_ns();
+    return static_cast<double>(prim::cycles() - c0) / static_cast<double>(t1 - t0);
+  }();
+  return rate;
+}
+
+}  // namespace
+
+void scheduler::set_poll_interval_ns(std::int64_t ns) noexcept {
+  poll_interval_cycles_ = ns > 0 ? std::max<std::uint64_t>(static_cast<std::uint64_t>(static_cast<double>(ns) * cycles_per_ns()), 1) : 0;
+  last_poll_cycles_ = prim::cycles();
+}
+
 void scheduler::run() {
   if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
   for (;;) {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
       resume(t);
-      const std::int64_t now = poll_interval_ns_ > 0 ? now_ns() : 0;
-      if (++since_poll_ >= switches_per_poll_ || (poll_interval_ns_ > 0 && now - last_poll_ns_ >= poll_interval_ns_)) {
+      if (++since_poll_ >= switches_per_poll_ || poll_due_by_time()) {
         since_poll_ = 0;
-        last_poll_ns_ = now;
+        if (poll_interval_cycles_ != 0) last_poll_cycles_ = prim::cycles();
         switches_per_poll_ = progress_->poll(*this) ? min_switches_per_poll
                                                     : std::min(2 * switches_per_poll_, max_switches_per_poll);
       }

@@ -73,8 +73,9 @@ class future;
 // Spawns body (a callable R()) as a migratable thread on this rank (as iso::spawn, with opts) and
 // returns the future of its value. Take the value with get(), or destroy the future, while run()
 // runs: the thread waits for one or the other before it ends. Errors: those of iso::spawn.
-// Without options the thread is stealable (iso::stealing); with options, as opts.stealable says
-// (say `.stealable = true` to keep it so).
+// Without options the thread is stealable (iso::stealing): the default argument is
+// spawn_options{.stealable = true}. Options given replace that default whole, so
+// iso::async(f, {.name = "leaf"}) is NOT stealable; say {.name = "leaf", .stealable = true}.
 template <class F>
 auto async(F&& body, const spawn_options& opts = spawn_options{.stealable = true});
 

@@ -34,7 +34,11 @@ struct spawn_options {
   std::string name;
   // With iso::stealing on, an idle rank may take this thread while it is ready here (it migrates
   // there, as iso::migrate would move it). Off by default: a thread stays where it is spawned
-  // unless the program or the load balancer moves it. iso::async sets it when given no options.
+  // unless the program or the load balancer moves it. iso::async sets it when given no options
+  // (options given to iso::async replace that default: set it there too). Moving a stealable
+  // thread by id with iso::migrate races with thieves: a thief may take it first, and
+  // iso::migrate then raises unknown_thread (it no longer lives here); catch that, or keep
+  // threads the program moves itself unstealable (migrate_to from the thread itself is safe).
   bool stealable = false;
 };
 
