@@ -84,12 +84,7 @@ class ready_deque final : public sched_policy {
     wait_push(ready_, t);
     if (fifo_ == nullptr) fifo_ = t;
   }
-  void forked(tcb* t) noexcept override {
-    t->prev = nullptr;
-    t->next = ready_.head;
-    if (ready_.head != nullptr) ready_.head->prev = t; else ready_.tail = t;
-    ready_.head = t;
-  }
+  void forked(tcb* t) noexcept override { wait_push_front(ready_, t); }
   tcb* pick_next() noexcept override {
     if (ready_.empty()) return nullptr;
     tcb* t = fifo_ != nullptr && ++picks_ % fifo_turn == 0 ? fifo_ : ready_.head;

@@ -121,6 +121,14 @@ inline void wait_push(wait_queue& q, tcb* t) noexcept {
   q.tail = t;
 }
 
+// At the head instead of the tail.
+inline void wait_push_front(wait_queue& q, tcb* t) noexcept {
+  t->prev = nullptr;
+  t->next = q.head;
+  if (q.head != nullptr) q.head->prev = t; else q.tail = t;
+  q.head = t;
+}
+
 inline tcb* wait_pop(wait_queue& q) noexcept {
   tcb* t = q.head;
   q.head = t->next;
