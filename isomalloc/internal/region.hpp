@@ -154,7 +154,7 @@ class region {
     std::size_t parked_returns = 0;    // returned runs that waited for a departure's send
     std::size_t remote_frees = 0;      // runs this rank sent back to their owners
     std::size_t failed_releases = 0;   // ranges whose pages the kernel refused to take back
-                                       // (release_pages), by any part of isomalloc
+                                       // (release_pages), whoever called it
   };
   stats_t stats() const noexcept;
 

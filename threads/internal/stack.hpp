@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "isothreads/error.hpp"
 #include "sysalloc.hpp"
 #include "tcb.hpp"
 
@@ -43,6 +44,19 @@ class stack_pool {
   // Gives every pooled run back to the region (before a retry of an allocation that found the
   // share exhausted).
   void flush() noexcept;
+  // alloc() (an allocation from the region, which throws iso::error); if it finds the share
+  // exhausted while the pool holds runs, flush() and alloc() once more: what the pool holds may be
+  // what the share lacks.
+  template <class Alloc>
+  auto or_flush_and_retry(Alloc alloc) -> decltype(alloc()) {
+    try {
+      return alloc();
+    } catch (const iso::error& e) {
+      if (e.code() != errc::region_exhausted || pooled_bytes_ == 0) throw;
+    }
+    flush();
+    return alloc();
+  }
   // Releases the pages of the runs pooled beyond hot_runs per kind (see above). One madvise per
   // run not trimmed before; nothing when there is none.
   void trim() noexcept;

@@ -198,18 +198,8 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   heap_scope system(nullptr);
   const std::size_t stack_bytes = (opts.stack_bytes + chunk_bytes - 1) / chunk_bytes * chunk_bytes;
   stack_pool& pool = stack_pool::get();
-  heap* h;
-  if (void* warm = pool.acquire_heap_chunk()) {
-    h = heap::create(warm);
-  } else {
-    try {
-      h = heap::create();
-    } catch (const iso::error& e) {
-      if (e.code() != errc::region_exhausted || pool.pooled_bytes() == 0) throw;
-      pool.flush();  // what the pool holds may be what the share lacks
-      h = heap::create();
-    }
-  }
+  void* warm = pool.acquire_heap_chunk();
+  heap* h = warm != nullptr ? heap::create(warm) : pool.or_flush_and_retry([] { return heap::create(); });
   void* mem = h->alloc(sizeof(tcb));
   stack_run stack;
   try {

@@ -55,14 +55,7 @@ stack_run stack_pool::acquire(std::size_t bytes) {
   if (n <= max_pooled_chunks) {
     if (void* base = pop(stacks_[n], bytes)) return {base, bytes};
   }
-  stack_run run{nullptr, bytes};
-  try {
-    run.base = region::get().alloc_chunks(n);
-  } catch (const iso::error& e) {
-    if (e.code() != errc::region_exhausted || pooled_bytes_ == 0) throw;
-    flush();  // what the pool holds may be what the share lacks
-    run.base = region::get().alloc_chunks(n);
-  }
+  const stack_run run{or_flush_and_retry([n] { return region::get().alloc_chunks(n); }), bytes};
   try {
     arm(run);
   } catch (...) {
@@ -96,13 +89,13 @@ void stack_pool::flush() noexcept {
 }
 
 void stack_pool::trim() noexcept {
-  // Releases [run + from, run + to) of each run beyond the hot ones. A failure stops the shelf's
-  // trim there (the pages stay resident, which costs memory, not correctness; the next trim
-  // tries again).
+  // Releases [run + from, run + to) of each run beyond the hot ones. A failure (counted and
+  // reported as every refused release is) stops the shelf's trim there: the pages stay resident,
+  // which costs memory, not correctness, and the next trim tries again.
   const auto trim_shelf = [](shelf& s, std::size_t from, std::size_t to) {
     while (s.runs.size() > hot_runs + s.trimmed) {
       char* run = static_cast<char*>(s.runs[s.trimmed]);
-      if (prim::decommit(run + from, to - from) != 0) return;
+      if (release_pages(run + from, to - from) != 0) return;
       ++s.trimmed;
     }
   };
