@@ -1,6 +1,7 @@
 // A fast non-cryptographic 64-bit checksum for images and checkpoints: four independent lanes of
 // multiply-xorshift over 8-byte words, so it runs near memory bandwidth. Detects flipped bytes and
-// truncation; it is not a defence against deliberate tampering.
+// truncation; it is not a defence against deliberate tampering. And splitmix64, for identities
+// and random choices that must not repeat or correlate.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +33,15 @@ inline std::uint64_t checksum64(const void* data, std::size_t bytes, std::uint64
   h *= 0xFF51AFD7ED558CCDull;
   h ^= h >> 33;
   return h;
+}
+
+// splitmix64: the generator's state advances by splitmix64_step, and splitmix64_mix of the new
+// state is the output (a bijection, so distinct states give distinct outputs).
+inline constexpr std::uint64_t splitmix64_step = 0x9E3779B97F4A7C15ull;
+inline constexpr std::uint64_t splitmix64_mix(std::uint64_t z) noexcept {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 }  // namespace iso::detail

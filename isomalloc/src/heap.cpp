@@ -115,10 +115,8 @@ namespace {
 // an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
 std::uint64_t next_heap_id() noexcept {
   static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
-  std::uint64_t z = counter.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
+  const std::uint64_t z =
+      splitmix64_mix(counter.fetch_add(splitmix64_step, std::memory_order_relaxed) + splitmix64_step);
   return z != 0 ? z : 1;
 }
 }  // namespace

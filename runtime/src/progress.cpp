@@ -8,23 +8,12 @@
 
 #include "balancer.hpp"
 #include "checkpoint.hpp"
+#include "checksum.hpp"
 #include "diag.hpp"
 #include "mpi_peers.hpp"
 #include "region.hpp"
 
 namespace iso::detail {
-
-namespace {
-
-// splitmix64: one step of the victim generator.
-std::uint64_t next_random(std::uint64_t& state) noexcept {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
 
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
                            std::uint64_t steal_seed)
@@ -71,8 +60,8 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
   }
   if (now < steal_at_ns_) return;
   const int others = engine_->ranks() - 1;
-  const int victim = (comm_.rank() + 1 + static_cast<int>(next_random(victim_rng_) % static_cast<std::uint64_t>(others))) %
-                     engine_->ranks();
+  const std::uint64_t draw = splitmix64_mix(victim_rng_ += splitmix64_step);
+  const int victim = (comm_.rank() + 1 + static_cast<int>(draw % static_cast<std::uint64_t>(others))) % engine_->ranks();
   engine_->request_steal(victim);
   // Once the steal delay is at its cap, work has been scarce for a while: the rank sleeps on as
   // its idle back-off says (the answer waits at most max_backoff_ns_ for it), so that idle ranks
