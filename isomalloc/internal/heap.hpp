@@ -350,4 +350,25 @@ inline heap* heap::owner_of(const void* p) noexcept {
   return c->magic == segment_magic || c->magic == large_magic ? c->owner : nullptr;
 }
 
+// Inline: drain_rings looks up every pointer another OS thread freed.
+inline const heap::chunk_header* heap::header_of(std::uintptr_t a) noexcept {
+  if (!in_region(reinterpret_cast<const void*>(a))) return nullptr;
+  const chunk_header* c;
+  if (a % chunk_bytes == 0) {
+    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
+    if (!in_region(l) || l->magic != large_magic || l->block_offset != chunk_bytes) return nullptr;
+    c = l;
+  } else {
+    c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
+    if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
+  }
+  return c;
+}
+
+inline heap* heap::owner_with_id(const void* p, std::uint64_t id) noexcept {
+  const chunk_header* c = header_of(reinterpret_cast<std::uintptr_t>(p));
+  if (c == nullptr || c->heap_id != id || !in_region(c->owner)) return nullptr;
+  return c->owner->id_ == id ? c->owner : nullptr;
+}
+
 }  // namespace iso::detail

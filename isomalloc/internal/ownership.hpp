@@ -31,10 +31,10 @@
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs
 // the scheduler), allocates from thread heaps and changes them. A free() from any other OS thread
-// (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer, with its heap's
-// identity (heap::id), into that OS thread's own remote_ring (single producer, the heap thread the
-// single consumer) if the heap is in use here. It never touches the block and makes no atomic
-// read-modify-write: two plain stores. When its ring is full it pushes the block onto the heap's
+// (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer, after its heap's
+// identity (heap::id) when that differs from the one it wrote last, into that OS thread's own
+// remote_ring (single producer, the heap thread the single consumer) if the heap is in use here.
+// It never touches the block and makes no atomic read-modify-write: a word and the ring's head. When its ring is full it pushes the block onto the heap's
 // thread_free list instead (one CAS, under the gate's pusher count: mimalloc's thread_free list).
 // The heap thread takes both back when a heap allocates on a slow path or collects, and before a
 // heap's gate closes (leave, destroy). A ring entry is freed only if the chunk still belongs to

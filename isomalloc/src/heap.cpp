@@ -684,26 +684,6 @@ void heap::sort_chunks() const noexcept {
 // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
 // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
 // belongs to no heap.
-const heap::chunk_header* heap::header_of(std::uintptr_t a) noexcept {
-  if (!in_region(reinterpret_cast<const void*>(a))) return nullptr;
-  const chunk_header* c;
-  if (a % chunk_bytes == 0) {
-    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
-    if (!in_region(l) || l->magic != large_magic || l->block_offset != chunk_bytes) return nullptr;
-    c = l;
-  } else {
-    c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
-    if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
-  }
-  return c;
-}
-
-heap* heap::owner_with_id(const void* p, std::uint64_t id) noexcept {
-  const chunk_header* c = header_of(reinterpret_cast<std::uintptr_t>(p));
-  if (c == nullptr || c->heap_id != id || !in_region(c->owner)) return nullptr;
-  return c->owner->id_ == id ? c->owner : nullptr;
-}
-
 heap* heap::owner_of_chunk_aligned(std::uintptr_t a) noexcept {
   const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
   const bool aligned_large = in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes;

@@ -202,6 +202,74 @@ TEST(Ownership, FreesAndReallocsFromAnotherOSThreadAreSafeAndReclaimed) {
   EXPECT_TRUE(g_cross.travelled);
 }
 
+// A std::thread frees the blocks of two migratable threads' heaps alternately, so that every
+// free names another heap than the one before (the ring then carries a heap identity with each
+// pointer) and the ring fills and wraps between the collects: each block goes back to its own
+// heap, none is refused or lost, and both heaps stay consistent.
+struct two_heaps_seen {
+  std::size_t delayed = 0, refused = 0;
+  std::size_t live_left[2] = {~std::size_t{0}, ~std::size_t{0}};
+  bool valid[2] = {false, false};
+};
+two_heaps_seen g_two;
+
+TEST(Ownership, FreesFromAnotherOSThreadIntoTwoHeapsAlternatelyReachEachItsOwnHeap) {
+  constexpr std::size_t n = 20000;  // pointers and identities: several times a ring's words
+  static std::vector<void*> blocks[2];
+  static heap* heaps[2];
+  static std::size_t live_before[2];
+  static bool freed;
+  g_two = {};
+  freed = false;
+  for (int k = 0; k < 2; ++k) {
+    iso::spawn([k] {
+      heaps[k] = iso::detail::current_heap;
+      live_before[k] = heaps[k]->stats().live_blocks;
+      {
+        iso::system_heap_scope system;  // the vector is shared with the std::thread
+        blocks[k].resize(n);
+      }
+      for (std::size_t i = 0; i < n; ++i) blocks[k][i] = std::malloc(16 + (i * 13 + static_cast<std::size_t>(k)) % 200);
+      while (!freed) iso::this_thread::yield();
+      heaps[k]->collect();
+      g_two.live_left[k] = heaps[k]->stats().live_blocks - live_before[k];
+      g_two.valid[k] = heaps[k]->is_valid();
+    });
+  }
+  iso::spawn([] {
+    while (blocks[0].size() != n || blocks[1].size() != n || blocks[0][n - 1] == nullptr || blocks[1][n - 1] == nullptr) iso::this_thread::yield();
+    const auto before = iso::detail::ownership_stats();
+    std::atomic<std::size_t> next{0};
+    std::thread other;
+    {
+      iso::system_heap_scope system;
+      other = std::thread([&] {
+        for (std::size_t i = 0; i < n; ++i) {
+          std::free(blocks[0][i]);
+          std::free(blocks[1][i]);
+          next.store(i + 1, std::memory_order_release);
+        }
+      });
+    }
+    // The heap thread drains the rings while they fill (the collects race with the pushes).
+    while (next.load(std::memory_order_acquire) != n) heaps[0]->collect();
+    other.join();
+    for (heap* h : heaps) h->collect();  // the rings, and the thread_free lists of both
+    const auto after = iso::detail::ownership_stats();
+    g_two.delayed = after.delayed_frees - before.delayed_frees;
+    g_two.refused = after.refused_frees - before.refused_frees;
+    freed = true;
+  });
+  rt->run();
+  EXPECT_EQ(g_two.delayed, 2 * n);
+  EXPECT_EQ(g_two.refused, 0u);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_EQ(g_two.live_left[k], 0u) << "heap " << k << ": blocks freed by another OS thread were not reclaimed";
+    EXPECT_TRUE(g_two.valid[k]) << "heap " << k << " is inconsistent";
+    blocks[k] = {};
+  }
+}
+
 // A thread goes from rank 0 to rank 1 and back, frees its 200 KiB block on rank 0 and ends: rank 1
 // still keeps its departed copy of that range. Rank 0 hands the range out again as a block
 // (iso_malloc), and its image is unpacked on rank 1: the kept copy must be given back before the
