@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine.hpp"
 #include "isothreads/messaging.hpp"
 
 namespace iso::detail {
@@ -24,8 +25,8 @@ inline constexpr int collective_tag(std::uint64_t fingerprint) noexcept {
   return -2 - static_cast<int>(fingerprint & ((std::uint64_t{1} << 30) - 1));
 }
 
-// iso::send on a reserved tag (tag < any_tag). Same errors as iso::send.
-void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag);
+// iso::send on a reserved tag (tag < any_tag), numbered as `how` says. Same errors as iso::send.
+void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how = sequencing::next);
 // The calling thread's first message from `from` (a thread or any_thread) on reserved tag `tag`;
 // blocks it until one is there. `call` names the public call in errors (not_in_thread, no_runtime).
 message recv_reserved(thread_id from, int tag, const char* call);
