@@ -1,7 +1,7 @@
 // iso::future's protocol (isothreads/future.hpp). The producer, once its body has returned, waits
 // for one ask; the ask and the answer pass straight between the two threads when both are on this
 // rank, as a join does, and are reserved messages (reserved.hpp) otherwise:
-//   ask     getter -> producer. Producer here: recorded in its mailbox (asked, asked_by). Else a
+//   ask     getter -> producer. Producer here: recorded in its tcb (future_asked, future_asker). Else a
 //           message on future_ask carrying ask_value or ask_drop, unsequenced (sequencing::none):
 //           it is the only ask, taken once the body has returned, so no order with the getter's
 //           other messages matters, and it leaves no counter on either side.
@@ -10,11 +10,14 @@
 //           Else a message on future_value, the producer's last to the getter (sequencing::last:
 //           neither side keeps a counter for the pair after it), carrying one status byte
 //           (answer_value, answer_failure), then the value's bytes or the failure's what() text.
-//   A getter that asks a producer here which already waits with its value (its offer) takes the
-//   value itself, under the same condition, and lets the producer end.
+//   A getter that asks a producer here which already waits with its value (tcb::future_offer)
+//   takes the value itself, under the same condition, and lets the producer end.
 // Invariant (per-sender order, as for any message): the value reaches the getter after every
 // message the producer sent it before; it skips the queue only when the getter has released all
 // of those (caught_up). Either way the pair leaves no sequence entry behind (mailbox.hpp's bound).
+// Once asked (tcb::future_asked set, whichever way the ask came), the producer counts as joined by
+// its future: when it ends its home keeps no record of it for a join to come (join.cpp), so a
+// getter of many futures leaves no trace of them anywhere.
 #include <cstring>
 
 #include "diag.hpp"
@@ -32,13 +35,18 @@ constexpr unsigned char answer_value = 0, answer_failure = 1;
 mailbox& mailbox_here(tcb* t) noexcept { return *static_cast<mailbox*>(t->mailbox); }
 
 // Whether getter g has released every message producer p sent it, so that p's value may reach g
-// without a message. pre: both on this rank, with mailboxes.
+// without a message. pre: both on this rank, g with a mailbox.
 bool caught_up(tcb* p, tcb* g) noexcept {
-  const auto& out = mailbox_here(p).next_out;
-  const auto it = out.find(g->id.bits());
-  const std::uint64_t sent = it == out.end() ? 0 : it->second;
+  std::uint64_t sent = 0;
+  if (p->mailbox != nullptr) {
+    const auto& out = mailbox_here(p).next_out;
+    const auto it = out.find(g->id.bits());
+    if (it != out.end()) sent = it->second;
+  }
   return mailbox_here(g).incoming.next(p->id.bits()) == sent + 1;
 }
+
+future_offer* offer_of(tcb* p) noexcept { return static_cast<future_offer*>(p->future_offer); }
 
 // Writes the value (or the failure text) into getter g's landing, in g's heap.
 void land(tcb* g, future_landing& l, bool failed, const void* data, std::size_t bytes) {
@@ -95,33 +103,40 @@ void answer(tcb* self, thread_id getter, const future_offer& offer) {
 
 void future_serve(const void* value, std::size_t bytes, const char* failure) {
   tcb* self = running_or_throw("iso::async");
-  mailbox& mb = mailbox_of(self);
   future_offer offer{failure != nullptr, failure != nullptr ? failure : value,
                      failure != nullptr ? std::strlen(failure) : bytes};
-  // After a suspension only mb, self, offer and scheduler::current() may be used: the thread may
-  // have migrated.
+  // After a suspension only self, offer and scheduler::current() may be used: the thread may
+  // have migrated. Its mailbox is made only if it has to wait for the ask.
   for (;;) {
-    if (mb.asked != future_request::none) {  // by a getter on the rank this thread was on then
-      if (mb.asked == future_request::value) answer(self, mb.asked_by, offer);
+    const auto asked = static_cast<future_request>(self->future_asked);
+    if (asked != future_request::none) {  // by a getter on the rank this thread was on then
+      if (asked == future_request::value) answer(self, self->future_asker, offer);
       return;
     }
-    std::optional<message> ask;
-    {
-      heap_scope own(self->home_heap);
-      ask = mb.reserved.take(any_thread, future_ask);
+    if (self->mailbox != nullptr) {
+      mailbox& mb = mailbox_here(self);
+      std::optional<message> ask;
+      {
+        heap_scope own(self->home_heap);
+        ask = mb.reserved.take(any_thread, future_ask);
+      }
+      if (ask) {
+        ISO_ASSERT(ask->data.size() == 1);
+        const bool value = static_cast<unsigned char>(ask->data[0]) == ask_value;
+        self->future_asked = static_cast<std::uint8_t>(value ? future_request::value : future_request::drop);
+        if (value) answer(self, ask->from, offer);
+        return;
+      }
     }
-    if (ask) {
-      ISO_ASSERT(ask->data.size() == 1);
-      if (static_cast<unsigned char>(ask->data[0]) == ask_value) answer(self, ask->from, offer);
-      return;
-    }
-    mb.offer = &offer;
+    // Waits for an ask: a message (it wakes a receive that waits for it) or a getter here.
+    mailbox& mb = mailbox_of(self);
+    self->future_offer = &offer;
     mb.waiting = true;
     mb.want_from = any_thread;
     mb.want_tag = future_ask;
     scheduler::current()->block_running(wait_reason::recv);
     mb.waiting = false;
-    mb.offer = nullptr;
+    self->future_offer = nullptr;
     if (offer.taken) return;
   }
 }
@@ -133,15 +148,14 @@ void future_fetch(thread_id& producer, const char* call, void (*store)(void*, co
   future_landing landing{p, store, out};
   scheduler& s = *scheduler::current();
   if (tcb* pt = s.find(p)) {
-    mailbox& pmb = mailbox_of(pt);
-    if (pmb.offer != nullptr && caught_up(pt, self)) {  // it waits with its value: take it
-      hand_over(pt, self, landing, *pmb.offer);
-      pmb.offer->taken = true;
-    } else {
-      pmb.asked = future_request::value;
-      pmb.asked_by = self->id;
+    future_offer* offer = offer_of(pt);
+    if (offer != nullptr && caught_up(pt, self)) {  // it waits with its value: take it
+      hand_over(pt, self, landing, *offer);
+      offer->taken = true;
     }
-    if (pmb.offer != nullptr) wake_receiver(s, pt, true);  // to end, or to answer with a message
+    pt->future_asked = static_cast<std::uint8_t>(future_request::value);
+    pt->future_asker = self->id;
+    if (offer != nullptr) wake_receiver(s, pt, true);  // to end, or to answer with a message
   } else {
     send_reserved(p, &ask_value, 1, future_ask, sequencing::none);
   }
@@ -174,12 +188,10 @@ void future_drop(thread_id producer) noexcept {
     runtime_part_or_throw(engine::current(), "iso::future");
     scheduler& s = *scheduler::current();
     if (tcb* pt = s.find(producer)) {
-      mailbox& pmb = mailbox_of(pt);
-      if (pmb.offer != nullptr) {  // it waits with its value: let it end
-        pmb.offer->taken = true;
+      pt->future_asked = static_cast<std::uint8_t>(future_request::drop);
+      if (future_offer* offer = offer_of(pt)) {  // it waits with its value: let it end
+        offer->taken = true;
         wake_receiver(s, pt, true);
-      } else {
-        pmb.asked = future_request::drop;
       }
       return;
     }

@@ -142,7 +142,7 @@ struct future_landing {
   bool failed = false;
   std::string failure;   // the body's what() text, in the getter's heap
 };
-enum class future_request : std::uint8_t { none, value, drop };  // what a producer was asked
+enum class future_request : std::uint8_t { none = 0, value = 1, drop = 2 };  // tcb::future_asked
 
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
 // messages, sequence counters and what the thread waits for migrate with the thread.
@@ -161,12 +161,8 @@ struct mailbox {
   // tags collide): kept, in order, for the collective they belong to (collectives.cpp).
   // A vector, not a deque: an empty std::deque allocates, and every thread has a mailbox.
   std::vector<message> stash;
-  // Futures (future.cpp). A producer's: the ask a getter on its rank left before the value was
-  // ready (asked_by: that getter), and its value while it waits for an ask. A getter's: where its
-  // value goes while it waits in get(). The pointers are into the thread's stack, which moves with it.
-  future_request asked = future_request::none;
-  thread_id asked_by;
-  future_offer* offer = nullptr;
+  // A future's getter, while it waits in get(): where the value goes (future.cpp; a pointer into
+  // the thread's stack, which moves with it). The producer's side is in its tcb.
   future_landing* landing = nullptr;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
