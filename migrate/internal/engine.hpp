@@ -212,6 +212,12 @@ class engine {
 
   // Sends a data message toward its thread; returns the rank it went to (this one: held here).
   int route_out(sys_vector<unsigned char>&& wire);
+  // A user message (or a reserved one) numbered `seq`, delivered here or routed; returns the
+  // rank it went to first.
+  int post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
+                std::size_t bytes);
+  // t ends: tells the threads it exchanged numbered messages with to drop their counters for it.
+  void close_streams(tcb* t) noexcept;
   void on_data(sys_vector<unsigned char>&& wire, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,

@@ -61,11 +61,18 @@ void land(tcb* g, future_landing& l, bool failed, const void* data, std::size_t 
 }
 
 // Producer p's offer goes straight into getter g's landing l: the value was p's last message to
-// g, so g forgets p's counter. pre: both here, caught_up(p, g); the caller wakes whichever waits.
+// g, so both forget their counters for the pair, as a message sent sequencing::last makes them.
+// pre: both here, caught_up(p, g); the caller wakes whichever waits.
 void hand_over(tcb* p, tcb* g, future_landing& l, const future_offer& offer) {
   land(g, l, offer.failed, offer.data, offer.bytes);
-  heap_scope own(g->home_heap);
-  mailbox_here(g).incoming.forget(p->id.bits());
+  {
+    heap_scope own(g->home_heap);
+    mailbox_here(g).incoming.forget(p->id.bits());
+  }
+  if (p->mailbox != nullptr) {
+    heap_scope own(p->home_heap);
+    mailbox_here(p).next_out.erase(g->id.bits());
+  }
 }
 
 // Clears a getter's landing when get() leaves, however it leaves: the landing is on its stack.

@@ -13,6 +13,7 @@ void engine::finish_hook(scheduler&, tcb* t) noexcept { current()->finished(t); 
 
 void engine::finished(tcb* t) noexcept {
   heap_scope system(nullptr);
+  close_streams(t);
   const thread_id id = t->id;
   const bool joined = static_cast<bool>(t->joiner);
   // A future's producer is joined by the get() or drop that asked it (future.cpp): no record of

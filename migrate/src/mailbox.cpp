@@ -1,6 +1,7 @@
 #include "mailbox.hpp"
 
 #include "interpose.hpp"
+#include "reserved.hpp"
 #include "scheduler.hpp"
 
 namespace iso::detail {
@@ -122,6 +123,11 @@ bool put_message(tcb* t, thread_id from, std::uint64_t seq, bool last, int tag, 
                                                  static_cast<const std::byte*>(data) + bytes)};
     bool wake = false;
     mb.incoming.put(from.bits(), seq, std::move(m), [&](message&& ready) {
+      if (ready.tag == stream_close) return;  // its number was all it carried (in_order)
+      if (ready.tag == stream_forget) {       // the receiver ended: nothing sent to it matters now
+        mb.next_out.erase(ready.from.bits());
+        return;
+      }
       wake = wake || wanted(mb, ready.from, ready.tag);
       mb.queue_for(ready.tag).push(std::move(ready));
     }, last);

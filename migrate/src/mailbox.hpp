@@ -69,6 +69,11 @@ class in_order {
     const auto it = next_in_.find(from);
     return it == next_in_.end() ? 1 : it->second;
   }
+  // Calls f(from) for every sender with an entry.
+  template <class F>
+  void for_each_sender(F&& f) const {
+    for (const auto& [from, next] : next_in_) f(from);
+  }
   // Erases the entry of `from`, whose every item has been released and who sends no more here
   // (a future's value handed over without a message, future.cpp). pre: no early item of `from`.
   void forget(std::uint64_t from) noexcept { next_in_.erase(from); }

@@ -46,17 +46,42 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag, se
   }
   heap_scope system(nullptr);
   const std::int64_t at = observer_ != nullptr ? now_ns() : 0;
-  int went = rank_;
+  const int went = post_user(to, from, seq, how, tag, data, bytes);
+  if (observer_ != nullptr) observer_->sent(from, to, went, bytes, tag, at);
+}
+
+int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
+                      std::size_t bytes) {
   if (tcb* t = sched_.find(to)) {
     deliver_user(t, from, seq, how, tag, data, bytes);
-  } else {
-    sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
-    data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, static_cast<std::uint32_t>(how)};
-    std::memcpy(wire.data(), &h, sizeof h);
-    if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
-    went = route_out(std::move(wire));
+    return rank_;
   }
-  if (observer_ != nullptr) observer_->sent(from, to, went, bytes, tag, at);
+  sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
+  const data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, static_cast<std::uint32_t>(how)};
+  std::memcpy(wire.data(), &h, sizeof h);
+  if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
+  return route_out(std::move(wire));
+}
+
+// The bound on sequence tables for threads that end (mailbox.hpp): t's receivers drop their
+// counter for t once everything t sent them came (a stream_close numbered after t's last message
+// there), and t's senders drop theirs for t (a stream_forget: t receives nothing more, so what they
+// send it later is dropped as sent to a finished thread, whatever its number). A rank's main
+// neither sends nor gets these: its counters are the engine's and few.
+void engine::close_streams(tcb* t) noexcept {
+  if (t->mailbox == nullptr) return;
+  const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
+  try {
+    for (const auto& [to, sent] : mb.next_out) {
+      post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_close, nullptr, 0);
+    }
+    mb.incoming.for_each_sender([&](std::uint64_t from) {
+      const thread_id sender = thread_id::from_bits(from);
+      if (sender.serial() != 0) post_user(sender, t->id, 0, sequencing::none, stream_forget, nullptr, 0);
+    });
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while thread %s ended", t->id.to_string().c_str());
+  }
 }
 
 void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
@@ -107,6 +132,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       post_record(r.to.rank, record::data, wire.data(), wire.size());
       return;
     case route::action::finished: {
+      if (h.kind == msg_kind::user && stream_notice(h.tag)) return;  // nothing left to tidy there
       bool joined = false;
       directory_.finished_record(h.to, sched_.next_serial(), &joined);
       answer_finished(h, joined);
@@ -115,6 +141,8 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     case route::action::never_spawned:
       if (h.kind == msg_kind::join_request) {
         send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
+      } else if (h.kind == msg_kind::user && stream_notice(h.tag)) {
+        return;
       } else {
         drop(h, "no such thread was ever spawned");
       }
