@@ -24,9 +24,12 @@ class scheduler;
 // has been released, in order; `early` holds exactly those that came with seq > next_in[from].
 // Bound: a sender's entry exists only while items of it may still come. An item put with `last`
 // is its sender's final one to this receiver (the sender has dropped its own counter, and sends
-// nothing more here); once it is released, everything of that sender has been (it is released
-// after every smaller number, and none larger exists), so its entry is erased. Items with seq 0
-// are unsequenced: released at once, with no entry. Allocates with the heap current when called.
+// nothing more here: a future's value, or the stream_close a thread sends each of its receivers
+// when it ends, reserved.hpp); once it is released, everything of that sender has been (it is
+// released after every smaller number, and none larger exists), so its entry is erased. Items
+// with seq 0 are unsequenced: released at once, with no entry. So a thread's entries are bounded
+// by the peers it exchanges numbered messages with that are alive, whatever number it ever had.
+// Allocates with the heap current when called.
 template <class Item>
 class in_order {
  public:
@@ -157,7 +160,9 @@ struct mailbox {
   ready_queue user;                                           // tags >= 0, in release order
   ready_queue reserved;                                       // negative tags, in release order
   in_order<message> incoming;                                 // per-sender order of what arrives
-  std::unordered_map<std::uint64_t, std::uint64_t> next_out;  // to -> next seq to send
+  // to -> numbers sent to it. Erased by a send with sequencing::last, or when `to` ends and says
+  // so (stream_forget): a finished thread gets nothing more, whatever a later message's number.
+  std::unordered_map<std::uint64_t, std::uint64_t> next_out;
   // While the thread waits in a receive (blocked, or sleeping in recv_for): what it waits for.
   bool waiting = false;
   thread_id want_from;                                        // a thread or any_thread
@@ -175,8 +180,8 @@ struct mailbox {
 
 // t's mailbox, made on first use. pre: t's heap is current.
 mailbox& mailbox_of(tcb* t);
-// Entries of t's sequence tables (messages t sends and receives, per peer): what issue 16's bound
-// keeps from growing with every peer t ever had (tests).
+// Entries of t's sequence tables (per peer, for messages t sends and receives): bounded by its
+// live peers (in_order's bound), for tests.
 std::size_t sequence_entries(const tcb* t) noexcept;
 // Whether t waits in a receive and a message it waits for is queued (false without a mailbox).
 bool has_ready_message(const tcb* t) noexcept;
