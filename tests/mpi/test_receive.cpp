@@ -362,7 +362,9 @@ TEST(Receive, ThreadsThatEndLeaveNoSequenceEntriesWithTheirPeers) {
   rt->run();
   // The peer, the worker of the moment, and the notices of a few that ended on other ranks still
   // on their way.
-  if (rt->rank() == 0) EXPECT_LE(g_most_entries, 32u) << "the collector's sequence tables grew with its workers";
+  if (rt->rank() == 0) {
+    EXPECT_LE(g_most_entries, 32u) << "the collector's sequence tables grew with its workers";
+  }
 }
 
 }  // namespace
