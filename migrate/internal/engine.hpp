@@ -36,6 +36,13 @@ struct work_counters {
 
 enum class msg_kind : std::uint32_t { user = 0, join_request = 1, join_done = 2 };
 
+// How a user message is numbered (data_header::status of a user message; mailbox.hpp's in_order):
+// next: the sender's next number to that receiver; last: that too, and the sender promises it
+// sends that receiver nothing more (both sides then drop their counters, keeping the tables
+// bounded: a future's value); none: number 0, not ordered with the sender's other messages (a
+// future's ask, the only one of its kind, taken after the producer's body has returned).
+enum class sequencing : std::uint32_t { next = 0, last = 1, none = 2 };
+
 // A routed message: this header, then `bytes` payload bytes.
 struct data_header {
   std::uint64_t to;          // receiving thread (thread_id bits)
@@ -47,7 +54,7 @@ struct data_header {
   std::uint32_t min_epoch;   // newest location epoch followed so far
   std::int32_t origin;       // rank that first sent it: told the location if it was forwarded
   std::uint32_t hops;        // times forwarded
-  std::uint32_t status;      // join_done: the errc the join ends with
+  std::uint32_t status;      // join_done: the errc the join ends with; user: its sequencing
 };
 
 enum class ctrl_kind : std::uint32_t { location = 1, hint = 2, finished = 3 };
@@ -89,7 +96,7 @@ class engine {
   // At shutdown, after termination (everything sent has been received): completes the sends.
   void complete_sends() noexcept;
 
-  void send(thread_id to, const void* data, std::size_t bytes, int tag);
+  void send(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how = sequencing::next);
   message recv();
   void migrate(thread_id t, int dest);
 
@@ -205,9 +212,16 @@ class engine {
 
   // Sends a data message toward its thread; returns the rank it went to (this one: held here).
   int route_out(sys_vector<unsigned char>&& wire);
+  // A user message (or a reserved one) numbered `seq`, delivered here or routed; returns the
+  // rank it went to first.
+  int post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
+                std::size_t bytes);
+  // t ends: tells the threads it exchanged numbered messages with to drop their counters for it.
+  void close_streams(tcb* t) noexcept;
   void on_data(sys_vector<unsigned char>&& wire, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
-  void deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+  void deliver_user(tcb* t, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
+                    std::size_t bytes) noexcept;
   void deliver_join_request(tcb* t, thread_id from) noexcept;
   void deliver_join_done(tcb* t, thread_id from, errc status) noexcept;
   void answer_finished(const data_header& h, bool joined) noexcept;

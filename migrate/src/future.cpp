@@ -1,10 +1,29 @@
-// The reserved messages of iso::future (isothreads/future.hpp). An ask carries one byte:
-// ask_value or ask_drop; the answer carries one status byte (answer_value, answer_failure), then
-// the value's bytes or the failure's what() text.
+// iso::future's protocol (isothreads/future.hpp). The producer, once its body has returned, waits
+// for one ask; the ask and the answer pass straight between the two threads when both are on this
+// rank, as a join does, and are reserved messages (reserved.hpp) otherwise:
+//   ask     getter -> producer. Producer here: recorded in its tcb (future_asked, future_asker). Else a
+//           message on future_ask carrying ask_value or ask_drop, unsequenced (sequencing::none):
+//           it is the only ask, taken once the body has returned, so no order with the getter's
+//           other messages matters, and it leaves no counter on either side.
+//   answer  producer -> getter. Getter here, waiting in get() (its landing) and holding every
+//           earlier message of the producer: the producer writes the value into the landing.
+//           Else a message on future_value, the producer's last to the getter (sequencing::last:
+//           neither side keeps a counter for the pair after it), carrying one status byte
+//           (answer_value, answer_failure), then the value's bytes or the failure's what() text.
+//   A getter that asks a producer here which already waits with its value (tcb::future_offer)
+//   takes the value itself, under the same condition, and lets the producer end.
+// Invariant (per-sender order, as for any message): the value reaches the getter after every
+// message the producer sent it before; it skips the queue only when the getter has released all
+// of those (caught_up). Either way the pair leaves no sequence entry behind (mailbox.hpp's bound).
+// Once asked (tcb::future_asked set, whichever way the ask came), the producer counts as joined by
+// its future: when it ends its home keeps no record of it for a join to come (join.cpp), so a
+// getter of many futures leaves no trace of them anywhere.
 #include <cstring>
 
 #include "diag.hpp"
+#include "interpose.hpp"
 #include "isothreads/future.hpp"
+#include "mailbox.hpp"
 #include "reserved.hpp"
 #include "scheduler.hpp"
 
@@ -12,37 +31,178 @@ namespace iso::detail {
 namespace {
 constexpr unsigned char ask_value = 1, ask_drop = 0;
 constexpr unsigned char answer_value = 0, answer_failure = 1;
+
+mailbox& mailbox_here(tcb* t) noexcept { return *static_cast<mailbox*>(t->mailbox); }
+
+// Whether getter g has released every message producer p sent it, so that p's value may reach g
+// without a message. pre: both on this rank, g with a mailbox.
+bool caught_up(tcb* p, tcb* g) noexcept {
+  std::uint64_t sent = 0;
+  if (p->mailbox != nullptr) {
+    const auto& out = mailbox_here(p).next_out;
+    const auto it = out.find(g->id.bits());
+    if (it != out.end()) sent = it->second;
+  }
+  return mailbox_here(g).incoming.next(p->id.bits()) == sent + 1;
+}
+
+future_offer* offer_of(tcb* p) noexcept { return static_cast<future_offer*>(p->future_offer); }
+
+// Writes the value (or the failure text) into getter g's landing, in g's heap.
+void land(tcb* g, future_landing& l, bool failed, const void* data, std::size_t bytes) {
+  heap_scope own(g->home_heap);
+  if (failed) {
+    l.failed = true;
+    l.failure.assign(static_cast<const char*>(data), bytes);
+  } else if (l.store != nullptr) {
+    l.store(l.out, data, bytes);
+  }
+  l.done = true;
+}
+
+// Producer p's offer goes straight into getter g's landing l: the value was p's last message to
+// g, so both forget their counters for the pair, as a message sent sequencing::last makes them.
+// pre: both here, caught_up(p, g); the caller wakes whichever waits.
+void hand_over(tcb* p, tcb* g, future_landing& l, const future_offer& offer) {
+  land(g, l, offer.failed, offer.data, offer.bytes);
+  {
+    heap_scope own(g->home_heap);
+    mailbox_here(g).incoming.forget(p->id.bits());
+  }
+  if (p->mailbox != nullptr) {
+    heap_scope own(p->home_heap);
+    mailbox_here(p).next_out.erase(g->id.bits());
+  }
+}
+
+// Clears a getter's landing when get() leaves, however it leaves: the landing is on its stack.
+struct landing_scope {
+  mailbox& mb;
+  landing_scope(mailbox& m, future_landing& l) noexcept : mb(m) { mb.landing = &l; }
+  ~landing_scope() { mb.landing = nullptr; }
+  landing_scope(const landing_scope&) = delete;
+  landing_scope& operator=(const landing_scope&) = delete;
+};
+
+// From producer self, which has its value: answers getter `getter`.
+void answer(tcb* self, thread_id getter, const future_offer& offer) {
+  scheduler& s = *scheduler::current();
+  if (tcb* g = s.find(getter); g != nullptr && g->mailbox != nullptr) {
+    future_landing* l = mailbox_here(g).landing;
+    if (l != nullptr && l->producer == self->id && caught_up(self, g)) {
+      try {
+        hand_over(self, g, *l, offer);
+      } catch (const std::bad_alloc&) {
+        fatal("thread %s has no heap left for the value of a future (%zu bytes)", getter.to_string().c_str(),
+              offer.bytes);
+      }
+      wake_receiver(s, g, true);
+      return;
+    }
+  }
+  std::vector<unsigned char> a(1 + offer.bytes);
+  a[0] = offer.failed ? answer_failure : answer_value;
+  if (offer.bytes != 0) std::memcpy(a.data() + 1, offer.data, offer.bytes);
+  send_reserved(getter, a.data(), a.size(), future_value, sequencing::last);
+}
+
 }  // namespace
 
 void future_serve(const void* value, std::size_t bytes, const char* failure) {
-  const message ask = recv_reserved(any_thread, future_ask, "iso::async");
-  ISO_ASSERT(ask.data.size() == 1);
-  if (static_cast<unsigned char>(ask.data[0]) == ask_drop) return;
-  const std::size_t n = failure != nullptr ? std::strlen(failure) : bytes;
-  std::vector<unsigned char> answer(1 + n);
-  answer[0] = failure != nullptr ? answer_failure : answer_value;
-  if (n != 0) std::memcpy(answer.data() + 1, failure != nullptr ? failure : value, n);
-  send_reserved(ask.from, answer.data(), answer.size(), future_value);
+  tcb* self = running_or_throw("iso::async");
+  future_offer offer{failure != nullptr, failure != nullptr ? failure : value,
+                     failure != nullptr ? std::strlen(failure) : bytes};
+  // After a suspension only self, offer and scheduler::current() may be used: the thread may
+  // have migrated. Its mailbox is made only if it has to wait for the ask.
+  for (;;) {
+    const auto asked = static_cast<future_request>(self->future_asked);
+    if (asked != future_request::none) {  // by a getter on the rank this thread was on then
+      if (asked == future_request::value) answer(self, self->future_asker, offer);
+      return;
+    }
+    if (self->mailbox != nullptr) {
+      mailbox& mb = mailbox_here(self);
+      std::optional<message> ask;
+      {
+        heap_scope own(self->home_heap);
+        ask = mb.reserved.take(any_thread, future_ask);
+      }
+      if (ask) {
+        ISO_ASSERT(ask->data.size() == 1);
+        const bool value = static_cast<unsigned char>(ask->data[0]) == ask_value;
+        self->future_asked = static_cast<std::uint8_t>(value ? future_request::value : future_request::drop);
+        if (value) answer(self, ask->from, offer);
+        return;
+      }
+    }
+    // Waits for an ask: a message (it wakes a receive that waits for it) or a getter here.
+    mailbox& mb = mailbox_of(self);
+    self->future_offer = &offer;
+    mb.waiting = true;
+    mb.want_from = any_thread;
+    mb.want_tag = future_ask;
+    scheduler::current()->block_running(wait_reason::recv);
+    mb.waiting = false;
+    self->future_offer = nullptr;
+    if (offer.taken) return;
+  }
 }
 
-std::vector<std::byte> future_fetch(thread_id& producer, const char* call) {
-  running_or_throw(call);  // before the ask: a failed call leaves the future as it was
+void future_fetch(thread_id& producer, const char* call, void (*store)(void*, const void*, std::size_t), void* out) {
+  tcb* self = running_or_throw(call);  // before the ask: a failed call leaves the future as it was
   const thread_id p = producer;
-  send_reserved(p, &ask_value, 1, future_ask);
-  producer = thread_id{};
-  message answer = recv_reserved(p, future_value, call);
-  ISO_ASSERT(!answer.data.empty());
-  if (static_cast<unsigned char>(answer.data[0]) == answer_failure) {
-    throw error(errc::thread_failed,
-                std::string(reinterpret_cast<const char*>(answer.data.data()) + 1, answer.data.size() - 1));
+  mailbox& mb = mailbox_of(self);
+  future_landing landing{p, store, out};
+  scheduler& s = *scheduler::current();
+  if (tcb* pt = s.find(p)) {
+    future_offer* offer = offer_of(pt);
+    if (offer != nullptr && caught_up(pt, self)) {  // it waits with its value: take it
+      hand_over(pt, self, landing, *offer);
+      offer->taken = true;
+    }
+    pt->future_asked = static_cast<std::uint8_t>(future_request::value);
+    pt->future_asker = self->id;
+    if (offer != nullptr) wake_receiver(s, pt, true);  // to end, or to answer with a message
+  } else {
+    send_reserved(p, &ask_value, 1, future_ask, sequencing::none);
   }
-  answer.data.erase(answer.data.begin());
-  return std::move(answer.data);
+  producer = thread_id{};
+  const landing_scope waiting(mb, landing);
+  // After a suspension only mb, self, landing and scheduler::current() may be used.
+  while (!landing.done) {
+    std::optional<message> a;
+    {
+      heap_scope own(self->home_heap);
+      a = mb.reserved.take(p, future_value);
+    }
+    if (a) {
+      ISO_ASSERT(!a->data.empty());
+      land(self, landing, static_cast<unsigned char>(a->data[0]) == answer_failure, a->data.data() + 1,
+           a->data.size() - 1);
+      break;
+    }
+    mb.waiting = true;
+    mb.want_from = p;
+    mb.want_tag = future_value;
+    scheduler::current()->block_running(wait_reason::recv);
+    mb.waiting = false;
+  }
+  if (landing.failed) throw error(errc::thread_failed, std::move(landing.failure));
 }
 
 void future_drop(thread_id producer) noexcept {
   try {
-    send_reserved(producer, &ask_drop, 1, future_ask);
+    runtime_part_or_throw(engine::current(), "iso::future");
+    scheduler& s = *scheduler::current();
+    if (tcb* pt = s.find(producer)) {
+      pt->future_asked = static_cast<std::uint8_t>(future_request::drop);
+      if (future_offer* offer = offer_of(pt)) {  // it waits with its value: let it end
+        offer->taken = true;
+        wake_receiver(s, pt, true);
+      }
+      return;
+    }
+    send_reserved(producer, &ask_drop, 1, future_ask, sequencing::none);
   } catch (...) {
     // No runtime any more (the producer's process has gone with it) or no memory: nothing to tell.
   }

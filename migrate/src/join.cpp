@@ -13,12 +13,16 @@ void engine::finish_hook(scheduler&, tcb* t) noexcept { current()->finished(t); 
 
 void engine::finished(tcb* t) noexcept {
   heap_scope system(nullptr);
+  close_streams(t);
   const thread_id id = t->id;
   const bool joined = static_cast<bool>(t->joiner);
+  // A future's producer is joined by the get() or drop that asked it (future.cpp): no record of
+  // it is kept for a join to come.
+  const bool settled = joined || t->future_asked != 0;
   try {
     if (joined) send_system(t->joiner, id, msg_kind::join_done, errc::ok);
-    if (directory_.finished_here(id.bits(), t->epoch, joined)) {
-      send_ctrl(home_of(id), {ctrl_kind::finished, rank_, id.bits(), joined ? 1u : 0u});
+    if (directory_.finished_here(id.bits(), t->epoch, settled)) {
+      send_ctrl(home_of(id), {ctrl_kind::finished, rank_, id.bits(), settled ? 1u : 0u});
     }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while recording that thread %s finished", id.to_string().c_str());

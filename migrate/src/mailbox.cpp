@@ -1,6 +1,7 @@
 #include "mailbox.hpp"
 
 #include "interpose.hpp"
+#include "reserved.hpp"
 #include "scheduler.hpp"
 
 namespace iso::detail {
@@ -107,7 +108,14 @@ bool has_ready_message(const tcb* t) noexcept {
   return mb.waiting && mb.queue_for(mb.want_tag).has(mb.want_from, mb.want_tag);
 }
 
-bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept {
+std::size_t sequence_entries(const tcb* t) noexcept {
+  if (t->mailbox == nullptr) return 0;
+  const auto& mb = *static_cast<const mailbox*>(t->mailbox);
+  return mb.next_out.size() + mb.incoming.senders();
+}
+
+bool put_message(tcb* t, thread_id from, std::uint64_t seq, bool last, int tag, const void* data,
+                 std::size_t bytes) noexcept {
   try {
     heap_scope receiver(t->home_heap);  // the payload and the queues live in the receiver's heap
     mailbox& mb = mailbox_of(t);
@@ -115,9 +123,14 @@ bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void*
                                                  static_cast<const std::byte*>(data) + bytes)};
     bool wake = false;
     mb.incoming.put(from.bits(), seq, std::move(m), [&](message&& ready) {
+      if (ready.tag == stream_close) return;  // its number was all it carried (in_order)
+      if (ready.tag == stream_forget) {       // the receiver ended: nothing sent to it matters now
+        mb.next_out.erase(ready.from.bits());
+        return;
+      }
       wake = wake || wanted(mb, ready.from, ready.tag);
       mb.queue_for(ready.tag).push(std::move(ready));
-    });
+    }, last);
     return wake;
   } catch (const std::bad_alloc&) {
     fatal("thread %s has no heap left for a message of %zu bytes from %s", t->id.to_string().c_str(), bytes,

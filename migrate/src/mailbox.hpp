@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -21,33 +22,67 @@ class scheduler;
 // Releases items of many senders in each sender's order: items carry sequence numbers 1, 2, ...
 // per sender and may come in any order. Invariant: every item of `from` with seq < next_in[from]
 // has been released, in order; `early` holds exactly those that came with seq > next_in[from].
+// Bound: a sender's entry exists only while items of it may still come. An item put with `last`
+// is its sender's final one to this receiver (the sender has dropped its own counter, and sends
+// nothing more here: a future's value, or the stream_close a thread sends each of its receivers
+// when it ends, reserved.hpp); once it is released, everything of that sender has been (it is
+// released after every smaller number, and none larger exists), so its entry is erased. Items
+// with seq 0 are unsequenced: released at once, with no entry. So a thread's entries are bounded
+// by the peers it exchanges numbered messages with that are alive, whatever number it ever had.
 // Allocates with the heap current when called.
 template <class Item>
 class in_order {
  public:
   // Takes item number `seq` of sender `from`, and calls release(item) for it and each early item
-  // it unblocks, in order. pre: seq was not put before (asserted: each arrives exactly once).
+  // it unblocks, in order. pre: seq was not put before (asserted: each arrives exactly once); no
+  // item of `from` with a larger seq than a `last` one.
   template <class Release>
-  void put(std::uint64_t from, std::uint64_t seq, Item&& item, Release&& release) {
-    std::uint64_t& next = next_in_.try_emplace(from, 1).first->second;
+  void put(std::uint64_t from, std::uint64_t seq, Item&& item, Release&& release, bool last = false) {
+    if (seq == 0) {
+      release(std::move(item));
+      return;
+    }
+    const auto slot = next_in_.try_emplace(from, 1).first;
+    std::uint64_t& next = slot->second;
     ISO_ASSERT(seq >= next);  // no sequence number twice
     if (seq > next) {
-      const bool fresh = early_.emplace(std::make_pair(from, seq), std::move(item)).second;
+      const bool fresh = early_.emplace(std::make_pair(from, seq), std::make_pair(std::move(item), last)).second;
       ISO_ASSERT(fresh);
       return;
     }
     release(std::move(item));
     ++next;
     for (auto it = early_.find({from, next}); it != early_.end(); it = early_.find({from, next})) {
-      release(std::move(it->second));
+      last = it->second.second;
+      release(std::move(it->second.first));
       early_.erase(it);
       ++next;
     }
+    if (last) {
+      const auto after = early_.lower_bound({from, 0});
+      ISO_ASSERT(after == early_.end() || after->first.first != from);  // nothing of `from` beyond its last
+      next_in_.erase(slot);
+    }
   }
   std::size_t early() const noexcept { return early_.size(); }
+  // Senders with an entry (tests and stats).
+  std::size_t senders() const noexcept { return next_in_.size(); }
+  // The next number due from `from`: 1 + the items of it released so far (1 without an entry).
+  std::uint64_t next(std::uint64_t from) const noexcept {
+    const auto it = next_in_.find(from);
+    return it == next_in_.end() ? 1 : it->second;
+  }
+  // Calls f(from) for every sender with an entry.
+  template <class F>
+  void for_each_sender(F&& f) const {
+    for (const auto& [from, next] : next_in_) f(from);
+  }
+  // Erases the entry of `from`, whose every item has been released and who sends no more here
+  // (a future's value handed over without a message, future.cpp). pre: no early item of `from`.
+  void forget(std::uint64_t from) noexcept { next_in_.erase(from); }
 
  private:
-  std::map<std::pair<std::uint64_t, std::uint64_t>, Item> early_;  // (from, seq) ahead of a gap
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::pair<Item, bool>> early_;  // (from, seq) ahead of a gap -> (item, last)
   std::unordered_map<std::uint64_t, std::uint64_t> next_in_;        // from -> next seq to release
 };
 
@@ -96,6 +131,27 @@ class ready_queue {
   std::unordered_map<stream_key, std::set<std::uint64_t>, stream_hash> by_stream_;
 };
 
+// A future's value handed over between two threads of one rank without a message (future.cpp).
+// The producer's side, on its stack while it waits for the ask: what the body gave.
+struct future_offer {
+  bool failed;           // data is the what() text of what the body threw, not a value
+  const void* data;
+  std::size_t bytes;
+  bool taken = false;    // a getter here took it, or dropped the future: the producer ends
+};
+// The getter's side, on its stack while it waits in get(): where the value goes.
+struct future_landing {
+  thread_id producer;
+  // Writes the value's `bytes` bytes into `out` (an R on the getter's stack); called once, with
+  // the getter's heap current. Null for a future<void>.
+  void (*store)(void* out, const void* data, std::size_t bytes);
+  void* out;
+  bool done = false;     // the value (or the failure) is in
+  bool failed = false;
+  std::string failure;   // the body's what() text, in the getter's heap
+};
+enum class future_request : std::uint8_t { none = 0, value = 1, drop = 2 };  // tcb::future_asked
+
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
 // messages, sequence counters and what the thread waits for migrate with the thread.
 // User messages (tag >= 0, what iso::any_tag matches) and the runtime's own (reserved negative
@@ -104,7 +160,9 @@ struct mailbox {
   ready_queue user;                                           // tags >= 0, in release order
   ready_queue reserved;                                       // negative tags, in release order
   in_order<message> incoming;                                 // per-sender order of what arrives
-  std::unordered_map<std::uint64_t, std::uint64_t> next_out;  // to -> next seq to send
+  // to -> numbers sent to it. Erased by a send with sequencing::last, or when `to` ends and says
+  // so (stream_forget): a finished thread gets nothing more, whatever a later message's number.
+  std::unordered_map<std::uint64_t, std::uint64_t> next_out;
   // While the thread waits in a receive (blocked, or sleeping in recv_for): what it waits for.
   bool waiting = false;
   thread_id want_from;                                        // a thread or any_thread
@@ -113,19 +171,27 @@ struct mailbox {
   // tags collide): kept, in order, for the collective they belong to (collectives.cpp).
   // A vector, not a deque: an empty std::deque allocates, and every thread has a mailbox.
   std::vector<message> stash;
+  // A future's getter, while it waits in get(): where the value goes (future.cpp; a pointer into
+  // the thread's stack, which moves with it). The producer's side is in its tcb.
+  future_landing* landing = nullptr;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };
 
 // t's mailbox, made on first use. pre: t's heap is current.
 mailbox& mailbox_of(tcb* t);
+// Entries of t's sequence tables (per peer, for messages t sends and receives): bounded by its
+// live peers (in_order's bound), for tests.
+std::size_t sequence_entries(const tcb* t) noexcept;
 // Whether t waits in a receive and a message it waits for is queued (false without a mailbox).
 bool has_ready_message(const tcb* t) noexcept;
 
 // Puts message number `seq` from `from` into t's mailbox (in t's heap), releasing what is now in
 // order. True if a released message is one t waits for (wake_receiver(t) then). Fatal if t's
 // heap is exhausted.
-bool put_message(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data, std::size_t bytes) noexcept;
+// last: the sender's final message to t (in_order), seq 0: unsequenced.
+bool put_message(tcb* t, thread_id from, std::uint64_t seq, bool last, int tag, const void* data,
+                 std::size_t bytes) noexcept;
 // Makes t, which waits in a receive on this rank (blocked in recv or sleeping in recv_for), ready.
 // fork_join: the message continues fork-join work (a future's ask or value; scheduler::wake).
 void wake_receiver(scheduler& s, tcb* t, bool fork_join = false) noexcept;

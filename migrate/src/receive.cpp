@@ -20,9 +20,9 @@ tcb* receiver(const char* call, thread_id from, int tag) {
 
 }  // namespace
 
-void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag) {
+void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how) {
   ISO_ASSERT_INTERNAL(tag < any_tag);
-  runtime_part_or_throw(engine::current(), "iso::send").send(to, data, bytes, tag);
+  runtime_part_or_throw(engine::current(), "iso::send").send(to, data, bytes, tag, how);
 }
 
 message recv_reserved(thread_id from, int tag, const char* call) {

@@ -7,12 +7,18 @@
 //   future_value                producer -> future: the value or the failure text
 //   group_members               spawn_group -> each new member: the member list
 //   collective_tag(fp)          collectives of the group with fingerprint fp, in [-2^30 - 1, -2]
+//   stream_close                a thread that ended -> each thread it sent to: numbered after its
+//                               last message there (sequencing::last), never queued: the receiver
+//                               drops its counter for the sender once all came (mailbox.hpp)
+//   stream_forget               a thread that ended -> each thread it got numbered messages from,
+//                               unsequenced, never queued: the sender drops its counter for it
 #pragma once
 
 #include <climits>
 #include <cstddef>
 #include <cstdint>
 
+#include "engine.hpp"
 #include "isothreads/messaging.hpp"
 
 namespace iso::detail {
@@ -20,12 +26,16 @@ namespace iso::detail {
 inline constexpr int future_ask = INT_MIN;
 inline constexpr int future_value = INT_MIN + 1;
 inline constexpr int group_members = INT_MIN + 2;
+inline constexpr int stream_close = INT_MIN + 3;
+inline constexpr int stream_forget = INT_MIN + 4;
+// The two notices above: they carry no payload, only their sender and number.
+inline constexpr bool stream_notice(int tag) noexcept { return tag == stream_close || tag == stream_forget; }
 inline constexpr int collective_tag(std::uint64_t fingerprint) noexcept {
   return -2 - static_cast<int>(fingerprint & ((std::uint64_t{1} << 30) - 1));
 }
 
-// iso::send on a reserved tag (tag < any_tag). Same errors as iso::send.
-void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag);
+// iso::send on a reserved tag (tag < any_tag), numbered as `how` says. Same errors as iso::send.
+void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how = sequencing::next);
 // The calling thread's first message from `from` (a thread or any_thread) on reserved tag `tag`;
 // blocks it until one is there. `call` names the public call in errors (not_in_thread, no_runtime).
 message recv_reserved(thread_id from, int tag, const char* call);

@@ -16,7 +16,7 @@ std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_s
 
 }  // namespace
 
-void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
+void engine::send(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how) {
   if (!to || to.home() >= directory_.id_ranks()) {
     raise(errc::unknown_thread, "iso::send: thread %s does not exist (home rank out of range, %d ranks)",
           to.to_string().c_str(), directory_.id_ranks());
@@ -28,27 +28,60 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag) {
   }
   tcb* self = sched_.running();
   const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
+  // Numbers this message in the sender's counter for `to` (none: 0); a last one drops the counter.
+  const auto number = [to, how](auto& counters) -> std::uint64_t {
+    if (how == sequencing::none) return 0;
+    const auto it = counters.try_emplace(to.bits(), 0).first;
+    const std::uint64_t seq = ++it->second;
+    if (how == sequencing::last) counters.erase(it);
+    return seq;
+  };
   std::uint64_t seq;
   if (self != nullptr) {
     heap_scope own(self->home_heap);  // the counter travels with the sender
-    seq = mailbox_of(self).next_out[to.bits()]++ + 1;
+    seq = number(mailbox_of(self).next_out);
   } else {
     heap_scope system(nullptr);
-    seq = main_next_seq_[to.bits()]++ + 1;
+    seq = number(main_next_seq_);
   }
   heap_scope system(nullptr);
   const std::int64_t at = observer_ != nullptr ? now_ns() : 0;
-  int went = rank_;
-  if (tcb* t = sched_.find(to)) {
-    deliver_user(t, from, seq, tag, data, bytes);
-  } else {
-    sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
-    data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, 0};
-    std::memcpy(wire.data(), &h, sizeof h);
-    if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
-    went = route_out(std::move(wire));
-  }
+  const int went = post_user(to, from, seq, how, tag, data, bytes);
   if (observer_ != nullptr) observer_->sent(from, to, went, bytes, tag, at);
+}
+
+int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
+                      std::size_t bytes) {
+  if (tcb* t = sched_.find(to)) {
+    deliver_user(t, from, seq, how, tag, data, bytes);
+    return rank_;
+  }
+  sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
+  const data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, static_cast<std::uint32_t>(how)};
+  std::memcpy(wire.data(), &h, sizeof h);
+  if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
+  return route_out(std::move(wire));
+}
+
+// The bound on sequence tables for threads that end (mailbox.hpp): t's receivers drop their
+// counter for t once everything t sent them came (a stream_close numbered after t's last message
+// there), and t's senders drop theirs for t (a stream_forget: t receives nothing more, so what they
+// send it later is dropped as sent to a finished thread, whatever its number). A rank's main
+// neither sends nor gets these: its counters are the engine's and few.
+void engine::close_streams(tcb* t) noexcept {
+  if (t->mailbox == nullptr) return;
+  const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
+  try {
+    for (const auto& [to, sent] : mb.next_out) {
+      post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_close, nullptr, 0);
+    }
+    mb.incoming.for_each_sender([&](std::uint64_t from) {
+      const thread_id sender = thread_id::from_bits(from);
+      if (sender.serial() != 0) post_user(sender, t->id, 0, sequencing::none, stream_forget, nullptr, 0);
+    });
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory while thread %s ended", t->id.to_string().c_str());
+  }
 }
 
 void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc status) {
@@ -99,6 +132,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       post_record(r.to.rank, record::data, wire.data(), wire.size());
       return;
     case route::action::finished: {
+      if (h.kind == msg_kind::user && stream_notice(h.tag)) return;  // nothing left to tidy there
       bool joined = false;
       directory_.finished_record(h.to, sched_.next_serial(), &joined);
       answer_finished(h, joined);
@@ -107,6 +141,8 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     case route::action::never_spawned:
       if (h.kind == msg_kind::join_request) {
         send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
+      } else if (h.kind == msg_kind::user && stream_notice(h.tag)) {
+        return;
       } else {
         drop(h, "no such thread was ever spawned");
       }
@@ -124,17 +160,19 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
 void engine::deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept {
   const thread_id from = thread_id::from_bits(h.from);
   switch (h.kind) {
-    case msg_kind::user: deliver_user(t, from, h.seq, h.tag, payload, h.bytes); return;
+    case msg_kind::user: deliver_user(t, from, h.seq, static_cast<sequencing>(h.status), h.tag, payload, h.bytes); return;
     case msg_kind::join_request: deliver_join_request(t, from); return;
     case msg_kind::join_done: deliver_join_done(t, from, static_cast<errc>(h.status)); return;
   }
 }
 
-void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, int tag, const void* data,
+void engine::deliver_user(tcb* t, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
                           std::size_t bytes) noexcept {
   // A future's ask wakes its producer to answer and end, its value the thread that waits in
   // get(): both are fork-join work, as a join is.
-  if (put_message(t, from, seq, tag, data, bytes)) wake_receiver(sched_, t, tag == future_ask || tag == future_value);
+  if (put_message(t, from, seq, how == sequencing::last, tag, data, bytes)) {
+    wake_receiver(sched_, t, tag == future_ask || tag == future_value);
+  }
 }
 
 void engine::drop(const data_header& h, const char* why) noexcept {

@@ -3,14 +3,19 @@
 // iso::error(thread_failed); futures are move-only, got once, and can be dropped.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "engine.hpp"
 #include "isothreads/isothreads.hpp"
+#include "mailbox.hpp"
 #include "mpi_gtest.hpp"
+#include "scheduler.hpp"
 
 namespace {
 
@@ -152,6 +157,105 @@ TEST(Future, DroppedFuturesAndMisuse) {
   });
   rt->run();
   EXPECT_EQ(before_run, 1);
+}
+
+// The calling thread's sequence-table entries: one per peer it may still exchange numbered
+// messages with (mailbox.hpp).
+std::size_t my_sequence_entries() {
+  return iso::detail::sequence_entries(iso::detail::scheduler::current()->running());
+}
+
+// The most entries the getter of the test below had, written on rank 0 after it moved back there.
+std::size_t g_most_entries = 0;
+
+// A numbered message of a talker: which talker, and its number in the talker's stream.
+struct talk {
+  int talker;
+  int k;
+};
+
+// Records of finished threads that a join may still ask about, on this rank (their home).
+std::size_t finished_records() { return iso::detail::engine::current()->finished_records().size(); }
+
+// One thread takes 100,000 futures (each a new producer thread; some move to another rank before
+// or after the ask, some send it a message first) while long-lived talkers on the other ranks keep
+// sending it numbered messages and it keeps answering them, all migrating: its sequence tables
+// stay bounded by the peers that keep talking (they grew by two entries a future), every talker's
+// messages arrive in order, each once, and the producers' home keeps no record of them once they
+// end (it kept one each, for a join that cannot come).
+TEST(Future, AHundredThousandFuturesLeaveTheGettersSequenceTablesBounded) {
+  constexpr int futures = 100000;
+  constexpr int talks_each = 200;
+  const std::size_t records_before = finished_records();
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      const int ranks = iso::size();
+      const iso::thread_id me = iso::this_thread::id();
+      std::vector<iso::thread_id> talkers;
+      for (int r = 1; r < ranks; ++r) {
+        const int index = static_cast<int>(talkers.size());
+        talkers.push_back(iso::spawn([me, index, r, ranks] {
+          iso::this_thread::migrate_to(r);
+          for (int k = 0; k < talks_each; ++k) {
+            const talk t{index, k};
+            iso::send(me, &t, sizeof t, 7);
+            // Waits for the answer: the getter sends to this peer as often as it hears from it.
+            const iso::message m = iso::recv(me, 8);
+            EXPECT_EQ(m.data.size(), sizeof(int));
+            if (k % 50 == 49) iso::this_thread::migrate_to((iso::rank() + 1) % ranks);
+          }
+        }));
+      }
+      std::vector<int> next(talkers.size(), 0);
+      const auto hear = [&](const iso::message& m) {
+        talk t{};
+        ASSERT_EQ(m.data.size(), sizeof t);
+        std::memcpy(&t, m.data.data(), sizeof t);
+        ASSERT_GE(t.talker, 0);
+        ASSERT_LT(t.talker, static_cast<int>(talkers.size()));
+        EXPECT_EQ(t.k, next[t.talker]) << "talker " << t.talker;
+        next[t.talker] = t.k + 1;
+        EXPECT_EQ(m.from, talkers[t.talker]);
+        iso::send(m.from, &t.k, sizeof t.k, 8);
+      };
+      std::size_t most = 0;
+      const int other = ranks - 1;
+      for (int i = 0; i < futures; ++i) {
+        const int kind = i % 1000;
+        iso::future<int> f = iso::async([me, i, kind, other] {
+          if (kind == 1 || kind == 2) iso::this_thread::migrate_to(other);  // answers from there
+          if (kind == 3 || kind == 2) iso::send(me, &i, sizeof i, 9);       // a message before the value
+          return 3 * i;
+        }, {});
+        if (kind == 1) iso::this_thread::yield();  // the producer leaves before the ask
+        ASSERT_EQ(f.get(), 3 * i);
+        if (kind == 2 || kind == 3) {
+          const std::optional<iso::message> before = iso::try_recv(iso::any_thread, 9);
+          ASSERT_TRUE(before.has_value()) << "future " << i << ": its body's message is not there";
+          int got = -1;
+          std::memcpy(&got, before->data.data(), sizeof got);
+          EXPECT_EQ(got, i);
+        }
+        while (std::optional<iso::message> m = iso::try_recv(iso::any_thread, 7)) hear(*m);
+        if (i % 20000 == 19999) iso::this_thread::migrate_to((iso::rank() + 1) % ranks);
+        most = std::max(most, my_sequence_entries());
+      }
+      for (std::size_t t = 0; t < talkers.size(); ++t) {
+        while (next[t] < talks_each) hear(iso::recv(talkers[t], 7));
+      }
+      for (const iso::thread_id t : talkers) iso::join(t);
+      iso::this_thread::migrate_to(0);
+      g_most_entries = most;
+    });
+  }
+  rt->run();
+  // Two entries a talker (what it sends, what it is sent), and none left by the futures.
+  if (rt->rank() == 0) {
+    EXPECT_LE(g_most_entries, 2 * static_cast<std::size_t>(rt->size() - 1))
+        << "the getter's sequence tables grew with its futures";
+  }
+  // Rank 0 is the home of the getter, which nobody joins: one record.
+  EXPECT_LE(finished_records() - records_before, rt->rank() == 0 ? 1u : 0u) << "records of ended producers kept";
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // which then move between all ranks; every rank calls run().
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -13,7 +14,9 @@
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
+#include "mailbox.hpp"
 #include "mpi_gtest.hpp"
+#include "scheduler.hpp"
 #include "test_seed.hpp"
 
 namespace {
@@ -310,6 +313,58 @@ TEST(Receive, NegativeTagsAreRefused) {
     EXPECT_FALSE(iso::try_recv().has_value());  // nothing was sent
   });
   rt->run();
+}
+
+// The most sequence-table entries the collector below had (mailbox.hpp), written on rank 0.
+std::size_t g_most_entries = 0;
+
+// A collector sends a job to each of 20,000 short-lived workers (one after another; every 7th
+// moves to another rank first) and takes each one's answer, while a long-lived peer on another rank
+// keeps streaming numbered messages to it, migrating: the collector's sequence tables stay bounded
+// by the peers alive (they grew by two entries a worker: one for what it sent the worker, one for
+// what the worker sent it), and the peer's stream arrives in order, each message once.
+TEST(Receive, ThreadsThatEndLeaveNoSequenceEntriesWithTheirPeers) {
+  constexpr int workers = 20000, streamed = 2000;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      const iso::thread_id me = iso::this_thread::id();
+      const iso::thread_id peer = iso::spawn([me] {
+        iso::this_thread::migrate_to(iso::size() - 1);
+        for (int k = 0; k < streamed; ++k) {
+          send_note(me, {0, 5, k});
+          if (k % 500 == 499) iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+        }
+      });
+      stream_checker seen;
+      std::size_t most = 0;
+      for (int i = 0; i < workers; ++i) {
+        const iso::thread_id w = iso::spawn([me, i] {
+          if (i % 7 == 1) iso::this_thread::migrate_to(1 + i % (iso::size() - 1));
+          const iso::message job = iso::recv(me, 1);
+          int v = 0;
+          std::memcpy(&v, job.data.data(), sizeof v);
+          ++v;
+          iso::send(me, &v, sizeof v, 2);
+        });
+        iso::send(w, &i, sizeof i, 1);
+        const iso::message answer = iso::recv(w, 2);
+        int v = 0;
+        std::memcpy(&v, answer.data.data(), sizeof v);
+        ASSERT_EQ(v, i + 1);
+        while (std::optional<iso::message> m = iso::try_recv(iso::any_thread, 5)) seen.take(read_note(*m));
+        most = std::max(most, iso::detail::sequence_entries(iso::detail::scheduler::current()->running()));
+      }
+      while (seen.next(0, 5) < streamed) seen.take(read_note(iso::recv(peer, 5)));
+      iso::join(peer);
+      g_most_entries = most;
+    });
+  }
+  rt->run();
+  // The peer, the worker of the moment, and the notices of a few that ended on other ranks still
+  // on their way.
+  if (rt->rank() == 0) {
+    EXPECT_LE(g_most_entries, 32u) << "the collector's sequence tables grew with its workers";
+  }
 }
 
 }  // namespace

@@ -94,6 +94,12 @@ struct tcb {
   bool started = false;               // its body began: thieves prefer threads that have not
   std::int64_t sleep_left_ns = 0;     // in transit while sleeping: the rest of the sleep, in ns
   void* mailbox = nullptr;            // messaging state, in this thread's heap (migrate module)
+  // An iso::async thread's side of its future (migrate/src/future.cpp), kept here so that a
+  // getter on its rank needs no mailbox of it: what it was asked there (0 none, 1 value, 2 drop)
+  // and by whom, and its value while it waits for the ask (a pointer into its own stack).
+  std::uint8_t future_asked = 0;
+  thread_id future_asker;
+  void* future_offer = nullptr;
 
   std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
   std::uint64_t run_cycles = 0;       // TSC cycles spent running since the last balancing step

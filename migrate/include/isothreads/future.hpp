@@ -1,14 +1,16 @@
 // iso::async and iso::future: a migratable thread that returns a value.
 //
-// Protocol (reserved messages, migrate/src/reserved.hpp): the producer runs the body, keeps its
-// value (or the text of what it threw) in its own heap, and waits for one "ask" message; get()
-// sends the ask from the calling thread and waits for the answer, so the value goes to whichever
-// thread holds the future when it asks, wherever either thread runs. A future destroyed without
-// get() sends a "drop" ask instead, and the producer ends without answering.
+// Protocol (migrate/src/future.cpp): the producer runs the body, keeps its value (or the text of
+// what it threw) and waits for one ask; get() asks from the calling thread and waits for the
+// value, so the value goes to whichever thread holds the future when it asks, wherever either
+// thread runs. On one rank the ask and the value pass between the two threads directly, as a join
+// does; across ranks they are reserved messages (migrate/src/reserved.hpp). A future destroyed
+// without get() asks "drop" instead, and the producer ends without answering.
 #pragma once
 
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -35,35 +37,60 @@ inline constexpr bool future_value_type = std::is_void_v<R> || std::is_trivially
 // Producer side, after the body: waits for the ask and answers it with `bytes` bytes of value, or
 // with `failure` (the what() text of what the body threw; null: it returned). From the producer.
 void future_serve(const void* value, std::size_t bytes, const char* failure);
-// Getter side: asks `producer` for its value and waits for it; `producer` is cleared once the ask
-// is sent. Throws iso::error(thread_failed) with the body's what() text if the body threw.
-std::vector<std::byte> future_fetch(thread_id& producer, const char* call);
+// Getter side: asks `producer` for its value and waits for it; `producer` is cleared once asked.
+// The value's bytes go to store(out, data, bytes), called once with the calling thread's heap
+// current (store null: a future<void>). Throws iso::error(thread_failed) with the body's what()
+// text if the body threw.
+void future_fetch(thread_id& producer, const char* call, void (*store)(void* out, const void* data, std::size_t bytes),
+                  void* out);
 // Tells `producer` that nobody will ask. Never throws (nothing to tell without a runtime).
 void future_drop(thread_id producer) noexcept;
 
+// Writes a value of R received as `bytes` bytes into the R at `out`.
+template <class R>
+void store_value(void* out, const void* data, std::size_t bytes) {
+  R& v = *static_cast<R*>(out);
+  if constexpr (std::is_same_v<R, std::string>) {
+    v.assign(static_cast<const char*>(data), bytes);
+  } else if constexpr (is_byte_vector<R>::value) {
+    v.resize(bytes / sizeof(typename R::value_type));
+    if (bytes != 0) std::memcpy(v.data(), data, bytes);
+  } else {
+    std::memcpy(&v, data, sizeof v);
+  }
+}
+
+// The producer thread's body. The callable is destroyed before the value leaves, so that nothing
+// of it (a capture's destructor) runs, or sends, after the answer: the answer is the producer's
+// last message to its getter (future.cpp).
 template <class R, class F>
-void run_producer(F& body) {
+void run_producer(std::optional<F>& body) {
+  [[maybe_unused]] std::conditional_t<std::is_void_v<R>, bool, std::optional<R>> value{};
   std::string failure;
+  bool failed = false;
   try {
     if constexpr (std::is_void_v<R>) {
-      body();
-      future_serve(nullptr, 0, nullptr);
-      return;
+      (*body)();
     } else {
-      const R v = body();
-      if constexpr (std::is_same_v<R, std::string> || is_byte_vector<R>::value) {
-        future_serve(v.data(), v.size() * sizeof(typename R::value_type), nullptr);
-      } else {
-        future_serve(&v, sizeof v, nullptr);
-      }
-      return;
+      value.emplace((*body)());
     }
   } catch (const std::exception& e) {
+    failed = true;
     failure = e.what();
   } catch (...) {
+    failed = true;
     failure = "an exception that is not a std::exception";
   }
-  future_serve(nullptr, 0, failure.c_str());
+  body.reset();
+  if (failed) {
+    future_serve(nullptr, 0, failure.c_str());
+  } else if constexpr (std::is_void_v<R>) {
+    future_serve(nullptr, 0, nullptr);
+  } else if constexpr (std::is_same_v<R, std::string> || is_byte_vector<R>::value) {
+    future_serve(value->data(), value->size() * sizeof(typename R::value_type), nullptr);
+  } else {
+    future_serve(&*value, sizeof(R), nullptr);
+  }
 }
 
 }  // namespace detail
@@ -113,18 +140,11 @@ class future {
                   "iso::future::get: the future has no value to give (get() was called already, or it was "
                   "moved from or default-constructed)");
     }
-    const std::vector<std::byte> b = detail::future_fetch(producer_, "iso::future::get");
     if constexpr (std::is_void_v<R>) {
-      return;
-    } else if constexpr (std::is_same_v<R, std::string>) {
-      return std::string(reinterpret_cast<const char*>(b.data()), b.size());
-    } else if constexpr (detail::is_byte_vector<R>::value) {
-      R v(b.size() / sizeof(typename R::value_type));
-      if (!b.empty()) std::memcpy(v.data(), b.data(), b.size());
-      return v;
+      detail::future_fetch(producer_, "iso::future::get", nullptr, nullptr);
     } else {
       R v;
-      std::memcpy(&v, b.data(), sizeof v);
+      detail::future_fetch(producer_, "iso::future::get", &detail::store_value<R>, &v);
       return v;
     }
   }
@@ -148,7 +168,9 @@ auto async(F&& body, const spawn_options& opts) {
   static_assert(detail::future_value_type<R>,
                 "iso::async: the body must return void, a trivially copyable type, std::string, or std::vector of "
                 "a trivially copyable type");
-  return future<R>(spawn([f = B(std::forward<F>(body))]() mutable { detail::run_producer<R>(f); }, opts));
+  return future<R>(spawn([f = std::optional<B>(std::in_place, std::forward<F>(body))]() mutable {
+    detail::run_producer<R>(f);
+  }, opts));
 }
 
 }  // namespace iso
