@@ -6,7 +6,8 @@
 //   future_ask                  future -> producer: "send me the value" (or "nobody will ask")
 //   future_value                producer -> future: the value or the failure text
 //   group_members               spawn_group -> each new member: the member list
-//   collective_tag(fp)          collectives of the group with fingerprint fp, in [-2^30 - 1, -2]
+//   collective_tag(fp)          a rank -> member 0 of the group with fingerprint fp: the rank's
+//                               partial results of a collective (collectives.cpp), in [-2^30 - 1, -2]
 #pragma once
 
 #include <climits>
