@@ -160,7 +160,11 @@ std::vector<std::byte> run(const group& g, collective kind, const void* data, st
   }
   if (root < 0 || root >= n) raise(errc::invalid_argument, "%s: root %d is out of range (%d members)", call, root, n);
   engine& e = engine_for(call);
-  const rank_combiner::key k{g.fingerprint(), mailbox_of(self).collectives[g.fingerprint()]++};
+  rank_combiner::key k{g.fingerprint(), 0};
+  {
+    heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
+    k.second = mailbox_of(self).collectives[g.fingerprint()]++;
+  }
   const int tag = collective_tag(g.fingerprint());
   const merge_rule rule{c, call};
   // Broadcast: only root's leaf has bytes, so that the concatenation of all leaves is its value.

@@ -405,4 +405,33 @@ TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCal
   }
 }
 
+// Members waiting in a collective for one that never calls are a deadlock, reported on every rank
+// (the rank's partial results neither hide it nor get lost); once that member calls, the
+// collective completes in the next run.
+TEST(Collectives, MembersWaitingForOneThatNeverCallsAreADeadlock) {
+  constexpr int per_rank = 3, tag_go = 7;
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([] {
+      const iso::group g(ids_from(iso::recv(iso::thread_id(0, 0), 0)));
+      const int i = g.index_of(iso::this_thread::id());
+      const int n = static_cast<int>(g.size());
+      if (i == n - 1) (void)iso::recv(iso::thread_id(iso::rank(), 0), tag_go);  // holds the others up
+      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n);
+    }));
+  }
+  const std::vector<iso::thread_id> ids = allgather_ids(mine);
+  if (rt->rank() == 0) {
+    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
+  }
+  try {
+    rt->run();
+    ADD_FAILURE() << "run() returned while members wait in an allreduce";
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code_value(), iso::errc::deadlock) << e.what();
+  }
+  if (rt->rank() == rt->size() - 1) iso::send(mine.back(), nullptr, 0, tag_go);  // the last member
+  rt->run();
+}
+
 }  // namespace
