@@ -228,10 +228,10 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
       ++it;
       continue;
     }
-    sys_vector<unsigned char> buf(sizeof(batch_header));
     batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
                    scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
     try {
+      sys_vector<unsigned char> buf(sizeof h);
       e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
         const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
         const auto* head = reinterpret_cast<const unsigned char*>(&bh);
