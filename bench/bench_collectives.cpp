@@ -8,6 +8,10 @@
 //                              each call iso::allreduce(g, uint64, iso::sum) `reps` times; figure =
 //                              time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of one uint64 between the mains of the same ranks.
+//   allreduce_8B/32threads_on_rank_0
+//                              as above, with the 32 threads of rank 0 alone as the group: what
+//                              combining on a rank costs, without the messages between ranks
+//                              (the raw figure is the same MPI_Allreduce between the 2 ranks).
 //   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
 //                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.
@@ -45,13 +49,13 @@ double median(std::vector<double> v) {
 double g_result_ns = 0;
 bool g_failed = false;
 
-// One run: `per_rank` threads on every rank form one group (rank-major indices) and each makes
-// `warm` + `reps` element-wise allreduces of `count` doubles (count == 0: one uint64 instead).
-// Returns ns per allreduce at member 0 (on rank 0; 0 elsewhere).
-double iso_allreduce_run(iso::runtime& rt, int per_rank, std::size_t count, int warm, int reps) {
+// One run: `per_rank` threads on every rank (on rank 0 only if `one_rank`) form one group
+// (rank-major indices) and each makes `warm` + `reps` element-wise allreduces of `count` doubles
+// (count == 0: one uint64 instead). Returns ns per allreduce at member 0 (on rank 0; 0 elsewhere).
+double iso_allreduce_run(iso::runtime& rt, int per_rank, std::size_t count, int warm, int reps, bool one_rank) {
   g_result_ns = 0;
   std::vector<iso::thread_id> mine;
-  for (int k = 0; k < per_rank; ++k) {
+  for (int k = 0; k < (one_rank && rt.rank() != 0 ? 0 : per_rank); ++k) {
     mine.push_back(iso::spawn([count, warm, reps] {
       const iso::message m = iso::recv(iso::thread_id(iso::rank(), 0), 0);
       std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
@@ -73,10 +77,14 @@ double iso_allreduce_run(iso::runtime& rt, int per_rank, std::size_t count, int 
       if (me == 0) g_result_ns = static_cast<double>(now_ns() - t0) / reps;
     }));
   }
-  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(rt.size()));
+  std::vector<std::uint64_t> bits, all(mine.size() * static_cast<std::size_t>(one_rank ? 1 : rt.size()));
   for (iso::thread_id t : mine) bits.push_back(t.bits());
-  MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
-                MPI_UINT64_T, MPI_COMM_WORLD);
+  if (one_rank) {
+    all = bits;
+  } else {
+    MPI_Allgather(bits.data(), static_cast<int>(bits.size()), MPI_UINT64_T, all.data(), static_cast<int>(bits.size()),
+                  MPI_UINT64_T, MPI_COMM_WORLD);
+  }
   for (iso::thread_id t : mine) iso::send(t, all.data(), all.size() * sizeof all[0], 0);
   rt.run();
   return g_result_ns;
@@ -101,11 +109,12 @@ double mpi_allreduce_run(std::size_t count, int warm, int reps) {
   return ns;
 }
 
-void bench_allreduce(iso::runtime& rt, const char* name, int per_rank, std::size_t count, int warm, int reps) {
+void bench_allreduce(iso::runtime& rt, const char* name, int per_rank, std::size_t count, int warm, int reps,
+                     bool one_rank = false) {
   std::vector<double> mine, raw;
   for (int k = 0; k < 5; ++k) {  // interleaved, so that drifts hit both sides alike
     raw.push_back(mpi_allreduce_run(count, warm, reps));
-    mine.push_back(iso_allreduce_run(rt, per_rank, count, warm, reps));
+    mine.push_back(iso_allreduce_run(rt, per_rank, count, warm, reps, one_rank));
   }
   if (rt.rank() == 0) iso_bench::print_ratio(name, median(mine), median(raw), "ns");
 }
@@ -154,6 +163,7 @@ int main(int argc, char** argv) {
   const bool futures_only = argc > 2 && std::strcmp(argv[1], "--only") == 0 && std::strcmp(argv[2], "futures") == 0;
   if (!futures_only) {
     bench_allreduce(rt, "allreduce_8B/64threads", 32, 0, 50, 500);
+    bench_allreduce(rt, "allreduce_8B/32threads_on_rank_0", 32, 0, 50, 500, true);
     bench_allreduce(rt, "allreduce_1MiB/16threads", 8, std::size_t{1} << 17, 3, 20);
   }
   bench_futures(rt);

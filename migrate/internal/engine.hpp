@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <list>
 
+#include "combiner.hpp"
 #include "comm.hpp"
 #include "directory.hpp"
 #include "image.hpp"
@@ -97,6 +98,11 @@ class engine {
   void complete_sends() noexcept;
 
   void send(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how = sequencing::next);
+  // A collective's result record to rank `dest` (this one: handled now), for its rank_combiner;
+  // counted for termination as every batch is.
+  void send_to_rank(int dest, const void* data, std::size_t bytes) noexcept;
+  // This rank's collectives in progress (combiner.hpp); polled by poll().
+  rank_combiner& combiner() noexcept { return combiner_; }
   message recv();
   void migrate(thread_id t, int dest);
 
@@ -106,7 +112,10 @@ class engine {
   // work that termination detection must count as live. A thread inside a batch already handed
   // to MPI is in none of these: termination rounds see it through counters() (sent != received),
   // see progress.hpp.
-  std::size_t in_flight() const noexcept { return departures_.size() + arrivals_.size() + batches_.waiting(); }
+  // Collectives whose deposits here are not sent yet count too: they go at the next poll.
+  std::size_t in_flight() const noexcept {
+    return departures_.size() + arrivals_.size() + batches_.waiting() + combiner_.unsent();
+  }
   // Messages held for threads that have not arrived.
   std::size_t held_messages() const noexcept { return directory_.held_messages(); }
   const directory& locations() const noexcept { return directory_; }
@@ -233,7 +242,8 @@ class engine {
   // messages and small thread images. Control records wait for the next poll (or ride along with
   // the next message or image to that rank): a location update right after an arrival would
   // otherwise cost a send of its own.
-  enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2 };
+  // rank: a collective's result for the rank itself (send_to_rank).
+  enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2, rank = 3 };
   void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
@@ -271,6 +281,7 @@ class engine {
 
   batcher batches_;
   directory directory_;
+  rank_combiner combiner_;
   std::list<departure, sys_allocator<departure>> departures_;
   std::list<arrival, sys_allocator<arrival>> arrivals_;
 

@@ -1,22 +1,38 @@
-// The collectives of isothreads/collectives.hpp over reserved messages (reserved.hpp).
+// The collectives of isothreads/collectives.hpp: members combine on their rank first
+// (rank_combiner, combiner.hpp), each rank sends what it holds to the group's member 0, which
+// completes the fixed tree over member indices and sends the result back to the ranks where
+// members wait.
 //
-// Every message of a collective: a header (the group's fingerprint, the collective, a status),
-// then the payload, on the group's reserved tag collective_tag(fingerprint). Successive
-// collectives of one group between two members stay apart by the per-(sender, tag) order of
-// messages, since each collective sends a fixed sequence from one member to another. Another
-// group whose tag collides has another fingerprint: its messages are put aside (the mailbox's
-// stash) for the collective they belong to.
-//
-// Trees over member indices i in [0, n): reduce and gather combine toward member 0 in index order
-// (round k: i with bit k set sends its subtree [i, i + 2^k) to i - 2^k and is done; i without it
-// receives from i + 2^k); the result goes on to root (one message) or back down a binomial
-// broadcast tree from 0. Broadcast: relative index r = (i - root) mod n receives from r minus its
-// lowest set bit and sends to r + 2^j for every 2^j below that bit.
+// One call at member i (the seq-th collective of this member on the group with fingerprint fp,
+// counted in its mailbox, so that the count travels with it):
+//   1. i's value goes into the rank entry (fp, seq) of the rank it runs on as leaf i, merged at
+//      once with the blocks there (with i's op: every member passes the same one).
+//   2. The engine's polls send each entry's blocks as one batch (a reserved message on tag
+//      collective_tag(fp), from the rank, which follows member 0 wherever it runs): at once
+//      when the rank has no ready thread, else at the second poll that sees them. A rank cannot
+//      know how many members it holds (they migrate), so it never waits for its own to be
+//      complete: it sends what it has, and later deposits go in a later batch.
+//   3. Member 0 merges every batch of (fp, seq) into its own partial tree (in its heap: it may
+//      migrate meanwhile) until the root is there, then sends the result record to every rank
+//      whose batches carried a waiting member (itself included, without a message).
+// Completion invariant: member 0's tree holds each leaf [0, n) exactly once, as part of one
+// block, whichever batches brought it; the collective is complete exactly when the root block is
+// there (partial_tree), whatever number of batches from however many ranks it took.
+// Waiting members: those that return a result (every member for barrier, broadcast and the all-
+// variants, root for reduce and gather) other than member 0. They block with
+// wait_reason::collective, which keeps them on their rank until the result wakes them
+// (scheduler::movable: a migration asked meanwhile happens after); the others return once their
+// leaf is in. Termination: an entry with unsent blocks counts as work in flight
+// (engine::in_flight), and batches and results are ordinary counted messages of the engine.
+// Different groups (tags that collide too) and successive collectives of one group stay apart
+// by (fp, seq): member 0 puts aside, in its mailbox's stash, batches of other collectives.
+#include <algorithm>
 #include <cstring>
 #include <string>
 
+#include "combiner.hpp"
 #include "diag.hpp"
-#include "isothreads/collectives.hpp"
+#include "engine.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
 #include "reserved.hpp"
@@ -25,17 +41,8 @@
 namespace iso::detail {
 namespace {
 
-struct header {
-  std::uint64_t fingerprint;  // the group's
-  std::uint32_t kind;         // collective
-  std::uint32_t failed;       // 1: the payload is the text of an error every member throws
-  std::uint64_t bytes;        // payload bytes
-  std::uint64_t unused = 0;   // keeps the payload 16-byte aligned in a malloc'ed buffer
-};
-static_assert(sizeof(header) == result_offset);
-
-const char* kind_name(std::uint32_t k) {
-  switch (static_cast<collective>(k)) {
+const char* kind_name(collective k) {
+  switch (k) {
     case collective::barrier: return "iso::barrier";
     case collective::broadcast: return "iso::broadcast";
     case collective::reduce: return "iso::reduce";
@@ -46,186 +53,244 @@ const char* kind_name(std::uint32_t k) {
   return "an unknown collective";
 }
 
-// One collective call at one member.
-class call_state {
- public:
-  call_state(const group& g, collective kind, const char* call) : g_(g), kind_(kind), call_(call) {
-    self_ = running_or_throw(call);
-    me_ = g.index_of(self_->id);
-    if (me_ < 0) {
-      raise(errc::invalid_argument, "%s: thread %s is not a member of the group (%zu members)", call,
-            self_->id.to_string().c_str(), g.size());
+std::string mismatch_text(const char* call, collective other) {
+  return std::string(call) + ": members of the group called " + kind_name(other) +
+         " as the same collective (every member calls the same collectives in the same order)";
+}
+
+engine& engine_for(const char* call) { return runtime_part_or_throw(engine::current(), call); }
+
+// Whether a batch (header first) belongs to collective (fp, seq).
+bool batch_of(const std::vector<std::byte>& d, std::uint64_t fp, std::uint64_t seq) {
+  ISO_ASSERT(d.size() >= sizeof(batch_header));
+  batch_header h;
+  std::memcpy(&h, d.data(), sizeof h);
+  return h.fingerprint == fp && h.seq == seq;
+}
+
+// Member 0's next batch of collective (fp, seq), put aside ones of others on the tag.
+std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uint64_t seq, const char* call) {
+  // The thread may migrate in recv_reserved: its mailbox (in its heap) stays valid.
+  mailbox& mb = mailbox_of(self);
+  for (auto it = mb.stash.begin(); it != mb.stash.end(); ++it) {
+    if (it->tag == tag && batch_of(it->data, fp, seq)) {
+      std::vector<std::byte> d = std::move(it->data);
+      mb.stash.erase(it);
+      return d;
     }
-    tag_ = collective_tag(g.fingerprint());
   }
-  int me() const noexcept { return me_; }
-  int n() const noexcept { return static_cast<int>(g_.size()); }
-  void check_root(int root) const {
-    if (root < 0 || root >= n()) raise(errc::invalid_argument, "%s: root %d is out of range (%d members)", call_, root, n());
+  for (;;) {
+    message m = recv_reserved(any_thread, tag, call);
+    if (batch_of(m.data, fp, seq)) return std::move(m.data);
+    heap_scope own(self->home_heap);  // the stash is the thread's, like the rest of its mailbox
+    mb.stash.push_back(std::move(m));
   }
+}
 
-  // A buffer: header + payload.
-  std::vector<std::byte> make(const void* data, std::size_t bytes) const {
-    const header h{g_.fingerprint(), static_cast<std::uint32_t>(kind_), 0, bytes};
-    const auto* d = static_cast<const std::byte*>(data);
-    std::vector<std::byte> b;
-    b.reserve(sizeof h + bytes);  // filled by copies only: no zeroing first
-    b.insert(b.end(), reinterpret_cast<const std::byte*>(&h), reinterpret_cast<const std::byte*>(&h) + sizeof h);
-    if (bytes != 0) b.insert(b.end(), d, d + bytes);
-    return b;
-  }
-  void send(int to, const std::vector<std::byte>& b) const { send_reserved(g_[static_cast<std::size_t>(to)], b.data(), b.size(), tag_); }
-
-  // The next message of this group's collective from member `from`.
-  std::vector<std::byte> receive(int from) const {
-    const thread_id sender = g_[static_cast<std::size_t>(from)];
-    // The thread may migrate in recv_reserved: its mailbox (in its heap) stays valid, this
-    // rank's objects do not.
-    mailbox& mb = mailbox_of(self_);
-    for (auto it = mb.stash.begin(); it != mb.stash.end(); ++it) {
-      if (it->from == sender && it->tag == tag_ && ours(it->data)) {
-        std::vector<std::byte> d = std::move(it->data);
-        mb.stash.erase(it);
-        return checked(from, std::move(d));
+// Member 0: takes in batches until the tree is complete; sends the result to the ranks where
+// members wait. Returns the result record.
+std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n,
+                                           int tag, const merge_rule& rule, const char* call) {
+  partial_tree<std::allocator<std::byte>> tree;  // in this thread's heap: it may migrate
+  std::vector<int> ranks;                        // where members wait
+  while (!tree.root()) {
+    const std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
+    batch_header h;
+    std::memcpy(&h, b.data(), sizeof h);
+    const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;
+    if (h.waiters != 0 && std::find(ranks.begin(), ranks.end(), h.rank) == ranks.end()) ranks.push_back(h.rank);
+    std::size_t at = sizeof h;
+    for (std::uint32_t i = 0; i < h.blocks; ++i) {
+      block_header bh;
+      ISO_ASSERT(at + sizeof bh <= b.size());
+      std::memcpy(&bh, b.data() + at, sizeof bh);
+      at += sizeof bh;
+      ISO_ASSERT(at + bh.bytes <= b.size());
+      partial_tree<std::allocator<std::byte>>::part p;
+      if (other) {
+        const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
+        p.failed = true;
+        p.data.assign(reinterpret_cast<const std::byte*>(text.data()),
+                      reinterpret_cast<const std::byte*>(text.data()) + text.size());
+      } else {
+        p.failed = bh.failed != 0;
+        p.data.assign(b.data() + at, b.data() + at + bh.bytes);
       }
-    }
-    for (;;) {
-      message m = recv_reserved(sender, tag_, call_);
-      if (ours(m.data)) return checked(from, std::move(m.data));
-      heap_scope own(self_->home_heap);  // the stash is the thread's, like the rest of its mailbox
-      mb.stash.push_back(std::move(m));
+      at += bh.bytes;
+      tree.put(bh.level, bh.lo, std::move(p), n, rule);
     }
   }
-
-  static const header& head(const std::vector<std::byte>& b) { return *reinterpret_cast<const header*>(b.data()); }
-  static header& head(std::vector<std::byte>& b) { return *reinterpret_cast<header*>(b.data()); }
-  // Turns b into a failure carrying `text`.
-  void fail(std::vector<std::byte>& b, const std::string& text) const {
-    b = make(text.data(), text.size());
-    head(b).failed = 1;
-  }
-  // Throws the failure b carries, if it does.
-  void throw_if_failed(const std::vector<std::byte>& b) const {
-    if (head(b).failed != 0) {
-      throw error(errc::invalid_argument, std::string(reinterpret_cast<const char*>(b.data()) + sizeof(header),
-                                                      head(b).bytes));
+  const auto& root = *tree.root();
+  const result_header rh{k.first, k.second, root.failed ? 1u : 0u, 0, root.data.size()};
+  std::vector<std::byte> result;
+  result.reserve(sizeof rh + root.data.size());  // filled by copies only
+  result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh), reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
+  result.insert(result.end(), root.data.begin(), root.data.end());
+  engine& e = engine_for(call);
+  const int here = scheduler::current()->rank();
+  for (int r : ranks) {
+    if (r == here) {
+      e.combiner().deliver(reinterpret_cast<const unsigned char*>(result.data()), result.size());
+    } else {
+      e.send_to_rank(r, result.data(), result.size());
+      e.combiner().count_result();
     }
   }
-  const char* call() const noexcept { return call_; }
+  return result;
+}
 
- private:
-  bool ours(const std::vector<std::byte>& d) const {
-    ISO_ASSERT(d.size() >= sizeof(header));
-    return head(d).fingerprint == g_.fingerprint();
-  }
-  std::vector<std::byte> checked(int from, std::vector<std::byte>&& d) const {
-    if (head(d).kind != static_cast<std::uint32_t>(kind_)) {
-      raise(errc::invalid_argument, "%s: member %d of the group called %s meanwhile (every member calls the same "
-            "collectives in the same order)", call_, from, kind_name(head(d).kind));
-    }
-    return std::move(d);
-  }
-
-  const group& g_;
-  collective kind_;
-  const char* call_;
-  tcb* self_;
-  int me_;
-  int tag_;
-};
-
-// Binomial broadcast of b (header + payload) from root; b is the result at every member.
-void tree_broadcast(const call_state& s, int root, std::vector<std::byte>& b) {
-  const int n = s.n(), r = (s.me() - root + n) % n;
-  int top = 1;
-  while (top < n) top <<= 1;
-  if (r != 0) {
-    top = r & -r;
-    b = s.receive((r - top + root) % n);
-  }
-  for (int mask = top >> 1; mask >= 1; mask >>= 1) {
-    if (r + mask < n) s.send((r + mask + root) % n, b);
+void throw_if_failed(const std::vector<std::byte>& result) {
+  result_header h;
+  std::memcpy(&h, result.data(), sizeof h);
+  if (h.failed != 0) {
+    throw error(errc::invalid_argument, std::string(reinterpret_cast<const char*>(result.data()) + sizeof h, h.bytes));
   }
 }
 
-// Member 0's result goes to root (root != 0).
-void to_root(const call_state& s, int root, std::vector<std::byte>& b) {
-  if (root == 0) return;
-  if (s.me() == 0) s.send(root, b);
-  if (s.me() == root) b = s.receive(0);
+// One collective at the calling member: `bytes` bytes at data are its leaf (broadcast: only
+// root's is not empty); `all`: every member gets the result, else only root.
+std::vector<std::byte> run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c,
+                           int root, bool all, const char* call) {
+  tcb* self = running_or_throw(call);
+  const int me = g.index_of(self->id);
+  const int n = static_cast<int>(g.size());
+  if (me < 0) {
+    raise(errc::invalid_argument, "%s: thread %s is not a member of the group (%zu members)", call,
+          self->id.to_string().c_str(), g.size());
+  }
+  if (root < 0 || root >= n) raise(errc::invalid_argument, "%s: root %d is out of range (%d members)", call, root, n);
+  engine& e = engine_for(call);
+  rank_combiner::key k{g.fingerprint(), 0};
+  {
+    heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
+    k.second = mailbox_of(self).collectives[g.fingerprint()]++;
+  }
+  const int tag = collective_tag(g.fingerprint());
+  const merge_rule rule{c, call};
+  // Broadcast: only root's leaf has bytes, so that the concatenation of all leaves is its value.
+  if (kind == collective::broadcast && me != root) bytes = 0;
+  const bool returns = all || me == root;
+  std::vector<std::byte> result;  // a waiter's: filled in this thread's heap by deliver()
+  const rank_combiner::waiter w{self, &result};
+  const bool waits = returns && me != 0;
+  e.combiner().deposit(k, kind, static_cast<std::uint32_t>(n), g[0], tag, static_cast<std::uint32_t>(me),
+                       static_cast<const std::byte*>(data), bytes, rule, waits ? &w : nullptr);
+  if (me == 0) {
+    result = combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call);
+  } else if (waits) {
+    scheduler::current()->block_running(wait_reason::collective);
+  }
+  if (!returns) return {};
+  throw_if_failed(result);
+  return result;
 }
 
-// The binomial tree toward member 0: a member takes in what each of its children sends
-// (merge(in, child), children in increasing index order), then sends acc to its parent; member 0
-// ends with everything merged.
-template <class Merge>
-void toward_member_0(const call_state& s, std::vector<std::byte>& acc, Merge&& merge) {
-  const int me = s.me(), n = s.n();
-  for (int mask = 1; mask < n; mask <<= 1) {
-    if ((me & mask) != 0) {
-      s.send(me - mask, acc);
-      return;
-    }
-    if (me + mask < n) merge(s.receive(me + mask), me + mask);
-  }
-}
+constexpr combiner concatenate{nullptr, nullptr, 1};
 
 }  // namespace
 
+// ---------------------------------------------------------------- rank_combiner
+
+void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
+                            std::uint32_t index, const std::byte* data, std::size_t bytes, const merge_rule& r,
+                            const waiter* w) {
+  heap_scope system(nullptr);
+  auto [it, fresh] = entries_.try_emplace(k);
+  entry& e = it->second;
+  if (fresh) {
+    e.kind = kind;
+    e.n = n;
+    e.first = first;
+    e.tag = tag;
+  }
+  if (e.blocks.empty()) {
+    ++unsent_;
+    e.aged = false;
+  }
+  if (e.kind != kind || e.n != n) {
+    const std::string text = mismatch_text(r.call, e.kind);
+    e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
+  } else {
+    e.blocks.put_leaf(index, data, bytes, false, n, r);
+  }
+  if (w != nullptr) {
+    e.waiters.push_back(*w);
+    e.waiters_unsent = true;
+  }
+}
+
+bool rank_combiner::flush(engine& eng, bool idle) noexcept {
+  bool sent = false;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    entry& e = it->second;
+    if (e.blocks.empty() || !(idle || e.aged)) {
+      e.aged = !e.blocks.empty();
+      ++it;
+      continue;
+    }
+    batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
+                   scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
+    try {
+      sys_vector<unsigned char> buf(sizeof h);
+      e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+        const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
+        const auto* head = reinterpret_cast<const unsigned char*>(&bh);
+        const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
+        buf.insert(buf.end(), head, head + sizeof bh);
+        buf.insert(buf.end(), body, body + p.data.size());
+        ++h.blocks;
+      });
+      std::memcpy(buf.data(), &h, sizeof h);
+      if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
+      eng.send(e.first, buf.data(), buf.size(), e.tag);
+    } catch (const std::exception& x) {
+      fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
+            static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
+    }
+    sent = true;
+    --unsent_;
+    e.waiters_unsent = false;
+    e.aged = false;
+    it = e.waiters.empty() ? entries_.erase(it) : std::next(it);
+  }
+  return sent;
+}
+
+void rank_combiner::deliver(const unsigned char* record, std::size_t bytes) noexcept {
+  ISO_ASSERT(bytes >= sizeof(result_header));
+  result_header h;
+  std::memcpy(&h, record, sizeof h);
+  const auto it = entries_.find({h.fingerprint, h.seq});
+  // A result comes only to a rank whose batch carried a waiter, and only once every leaf was in.
+  ISO_ASSERT_INTERNAL(it != entries_.end() && it->second.blocks.empty());
+  scheduler& s = *scheduler::current();
+  for (const waiter& w : it->second.waiters) {
+    try {
+      heap_scope own(w.thread->home_heap);
+      w.out->assign(reinterpret_cast<const std::byte*>(record), reinterpret_cast<const std::byte*>(record) + bytes);
+    } catch (const std::bad_alloc&) {
+      fatal("thread %s has no heap left for the %zu bytes of a collective's result", w.thread->id.to_string().c_str(),
+            bytes);
+    }
+    s.wake(w.thread);
+  }
+  entries_.erase(it);
+}
+
+// ---------------------------------------------------------------- the byte-level collectives
+
 std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
                                     const combiner& c, int root, bool all, const char* call) {
-  const call_state s(g, kind, call);
-  s.check_root(root);
-  std::vector<std::byte> acc = s.make(data, bytes);
-  const int me = s.me();
-  toward_member_0(s, acc, [&](std::vector<std::byte>&& in, int child) {
-    if (call_state::head(acc).failed != 0) return;  // the first failure wins; the rest are read and dropped
-    if (call_state::head(in).failed != 0) {
-      acc = std::move(in);
-    } else if (call_state::head(in).bytes != call_state::head(acc).bytes) {
-      s.fail(acc, std::string(call) + ": members pass different lengths (member " + std::to_string(me) + ": " +
-                      std::to_string(call_state::head(acc).bytes / c.elem) + " elements, member " +
-                      std::to_string(child) + ": " + std::to_string(call_state::head(in).bytes / c.elem) + ")");
-    } else if (c.fn != nullptr) {
-      c.fn(c.op, acc.data() + sizeof(header), in.data() + sizeof(header), call_state::head(acc).bytes / c.elem);
-    }
-  });
-  if (all) {
-    tree_broadcast(s, 0, acc);
-  } else {
-    to_root(s, root, acc);
-    if (me != root) return {};
-  }
-  s.throw_if_failed(acc);
-  return acc;
+  return run(g, kind, data, bytes, c.fn != nullptr ? c : concatenate, root, all, call);
 }
 
 std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call) {
-  const call_state s(g, collective::broadcast, call);
-  s.check_root(root);
-  std::vector<std::byte> b = s.me() == root ? s.make(data, bytes) : std::vector<std::byte>();
-  tree_broadcast(s, root, b);
-  return b;
+  return run(g, collective::broadcast, data, bytes, concatenate, root, true, call);
 }
 
 std::vector<std::byte> gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root,
                                     bool all, const char* call) {
-  const call_state s(g, kind, call);
-  s.check_root(root);
-  std::vector<std::byte> acc = s.make(data, bytes);
-  toward_member_0(s, acc, [&](std::vector<std::byte>&& in, int) {
-    // acc holds members [me, child); in holds [child, ...): appended, index order holds.
-    const std::size_t more = call_state::head(in).bytes;
-    acc.insert(acc.end(), in.begin() + sizeof(header), in.end());
-    call_state::head(acc).bytes += more;
-  });
-  if (all) {
-    tree_broadcast(s, 0, acc);
-  } else {
-    to_root(s, root, acc);
-    if (s.me() != root) return {};
-  }
-  return acc;
+  return run(g, kind, data, bytes, concatenate, root, all, call);
 }
 
 }  // namespace iso::detail

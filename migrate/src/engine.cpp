@@ -76,6 +76,15 @@ void engine::complete_sends() noexcept {
   batches_.wait_all();
 }
 
+void engine::send_to_rank(int dest, const void* data, std::size_t bytes) noexcept {
+  if (dest == rank_) {
+    combiner_.deliver(static_cast<const unsigned char*>(data), bytes);
+    return;
+  }
+  heap_scope system(nullptr);
+  post_record(dest, record::rank, static_cast<const unsigned char*>(data), bytes);
+}
+
 void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
   if (dest == rank_) {
     on_ctrl(m);
@@ -86,7 +95,8 @@ void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
 
 bool engine::poll() noexcept {
   heap_scope system(nullptr);
-  bool did = false;
+  // Collectives' deposits first, so that a batch made now leaves in this poll.
+  bool did = combiner_.flush(*this, !sched_.policy().has_ready_threads());
   batches_.poll();
   if (departures::get().any_kept()) departures::get().tick(now_ns());
   did = complete(departures_, [](departure& d) -> auto& { return d.requests; }, [](departure& d) { return d.dest; },
@@ -151,6 +161,9 @@ void engine::on_batch(int source, sys_vector<unsigned char>&& buf) noexcept {
       }
       case record::image:
         start_arrival(source, std::move(rec));
+        break;
+      case record::rank:
+        combiner_.deliver(rec.data(), rec.size());
         break;
     }
   }

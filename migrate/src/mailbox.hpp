@@ -167,13 +167,16 @@ struct mailbox {
   bool waiting = false;
   thread_id want_from;                                        // a thread or any_thread
   int want_tag = 0;                                           // a tag or any_tag
-  // Reserved messages a collective took while looking for another group's (two groups whose
-  // tags collide): kept, in order, for the collective they belong to (collectives.cpp).
+  // Reserved messages a collective took while looking for another collective's (of another
+  // group whose tag collides, or a later one of the same group): kept, in order, for the
+  // collective they belong to (collectives.cpp).
   // A vector, not a deque: an empty std::deque allocates, and every thread has a mailbox.
   std::vector<message> stash;
   // A future's getter, while it waits in get(): where the value goes (future.cpp; a pointer into
   // the thread's stack, which moves with it). The producer's side is in its tcb.
   future_landing* landing = nullptr;
+  // Group fingerprint -> collectives this thread has called on that group (collectives.cpp).
+  std::unordered_map<std::uint64_t, std::uint64_t> collectives;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };

@@ -6,12 +6,13 @@
 //   future_ask                  future -> producer: "send me the value" (or "nobody will ask")
 //   future_value                producer -> future: the value or the failure text
 //   group_members               spawn_group -> each new member: the member list
-//   collective_tag(fp)          collectives of the group with fingerprint fp, in [-2^30 - 1, -2]
 //   stream_close                a thread that ended -> each thread it sent to: numbered after its
 //                               last message there (sequencing::last), never queued: the receiver
 //                               drops its counter for the sender once all came (mailbox.hpp)
 //   stream_forget               a thread that ended -> each thread it got numbered messages from,
 //                               unsequenced, never queued: the sender drops its counter for it
+//   collective_tag(fp)          a rank -> member 0 of the group with fingerprint fp: the rank's
+//                               partial results of a collective (collectives.cpp), in [-2^30 - 1, -2]
 #pragma once
 
 #include <climits>

@@ -1,10 +1,13 @@
 // Groups and collectives under iso::runtime, with members migrating at random (seeded: the seed
 // is printed, ISO_TEST_SEED replays it) before, during and between collectives, several
-// overlapping groups running collectives at once, and misuse.
+// overlapping groups running collectives at once, floating-point results that must be the same
+// bits wherever the members run, the messages between ranks a collective costs, and misuse.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -14,6 +17,7 @@
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
+#include "engine.hpp"    // the rank combiner's message counts
 #include "mpi_gtest.hpp"
 #include "reserved.hpp"  // collective_tag: which groups share a tag
 #include "test_seed.hpp"
@@ -238,6 +242,195 @@ TEST(Collectives, MisuseIsRefusedNamingIt) {
     // A thread that is not a member.
     iso::spawn([g] { expect_invalid([&] { iso::barrier(g); }, "is not a member"); });
   }
+  rt->run();
+}
+
+// The fixed association of every collective (combiner.hpp): block [lo, lo + span) is
+// op(first half, second half), a half past the last member dropped; evaluated serially here.
+template <class T, class Op>
+T tree_fold(const std::vector<T>& v, std::size_t lo, std::size_t span, Op op) {
+  if (span == 1) return v[lo];
+  const std::size_t half = span / 2;
+  if (lo + half >= v.size()) return tree_fold(v, lo, half, op);
+  return op(tree_fold(v, lo, half, op), tree_fold(v, lo + half, half, op));
+}
+template <class T, class Op>
+T fixed_tree(const std::vector<T>& v, Op op) {
+  std::size_t span = 1;
+  while (span < v.size()) span *= 2;
+  return tree_fold(v, 0, span, op);
+}
+
+// Member i's value in round r: magnitudes from 2^-30 to 2^50 and both signs, so that a sum
+// depends on the association (checked below); the same on every rank.
+double fp_value(std::uint64_t seed, int i, int round) {
+  std::mt19937_64 g(seed * 1000003 + static_cast<std::uint64_t>(i) * 131 + static_cast<std::uint64_t>(round));
+  const double mantissa = 1.0 + std::ldexp(static_cast<double>(g() >> 12), -52);  // every bit random
+  const int exponent = static_cast<int>(g() % 81) - 30;
+  return (g() % 2 == 0 ? 1 : -1) * std::ldexp(mantissa, exponent);
+}
+
+std::vector<iso::thread_id> ids_from(const iso::message& m) {
+  std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
+  std::memcpy(ids.data(), m.data.data(), m.data.size());
+  return ids;
+}
+
+TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCollectives) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCollectives");
+  constexpr int n = 13, rounds = 10;
+  // Values for which the fixed association and a left-to-right sum differ: the check below can
+  // tell an association that depends on where members run from the fixed one.
+  int differs = 0;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<double> v;
+    for (int i = 0; i < n; ++i) v.push_back(fp_value(seed, i, round));
+    double left = v[0];
+    for (int i = 1; i < n; ++i) left += v[static_cast<std::size_t>(i)];
+    differs += left != fixed_tree(v, iso::sum) ? 1 : 0;
+  }
+  EXPECT_GT(differs, 0) << "no round's sum depends on the association: choose other values";
+  // On every rank a mover asks iso::migrate for random members while they are in collectives:
+  // a member blocked in one moves once woken, and the others' results follow them.
+  static int moves = 0;  // this rank's migrations asked for and taken
+  moves = 0;
+  const iso::thread_id mover = iso::spawn([seed] {
+    const std::vector<iso::thread_id> members = ids_from(iso::recv(iso::thread_id(0, 0), 0));
+    std::mt19937_64 rng(seed ^ (0x9e37u + static_cast<std::uint64_t>(iso::rank())));
+    for (int k = 0; k < 3000; ++k) {
+      try {
+        iso::migrate(members[rng() % members.size()], static_cast<int>(rng() % static_cast<std::uint64_t>(iso::size())));
+        ++moves;
+      } catch (const iso::error& e) {
+        EXPECT_EQ(e.code_value(), iso::errc::unknown_thread) << e.what();  // it is not on this rank
+      }
+      iso::this_thread::yield();
+    }
+  });
+  const std::vector<iso::thread_id> movers = allgather_ids({mover});
+  if (rt->rank() == 0) {
+    const iso::group g = iso::spawn_group(n, [seed](int i, const iso::group& grp) {
+      std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
+      for (int round = 0; round < rounds; ++round) {
+        std::vector<double> v;
+        for (int k = 0; k < n; ++k) v.push_back(fp_value(seed, k, round));
+        const double mine = v[static_cast<std::size_t>(i)];
+        const int root = (round * 3 + 2) % n;
+        maybe_migrate(rng);
+        const double want = fixed_tree(v, iso::sum);
+        const double s = iso::allreduce(grp, mine, iso::sum);
+        EXPECT_EQ(std::bit_cast<std::uint64_t>(s), std::bit_cast<std::uint64_t>(want))
+            << "round " << round << ": " << s << " != " << want;
+        const double r = iso::reduce(grp, mine, iso::sum, root);
+        EXPECT_EQ(r, i == root ? want : 0.0) << "round " << round;
+        maybe_migrate(rng);
+        const std::vector<double> three = {mine, -mine * 3, mine * mine};
+        const std::vector<double> e = iso::allreduce(grp, std::span<const double>(three), iso::sum);
+        std::vector<double> col1, col2;
+        for (double x : v) {
+          col1.push_back(-x * 3);
+          col2.push_back(x * x);
+        }
+        EXPECT_EQ(e, (std::vector<double>{fixed_tree(v, iso::sum), fixed_tree(col1, iso::sum), fixed_tree(col2, iso::sum)}))
+            << "round " << round;
+        EXPECT_EQ(iso::allgather(grp, mine), v) << "round " << round;
+        EXPECT_EQ(iso::broadcast(grp, i == root ? mine : -1.0, root), v[static_cast<std::size_t>(root)]);
+        iso::barrier(grp);
+      }
+    });
+    for (iso::thread_id t : movers) iso::send(t, g.members().data(), g.size() * sizeof(iso::thread_id), 0);
+  }
+  rt->run();
+  int all_moves = 0;
+  MPI_Allreduce(&moves, &all_moves, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GT(all_moves, 0) << "the movers moved no member";
+}
+
+iso::detail::rank_combiner::counts_t combiner_counts() {
+  return iso::detail::engine::current()->combiner().counts();
+}
+
+TEST(Collectives, AGroupOnOneRankSendsNothingBetweenRanks) {
+  // Every member on the last rank; the other ranks hold none.
+  const auto before = combiner_counts();
+  if (rt->rank() == rt->size() - 1) {
+    iso::spawn_group(9, [](int i, const iso::group& g) {
+      for (int round = 0; round < 20; ++round) {
+        EXPECT_EQ(iso::allreduce(g, i + round, iso::sum), 36 + 9 * round);
+        const std::vector<int> all = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+        EXPECT_EQ(iso::gather(g, i, 4), i == 4 ? all : std::vector<int>());
+        iso::barrier(g);
+      }
+    });
+  }
+  rt->run();
+  const auto after = combiner_counts();
+  EXPECT_EQ(after.batches, before.batches);
+  EXPECT_EQ(after.results, before.results);
+}
+
+TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCall) {
+  // 16 members per rank (rank-major indices, member 0 on rank 0), staying put: each rank sends
+  // member 0 its partial result once per call (twice when a poll falls among its members'
+  // deposits), and member 0's rank sends one result to each other rank. Per rank that is
+  // O(1) messages between ranks per call where one message per member would be 16.
+  constexpr int per_rank = 16, calls = 40;
+  const auto before = combiner_counts();
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([] {
+      const iso::group g(ids_from(iso::recv(iso::thread_id(0, 0), 0)));
+      const int i = g.index_of(iso::this_thread::id());
+      const int n = static_cast<int>(g.size());
+      for (int c = 0; c < calls / 2; ++c) {
+        EXPECT_EQ(iso::allreduce(g, i, iso::sum), n * (n - 1) / 2);
+        iso::barrier(g);
+      }
+    }));
+  }
+  const std::vector<iso::thread_id> ids = allgather_ids(mine);
+  if (rt->rank() == 0) {
+    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
+  }
+  rt->run();
+  const auto after = combiner_counts();
+  const std::uint64_t batches = after.batches - before.batches, results = after.results - before.results;
+  if (rt->rank() == 0) {
+    EXPECT_EQ(batches, 0u) << "member 0 is here";
+    EXPECT_EQ(results, static_cast<std::uint64_t>(calls * (rt->size() - 1)));
+  } else {
+    EXPECT_GE(batches, static_cast<std::uint64_t>(calls));
+    EXPECT_LE(batches, static_cast<std::uint64_t>(2 * calls));
+    EXPECT_EQ(results, 0u);
+  }
+}
+
+// Members waiting in a collective for one that never calls are a deadlock, reported on every rank
+// (the rank's partial results neither hide it nor get lost); once that member calls, the
+// collective completes in the next run.
+TEST(Collectives, MembersWaitingForOneThatNeverCallsAreADeadlock) {
+  constexpr int per_rank = 3, tag_go = 7;
+  std::vector<iso::thread_id> mine;
+  for (int k = 0; k < per_rank; ++k) {
+    mine.push_back(iso::spawn([] {
+      const iso::group g(ids_from(iso::recv(iso::thread_id(0, 0), 0)));
+      const int i = g.index_of(iso::this_thread::id());
+      const int n = static_cast<int>(g.size());
+      if (i == n - 1) (void)iso::recv(iso::thread_id(iso::rank(), 0), tag_go);  // holds the others up
+      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n);
+    }));
+  }
+  const std::vector<iso::thread_id> ids = allgather_ids(mine);
+  if (rt->rank() == 0) {
+    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
+  }
+  try {
+    rt->run();
+    ADD_FAILURE() << "run() returned while members wait in an allreduce";
+  } catch (const iso::error& e) {
+    EXPECT_EQ(e.code_value(), iso::errc::deadlock) << e.what();
+  }
+  if (rt->rank() == rt->size() - 1) iso::send(mine.back(), nullptr, 0, tag_go);  // the last member
   rt->run();
 }
 

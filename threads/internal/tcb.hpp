@@ -50,10 +50,11 @@ enum class thread_state : std::uint8_t {
 // What a blocked thread waits for. `lock` waits sit in rank-local wait_queues, so such a thread
 // cannot migrate until it is woken; `join` and `recv` waits are satisfied by messages that find
 // the thread wherever it is, and `sync` by the load balancer, so such a thread can migrate while
-// blocked.
+// blocked. `collective` waits for a collective's result on this rank's combiner (combiner.hpp),
+// which points at the thread: it cannot migrate until woken.
 // `checkpoint` waits until every thread's image is written; it must stay the last enumerator,
 // since wait_reasons counts from it.
-enum class wait_reason : std::uint8_t { none, lock, join, recv, sync, checkpoint };
+enum class wait_reason : std::uint8_t { none, lock, join, recv, sync, collective, checkpoint };
 inline constexpr std::size_t wait_reasons = static_cast<std::size_t>(wait_reason::checkpoint) + 1;
 
 struct tcb {

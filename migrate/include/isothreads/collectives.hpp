@@ -6,14 +6,18 @@
 // T: trivially copyable. Op: iso::sum, iso::min, iso::max, or an associative callable T(T, T),
 // identical on every member; members are combined in index order (op need not commute).
 //
-// Cost, for a group of N members: a binomial tree over the member indices. A reduce or gather
-// sends N - 1 messages (one more when root != 0), a broadcast N - 1, an allreduce, allgather or
-// barrier 2 (N - 1); each member sends and receives at most 2 ceil(log2 N) of them, and the
-// longest chain is ceil(log2 N) messages each way. Members on the same rank exchange them without
-// MPI; with the members of a rank holding consecutive indices (as spawn_group gives them), only
-// about P - 1 of the messages cross ranks, so a rank sends O(N/P + log N) messages. Payloads:
-// one value (or span) per message for reduce and broadcast; gather's messages carry the values
-// of the sending subtree.
+// Cost, for a group of N members on P ranks: members on one rank combine there, without
+// messages; each rank sends what it holds to member 0 as one message (two when a poll falls
+// among its members' calls; more only if its members call far apart in time), and member 0 sends
+// the result to each other rank where members wait, one message per rank. So a rank sends and
+// receives O(1) messages between ranks per call, member 0's rank O(P); the whole call waits for
+// about two messages' latency. Payloads: a value (or span) per message for reduce and
+// broadcast, the values of the sender's members for gather. The association is fixed by member
+// indices (a binomial tree: member 0 takes in [1, 2), then [2, 4), [4, 8), ...), so a
+// floating-point result is the same bits wherever the members run.
+// A member waiting for a result (all members for barrier, broadcast and the all- variants, root
+// for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
+// once it is woken. The others return once their value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
 // out of range, or (element-wise allreduce) members pass different lengths: that is found by the
 // member that combines the two, and every member throws; (not_in_thread) outside a thread.

@@ -61,7 +61,8 @@ std::optional<message> recv_for(const std::chrono::duration<Rep, Period>& timeou
 
 // Load-balancing hook: moves thread t, which lives on this rank, to rank dest at its next
 // suspension point, or now if it is suspended (ready, sleeping, or blocked in recv or join). A
-// thread blocked on an iso::mutex, or holding one, moves once it is free of it. dest == this
+// thread blocked on an iso::mutex, or holding one, moves once it is free of it; one waiting for a
+// collective's result (collectives.hpp), once it has it. dest == this
 // rank: nothing moves. Errors: (invalid_rank) naming dest; (unknown_thread) if t does not live
 // on this rank; (no_runtime).
 void migrate(thread_id t, int dest);

@@ -1,0 +1,246 @@
+// Rank-local combining for the collectives of isothreads/collectives.hpp (collectives.cpp).
+//
+//   partial_tree   exact partial results of the fixed combination tree over member indices
+//   rank_combiner  a rank's collectives in progress: what its members deposited and not yet sent
+//                  to the combining member, and the members that wait here for a result
+//
+// The fixed tree. For a group of n members, block (k, lo), lo a multiple of 2^k, stands for
+// members [lo, min(lo + 2^k, n)). Its value is op(block (k-1, lo), block (k-1, lo + 2^(k-1))) when
+// lo + 2^(k-1) < n, else block (k-1, lo)'s; block (0, i) is member i's value (a leaf) and the
+// result is block (K, 0), 2^K >= n. This is the binomial tree toward member 0 (member 0 takes in
+// [1, 2), then [2, 4), then [4, 8), ...). Because every block's value is computed by that one
+// expression from its two halves, any set of ranks that each evaluate the blocks whose leaves
+// they hold and pass the blocks on gets the same bits for the result, wherever the members ran.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "isothreads/collectives.hpp"
+#include "isothreads/thread_id.hpp"
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+struct tcb;
+class engine;
+
+// How two adjacent blocks combine: element-wise with c when c.fn is set (same lengths, else a
+// failure naming both), else by concatenation (gather, broadcast, barrier). `call` names the
+// public call in failures.
+struct merge_rule {
+  combiner c;
+  const char* call;
+  // left = left . right, where left starts at member left_lo and right at right_lo. A failed
+  // block wins over a value, the left one over the right one (the first in index order).
+  template <class Bytes>
+  void merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, const std::byte* right, std::size_t right_bytes,
+             bool right_failed, std::uint32_t right_lo) const;
+};
+
+// Disjoint blocks of the fixed tree; a block and its sibling are merged as soon as both are here.
+// Invariant: no two blocks overlap, no block's sibling is here, and root() is set exactly when
+// every leaf [0, n) has been put. ByteAlloc: where the bytes live (the system heap for a rank's
+// state, the current heap for the combining member's, which may migrate with it).
+template <class ByteAlloc>
+class partial_tree {
+ public:
+  using bytes = std::vector<std::byte, ByteAlloc>;
+  struct part {
+    bool failed = false;  // data is the text of an error every member throws
+    bytes data;
+  };
+
+  // Block (level, lo) of a group of n members. pre: no block put so far overlaps it.
+  void put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
+  // Leaf lo: the bytes are copied only if they must be kept (not when they merge at once into
+  // their left sibling).
+  void put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed, std::uint32_t n,
+                const merge_rule& r);
+  const std::optional<part>& root() const noexcept { return root_; }
+  bool empty() const noexcept { return parts_.empty() && !root_; }
+  // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
+  template <class F>
+  void drain(std::uint32_t n, F&& f);
+
+ private:
+  using key = std::pair<std::uint32_t, std::uint32_t>;  // (level, lo)
+  using part_alloc = typename std::allocator_traits<ByteAlloc>::template rebind_alloc<std::pair<const key, part>>;
+  std::map<key, part, std::less<key>, part_alloc> parts_;
+  std::optional<part> root_;
+};
+
+// A rank's collectives in progress, keyed by (group fingerprint, the collective's number among
+// that group's, counted by each member). Lives in the system heap: the members' own state travels
+// with them, this is the rank's.
+// Invariant: an entry exists while it has blocks not yet sent to member 0 or members waiting here;
+// a waiting member is blocked (wait_reason::collective, so it stays on this rank) until
+// deliver() hands it the result; unsent() == the number of entries with blocks not yet sent.
+class rank_combiner {
+ public:
+  using key = std::pair<std::uint64_t, std::uint64_t>;  // (fingerprint, sequence number)
+  struct waiter {
+    tcb* thread;                   // blocked here
+    std::vector<std::byte>* out;   // on its stack: gets the result record, in its heap
+  };
+  // Member `index` of the collective `k` (kind, n members, member 0 `first`, reserved `tag`)
+  // puts its value; `waiter`: it blocks here for the result (then call with it set, and block).
+  // A kind other than the one the entry was made for becomes a failure every member throws.
+  void deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
+               const std::byte* data, std::size_t bytes, const merge_rule& r, const waiter* w);
+  // At the engine's polls: sends each entry's blocks to its member 0, at once when `idle` (no
+  // thread ready here), else once a poll has seen them already. True if it sent any.
+  bool flush(engine& e, bool idle) noexcept;
+  // A result record (collectives.cpp) for this rank's waiters of its collective: each gets a copy
+  // in its heap and is woken.
+  void deliver(const unsigned char* record, std::size_t bytes) noexcept;
+  std::size_t unsent() const noexcept { return unsent_; }
+
+  // Messages between ranks for collectives, sent by this rank so far (tests show the cost).
+  struct counts_t {
+    std::uint64_t batches = 0;   // blocks sent to a member 0 on another rank
+    std::uint64_t results = 0;   // results sent to another rank
+  };
+  counts_t counts() const noexcept { return counts_; }
+  void count_result() noexcept { ++counts_.results; }
+
+ private:
+  struct entry {
+    collective kind;
+    std::uint32_t n;
+    thread_id first;
+    int tag;
+    partial_tree<sys_allocator<std::byte>> blocks;  // deposited here, not yet sent
+    bool waiters_unsent = false;   // a waiter's leaf is among them: member 0 must answer this rank
+    bool aged = false;             // a poll has seen them
+    sys_vector<waiter> waiters;
+  };
+  sys_map<key, entry> entries_;
+  std::size_t unsent_ = 0;
+  counts_t counts_;
+};
+
+// Wire formats, each 8-byte aligned. A batch (rank -> member 0, a reserved message on the
+// group's tag): batch_header, then `blocks` times block_header and its bytes. A result (member 0
+// -> a rank, engine::send_to_rank; and what a waiter gets): result_header and the result's bytes.
+struct batch_header {
+  std::uint64_t fingerprint;
+  std::uint64_t seq;
+  std::uint32_t kind;        // collective
+  std::uint32_t n;           // members
+  std::int32_t rank;         // the sending rank
+  std::uint32_t waiters;     // 1: members wait there for the result
+  std::uint32_t blocks;
+  std::uint32_t unused = 0;
+};
+struct block_header {
+  std::uint32_t lo;
+  std::uint32_t level;
+  std::uint32_t failed;
+  std::uint32_t unused = 0;
+  std::uint64_t bytes;
+};
+struct result_header {
+  std::uint64_t fingerprint;
+  std::uint64_t seq;
+  std::uint32_t failed;      // 1: the bytes are the text of an error every member throws
+  std::uint32_t unused = 0;
+  std::uint64_t bytes;
+};
+static_assert(sizeof(result_header) == result_offset, "a waiter's result is a result record");
+
+// ---------------------------------------------------------------- templates
+
+template <class Bytes>
+void merge_rule::merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, const std::byte* right,
+                       std::size_t right_bytes, bool right_failed, std::uint32_t right_lo) const {
+  if (left_failed) return;
+  if (right_failed) {
+    left_failed = true;
+    left.assign(right, right + right_bytes);
+    return;
+  }
+  if (c.fn == nullptr) {
+    left.insert(left.end(), right, right + right_bytes);
+    return;
+  }
+  if (left.size() != right_bytes) {
+    const std::string text = std::string(call) + ": members pass different lengths (member " + std::to_string(left_lo) +
+                             ": " + std::to_string(left.size() / c.elem) + " elements, member " +
+                             std::to_string(right_lo) + ": " + std::to_string(right_bytes / c.elem) + ")";
+    left_failed = true;
+    left.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
+    return;
+  }
+  c.fn(c.op, left.data(), right, right_bytes / c.elem);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
+                                  const merge_rule& r) {
+  for (;;) {
+    const std::uint64_t span = std::uint64_t{1} << level;
+    if (lo == 0 && span >= n) {
+      root_.emplace(std::move(p));
+      return;
+    }
+    const std::uint64_t sibling = lo ^ span;
+    if (sibling >= n) {  // the right half is empty: the block is its parent
+      ++level;
+      continue;
+    }
+    const auto it = parts_.find({level, static_cast<std::uint32_t>(sibling)});
+    if (it == parts_.end()) {
+      parts_.emplace(key{level, lo}, std::move(p));
+      return;
+    }
+    if (sibling > lo) {
+      r.merge(p.failed, p.data, lo, it->second.data.data(), it->second.data.size(), it->second.failed,
+              static_cast<std::uint32_t>(sibling));
+    } else {
+      part left = std::move(it->second);
+      r.merge(left.failed, left.data, static_cast<std::uint32_t>(sibling), p.data.data(), p.data.size(), p.failed, lo);
+      p = std::move(left);
+      lo = static_cast<std::uint32_t>(sibling);
+    }
+    parts_.erase(it);
+    ++level;
+  }
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
+                                       std::uint32_t n, const merge_rule& r) {
+  if ((lo & 1u) != 0) {
+    const auto it = parts_.find({0, lo ^ 1u});
+    if (it != parts_.end()) {  // the left sibling is here: merge straight from the caller's bytes
+      part left = std::move(it->second);
+      parts_.erase(it);
+      r.merge(left.failed, left.data, lo ^ 1u, data, n_bytes, failed, lo);
+      put(1, lo ^ 1u, std::move(left), n, r);
+      return;
+    }
+  }
+  put(0, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+}
+
+template <class ByteAlloc>
+template <class F>
+void partial_tree<ByteAlloc>::drain(std::uint32_t n, F&& f) {
+  for (auto& [k, p] : parts_) f(k.first, k.second, std::move(p));
+  parts_.clear();
+  if (root_) {
+    std::uint32_t level = 0;
+    while ((std::uint64_t{1} << level) < n) ++level;
+    f(level, 0, std::move(*root_));
+    root_.reset();
+  }
+}
+
+}  // namespace iso::detail
