@@ -39,7 +39,9 @@ static_assert(class_bytes[class_of[127]] == 2032 && class_of[0] == 0 && class_of
 // In page 0 blocks start after the header; a power-of-two class starts at a multiple of its size,
 // so that every block of that class is aligned to its size (other pages start at 0).
 constexpr std::uint32_t page0_start(std::uint32_t header_bytes, std::uint32_t block_bytes) {
-  const std::uint32_t a = std::has_single_bit(block_bytes) ? block_bytes : 16;  // a power of two
+  // A power of two (tested without std::has_single_bit, a library call to popcount on x86-64
+  // without -mpopcnt, on the path of every spawn).
+  const std::uint32_t a = (block_bytes & (block_bytes - 1)) == 0 ? block_bytes : 16;
   return (header_bytes + a - 1) & ~(a - 1);
 }
 
@@ -132,16 +134,16 @@ heap::heap() noexcept
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
-heap* heap::create(void* warm) {
+heap* heap::create(void* warm, std::size_t reserve) {
   static_assert(std::size(class_bytes) == small_classes && class_bytes[small_classes - 1] == small_max);
-  static_assert(page0_start(first_header_bytes(), 1024) + 1024 <= page_bytes &&
-                page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
+  static_assert(page0_start(first_header_bytes(max_reserve_bytes), 1024) + 1024 <= page_bytes &&
+                page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
-  ISO_ASSERT(prim::page_size() == page_bytes);
+  ISO_ASSERT(prim::page_size() == page_bytes && reserve <= max_reserve_bytes);
   claim_heap_thread();
   void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
-  h->setup_segment(mem, first_header_bytes());
+  h->setup_segment(mem, first_header_bytes(reserve));
   return h;
 }
 
@@ -965,7 +967,10 @@ bool heap::small_page_valid(const segment* s, unsigned idx) noexcept {
 }
 
 bool heap::segment_valid(const segment* s) const noexcept {
-  if (s->header_bytes != (s == first_segment() ? first_header_bytes() : sizeof(segment))) return false;
+  if (s == first_segment() ? s->header_bytes < first_header_bytes() || s->header_bytes > first_header_bytes(max_reserve_bytes)
+                           : s->header_bytes != sizeof(segment)) {
+    return false;
+  }
   std::uint32_t mask = 0;
   for (unsigned i = 0; i < pages_per_segment;) {
     const page& pg = s->pages[i];
