@@ -26,8 +26,8 @@
 // 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
 // A fresh heap touches one page: page 0 of its first segment holds the segment header (824
-// bytes), the heap object (288 bytes) and the blocks of the first size class used; each further
-// class takes a page of its own.
+// bytes), the heap object (288 bytes), the bytes reserved at create() (if any) and the blocks of
+// the first size class used; each further class takes a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
 // it is its class's only page with room (kept, so that alloc + free of one block in a loop stays
 // on the fast path) and it does not alone keep a segment other than the first from going back to
@@ -53,7 +53,17 @@ class heap {
   // one page (in a warm chunk, the page the retired heap's header had faulted in already). The
   // new heap has a new id(), so nothing recorded for the heap that lived there before (a delayed
   // free, a pointer with its heap's identity) is ever taken for one of the new heap's.
-  static heap* create(void* warm = nullptr);
+  //
+  // reserve: bytes (at most max_reserve_bytes) set aside right after the heap object in the first
+  // segment's header, 16-byte aligned, for its user's own record (the threads module keeps a
+  // thread's control block there): no block, never freed, in the page a fresh heap touches anyway
+  // (so a heap whose first small class fits beside it stays on one page), travelling in the heap's
+  // image with the header; reserved() gives its address.
+  static constexpr std::size_t max_reserve_bytes = 512;
+  static heap* create(void* warm = nullptr, std::size_t reserve = 0);
+  void* reserved() const noexcept {
+    return const_cast<char*>(reinterpret_cast<const char*>(this)) + reserve_offset();
+  }
   // Closes the gate and returns every chunk of the heap to its owner (region::free_chunks). The
   // heap and every block in it are gone afterwards. pre: on the heap thread of the rank where the
   // heap is in use.
@@ -231,12 +241,18 @@ class heap {
 
   using extent_fn = void (*)(void* ctx, void* addr, std::size_t bytes);
 
-  // Where the heap object sits in its first segment, and that segment's header bytes.
+  // Where the heap object sits in its first segment, where the reserved bytes start (from the
+  // heap object), and that segment's header bytes without reserved bytes and with `reserve`.
   static constexpr std::size_t heap_offset() noexcept {
     return (sizeof(segment) + alignof(heap) - 1) / alignof(heap) * alignof(heap);
   }
+  static constexpr std::size_t reserve_offset() noexcept { return (sizeof(heap) + 15) / 16 * 16; }
   static constexpr std::uint32_t first_header_bytes() noexcept {
     return static_cast<std::uint32_t>(heap_offset() + sizeof(heap));
+  }
+  static constexpr std::uint32_t first_header_bytes(std::size_t reserve) noexcept {
+    return reserve == 0 ? first_header_bytes()
+                        : static_cast<std::uint32_t>(heap_offset() + reserve_offset() + (reserve + 15) / 16 * 16);
   }
 
   static constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"

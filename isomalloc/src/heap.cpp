@@ -39,7 +39,9 @@ static_assert(class_bytes[class_of[127]] == 2032 && class_of[0] == 0 && class_of
 // In page 0 blocks start after the header; a power-of-two class starts at a multiple of its size,
 // so that every block of that class is aligned to its size (other pages start at 0).
 constexpr std::uint32_t page0_start(std::uint32_t header_bytes, std::uint32_t block_bytes) {
-  const std::uint32_t a = std::has_single_bit(block_bytes) ? block_bytes : 16;  // a power of two
+  // A power of two (tested without std::has_single_bit, a library call to popcount on x86-64
+  // without -mpopcnt, on the path of every spawn).
+  const std::uint32_t a = (block_bytes & (block_bytes - 1)) == 0 ? block_bytes : 16;
   return (header_bytes + a - 1) & ~(a - 1);
 }
 
@@ -132,16 +134,16 @@ heap::heap() noexcept
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
-heap* heap::create(void* warm) {
+heap* heap::create(void* warm, std::size_t reserve) {
   static_assert(std::size(class_bytes) == small_classes && class_bytes[small_classes - 1] == small_max);
-  static_assert(page0_start(first_header_bytes(), 1024) + 1024 <= page_bytes &&
-                page0_start(first_header_bytes(), small_max) + small_max <= page_bytes,
+  static_assert(page0_start(first_header_bytes(max_reserve_bytes), 1024) + 1024 <= page_bytes &&
+                page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
-  ISO_ASSERT(prim::page_size() == page_bytes);
+  ISO_ASSERT(prim::page_size() == page_bytes && reserve <= max_reserve_bytes);
   claim_heap_thread();
   void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
-  h->setup_segment(mem, first_header_bytes());
+  h->setup_segment(mem, first_header_bytes(reserve));
   return h;
 }
 
@@ -240,13 +242,17 @@ void* heap::alloc_aligned(std::size_t align, std::size_t bytes) noexcept {
 
 // Carves the next never-used blocks of the page into its free list: about carve_bytes' worth at
 // a time (at least one block), so that a new thread's first allocations do not pay for linking a
-// whole page per size class (mimalloc extends its free lists in steps for the same reason).
+// whole page per size class (mimalloc extends its free lists in steps for the same reason). A
+// page's first carve takes only first_carve_bytes: most threads allocate a few blocks of a class
+// (a spawn's body: one), and linking 32 blocks of 16 bytes was a tenth of a spawn's heap work.
 void heap::carve(page* pg) noexcept {
   constexpr std::uint32_t carve_bytes = 512;
+  constexpr std::uint32_t first_carve_bytes = 128;
   char* base = page_address(pg);
   const std::uint32_t bs = pg->block_bytes;
   const std::uint32_t end = pg->start + pg->capacity * bs;  // the page's blocks end here
-  const std::uint32_t stop = std::min<std::uint32_t>(end, pg->bump + std::max(bs, carve_bytes / bs * bs));
+  const std::uint32_t step = pg->bump == pg->start ? first_carve_bytes : carve_bytes;
+  const std::uint32_t stop = std::min<std::uint32_t>(end, pg->bump + std::max(bs, step / bs * bs));
   char* p = base + pg->bump;
   char* last = base + stop - bs;
   for (; p < last; p += bs) reinterpret_cast<block*>(p)->next = reinterpret_cast<block*>(p + bs);
@@ -945,7 +951,10 @@ bool heap::small_page_valid(const segment* s, unsigned idx) noexcept {
 }
 
 bool heap::segment_valid(const segment* s) const noexcept {
-  if (s->header_bytes != (s == first_segment() ? first_header_bytes() : sizeof(segment))) return false;
+  if (s == first_segment() ? s->header_bytes < first_header_bytes() || s->header_bytes > first_header_bytes(max_reserve_bytes)
+                           : s->header_bytes != sizeof(segment)) {
+    return false;
+  }
   std::uint32_t mask = 0;
   for (unsigned i = 0; i < pages_per_segment;) {
     const page& pg = s->pages[i];

@@ -63,7 +63,7 @@ void balancer::set_strategy(std::unique_ptr<lb::strategy> s) {
           static_cast<const void*>(s.get()));
   }
   strategy_ = std::move(s);
-  // Measuring costs two cycle reads per switch; a balancer that never moves anything needs none.
+  // Measuring costs cycle-counter reads at switches; a balancer that never moves anything needs none.
   sched_.set_measure_load(std::string(strategy_->name()) != "none");
   // A new measuring period starts here: time before it was measured differently, or not at all.
   start_period(now_ns());

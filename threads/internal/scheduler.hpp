@@ -20,6 +20,7 @@
 #include "prim.hpp"
 #include "sysalloc.hpp"
 #include "tcb.hpp"
+#include "thread_table.hpp"
 
 namespace iso::detail {
 
@@ -215,7 +216,8 @@ class scheduler {
   boost::context::fiber& sched_ctx() noexcept { return sched_ctx_; }
 
   // --- the thread table ---
-  tcb* find(thread_id id) const noexcept;     // a live thread on this rank, or null
+  // A live thread on this rank, or null.
+  tcb* find(thread_id id) const noexcept { return table_.find(id.bits()); }
   // True (once) if id finished here and was never joined; forgets it.
   bool take_finished(thread_id id) noexcept;
   std::size_t live_threads() const noexcept { return table_.size(); }
@@ -224,14 +226,16 @@ class scheduler {
   // Visits every live thread of this rank: f(tcb*). f must not add or remove threads.
   template <class F>
   void for_each_thread(F&& f) const {
-    for (const auto& [id, t] : table_) f(t);
+    table_.for_each(f);
   }
 
   // --- load measurement (for the load balancer) ---
-  // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles: two
-  // rdtsc per switch, about 20 ns), and passes of run() that find nothing to do add their cycles
+  // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles; on
+  // direct switches between threads with short runs only one switch in about ten reads it, see
+  // window_), and passes of run() that find nothing to do add their cycles
   // to idle_cycles() and their CPU time to idle_cpu_ns() (two CPU-clock reads per such pass).
-  void set_measure_load(bool on) noexcept { measure_ = on; }
+  // The first call that turns it on calibrates the cycle counter (about 100 us, once).
+  void set_measure_load(bool on) noexcept;
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
   // CPU time (ns) this OS thread used in those passes: with idle_cycles(), what share of its core
   // the rank had while not idle.
@@ -289,7 +293,7 @@ class scheduler {
         !poll_due_by_time()) {
       if (tcb* next = default_policy_.pick_next()) {
         if (requeue) default_policy_.awakened(self);
-        if (measure_ || run_hook_ != nullptr) account_switch(self);
+        if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) account_switch(self);
         start_running(next);
         return next->self_ctx();
       }
@@ -307,9 +311,21 @@ class scheduler {
     t->state = thread_state::running;
     current_heap = t->suspended_heap;
   }
-  // Ends self's run for load measurement and tracing (and starts the next one's clocks). Out of
-  // line, so that the yield path without either saves no registers.
+  // Load measurement on a direct switch: true if self's run just ended joins the open window (no
+  // clock read now), false if the window is full and account_switch must read the clock.
+  bool defer_measure(tcb* self) noexcept {
+    if (window_runs_ >= window_len_) return false;
+    ++window_runs_;
+    if (self->window_runs++ == 0) window_[window_threads_++] = self;
+    return true;
+  }
+  // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
+  // measurement, ends the open window too (credit_window). Out of line, so that the yield path
+  // without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
+  // run (the last), and chooses the next window's length. See window_.
+  void credit_window(tcb* self, std::uint64_t cycles) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
   void switch_out(tcb* self) noexcept {
@@ -354,12 +370,34 @@ class scheduler {
   std::size_t sleepers_ = 0;
   std::size_t blocked_[wait_reasons] = {};  // blocked threads per wait_reason
   bool measure_ = false;
+  // Sampled load measurement. A cycle-counter read costs 9-25 ns here, as much as a switch, so
+  // direct switches between threads whose runs are short do not read it each time: the runs
+  // between two reads (the window: window_runs_ runs of the threads window_[0, window_threads_),
+  // tcb::window_runs of each, then the run that ends at the read) share the interval in
+  // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
+  // credits of a window sum to its interval exactly (the threads' total, and so the rank's
+  // background time, stay exact); every thread in the window is live here (a thread ends or
+  // leaves only from the scheduler's context, whose entry, resume()'s return, reads the clock and
+  // closes the window); tcb::window_runs is 0 outside the window. After a window of several runs
+  // the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
+  // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
+  // read costs under 1 % of it, so long runs, those a balancer cares about, are measured
+  // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
+  // window never keeps step with a round robin (which would refresh the same thread's estimate
+  // every time).
+  static constexpr std::uint32_t min_window = 16;
+  tcb* window_[2 * min_window] = {};
+  std::uint32_t window_threads_ = 0;
+  std::uint32_t window_runs_ = 0;
+  std::uint32_t window_len_ = 0;
+  std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
+  std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
   std::int64_t idle_cpu_ns_ = 0;             // CPU time of those passes, in ns
 
   // Every live thread on this rank (invariant: exactly those whose state is not finished and that
   // have not departed), keyed by thread_id::bits().
-  sys_unordered_map<std::uint64_t, tcb*> table_;
+  thread_table table_;
   // Threads that finished here unjoined; a later join returns at once.
   sys_unordered_map<std::uint64_t, bool> finished_;
   depart_hook depart_hook_ = nullptr;

@@ -31,7 +31,7 @@ class stack_pool {
   static constexpr std::size_t hot_runs = 1024;
   static constexpr std::size_t warm_stack_bytes = std::size_t{16} << 10;
 
-  static stack_pool& get() noexcept;
+  static stack_pool& get() noexcept { return instance_; }  // inline: a spawn and a teardown call it often
 
   // A run of `bytes` (a multiple of chunk_bytes) with its guard installed. Throws iso::error.
   stack_run acquire(std::size_t bytes);
@@ -80,6 +80,8 @@ class stack_pool {
   shelf stacks_[max_pooled_chunks + 1];  // stacks_[n]: pooled stack runs of n chunks
   shelf heaps_;                          // first chunks of retired heaps
   std::size_t pooled_bytes_ = 0;         // sum over the shelves of their runs' bytes
+
+  static stack_pool instance_;  // constant-initialised (stack.cpp): no guard to test at each get()
 };
 
 // The Boost.Context StackAllocator handing a thread its pre-acquired run. Boost.Context stores a

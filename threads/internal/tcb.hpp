@@ -3,8 +3,9 @@
 // Map: a thread owns
 //   stack run  n chunks (stack_bytes rounded up to 64 KiB), guard_bytes at the low end trap
 //              overflow; Boost.Context's fiber record sits at the top, so it travels with the stack.
-//   heap       iso::detail::heap, its first segment holding the heap object, then this TCB and the
-//              body (the spawn callable), all allocated from the thread's own heap.
+//   heap       iso::detail::heap, its first segment holding the heap object, then this TCB (the
+//              heap's reserved bytes, heap::create), then the body (the spawn callable), allocated
+//              from the thread's own heap.
 // The TCB therefore lives in the thread's slots and migrates with it. It holds only what is valid
 // in any process of the same binary: addresses inside slots, code addresses (vtables), ids and
 // plain values. Queue links point to other TCBs and are meaningful only on the rank whose queues
@@ -104,6 +105,10 @@ struct tcb {
 
   std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
   std::uint64_t run_cycles = 0;       // TSC cycles spent running since the last balancing step
+  // Cycles of its last run measured alone (0: none yet): its weight when a sampled window of runs
+  // is shared out (scheduler::window_).
+  std::uint64_t run_estimate = 0;
+  std::uint32_t window_runs = 0;      // its runs in the scheduler's open window; 0 outside it
   double set_load = -1;               // load set by iso::lb::set_load for this period, s; < 0: none
 
   boost::context::fiber& self_ctx() noexcept { return *std::launder(reinterpret_cast<boost::context::fiber*>(self)); }

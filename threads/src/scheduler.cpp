@@ -198,18 +198,20 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
   heap_scope system(nullptr);
   const std::size_t stack_bytes = (opts.stack_bytes + chunk_bytes - 1) / chunk_bytes * chunk_bytes;
   stack_pool& pool = stack_pool::get();
+  // The TCB sits in the heap's reserved bytes, in the page the heap's header is on: no block to
+  // allocate, and a thread whose body's size class fits beside it touches one heap page.
+  static_assert(sizeof(tcb) <= heap::max_reserve_bytes && alignof(tcb) <= 16);
   void* warm = pool.acquire_heap_chunk();
-  heap* h = warm != nullptr ? heap::create(warm) : pool.or_flush_and_retry([] { return heap::create(); });
-  void* mem = h->alloc(sizeof(tcb));
+  heap* h = warm != nullptr ? heap::create(warm, sizeof(tcb))
+                            : pool.or_flush_and_retry([] { return heap::create(nullptr, sizeof(tcb)); });
   stack_run stack;
   try {
-    if (mem == nullptr) raise(errc::region_exhausted, "iso::spawn: no room for a thread control block on rank %d", rank_);
     stack = pool.acquire(stack_bytes);
   } catch (...) {
     release_heap(h);
     throw;
   }
-  tcb* t = new (mem) tcb();
+  tcb* t = new (h->reserved()) tcb();
   t->id = thread_id(rank_, next_serial_++);
   t->home_heap = h;
   t->suspended_heap = h;
@@ -222,7 +224,7 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
 void scheduler::start_thread(tcb* t) noexcept {
   context_create(t);
   try {
-    table_.emplace(t->id.bits(), t);
+    table_.insert(t->id.bits(), t);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
@@ -236,11 +238,6 @@ void scheduler::discard_thread(tcb* t) noexcept {
 }
 
 void scheduler::release_heap(heap* h) noexcept { stack_pool::get().release_heap_chunk(h->retire()); }
-
-tcb* scheduler::find(thread_id id) const noexcept {
-  auto it = table_.find(id.bits());
-  return it == table_.end() ? nullptr : it->second;
-}
 
 bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id.bits()) != 0; }
 
@@ -272,7 +269,7 @@ void scheduler::resume(tcb* t) noexcept {
 void scheduler::account_switch(tcb* self) noexcept {
   if (measure_) {
     const std::uint64_t now = prim::cycles();
-    self->run_cycles += now - run_start_;
+    credit_window(self, now - run_start_);
     run_start_ = now;
   }
   if (run_hook_ != nullptr) {
@@ -281,6 +278,46 @@ void scheduler::account_switch(tcb* self) noexcept {
     run_hook_(self, trace_start_ns_, now);
     trace_start_ns_ = now;
   }
+}
+
+__extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 product's high half
+
+void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
+  if (window_runs_ == 0) {
+    self->run_cycles += cycles;
+    self->run_estimate = cycles;
+    window_rng_ ^= window_rng_ << 13;
+    window_rng_ ^= window_rng_ >> 17;
+    window_rng_ ^= window_rng_ << 5;
+    window_len_ = cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
+    return;
+  }
+  if (self->window_runs++ == 0) window_[window_threads_++] = self;
+  const std::uint32_t n = window_threads_;
+  // Weights: a thread's estimate, at most long_run_cycles_ (a window's runs are short mostly), or
+  // for a thread never measured alone the window's mean run, times its runs in the window; in
+  // fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
+  const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
+  const std::uint64_t cap = long_run_cycles_;
+  const auto weight = [mean, cap](const tcb* t) {
+    return (t->run_estimate != 0 ? std::min(t->run_estimate, cap) : mean) * t->window_runs;
+  };
+  std::uint64_t total = 0;
+  for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
+  const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
+  std::uint64_t given = 0;
+  for (std::uint32_t i = 1; i < n; ++i) {
+    const auto c = static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
+    window_[i]->run_cycles += c;
+    window_[i]->window_runs = 0;
+    given += c;
+  }
+  // The rest to the first: the credits sum to `cycles`.
+  window_[0]->run_cycles += given < cycles ? cycles - given : 0;
+  window_[0]->window_runs = 0;
+  window_threads_ = 0;
+  window_runs_ = 0;
+  window_len_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -341,7 +378,7 @@ void scheduler::detach(tcb* t) noexcept {
 void scheduler::attach(tcb* t) noexcept {
   t->next = t->prev = nullptr;
   try {
-    table_.emplace(t->id.bits(), t);
+    table_.insert(t->id.bits(), t);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
@@ -388,9 +425,9 @@ void scheduler::wake_sleeper(tcb* t) noexcept {
 void scheduler::wake_all(wait_reason why) noexcept {
   // wake() touches only blocked_ and the ready queue, never table_, so iterating table_ while
   // waking is safe. A woken thread keeps t->wait until it runs, hence the state test.
-  for (const auto& [id, t] : table_) {
+  table_.for_each([this, why](tcb* t) {
     if (t->state == thread_state::blocked && t->wait == why) wake(t);
-  }
+  });
 }
 
 void scheduler::wake_expired(std::int64_t now) noexcept {
@@ -418,6 +455,16 @@ double cycles_per_ns() noexcept {
 }
 
 }  // namespace
+
+void scheduler::set_measure_load(bool on) noexcept {
+  measure_ = on;
+  // The open window's runs are not credited (its threads are live: see window_).
+  for (std::uint32_t i = 0; i < window_threads_; ++i) window_[i]->window_runs = 0;
+  window_threads_ = 0;
+  window_runs_ = 0;
+  window_len_ = 0;
+  if (on && long_run_cycles_ == 0) long_run_cycles_ = static_cast<std::uint64_t>(2000 * cycles_per_ns());
+}
 
 void scheduler::set_poll_interval_ns(std::int64_t ns) noexcept {
   poll_interval_cycles_ = ns > 0 ? std::max<std::uint64_t>(static_cast<std::uint64_t>(static_cast<double>(ns) * cycles_per_ns()), 1) : 0;

@@ -9,10 +9,7 @@
 
 namespace iso::detail {
 
-stack_pool& stack_pool::get() noexcept {
-  static stack_pool pool;
-  return pool;
-}
+constinit stack_pool stack_pool::instance_;
 
 void stack_pool::arm(const stack_run& run) {
   if (const int e = prim::guard_install(run.base, stack_guard_bytes); e != 0) {
@@ -28,8 +25,11 @@ void stack_pool::disarm(const stack_run& run) noexcept {
 
 bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
   region& r = region::get();
-  if (s.runs.size() >= max_pooled_runs || pooled_bytes_ + bytes > r.share_bytes() / 16 ||
-      r.owner_of(run) != r.rank()) {
+  // Owned by this rank: in its share (a range test; owner_of divides).
+  const interval mine = r.share(r.rank());
+  const auto a = reinterpret_cast<std::uintptr_t>(run);
+  if (s.runs.size() >= max_pooled_runs || pooled_bytes_ + bytes > r.share_bytes() / 16 || a < mine.lo ||
+      a >= mine.hi) {
     return false;
   }
   try {

@@ -1,0 +1,79 @@
+// The scheduler's thread table (threads/internal/thread_table.hpp) against std::unordered_map:
+// random inserts, lookups and erasures, keys drawn from few home slots so that runs of colliding
+// keys wrap around the end of the table and erasures shift keys back across it.
+// Seeded: each run prints its seed; ISO_TEST_SEED=<seed> replays it.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "thread_table.hpp"
+
+namespace {
+
+using iso::detail::tcb;
+using iso::detail::thread_table;
+
+tcb* value_of(std::uint64_t key) { return reinterpret_cast<tcb*>(static_cast<std::uintptr_t>(key * 16)); }
+
+std::uint64_t seed() {
+  if (const char* s = std::getenv("ISO_TEST_SEED"); s != nullptr && *s != '\0') return std::strtoull(s, nullptr, 10);
+  return std::random_device{}();
+}
+
+TEST(ThreadTable, AgreesWithAMapUnderRandomInsertsAndErasures) {
+  const std::uint64_t s = seed();
+  std::printf("thread table: seed %llu (replay with ISO_TEST_SEED=%llu)\n", static_cast<unsigned long long>(s),
+              static_cast<unsigned long long>(s));
+  std::mt19937_64 rng(s);
+  thread_table table;
+  std::unordered_map<std::uint64_t, tcb*> model;
+  std::vector<std::uint64_t> keys;
+  for (int step = 0; step < 200'000; ++step) {
+    // Sizes swing between empty and a few thousand, so that the table grows and runs wrap.
+    const bool grow = (step / 20'000) % 2 == 0;
+    if (model.empty() || rng() % 100 < (grow ? 60u : 35u)) {
+      // Keys as thread ids: a home rank in the high bits, a serial (never 0) in the low ones.
+      std::uint64_t key;
+      do {
+        key = ((rng() % 4) << 40) | (1 + rng() % 50'000);
+      } while (model.count(key) != 0);
+      table.insert(key, value_of(key));
+      model.emplace(key, value_of(key));
+      keys.push_back(key);
+    } else {
+      const std::size_t i = rng() % keys.size();
+      const std::uint64_t key = keys[i];
+      keys[i] = keys.back();
+      keys.pop_back();
+      table.erase(key);
+      model.erase(key);
+      ASSERT_EQ(table.find(key), nullptr) << "erased key " << key << " still found at step " << step;
+    }
+    ASSERT_EQ(table.size(), model.size());
+    if (step % 997 == 0) {
+      for (const auto& [key, value] : model) ASSERT_EQ(table.find(key), value) << "key " << key << " lost at step " << step;
+      std::size_t visited = 0;
+      table.for_each([&](tcb* t) {
+        ++visited;
+        EXPECT_EQ(model.count(reinterpret_cast<std::uintptr_t>(t) / 16), 1u);
+      });
+      ASSERT_EQ(visited, model.size());
+    }
+  }
+  table.erase(12345);  // absent: no change
+  EXPECT_EQ(table.size(), model.size());
+}
+
+TEST(ThreadTable, EmptyTableFindsAndErasesNothing) {
+  thread_table table;
+  EXPECT_EQ(table.find(1), nullptr);
+  table.erase(1);
+  EXPECT_EQ(table.size(), 0u);
+}
+
+}  // namespace

@@ -1,0 +1,94 @@
+// The scheduler's table of the live threads of a rank, by thread id: an open-addressing hash table
+// (linear probing, deletion by backward shift, so no tombstones), because a spawn inserts, a join
+// looks up and a teardown erases on every thread's hot path, and a node-based map would take a
+// system malloc and free for each thread besides the hashing.
+// Invariants: slots_.size() is 0 or a power of two at least twice size_ (the load stays at most
+// one half, so a probe ends soon at an empty slot); a slot is empty iff its key is 0 (thread ids
+// of live threads have a serial >= 1, so their bits are never 0); every key sits in the run of
+// occupied slots that starts at its home slot (hash) and reaches it without an empty slot between.
+// Rank-local; not thread-safe (the scheduler's OS thread).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sysalloc.hpp"
+
+namespace iso::detail {
+
+struct tcb;
+
+class thread_table {
+ public:
+  std::size_t size() const noexcept { return size_; }
+
+  // The thread with these id bits, or null.
+  tcb* find(std::uint64_t key) const noexcept {
+    if (size_ == 0) return nullptr;
+    for (std::size_t i = home(key);; i = (i + 1) & mask_) {
+      const slot& s = slots_[i];
+      if (s.key == key) return s.value;
+      if (s.key == 0) return nullptr;
+    }
+  }
+  // pre: key != 0 and not in the table. Throws std::bad_alloc (when it grows).
+  void insert(std::uint64_t key, tcb* value) {
+    if (2 * (size_ + 1) > slots_.size()) grow();
+    std::size_t i = home(key);
+    while (slots_[i].key != 0) i = (i + 1) & mask_;
+    slots_[i] = {key, value};
+    ++size_;
+  }
+  // Removes key if present.
+  void erase(std::uint64_t key) noexcept {
+    if (size_ == 0) return;
+    std::size_t i = home(key);
+    while (slots_[i].key != key) {
+      if (slots_[i].key == 0) return;
+      i = (i + 1) & mask_;
+    }
+    // Backward shift: move later keys of the run into the hole when their home slot does not lie
+    // (cyclically) in (hole, j], so that each stays reachable from its home slot.
+    for (std::size_t j = (i + 1) & mask_; slots_[j].key != 0; j = (j + 1) & mask_) {
+      const std::size_t h = home(slots_[j].key);
+      if (((j - h) & mask_) >= ((j - i) & mask_)) {
+        slots_[i] = slots_[j];
+        i = j;
+      }
+    }
+    slots_[i] = {0, nullptr};
+    --size_;
+  }
+  // f(tcb*) for every thread, in no particular order. f must not insert or erase.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const slot& s : slots_) {
+      if (s.key != 0) f(s.value);
+    }
+  }
+
+ private:
+  struct slot {
+    std::uint64_t key;
+    tcb* value;
+  };
+  // Fibonacci hashing: the serial (low bits) and home rank (high bits) both reach the top bits.
+  std::size_t home(std::uint64_t key) const noexcept { return static_cast<std::size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_); }
+  void grow() {
+    sys_vector<slot> old(slots_.size() < 16 ? 32 : 2 * slots_.size(), slot{0, nullptr});
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
+    shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(slots_.size()));
+    size_ = 0;
+    for (const slot& s : old) {
+      if (s.key != 0) insert(s.key, s.value);
+    }
+  }
+
+  sys_vector<slot> slots_;
+  std::size_t mask_ = 0;
+  unsigned shift_ = 64;
+  std::size_t size_ = 0;
+};
+
+}  // namespace iso::detail
