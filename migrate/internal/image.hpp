@@ -4,10 +4,14 @@
 // then the extents' bytes, each sent straight from its address in pieces of at most
 // max_piece_bytes (MPI counts are ints) and received straight into the same addresses. A small
 // image (at most inline_image_bytes of data) travels whole, header and bytes, as one record of the
-// batched stream to its destination instead: one send beats a rendezvous per extent, and copying
-// a few pages costs less than that.
-// Extents: the live part of the stack (saved stack pointer, rounded down to a page, to the top of
-// the run) and the heap's live page runs (heap::for_each_extent), which contain the TCB.
+// batched stream to its destination instead, its bytes copied once from their addresses into the
+// batch: one send beats a rendezvous per extent (and the receiver's round trip to post them),
+// and copying a few tens of KiB costs less than that.
+// Extents are byte ranges, only what is live: the stack from the saved stack pointer (rounded
+// down to a cache line) to the top of the run, and the heap's live ranges
+// (heap::for_each_live_range: its carved blocks and metadata, not whole pages), which contain the
+// TCB. Bytes of those pages outside the extents are never read before they are written, so the
+// receiver leaves whatever it has there.
 #pragma once
 
 #include <algorithm>
@@ -21,13 +25,14 @@ namespace iso::detail {
 struct tcb;
 
 inline constexpr std::uint64_t image_magic = 0x474d49737268746full;  // "othrsIMG"
-inline constexpr std::uint32_t image_version = 1;
+inline constexpr std::uint32_t image_version = 2;
 inline constexpr std::size_t max_piece_bytes = std::size_t{1} << 30;
-inline constexpr std::size_t inline_image_bytes = std::size_t{64} << 10;
+// A thread with 64 KiB of heap data (image about 70 KiB) still travels inline.
+inline constexpr std::size_t inline_image_bytes = std::size_t{128} << 10;
 
 struct image_extent {
-  std::uint64_t addr;   // page-aligned address in the region
-  std::uint64_t bytes;  // page multiple
+  std::uint64_t addr;   // in the region
+  std::uint64_t bytes;  // > 0
 };
 
 struct image_header {
@@ -42,15 +47,16 @@ struct image_header {
   std::uint64_t checksum;      // checksum64 of header (this field 0) and extent table
 };
 
-// The header and extent table of t's image, followed by the extents' bytes if the image is small
-// enough to travel inline (and `allow_inline`). Empty pages of t's heap forget their free lists
+// The header and extent table of t's image. With `allow_inline` and a small enough image, the
+// header says that the extents' bytes follow it in the same message (inline_data): the caller
+// appends them, in extent order (image_extents). Empty pages of t's heap forget their free lists
 // first (heap::drop_empty_pages). pre: t is suspended and detached from the scheduler.
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false);
 
 // Checks a received header buffer (with its inline data, if any) before anything is written:
-// size, magic, version, layout, checksum, and that every extent is page-aligned, inside the
-// region, sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image)
-// naming the first problem.
+// size, magic, version, layout, checksum, and that every extent is non-empty, inside the region,
+// sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image) naming the
+// first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
 
 inline const image_extent* image_extents(const image_header& h) {

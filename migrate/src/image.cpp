@@ -5,7 +5,6 @@
 
 #include "checksum.hpp"
 #include "diag.hpp"
-#include "prim.hpp"
 #include "region.hpp"
 #include "tcb.hpp"
 
@@ -22,14 +21,15 @@ std::uint64_t header_checksum(const image_header& h) {
 }  // namespace
 
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
-  const std::size_t page = prim::page_size();
+  constexpr std::uintptr_t line = 64;  // the copies start on a cache line
   sys_vector<image_extent> extents;
   // Everything live on the stack is above the saved stack pointer.
-  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(t->saved_sp()) & ~(page - 1);
+  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(t->saved_sp()) & ~(line - 1);
   const std::uintptr_t stack_hi = reinterpret_cast<std::uintptr_t>(t->stack.top());
+  extents.reserve(8);
   extents.push_back({stack_lo, stack_hi - stack_lo});
   t->home_heap->drop_empty_pages();  // their pages stay out of the image: so must their free lists
-  t->home_heap->for_each_extent([&](void* addr, std::size_t bytes) {
+  t->home_heap->for_each_live_range([&](void* addr, std::size_t bytes) {
     extents.push_back({reinterpret_cast<std::uintptr_t>(addr), bytes});
   });
   std::sort(extents.begin(), extents.end(),
@@ -39,7 +39,7 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   for (const image_extent& e : extents) data_bytes += e.bytes;
   const bool inline_data = allow_inline && data_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
-  sys_vector<unsigned char> buffer(table_end + (inline_data ? data_bytes : 0));
+  sys_vector<unsigned char> buffer(table_end);
   image_header h{};
   h.magic = image_magic;
   h.version = image_version;
@@ -50,13 +50,6 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   h.data_bytes = data_bytes;
   h.inline_data = inline_data ? 1 : 0;
   std::memcpy(buffer.data() + sizeof h, extents.data(), extents.size() * sizeof(image_extent));
-  if (inline_data) {
-    unsigned char* at = buffer.data() + table_end;
-    for (const image_extent& e : extents) {
-      std::memcpy(at, reinterpret_cast<const void*>(e.addr), e.bytes);
-      at += e.bytes;
-    }
-  }
   std::memcpy(buffer.data(), &h, sizeof h);
   const std::uint64_t sum = header_checksum(*reinterpret_cast<const image_header*>(buffer.data()));
   std::memcpy(buffer.data() + offsetof(image_header, checksum), &sum, sizeof sum);
@@ -85,16 +78,15 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
           static_cast<unsigned long long>(h.layout), static_cast<unsigned long long>(layout));
   }
   const region& r = region::get();
-  const std::size_t page = prim::page_size();
   const image_extent* e = image_extents(h);
   std::uint64_t total = 0, last_end = 0;
   bool tcb_inside = false;
   for (std::uint32_t i = 0; i < h.nextents; ++i) {
     const void* lo = reinterpret_cast<const void*>(e[i].addr);
     const void* last = reinterpret_cast<const void*>(e[i].addr + e[i].bytes - 1);
-    if (e[i].bytes == 0 || e[i].addr % page != 0 || e[i].bytes % page != 0 || !r.contains(lo) ||
-        !r.contains(last) || e[i].addr < last_end) {
-      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is misaligned, outside the region or overlapping",
+    if (e[i].bytes == 0 || e[i].addr + e[i].bytes < e[i].addr || !r.contains(lo) || !r.contains(last) ||
+        e[i].addr < last_end) {
+      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is empty, outside the region or overlapping",
             i, static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes));
     }
     last_end = e[i].addr + e[i].bytes;

@@ -40,9 +40,16 @@ void engine::depart(tcb* t) noexcept {
     ++stats_.departures;
     stats_.bytes_out += h.data_bytes;
     if (h.inline_data == 1) {
-      // Small: the image is copied into the message, so this rank's copy can go at once.
+      // Small: header and extents are copied into the batch to dest, each once, so this rank's
+      // copy can go at once.
+      sys_vector<batcher::piece> pieces;
+      pieces.reserve(h.nextents + 1);
+      pieces.push_back({image.data(), image.size()});
+      for (std::uint32_t i = 0; i < h.nextents; ++i) {
+        pieces.push_back({reinterpret_cast<const void*>(image_extents(h)[i].addr), image_extents(h)[i].bytes});
+      }
+      post_record(dest, record::image, pieces.data(), pieces.size());
       released(h, dest, t->epoch, start_ns, steal);
-      post_record(dest, record::image, image.data(), image.size());
       return;
     }
     departure& d = departures_.emplace_back();
@@ -112,10 +119,10 @@ void engine::released(const image_header& h, int dest, std::uint32_t epoch, std:
   departures::get().sent(h.thread, now);
 }
 
-void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
+void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes) noexcept {
   const image_header* h = nullptr;
   try {
-    h = &validate_image_header(buffer.data(), buffer.size(), layout_);
+    h = &validate_image_header(buffer, bytes, layout_);
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
   }

@@ -14,6 +14,12 @@
 #include "region.hpp"
 
 namespace iso::detail {
+namespace {
+
+// See idle(): polls without a yield at the start of an idle spell (at most idle_spin), ns.
+constexpr std::int64_t busy_poll_ns = 10'000;
+
+}  // namespace
 
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
                            std::uint64_t steal_seed)
@@ -67,11 +73,16 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
   // its idle back-off says (the answer waits at most max_backoff_ns_ for it), so that idle ranks
   // sharing cores wake about once per max_backoff_ns_ instead of spinning after each request.
   if (steal_delay_ns_ >= max_backoff_ns_) return;
-  // Before that, poll for the answer by giving the core away, not sleeping, for at least
-  // min_backoff_ns_ (the rest of the idle spell's first idle_spin if longer: a rank that just ran
-  // out asks at once, and the answer is microseconds away); a sleep costs the timer slack on top.
-  idle_since_ns_ = std::max(idle_since_ns_, now - spin_ns_ + min_backoff_ns_);
+  // Before that, idle() polls for the answer without sleeping (awaiting_answer), and the sleeps
+  // after it start short again.
   backoff_ns_ = min_backoff_ns_;
+}
+
+bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
+  // The answer is the victim's next poll (every few to 50 us while it runs threads) plus a
+  // migration away; a sleep would add its own length and the timer slack to that.
+  return engine_->stealing() && engine_->ranks() > 1 && !engine_->can_request_steal() &&
+         steal_delay_ns_ < max_backoff_ns_ && now - engine_->steal_stats().last_request_ns < spin_ns_;
 }
 
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
@@ -84,7 +95,11 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
       engine_->answer_steals_while_off();
     }
   }
-  if (now - idle_since_ns_ < spin_ns_) {
+  // The first microseconds of an idle spell poll without even giving the core away: a thread
+  // that just left often comes back (or an answer arrives) that soon, and a yield to another
+  // process would cost a time slice. Bounded, so oversubscribed ranks still share cores.
+  if (now - idle_since_ns_ < std::min(spin_ns_, busy_poll_ns)) return;
+  if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;
   }
