@@ -1,6 +1,7 @@
 #include "transport.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "comm.hpp"
 #include "diag.hpp"
@@ -43,9 +44,13 @@ void batcher::append(int dest, const piece* pieces, std::size_t n, bool now) noe
     if (const std::size_t need = box.batch.size() + total; need > box.batch.capacity()) {
       box.batch.reserve(std::max(need, 2 * box.batch.capacity()));
     }
+    // Sized first, then memcpy: an insert of a range copies byte by byte through the allocator,
+    // several times slower than memcpy on a thread image.
+    std::size_t at = box.batch.size();
+    box.batch.resize(at + total);
     for (std::size_t i = 0; i < n; ++i) {
-      const auto* b = static_cast<const unsigned char*>(pieces[i].data);
-      box.batch.insert(box.batch.end(), b, b + pieces[i].bytes);
+      if (pieces[i].bytes != 0) std::memcpy(box.batch.data() + at, pieces[i].data, pieces[i].bytes);
+      at += pieces[i].bytes;
     }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while queueing %zu bytes for rank %d", total, dest);

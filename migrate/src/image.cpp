@@ -35,9 +35,12 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   std::sort(extents.begin(), extents.end(),
             [](const image_extent& a, const image_extent& b) { return a.addr < b.addr; });
 
-  std::uint64_t data_bytes = 0;
-  for (const image_extent& e : extents) data_bytes += e.bytes;
-  const bool inline_data = allow_inline && data_bytes <= inline_image_bytes;
+  std::uint64_t data_bytes = 0, small_bytes = 0;
+  for (const image_extent& e : extents) {
+    data_bytes += e.bytes;
+    small_bytes += e.bytes < direct_extent_bytes ? e.bytes : 0;
+  }
+  const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
   sys_vector<unsigned char> buffer(table_end);
   image_header h{};
@@ -56,6 +59,22 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   return buffer;
 }
 
+void append_inline_data(sys_vector<unsigned char>& image) {
+  const std::size_t table_end = image.size();
+  const auto& h = *reinterpret_cast<const image_header*>(image.data());
+  const std::uint64_t n = inline_bytes(h);
+  if (n == 0) return;
+  image.resize(table_end + n);  // h moves with the buffer: read again below
+  const auto& moved = *reinterpret_cast<const image_header*>(image.data());
+  unsigned char* at = image.data() + table_end;
+  for (std::uint32_t i = 0; i < moved.nextents; ++i) {
+    const image_extent& e = image_extents(moved)[i];
+    if (!travels_inline(moved, e)) continue;
+    std::memcpy(at, reinterpret_cast<const void*>(e.addr), e.bytes);
+    at += e.bytes;
+  }
+}
+
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout) {
   if (buffer == nullptr || bytes < sizeof(image_header)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes is too short for a header", bytes);
@@ -66,12 +85,16 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
     raise(errc::corrupt_image, "thread image rejected: format version %u, this build reads %u", h.version, image_version);
   }
   const std::size_t table_end = sizeof h + std::size_t{h.nextents} * sizeof(image_extent);
-  if (h.inline_data > 1 || (h.inline_data == 1 && h.data_bytes > inline_image_bytes) ||
-      bytes != table_end + (h.inline_data == 1 ? h.data_bytes : 0)) {
+  if (h.inline_data > 1 || bytes < table_end || (h.inline_data == 0 && bytes != table_end)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents%s", bytes, h.nextents,
           h.inline_data == 1 ? " and their inline data" : "");
   }
   if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
+  // The table is intact: what it says travels inline must be exactly what follows it.
+  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || bytes != table_end + n) {
+    raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents and their inline data", bytes,
+          h.nextents);
+  }
   if (h.layout != layout) {
     raise(errc::corrupt_image,
           "thread image rejected: it comes from a different binary or code layout (fingerprint %#llx, ours %#llx)",
