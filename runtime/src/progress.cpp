@@ -79,7 +79,7 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
 }
 
 bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
-  // The answer is the victim's next poll (every few to 50 us while it runs threads) plus a
+  // The answer is the victim's next poll (at most 10 us apart while it runs threads) plus a
   // migration away; a sleep would add its own length and the timer slack to that.
   return engine_->stealing() && engine_->ranks() > 1 && !engine_->can_request_steal() &&
          steal_delay_ns_ < max_backoff_ns_ && now - engine_->steal_stats().last_request_ns < spin_ns_;
