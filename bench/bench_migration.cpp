@@ -12,7 +12,9 @@
 //                           page, then migrates 0->1->0 repeatedly; figure = wall time per one-way
 //                           migration (round-trip time / 2, timed on rank 0 inside the thread).
 //                           The image is the buffer plus the thread's live stack, heap metadata and
-//                           control block, sent as a header message plus one message per extent.
+//                           control block, to the byte (image.hpp: one batched record when every
+//                           extent is small, else small extents with the header and each large one
+//                           straight between its addresses); its size is printed as an info line.
 //     raw:                  MPI_Send / MPI_Recv ping-pong of <size> bytes between main on rank 0
 //                           and rank 1 (already-touched buffers), time per one-way transfer.
 //   migrate_10k_threads     rank 0 spawns 10,000 threads (before run()) that each call

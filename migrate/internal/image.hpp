@@ -44,6 +44,8 @@ struct image_header {
   std::uint64_t layout;        // layout fingerprint of the sending binary (must equal ours)
   std::uint64_t thread;        // thread_id::bits()
   std::uint64_t tcb;           // address of the thread's control block (inside an extent)
+  std::uint64_t stack;         // the thread's whole stack run (its guard at the bottom), which
+  std::uint64_t stack_bytes;   //   the receiver settles before anything lands (shipping.cpp)
   std::uint64_t data_bytes;    // sum of the extents' bytes
   std::uint64_t inline_data;   // 1: the small extents' bytes follow the table (travels_inline)
   std::uint64_t checksum;      // checksum64 of header (this field 0) and extent table

@@ -50,6 +50,8 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   h.layout = layout;
   h.thread = t->id.bits();
   h.tcb = reinterpret_cast<std::uintptr_t>(t);
+  h.stack = reinterpret_cast<std::uintptr_t>(t->stack.base);
+  h.stack_bytes = t->stack.bytes;
   h.data_bytes = data_bytes;
   h.inline_data = inline_data ? 1 : 0;
   std::memcpy(buffer.data() + sizeof h, extents.data(), extents.size() * sizeof(image_extent));
@@ -101,6 +103,11 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
           static_cast<unsigned long long>(h.layout), static_cast<unsigned long long>(layout));
   }
   const region& r = region::get();
+  if (h.stack_bytes == 0 || h.stack + h.stack_bytes < h.stack || !r.contains(reinterpret_cast<const void*>(h.stack)) ||
+      !r.contains(reinterpret_cast<const void*>(h.stack + h.stack_bytes - 1))) {
+    raise(errc::corrupt_image, "thread image rejected: its stack run [%#llx, +%llu) lies outside the region",
+          static_cast<unsigned long long>(h.stack), static_cast<unsigned long long>(h.stack_bytes));
+  }
   const image_extent* e = image_extents(h);
   std::uint64_t total = 0, last_end = 0;
   bool tcb_inside = false;

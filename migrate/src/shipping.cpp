@@ -132,7 +132,11 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   // A thread that comes back (or any memory it now holds) before this rank saw a departure
   // holding that memory complete: that departure is over, so finish it now, before new data
   // lands on the pages it would release.
-  bool guard_kept = false;
+  // The whole stack run, not only its live top: its guard is installed at the bottom once the
+  // thread is here (finish_arrival), so no memory kept here for another thread may still claim
+  // any of it (a heap run of a thread that left, freed elsewhere and handed out again by its
+  // owner as this stack), or giving that back later would write into the guard.
+  bool guard_kept = settle(h->stack, h->stack_bytes, h->thread);
   for (std::uint32_t i = 0; i < h->nextents; ++i) {
     guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
   }
