@@ -14,12 +14,6 @@
 #include "region.hpp"
 
 namespace iso::detail {
-namespace {
-
-// See idle(): polls without a yield at the start of an idle spell (at most idle_spin), ns.
-constexpr std::int64_t busy_poll_ns = 10'000;
-
-}  // namespace
 
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
                            std::uint64_t steal_seed)
@@ -95,10 +89,6 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
       engine_->answer_steals_while_off();
     }
   }
-  // The first microseconds of an idle spell poll without even giving the core away: a thread
-  // that just left often comes back (or an answer arrives) that soon, and a yield to another
-  // process would cost a time slice. Bounded, so oversubscribed ranks still share cores.
-  if (now - idle_since_ns_ < std::min(spin_ns_, busy_poll_ns)) return;
   if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;

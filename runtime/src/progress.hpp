@@ -63,8 +63,7 @@ class mpi_progress final : public progress_engine {
   bool awaiting_answer(std::int64_t now) const noexcept;
 
   // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
-  // of idleness, only give the core away (sched_yield) between polls, and not even that for the
-  // first busy_poll_ns (10 us, progress.cpp), so that a halo, a reply or a thread coming back a
+  // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
   // few microseconds away is seen at once; then sleep, doubling from min_backoff_ns_ up to
   // max_backoff_ns_. Keeps 4 oversubscribed ranks on 2 cores from starving each other, while a
   // message still wakes a long-idle rank within max_backoff_ns_.
