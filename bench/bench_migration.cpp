@@ -1,7 +1,7 @@
 // Migration and cross-rank messaging, each beside a raw MPI baseline measured in the same run.
 // An MPI program with a plain main (Google Benchmark does not fit under mpirun):
 //
-//   mpirun -n 2 bench/bench_migration
+//   mpirun -n 2 bench/bench_migration [latency|many|messages|latency/4KiB,latency/64KiB...]
 //
 // Rank 0 prints one line per figure in bench_main.cpp's format, so that one grep collects all:
 //   ratio  <name>  <ns>  raw <ns>  = <figure / baseline>
@@ -12,7 +12,9 @@
 //                           page, then migrates 0->1->0 repeatedly; figure = wall time per one-way
 //                           migration (round-trip time / 2, timed on rank 0 inside the thread).
 //                           The image is the buffer plus the thread's live stack, heap metadata and
-//                           control block, sent as a header message plus one message per extent.
+//                           control block, to the byte (image.hpp: one batched record when every
+//                           extent is small, else small extents with the header and each large one
+//                           straight between its addresses); its size is printed as an info line.
 //     raw:                  MPI_Send / MPI_Recv ping-pong of <size> bytes between main on rank 0
 //                           and rank 1 (already-touched buffers), time per one-way transfer.
 //   migrate_10k_threads     rank 0 spawns 10,000 threads (before run()) that each call
@@ -92,8 +94,11 @@ std::int64_t g_last_end_ns = 0;
 
 // One run: a thread with a `bytes` live buffer does `warm` then `reps` round trips 0->1->0.
 // Returns ns per one-way migration (on rank 0; 0 elsewhere).
-double migrate_latency_run(iso::runtime& rt, std::size_t bytes, int warm, int reps) {
+// *image_bytes: the data bytes rank 0 shipped per departure in this run.
+double migrate_latency_run(iso::runtime& rt, std::size_t bytes, int warm, int reps, double* image_bytes = nullptr) {
   g_result_ns = 0;
+  iso::detail::engine* e = iso::detail::engine::current();
+  const auto before = e->stats();
   if (rt.rank() == 0) {
     iso::spawn([bytes, warm, reps] {
       auto* buf = static_cast<unsigned char*>(std::malloc(bytes));
@@ -121,6 +126,10 @@ double migrate_latency_run(iso::runtime& rt, std::size_t bytes, int warm, int re
     });
   }
   rt.run();
+  const auto after = e->stats();
+  if (image_bytes != nullptr && after.departures != before.departures) {
+    *image_bytes = static_cast<double>(after.bytes_out - before.bytes_out) / static_cast<double>(after.departures - before.departures);
+  }
   return g_result_ns;
 }
 
@@ -145,7 +154,8 @@ double mpi_pingpong_run(int rank, std::vector<unsigned char>& buf, int warm, int
   return static_cast<double>(t1 - t0 - g_clock_ns) / (2.0 * reps);
 }
 
-void bench_latency(iso::runtime& rt) {
+// filter: null, or a name such as "latency/4KiB" (main's argument): only the sizes it names.
+void bench_latency(iso::runtime& rt, const char* filter) {
   struct config {
     std::size_t bytes;
     int warm, reps, runs;
@@ -156,13 +166,25 @@ void bench_latency(iso::runtime& rt) {
       {std::size_t{256} << 20, 1, 2, 3},
   };
   for (const config& c : configs) {
+    const std::string name = "migrate_latency/" + size_name(c.bytes);
+    if (filter != nullptr && std::strstr(filter, "latency/") != nullptr &&
+        std::strstr(filter, ("latency/" + size_name(c.bytes)).c_str()) == nullptr) {
+      continue;
+    }
     std::vector<unsigned char> buf(c.bytes, 0x3C);  // main's (glibc) memory, touched
     std::vector<double> mig, raw;
+    double image = 0;
     for (int k = 0; k < c.runs; ++k) {  // interleaved, so that drifts hit both sides alike
       raw.push_back(mpi_pingpong_run(rt.rank(), buf, c.warm, c.reps));
-      mig.push_back(migrate_latency_run(rt, c.bytes, c.warm, c.reps));
+      mig.push_back(migrate_latency_run(rt, c.bytes, c.warm, c.reps, &image));
     }
-    if (rt.rank() == 0) iso_bench::print_ratio("migrate_latency/" + size_name(c.bytes), median(mig), median(raw), "ns");
+    if (rt.rank() == 0) {
+      iso_bench::print_ratio(name, median(mig), median(raw), "ns");
+      if (c.bytes <= (std::size_t{64} << 10)) {
+        std::printf("info   %s: image %.0f data bytes a migration\n", name.c_str(), image);
+        std::fflush(stdout);
+      }
+    }
   }
 }
 
@@ -357,7 +379,7 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 3; ++k) migrate_latency_run(rt, 4096, 5, 5);
     const bool only = argc > 1;
     auto selected = [&](const char* what) { return !only || std::strstr(argv[1], what) != nullptr; };
-    if (selected("latency")) bench_latency(rt);
+    if (selected("latency")) bench_latency(rt, only ? argv[1] : nullptr);
     if (selected("many")) bench_many(rt);
     if (selected("messages")) bench_messages(rt);
     int failed = g_failed ? 1 : 0;

@@ -130,6 +130,13 @@ class heap {
   // thread's image carries exactly these runs.
   template <class F>
   void for_each_extent(F&& f) const;
+  // The same, to the byte: of page 0 of a segment only its header and the blocks carved so far,
+  // of another small page only its carved blocks, of a large block's header page only the header
+  // (the rest of those pages holds nothing that is ever read before it is written), adjacent
+  // ranges merged. A migration carries exactly these (migrate/internal/image.hpp): a small
+  // thread's image is then its live bytes rather than its pages.
+  template <class F>
+  void for_each_live_range(F&& f) const;
   // Visits every chunk run the heap holds (its segments and large runs), whatever is live in
   // them: f(void* run, std::size_t chunks). A restart claims exactly these.
   template <class F>
@@ -302,7 +309,7 @@ class heap {
   void sort_chunks() const noexcept;
 
   void reset_empty_pages(bool decommit) noexcept;
-  void visit_extents(extent_fn fn, void* ctx) const;
+  void visit_extents(extent_fn fn, void* ctx, bool live_bytes = false) const;
   void visit_runs(extent_fn fn, void* ctx) const;  // fn(ctx, run, chunks)
   static bool small_page_valid(const segment* s, unsigned idx) noexcept;
   bool segment_valid(const segment* s) const noexcept;
@@ -336,6 +343,15 @@ void heap::for_each_extent(F&& f) const {
         (*static_cast<std::remove_reference_t<F>*>(ctx))(addr, bytes);
       },
       const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+}
+
+template <class F>
+void heap::for_each_live_range(F&& f) const {
+  visit_extents(
+      [](void* ctx, void* addr, std::size_t bytes) {
+        (*static_cast<std::remove_reference_t<F>*>(ctx))(addr, bytes);
+      },
+      const_cast<void*>(static_cast<const void*>(std::addressof(f))), true);
 }
 
 template <class F>

@@ -721,7 +721,7 @@ void heap::visit_runs(extent_fn fn, void* ctx) const {
   }
 }
 
-void heap::visit_extents(extent_fn fn, void* ctx) const {
+void heap::visit_extents(extent_fn fn, void* ctx, bool live_bytes) const {
   sort_chunks();
   std::uintptr_t lo = 0, hi = 0;  // the run being merged, [lo, hi)
   auto emit = [&](std::uintptr_t from, std::size_t bytes) {
@@ -736,14 +736,17 @@ void heap::visit_extents(extent_fn fn, void* ctx) const {
   for (const chunk_header* c = chunks_; c != nullptr; c = c->next) {
     if (c->magic == segment_magic) {
       const auto* s = static_cast<const segment*>(c);
-      emit(addr_of(s), page_bytes);  // page 0: the header, and maybe blocks
+      // A small page's blocks lie below its bump (page 0's after the header, at start).
+      const page& first = s->pages[0];
+      emit(addr_of(s), !live_bytes ? page_bytes : first.kind == page_kind::small ? first.bump : s->header_bytes);
       for (unsigned i = 1; i < pages_per_segment; ++i) {
         const page& pg = s->pages[i];
-        if (holds_data(pg)) emit(addr_of(s) + i * page_bytes, page_bytes);
+        if (!holds_data(pg)) continue;
+        emit(addr_of(s) + i * page_bytes, live_bytes && pg.kind == page_kind::small ? pg.bump : page_bytes);
       }
     } else {
       const auto* l = static_cast<const large*>(c);
-      emit(addr_of(l), page_bytes);
+      emit(addr_of(l), live_bytes ? sizeof(large) : page_bytes);
       emit(addr_of(l) + l->block_offset, l->usable);
     }
   }

@@ -212,7 +212,8 @@ class engine {
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
   void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
-  void start_arrival(int source, sys_vector<unsigned char>&& header) noexcept;
+  // A header message, or an image record of a batch (read in place: nothing of it is kept).
+  void start_arrival(int source, const unsigned char* header, std::size_t bytes) noexcept;
   void finish_arrival(arrival& a) noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
   void release_held(std::uint64_t id) noexcept;
@@ -235,7 +236,7 @@ class engine {
   void deliver_join_done(tcb* t, thread_id from, errc status) noexcept;
   void answer_finished(const data_header& h, bool joined) noexcept;
   void receive(int tag) noexcept;
-  void on_batch(int source, sys_vector<unsigned char>&& buf) noexcept;
+  void on_batch(int source, const unsigned char* buf, std::size_t bytes) noexcept;
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
   // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes]: thread messages, control
@@ -244,7 +245,12 @@ class engine {
   // otherwise cost a send of its own.
   // rank: a collective's result for the rank itself (send_to_rank).
   enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2, rank = 3 };
-  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept;
+  void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept {
+    const batcher::piece piece{bytes, n};
+    post_record(dest, kind, &piece, 1);
+  }
+  // A record whose bytes are the pieces, in order (a small image: its header and its extents).
+  void post_record(int dest, record kind, const batcher::piece* pieces, std::size_t n) noexcept;
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
 
@@ -280,6 +286,7 @@ class engine {
   engine_observer* observer_ = nullptr;
 
   batcher batches_;
+  sys_vector<unsigned char> received_buffer_;  // poll()'s receives, reused (only grows)
   directory directory_;
   rank_combiner combiner_;
   std::list<departure, sys_allocator<departure>> departures_;

@@ -1,13 +1,18 @@
 // The image of a suspended thread: what travels when it migrates.
 //
-// Layout on the wire: one header message (image_header, then nextents image_extent entries),
-// then the extents' bytes, each sent straight from its address in pieces of at most
-// max_piece_bytes (MPI counts are ints) and received straight into the same addresses. A small
-// image (at most inline_image_bytes of data) travels whole, header and bytes, as one record of the
-// batched stream to its destination instead: one send beats a rendezvous per extent, and copying
-// a few pages costs less than that.
-// Extents: the live part of the stack (saved stack pointer, rounded down to a page, to the top of
-// the run) and the heap's live page runs (heap::for_each_extent), which contain the TCB.
+// Extents are byte ranges, only what is live: the stack from the saved stack pointer (rounded
+// down to a cache line) to the top of the run, and the heap's live ranges
+// (heap::for_each_live_range: its carved blocks and metadata, not whole pages), which contain the
+// TCB. Bytes of those pages outside the extents are never read before they are written, so the
+// receiver leaves whatever it has there.
+// Layout on the wire: a header message (image_header, then nextents image_extent entries, then
+// the bytes of the extents that travel inline, in extent order), then each other extent sent
+// straight from its address in pieces of at most max_piece_bytes (MPI counts are ints) and
+// received straight into the same address. An extent travels inline when it is smaller than
+// direct_extent_bytes (and the header says inline_data): copying it twice costs less than a
+// rendezvous of its own. An image whose extents all travel inline (at most inline_image_bytes) is
+// one record of the batched stream to its destination instead of a header message, its bytes
+// copied once from their addresses into the batch.
 #pragma once
 
 #include <algorithm>
@@ -21,13 +26,15 @@ namespace iso::detail {
 struct tcb;
 
 inline constexpr std::uint64_t image_magic = 0x474d49737268746full;  // "othrsIMG"
-inline constexpr std::uint32_t image_version = 1;
+inline constexpr std::uint32_t image_version = 2;
 inline constexpr std::size_t max_piece_bytes = std::size_t{1} << 30;
-inline constexpr std::size_t inline_image_bytes = std::size_t{64} << 10;
+// At most this many bytes travel inline (the extents below direct_extent_bytes), else none do.
+inline constexpr std::size_t inline_image_bytes = std::size_t{128} << 10;
+inline constexpr std::size_t direct_extent_bytes = std::size_t{16} << 10;
 
 struct image_extent {
-  std::uint64_t addr;   // page-aligned address in the region
-  std::uint64_t bytes;  // page multiple
+  std::uint64_t addr;   // in the region
+  std::uint64_t bytes;  // > 0
 };
 
 struct image_header {
@@ -37,37 +44,54 @@ struct image_header {
   std::uint64_t layout;        // layout fingerprint of the sending binary (must equal ours)
   std::uint64_t thread;        // thread_id::bits()
   std::uint64_t tcb;           // address of the thread's control block (inside an extent)
+  std::uint64_t stack;         // the thread's whole stack run (its guard at the bottom), which
+  std::uint64_t stack_bytes;   //   the receiver settles before anything lands (shipping.cpp)
   std::uint64_t data_bytes;    // sum of the extents' bytes
-  std::uint64_t inline_data;   // 1: the extents' bytes follow the table in this message
+  std::uint64_t inline_data;   // 1: the small extents' bytes follow the table (travels_inline)
   std::uint64_t checksum;      // checksum64 of header (this field 0) and extent table
 };
 
-// The header and extent table of t's image, followed by the extents' bytes if the image is small
-// enough to travel inline (and `allow_inline`). Empty pages of t's heap forget their free lists
-// first (heap::drop_empty_pages). pre: t is suspended and detached from the scheduler.
+// The header and extent table of t's image. With `allow_inline`, and if its small extents hold at
+// most inline_image_bytes, the header says that their bytes follow the table in the same message
+// (inline_data): the caller appends them (append_inline_data, or straight into a batch). Empty
+// pages of t's heap forget their free lists first (heap::drop_empty_pages). pre: t is suspended
+// and detached from the scheduler.
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false);
+// Appends to `image` (build_image_header's) the bytes of its extents that travel inline.
+void append_inline_data(sys_vector<unsigned char>& image);
 
 // Checks a received header buffer (with its inline data, if any) before anything is written:
-// size, magic, version, layout, checksum, and that every extent is page-aligned, inside the
-// region, sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image)
-// naming the first problem.
+// size, magic, version, layout, checksum, and that every extent is non-empty, inside the region,
+// sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image) naming the
+// first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
 
 inline const image_extent* image_extents(const image_header& h) {
   return reinterpret_cast<const image_extent*>(&h + 1);
 }
-// The inline data of a validated header: the extents' bytes, in extent order.
+// Whether extent e of h travels in the header message.
+inline bool travels_inline(const image_header& h, const image_extent& e) {
+  return h.inline_data == 1 && e.bytes < direct_extent_bytes;
+}
+// The bytes that follow the table: those of the extents that travel inline.
+inline std::uint64_t inline_bytes(const image_header& h) {
+  std::uint64_t n = 0;
+  for (std::uint32_t i = 0; i < h.nextents; ++i) n += travels_inline(h, image_extents(h)[i]) ? image_extents(h)[i].bytes : 0;
+  return n;
+}
+// The inline data of a validated header, in extent order.
 inline const unsigned char* image_inline_data(const image_header& h) {
   return reinterpret_cast<const unsigned char*>(image_extents(h) + h.nextents);
 }
 
-// The pieces a non-inline image's bytes travel in: f(void* addr, int bytes) for each, in extent
-// order, each at most max_piece_bytes. Sender and receiver both split with this, so their
-// messages match one for one.
+// The pieces the extents that do not travel inline are sent in: f(void* addr, int bytes) for
+// each, in extent order, each at most max_piece_bytes. Sender and receiver both split with this,
+// so their messages match one for one.
 template <class F>
 void for_each_piece(const image_header& h, F&& f) {
   const image_extent* e = image_extents(h);
   for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    if (travels_inline(h, e[i])) continue;
     for (std::uint64_t off = 0; off < e[i].bytes; off += max_piece_bytes) {
       f(reinterpret_cast<void*>(e[i].addr + off),
         static_cast<int>(std::min<std::uint64_t>(max_piece_bytes, e[i].bytes - off)));

@@ -63,12 +63,18 @@ void engine::restore_finished(thread_id id, bool joined) { directory_.restore_fi
 
 // ---------------------------------------------------------------- transport
 
-void engine::post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept {
+void engine::post_record(int dest, record kind, const batcher::piece* pieces, std::size_t count) noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < count; ++i) n += pieces[i].bytes;
   // A record is at most a header and max_message_bytes, or a small image: its length fits the
   // u32, and a batch (at most batch_flush_bytes and one record) an MPI count.
   ISO_ASSERT_INTERNAL(n <= sizeof(data_header) + max_message_bytes || kind == record::image);
   const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
-  batches_.append(dest, head, sizeof head, bytes, n, kind != record::ctrl);
+  sys_vector<batcher::piece> all;
+  all.reserve(count + 1);
+  all.push_back({head, sizeof head});
+  all.insert(all.end(), pieces, pieces + count);
+  batches_.append(dest, all.data(), all.size(), kind != record::ctrl);
 }
 
 void engine::complete_sends() noexcept {
@@ -115,9 +121,11 @@ bool engine::poll() noexcept {
       int count = 0;
       check_mpi_or_die(mpi_call("MPI_Get_count", [&] { return MPI_Get_count(&st, MPI_BYTE, &count); }),
                        "MPI_Get_count", st.MPI_SOURCE);
-      sys_vector<unsigned char> buf;
+      // What arrives is read in place (records are copied out as they are kept), so one buffer
+      // serves every receive, without an allocation and a clearing each.
+      sys_vector<unsigned char>& buf = received_buffer_;
       try {
-        buf.resize(static_cast<std::size_t>(count));
+        if (buf.size() < static_cast<std::size_t>(count)) buf.resize(static_cast<std::size_t>(count));
       } catch (const std::bad_alloc&) {
         fatal("out of system memory for %d bytes from rank %d", count, st.MPI_SOURCE);
       }
@@ -128,9 +136,9 @@ bool engine::poll() noexcept {
       ++received_;
       did = true;
       if (tag == tag_image) {
-        start_arrival(st.MPI_SOURCE, std::move(buf));
+        start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
       } else {
-        on_batch(st.MPI_SOURCE, std::move(buf));
+        on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
       }
     }
   }
@@ -138,32 +146,35 @@ bool engine::poll() noexcept {
 }
 
 // A batch: records [u32 kind][u32 bytes][bytes], in the order they were sent.
-void engine::on_batch(int source, sys_vector<unsigned char>&& buf) noexcept {
-  for (std::size_t at = 0; at + 2 * sizeof(std::uint32_t) <= buf.size();) {
+void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) noexcept {
+  for (std::size_t at = 0; at + 2 * sizeof(std::uint32_t) <= bytes;) {
     std::uint32_t head[2];
-    std::memcpy(head, buf.data() + at, sizeof head);
+    std::memcpy(head, buf + at, sizeof head);
     at += sizeof head;
-    ISO_ASSERT(at + head[1] <= buf.size());
-    sys_vector<unsigned char> rec(buf.begin() + static_cast<std::ptrdiff_t>(at),
-                                  buf.begin() + static_cast<std::ptrdiff_t>(at + head[1]));
+    ISO_ASSERT(at + head[1] <= bytes);
+    const unsigned char* rec = buf + at;
     at += head[1];
     switch (static_cast<record>(head[0])) {
       case record::data:
-        ISO_ASSERT(rec.size() >= sizeof(data_header));
-        on_data(std::move(rec), true);
+        ISO_ASSERT(head[1] >= sizeof(data_header));
+        try {
+          on_data(sys_vector<unsigned char>(rec, rec + head[1]), true);
+        } catch (const std::bad_alloc&) {
+          fatal("out of system memory for a %u-byte message from rank %d", head[1], source);
+        }
         break;
       case record::ctrl: {
-        ISO_ASSERT(rec.size() == sizeof(ctrl_msg));
+        ISO_ASSERT(head[1] == sizeof(ctrl_msg));
         ctrl_msg m;
-        std::memcpy(&m, rec.data(), sizeof m);
+        std::memcpy(&m, rec, sizeof m);
         on_ctrl(m);
         break;
       }
       case record::image:
-        start_arrival(source, std::move(rec));
+        start_arrival(source, rec, head[1]);
         break;
       case record::rank:
-        combiner_.deliver(rec.data(), rec.size());
+        combiner_.deliver(rec, head[1]);
         break;
     }
   }

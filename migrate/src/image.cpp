@@ -5,7 +5,6 @@
 
 #include "checksum.hpp"
 #include "diag.hpp"
-#include "prim.hpp"
 #include "region.hpp"
 #include "tcb.hpp"
 
@@ -22,24 +21,28 @@ std::uint64_t header_checksum(const image_header& h) {
 }  // namespace
 
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
-  const std::size_t page = prim::page_size();
+  constexpr std::uintptr_t line = 64;  // the copies start on a cache line
   sys_vector<image_extent> extents;
   // Everything live on the stack is above the saved stack pointer.
-  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(t->saved_sp()) & ~(page - 1);
+  const std::uintptr_t stack_lo = reinterpret_cast<std::uintptr_t>(t->saved_sp()) & ~(line - 1);
   const std::uintptr_t stack_hi = reinterpret_cast<std::uintptr_t>(t->stack.top());
+  extents.reserve(8);
   extents.push_back({stack_lo, stack_hi - stack_lo});
   t->home_heap->drop_empty_pages();  // their pages stay out of the image: so must their free lists
-  t->home_heap->for_each_extent([&](void* addr, std::size_t bytes) {
+  t->home_heap->for_each_live_range([&](void* addr, std::size_t bytes) {
     extents.push_back({reinterpret_cast<std::uintptr_t>(addr), bytes});
   });
   std::sort(extents.begin(), extents.end(),
             [](const image_extent& a, const image_extent& b) { return a.addr < b.addr; });
 
-  std::uint64_t data_bytes = 0;
-  for (const image_extent& e : extents) data_bytes += e.bytes;
-  const bool inline_data = allow_inline && data_bytes <= inline_image_bytes;
+  std::uint64_t data_bytes = 0, small_bytes = 0;
+  for (const image_extent& e : extents) {
+    data_bytes += e.bytes;
+    small_bytes += e.bytes < direct_extent_bytes ? e.bytes : 0;
+  }
+  const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
-  sys_vector<unsigned char> buffer(table_end + (inline_data ? data_bytes : 0));
+  sys_vector<unsigned char> buffer(table_end);
   image_header h{};
   h.magic = image_magic;
   h.version = image_version;
@@ -47,20 +50,31 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   h.layout = layout;
   h.thread = t->id.bits();
   h.tcb = reinterpret_cast<std::uintptr_t>(t);
+  h.stack = reinterpret_cast<std::uintptr_t>(t->stack.base);
+  h.stack_bytes = t->stack.bytes;
   h.data_bytes = data_bytes;
   h.inline_data = inline_data ? 1 : 0;
   std::memcpy(buffer.data() + sizeof h, extents.data(), extents.size() * sizeof(image_extent));
-  if (inline_data) {
-    unsigned char* at = buffer.data() + table_end;
-    for (const image_extent& e : extents) {
-      std::memcpy(at, reinterpret_cast<const void*>(e.addr), e.bytes);
-      at += e.bytes;
-    }
-  }
   std::memcpy(buffer.data(), &h, sizeof h);
   const std::uint64_t sum = header_checksum(*reinterpret_cast<const image_header*>(buffer.data()));
   std::memcpy(buffer.data() + offsetof(image_header, checksum), &sum, sizeof sum);
   return buffer;
+}
+
+void append_inline_data(sys_vector<unsigned char>& image) {
+  const std::size_t table_end = image.size();
+  const auto& h = *reinterpret_cast<const image_header*>(image.data());
+  const std::uint64_t n = inline_bytes(h);
+  if (n == 0) return;
+  image.resize(table_end + n);  // h moves with the buffer: read again below
+  const auto& moved = *reinterpret_cast<const image_header*>(image.data());
+  unsigned char* at = image.data() + table_end;
+  for (std::uint32_t i = 0; i < moved.nextents; ++i) {
+    const image_extent& e = image_extents(moved)[i];
+    if (!travels_inline(moved, e)) continue;
+    std::memcpy(at, reinterpret_cast<const void*>(e.addr), e.bytes);
+    at += e.bytes;
+  }
 }
 
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout) {
@@ -73,28 +87,36 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
     raise(errc::corrupt_image, "thread image rejected: format version %u, this build reads %u", h.version, image_version);
   }
   const std::size_t table_end = sizeof h + std::size_t{h.nextents} * sizeof(image_extent);
-  if (h.inline_data > 1 || (h.inline_data == 1 && h.data_bytes > inline_image_bytes) ||
-      bytes != table_end + (h.inline_data == 1 ? h.data_bytes : 0)) {
+  if (h.inline_data > 1 || bytes < table_end || (h.inline_data == 0 && bytes != table_end)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents%s", bytes, h.nextents,
           h.inline_data == 1 ? " and their inline data" : "");
   }
   if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
+  // The table is intact: what it says travels inline must be exactly what follows it.
+  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || bytes != table_end + n) {
+    raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents and their inline data", bytes,
+          h.nextents);
+  }
   if (h.layout != layout) {
     raise(errc::corrupt_image,
           "thread image rejected: it comes from a different binary or code layout (fingerprint %#llx, ours %#llx)",
           static_cast<unsigned long long>(h.layout), static_cast<unsigned long long>(layout));
   }
   const region& r = region::get();
-  const std::size_t page = prim::page_size();
+  if (h.stack_bytes == 0 || h.stack + h.stack_bytes < h.stack || !r.contains(reinterpret_cast<const void*>(h.stack)) ||
+      !r.contains(reinterpret_cast<const void*>(h.stack + h.stack_bytes - 1))) {
+    raise(errc::corrupt_image, "thread image rejected: its stack run [%#llx, +%llu) lies outside the region",
+          static_cast<unsigned long long>(h.stack), static_cast<unsigned long long>(h.stack_bytes));
+  }
   const image_extent* e = image_extents(h);
   std::uint64_t total = 0, last_end = 0;
   bool tcb_inside = false;
   for (std::uint32_t i = 0; i < h.nextents; ++i) {
     const void* lo = reinterpret_cast<const void*>(e[i].addr);
     const void* last = reinterpret_cast<const void*>(e[i].addr + e[i].bytes - 1);
-    if (e[i].bytes == 0 || e[i].addr % page != 0 || e[i].bytes % page != 0 || !r.contains(lo) ||
-        !r.contains(last) || e[i].addr < last_end) {
-      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is misaligned, outside the region or overlapping",
+    if (e[i].bytes == 0 || e[i].addr + e[i].bytes < e[i].addr || !r.contains(lo) || !r.contains(last) ||
+        e[i].addr < last_end) {
+      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is empty, outside the region or overlapping",
             i, static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes));
     }
     last_end = e[i].addr + e[i].bytes;

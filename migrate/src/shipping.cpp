@@ -35,16 +35,26 @@ void engine::depart(tcb* t) noexcept {
     sys_vector<unsigned char> image = build_image_header(t, layout_, true);
     sys_vector<std::pair<void*, std::size_t>> runs;
     t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
-    // Moving `image` into a departure below keeps its buffer, so h stays valid.
-    const auto& h = *reinterpret_cast<const image_header*>(image.data());
+    const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
-    stats_.bytes_out += h.data_bytes;
-    if (h.inline_data == 1) {
-      // Small: the image is copied into the message, so this rank's copy can go at once.
+    stats_.bytes_out += hp->data_bytes;
+    if (hp->inline_data == 1 && inline_bytes(*hp) == hp->data_bytes) {
+      const image_header& h = *hp;
+      // Small: header and extents are copied into the batch to dest, each once, so this rank's
+      // copy can go at once.
+      sys_vector<batcher::piece> pieces;
+      pieces.reserve(h.nextents + 1);
+      pieces.push_back({image.data(), image.size()});
+      for (std::uint32_t i = 0; i < h.nextents; ++i) {
+        pieces.push_back({reinterpret_cast<const void*>(image_extents(h)[i].addr), image_extents(h)[i].bytes});
+      }
+      post_record(dest, record::image, pieces.data(), pieces.size());
       released(h, dest, t->epoch, start_ns, steal);
-      post_record(dest, record::image, image.data(), image.size());
       return;
     }
+    append_inline_data(image);  // the small extents ride with the header
+    // Moving `image` into the departure keeps its buffer, so h stays valid.
+    const image_header& h = *reinterpret_cast<const image_header*>(image.data());
     departure& d = departures_.emplace_back();
     d.dest = dest;
     d.epoch = t->epoch;
@@ -112,28 +122,33 @@ void engine::released(const image_header& h, int dest, std::uint32_t epoch, std:
   departures::get().sent(h.thread, now);
 }
 
-void engine::start_arrival(int source, sys_vector<unsigned char>&& buffer) noexcept {
+void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes) noexcept {
   const image_header* h = nullptr;
   try {
-    h = &validate_image_header(buffer.data(), buffer.size(), layout_);
+    h = &validate_image_header(buffer, bytes, layout_);
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
   }
   // A thread that comes back (or any memory it now holds) before this rank saw a departure
   // holding that memory complete: that departure is over, so finish it now, before new data
   // lands on the pages it would release.
-  bool guard_kept = false;
+  // The whole stack run, not only its live top: its guard is installed at the bottom once the
+  // thread is here (finish_arrival), so no memory kept here for another thread may still claim
+  // any of it (a heap run of a thread that left, freed elsewhere and handed out again by its
+  // owner as this stack), or giving that back later would write into the guard.
+  bool guard_kept = settle(h->stack, h->stack_bytes, h->thread);
   for (std::uint32_t i = 0; i < h->nextents; ++i) {
     guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
   }
-  if (h->inline_data == 1) {
-    // A small image carried its bytes along: put them in place and the thread is here.
-    const unsigned char* data = image_inline_data(*h);
-    const image_extent* e = image_extents(*h);
-    for (std::uint32_t i = 0; i < h->nextents; ++i) {
-      std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
-      data += e[i].bytes;
-    }
+  // The small extents carried their bytes along: put them in place.
+  const unsigned char* data = image_inline_data(*h);
+  const image_extent* e = image_extents(*h);
+  for (std::uint32_t i = 0; i < h->nextents; ++i) {
+    if (!travels_inline(*h, e[i])) continue;
+    std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
+    data += e[i].bytes;
+  }
+  if (inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
     arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}};
     finish_arrival(a);
     return;

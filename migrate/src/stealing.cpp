@@ -15,9 +15,11 @@ namespace {
 const unsigned char g_no_payload = 0;
 
 // With stealing on, the scheduler polls at the first switch this long (ns) after its last poll,
-// direct switches between threads included: a request waits for the victim's next poll. A poll
-// costs about a microsecond.
-constexpr std::int64_t steal_poll_interval_ns = 50'000;
+// direct switches between threads included: a request waits for the victim's next poll, half of
+// this on average. A poll costs about a microsecond; at 10 us, fib(36) on 2 ranks still runs
+// 1.95x as fast as on 1 (5 us: 1.49x), and a steal takes about 20 us instead of 30-40 at 50 us
+// (bench_stealing, steal_speedup.sh).
+constexpr std::int64_t steal_poll_interval_ns = 10'000;
 
 }  // namespace
 

@@ -67,11 +67,16 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
   // its idle back-off says (the answer waits at most max_backoff_ns_ for it), so that idle ranks
   // sharing cores wake about once per max_backoff_ns_ instead of spinning after each request.
   if (steal_delay_ns_ >= max_backoff_ns_) return;
-  // Before that, poll for the answer by giving the core away, not sleeping, for at least
-  // min_backoff_ns_ (the rest of the idle spell's first idle_spin if longer: a rank that just ran
-  // out asks at once, and the answer is microseconds away); a sleep costs the timer slack on top.
-  idle_since_ns_ = std::max(idle_since_ns_, now - spin_ns_ + min_backoff_ns_);
+  // Before that, idle() polls for the answer without sleeping (awaiting_answer), and the sleeps
+  // after it start short again.
   backoff_ns_ = min_backoff_ns_;
+}
+
+bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
+  // The answer is the victim's next poll (at most 10 us apart while it runs threads) plus a
+  // migration away; a sleep would add its own length and the timer slack to that.
+  return engine_->stealing() && engine_->ranks() > 1 && !engine_->can_request_steal() &&
+         steal_delay_ns_ < max_backoff_ns_ && now - engine_->steal_stats().last_request_ns < spin_ns_;
 }
 
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
@@ -84,7 +89,7 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
       engine_->answer_steals_while_off();
     }
   }
-  if (now - idle_since_ns_ < spin_ns_) {
+  if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;
   }

@@ -6,6 +6,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -90,6 +91,70 @@ TEST(Migration, ContainersPointerGraphsAndStackSurviveEveryRank) {
     }
     for (gnode* g : ring) delete g;
   });
+  rt->run();
+}
+
+// A thread travels as its live bytes (image.hpp): of each small page only the blocks carved so
+// far, of a large block's first page only its header, of the stack only what lies above the
+// saved stack pointer. Blocks carved after an arrival (beyond what travelled, where the rank may
+// hold stale bytes of an earlier visit), free lists threaded through the carved part, a medium
+// and a large block, and a stack that grows deeper and shrinks between hops must all hold on
+// every rank, hop after hop, and the allocator must go on serving and taking back blocks there.
+TEST(Migration, PartlyCarvedPagesAndTheStackTopTravelToTheByte) {
+  for (int w = 0; w < 2; ++w) {
+    iso::spawn([w] {
+      const int n = iso::size();
+      constexpr std::size_t sizes[] = {16, 48, 112, 320, 720, 2000, 6000, 100000};
+      struct block {
+        unsigned char* p;
+        std::size_t bytes;
+        unsigned char fill;
+      };
+      std::vector<block> live;
+      live.reserve(4096);  // never moves: its pages are live all along
+      unsigned serial = 0;
+      auto add = [&](std::size_t bytes) {
+        auto* p = static_cast<unsigned char*>(std::malloc(bytes));
+        ASSERT_NE(p, nullptr);
+        const auto fill = static_cast<unsigned char>(++serial * 37 + 1);
+        std::memset(p, fill, bytes);
+        live.push_back({p, bytes, fill});
+      };
+      auto verify = [&] {
+        for (const block& b : live) {
+          const unsigned char* bad = std::find_if(b.p, b.p + b.bytes, [&](unsigned char c) { return c != b.fill; });
+          ASSERT_EQ(bad, b.p + b.bytes) << "a " << b.bytes << "-byte block changed at byte " << (bad - b.p) << " on rank "
+                                        << iso::rank();
+        }
+      };
+      // Deep frames with data of their own, below the stack top that travels, then gone again.
+      auto deep = [](auto& self, int depth) -> int {
+        volatile int frame[64];
+        for (int i = 0; i < 64; ++i) frame[i] = depth * 64 + i;
+        const int below = depth == 0 ? 0 : self(self, depth - 1);
+        int sum = below;
+        for (int i = 0; i < 64; ++i) sum += frame[i] - depth * 64;
+        return sum;
+      };
+      for (std::size_t b : sizes) add(b);
+      int on_stack[32];
+      for (int i = 0; i < 32; ++i) on_stack[i] = i * 3 + w;
+      for (int hop = 1; hop <= 4 * n; ++hop) {
+        iso::this_thread::migrate_to((iso::rank() + 1 + hop % (n - 1)) % n);
+        verify();
+        for (int i = 0; i < 32; ++i) ASSERT_EQ(on_stack[i], i * 3 + w);
+        EXPECT_EQ(deep(deep, 20 + hop % 7), 21 * 2016 + (hop % 7) * 2016);
+        // Carve past what travelled, and free older blocks into the free lists that travel next.
+        for (std::size_t b : sizes) add(b);
+        for (std::size_t i = live.size() / 3; i < live.size(); i += 3) {
+          std::free(live[i].p);
+          live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+        verify();
+      }
+      for (const block& b : live) std::free(b.p);
+    });
+  }
   rt->run();
 }
 

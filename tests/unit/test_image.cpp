@@ -2,6 +2,7 @@
 // is rejected before anything is written.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "isothreads/isothreads.hpp"
 #include "region.hpp"
 #include "scheduler.hpp"
+#include "tcb.hpp"
 
 namespace iso::detail {
 namespace {
@@ -66,6 +68,46 @@ TEST(Image, DescribesTheLiveStackAndTheLiveHeapOnly) {
     // Only what is live: the stack's used part and the heap's live pages, far less than the slots.
     EXPECT_LT(total, (100u << 10) + t->stack.bytes / 2 + (64u << 10));
   });
+}
+
+// A small thread travels as its live bytes: the carved part of its heap pages and its used stack,
+// not whole pages. Here a 4 KiB block, the TCB and the heap's header: under three pages of data
+// (four whole pages before), every heap byte of it inside the extents.
+TEST(Image, ASmallThreadsImageIsItsLiveBytesNotItsPages) {
+  scheduler s(0);
+  bool release = false;
+  unsigned char* block = nullptr;
+  const thread_id small = spawn([&] {
+    block = static_cast<unsigned char*>(std::malloc(4096));
+    std::memset(block, 0x5A, 4096);
+    while (!release) this_thread::yield();
+    std::free(block);
+  });
+  spawn([&] {
+    this_thread::yield();
+    tcb* t = s.find(small);
+    ASSERT_NE(t, nullptr);
+    const sys_vector<unsigned char> h = build_image_header(t, layout);
+    const image_header& hdr = validate_image_header(h.data(), h.size(), layout);
+    const image_extent* e = image_extents(hdr);
+    auto covered = [&](const void* p, std::size_t n) {
+      const auto a = reinterpret_cast<std::uintptr_t>(p);
+      for (std::uint32_t i = 0; i < hdr.nextents; ++i) {
+        if (a >= e[i].addr && a + n <= e[i].addr + e[i].bytes) return true;
+      }
+      return false;
+    };
+    EXPECT_TRUE(covered(block, 4096));
+    EXPECT_TRUE(covered(t, sizeof(tcb)));
+    EXPECT_TRUE(covered(t->home_heap, 64));
+    EXPECT_GT(hdr.data_bytes, 4096u);
+    EXPECT_LT(hdr.data_bytes, 3u * 4096u);
+    bool partial_page = false;
+    for (std::uint32_t i = 0; i < hdr.nextents; ++i) partial_page = partial_page || e[i].bytes % 4096 != 0;
+    EXPECT_TRUE(partial_page) << "every extent is whole pages";
+    release = true;
+  });
+  s.run();
 }
 
 TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
