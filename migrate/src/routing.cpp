@@ -66,18 +66,21 @@ int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencin
 // The bound on sequence tables for threads that end (mailbox.hpp): t's receivers drop their
 // counter for t once everything t sent them came (a stream_close numbered after t's last message
 // there), and t's senders drop theirs for t (a stream_forget: t receives nothing more, so what they
-// send it later is dropped as sent to a finished thread, whatever its number). A rank's main
+// send it later is dropped as sent to a finished thread, whatever its number). t tells itself
+// nothing: its counters for itself go with its mailbox, and t is already out of its rank's table
+// here, so a notice to itself would be routed out to its home and back. A rank's main
 // neither sends nor gets these: its counters are the engine's and few.
 void engine::close_streams(tcb* t) noexcept {
   if (t->mailbox == nullptr) return;
   const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
   try {
     for (const auto& [to, sent] : mb.next_out) {
+      if (to == t->id.bits()) continue;
       post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_close, nullptr, 0);
     }
     mb.incoming.for_each_sender([&](std::uint64_t from) {
       const thread_id sender = thread_id::from_bits(from);
-      if (sender.serial() != 0) post_user(sender, t->id, 0, sequencing::none, stream_forget, nullptr, 0);
+      if (sender.serial() != 0 && sender != t->id) post_user(sender, t->id, 0, sequencing::none, stream_forget, nullptr, 0);
     });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while thread %s ended", t->id.to_string().c_str());

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mailbox.hpp"
 #include "mpi_gtest.hpp"
@@ -365,6 +366,29 @@ TEST(Receive, ThreadsThatEndLeaveNoSequenceEntriesWithTheirPeers) {
   if (rt->rank() == 0) {
     EXPECT_LE(g_most_entries, 32u) << "the collector's sequence tables grew with its workers";
   }
+}
+
+// Threads that send numbered messages to themselves, some after moving to another rank, then
+// end: nothing is forwarded or dropped (a thread's notices to itself, sent once it is gone from
+// its rank's table, went out to its home and were forwarded back before they were dropped).
+TEST(Receive, ThreadsThatSentToThemselvesEnd) {
+  constexpr int threads = 8;
+  const auto before = iso::detail::engine::current()->stats();
+  if (rt->rank() == 0) {
+    for (int i = 0; i < threads; ++i) {
+      iso::spawn([i] {
+        if (i % 2 == 1) iso::this_thread::migrate_to(i % iso::size());
+        const iso::thread_id me = iso::this_thread::id();
+        for (int k = 0; k < 3; ++k) send_note(me, {i, 1, k});
+        stream_checker seen;
+        for (int k = 0; k < 3; ++k) seen.take(read_note(iso::recv(me, 1)));
+      });
+    }
+  }
+  rt->run();
+  const auto after = iso::detail::engine::current()->stats();
+  EXPECT_EQ(after.dropped, before.dropped);
+  EXPECT_EQ(after.forwarded, before.forwarded);
 }
 
 }  // namespace
