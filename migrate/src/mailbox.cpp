@@ -123,8 +123,7 @@ bool put_message(tcb* t, thread_id from, std::uint64_t seq, bool last, int tag, 
                                                  static_cast<const std::byte*>(data) + bytes)};
     bool wake = false;
     mb.incoming.put(from.bits(), seq, std::move(m), [&](message&& ready) {
-      if (ready.tag == stream_close) return;  // its number was all it carried (in_order)
-      if (ready.tag == stream_forget) {       // the receiver ended: nothing sent to it matters now
+      if (ready.tag == stream_end) {  // the sender ended: nothing sent to it matters now
         mb.next_out.erase(ready.from.bits());
         return;
       }

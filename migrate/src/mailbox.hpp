@@ -24,8 +24,8 @@ class scheduler;
 // has been released, in order; `early` holds exactly those that came with seq > next_in[from].
 // Bound: a sender's entry exists only while items of it may still come. An item put with `last`
 // is its sender's final one to this receiver (the sender has dropped its own counter, and sends
-// nothing more here: a future's value, or the stream_close a thread sends each of its receivers
-// when it ends, reserved.hpp); once it is released, everything of that sender has been (it is
+// nothing more here: a future's value, or the stream_end a thread that ends sends each thread it
+// sent numbered messages to, reserved.hpp); once it is released, everything of that sender has been (it is
 // released after every smaller number, and none larger exists), so its entry is erased. Items
 // with seq 0 are unsequenced: released at once, with no entry. So a thread's entries are bounded
 // by the peers it exchanges numbered messages with that are alive, whatever number it ever had.
@@ -160,8 +160,9 @@ struct mailbox {
   ready_queue user;                                           // tags >= 0, in release order
   ready_queue reserved;                                       // negative tags, in release order
   in_order<message> incoming;                                 // per-sender order of what arrives
-  // to -> numbers sent to it. Erased by a send with sequencing::last, or when `to` ends and says
-  // so (stream_forget): a finished thread gets nothing more, whatever a later message's number.
+  // to -> numbers sent to it. Erased by a send with sequencing::last, by a future's value handed
+  // over without a message (hand_over, future.cpp), or when `to` ends and says so (its stream_end,
+  // released): a finished thread gets nothing more, whatever a later message's number.
   std::unordered_map<std::uint64_t, std::uint64_t> next_out;
   // While the thread waits in a receive (blocked, or sleeping in recv_for): what it waits for.
   bool waiting = false;
