@@ -71,8 +71,9 @@ int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencin
 // sends t: t receives nothing more, so a later message to it is dropped as sent to a finished
 // thread, whatever its number. t tells itself nothing: its counters for itself go with its
 // mailbox, and t is already out of its rank's table here, so a notice to itself would be routed
-// out to its home and back. A rank's main neither sends nor gets these: its counters are the
-// engine's and few.
+// out to its home and back. A rank's main sends none (it does not end) and receives nothing, so
+// a stream_end to it ends at its rank as sent to a finished thread; there it drops the counter
+// of main for t (main_next_seq_, on_data).
 void engine::close_streams(tcb* t) noexcept {
   if (t->mailbox == nullptr) return;
   const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
@@ -82,7 +83,7 @@ void engine::close_streams(tcb* t) noexcept {
       if (to != self) post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_end, nullptr, 0);
     }
     mb.incoming.for_each_sender([&](std::uint64_t from) {
-      if (from == self || thread_id::from_bits(from).serial() == 0 || mb.next_out.count(from) != 0) return;
+      if (from == self || mb.next_out.count(from) != 0) return;
       post_user(thread_id::from_bits(from), t->id, 0, sequencing::none, stream_end, nullptr, 0);
     });
   } catch (const std::bad_alloc&) {
@@ -138,7 +139,10 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       post_record(r.to.rank, record::data, wire.data(), wire.size());
       return;
     case route::action::finished: {
-      if (h.kind == msg_kind::user && h.tag == stream_end) return;  // nothing left to tidy there
+      if (h.kind == msg_kind::user && h.tag == stream_end) {  // nothing left to tidy but main's counter
+        if (h.to == thread_id(rank_, 0).bits()) main_next_seq_.erase(h.from);
+        return;
+      }
       bool joined = false;
       directory_.finished_record(h.to, sched_.next_serial(), &joined);
       answer_finished(h, joined);

@@ -391,4 +391,33 @@ TEST(Receive, ThreadsThatSentToThemselvesEnd) {
   EXPECT_EQ(after.forwarded, before.forwarded);
 }
 
+// Whether this rank's main has a sequence counter for any of `ids` (messages it sent them).
+bool main_counts_any(const std::vector<iso::thread_id>& ids) {
+  const auto counters = iso::detail::engine::current()->main_sequences();
+  return std::any_of(counters.begin(), counters.end(), [&](const auto& c) {
+    return std::find(ids.begin(), ids.end(), iso::thread_id::from_bits(c.first)) != ids.end();
+  });
+}
+
+// Each rank's main sends a numbered message to threads that take it and end, some on another
+// rank: once they have, main keeps no counter for them (its table grew by one a thread).
+TEST(Receive, MainKeepsNoCountersForThreadsThatEnd) {
+  constexpr int threads = 40;
+  std::vector<iso::thread_id> ids;
+  for (int i = 0; i < threads; ++i) {
+    ids.push_back(iso::spawn([i] {
+      if (i % 2 == 1) iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+      const iso::message m = iso::recv();
+      int v = -1;
+      ASSERT_EQ(m.data.size(), sizeof v);
+      std::memcpy(&v, m.data.data(), sizeof v);
+      EXPECT_EQ(v, i);
+    }));
+    iso::send(ids.back(), &i, sizeof i);
+  }
+  EXPECT_TRUE(main_counts_any(ids));
+  rt->run();
+  EXPECT_FALSE(main_counts_any(ids)) << "main kept counters for threads that ended";
+}
+
 }  // namespace
