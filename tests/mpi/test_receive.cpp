@@ -420,4 +420,12 @@ TEST(Receive, MainKeepsNoCountersForThreadsThatEnd) {
   EXPECT_FALSE(main_counts_any(ids)) << "main kept counters for threads that ended";
 }
 
+// The member list spawn_group hands out is unsequenced: a group spawned by main leaves main no
+// counter for its members, even while they live.
+TEST(Receive, SpawnGroupLeavesMainNoCounters) {
+  const iso::group g = iso::spawn_group(8, [](int, const iso::group&) {});
+  EXPECT_FALSE(main_counts_any(g.members())) << "main numbered the member lists";
+  rt->run();
+}
+
 }  // namespace
