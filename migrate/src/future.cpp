@@ -112,8 +112,9 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
   tcb* self = running_or_throw("iso::async");
   future_offer offer{failure != nullptr, failure != nullptr ? failure : value,
                      failure != nullptr ? std::strlen(failure) : bytes};
-  // After a suspension only self, offer and scheduler::current() may be used: the thread may
-  // have migrated. Its mailbox is made only if it has to wait for the ask.
+  // After a suspension only self, offer, mb (the mailbox, in the thread's heap) and
+  // scheduler::current() may be used: the thread may have migrated. Its mailbox is made only if
+  // it has to wait for the ask.
   for (;;) {
     const auto asked = static_cast<future_request>(self->future_asked);
     if (asked != future_request::none) {  // by a getter on the rank this thread was on then

@@ -5,7 +5,7 @@
 //   tag                         used by
 //   future_ask                  future -> producer: "send me the value" (or "nobody will ask")
 //   future_value                producer -> future: the value or the failure text
-//   group_members               spawn_group -> each new member: the member list
+//   group_members               spawn_group -> each new member: the member list, unsequenced
 //   collective_tag(fp)          collectives of the group with fingerprint fp, in [-2^30 - 1, -2]
 //   stream_end                  a thread that ended -> each thread it has a sequence counter for
 //                               (it sent it or got from it numbered messages), never queued:

@@ -63,17 +63,17 @@ int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencin
   return route_out(std::move(wire));
 }
 
-// The bound on sequence tables for threads that end (mailbox.hpp): t sends one stream_end to
-// each peer it has a counter for, either way. To a peer it sent numbered messages to, the
-// stream_end is numbered after its last one there (sequencing::last), so the peer's entry for
-// what t sent goes once all of it came (in_order); to another, unsequenced (it has no such entry
-// left once what came is released). Released, it makes the peer drop its counter for what it
-// sends t: t receives nothing more, so a later message to it is dropped as sent to a finished
-// thread, whatever its number. t tells itself nothing: its counters for itself go with its
-// mailbox, and t is already out of its rank's table here, so a notice to itself would be routed
-// out to its home and back. A rank's main sends none (it does not end) and receives nothing, so
-// a stream_end to it ends at its rank as sent to a finished thread; there it drops the counter
-// of main for t (main_next_seq_, on_data).
+// The bound on sequence tables for threads that end (mailbox.hpp): t sends one stream_end to each
+// peer it has a counter for, either way. To a peer it sent numbered messages to, the stream_end is
+// numbered after its last one there (sequencing::last), so the peer's entry for what t sent goes
+// once all of it came (in_order); to another, unsequenced (it has no such entry left once what came
+// is released). Released, it makes the peer drop its counter for what it sends t: t receives
+// nothing more, so a later message to it is dropped as sent to a finished thread, whatever its
+// number (with a line on stderr each, as any such message). t tells itself nothing: its counters
+// for itself go with its mailbox, and t is already out of its rank's table here, so a notice to
+// itself would be routed out to its home and back. A rank's main sends none (it does not end) and
+// receives nothing, so a stream_end to it ends at its rank as sent to a finished thread; there it
+// drops the counter of main for t (main_next_seq_, on_data).
 void engine::close_streams(tcb* t) noexcept {
   if (t->mailbox == nullptr) return;
   const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
