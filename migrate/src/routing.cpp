@@ -28,19 +28,18 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag, se
   }
   tcb* self = sched_.running();
   const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
-  // Numbers this message in the sender's counter for `to` (none: 0); a last one drops the counter.
+  // Numbers this message in the sender's counter for `to`; a last one drops the counter.
   const auto number = [to, how](auto& counters) -> std::uint64_t {
-    if (how == sequencing::none) return 0;
     const auto it = counters.try_emplace(to.bits(), 0).first;
     const std::uint64_t seq = ++it->second;
     if (how == sequencing::last) counters.erase(it);
     return seq;
   };
-  std::uint64_t seq;
-  if (self != nullptr) {
+  std::uint64_t seq = 0;  // unsequenced: no counter, so no mailbox made for one
+  if (how != sequencing::none && self != nullptr) {
     heap_scope own(self->home_heap);  // the counter travels with the sender
     seq = number(mailbox_of(self).next_out);
-  } else {
+  } else if (how != sequencing::none) {
     heap_scope system(nullptr);
     seq = number(main_next_seq_);
   }
