@@ -199,9 +199,20 @@ void wake_receiver(scheduler& s, tcb* t, bool fork_join = false) noexcept;
 
 // The calling thread's first message matching (from, tag) (tag: >= 0, any_tag, or a reserved
 // negative tag). deadline_ns (now_ns() clock): < 0 waits as long as it takes; otherwise the wait
-// ends at that time, and the result is none if nothing matching came (0: never waits). The thread
-// stays movable while it waits. pre: self is running.
-std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns);
+// ends at that time, and the result is none if nothing matching came (0: never waits). done
+// (optional): what else the thread waits for, set by a thread that wakes it (a future's value
+// or ask handed over without a message, future.cpp); done(state) is called before each look at
+// the queue, and once true the result is none. The thread stays movable while it waits (state
+// must be on its stack or in its heap). A thread without a mailbox gets one only if it waits.
+// pre: self is running.
+std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns,
+                                    bool (*done)(const void* state) = nullptr, const void* state = nullptr);
+// take_message waiting as long as it takes, until a match or done() (a callable on the caller's
+// stack).
+template <class Done>
+std::optional<message> take_message_unless(tcb* self, thread_id from, int tag, const Done& done) {
+  return take_message(self, from, tag, -1, [](const void* d) { return (*static_cast<const Done*>(d))(); }, &done);
+}
 // The calling thread's next user message; blocks it until one is there. pre: self is running.
 message take_message(tcb* self);
 
