@@ -40,8 +40,11 @@ enum class msg_kind : std::uint32_t { user = 0, join_request = 1, join_done = 2 
 // How a user message is numbered (data_header::status of a user message; mailbox.hpp's in_order):
 // next: the sender's next number to that receiver; last: that too, and the sender promises it
 // sends that receiver nothing more (both sides then drop their counters, keeping the tables
-// bounded: a future's value); none: number 0, not ordered with the sender's other messages (a
-// future's ask, the only one of its kind, taken after the producer's body has returned).
+// bounded: a future's value, the stream_end of a thread that ends to a thread it sent to); none:
+// number 0, not ordered with the sender's other messages (a future's ask, the only one of its
+// kind, taken after the producer's body has returned; spawn_group's member list, the only one on
+// its tag; the stream_end of a thread that ends to a thread it only got messages from,
+// reserved.hpp).
 enum class sequencing : std::uint32_t { next = 0, last = 1, none = 2 };
 
 // A routed message: this header, then `bytes` payload bytes.

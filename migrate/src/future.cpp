@@ -84,6 +84,16 @@ struct landing_scope {
   landing_scope& operator=(const landing_scope&) = delete;
 };
 
+// Shows a producer's offer to getters here while it waits for the ask, however the wait ends:
+// the offer is on its stack.
+struct offer_scope {
+  tcb* self;
+  offer_scope(tcb* t, future_offer& o) noexcept : self(t) { self->future_offer = &o; }
+  ~offer_scope() { self->future_offer = nullptr; }
+  offer_scope(const offer_scope&) = delete;
+  offer_scope& operator=(const offer_scope&) = delete;
+};
+
 // From producer self, which has its value: answers getter `getter`.
 void answer(tcb* self, thread_id getter, const future_offer& offer) {
   scheduler& s = *scheduler::current();
@@ -113,38 +123,23 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
   future_offer offer{failure != nullptr, failure != nullptr ? failure : value,
                      failure != nullptr ? std::strlen(failure) : bytes};
   // After a suspension only self, offer and scheduler::current() may be used: the thread may
-  // have migrated. Its mailbox is made only if it has to wait for the ask.
-  for (;;) {
-    const auto asked = static_cast<future_request>(self->future_asked);
-    if (asked != future_request::none) {  // by a getter on the rank this thread was on then
-      if (asked == future_request::value) answer(self, self->future_asker, offer);
-      return;
-    }
-    if (self->mailbox != nullptr) {
-      mailbox& mb = mailbox_here(self);
-      std::optional<message> ask;
-      {
-        heap_scope own(self->home_heap);
-        ask = mb.reserved.take(any_thread, future_ask);
-      }
-      if (ask) {
-        ISO_ASSERT(ask->data.size() == 1);
-        const bool value = static_cast<unsigned char>(ask->data[0]) == ask_value;
-        self->future_asked = static_cast<std::uint8_t>(value ? future_request::value : future_request::drop);
-        if (value) answer(self, ask->from, offer);
-        return;
-      }
-    }
-    // Waits for an ask: a message (it wakes a receive that waits for it) or a getter here.
-    mailbox& mb = mailbox_of(self);
-    self->future_offer = &offer;
-    mb.waiting = true;
-    mb.want_from = any_thread;
-    mb.want_tag = future_ask;
-    scheduler::current()->block_running(wait_reason::recv);
-    mb.waiting = false;
-    self->future_offer = nullptr;
-    if (offer.taken) return;
+  // have migrated. Waits for an ask: a message, or a getter here, which records its ask in the
+  // tcb (future_asked, by a getter on the rank this thread was on then) or takes the offer.
+  std::optional<message> ask;
+  {
+    const offer_scope offering(self, offer);
+    ask = take_message_unless(self, any_thread, future_ask, [self, &offer] {
+      return offer.taken || static_cast<future_request>(self->future_asked) != future_request::none;
+    });
+  }
+  if (offer.taken) return;
+  if (ask) {
+    ISO_ASSERT(ask->data.size() == 1);
+    const bool value = static_cast<unsigned char>(ask->data[0]) == ask_value;
+    self->future_asked = static_cast<std::uint8_t>(value ? future_request::value : future_request::drop);
+    if (value) answer(self, ask->from, offer);
+  } else if (static_cast<future_request>(self->future_asked) == future_request::value) {
+    answer(self, self->future_asker, offer);
   }
 }
 
@@ -169,23 +164,10 @@ void future_fetch(thread_id& producer, const char* call, void (*store)(void*, co
   producer = thread_id{};
   const landing_scope waiting(mb, landing);
   // After a suspension only mb, self, landing and scheduler::current() may be used.
-  while (!landing.done) {
-    std::optional<message> a;
-    {
-      heap_scope own(self->home_heap);
-      a = mb.reserved.take(p, future_value);
-    }
-    if (a) {
-      ISO_ASSERT(!a->data.empty());
-      land(self, landing, static_cast<unsigned char>(a->data[0]) == answer_failure, a->data.data() + 1,
-           a->data.size() - 1);
-      break;
-    }
-    mb.waiting = true;
-    mb.want_from = p;
-    mb.want_tag = future_value;
-    scheduler::current()->block_running(wait_reason::recv);
-    mb.waiting = false;
+  if (std::optional<message> a = take_message_unless(self, p, future_value, [&landing] { return landing.done; })) {
+    ISO_ASSERT(!a->data.empty());
+    land(self, landing, static_cast<unsigned char>(a->data[0]) == answer_failure, a->data.data() + 1,
+         a->data.size() - 1);
   }
   if (landing.failed) throw error(errc::thread_failed, std::move(landing.failure));
 }

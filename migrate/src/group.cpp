@@ -58,7 +58,9 @@ void hand_out_group(const std::vector<thread_id>& members, bool cancelled) {
   std::vector<unsigned char> list(1 + (cancelled ? 0 : members.size() * sizeof(thread_id)));
   list[0] = cancelled ? 1 : 0;
   if (!cancelled && !members.empty()) std::memcpy(list.data() + 1, members.data(), members.size() * sizeof(thread_id));
-  for (thread_id t : members) send_reserved(t, list.data(), list.size(), group_members);
+  // Unsequenced: the only message on its tag, so it needs no order; so it leaves no counter with
+  // the spawner, and no stream_end comes back when the member ends.
+  for (thread_id t : members) send_reserved(t, list.data(), list.size(), group_members, sequencing::none);
 }
 
 }  // namespace iso::detail

@@ -123,8 +123,7 @@ bool put_message(tcb* t, thread_id from, std::uint64_t seq, bool last, int tag, 
                                                  static_cast<const std::byte*>(data) + bytes)};
     bool wake = false;
     mb.incoming.put(from.bits(), seq, std::move(m), [&](message&& ready) {
-      if (ready.tag == stream_close) return;  // its number was all it carried (in_order)
-      if (ready.tag == stream_forget) {       // the receiver ended: nothing sent to it matters now
+      if (ready.tag == stream_end) {  // the sender ended: nothing sent to it matters now
         mb.next_out.erase(ready.from.bits());
         return;
       }
@@ -147,16 +146,19 @@ void wake_receiver(scheduler& s, tcb* t, bool fork_join) noexcept {
   }
 }
 
-std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns) {
-  mailbox& mb = mailbox_of(self);
-  // After a suspension only the mailbox (in the thread's heap), self and scheduler::current() may
-  // be used: the thread may have migrated.
+std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns,
+                                    bool (*done)(const void*), const void* state) {
+  // After a suspension only the mailbox (in the thread's heap), self, state and
+  // scheduler::current() may be used: the thread may have migrated.
   for (;;) {
-    {
+    if (done != nullptr && done(state)) return std::nullopt;
+    if (self->mailbox != nullptr) {
       heap_scope own(self->home_heap);  // the queue's indexes are the thread's, whatever scope it is in
-      if (std::optional<message> m = mb.queue_for(tag).take(from, tag)) return m;
+      ready_queue& queue = static_cast<mailbox*>(self->mailbox)->queue_for(tag);
+      if (std::optional<message> m = queue.take(from, tag)) return m;
     }
     if (deadline_ns >= 0 && now_ns() >= deadline_ns) return std::nullopt;
+    mailbox& mb = mailbox_of(self);
     mb.waiting = true;
     mb.want_from = from;
     mb.want_tag = tag;

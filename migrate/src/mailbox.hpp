@@ -24,8 +24,8 @@ class scheduler;
 // has been released, in order; `early` holds exactly those that came with seq > next_in[from].
 // Bound: a sender's entry exists only while items of it may still come. An item put with `last`
 // is its sender's final one to this receiver (the sender has dropped its own counter, and sends
-// nothing more here: a future's value, or the stream_close a thread sends each of its receivers
-// when it ends, reserved.hpp); once it is released, everything of that sender has been (it is
+// nothing more here: a future's value, or the stream_end a thread that ends sends each thread it
+// sent numbered messages to, reserved.hpp); once it is released, everything of that sender has been (it is
 // released after every smaller number, and none larger exists), so its entry is erased. Items
 // with seq 0 are unsequenced: released at once, with no entry. So a thread's entries are bounded
 // by the peers it exchanges numbered messages with that are alive, whatever number it ever had.
@@ -160,8 +160,9 @@ struct mailbox {
   ready_queue user;                                           // tags >= 0, in release order
   ready_queue reserved;                                       // negative tags, in release order
   in_order<message> incoming;                                 // per-sender order of what arrives
-  // to -> numbers sent to it. Erased by a send with sequencing::last, or when `to` ends and says
-  // so (stream_forget): a finished thread gets nothing more, whatever a later message's number.
+  // to -> numbers sent to it. Erased by a send with sequencing::last, by a future's value handed
+  // over without a message (hand_over, future.cpp), or when `to` ends and says so (its stream_end,
+  // released): a finished thread gets nothing more, whatever a later message's number.
   std::unordered_map<std::uint64_t, std::uint64_t> next_out;
   // While the thread waits in a receive (blocked, or sleeping in recv_for): what it waits for.
   bool waiting = false;
@@ -201,9 +202,20 @@ void wake_receiver(scheduler& s, tcb* t, bool fork_join = false) noexcept;
 
 // The calling thread's first message matching (from, tag) (tag: >= 0, any_tag, or a reserved
 // negative tag). deadline_ns (now_ns() clock): < 0 waits as long as it takes; otherwise the wait
-// ends at that time, and the result is none if nothing matching came (0: never waits). The thread
-// stays movable while it waits. pre: self is running.
-std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns);
+// ends at that time, and the result is none if nothing matching came (0: never waits). done
+// (optional): what else the thread waits for, set by a thread that wakes it (a future's value
+// or ask handed over without a message, future.cpp); done(state) is called before each look at
+// the queue, and once true the result is none. The thread stays movable while it waits (state
+// must be on its stack or in its heap). A thread without a mailbox gets one only if it waits.
+// pre: self is running.
+std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int64_t deadline_ns,
+                                    bool (*done)(const void* state) = nullptr, const void* state = nullptr);
+// take_message waiting as long as it takes, until a match or done() (a callable on the caller's
+// stack).
+template <class Done>
+std::optional<message> take_message_unless(tcb* self, thread_id from, int tag, const Done& done) {
+  return take_message(self, from, tag, -1, [](const void* d) { return (*static_cast<const Done*>(d))(); }, &done);
+}
 // The calling thread's next user message; blocks it until one is there. pre: self is running.
 message take_message(tcb* self);
 

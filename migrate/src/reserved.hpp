@@ -5,14 +5,15 @@
 //   tag                         used by
 //   future_ask                  future -> producer: "send me the value" (or "nobody will ask")
 //   future_value                producer -> future: the value or the failure text
-//   group_members               spawn_group -> each new member: the member list
-//   stream_close                a thread that ended -> each thread it sent to: numbered after its
-//                               last message there (sequencing::last), never queued: the receiver
-//                               drops its counter for the sender once all came (mailbox.hpp)
-//   stream_forget               a thread that ended -> each thread it got numbered messages from,
-//                               unsequenced, never queued: the sender drops its counter for it
+//   group_members               spawn_group -> each new member: the member list, unsequenced
 //   collective_tag(fp)          a rank -> member 0 of the group with fingerprint fp: the rank's
 //                               partial results of a collective (collectives.cpp), in [-2^30 - 1, -2]
+//   stream_end                  a thread that ended -> each thread it has a sequence counter for
+//                               (it sent it or got from it numbered messages), never queued:
+//                               numbered after its last message there (sequencing::last) if it
+//                               sent any, else unsequenced; the receiver drops its counter for
+//                               what it sends the ended thread, and in_order its entry for what
+//                               came from it (mailbox.hpp; engine::close_streams)
 #pragma once
 
 #include <climits>
@@ -27,10 +28,7 @@ namespace iso::detail {
 inline constexpr int future_ask = INT_MIN;
 inline constexpr int future_value = INT_MIN + 1;
 inline constexpr int group_members = INT_MIN + 2;
-inline constexpr int stream_close = INT_MIN + 3;
-inline constexpr int stream_forget = INT_MIN + 4;
-// The two notices above: they carry no payload, only their sender and number.
-inline constexpr bool stream_notice(int tag) noexcept { return tag == stream_close || tag == stream_forget; }
+inline constexpr int stream_end = INT_MIN + 3;  // carries no payload, only its sender and number
 inline constexpr int collective_tag(std::uint64_t fingerprint) noexcept {
   return -2 - static_cast<int>(fingerprint & ((std::uint64_t{1} << 30) - 1));
 }

@@ -28,19 +28,18 @@ void engine::send(thread_id to, const void* data, std::size_t bytes, int tag, se
   }
   tcb* self = sched_.running();
   const thread_id from = self != nullptr ? self->id : thread_id(rank_, 0);
-  // Numbers this message in the sender's counter for `to` (none: 0); a last one drops the counter.
+  // Numbers this message in the sender's counter for `to`; a last one drops the counter.
   const auto number = [to, how](auto& counters) -> std::uint64_t {
-    if (how == sequencing::none) return 0;
     const auto it = counters.try_emplace(to.bits(), 0).first;
     const std::uint64_t seq = ++it->second;
     if (how == sequencing::last) counters.erase(it);
     return seq;
   };
-  std::uint64_t seq;
-  if (self != nullptr) {
+  std::uint64_t seq = 0;  // unsequenced: no counter, so no mailbox made for one
+  if (how != sequencing::none && self != nullptr) {
     heap_scope own(self->home_heap);  // the counter travels with the sender
     seq = number(mailbox_of(self).next_out);
-  } else {
+  } else if (how != sequencing::none) {
     heap_scope system(nullptr);
     seq = number(main_next_seq_);
   }
@@ -63,21 +62,28 @@ int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencin
   return route_out(std::move(wire));
 }
 
-// The bound on sequence tables for threads that end (mailbox.hpp): t's receivers drop their
-// counter for t once everything t sent them came (a stream_close numbered after t's last message
-// there), and t's senders drop theirs for t (a stream_forget: t receives nothing more, so what they
-// send it later is dropped as sent to a finished thread, whatever its number). A rank's main
-// neither sends nor gets these: its counters are the engine's and few.
+// The bound on sequence tables for threads that end (mailbox.hpp): t sends one stream_end to each
+// peer it has a counter for, either way. To a peer it sent numbered messages to, the stream_end is
+// numbered after its last one there (sequencing::last), so the peer's entry for what t sent goes
+// once all of it came (in_order); to another, unsequenced (it has no such entry left once what came
+// is released). Released, it makes the peer drop its counter for what it sends t: t receives
+// nothing more, so a later message to it is dropped as sent to a finished thread, whatever its
+// number (with a line on stderr each, as any such message). t tells itself nothing: its counters
+// for itself go with its mailbox, and t is already out of its rank's table here, so a notice to
+// itself would be routed out to its home and back. A rank's main sends none (it does not end) and
+// receives nothing, so a stream_end to it ends at its rank as sent to a finished thread; there it
+// drops the counter of main for t (main_next_seq_, on_data).
 void engine::close_streams(tcb* t) noexcept {
   if (t->mailbox == nullptr) return;
   const mailbox& mb = *static_cast<const mailbox*>(t->mailbox);
+  const std::uint64_t self = t->id.bits();
   try {
     for (const auto& [to, sent] : mb.next_out) {
-      post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_close, nullptr, 0);
+      if (to != self) post_user(thread_id::from_bits(to), t->id, sent + 1, sequencing::last, stream_end, nullptr, 0);
     }
     mb.incoming.for_each_sender([&](std::uint64_t from) {
-      const thread_id sender = thread_id::from_bits(from);
-      if (sender.serial() != 0) post_user(sender, t->id, 0, sequencing::none, stream_forget, nullptr, 0);
+      if (from == self || mb.next_out.count(from) != 0) return;
+      post_user(thread_id::from_bits(from), t->id, 0, sequencing::none, stream_end, nullptr, 0);
     });
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while thread %s ended", t->id.to_string().c_str());
@@ -132,7 +138,10 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       post_record(r.to.rank, record::data, wire.data(), wire.size());
       return;
     case route::action::finished: {
-      if (h.kind == msg_kind::user && stream_notice(h.tag)) return;  // nothing left to tidy there
+      if (h.kind == msg_kind::user && h.tag == stream_end) {  // nothing left to tidy but main's counter
+        if (h.to == thread_id(rank_, 0).bits()) main_next_seq_.erase(h.from);
+        return;
+      }
       bool joined = false;
       directory_.finished_record(h.to, sched_.next_serial(), &joined);
       answer_finished(h, joined);
@@ -141,7 +150,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     case route::action::never_spawned:
       if (h.kind == msg_kind::join_request) {
         send_system(thread_id::from_bits(h.from), to, msg_kind::join_done, errc::unknown_thread);
-      } else if (h.kind == msg_kind::user && stream_notice(h.tag)) {
+      } else if (h.kind == msg_kind::user && h.tag == stream_end) {
         return;
       } else {
         drop(h, "no such thread was ever spawned");

@@ -159,6 +159,22 @@ TEST(Future, DroppedFuturesAndMisuse) {
   EXPECT_EQ(before_run, 1);
 }
 
+// A thread that drops a future whose producer is on another rank sends it an unsequenced ask,
+// which uses no sequence counter: no mailbox is made for the thread.
+TEST(Future, ADropToAnotherRankMakesNoMailbox) {
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      iso::future<int> f = iso::async([] { return 7; });
+      iso::this_thread::migrate_to(iso::size() - 1);  // the producer stays on rank 0
+      iso::detail::tcb* self = iso::detail::scheduler::current()->running();
+      ASSERT_EQ(self->mailbox, nullptr);
+      f = iso::future<int>();  // drops it: an ask "drop" to rank 0
+      EXPECT_EQ(self->mailbox, nullptr) << "dropping a future made the thread a mailbox";
+    });
+  }
+  rt->run();
+}
+
 // The calling thread's sequence-table entries: one per peer it may still exchange numbered
 // messages with (mailbox.hpp).
 std::size_t my_sequence_entries() {

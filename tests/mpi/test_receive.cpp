@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mailbox.hpp"
 #include "mpi_gtest.hpp"
@@ -318,13 +319,13 @@ TEST(Receive, NegativeTagsAreRefused) {
 // The most sequence-table entries the collector below had (mailbox.hpp), written on rank 0.
 std::size_t g_most_entries = 0;
 
-// A collector sends a job to each of 20,000 short-lived workers (one after another; every 7th
+// A collector sends a job to each of 2,000 short-lived workers (one after another; every 7th
 // moves to another rank first) and takes each one's answer, while a long-lived peer on another rank
 // keeps streaming numbered messages to it, migrating: the collector's sequence tables stay bounded
 // by the peers alive (they grew by two entries a worker: one for what it sent the worker, one for
 // what the worker sent it), and the peer's stream arrives in order, each message once.
 TEST(Receive, ThreadsThatEndLeaveNoSequenceEntriesWithTheirPeers) {
-  constexpr int workers = 20000, streamed = 2000;
+  constexpr int workers = 2000, streamed = 2000;
   if (rt->rank() == 0) {
     iso::spawn([] {
       const iso::thread_id me = iso::this_thread::id();
@@ -365,6 +366,66 @@ TEST(Receive, ThreadsThatEndLeaveNoSequenceEntriesWithTheirPeers) {
   if (rt->rank() == 0) {
     EXPECT_LE(g_most_entries, 32u) << "the collector's sequence tables grew with its workers";
   }
+}
+
+// Threads that send numbered messages to themselves, some after moving to another rank, then
+// end: nothing is forwarded or dropped (a thread's notices to itself, sent once it is gone from
+// its rank's table, went out to its home and were forwarded back before they were dropped).
+TEST(Receive, ThreadsThatSentToThemselvesEnd) {
+  constexpr int threads = 8;
+  const auto before = iso::detail::engine::current()->stats();
+  if (rt->rank() == 0) {
+    for (int i = 0; i < threads; ++i) {
+      iso::spawn([i] {
+        if (i % 2 == 1) iso::this_thread::migrate_to(i % iso::size());
+        const iso::thread_id me = iso::this_thread::id();
+        for (int k = 0; k < 3; ++k) send_note(me, {i, 1, k});
+        stream_checker seen;
+        for (int k = 0; k < 3; ++k) seen.take(read_note(iso::recv(me, 1)));
+      });
+    }
+  }
+  rt->run();
+  const auto after = iso::detail::engine::current()->stats();
+  EXPECT_EQ(after.dropped, before.dropped);
+  EXPECT_EQ(after.forwarded, before.forwarded);
+}
+
+// Whether this rank's main has a sequence counter for any of `ids` (messages it sent them).
+bool main_counts_any(const std::vector<iso::thread_id>& ids) {
+  const auto counters = iso::detail::engine::current()->main_sequences();
+  return std::any_of(counters.begin(), counters.end(), [&](const auto& c) {
+    return std::find(ids.begin(), ids.end(), iso::thread_id::from_bits(c.first)) != ids.end();
+  });
+}
+
+// Each rank's main sends a numbered message to threads that take it and end, some on another
+// rank: once they have, main keeps no counter for them (its table grew by one a thread).
+TEST(Receive, MainKeepsNoCountersForThreadsThatEnd) {
+  constexpr int threads = 40;
+  std::vector<iso::thread_id> ids;
+  for (int i = 0; i < threads; ++i) {
+    ids.push_back(iso::spawn([i] {
+      if (i % 2 == 1) iso::this_thread::migrate_to((iso::rank() + 1) % iso::size());
+      const iso::message m = iso::recv();
+      int v = -1;
+      ASSERT_EQ(m.data.size(), sizeof v);
+      std::memcpy(&v, m.data.data(), sizeof v);
+      EXPECT_EQ(v, i);
+    }));
+    iso::send(ids.back(), &i, sizeof i);
+  }
+  EXPECT_TRUE(main_counts_any(ids));
+  rt->run();
+  EXPECT_FALSE(main_counts_any(ids)) << "main kept counters for threads that ended";
+}
+
+// The member list spawn_group hands out is unsequenced: a group spawned by main leaves main no
+// counter for its members, even while they live.
+TEST(Receive, SpawnGroupLeavesMainNoCounters) {
+  const iso::group g = iso::spawn_group(8, [](int, const iso::group&) {});
+  EXPECT_FALSE(main_counts_any(g.members())) << "main numbered the member lists";
+  rt->run();
 }
 
 }  // namespace

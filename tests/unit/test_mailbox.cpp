@@ -1,7 +1,8 @@
-// The ready queue of a thread's mailbox against a model: random pushes and receives (wildcard,
-// by sender, by tag, by both) in queues short and long, so that it runs without its indexes, builds
-// them, and drops them again; every receive must take the message the model says (the first
-// queued match). Seeded: prints its seed, ISO_TEST_SEED replays it.
+// in_order's entries as items come (each case of its bound), and the ready queue of a thread's
+// mailbox against a model: random pushes and receives (wildcard, by sender, by tag, by both) in
+// queues short and long, so that it runs without its indexes, builds them, and drops them again;
+// every receive must take the message the model says (the first queued match). Seeded: prints
+// its seed, ISO_TEST_SEED replays it.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -70,6 +71,68 @@ TEST(ReadyQueue, TakesTheFirstMatchLikeAModelWithAndWithoutItsIndexes) {
     }
     ASSERT_EQ(q.size(), model.size());
   }
+}
+
+// in_order's bound (mailbox.hpp): the entries a sender leaves, item by item. Items are their own
+// sequence numbers (0 for an unsequenced one); `released` records what put released, in order.
+struct in_order_run {
+  in_order<int> q;
+  std::vector<int> released;
+  void put(std::uint64_t from, std::uint64_t seq, bool last = false) {
+    q.put(from, seq, static_cast<int>(seq), [this](int&& item) { released.push_back(item); }, last);
+  }
+};
+
+TEST(InOrder, ALastItemThatComesEarlyErasesItsSenderWhenTheGapFills) {
+  in_order_run r;
+  r.put(7, 3, true);
+  EXPECT_TRUE(r.released.empty());
+  EXPECT_EQ(r.q.senders(), 1u);
+  EXPECT_EQ(r.q.early(), 1u);
+  r.put(7, 1);
+  EXPECT_EQ(r.released, (std::vector<int>{1}));
+  EXPECT_EQ(r.q.senders(), 1u);  // 2 and the last one (3) are still to be released
+  r.put(7, 2);
+  EXPECT_EQ(r.released, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(r.q.senders(), 0u);
+  EXPECT_EQ(r.q.early(), 0u);
+  EXPECT_EQ(r.q.next(7), 1u);
+}
+
+TEST(InOrder, ALastItemInOrderErasesItsSenderAndLeavesOthers) {
+  in_order_run r;
+  r.put(7, 1);
+  r.put(8, 1);
+  r.put(7, 2, true);
+  EXPECT_EQ(r.released, (std::vector<int>{1, 1, 2}));
+  EXPECT_EQ(r.q.senders(), 1u);
+  EXPECT_EQ(r.q.next(8), 2u);
+}
+
+TEST(InOrder, UnsequencedItemsAreReleasedAtOnceAndLeaveNoEntry) {
+  in_order_run r;
+  r.put(7, 0);
+  EXPECT_EQ(r.released, (std::vector<int>{0}));
+  EXPECT_EQ(r.q.senders(), 0u);
+  r.put(7, 2);  // early: waits for 1
+  r.put(7, 0);  // not held behind the gap
+  EXPECT_EQ(r.released, (std::vector<int>{0, 0}));
+  r.put(7, 1);
+  EXPECT_EQ(r.released, (std::vector<int>{0, 0, 1, 2}));
+  EXPECT_EQ(r.q.senders(), 1u);  // no last item: 3 may still come
+  EXPECT_EQ(r.q.next(7), 3u);
+}
+
+TEST(InOrder, ForgetErasesTheEntryOfASenderDoneHere) {
+  in_order_run r;
+  r.put(7, 1);
+  r.put(7, 2);
+  r.put(8, 1);
+  EXPECT_EQ(r.q.next(7), 3u);
+  r.q.forget(7);
+  EXPECT_EQ(r.q.senders(), 1u);
+  EXPECT_EQ(r.q.next(7), 1u);
+  EXPECT_EQ(r.q.next(8), 2u);
 }
 
 }  // namespace
