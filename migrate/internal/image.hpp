@@ -65,6 +65,8 @@ void append_inline_data(sys_vector<unsigned char>& image);
 // sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image) naming the
 // first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
+// The checksum of h and its extent table (h.checksum itself counted as 0), as the header carries it.
+std::uint64_t header_checksum(const image_header& h);
 
 inline const image_extent* image_extents(const image_header& h) {
   return reinterpret_cast<const image_extent*>(&h + 1);

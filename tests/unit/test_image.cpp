@@ -164,6 +164,21 @@ TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
     }
     sys_vector<unsigned char> cut(good.begin(), good.end() - 1);
     EXPECT_NE(rejection(cut).find("extents"), std::string::npos);
+    // With inline data: one byte short of it, and a stack run that no longer holds the stack's
+    // extent (the checksum is made good again, so that the extent checks are what refuse it).
+    sys_vector<unsigned char> with_data = build_image_header(t, layout, true);
+    ASSERT_EQ(reinterpret_cast<const image_header*>(with_data.data())->inline_data, 1u);
+    append_inline_data(with_data);
+    EXPECT_EQ(rejection(with_data), "");
+    sys_vector<unsigned char> short_data(with_data.begin(), with_data.end() - 1);
+    EXPECT_NE(rejection(short_data).find("inline data"), std::string::npos) << rejection(short_data);
+    for (const std::uint64_t flip : {std::uint64_t{1} << 12, std::uint64_t{1} << 16}) {
+      sys_vector<unsigned char> moved = with_data;
+      auto& mh = *reinterpret_cast<image_header*>(moved.data());
+      mh.stack_bytes ^= flip;
+      mh.checksum = header_checksum(mh);
+      EXPECT_NE(rejection(moved).find("stack"), std::string::npos) << rejection(moved);
+    }
     sys_vector<unsigned char> tiny(good.begin(), good.begin() + 8);
     EXPECT_NE(rejection(tiny).find("too short"), std::string::npos);
     try {
