@@ -71,9 +71,11 @@ std::uint64_t header_checksum(const image_header& h);
 inline const image_extent* image_extents(const image_header& h) {
   return reinterpret_cast<const image_extent*>(&h + 1);
 }
+// An extent small enough to travel inline, if its image's header says inline_data.
+inline bool small_extent(std::uint64_t bytes) { return bytes < direct_extent_bytes; }
 // Whether extent e of h travels in the header message.
 inline bool travels_inline(const image_header& h, const image_extent& e) {
-  return h.inline_data == 1 && e.bytes < direct_extent_bytes;
+  return h.inline_data == 1 && small_extent(e.bytes);
 }
 // The bytes that follow the table: those of the extents that travel inline.
 inline std::uint64_t inline_bytes(const image_header& h) {

@@ -35,7 +35,7 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   std::uint64_t data_bytes = 0, small_bytes = 0;
   for (const image_extent& e : extents) {
     data_bytes += e.bytes;
-    small_bytes += e.bytes < direct_extent_bytes ? e.bytes : 0;
+    small_bytes += small_extent(e.bytes) ? e.bytes : 0;
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
