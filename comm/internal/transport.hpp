@@ -40,13 +40,15 @@ class batcher {
   // Appends [head, head + head_n) and then [bytes, bytes + n) to dest's batch, and sends it as
   // the rules above say.
   void append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n, bool now) noexcept;
-  // The same for the n pieces in order, each copied once, straight from where it lies (a thread
-  // image's extents: no buffer in between).
+  // The same for the head and then the n pieces in order, each copied once, straight from where
+  // it lies (a thread image's extents: no buffer in between). The head is apart so that a caller
+  // that prefixes a record head needs no array of its own (no allocation on iso::send's path).
   struct piece {
     const void* data;
     std::size_t bytes;
   };
-  void append(int dest, const piece* pieces, std::size_t n, bool now) noexcept;
+  void append_pieces(int dest, const void* head, std::size_t head_n, const piece* pieces, std::size_t n,
+                     bool now) noexcept;
   // Completes sends; sends the batches that waited for room in their window.
   void poll() noexcept;
   // Sends every waiting batch, whatever the window (non-blocking).

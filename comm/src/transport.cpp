@@ -29,13 +29,14 @@ bool batcher::take_failure(char* out, std::size_t cap) noexcept { return failure
 
 void batcher::append(int dest, const void* head, std::size_t head_n, const void* bytes, std::size_t n,
                      bool now) noexcept {
-  const piece pieces[2] = {{head, head_n}, {bytes, n}};
-  append(dest, pieces, 2, now);
+  const piece body{bytes, n};
+  append_pieces(dest, head, head_n, &body, 1, now);
 }
 
-void batcher::append(int dest, const piece* pieces, std::size_t n, bool now) noexcept {
+void batcher::append_pieces(int dest, const void* head, std::size_t head_n, const piece* pieces, std::size_t n,
+                           bool now) noexcept {
   outbox& box = outboxes_[static_cast<std::size_t>(dest)];
-  std::size_t total = 0;
+  std::size_t total = head_n;
   for (std::size_t i = 0; i < n; ++i) total += pieces[i].bytes;
   try {
     if (box.batch.empty()) ++waiting_;
@@ -48,6 +49,8 @@ void batcher::append(int dest, const piece* pieces, std::size_t n, bool now) noe
     // several times slower than memcpy on a thread image.
     std::size_t at = box.batch.size();
     box.batch.resize(at + total);
+    if (head_n != 0) std::memcpy(box.batch.data() + at, head, head_n);
+    at += head_n;
     for (std::size_t i = 0; i < n; ++i) {
       if (pieces[i].bytes != 0) std::memcpy(box.batch.data() + at, pieces[i].data, pieces[i].bytes);
       at += pieces[i].bytes;

@@ -733,16 +733,25 @@ void heap::visit_extents(extent_fn fn, void* ctx, bool live_bytes) const {
     lo = from;
     hi = from + bytes;
   };
+  // A small page's blocks lie below its bump (page 0's after the header, at start). A page
+  // carved to its last block, or to within merge_gap bytes of its end, ships whole: its tail is
+  // at most small_max or merge_gap, and the next page's extent then continues it, so that a heap
+  // of small blocks is one extent per run of such pages, not one of just under a page each
+  // (which would each cost a message of their own once they add up past the inline cap).
+  constexpr std::size_t merge_gap = 1024;
+  auto small_end = [&](const page& pg) -> std::size_t {
+    const bool carved = pg.bump == pg.start + std::size_t{pg.capacity} * pg.block_bytes;
+    return carved || page_bytes - pg.bump < merge_gap ? page_bytes : pg.bump;
+  };
   for (const chunk_header* c = chunks_; c != nullptr; c = c->next) {
     if (c->magic == segment_magic) {
       const auto* s = static_cast<const segment*>(c);
-      // A small page's blocks lie below its bump (page 0's after the header, at start).
       const page& first = s->pages[0];
-      emit(addr_of(s), !live_bytes ? page_bytes : first.kind == page_kind::small ? first.bump : s->header_bytes);
+      emit(addr_of(s), !live_bytes ? page_bytes : first.kind == page_kind::small ? small_end(first) : s->header_bytes);
       for (unsigned i = 1; i < pages_per_segment; ++i) {
         const page& pg = s->pages[i];
         if (!holds_data(pg)) continue;
-        emit(addr_of(s) + i * page_bytes, live_bytes && pg.kind == page_kind::small ? pg.bump : page_bytes);
+        emit(addr_of(s) + i * page_bytes, live_bytes && pg.kind == page_kind::small ? small_end(pg) : page_bytes);
       }
     } else {
       const auto* l = static_cast<const large*>(c);

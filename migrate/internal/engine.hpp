@@ -163,7 +163,7 @@ class engine {
     std::uint64_t stolen = 0;           // threads that arrived here as the answer to one
     std::uint64_t refused = 0;          // "none" answers this rank received
     std::uint64_t given = 0;            // threads this rank gave to thieves
-    std::int64_t last_request_ns = 0;   // now_ns() when this rank's last request left (benchmarks)
+    std::int64_t last_request_ns = 0;   // now_ns() when this rank's last request left (awaiting_answer, bench_stealing)
   };
   steal_stats_t steal_stats() const noexcept { return steal_stats_; }
   // Collective, when a run ends (termination or deadlock, decided alike on every rank): answers
@@ -198,7 +198,7 @@ class engine {
     std::int64_t start_ns;              // when it left (tracing)
     bool steal;                         // a thief took it
     sys_vector<MPI_Request> requests;
-    sys_vector<unsigned char> header;   // header + extent table (read by the first Isend)
+    sys_vector<unsigned char> header;   // header, extent table and inline data (the first Isend)
   };
   struct arrival {                      // a thread being received straight into its addresses
     int source;

@@ -65,13 +65,17 @@ void append_inline_data(sys_vector<unsigned char>& image);
 // sorted and disjoint, and the TCB lies inside one. Throws iso::error(corrupt_image) naming the
 // first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout);
+// The checksum of h and its extent table (h.checksum itself counted as 0), as the header carries it.
+std::uint64_t header_checksum(const image_header& h);
 
 inline const image_extent* image_extents(const image_header& h) {
   return reinterpret_cast<const image_extent*>(&h + 1);
 }
+// An extent small enough to travel inline, if its image's header says inline_data.
+inline bool small_extent(std::uint64_t bytes) { return bytes < direct_extent_bytes; }
 // Whether extent e of h travels in the header message.
 inline bool travels_inline(const image_header& h, const image_extent& e) {
-  return h.inline_data == 1 && e.bytes < direct_extent_bytes;
+  return h.inline_data == 1 && small_extent(e.bytes);
 }
 // The bytes that follow the table: those of the extents that travel inline.
 inline std::uint64_t inline_bytes(const image_header& h) {

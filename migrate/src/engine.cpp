@@ -70,11 +70,7 @@ void engine::post_record(int dest, record kind, const batcher::piece* pieces, st
   // u32, and a batch (at most batch_flush_bytes and one record) an MPI count.
   ISO_ASSERT_INTERNAL(n <= sizeof(data_header) + max_message_bytes || kind == record::image);
   const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
-  sys_vector<batcher::piece> all;
-  all.reserve(count + 1);
-  all.push_back({head, sizeof head});
-  all.insert(all.end(), pieces, pieces + count);
-  batches_.append(dest, all.data(), all.size(), kind != record::ctrl);
+  batches_.append_pieces(dest, head, sizeof head, pieces, count, kind != record::ctrl);
 }
 
 void engine::complete_sends() noexcept {

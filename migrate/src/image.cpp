@@ -9,7 +9,6 @@
 #include "tcb.hpp"
 
 namespace iso::detail {
-namespace {
 
 std::uint64_t header_checksum(const image_header& h) {
   image_header copy = h;
@@ -17,8 +16,6 @@ std::uint64_t header_checksum(const image_header& h) {
   const std::uint64_t seed = checksum64(&copy, sizeof copy);
   return checksum64(image_extents(h), h.nextents * sizeof(image_extent), seed);
 }
-
-}  // namespace
 
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
   constexpr std::uintptr_t line = 64;  // the copies start on a cache line
@@ -38,7 +35,7 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   std::uint64_t data_bytes = 0, small_bytes = 0;
   for (const image_extent& e : extents) {
     data_bytes += e.bytes;
-    small_bytes += e.bytes < direct_extent_bytes ? e.bytes : 0;
+    small_bytes += small_extent(e.bytes) ? e.bytes : 0;
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
@@ -110,7 +107,8 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
   }
   const image_extent* e = image_extents(h);
   std::uint64_t total = 0, last_end = 0;
-  bool tcb_inside = false;
+  bool tcb_inside = false, stack_top = false;
+  const std::uint64_t stack_end = h.stack + h.stack_bytes;
   for (std::uint32_t i = 0; i < h.nextents; ++i) {
     const void* lo = reinterpret_cast<const void*>(e[i].addr);
     const void* last = reinterpret_cast<const void*>(e[i].addr + e[i].bytes - 1);
@@ -120,12 +118,21 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
             i, static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes));
     }
     last_end = e[i].addr + e[i].bytes;
+    // The stack's extent (its live top, which ends at the top) is written into the stack run
+    // only: none may reach past either end of it.
+    if (e[i].addr < stack_end && h.stack < last_end && (e[i].addr < h.stack || last_end > stack_end)) {
+      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) crosses the stack run [%#llx, +%llu)", i,
+            static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes),
+            static_cast<unsigned long long>(h.stack), static_cast<unsigned long long>(h.stack_bytes));
+    }
+    stack_top = stack_top || last_end == stack_end;
     total += e[i].bytes;
     tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb + sizeof(tcb) <= last_end);
   }
   if (total != h.data_bytes) raise(errc::corrupt_image, "thread image rejected: extents sum to %llu bytes, header says %llu",
                                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(h.data_bytes));
   if (!tcb_inside) raise(errc::corrupt_image, "thread image rejected: its control block lies in no extent");
+  if (!stack_top) raise(errc::corrupt_image, "thread image rejected: no extent ends at its stack's top");
   return h;
 }
 

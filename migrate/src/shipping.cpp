@@ -33,8 +33,6 @@ void engine::depart(tcb* t) noexcept {
     departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
                             id.to_string().c_str());
     sys_vector<unsigned char> image = build_image_header(t, layout_, true);
-    sys_vector<std::pair<void*, std::size_t>> runs;
-    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { runs.emplace_back(run, chunks); });
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
@@ -59,7 +57,8 @@ void engine::depart(tcb* t) noexcept {
     d.dest = dest;
     d.epoch = t->epoch;
     d.stack = t->stack;
-    d.runs = std::move(runs);
+    // Only a departure still in flight needs its runs (settle finds what it still sends).
+    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { d.runs.emplace_back(run, chunks); });
     d.start_ns = start_ns;
     d.steal = steal;
     d.header = std::move(image);

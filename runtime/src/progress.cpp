@@ -74,9 +74,13 @@ void mpi_progress::ask_for_work(std::int64_t now) noexcept {
 
 bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
   // The answer is the victim's next poll (at most 10 us apart while it runs threads) plus a
-  // migration away; a sleep would add its own length and the timer slack to that.
+  // migration away; a sleep would add its own length and the timer slack to that. One not there
+  // within 2 x min_backoff (40 us by default: a steal takes about 20) is late because the victim
+  // has no core: yielding on would take the core from ranks that share it, every request of an
+  // idle spell (up to about 1 ms in all with a window of spin_ns_), so the rank sleeps instead.
+  const std::int64_t window = std::min(spin_ns_, 2 * min_backoff_ns_);
   return engine_->stealing() && engine_->ranks() > 1 && !engine_->can_request_steal() &&
-         steal_delay_ns_ < max_backoff_ns_ && now - engine_->steal_stats().last_request_ns < spin_ns_;
+         steal_delay_ns_ < max_backoff_ns_ && now - engine_->steal_stats().last_request_ns < window;
 }
 
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {

@@ -58,8 +58,8 @@ class mpi_progress final : public progress_engine {
   // Idle with stealing on: asks a random other rank for a thread, unless a request waits for its
   // answer or the steal back-off says not yet.
   void ask_for_work(std::int64_t now) noexcept;
-  // This rank's steal request is out, at most spin_ns_ old, and the steal delay below its cap:
-  // idle() gives the core away between polls instead of sleeping.
+  // This rank's steal request is out, at most min(spin_ns_, 2 * min_backoff_ns_) old, and the
+  // steal delay below its cap: idle() gives the core away between polls instead of sleeping.
   bool awaiting_answer(std::int64_t now) const noexcept;
 
   // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
@@ -87,8 +87,8 @@ class mpi_progress final : public progress_engine {
   // Steal back-off: after each "none", the next request waits steal_delay_ns_, doubling from
   // min_backoff_ns_ up to max_backoff_ns_ (so idle ranks ask at most once per max_backoff_ns_
   // once work is scarce); a stolen thread or any other work resets it. After a request, a rank
-  // gives its core away between polls (no sleep) until the answer arrives, for at most spin_ns_
-  // (awaiting_answer): the answer is usually tens of microseconds away. Not once the delay is at
+  // gives its core away between polls (no sleep) until the answer arrives, for at most
+  // min(spin_ns_, 2 * min_backoff_ns_) (awaiting_answer): the answer is usually about 20 us away. Not once the delay is at
   // its cap: the rank then sleeps on as its idle back-off says, waking at the latest when the
   // next request is due.
   std::uint64_t victim_rng_;          // splitmix64 state: victims are uniform over the other ranks

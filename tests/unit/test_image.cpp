@@ -110,6 +110,49 @@ TEST(Image, ASmallThreadsImageIsItsLiveBytesNotItsPages) {
   s.run();
 }
 
+// A heap of small blocks is about one extent per segment: a page carved to its end (48-byte
+// blocks leave 16 bytes of each page over) ships whole, so its neighbours merge with it. One
+// extent per page (~250 here) would each be a message of their own once the small extents add
+// up past inline_image_bytes.
+TEST(Image, AHeapOfSmallBlocksIsAboutOneExtentPerSegment) {
+  scheduler s(0);
+  bool release = false;
+  std::vector<void*>* blocks = nullptr;
+  const thread_id filler = spawn([&] {
+    std::vector<void*> mine;
+    mine.reserve(20000);
+    for (int i = 0; i < 20000; ++i) mine.push_back(std::malloc(48));  // about 1 MiB
+    blocks = &mine;
+    while (!release) this_thread::yield();
+    for (void* p : mine) std::free(p);
+  });
+  spawn([&] {
+    this_thread::yield();
+    tcb* t = s.find(filler);
+    ASSERT_NE(t, nullptr);
+    const sys_vector<unsigned char> h = build_image_header(t, layout);
+    const image_header& hdr = validate_image_header(h.data(), h.size(), layout);
+    const image_extent* e = image_extents(hdr);
+    const heap::stats_t st = t->home_heap->stats();
+    ASSERT_GE(st.segments, 15u);
+    // The stack, the vector's large run (header and block) and about one per segment.
+    EXPECT_LE(hdr.nextents, 2 * st.segments + 2 * st.large_runs + 1) << st.segments << " segments";
+    std::size_t covered = 0;
+    for (void* p : *blocks) {
+      const auto a = reinterpret_cast<std::uintptr_t>(p);
+      for (std::uint32_t i = 0; i < hdr.nextents; ++i) {
+        if (a >= e[i].addr && a + 48 <= e[i].addr + e[i].bytes) {
+          ++covered;
+          break;
+        }
+      }
+    }
+    EXPECT_EQ(covered, blocks->size());
+    release = true;
+  });
+  s.run();
+}
+
 TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
   with_suspended_thread([](tcb* t, std::vector<char>*) {
     const sys_vector<unsigned char> good = build_image_header(t, layout);
@@ -121,6 +164,21 @@ TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
     }
     sys_vector<unsigned char> cut(good.begin(), good.end() - 1);
     EXPECT_NE(rejection(cut).find("extents"), std::string::npos);
+    // With inline data: one byte short of it, and a stack run that no longer holds the stack's
+    // extent (the checksum is made good again, so that the extent checks are what refuse it).
+    sys_vector<unsigned char> with_data = build_image_header(t, layout, true);
+    ASSERT_EQ(reinterpret_cast<const image_header*>(with_data.data())->inline_data, 1u);
+    append_inline_data(with_data);
+    EXPECT_EQ(rejection(with_data), "");
+    sys_vector<unsigned char> short_data(with_data.begin(), with_data.end() - 1);
+    EXPECT_NE(rejection(short_data).find("inline data"), std::string::npos) << rejection(short_data);
+    for (const std::uint64_t flip : {std::uint64_t{1} << 12, std::uint64_t{1} << 16}) {
+      sys_vector<unsigned char> moved = with_data;
+      auto& mh = *reinterpret_cast<image_header*>(moved.data());
+      mh.stack_bytes ^= flip;
+      mh.checksum = header_checksum(mh);
+      EXPECT_NE(rejection(moved).find("stack"), std::string::npos) << rejection(moved);
+    }
     sys_vector<unsigned char> tiny(good.begin(), good.begin() + 8);
     EXPECT_NE(rejection(tiny).find("too short"), std::string::npos);
     try {
