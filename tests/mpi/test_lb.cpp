@@ -255,6 +255,104 @@ TEST(LoadBalancing, ShortRunsBetweenYieldsShareTheirTimeByRunLength) {
   }
 }
 
+// The load the strategy was shown for the thread with id bits `bits`; -1 if it was not shown.
+double load_of(const iso::lb::problem& p, std::uint64_t bits) {
+  for (const iso::lb::thread_load& t : p.threads) {
+    if (t.id.bits() == bits) return t.load;
+  }
+  return -1;
+}
+
+// Spins `ns` of wall time, then yields, `turns` times: a run of about `ns` between switches.
+void spin_and_yield(int turns, std::chrono::nanoseconds ns) {
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < turns; ++i) {
+    const auto t0 = clock::now();
+    while (clock::now() - t0 < ns) {
+    }
+    iso::this_thread::yield();
+  }
+}
+
+// Threads block in recv by a direct switch, so their runs can be in the sampled window of load
+// measurement when the running thread moves them with iso::migrate. On the new rank, alone there,
+// they switch to each other for a while: a window that holds only them must be shared out as any
+// other (it crashed: a window of no thread).
+TEST(LoadBalancing, ThreadsMovedWhileInTheSampledWindowAreMeasuredOnTheirNewRank) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      for (int i = 0; i < 40; ++i) iso::this_thread::yield();
+      iso::lb::sync();
+    });
+    const auto body = [] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      (void)iso::recv();
+      spin_and_yield(20000, std::chrono::nanoseconds(500));
+      ++resumed_here;
+      iso::lb::sync();
+    };
+    const iso::thread_id w1 = iso::spawn(body);
+    const iso::thread_id w2 = iso::spawn(body);
+    iso::spawn([w1, w2] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      iso::migrate(w1, 1);
+      iso::migrate(w2, 1);
+      iso::send(w1, "go", 2);
+      iso::send(w2, "go", 2);
+      iso::lb::sync();
+    });
+  }
+  rt->run();
+  const std::vector<int> tally = gather_tally();
+  for (int r = 0; r < rt->size(); ++r) EXPECT_EQ(tally[static_cast<std::size_t>(r)], r == 1 ? 2 : 0) << "rank " << r;
+  EXPECT_EQ(seen->threads.size(), 4u);
+}
+
+// A thread moved while its runs are in the window keeps its time: W, moved to rank 1 that way,
+// and X, spawned there, then do the same work turn about, so their loads are alike (the window's
+// share to W was lost, or written into the copy W left behind).
+TEST(LoadBalancing, AThreadMovedWhileInTheSampledWindowKeepsItsLoad) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  constexpr int turns = 30000;
+  constexpr std::chrono::nanoseconds run(1000);
+  std::uint64_t wbits = 0;
+  std::uint64_t xbits = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      for (int i = 0; i < 40; ++i) iso::this_thread::yield();
+      iso::lb::sync();
+    });
+    const iso::thread_id w = iso::spawn([run] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      (void)iso::recv();  // moved while blocked here, just after a direct switch
+      spin_and_yield(turns, run);
+      iso::lb::sync();
+    });
+    wbits = w.bits();
+    iso::spawn([w] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      iso::migrate(w, 1);
+      iso::send(w, "go", 2);
+      iso::lb::sync();
+    });
+  } else if (rt->rank() == 1) {
+    xbits = iso::spawn([run] {
+              spin_and_yield(turns, run);
+              iso::lb::sync();
+            }).bits();
+  }
+  MPI_Bcast(&wbits, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&xbits, 1, MPI_UINT64_T, 1, MPI_COMM_WORLD);
+  rt->run();
+  const double w = load_of(*seen, wbits);
+  const double x = load_of(*seen, xbits);
+  ASSERT_GT(x, 0);
+  EXPECT_GT(w / x, 0.3) << "loads: moved " << w << " s, spawned there " << x << " s";
+}
+
 TEST(LoadBalancing, AThreadMovedWhileWaitingInSyncStillWaitsForTheStep) {
   iso::lb::set_strategy("none");
   if (rt->rank() == 0) {

@@ -323,6 +323,9 @@ class scheduler {
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // Reads the clock and ends the open window with the run of self (running now, or whose run just
+  // ended): credit_window, and the next run starts now.
+  void close_window(tcb* self) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
   // run (the last), and chooses the next window's length. See window_.
   void credit_window(tcb* self, std::uint64_t cycles) noexcept;
@@ -376,10 +379,11 @@ class scheduler {
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
   // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
   // credits of a window sum to its interval exactly (the threads' total, and so the rank's
-  // background time, stay exact); every thread in the window is live here (a thread ends or
-  // leaves only from the scheduler's context, whose entry, resume()'s return, reads the clock and
-  // closes the window); tcb::window_runs is 0 outside the window. After a window of several runs
-  // the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
+  // background time, stay exact); every thread in the window is live here (a thread ends only in
+  // the scheduler's context, whose entry, resume()'s return, reads the clock and closes the
+  // window; a thread that leaves may be in the window, when the running thread moves it, and
+  // detach() closes the window first); tcb::window_runs is 0 outside the window. After a window
+  // of several runs the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
   // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs under 1 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
