@@ -312,9 +312,12 @@ class scheduler {
     current_heap = t->suspended_heap;
   }
   // Load measurement on a direct switch: true if self's run just ended joins the open window (no
-  // clock read now), false if the window is full and account_switch must read the clock.
+  // clock read now), false if account_switch must read the clock: the window is full, or self's
+  // runs are long or were never measured alone. A window then holds only runs whose estimates are
+  // short, and a long run ends the window it comes in, measured alone when it follows a read: a
+  // long run weighed by an estimate among short ones takes too little or too much of the window.
   bool defer_measure(tcb* self) noexcept {
-    if (window_runs_ >= window_len_) return false;
+    if (window_runs_ >= window_len_ || self->run_estimate == 0 || self->run_estimate >= long_run_cycles_) return false;
     ++window_runs_;
     if (self->window_runs++ == 0) window_[window_threads_++] = self;
     return true;

@@ -297,14 +297,11 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   if (self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
   ISO_ASSERT_INTERNAL(n > 0);
-  // Weights: a thread's estimate, at most long_run_cycles_ (a window's runs are short mostly), or
-  // for a thread never measured alone the window's mean run, times its runs in the window; in
-  // fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
+  // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
+  // long), or for self never measured alone the window's mean run, times its runs in the window;
+  // in fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
   const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
-  const std::uint64_t cap = long_run_cycles_;
-  const auto weight = [mean, cap](const tcb* t) {
-    return (t->run_estimate != 0 ? std::min(t->run_estimate, cap) : mean) * t->window_runs;
-  };
+  const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t total = 0;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
