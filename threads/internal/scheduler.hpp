@@ -231,7 +231,7 @@ class scheduler {
 
   // --- load measurement (for the load balancer) ---
   // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles; on
-  // direct switches between threads with short runs only one switch in about ten reads it, see
+  // direct switches between threads with short runs only one switch in about twelve reads it, see
   // window_), and passes of run() that find nothing to do add their cycles
   // to idle_cycles() and their CPU time to idle_cpu_ns() (two CPU-clock reads per such pass).
   // The first call that turns it on calibrates the cycle counter (about 100 us, once).
@@ -388,7 +388,7 @@ class scheduler {
   // detach() closes the window first); tcb::window_runs is 0 outside the window. After a window
   // of several runs the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
   // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
-  // read costs under 1 % of it, so long runs, those a balancer cares about, are measured
+  // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
   // window never keeps step with a round robin (which would refresh the same thread's estimate
   // every time).
