@@ -358,20 +358,20 @@ TEST(LoadBalancing, AThreadMovedWhileInTheSampledWindowKeepsItsLoad) {
 // the long thread's and the yield-only threads' loads stay a sliver (weighting a window's runs by
 // estimates capped at the long-run length gave the long thread 84 % of the time, each short one
 // 4 %, 20 times their share: the four had 11-19 % of the long one's load, exact sharing gives them
-// about 0.5 %). CPU time, so preemption of the rank does not count; a preemption during a short
-// thread's run would, but those runs are about 1 % of the time.
+// about 0.5 %). Loads compared on one rank: the rank's CPU share over the period, which scales
+// them all alike, varies with the machine's load (a preemption during a short thread's run would
+// count, but those runs are about 1 % of the time).
 TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   auto seen = std::make_shared<iso::lb::problem>();
   iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
   static bool done = false;  // rank 0's threads only
   done = false;
-  double burned = 0;
   std::uint64_t long_bits = 0;
   std::vector<std::uint64_t> short_bits;
   if (rt->rank() == 0) {
-    long_bits = iso::spawn([&burned] {
+    long_bits = iso::spawn([] {
                   for (int i = 0; i < 2000; ++i) {
-                    burned += burn_cpu(50e-6);
+                    burn_cpu(50e-6);
                     iso::this_thread::yield();
                   }
                   done = true;
@@ -387,7 +387,7 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   rt->run();
   if (rt->rank() == 0) {
     const double l = load_of(*seen, long_bits);
-    EXPECT_GE(l, 0.9 * burned) << "spun " << burned << " s";
+    ASSERT_GT(l, 0);
     double shorts = 0;
     for (std::uint64_t bits : short_bits) {
       const double s = load_of(*seen, bits);
