@@ -398,6 +398,32 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   }
 }
 
+// Load measurement turned on from inside a thread (a strategy set there) counts that thread's
+// run from then: its first measured run does not reach back to the last run measured before the
+// measurement was turned off (it took in the earlier tests' time, and here 100 ms of unmeasured
+// work).
+TEST(LoadBalancing, LoadMeasurementTurnedOnInAThreadCountsFromThen) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  std::unique_ptr<iso::lb::strategy> recording = std::make_unique<recording_strategy>(seen);
+  iso::lb::set_strategy("none");
+  double measured = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([&recording, &measured] {
+      burn_cpu(0.1);
+      iso::lb::set_strategy(std::move(recording));
+      measured = burn_cpu(0.01);
+      iso::lb::sync();
+    });
+  } else {
+    iso::lb::set_strategy(std::move(recording));
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    ASSERT_EQ(seen->threads.size(), 1u);
+    EXPECT_LT(seen->threads[0].load, 3 * measured) << "measured after turning on: " << measured << " s";
+  }
+}
+
 TEST(LoadBalancing, AThreadMovedWhileWaitingInSyncStillWaitsForTheStep) {
   iso::lb::set_strategy("none");
   if (rt->rank() == 0) {

@@ -464,6 +464,9 @@ double cycles_per_ns() noexcept {
 }  // namespace
 
 void scheduler::set_measure_load(bool on) noexcept {
+  // Turned on by a running thread, its run counts from now (resume() starts the others' runs); it
+  // stayed stale while off.
+  if (on && !measure_) run_start_ = prim::cycles();
   measure_ = on;
   // The open window's runs are not credited (its threads are live: see window_).
   for (std::uint32_t i = 0; i < window_threads_; ++i) window_[i]->window_runs = 0;
