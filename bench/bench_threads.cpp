@@ -11,13 +11,14 @@
 //                          fiber::resume() calls from main, each into a fiber that at once resumes
 //                          main back (main->B->main->B->main, 4 switches). What a yield round trip
 //                          costs through a scheduler (A->S->B->S->A) that does nothing.
-//   yield_round_trip_per_switch   the same round trip, against the bare switches it makes:
+//   yield_round_trip_per_switch   the same round trip, against the bare switches it makes, with
+//                          load measurement on (a cycle-counter read, 9-25 ns in this VM, at
+//                          about one switch in twelve when runs are this short: the rest share
+//                          the time between reads by run length):
 //     raw:                 one bare resume and back (main->B->main, 2 switches). The ratio is
 //                          a yield's cost over a bare switch's.
 //   yield_round_trip_per_switch/lb_none   the same with the load-balancing strategy "none", which
-//                          turns the load measurement off (a cycle-counter read, 9-25 ns in this VM,
-//                          at about one switch in twelve when runs are this short: the rest
-//                          share the time between reads by run length), MPI progress still on.
+//                          turns the load measurement off, MPI progress still on.
 //     raw:                 the same bare resume and back.
 //   boost_fiber_yield_round_trip   (no ratio; for scale) the same ping-pong with two Boost.Fiber
 //                          fibers (main and one other) calling boost::this_fiber::yield().

@@ -25,9 +25,10 @@
 // Size classes: 16-byte steps up to 128, then four per doubling (~25% apart) up to 1 KiB, then
 // 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
-// A fresh heap touches one page: page 0 of its first segment holds the segment header (824
-// bytes), the heap object (288 bytes), the bytes reserved at create() (if any) and the blocks of
-// the first size class used; each further class takes a page of its own.
+// A fresh heap touches one page: page 0 of its first segment holds the segment header (832
+// bytes), the heap object (320 bytes), the bytes reserved at create() (if any; a migratable
+// thread's TCB, 224 bytes) and the blocks of the first size class used; each further class takes
+// a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
 // it is its class's only page with room (kept, so that alloc + free of one block in a loop stays
 // on the fast path) and it does not alone keep a segment other than the first from going back to

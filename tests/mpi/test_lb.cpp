@@ -255,6 +255,175 @@ TEST(LoadBalancing, ShortRunsBetweenYieldsShareTheirTimeByRunLength) {
   }
 }
 
+// The load the strategy was shown for the thread with id bits `bits`; -1 if it was not shown.
+double load_of(const iso::lb::problem& p, std::uint64_t bits) {
+  for (const iso::lb::thread_load& t : p.threads) {
+    if (t.id.bits() == bits) return t.load;
+  }
+  return -1;
+}
+
+// Spins `ns` of wall time, then yields, `turns` times: a run of about `ns` between switches.
+void spin_and_yield(int turns, std::chrono::nanoseconds ns) {
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < turns; ++i) {
+    const auto t0 = clock::now();
+    while (clock::now() - t0 < ns) {
+    }
+    iso::this_thread::yield();
+  }
+}
+
+// Threads block in recv by a direct switch, so their runs can be in the sampled window of load
+// measurement when the running thread moves them with iso::migrate. On the new rank, alone there,
+// they switch to each other for a while: a window that holds only them must be shared out as any
+// other (it crashed: a window of no thread).
+TEST(LoadBalancing, ThreadsMovedWhileInTheSampledWindowAreMeasuredOnTheirNewRank) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      for (int i = 0; i < 40; ++i) iso::this_thread::yield();
+      iso::lb::sync();
+    });
+    const auto body = [] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      (void)iso::recv();
+      spin_and_yield(20000, std::chrono::nanoseconds(500));
+      ++resumed_here;
+      iso::lb::sync();
+    };
+    const iso::thread_id w1 = iso::spawn(body);
+    const iso::thread_id w2 = iso::spawn(body);
+    iso::spawn([w1, w2] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      iso::migrate(w1, 1);
+      iso::migrate(w2, 1);
+      iso::send(w1, "go", 2);
+      iso::send(w2, "go", 2);
+      iso::lb::sync();
+    });
+  }
+  rt->run();
+  const std::vector<int> tally = gather_tally();
+  for (int r = 0; r < rt->size(); ++r) EXPECT_EQ(tally[static_cast<std::size_t>(r)], r == 1 ? 2 : 0) << "rank " << r;
+  EXPECT_EQ(seen->threads.size(), 4u);
+}
+
+// A thread moved while its runs are in the window keeps its time: W, moved to rank 1 that way,
+// and X, spawned there, then do the same work turn about, so their loads are alike (the window's
+// share to W was lost, or written into the copy W left behind).
+TEST(LoadBalancing, AThreadMovedWhileInTheSampledWindowKeepsItsLoad) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  constexpr int turns = 30000;
+  constexpr std::chrono::nanoseconds run(1000);
+  std::uint64_t wbits = 0;
+  std::uint64_t xbits = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      for (int i = 0; i < 40; ++i) iso::this_thread::yield();
+      iso::lb::sync();
+    });
+    const iso::thread_id w = iso::spawn([run] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      (void)iso::recv();  // moved while blocked here, just after a direct switch
+      spin_and_yield(turns, run);
+      iso::lb::sync();
+    });
+    wbits = w.bits();
+    iso::spawn([w] {
+      for (int i = 0; i < 7; ++i) iso::this_thread::yield();
+      iso::migrate(w, 1);
+      iso::send(w, "go", 2);
+      iso::lb::sync();
+    });
+  } else if (rt->rank() == 1) {
+    xbits = iso::spawn([run] {
+              spin_and_yield(turns, run);
+              iso::lb::sync();
+            }).bits();
+  }
+  MPI_Bcast(&wbits, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  MPI_Bcast(&xbits, 1, MPI_UINT64_T, 1, MPI_COMM_WORLD);
+  rt->run();
+  const double w = load_of(*seen, wbits);
+  const double x = load_of(*seen, xbits);
+  ASSERT_GT(x, 0);
+  EXPECT_GT(w / x, 0.3) << "loads: moved " << w << " s, spawned there " << x << " s";
+}
+
+// A thread whose runs are long (50 us of CPU between yields) with four that only yield: the long
+// runs are measured exactly even though short runs come between them, so nearly all the time is
+// the long thread's and the yield-only threads' loads stay a sliver (weighting a window's runs by
+// estimates capped at the long-run length gave the long thread 84 % of the time, each short one
+// 4 %, 20 times their share: the four had 11-19 % of the long one's load, exact sharing gives them
+// about 0.5 %). Loads compared on one rank: the rank's CPU share over the period, which scales
+// them all alike, varies with the machine's load (a preemption during a short thread's run would
+// count, but those runs are about 1 % of the time).
+TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  static bool done = false;  // rank 0's threads only
+  done = false;
+  std::uint64_t long_bits = 0;
+  std::vector<std::uint64_t> short_bits;
+  if (rt->rank() == 0) {
+    long_bits = iso::spawn([] {
+                  for (int i = 0; i < 2000; ++i) {
+                    burn_cpu(50e-6);
+                    iso::this_thread::yield();
+                  }
+                  done = true;
+                  iso::lb::sync();
+                }).bits();
+    for (int k = 0; k < 4; ++k) {
+      short_bits.push_back(iso::spawn([] {
+                             while (!done) iso::this_thread::yield();
+                             iso::lb::sync();
+                           }).bits());
+    }
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const double l = load_of(*seen, long_bits);
+    ASSERT_GT(l, 0);
+    double shorts = 0;
+    for (std::uint64_t bits : short_bits) {
+      const double s = load_of(*seen, bits);
+      ASSERT_GE(s, 0);
+      shorts += s;
+    }
+    EXPECT_LT(shorts, 0.04 * l) << "long thread " << l << " s, the four yield-only threads " << shorts << " s";
+  }
+}
+
+// Load measurement turned on from inside a thread (a strategy set there) counts that thread's
+// run from then: its first measured run does not reach back to the last run measured before the
+// measurement was turned off (it took in the earlier tests' time, and here 100 ms of unmeasured
+// work).
+TEST(LoadBalancing, LoadMeasurementTurnedOnInAThreadCountsFromThen) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  std::unique_ptr<iso::lb::strategy> recording = std::make_unique<recording_strategy>(seen);
+  iso::lb::set_strategy("none");
+  double measured = 0;
+  if (rt->rank() == 0) {
+    iso::spawn([&recording, &measured] {
+      burn_cpu(0.1);
+      iso::lb::set_strategy(std::move(recording));
+      measured = burn_cpu(0.01);
+      iso::lb::sync();
+    });
+  } else {
+    iso::lb::set_strategy(std::move(recording));
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    ASSERT_EQ(seen->threads.size(), 1u);
+    EXPECT_LT(seen->threads[0].load, 3 * measured) << "measured after turning on: " << measured << " s";
+  }
+}
+
 TEST(LoadBalancing, AThreadMovedWhileWaitingInSyncStillWaitsForTheStep) {
   iso::lb::set_strategy("none");
   if (rt->rank() == 0) {

@@ -231,7 +231,7 @@ class scheduler {
 
   // --- load measurement (for the load balancer) ---
   // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles; on
-  // direct switches between threads with short runs only one switch in about ten reads it, see
+  // direct switches between threads with short runs only one switch in about twelve reads it, see
   // window_), and passes of run() that find nothing to do add their cycles
   // to idle_cycles() and their CPU time to idle_cpu_ns() (two CPU-clock reads per such pass).
   // The first call that turns it on calibrates the cycle counter (about 100 us, once).
@@ -312,9 +312,12 @@ class scheduler {
     current_heap = t->suspended_heap;
   }
   // Load measurement on a direct switch: true if self's run just ended joins the open window (no
-  // clock read now), false if the window is full and account_switch must read the clock.
+  // clock read now), false if account_switch must read the clock: the window is full, or self's
+  // runs are long or were never measured alone. A window then holds only runs whose estimates are
+  // short, and a long run ends the window it comes in, measured alone when it follows a read: a
+  // long run weighed by an estimate among short ones takes too little or too much of the window.
   bool defer_measure(tcb* self) noexcept {
-    if (window_runs_ >= window_len_) return false;
+    if (window_runs_ >= window_len_ || self->run_estimate == 0 || self->run_estimate >= long_run_cycles_) return false;
     ++window_runs_;
     if (self->window_runs++ == 0) window_[window_threads_++] = self;
     return true;
@@ -323,6 +326,9 @@ class scheduler {
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // Reads the clock and ends the open window with the run of self (running now, or whose run just
+  // ended): credit_window, and the next run starts now.
+  void close_window(tcb* self) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
   // run (the last), and chooses the next window's length. See window_.
   void credit_window(tcb* self, std::uint64_t cycles) noexcept;
@@ -376,12 +382,13 @@ class scheduler {
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
   // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
   // credits of a window sum to its interval exactly (the threads' total, and so the rank's
-  // background time, stay exact); every thread in the window is live here (a thread ends or
-  // leaves only from the scheduler's context, whose entry, resume()'s return, reads the clock and
-  // closes the window); tcb::window_runs is 0 outside the window. After a window of several runs
-  // the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
+  // background time, stay exact); every thread in the window is live here (a thread ends only in
+  // the scheduler's context, whose entry, resume()'s return, reads the clock and closes the
+  // window; a thread that leaves may be in the window, when the running thread moves it, and
+  // detach() closes the window first); tcb::window_runs is 0 outside the window. After a window
+  // of several runs the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
   // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
-  // read costs under 1 % of it, so long runs, those a balancer cares about, are measured
+  // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
   // window never keeps step with a round robin (which would refresh the same thread's estimate
   // every time).

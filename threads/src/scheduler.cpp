@@ -267,17 +267,19 @@ void scheduler::resume(tcb* t) noexcept {
 }
 
 void scheduler::account_switch(tcb* self) noexcept {
-  if (measure_) {
-    const std::uint64_t now = prim::cycles();
-    credit_window(self, now - run_start_);
-    run_start_ = now;
-  }
+  if (measure_) close_window(self);
   if (run_hook_ != nullptr) {
     const std::int64_t now = now_ns();
     heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
     run_hook_(self, trace_start_ns_, now);
     trace_start_ns_ = now;
   }
+}
+
+void scheduler::close_window(tcb* self) noexcept {
+  const std::uint64_t now = prim::cycles();
+  credit_window(self, now - run_start_);
+  run_start_ = now;
 }
 
 __extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 product's high half
@@ -294,14 +296,12 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   }
   if (self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
-  // Weights: a thread's estimate, at most long_run_cycles_ (a window's runs are short mostly), or
-  // for a thread never measured alone the window's mean run, times its runs in the window; in
-  // fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
+  ISO_ASSERT_INTERNAL(n > 0);
+  // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
+  // long), or for self never measured alone the window's mean run, times its runs in the window;
+  // in fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
   const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
-  const std::uint64_t cap = long_run_cycles_;
-  const auto weight = [mean, cap](const tcb* t) {
-    return (t->run_estimate != 0 ? std::min(t->run_estimate, cap) : mean) * t->window_runs;
-  };
+  const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t total = 0;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
@@ -363,6 +363,12 @@ tcb* scheduler::oldest_stealable() const noexcept {
 
 void scheduler::detach(tcb* t) noexcept {
   ISO_ASSERT_INTERNAL(movable(t));
+  // A thread in the open window (it suspended by a direct switch and is moved by the running
+  // thread, iso::migrate) has its share credited now: nothing here writes its TCB once it left.
+  if (t->window_runs != 0) {
+    ISO_ASSERT_INTERNAL(running_ != nullptr);
+    close_window(running_);
+  }
   if (t->state == thread_state::ready) {
     policy_->remove(t);
   } else if (t->state == thread_state::sleeping) {
@@ -377,6 +383,7 @@ void scheduler::detach(tcb* t) noexcept {
 
 void scheduler::attach(tcb* t) noexcept {
   t->next = t->prev = nullptr;
+  t->window_runs = 0;  // an arriving thread is in none of this rank's windows
   try {
     table_.insert(t->id.bits(), t);
   } catch (const std::bad_alloc&) {
@@ -457,6 +464,9 @@ double cycles_per_ns() noexcept {
 }  // namespace
 
 void scheduler::set_measure_load(bool on) noexcept {
+  // Turned on by a running thread, its run counts from now (resume() starts the others' runs); it
+  // stayed stale while off.
+  if (on && !measure_) run_start_ = prim::cycles();
   measure_ = on;
   // The open window's runs are not credited (its threads are live: see window_).
   for (std::uint32_t i = 0; i < window_threads_; ++i) window_[i]->window_runs = 0;
