@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,9 +40,16 @@ struct merge_rule {
   const char* call;
   // left = left . right, where left starts at member left_lo and right at right_lo. A failed
   // block wins over a value, the left one over the right one (the first in index order).
+  // An op that throws makes left a failure naming the call and the exception's what(): every
+  // member throws it, as for different lengths. Throws only std::bad_alloc; on a throw the
+  // blocks it read are unchanged (left may be a failure with part of its text).
   template <class Bytes>
   void merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, const std::byte* right, std::size_t right_bytes,
              bool right_failed, std::uint32_t right_lo) const;
+
+ private:
+  template <class Bytes>
+  static void fail(bool& failed, Bytes& block, const std::string& text);
 };
 
 // Disjoint blocks of the fixed tree; a block and its sibling are merged as soon as both are here.
@@ -171,14 +179,26 @@ void merge_rule::merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, co
     return;
   }
   if (left.size() != right_bytes) {
-    const std::string text = std::string(call) + ": members pass different lengths (member " + std::to_string(left_lo) +
-                             ": " + std::to_string(left.size() / c.elem) + " elements, member " +
-                             std::to_string(right_lo) + ": " + std::to_string(right_bytes / c.elem) + ")";
-    left_failed = true;
-    left.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
+    fail(left_failed, left,
+         std::string(call) + ": members pass different lengths (member " + std::to_string(left_lo) + ": " +
+             std::to_string(left.size() / c.elem) + " elements, member " + std::to_string(right_lo) + ": " +
+             std::to_string(right_bytes / c.elem) + ")");
     return;
   }
-  c.fn(c.op, left.data(), right, right_bytes / c.elem);
+  try {
+    c.fn(c.op, left.data(), right, right_bytes / c.elem);
+  } catch (const std::exception& x) {
+    fail(left_failed, left, std::string(call) + ": the operation threw: " + x.what());
+  } catch (...) {
+    fail(left_failed, left, std::string(call) + ": the operation threw an exception that is not a std::exception");
+  }
+}
+
+template <class Bytes>
+void merge_rule::fail(bool& failed, Bytes& block, const std::string& text) {
+  failed = true;
+  block.clear();  // no partly combined value is left behind if the text cannot be copied
+  block.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
 }
 
 template <class ByteAlloc>
@@ -200,11 +220,13 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
       parts_.emplace(key{level, lo}, std::move(p));
       return;
     }
+    // The stored sibling is taken out only once the merge is done: a merge that throws
+    // (bad_alloc) leaves it in the tree.
     if (sibling > lo) {
       r.merge(p.failed, p.data, lo, it->second.data.data(), it->second.data.size(), it->second.failed,
               static_cast<std::uint32_t>(sibling));
     } else {
-      part left = std::move(it->second);
+      part& left = it->second;
       r.merge(left.failed, left.data, static_cast<std::uint32_t>(sibling), p.data.data(), p.data.size(), p.failed, lo);
       p = std::move(left);
       lo = static_cast<std::uint32_t>(sibling);
@@ -220,9 +242,9 @@ void partial_tree<ByteAlloc>::put_leaf(std::uint32_t lo, const std::byte* data, 
   if ((lo & 1u) != 0) {
     const auto it = parts_.find({0, lo ^ 1u});
     if (it != parts_.end()) {  // the left sibling is here: merge straight from the caller's bytes
+      r.merge(it->second.failed, it->second.data, lo ^ 1u, data, n_bytes, failed, lo);
       part left = std::move(it->second);
       parts_.erase(it);
-      r.merge(left.failed, left.data, lo ^ 1u, data, n_bytes, failed, lo);
       put(1, lo ^ 1u, std::move(left), n, r);
       return;
     }

@@ -203,15 +203,21 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
     e.first = first;
     e.tag = tag;
   }
-  if (e.blocks.empty()) {
+  const bool was_empty = e.blocks.empty();
+  try {
+    if (e.kind != kind || e.n != n) {
+      const std::string text = mismatch_text(r.call, e.kind);
+      e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
+    } else {
+      e.blocks.put_leaf(index, data, bytes, false, n, r);
+    }
+  } catch (...) {  // bad_alloc (an op's exception is a failure block): no record left uncounted
+    if (fresh) entries_.erase(it);
+    throw;
+  }
+  if (was_empty) {  // counted once its blocks exist: flush() sends them and uncounts it
     ++unsent_;
     e.aged = false;
-  }
-  if (e.kind != kind || e.n != n) {
-    const std::string text = mismatch_text(r.call, e.kind);
-    e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
-  } else {
-    e.blocks.put_leaf(index, data, bytes, false, n, r);
   }
   if (w != nullptr) {
     e.waiters.push_back(*w);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -241,6 +242,30 @@ TEST(Collectives, MisuseIsRefusedNamingIt) {
     });
     // A thread that is not a member.
     iso::spawn([g] { expect_invalid([&] { iso::barrier(g); }, "is not a member"); });
+  }
+  rt->run();
+}
+
+// An op that throws is a failure every member that returns a result throws, whether the members
+// it combines run on one rank (the merge is in a member's deposit) or on two (at member 0); no
+// value is lost, so run() ends, and the group's later collectives still pair up.
+TEST(Collectives, AnOpThatThrowsIsThrownAtEveryMemberAndRunEnds) {
+  if (rt->rank() == 0) {
+    iso::spawn_group(2, [](int i, const iso::group& g) {
+      for (bool spread : {false, true}) {
+        if (spread) iso::this_thread::migrate_to(i % iso::size());
+        const auto boom = [](int, int) -> int { throw std::overflow_error("boom"); };
+        try {
+          (void)iso::allreduce(g, i, boom);
+          ADD_FAILURE() << "member " << i << " returned from an allreduce whose op threw";
+        } catch (const iso::error& e) {
+          EXPECT_EQ(e.code_value(), iso::errc::invalid_argument) << e.what();
+          EXPECT_NE(std::string(e.what()).find("iso::allreduce: the operation threw: boom"), std::string::npos)
+              << e.what();
+        }
+        EXPECT_EQ(iso::allreduce(g, i, iso::sum), 1) << (spread ? "on two ranks" : "on one rank");
+      }
+    });
   }
   rt->run();
 }

@@ -19,8 +19,10 @@
 // for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
 // once it is woken. The others return once their value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
-// out of range, or (element-wise allreduce) members pass different lengths: that is found by the
-// member that combines the two, and every member throws; (not_in_thread) outside a thread.
+// out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
+// the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
+// errors): these two are found by the member that combines the values, and every member that
+// returns a result throws; (not_in_thread) outside a thread.
 #pragma once
 
 #include <cstddef>
