@@ -159,6 +159,16 @@ std::vector<std::byte> run(const group& g, collective kind, const void* data, st
           self->id.to_string().c_str(), g.size());
   }
   if (root < 0 || root >= n) raise(errc::invalid_argument, "%s: root %d is out of range (%d members)", call, root, n);
+  // Every message of the call must fit one engine message (max_message_bytes): a batch carries
+  // at least one block, at most the whole result, and flush() splits the rest over more
+  // batches; a result record is smaller than that batch. Refused before the count moves, so the
+  // group's later collectives still pair up.
+  constexpr std::size_t block_limit = max_message_bytes - sizeof(batch_header) - sizeof(block_header);
+  const bool gathers = kind == collective::gather || kind == collective::allgather;
+  if (gathers ? bytes > block_limit / static_cast<std::size_t>(n) : bytes > block_limit) {
+    raise(errc::invalid_argument, "%s: %zu bytes%s: a collective's result carries at most %zu bytes", call, bytes,
+          gathers ? (" from each of " + std::to_string(n) + " members").c_str() : "", block_limit);
+  }
   engine& e = engine_for(call);
   rank_combiner::key k{g.fingerprint(), 0};
   {
@@ -238,7 +248,16 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
                    scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
     try {
       sys_vector<unsigned char> buf(sizeof h);
+      // One batch per max_message_bytes: run() let no block be larger than one.
+      const auto send_batch = [&] {
+        std::memcpy(buf.data(), &h, sizeof h);
+        if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
+        eng.send(e.first, buf.data(), buf.size(), e.tag);
+        buf.resize(sizeof h);
+        h.blocks = 0;
+      };
       e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+        if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
         const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
         const auto* head = reinterpret_cast<const unsigned char*>(&bh);
         const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
@@ -246,9 +265,7 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
         buf.insert(buf.end(), body, body + p.data.size());
         ++h.blocks;
       });
-      std::memcpy(buf.data(), &h, sizeof h);
-      if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
-      eng.send(e.first, buf.data(), buf.size(), e.tag);
+      send_batch();
     } catch (const std::exception& x) {
       fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
             static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());

@@ -4,6 +4,7 @@
 // bits wherever the members run, the messages between ranks a collective costs, and misuse.
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <bit>
@@ -268,6 +269,30 @@ TEST(Collectives, AnOpThatThrowsIsThrownAtEveryMemberAndRunEnds) {
     });
   }
   rt->run();
+}
+
+// A call whose result cannot fit one message (iso::max_message_bytes with the headers) is refused
+// in the call, before a byte of it is read (none can be: the pages are inaccessible), instead of
+// killing the job when the batch is sent; the group's later collectives still pair up.
+TEST(Collectives, AResultOverTheMessageLimitIsRefusedInTheCall) {
+  struct quarter {
+    unsigned char b[iso::max_message_bytes / 4];  // four members' together: the limit, and no room for headers
+  };
+  void* pages = mmap(nullptr, iso::max_message_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(pages, MAP_FAILED);
+  if (rt->rank() == 0) {
+    iso::spawn_group(4, [pages](int i, const iso::group& g) {
+      expect_invalid([&] { (void)iso::gather(g, *static_cast<const quarter*>(pages), 0); },
+                     "iso::gather: 268435456 bytes from each of 4 members");
+      expect_invalid([&] { (void)iso::allgather(g, *static_cast<const quarter*>(pages)); }, "iso::allgather");
+      const std::span<const int> all(static_cast<const int*>(pages), iso::max_message_bytes / sizeof(int));
+      expect_invalid([&] { (void)iso::allreduce(g, all, iso::sum); }, "carries at most");
+      EXPECT_EQ(iso::allreduce(g, i, iso::sum), 6);
+      EXPECT_EQ(iso::allgather(g, i), (std::vector<int>{0, 1, 2, 3}));
+    });
+  }
+  rt->run();
+  munmap(pages, iso::max_message_bytes);
 }
 
 // The fixed association of every collective (combiner.hpp): block [lo, lo + span) is

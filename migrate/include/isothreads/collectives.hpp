@@ -22,7 +22,8 @@
 // out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
 // the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
 // errors): these two are found by the member that combines the values, and every member that
-// returns a result throws; (not_in_thread) outside a thread.
+// returns a result throws; (invalid_argument) in the call when the result and 64 bytes of headers
+// exceed iso::max_message_bytes (gather: N values); (not_in_thread) outside a thread.
 #pragma once
 
 #include <cstddef>
