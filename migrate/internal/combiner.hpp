@@ -103,7 +103,8 @@ class rank_combiner {
   void deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
                const std::byte* data, std::size_t bytes, const merge_rule& r, const waiter* w);
   // At the engine's polls: sends each entry's blocks to its member 0, at once when `idle` (no
-  // thread ready here), else once a poll has seen them already. True if it sent any.
+  // thread ready here), else once a poll has seen them and no deposit came since. True if it
+  // sent any.
   bool flush(engine& e, bool idle) noexcept;
   // A result record (collectives.cpp) for this rank's waiters of its collective: each gets a copy
   // in its heap and is woken.
@@ -126,7 +127,7 @@ class rank_combiner {
     int tag;
     partial_tree<sys_allocator<std::byte>> blocks;  // deposited here, not yet sent
     bool waiters_unsent = false;   // a waiter's leaf is among them: member 0 must answer this rank
-    bool aged = false;             // a poll has seen them
+    bool aged = false;             // a poll has seen them, and no deposit came since
     sys_vector<waiter> waiters;
   };
   sys_map<key, entry> entries_;

@@ -9,7 +9,8 @@
 //      once with the blocks there (with i's op: every member passes the same one).
 //   2. The engine's polls send each entry's blocks as one batch (a reserved message on tag
 //      collective_tag(fp), from the rank, which follows member 0 wherever it runs): at once
-//      when the rank has no ready thread, else at the second poll that sees them. A rank cannot
+//      when the rank has no ready thread, else at a poll with no deposit since the one before
+//      (while members keep depositing, they are still arriving). A rank cannot
 //      know how many members it holds (they migrate), so it never waits for its own to be
 //      complete: it sends what it has, and later deposits go in a later batch.
 //   3. Member 0 merges every batch of (fp, seq) into its own partial tree (in its heap: it may
@@ -225,10 +226,8 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
     if (fresh) entries_.erase(it);
     throw;
   }
-  if (was_empty) {  // counted once its blocks exist: flush() sends them and uncounts it
-    ++unsent_;
-    e.aged = false;
-  }
+  if (was_empty) ++unsent_;  // counted once its blocks exist: flush() sends them and uncounts it
+  e.aged = false;             // a busy rank sends once a poll interval passes without a deposit
   if (w != nullptr) {
     e.waiters.push_back(*w);
     e.waiters_unsent = true;

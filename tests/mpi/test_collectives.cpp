@@ -420,11 +420,12 @@ TEST(Collectives, AGroupOnOneRankSendsNothingBetweenRanks) {
 }
 
 TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCall) {
-  // 16 members per rank (rank-major indices, member 0 on rank 0), staying put: each rank sends
-  // member 0 its partial result once per call (twice when a poll falls among its members'
-  // deposits), and member 0's rank sends one result to each other rank. Per rank that is
-  // O(1) messages between ranks per call where one message per member would be 16.
-  constexpr int per_rank = 16, calls = 40;
+  // 200 members per rank (rank-major indices, member 0 on rank 0), staying put, more than a
+  // poll interval's thread switches: each rank sends member 0 its partial result once per call
+  // (twice when a poll interval passes between two of its members' deposits), and member 0's
+  // rank sends one result to each other rank. Per rank that is O(1) messages between ranks per
+  // call where one message per member would be 200.
+  constexpr int per_rank = 200, calls = 40;
   const auto before = combiner_counts();
   std::vector<iso::thread_id> mine;
   for (int k = 0; k < per_rank; ++k) {

@@ -7,8 +7,8 @@
 // identical on every member; members are combined in index order (op need not commute).
 //
 // Cost, for a group of N members on P ranks: members on one rank combine there, without
-// messages; each rank sends what it holds to member 0 as one message (two when a poll falls
-// among its members' calls; more only if its members call far apart in time), and member 0 sends
+// messages; each rank sends what it holds to member 0 as one message (one more each time a poll
+// interval, 32 to 256 thread switches, passes between two of its members' calls), and member 0 sends
 // the result to each other rank where members wait, one message per rank. So a rank sends and
 // receives O(1) messages between ranks per call, member 0's rank O(P); the whole call waits for
 // about two messages' latency. Payloads: a value (or span) per message for reduce and
