@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "isothreads/collectives.hpp"
+#include "diag.hpp"
 #include "isothreads/thread_id.hpp"
 #include "sysalloc.hpp"
 
@@ -98,7 +99,7 @@ class rank_combiner {
     std::vector<std::byte>* out;   // on its stack: gets the result record, in its heap
   };
   // Member `index` of the collective `k` (kind, n members, member 0 `first`, reserved `tag`)
-  // puts its value; `waiter`: it blocks here for the result (then call with it set, and block).
+  // puts its value; `w`: the member waits here for the result (it blocks once this returns).
   // A kind other than the one the entry was made for becomes a failure every member throws.
   void deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
                const std::byte* data, std::size_t bytes, const merge_rule& r, const waiter* w);
@@ -117,7 +118,7 @@ class rank_combiner {
     std::uint64_t results = 0;   // results sent to another rank
   };
   counts_t counts() const noexcept { return counts_; }
-  void count_result() noexcept { ++counts_.results; }
+  void count_result() noexcept { ++counts_.results; }  // engine::send_to_rank, for another rank
 
  private:
   struct entry {
@@ -135,7 +136,7 @@ class rank_combiner {
   counts_t counts_;
 };
 
-// Wire formats, each 8-byte aligned. A batch (rank -> member 0, a reserved message on the
+// Wire formats, each header a multiple of 8 bytes (the bytes that follow are not padded). A batch (rank -> member 0, a reserved message on the
 // group's tag): batch_header, then `blocks` times block_header and its bytes. A result (member 0
 // -> a rank, engine::send_to_rank; and what a waiter gets): result_header and the result's bytes.
 struct batch_header {
@@ -205,6 +206,7 @@ void merge_rule::fail(bool& failed, Bytes& block, const std::string& text) {
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
                                   const merge_rule& r) {
+  ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
   for (;;) {
     const std::uint64_t span = std::uint64_t{1} << level;
     if (lo == 0 && span >= n) {
@@ -240,6 +242,7 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
                                        std::uint32_t n, const merge_rule& r) {
+  ISO_ASSERT(lo < n);
   if ((lo & 1u) != 0) {
     const auto it = parts_.find({0, lo ^ 1u});
     if (it != parts_.end()) {  // the left sibling is here: merge straight from the caller's bytes

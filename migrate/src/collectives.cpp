@@ -128,15 +128,7 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
   result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh), reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
   result.insert(result.end(), root.data.begin(), root.data.end());
   engine& e = engine_for(call);
-  const int here = scheduler::current()->rank();
-  for (int r : ranks) {
-    if (r == here) {
-      e.combiner().deliver(reinterpret_cast<const unsigned char*>(result.data()), result.size());
-    } else {
-      e.send_to_rank(r, result.data(), result.size());
-      e.combiner().count_result();
-    }
-  }
+  for (int r : ranks) e.send_to_rank(r, result.data(), result.size());  // this rank's without a message
   return result;
 }
 

@@ -179,11 +179,11 @@ TEST(Collectives, GroupsWhoseTagsCollideKeepTheirMessagesApart) {
       const int i = ga.index_of(iso::this_thread::id()), j = gb.index_of(iso::this_thread::id());
       std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
       const int size = static_cast<int>(n);
-      // A member with odd indices in both groups is a leaf of both reduce trees: it sends and goes
+      // A member other than member 0 and root in both groups' reduces puts its value in and goes
       // on without waiting, so it may call them in the other order than the rest without a
-      // deadlock. Member 1 is such a leaf, with member 0 its parent in both: member 0 waits in ga's
-      // reduce for member 1, whose first message on the shared tag is gb's. That one must be put
-      // aside for gb's reduce, not taken as ga's.
+      // deadlock. Its rank's batch for gb's reduce may then reach member 0 (the same thread in
+      // both) on the shared tag while it waits in ga's: that batch must be put aside for gb's
+      // reduce, not taken as ga's.
       const bool leaf_of_both = i % 2 == 1 && j % 2 == 1;
       for (int round = 0; round < 16; ++round) {
         const auto in_a = [&] { return iso::reduce(ga, i + round, iso::sum, 0); };
