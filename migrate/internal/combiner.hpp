@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "isothreads/collectives.hpp"
+#include "diag.hpp"
 #include "isothreads/thread_id.hpp"
 #include "sysalloc.hpp"
 
@@ -39,9 +41,16 @@ struct merge_rule {
   const char* call;
   // left = left . right, where left starts at member left_lo and right at right_lo. A failed
   // block wins over a value, the left one over the right one (the first in index order).
+  // An op that throws makes left a failure naming the call and the exception's what(): every
+  // member throws it, as for different lengths. Throws only std::bad_alloc; on a throw the
+  // blocks it read are unchanged (left may be a failure with part of its text).
   template <class Bytes>
   void merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, const std::byte* right, std::size_t right_bytes,
              bool right_failed, std::uint32_t right_lo) const;
+
+ private:
+  template <class Bytes>
+  static void fail(bool& failed, Bytes& block, const std::string& text);
 };
 
 // Disjoint blocks of the fixed tree; a block and its sibling are merged as soon as both are here.
@@ -90,12 +99,13 @@ class rank_combiner {
     std::vector<std::byte>* out;   // on its stack: gets the result record, in its heap
   };
   // Member `index` of the collective `k` (kind, n members, member 0 `first`, reserved `tag`)
-  // puts its value; `waiter`: it blocks here for the result (then call with it set, and block).
+  // puts its value; `w`: the member waits here for the result (it blocks once this returns).
   // A kind other than the one the entry was made for becomes a failure every member throws.
   void deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
                const std::byte* data, std::size_t bytes, const merge_rule& r, const waiter* w);
   // At the engine's polls: sends each entry's blocks to its member 0, at once when `idle` (no
-  // thread ready here), else once a poll has seen them already. True if it sent any.
+  // thread ready here), else once a poll has seen them and no deposit came since. True if it
+  // sent any.
   bool flush(engine& e, bool idle) noexcept;
   // A result record (collectives.cpp) for this rank's waiters of its collective: each gets a copy
   // in its heap and is woken.
@@ -108,7 +118,7 @@ class rank_combiner {
     std::uint64_t results = 0;   // results sent to another rank
   };
   counts_t counts() const noexcept { return counts_; }
-  void count_result() noexcept { ++counts_.results; }
+  void count_result() noexcept { ++counts_.results; }  // engine::send_to_rank, for another rank
 
  private:
   struct entry {
@@ -118,7 +128,7 @@ class rank_combiner {
     int tag;
     partial_tree<sys_allocator<std::byte>> blocks;  // deposited here, not yet sent
     bool waiters_unsent = false;   // a waiter's leaf is among them: member 0 must answer this rank
-    bool aged = false;             // a poll has seen them
+    bool aged = false;             // a poll has seen them, and no deposit came since
     sys_vector<waiter> waiters;
   };
   sys_map<key, entry> entries_;
@@ -126,7 +136,7 @@ class rank_combiner {
   counts_t counts_;
 };
 
-// Wire formats, each 8-byte aligned. A batch (rank -> member 0, a reserved message on the
+// Wire formats, each header a multiple of 8 bytes (the bytes that follow are not padded). A batch (rank -> member 0, a reserved message on the
 // group's tag): batch_header, then `blocks` times block_header and its bytes. A result (member 0
 // -> a rank, engine::send_to_rank; and what a waiter gets): result_header and the result's bytes.
 struct batch_header {
@@ -171,19 +181,32 @@ void merge_rule::merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, co
     return;
   }
   if (left.size() != right_bytes) {
-    const std::string text = std::string(call) + ": members pass different lengths (member " + std::to_string(left_lo) +
-                             ": " + std::to_string(left.size() / c.elem) + " elements, member " +
-                             std::to_string(right_lo) + ": " + std::to_string(right_bytes / c.elem) + ")";
-    left_failed = true;
-    left.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
+    fail(left_failed, left,
+         std::string(call) + ": members pass different lengths (member " + std::to_string(left_lo) + ": " +
+             std::to_string(left.size() / c.elem) + " elements, member " + std::to_string(right_lo) + ": " +
+             std::to_string(right_bytes / c.elem) + ")");
     return;
   }
-  c.fn(c.op, left.data(), right, right_bytes / c.elem);
+  try {
+    c.fn(c.op, left.data(), right, right_bytes / c.elem);
+  } catch (const std::exception& x) {
+    fail(left_failed, left, std::string(call) + ": the operation threw: " + x.what());
+  } catch (...) {
+    fail(left_failed, left, std::string(call) + ": the operation threw an exception that is not a std::exception");
+  }
+}
+
+template <class Bytes>
+void merge_rule::fail(bool& failed, Bytes& block, const std::string& text) {
+  failed = true;
+  block.clear();  // no partly combined value is left behind if the text cannot be copied
+  block.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
 }
 
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
                                   const merge_rule& r) {
+  ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
   for (;;) {
     const std::uint64_t span = std::uint64_t{1} << level;
     if (lo == 0 && span >= n) {
@@ -200,11 +223,13 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
       parts_.emplace(key{level, lo}, std::move(p));
       return;
     }
+    // The stored sibling is taken out only once the merge is done: a merge that throws
+    // (bad_alloc) leaves it in the tree.
     if (sibling > lo) {
       r.merge(p.failed, p.data, lo, it->second.data.data(), it->second.data.size(), it->second.failed,
               static_cast<std::uint32_t>(sibling));
     } else {
-      part left = std::move(it->second);
+      part& left = it->second;
       r.merge(left.failed, left.data, static_cast<std::uint32_t>(sibling), p.data.data(), p.data.size(), p.failed, lo);
       p = std::move(left);
       lo = static_cast<std::uint32_t>(sibling);
@@ -217,12 +242,13 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
                                        std::uint32_t n, const merge_rule& r) {
+  ISO_ASSERT(lo < n);
   if ((lo & 1u) != 0) {
     const auto it = parts_.find({0, lo ^ 1u});
     if (it != parts_.end()) {  // the left sibling is here: merge straight from the caller's bytes
+      r.merge(it->second.failed, it->second.data, lo ^ 1u, data, n_bytes, failed, lo);
       part left = std::move(it->second);
       parts_.erase(it);
-      r.merge(left.failed, left.data, lo ^ 1u, data, n_bytes, failed, lo);
       put(1, lo ^ 1u, std::move(left), n, r);
       return;
     }

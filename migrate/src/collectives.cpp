@@ -9,7 +9,8 @@
 //      once with the blocks there (with i's op: every member passes the same one).
 //   2. The engine's polls send each entry's blocks as one batch (a reserved message on tag
 //      collective_tag(fp), from the rank, which follows member 0 wherever it runs): at once
-//      when the rank has no ready thread, else at the second poll that sees them. A rank cannot
+//      when the rank has no ready thread, else at a poll with no deposit since the one before
+//      (while members keep depositing, they are still arriving). A rank cannot
 //      know how many members it holds (they migrate), so it never waits for its own to be
 //      complete: it sends what it has, and later deposits go in a later batch.
 //   3. Member 0 merges every batch of (fp, seq) into its own partial tree (in its heap: it may
@@ -127,15 +128,7 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
   result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh), reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
   result.insert(result.end(), root.data.begin(), root.data.end());
   engine& e = engine_for(call);
-  const int here = scheduler::current()->rank();
-  for (int r : ranks) {
-    if (r == here) {
-      e.combiner().deliver(reinterpret_cast<const unsigned char*>(result.data()), result.size());
-    } else {
-      e.send_to_rank(r, result.data(), result.size());
-      e.combiner().count_result();
-    }
-  }
+  for (int r : ranks) e.send_to_rank(r, result.data(), result.size());  // this rank's without a message
   return result;
 }
 
@@ -159,6 +152,16 @@ std::vector<std::byte> run(const group& g, collective kind, const void* data, st
           self->id.to_string().c_str(), g.size());
   }
   if (root < 0 || root >= n) raise(errc::invalid_argument, "%s: root %d is out of range (%d members)", call, root, n);
+  // Every message of the call must fit one engine message (max_message_bytes): a batch carries
+  // at least one block, at most the whole result, and flush() splits the rest over more
+  // batches; a result record is smaller than that batch. Refused before the count moves, so the
+  // group's later collectives still pair up.
+  constexpr std::size_t block_limit = max_message_bytes - sizeof(batch_header) - sizeof(block_header);
+  const bool gathers = kind == collective::gather || kind == collective::allgather;
+  if (gathers ? bytes > block_limit / static_cast<std::size_t>(n) : bytes > block_limit) {
+    raise(errc::invalid_argument, "%s: %zu bytes%s: a collective's result carries at most %zu bytes", call, bytes,
+          gathers ? (" from each of " + std::to_string(n) + " members").c_str() : "", block_limit);
+  }
   engine& e = engine_for(call);
   rank_combiner::key k{g.fingerprint(), 0};
   {
@@ -203,16 +206,20 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
     e.first = first;
     e.tag = tag;
   }
-  if (e.blocks.empty()) {
-    ++unsent_;
-    e.aged = false;
+  const bool was_empty = e.blocks.empty();
+  try {
+    if (e.kind != kind || e.n != n) {
+      const std::string text = mismatch_text(r.call, e.kind);
+      e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
+    } else {
+      e.blocks.put_leaf(index, data, bytes, false, n, r);
+    }
+  } catch (...) {  // bad_alloc (an op's exception is a failure block): no record left uncounted
+    if (fresh) entries_.erase(it);
+    throw;
   }
-  if (e.kind != kind || e.n != n) {
-    const std::string text = mismatch_text(r.call, e.kind);
-    e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
-  } else {
-    e.blocks.put_leaf(index, data, bytes, false, n, r);
-  }
+  if (was_empty) ++unsent_;  // counted once its blocks exist: flush() sends them and uncounts it
+  e.aged = false;             // a busy rank sends once a poll interval passes without a deposit
   if (w != nullptr) {
     e.waiters.push_back(*w);
     e.waiters_unsent = true;
@@ -232,7 +239,16 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
                    scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
     try {
       sys_vector<unsigned char> buf(sizeof h);
+      // One batch per max_message_bytes: run() let no block be larger than one.
+      const auto send_batch = [&] {
+        std::memcpy(buf.data(), &h, sizeof h);
+        if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
+        eng.send(e.first, buf.data(), buf.size(), e.tag);
+        buf.resize(sizeof h);
+        h.blocks = 0;
+      };
       e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+        if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
         const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
         const auto* head = reinterpret_cast<const unsigned char*>(&bh);
         const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
@@ -240,9 +256,7 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
         buf.insert(buf.end(), body, body + p.data.size());
         ++h.blocks;
       });
-      std::memcpy(buf.data(), &h, sizeof h);
-      if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
-      eng.send(e.first, buf.data(), buf.size(), e.tag);
+      send_batch();
     } catch (const std::exception& x) {
       fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
             static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());

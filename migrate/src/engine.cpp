@@ -83,6 +83,7 @@ void engine::send_to_rank(int dest, const void* data, std::size_t bytes) noexcep
     combiner_.deliver(static_cast<const unsigned char*>(data), bytes);
     return;
   }
+  combiner_.count_result();
   heap_scope system(nullptr);
   post_record(dest, record::rank, static_cast<const unsigned char*>(data), bytes);
 }

@@ -4,6 +4,7 @@
 // bits wherever the members run, the messages between ranks a collective costs, and misuse.
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <bit>
@@ -11,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -177,11 +179,11 @@ TEST(Collectives, GroupsWhoseTagsCollideKeepTheirMessagesApart) {
       const int i = ga.index_of(iso::this_thread::id()), j = gb.index_of(iso::this_thread::id());
       std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
       const int size = static_cast<int>(n);
-      // A member with odd indices in both groups is a leaf of both reduce trees: it sends and goes
+      // A member other than member 0 and root in both groups' reduces puts its value in and goes
       // on without waiting, so it may call them in the other order than the rest without a
-      // deadlock. Member 1 is such a leaf, with member 0 its parent in both: member 0 waits in ga's
-      // reduce for member 1, whose first message on the shared tag is gb's. That one must be put
-      // aside for gb's reduce, not taken as ga's.
+      // deadlock. Its rank's batch for gb's reduce may then reach member 0 (the same thread in
+      // both) on the shared tag while it waits in ga's: that batch must be put aside for gb's
+      // reduce, not taken as ga's.
       const bool leaf_of_both = i % 2 == 1 && j % 2 == 1;
       for (int round = 0; round < 16; ++round) {
         const auto in_a = [&] { return iso::reduce(ga, i + round, iso::sum, 0); };
@@ -245,6 +247,54 @@ TEST(Collectives, MisuseIsRefusedNamingIt) {
   rt->run();
 }
 
+// An op that throws is a failure every member that returns a result throws, whether the members
+// it combines run on one rank (the merge is in a member's deposit) or on two (at member 0); no
+// value is lost, so run() ends, and the group's later collectives still pair up.
+TEST(Collectives, AnOpThatThrowsIsThrownAtEveryMemberAndRunEnds) {
+  if (rt->rank() == 0) {
+    iso::spawn_group(2, [](int i, const iso::group& g) {
+      for (bool spread : {false, true}) {
+        if (spread) iso::this_thread::migrate_to(i % iso::size());
+        const auto boom = [](int, int) -> int { throw std::overflow_error("boom"); };
+        try {
+          (void)iso::allreduce(g, i, boom);
+          ADD_FAILURE() << "member " << i << " returned from an allreduce whose op threw";
+        } catch (const iso::error& e) {
+          EXPECT_EQ(e.code_value(), iso::errc::invalid_argument) << e.what();
+          EXPECT_NE(std::string(e.what()).find("iso::allreduce: the operation threw: boom"), std::string::npos)
+              << e.what();
+        }
+        EXPECT_EQ(iso::allreduce(g, i, iso::sum), 1) << (spread ? "on two ranks" : "on one rank");
+      }
+    });
+  }
+  rt->run();
+}
+
+// A call whose result cannot fit one message (iso::max_message_bytes with the headers) is refused
+// in the call, before a byte of it is read (none can be: the pages are inaccessible), instead of
+// killing the job when the batch is sent; the group's later collectives still pair up.
+TEST(Collectives, AResultOverTheMessageLimitIsRefusedInTheCall) {
+  struct quarter {
+    unsigned char b[iso::max_message_bytes / 4];  // four members' together: the limit, and no room for headers
+  };
+  void* pages = mmap(nullptr, iso::max_message_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(pages, MAP_FAILED);
+  if (rt->rank() == 0) {
+    iso::spawn_group(4, [pages](int i, const iso::group& g) {
+      expect_invalid([&] { (void)iso::gather(g, *static_cast<const quarter*>(pages), 0); },
+                     "iso::gather: 268435456 bytes from each of 4 members");
+      expect_invalid([&] { (void)iso::allgather(g, *static_cast<const quarter*>(pages)); }, "iso::allgather");
+      const std::span<const int> all(static_cast<const int*>(pages), iso::max_message_bytes / sizeof(int));
+      expect_invalid([&] { (void)iso::allreduce(g, all, iso::sum); }, "carries at most");
+      EXPECT_EQ(iso::allreduce(g, i, iso::sum), 6);
+      EXPECT_EQ(iso::allgather(g, i), (std::vector<int>{0, 1, 2, 3}));
+    });
+  }
+  rt->run();
+  munmap(pages, iso::max_message_bytes);
+}
+
 // The fixed association of every collective (combiner.hpp): block [lo, lo + span) is
 // op(first half, second half), a half past the last member dropped; evaluated serially here.
 template <class T, class Op>
@@ -292,15 +342,16 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
   EXPECT_GT(differs, 0) << "no round's sum depends on the association: choose other values";
   // On every rank a mover asks iso::migrate for random members while they are in collectives:
   // a member blocked in one moves once woken, and the others' results follow them.
-  static int moves = 0;  // this rank's migrations asked for and taken
-  moves = 0;
+  // Calls after which the member ran on another rank than before (only the movers move a member
+  // during a call), counted on the rank where it returned.
+  static int moved_in_call = 0;
+  moved_in_call = 0;
   const iso::thread_id mover = iso::spawn([seed] {
     const std::vector<iso::thread_id> members = ids_from(iso::recv(iso::thread_id(0, 0), 0));
     std::mt19937_64 rng(seed ^ (0x9e37u + static_cast<std::uint64_t>(iso::rank())));
     for (int k = 0; k < 3000; ++k) {
       try {
         iso::migrate(members[rng() % members.size()], static_cast<int>(rng() % static_cast<std::uint64_t>(iso::size())));
-        ++moves;
       } catch (const iso::error& e) {
         EXPECT_EQ(e.code_value(), iso::errc::unknown_thread) << e.what();  // it is not on this rank
       }
@@ -318,7 +369,9 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
         const int root = (round * 3 + 2) % n;
         maybe_migrate(rng);
         const double want = fixed_tree(v, iso::sum);
+        const int before = iso::rank();
         const double s = iso::allreduce(grp, mine, iso::sum);
+        moved_in_call += iso::rank() != before ? 1 : 0;
         EXPECT_EQ(std::bit_cast<std::uint64_t>(s), std::bit_cast<std::uint64_t>(want))
             << "round " << round << ": " << s << " != " << want;
         const double r = iso::reduce(grp, mine, iso::sum, root);
@@ -334,16 +387,18 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
         EXPECT_EQ(e, (std::vector<double>{fixed_tree(v, iso::sum), fixed_tree(col1, iso::sum), fixed_tree(col2, iso::sum)}))
             << "round " << round;
         EXPECT_EQ(iso::allgather(grp, mine), v) << "round " << round;
+        const int before_last = iso::rank();
         EXPECT_EQ(iso::broadcast(grp, i == root ? mine : -1.0, root), v[static_cast<std::size_t>(root)]);
         iso::barrier(grp);
+        moved_in_call += iso::rank() != before_last ? 1 : 0;
       }
     });
     for (iso::thread_id t : movers) iso::send(t, g.members().data(), g.size() * sizeof(iso::thread_id), 0);
   }
   rt->run();
-  int all_moves = 0;
-  MPI_Allreduce(&moves, &all_moves, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  EXPECT_GT(all_moves, 0) << "the movers moved no member";
+  int all_moved = 0;
+  MPI_Allreduce(&moved_in_call, &all_moved, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GT(all_moved, 0) << "no member was moved during a collective";
 }
 
 iso::detail::rank_combiner::counts_t combiner_counts() {
@@ -370,11 +425,12 @@ TEST(Collectives, AGroupOnOneRankSendsNothingBetweenRanks) {
 }
 
 TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCall) {
-  // 16 members per rank (rank-major indices, member 0 on rank 0), staying put: each rank sends
-  // member 0 its partial result once per call (twice when a poll falls among its members'
-  // deposits), and member 0's rank sends one result to each other rank. Per rank that is
-  // O(1) messages between ranks per call where one message per member would be 16.
-  constexpr int per_rank = 16, calls = 40;
+  // 200 members per rank (rank-major indices, member 0 on rank 0), staying put, more than a
+  // poll interval's thread switches: each rank sends member 0 its partial result once per call
+  // (twice when a poll interval passes between two of its members' deposits), and member 0's
+  // rank sends one result to each other rank. Per rank that is O(1) messages between ranks per
+  // call where one message per member would be 200.
+  constexpr int per_rank = 200, calls = 40;
   const auto before = combiner_counts();
   std::vector<iso::thread_id> mine;
   for (int k = 0; k < per_rank; ++k) {

@@ -7,8 +7,8 @@
 // identical on every member; members are combined in index order (op need not commute).
 //
 // Cost, for a group of N members on P ranks: members on one rank combine there, without
-// messages; each rank sends what it holds to member 0 as one message (two when a poll falls
-// among its members' calls; more only if its members call far apart in time), and member 0 sends
+// messages; each rank sends what it holds to member 0 as one message (one more each time a poll
+// interval, 32 to 256 thread switches, passes between two of its members' calls), and member 0 sends
 // the result to each other rank where members wait, one message per rank. So a rank sends and
 // receives O(1) messages between ranks per call, member 0's rank O(P); the whole call waits for
 // about two messages' latency. Payloads: a value (or span) per message for reduce and
@@ -19,8 +19,11 @@
 // for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
 // once it is woken. The others return once their value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
-// out of range, or (element-wise allreduce) members pass different lengths: that is found by the
-// member that combines the two, and every member throws; (not_in_thread) outside a thread.
+// out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
+// the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
+// errors): these two are found by the member that combines the values, and every member that
+// returns a result throws; (invalid_argument) in the call when the result and 64 bytes of headers
+// exceed iso::max_message_bytes (gather: N values); (not_in_thread) outside a thread.
 #pragma once
 
 #include <cstddef>
