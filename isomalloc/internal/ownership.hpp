@@ -78,6 +78,46 @@ struct ownership_stats_t {
   std::size_t delayed_frees = 0;       // frees from other OS threads that the heap thread took back
 };
 
+// One OS thread's frees of thread-heap memory, for the heap thread. Invariant: tail <= head <=
+// tail + slots; word[i % slots] for i in [tail, head) is, in order, a stream of entries: a freed
+// block's pointer (16-byte aligned, so bit 0 clear), or id_mark followed by the word of a heap
+// identity that applies to the pointers after it. A pointer belongs to the heap named by the last
+// identity before it: the producer writes an identity only when it changes (last_id), so frees
+// into one heap take one word each, and the consumer keeps the identity it last read (cur_id)
+// across drains. Only the producer writes head, last_id and the words, only the heap thread tail
+// and cur_id. Words rather than (pointer, identity) pairs: the words cross from one core's cache
+// to the other's, and that transfer is most of what a free from another OS thread costs.
+struct remote_ring {
+  static constexpr std::uint64_t slots = 4096;  // 32 KiB: frees between two drains
+  static constexpr std::uint64_t id_mark = 1;   // no block pointer has bit 0 set
+  std::atomic<std::uint32_t> owned{1};           // an OS thread produces into it (0: free for reuse)
+  remote_ring* next = nullptr;                   // the registry, push-only
+  alignas(64) std::atomic<std::uint64_t> head{0};
+  std::uint64_t last_id = 0;  // the identity the producer wrote last (0: none; no heap has it)
+  alignas(64) std::atomic<std::uint64_t> tail{0};
+  std::uint64_t cur_id = 0;   // the identity the consumer read last
+  alignas(64) std::uint64_t word[slots];
+};
+
+// The calling OS thread's ring (null until its first free of thread-heap memory).
+extern constinit thread_local remote_ring* t_ring __attribute__((tls_model("initial-exec")));
+
+// ring_free's common case, inline in free(): the calling thread's ring exists and has room, and
+// the block's heap is the one it freed into last (so the free is one word). False otherwise,
+// nothing written: the caller goes to ring_free. pre: the heap is in use here.
+inline bool ring_push(void* p, std::uint64_t id) noexcept {
+  remote_ring* r = t_ring;
+  const auto word = reinterpret_cast<std::uint64_t>(p);
+  if (r == nullptr || id != r->last_id || (word & remote_ring::id_mark) != 0) return false;
+  const std::uint64_t head = r->head.load(std::memory_order_relaxed);
+  if (head - r->tail.load(std::memory_order_acquire) >= remote_ring::slots) return false;
+  // The consumer read these lines last: ask for a line ahead for writing (a line every 8 words).
+  if (head % 8 == 0) __builtin_prefetch(&r->word[(head + 16) % remote_ring::slots], 1);
+  r->word[head % remote_ring::slots] = word;
+  r->head.store(head + 1, std::memory_order_release);
+  return true;
+}
+
 // A free() from an OS thread that is not the heap thread, of a block of h (identity id): into the
 // calling thread's ring. False if the ring is full (the caller uses h's thread_free list), or if h
 // is not in use here (`*refused` set; nothing recorded).

@@ -460,7 +460,8 @@ void heap::free_slow(void* p) noexcept {
 
 void heap::free_unusual(void* p, heap* h) noexcept {
   if (h != nullptr && !t_heap_thread) {
-    h->free_from_other_thread(p);
+    if (h->in_use_here() && ring_push(p, h->id_)) [[likely]] return;
+    h->free_from_other_thread(p);  // the ring's first use, a full ring, another heap, or refused
     return;
   }
   refuse_foreign_free(p, h);  // no heap holds it, or its heap is not in use here

@@ -17,6 +17,7 @@ namespace iso::detail {
 
 constinit thread_local bool t_heap_thread __attribute__((tls_model("initial-exec"))) = false;
 constinit thread_local std::uint32_t t_heap_tag __attribute__((tls_model("initial-exec"))) = ~std::uint32_t{0};
+constinit thread_local remote_ring* t_ring __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 
@@ -46,29 +47,7 @@ void count_delayed_frees(std::size_t n) noexcept { g_delayed.fetch_add(n, std::m
 
 namespace {
 
-// One OS thread's frees of thread-heap memory, for the heap thread. Invariant: tail <= head <=
-// tail + slots; word[i % slots] for i in [tail, head) is, in order, a stream of entries: a freed
-// block's pointer (16-byte aligned, so bit 0 clear), or id_mark followed by the word of a heap
-// identity that applies to the pointers after it. A pointer belongs to the heap named by the last
-// identity before it: the producer writes an identity only when it changes (last_id), so frees
-// into one heap take one word each, and the consumer keeps the identity it last read (cur_id)
-// across drains. Only the producer writes head, last_id and the words, only the heap thread tail
-// and cur_id. Words rather than (pointer, identity) pairs: the words cross from one core's cache
-// to the other's, and that transfer is most of what a free from another OS thread costs.
-struct remote_ring {
-  static constexpr std::uint64_t slots = 4096;  // 32 KiB: frees between two drains
-  static constexpr std::uint64_t id_mark = 1;   // no block pointer has bit 0 set
-  std::atomic<std::uint32_t> owned{1};           // an OS thread produces into it (0: free for reuse)
-  remote_ring* next = nullptr;                   // the registry, push-only
-  alignas(64) std::atomic<std::uint64_t> head{0};
-  std::uint64_t last_id = 0;  // the identity the producer wrote last (0: none; no heap has it)
-  alignas(64) std::atomic<std::uint64_t> tail{0};
-  std::uint64_t cur_id = 0;   // the identity the consumer read last
-  alignas(64) std::uint64_t word[slots];
-};
-
 std::atomic<remote_ring*> g_rings{nullptr};
-constinit thread_local remote_ring* t_ring __attribute__((tls_model("initial-exec"))) = nullptr;
 pthread_key_t g_ring_key;
 pthread_once_t g_ring_key_once = PTHREAD_ONCE_INIT;
 
