@@ -243,7 +243,9 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
       const auto send_batch = [&] {
         std::memcpy(buf.data(), &h, sizeof h);
         if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
-        eng.send(e.first, buf.data(), buf.size(), e.tag);
+        // Unsequenced: member 0 tells batches apart by (fingerprint, call) and merges them in any
+        // order, so the rank's main keeps no counter for each member 0 it ever sent to.
+        eng.send(e.first, buf.data(), buf.size(), e.tag, sequencing::none);
         buf.resize(sizeof h);
         h.blocks = 0;
       };

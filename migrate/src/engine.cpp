@@ -168,7 +168,19 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
         break;
       }
       case record::image:
-        start_arrival(source, rec, head[1]);
+        // Records are not padded: after one of odd length an image header (u64 fields) would be
+        // read misaligned in place, so it is read from an aligned copy then (start_arrival keeps
+        // no pointer into the bytes it is given).
+        if (reinterpret_cast<std::uintptr_t>(rec) % alignof(std::uint64_t) != 0) {
+          try {
+            const sys_vector<unsigned char> aligned(rec, rec + head[1]);
+            start_arrival(source, aligned.data(), aligned.size());
+          } catch (const std::bad_alloc&) {
+            fatal("out of system memory for a %u-byte thread image from rank %d", head[1], source);
+          }
+        } else {
+          start_arrival(source, rec, head[1]);
+        }
         break;
       case record::rank:
         combiner_.deliver(rec, head[1]);

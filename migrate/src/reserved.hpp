@@ -7,7 +7,8 @@
 //   future_value                producer -> future: the value or the failure text
 //   group_members               spawn_group -> each new member: the member list, unsequenced
 //   collective_tag(fp)          a rank -> member 0 of the group with fingerprint fp: the rank's
-//                               partial results of a collective (collectives.cpp), in [-2^30 - 1, -2]
+//                               partial results of a collective (collectives.cpp), unsequenced, in
+//                               [-2^30 - 1, -2]
 //   stream_end                  a thread that ended -> each thread it has a sequence counter for
 //                               (it sent it or got from it numbered messages), never queued:
 //                               numbered after its last message there (sequencing::last) if it
