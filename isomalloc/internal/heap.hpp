@@ -265,8 +265,9 @@ class heap {
 
   static constexpr std::uint64_t segment_magic = 0x47455368746f7369ull;  // "isothSEG"
   static constexpr std::uint64_t large_magic = 0x47524c68746f7369ull;    // "isothLRG"
-  static heap* owner_of_chunk_aligned(std::uintptr_t a) noexcept;
   static const chunk_header* header_of(std::uintptr_t a) noexcept;  // the header describing a, or null
+  // header_of's rare case, out of line: a % chunk_bytes == 0.
+  static const chunk_header* aligned_large_header(std::uintptr_t a) noexcept;
 
   heap() noexcept;
   segment* first_segment() const noexcept;
@@ -374,28 +375,17 @@ inline void heap::free_any(void* p) noexcept {
   free_unusual(p, h);
 }
 
-// Inline for free()'s sake: the common case is one masked load and a compare.
-inline heap* heap::owner_of(const void* p) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  if (!in_region(p)) return nullptr;
-  if (a % chunk_bytes == 0) return owner_of_chunk_aligned(a);
-  const auto* c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
-  return c->magic == segment_magic || c->magic == large_magic ? c->owner : nullptr;
-}
-
-// Inline: drain_rings looks up every pointer another OS thread freed.
+// Inline for free()'s and drain_rings' sake: the common case is one masked load and a compare.
 inline const heap::chunk_header* heap::header_of(std::uintptr_t a) noexcept {
   if (!in_region(reinterpret_cast<const void*>(a))) return nullptr;
-  const chunk_header* c;
-  if (a % chunk_bytes == 0) {
-    const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
-    if (!in_region(l) || l->magic != large_magic || l->block_offset != chunk_bytes) return nullptr;
-    c = l;
-  } else {
-    c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
-    if (c->magic != segment_magic && c->magic != large_magic) return nullptr;
-  }
-  return c;
+  if (a % chunk_bytes == 0) return aligned_large_header(a);
+  const auto* c = reinterpret_cast<const chunk_header*>(a & ~(chunk_bytes - 1));
+  return c->magic == segment_magic || c->magic == large_magic ? c : nullptr;
+}
+
+inline heap* heap::owner_of(const void* p) noexcept {
+  const chunk_header* c = header_of(reinterpret_cast<std::uintptr_t>(p));
+  return c != nullptr ? c->owner : nullptr;
 }
 
 inline heap* heap::owner_with_id(const void* p, std::uint64_t id) noexcept {

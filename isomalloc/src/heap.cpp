@@ -691,10 +691,9 @@ void heap::sort_chunks() const noexcept {
 // A chunk-aligned block is a large block aligned to 64 KiB or more, its header one chunk below;
 // any other chunk-aligned pointer (a block of the C interface just above a heap chunk, say)
 // belongs to no heap.
-heap* heap::owner_of_chunk_aligned(std::uintptr_t a) noexcept {
+const heap::chunk_header* heap::aligned_large_header(std::uintptr_t a) noexcept {
   const auto* l = reinterpret_cast<const large*>(a - chunk_bytes);
-  const bool aligned_large = in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes;
-  return aligned_large ? l->owner : nullptr;
+  return in_region(l) && l->magic == large_magic && l->block_offset == chunk_bytes ? l : nullptr;
 }
 
 std::size_t heap::usable_size(const void* p) const noexcept {
