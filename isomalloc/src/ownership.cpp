@@ -94,15 +94,13 @@ bool ring_free(const heap* h, void* p, std::uint64_t id, bool* refused) noexcept
     return false;
   }
   if (need != 1) {
+    // The identity first, published on its own: it applies to the pointers that come after it.
     r->word[head++ % remote_ring::slots] = remote_ring::id_mark;
     r->word[head++ % remote_ring::slots] = id;
     r->last_id = id;
+    r->head.store(head, std::memory_order_release);
   }
-  // The consumer read these lines last: ask for a line ahead for writing (a line every 8 words).
-  if (head % 8 == 0) __builtin_prefetch(&r->word[(head + 16) % remote_ring::slots], 1);
-  r->word[head++ % remote_ring::slots] = word;
-  r->head.store(head, std::memory_order_release);
-  return true;
+  return ring_push(p, id);  // t_ring is r, id its last identity, and there is room: true
 }
 
 void drain_rings() noexcept {
