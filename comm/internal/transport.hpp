@@ -43,12 +43,14 @@ class batcher {
   // The same for the head and then the n pieces in order, each copied once, straight from where
   // it lies (a thread image's extents: no buffer in between). The head is apart so that a caller
   // that prefixes a record head needs no array of its own (no allocation on iso::send's path).
+  // Zero bytes follow up to a multiple of `align` bytes (a power of two): records of a format that
+  // pads so start aligned in the batch, whose buffer is malloc-aligned.
   struct piece {
     const void* data;
     std::size_t bytes;
   };
   void append_pieces(int dest, const void* head, std::size_t head_n, const piece* pieces, std::size_t n,
-                     bool now) noexcept;
+                     bool now, std::size_t align = 1) noexcept;
   // Completes sends; sends the batches that waited for room in their window.
   void poll() noexcept;
   // Sends every waiting batch, whatever the window (non-blocking).

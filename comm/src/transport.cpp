@@ -34,10 +34,11 @@ void batcher::append(int dest, const void* head, std::size_t head_n, const void*
 }
 
 void batcher::append_pieces(int dest, const void* head, std::size_t head_n, const piece* pieces, std::size_t n,
-                           bool now) noexcept {
+                           bool now, std::size_t align) noexcept {
   outbox& box = outboxes_[static_cast<std::size_t>(dest)];
   std::size_t total = head_n;
   for (std::size_t i = 0; i < n; ++i) total += pieces[i].bytes;
+  total = (total + align - 1) & ~(align - 1);  // resize() below zero-fills the padding
   try {
     if (box.batch.empty()) ++waiting_;
     // One allocation for all the pieces, growing geometrically (a batch that waits for its

@@ -242,12 +242,14 @@ class engine {
   void on_batch(int source, const unsigned char* buf, std::size_t bytes) noexcept;
   void drop(const data_header& h, const char* why) noexcept;
   void send_system(thread_id to, thread_id from, msg_kind kind, errc status);
-  // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes]: thread messages, control
-  // messages and small thread images. Control records wait for the next poll (or ride along with
-  // the next message or image to that rank): a location update right after an arrival would
-  // otherwise cost a send of its own.
+  // Records of a batch (transport.hpp): [u32 kind][u32 bytes][bytes], padded to record_align:
+  // thread messages, control messages and small thread images. The head is 8 bytes, so every
+  // record's bytes start 8-aligned in the batch and an image header is read in place. Control
+  // records wait for the next poll (or ride along with the next message or image to that rank):
+  // a location update right after an arrival would otherwise cost a send of its own.
   // rank: a collective's result for the rank itself (send_to_rank).
   enum class record : std::uint32_t { data = 0, ctrl = 1, image = 2, rank = 3 };
+  static constexpr std::size_t record_align = 8;
   void post_record(int dest, record kind, const unsigned char* bytes, std::size_t n) noexcept {
     const batcher::piece piece{bytes, n};
     post_record(dest, kind, &piece, 1);

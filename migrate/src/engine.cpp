@@ -70,7 +70,7 @@ void engine::post_record(int dest, record kind, const batcher::piece* pieces, st
   // u32, and a batch (at most batch_flush_bytes and one record) an MPI count.
   ISO_ASSERT_INTERNAL(n <= sizeof(data_header) + max_message_bytes || kind == record::image);
   const std::uint32_t head[2] = {static_cast<std::uint32_t>(kind), static_cast<std::uint32_t>(n)};
-  batches_.append_pieces(dest, head, sizeof head, pieces, count, kind != record::ctrl);
+  batches_.append_pieces(dest, head, sizeof head, pieces, count, kind != record::ctrl, record_align);
 }
 
 void engine::complete_sends() noexcept {
@@ -142,7 +142,8 @@ bool engine::poll() noexcept {
   return did;
 }
 
-// A batch: records [u32 kind][u32 bytes][bytes], in the order they were sent.
+// A batch: records [u32 kind][u32 bytes][bytes][padding to record_align], in the order they were
+// sent; each record's bytes start record_align-aligned, so they are read in place.
 void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) noexcept {
   for (std::size_t at = 0; at + 2 * sizeof(std::uint32_t) <= bytes;) {
     std::uint32_t head[2];
@@ -150,7 +151,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
     at += sizeof head;
     ISO_ASSERT(at + head[1] <= bytes);
     const unsigned char* rec = buf + at;
-    at += head[1];
+    at = (at + head[1] + record_align - 1) & ~(record_align - 1);
     switch (static_cast<record>(head[0])) {
       case record::data:
         ISO_ASSERT(head[1] >= sizeof(data_header));
@@ -168,19 +169,8 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
         break;
       }
       case record::image:
-        // Records are not padded: after one of odd length an image header (u64 fields) would be
-        // read misaligned in place, so it is read from an aligned copy then (start_arrival keeps
-        // no pointer into the bytes it is given).
-        if (reinterpret_cast<std::uintptr_t>(rec) % alignof(std::uint64_t) != 0) {
-          try {
-            const sys_vector<unsigned char> aligned(rec, rec + head[1]);
-            start_arrival(source, aligned.data(), aligned.size());
-          } catch (const std::bad_alloc&) {
-            fatal("out of system memory for a %u-byte thread image from rank %d", head[1], source);
-          }
-        } else {
-          start_arrival(source, rec, head[1]);
-        }
+        ISO_ASSERT(reinterpret_cast<std::uintptr_t>(rec) % alignof(image_header) == 0);
+        start_arrival(source, rec, head[1]);
         break;
       case record::rank:
         combiner_.deliver(rec, head[1]);
