@@ -95,50 +95,60 @@ TEST(Collectives, SpawnGroupEveryCollectiveWhileMembersMigrateAtRandom) {
   rt->run();
 }
 
-TEST(Collectives, OverlappingGroupsRunCollectivesAtOnce) {
-  const std::uint64_t seed = iso_test::test_seed("Collectives.OverlappingGroupsRunCollectivesAtOnce");
-  constexpr int per_rank = 5;
+std::vector<iso::thread_id> ids_from(const iso::message& m) {
+  std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
+  std::memcpy(ids.data(), m.data.data(), m.data.size());
+  return ids;
+}
+
+// Spawns per_rank threads on every rank; each runs body(ids), ids every rank's threads in rank
+// order, which rank 0's main sends them once all are spawned. Collective; returns this rank's.
+template <class Body>
+std::vector<iso::thread_id> spawn_on_every_rank(int per_rank, Body body) {
   std::vector<iso::thread_id> mine;
   for (int k = 0; k < per_rank; ++k) {
-    mine.push_back(iso::spawn([seed] {
-      // The member list: every rank's threads, from main of rank 0.
-      const iso::message m = iso::recv(iso::thread_id(0, 0), 0);
-      std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
-      std::memcpy(ids.data(), m.data.data(), m.data.size());
-      const iso::group all(ids);                                   // every thread
-      std::vector<iso::thread_id> rev(ids.rbegin(), ids.rend());
-      const iso::group reversed(rev);                              // the same threads, other order
-      std::vector<iso::thread_id> even;
-      for (std::size_t j = 0; j < ids.size(); j += 2) even.push_back(ids[j]);
-      const iso::group evens(even);                                // every other one
-      const iso::thread_id me = iso::this_thread::id();
-      const int i = all.index_of(me);
-      std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
-      const int n = static_cast<int>(all.size());
-      for (int round = 0; round < 8; ++round) {
-        // Interleaved, so that messages of the three groups are in flight together.
-        const std::vector<int> a = iso::allgather(all, i);
-        maybe_migrate(rng);
-        const std::vector<int> r = iso::allgather(reversed, i);
-        int e = -1;
-        if (evens.index_of(me) >= 0) e = iso::allreduce(evens, 1, iso::sum);
-        const int s = iso::allreduce(reversed, i * round, iso::sum);
-        maybe_migrate(rng);
-        for (int k = 0; k < n; ++k) {
-          EXPECT_EQ(a[static_cast<std::size_t>(k)], k);
-          EXPECT_EQ(r[static_cast<std::size_t>(k)], n - 1 - k);
-        }
-        if (evens.index_of(me) >= 0) {
-          EXPECT_EQ(e, static_cast<int>(evens.size()));
-        }
-        EXPECT_EQ(s, round * n * (n - 1) / 2);
-      }
-    }));
+    mine.push_back(iso::spawn([body] { body(ids_from(iso::recv(iso::thread_id(0, 0), 0))); }));
   }
   const std::vector<iso::thread_id> ids = allgather_ids(mine);
   if (rt->rank() == 0) {
     for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
   }
+  return mine;
+}
+
+TEST(Collectives, OverlappingGroupsRunCollectivesAtOnce) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.OverlappingGroupsRunCollectivesAtOnce");
+  constexpr int per_rank = 5;
+  spawn_on_every_rank(per_rank, [seed](const std::vector<iso::thread_id>& ids) {
+    const iso::group all(ids);                                   // every thread
+    std::vector<iso::thread_id> rev(ids.rbegin(), ids.rend());
+    const iso::group reversed(rev);                              // the same threads, other order
+    std::vector<iso::thread_id> even;
+    for (std::size_t j = 0; j < ids.size(); j += 2) even.push_back(ids[j]);
+    const iso::group evens(even);                                // every other one
+    const iso::thread_id me = iso::this_thread::id();
+    const int i = all.index_of(me);
+    std::mt19937_64 rng(seed + static_cast<std::uint64_t>(i));
+    const int n = static_cast<int>(all.size());
+    for (int round = 0; round < 8; ++round) {
+      // Interleaved, so that messages of the three groups are in flight together.
+      const std::vector<int> a = iso::allgather(all, i);
+      maybe_migrate(rng);
+      const std::vector<int> r = iso::allgather(reversed, i);
+      int e = -1;
+      if (evens.index_of(me) >= 0) e = iso::allreduce(evens, 1, iso::sum);
+      const int s = iso::allreduce(reversed, i * round, iso::sum);
+      maybe_migrate(rng);
+      for (int k = 0; k < n; ++k) {
+        EXPECT_EQ(a[static_cast<std::size_t>(k)], k);
+        EXPECT_EQ(r[static_cast<std::size_t>(k)], n - 1 - k);
+      }
+      if (evens.index_of(me) >= 0) {
+        EXPECT_EQ(e, static_cast<int>(evens.size()));
+      }
+      EXPECT_EQ(s, round * n * (n - 1) / 2);
+    }
+  });
   rt->run();
 }
 
@@ -320,12 +330,6 @@ double fp_value(std::uint64_t seed, int i, int round) {
   return (g() % 2 == 0 ? 1 : -1) * std::ldexp(mantissa, exponent);
 }
 
-std::vector<iso::thread_id> ids_from(const iso::message& m) {
-  std::vector<iso::thread_id> ids(m.data.size() / sizeof(iso::thread_id));
-  std::memcpy(ids.data(), m.data.data(), m.data.size());
-  return ids;
-}
-
 TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCollectives) {
   const std::uint64_t seed = iso_test::test_seed("Collectives.FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCollectives");
   constexpr int n = 13, rounds = 10;
@@ -433,22 +437,15 @@ TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCal
   // call where one message per member would be 200.
   constexpr int per_rank = 200, calls = 40;
   const auto before = combiner_counts();
-  std::vector<iso::thread_id> mine;
-  for (int k = 0; k < per_rank; ++k) {
-    mine.push_back(iso::spawn([] {
-      const iso::group g(ids_from(iso::recv(iso::thread_id(0, 0), 0)));
-      const int i = g.index_of(iso::this_thread::id());
-      const int n = static_cast<int>(g.size());
-      for (int c = 0; c < calls / 2; ++c) {
-        EXPECT_EQ(iso::allreduce(g, i, iso::sum), n * (n - 1) / 2);
-        iso::barrier(g);
-      }
-    }));
-  }
-  const std::vector<iso::thread_id> ids = allgather_ids(mine);
-  if (rt->rank() == 0) {
-    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
-  }
+  spawn_on_every_rank(per_rank, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    for (int c = 0; c < calls / 2; ++c) {
+      EXPECT_EQ(iso::allreduce(g, i, iso::sum), n * (n - 1) / 2);
+      iso::barrier(g);
+    }
+  });
   rt->run();
   const auto after = combiner_counts();
   const std::uint64_t batches = after.batches - before.batches, results = after.results - before.results;
@@ -467,20 +464,13 @@ TEST(Collectives, ManyMembersPerRankCostAboutOneMessageBetweenRanksPerRankAndCal
 // collective completes in the next run.
 TEST(Collectives, MembersWaitingForOneThatNeverCallsAreADeadlock) {
   constexpr int per_rank = 3, tag_go = 7;
-  std::vector<iso::thread_id> mine;
-  for (int k = 0; k < per_rank; ++k) {
-    mine.push_back(iso::spawn([] {
-      const iso::group g(ids_from(iso::recv(iso::thread_id(0, 0), 0)));
-      const int i = g.index_of(iso::this_thread::id());
-      const int n = static_cast<int>(g.size());
-      if (i == n - 1) (void)iso::recv(iso::thread_id(iso::rank(), 0), tag_go);  // holds the others up
-      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n);
-    }));
-  }
-  const std::vector<iso::thread_id> ids = allgather_ids(mine);
-  if (rt->rank() == 0) {
-    for (iso::thread_id t : ids) iso::send(t, ids.data(), ids.size() * sizeof(iso::thread_id), 0);
-  }
+  const std::vector<iso::thread_id> mine = spawn_on_every_rank(per_rank, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    if (i == n - 1) (void)iso::recv(iso::thread_id(iso::rank(), 0), tag_go);  // holds the others up
+    EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n);
+  });
   try {
     rt->run();
     ADD_FAILURE() << "run() returned while members wait in an allreduce";
