@@ -608,7 +608,7 @@ std::string stdout_of(F&& f) {
   dup2(saved, STDOUT_FILENO);
   close(saved);
   std::string text(static_cast<std::size_t>(lseek(fd, 0, SEEK_END)), '\0');
-  pread(fd, text.data(), text.size(), 0);
+  EXPECT_EQ(pread(fd, text.data(), text.size(), 0), static_cast<ssize_t>(text.size()));
   close(fd);
   unlink(path);
   return text;
