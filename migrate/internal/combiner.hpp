@@ -33,6 +33,50 @@ namespace iso::detail {
 struct tcb;
 class engine;
 
+// Blocks of the system heap for the rank's collectives, kept once freed for the next use, by
+// size class (powers of two from 16 bytes): a rank that runs one collective after another takes
+// the same blocks again instead of asking glibc each time, whose large blocks (a 1 MiB span's
+// leaves, batches and results) go back to the kernel when freed and fault in again on the next
+// use (about 1.5 us a 4 KiB page), and whose small ones take its arena lock. Used only on the
+// OS thread of the rank's scheduler (where collectives and the engine's polls run). At most
+// kept_limit bytes stay kept; blocks above the largest class go straight to glibc.
+class block_cache {
+ public:
+  static block_cache& get() noexcept;
+  void* take(std::size_t bytes);                 // throws std::bad_alloc
+  void give(void* p, std::size_t bytes) noexcept;  // bytes: as given to take()
+
+ private:
+  static constexpr unsigned classes = 24;        // 16 B .. 128 MiB
+  static constexpr std::size_t kept_limit = std::size_t{64} << 20;
+  struct node {
+    node* next;
+  };
+  node* free_[classes] = {};
+  std::size_t kept_ = 0;  // bytes of the blocks in free_
+};
+
+template <class T>
+struct cached_allocator {
+  using value_type = T;
+  cached_allocator() noexcept = default;
+  template <class U>
+  cached_allocator(const cached_allocator<U>&) noexcept {}
+  T* allocate(std::size_t n) { return static_cast<T*>(block_cache::get().take(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t n) noexcept { block_cache::get().give(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const cached_allocator<U>&) const noexcept { return true; }
+};
+
+// A result record as this rank's waiters of one collective share it (deliver()): each reads it in
+// place and lets go of it (release), the last one frees it. The record follows this header.
+struct shared_result {
+  std::size_t readers;  // waiters that have not let go of it yet
+  std::size_t bytes;    // the record's
+  const std::byte* record() const noexcept { return reinterpret_cast<const std::byte*>(this + 1); }
+};
+static_assert(sizeof(shared_result) % alignof(std::max_align_t) == 0, "the record is aligned as a heap block");
+
 // How two adjacent blocks combine: element-wise with c when c.fn is set (same lengths, else a
 // failure naming both), else by concatenation (gather, broadcast, barrier). `call` names the
 // public call in failures.
@@ -68,10 +112,10 @@ class partial_tree {
 
   // Block (level, lo) of a group of n members. pre: no block put so far overlaps it.
   void put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
-  // Leaf lo: the bytes are copied only if they must be kept (not when they merge at once into
-  // their left sibling).
-  void put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed, std::uint32_t n,
-                const merge_rule& r);
+  // Block (level, lo) from bytes it does not own: they are copied only if they must be kept (not
+  // when they merge at once into their left sibling). pre: as put's.
+  void put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
+                 std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
   bool empty() const noexcept { return parts_.empty() && !root_; }
   // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
@@ -96,7 +140,7 @@ class rank_combiner {
   using key = std::pair<std::uint64_t, std::uint64_t>;  // (fingerprint, sequence number)
   struct waiter {
     tcb* thread;                   // blocked here
-    std::vector<std::byte>* out;   // on its stack: gets the result record, in its heap
+    const shared_result** out;     // on its stack: gets the result it shares with this rank's waiters
   };
   // Member `index` of the collective `k` (kind, n members, member 0 `first`, reserved `tag`)
   // puts its value; `w`: the member waits here for the result (it blocks once this returns).
@@ -107,9 +151,12 @@ class rank_combiner {
   // thread ready here), else once a poll has seen them and no deposit came since. True if it
   // sent any.
   bool flush(engine& e, bool idle) noexcept;
-  // A result record (collectives.cpp) for this rank's waiters of its collective: each gets a copy
-  // in its heap and is woken.
+  // A result record (collectives.cpp) for this rank's waiters of its collective: they share one
+  // copy of it (shared_result), and each is woken pinned to this rank (tcb::locks_held, as a
+  // thread handed an iso::mutex is) until it has read it and called release().
   void deliver(const unsigned char* record, std::size_t bytes) noexcept;
+  // The waiter `reader` has read r (it runs on this rank): unpins it; the last reader frees r.
+  static void release(const shared_result* r, tcb* reader) noexcept;
   std::size_t unsent() const noexcept { return unsent_; }
 
   // Messages between ranks for collectives, sent by this rank so far (tests show the cost).
@@ -126,12 +173,12 @@ class rank_combiner {
     std::uint32_t n;
     thread_id first;
     int tag;
-    partial_tree<sys_allocator<std::byte>> blocks;  // deposited here, not yet sent
+    partial_tree<cached_allocator<std::byte>> blocks;  // deposited here, not yet sent
     bool waiters_unsent = false;   // a waiter's leaf is among them: member 0 must answer this rank
     bool aged = false;             // a poll has seen them, and no deposit came since
-    sys_vector<waiter> waiters;
+    std::vector<waiter, cached_allocator<waiter>> waiters;
   };
-  sys_map<key, entry> entries_;
+  std::map<key, entry, std::less<key>, cached_allocator<std::pair<const key, entry>>> entries_;
   std::size_t unsent_ = 0;
   counts_t counts_;
 };
@@ -240,20 +287,25 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
 }
 
 template <class ByteAlloc>
-void partial_tree<ByteAlloc>::put_leaf(std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
-                                       std::uint32_t n, const merge_rule& r) {
+void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data,
+                                        std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r) {
   ISO_ASSERT(lo < n);
-  if ((lo & 1u) != 0) {
-    const auto it = parts_.find({0, lo ^ 1u});
-    if (it != parts_.end()) {  // the left sibling is here: merge straight from the caller's bytes
-      r.merge(it->second.failed, it->second.data, lo ^ 1u, data, n_bytes, failed, lo);
-      part left = std::move(it->second);
-      parts_.erase(it);
-      put(1, lo ^ 1u, std::move(left), n, r);
-      return;
-    }
+  // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()).
+  for (std::uint32_t at = level;; ++at) {
+    const std::uint64_t span = std::uint64_t{1} << at;
+    if (lo == 0 && span >= n) break;  // the root
+    const std::uint64_t sibling = lo ^ span;
+    if (sibling >= n) continue;       // the right half is empty: the block is its parent
+    if (sibling > lo) break;          // a left block: kept until its right sibling comes
+    const auto it = parts_.find({at, static_cast<std::uint32_t>(sibling)});
+    if (it == parts_.end()) break;
+    r.merge(it->second.failed, it->second.data, static_cast<std::uint32_t>(sibling), data, n_bytes, failed, lo);
+    part left = std::move(it->second);
+    parts_.erase(it);
+    put(at + 1, static_cast<std::uint32_t>(sibling), std::move(left), n, r);
+    return;
   }
-  put(0, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+  put(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
 }
 
 template <class ByteAlloc>

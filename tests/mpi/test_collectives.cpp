@@ -406,6 +406,65 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
   EXPECT_GT(all_moved, 0) << "no member was moved during a collective";
 }
 
+// A waiter reads the result its rank's waiters share in place, where it was woken: a woken
+// waiter is ready, and a ready thread is one iso::migrate ships at once, so it must stay until it
+// has read it. On every rank a mover asks iso::migrate, at each of its turns, for each member
+// (with odds 1/2, so that a member between two collectives gets to run too) to go to the next
+// rank; the members' element-wise allreduces must still return the sums, and the moves happen
+// once they yield.
+TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult");
+  constexpr int per_rank = 4, rounds = 30, len = 300, tag_stop = 9;
+  static int moved = 0;  // this rank's members that returned from a yield on another rank
+  moved = 0;
+  const iso::thread_id mover = iso::spawn([seed] {
+    const std::vector<iso::thread_id> members = ids_from(iso::recv(iso::thread_id(iso::rank(), 0), 0));
+    const int next = (iso::rank() + 1) % iso::size();
+    std::mt19937_64 rng(seed ^ (0x51edu + static_cast<std::uint64_t>(iso::rank())));
+    while (!iso::try_recv(iso::any_thread, tag_stop)) {
+      for (iso::thread_id m : members) {
+        if (rng() % 2 != 0) continue;
+        try {
+          iso::migrate(m, next);
+        } catch (const iso::error& e) {
+          EXPECT_EQ(e.code_value(), iso::errc::unknown_thread) << e.what();  // it is not on this rank
+        }
+      }
+      iso::this_thread::yield();
+    }
+  });
+  const std::vector<iso::thread_id> movers = allgather_ids({mover});
+  const std::vector<iso::thread_id> mine = spawn_on_every_rank(per_rank, [movers](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    std::vector<double> v(len);
+    for (int round = 0; round < rounds; ++round) {
+      for (int k = 0; k < len; ++k) v[static_cast<std::size_t>(k)] = i * len + k + round;
+      const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
+      int wrong = r.size() == static_cast<std::size_t>(len) ? 0 : len;
+      for (int k = 0; wrong == 0 && k < len; ++k) {
+        // The sum over members j of j * len + k + round.
+        wrong += r[static_cast<std::size_t>(k)] != static_cast<double>(len) * (n * (n - 1) / 2) + n * (k + round);
+      }
+      EXPECT_EQ(wrong, 0) << "member " << i << ", round " << round;
+      const int before = iso::rank();
+      iso::this_thread::yield();  // where an asked move happens
+      moved += iso::rank() != before ? 1 : 0;
+    }
+    iso::barrier(g);
+    if (i == 0) {
+      for (iso::thread_id m : movers) iso::send(m, nullptr, 0, tag_stop);
+    }
+  });
+  const std::vector<iso::thread_id> members = allgather_ids(mine);
+  iso::send(mover, members.data(), members.size() * sizeof(iso::thread_id), 0);
+  rt->run();
+  int all_moved = 0;
+  MPI_Allreduce(&moved, &all_moved, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GT(all_moved, 0) << "no member was moved";
+}
+
 iso::detail::rank_combiner::counts_t combiner_counts() {
   return iso::detail::engine::current()->combiner().counts();
 }
