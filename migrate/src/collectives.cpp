@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "combiner.hpp"
@@ -195,7 +196,15 @@ constexpr combiner concatenate{nullptr, nullptr, 1};
 // ---------------------------------------------------------------- result_record
 
 result_record::~result_record() {
-  if (shared_ != nullptr) rank_combiner::release(static_cast<const shared_result*>(shared_), static_cast<tcb*>(reader_));
+  if (shared_ == nullptr) return;
+  tcb* self = static_cast<tcb*>(reader_);
+  rank_combiner::release(static_cast<const shared_result*>(shared_), self);
+  // A migration asked while it waited happens now that it has read the result, as it would have
+  // once woken: its next suspension where it could move may be far (the next collective's wait
+  // is none). Not while an exception unwinds: the count of those is the OS thread's.
+  if (self->pending_dest >= 0 && self->locks_held == 0 && std::uncaught_exceptions() == 0) {
+    scheduler::current()->yield_running();
+  }
 }
 
 // ---------------------------------------------------------------- rank_combiner
