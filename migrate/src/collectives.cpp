@@ -164,7 +164,12 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
   rank_combiner::key k{g.fingerprint(), 0};
   {
     heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
-    k.second = mailbox_of(self).collectives[g.fingerprint()]++;
+    mailbox& mb = mailbox_of(self);
+    if (mb.last_count == nullptr || mb.last_group != k.first) {
+      mb.last_count = &mb.collectives[k.first];
+      mb.last_group = k.first;
+    }
+    k.second = (*mb.last_count)++;
   }
   const int tag = collective_tag(g.fingerprint());
   const merge_rule rule{c, call};

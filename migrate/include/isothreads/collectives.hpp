@@ -17,7 +17,7 @@
 // floating-point result is the same bits wherever the members run.
 // A member waiting for a result (all members for barrier, broadcast and the all- variants, root
 // for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
-// once it is woken. The others return once their value is in.
+// once it has read it, before the call returns. The others return once their value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
 // out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
 // the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
