@@ -98,8 +98,10 @@ struct merge_rule {
 };
 
 // Disjoint blocks of the fixed tree; a block and its sibling are merged as soon as both are here.
-// Invariant: no two blocks overlap, no block's sibling is here, and root() is set exactly when
-// every leaf [0, n) has been put. ByteAlloc: where the bytes live (the system heap for a rank's
+// Invariant: no two blocks overlap, and no block's sibling is here unless their merge threw
+// (put, put_bytes: the block is kept beside its sibling, so that no leaf is lost and drain()
+// still hands every one out); root() is set exactly when every leaf [0, n) has been put and no
+// merge threw. ByteAlloc: where the bytes live (the system heap for a rank's
 // state, the current heap for the combining member's, which may migrate with it).
 template <class ByteAlloc>
 class partial_tree {
@@ -110,10 +112,12 @@ class partial_tree {
     bytes data;
   };
 
-  // Block (level, lo) of a group of n members. pre: no block put so far overlaps it.
+  // Block (level, lo) of a group of n members. pre: no block put so far overlaps it. Throws
+  // only std::bad_alloc: then p is unchanged if it was not taken in, else kept in the tree.
   void put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
   // Block (level, lo) from bytes it does not own: they are copied only if they must be kept (not
-  // when they merge at once into their left sibling). pre: as put's.
+  // when they merge at once into their left sibling). pre, throws: as put's (the bytes are not
+  // in the tree then).
   void put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
                  std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
@@ -125,7 +129,11 @@ class partial_tree {
  private:
   using key = std::pair<std::uint32_t, std::uint32_t>;  // (level, lo)
   using part_alloc = typename std::allocator_traits<ByteAlloc>::template rebind_alloc<std::pair<const key, part>>;
-  std::map<key, part, std::less<key>, part_alloc> parts_;
+  using part_map = std::map<key, part, std::less<key>, part_alloc>;
+  // The block in b (keyed by its level and lo) merged with its sibling, and on up, then kept
+  // where it stops. A merge that throws keeps it beside its sibling before the exception leaves.
+  void put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r);
+  part_map parts_;
   std::optional<part> root_;
 };
 
@@ -254,35 +262,48 @@ template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
                                   const merge_rule& r) {
   ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
+  // The node is the one allocation: from there on, nothing that was put can be lost.
+  put_node(parts_.extract(parts_.emplace(key{level, lo}, std::move(p)).first), n, r);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r) {
   for (;;) {
+    const auto [level, lo] = b.key();
     const std::uint64_t span = std::uint64_t{1} << level;
     if (lo == 0 && span >= n) {
-      root_.emplace(std::move(p));
+      root_.emplace(std::move(b.mapped()));
       return;
     }
     const std::uint64_t sibling = lo ^ span;
     if (sibling >= n) {  // the right half is empty: the block is its parent
-      ++level;
+      b.key() = key{level + 1, lo};
       continue;
     }
     const auto it = parts_.find({level, static_cast<std::uint32_t>(sibling)});
     if (it == parts_.end()) {
-      parts_.emplace(key{level, lo}, std::move(p));
+      parts_.insert(std::move(b));
       return;
     }
-    // The stored sibling is taken out only once the merge is done: a merge that throws
-    // (bad_alloc) leaves it in the tree.
-    if (sibling > lo) {
-      r.merge(p.failed, p.data, lo, it->second.data.data(), it->second.data.size(), it->second.failed,
-              static_cast<std::uint32_t>(sibling));
-    } else {
-      part& left = it->second;
-      r.merge(left.failed, left.data, static_cast<std::uint32_t>(sibling), p.data.data(), p.data.size(), p.failed, lo);
-      p = std::move(left);
-      lo = static_cast<std::uint32_t>(sibling);
+    try {  // a merge that throws leaves both blocks as they were (merge_rule::merge)
+      if (sibling > lo) {
+        r.merge(b.mapped().failed, b.mapped().data, lo, it->second.data.data(), it->second.data.size(),
+                it->second.failed, static_cast<std::uint32_t>(sibling));
+      } else {
+        r.merge(it->second.failed, it->second.data, static_cast<std::uint32_t>(sibling), b.mapped().data.data(),
+                b.mapped().data.size(), b.mapped().failed, lo);
+      }
+    } catch (...) {
+      parts_.insert(std::move(b));
+      throw;
     }
-    parts_.erase(it);
-    ++level;
+    if (sibling > lo) {
+      parts_.erase(it);
+      b.key() = key{level + 1, lo};
+    } else {
+      b = parts_.extract(it);  // the merged block, in its node
+      b.key() = key{level + 1, static_cast<std::uint32_t>(sibling)};
+    }
   }
 }
 
@@ -300,9 +321,9 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
     const auto it = parts_.find({at, static_cast<std::uint32_t>(sibling)});
     if (it == parts_.end()) break;
     r.merge(it->second.failed, it->second.data, static_cast<std::uint32_t>(sibling), data, n_bytes, failed, lo);
-    part left = std::move(it->second);
-    parts_.erase(it);
-    put(at + 1, static_cast<std::uint32_t>(sibling), std::move(left), n, r);
+    auto left = parts_.extract(it);
+    left.key() = key{at + 1, static_cast<std::uint32_t>(sibling)};
+    put_node(std::move(left), n, r);
     return;
   }
   put(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
