@@ -167,7 +167,9 @@ int main(int argc, char** argv) {
   if (selected("allreduce_8B/32threads_on_rank_0")) {
     bench_allreduce(rt, "allreduce_8B/32threads_on_rank_0", 32, 0, 50, 500, true);
   }
-  if (selected("allreduce_1MiB/16threads")) bench_allreduce(rt, "allreduce_1MiB/16threads", 8, std::size_t{1} << 17, 3, 20);
+  if (selected("allreduce_1MiB/16threads")) {
+    bench_allreduce(rt, "allreduce_1MiB/16threads", 8, std::size_t{1} << 17, 3, 20);
+  }
   if (selected("async_get")) bench_futures(rt);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

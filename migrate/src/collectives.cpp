@@ -24,8 +24,9 @@
 // wait_reason::collective, which keeps them on their rank until the result wakes them
 // (scheduler::movable: a migration asked meanwhile happens after), and they are woken pinned
 // there (tcb::locks_held) until each has read the one copy of the result its rank's waiters
-// share (rank_combiner::deliver, result_record); the others return once their leaf is in. Termination: an entry with unsent blocks counts as work in flight
-// (engine::in_flight), and batches and results are ordinary counted messages of the engine.
+// share (rank_combiner::deliver, result_record); the others return once their leaf is in.
+// Termination: an entry with unsent blocks counts as work in flight (engine::in_flight), and
+// batches and results are ordinary counted messages of the engine.
 // Different groups (tags that collide too) and successive collectives of one group stay apart
 // by (fp, seq): member 0 puts aside, in its mailbox's stash, batches of other collectives.
 #include <algorithm>
@@ -140,8 +141,8 @@ void throw_if_failed(const result_record& result) {
 
 // One collective at the calling member: `bytes` bytes at data are its leaf (broadcast: only
 // root's is not empty); `all`: every member gets the result, else only root.
-result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c,
-                           int root, bool all, const char* call) {
+result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c, int root,
+                  bool all, const char* call) {
   tcb* self = running_or_throw(call);
   const int me = g.index_of(self->id);
   const int n = static_cast<int>(g.size());
@@ -339,7 +340,7 @@ unsigned class_of(std::size_t bytes) noexcept {
 }  // namespace
 
 block_cache& block_cache::get() noexcept {
-  static block_cache cache;  // never destroyed before the engine's last poll: what it keeps is freed at exit
+  static block_cache cache;  // trivially destroyed: the blocks it keeps are left to the process's exit
   return cache;
 }
 

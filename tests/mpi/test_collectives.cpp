@@ -434,7 +434,7 @@ TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
     }
   });
   const std::vector<iso::thread_id> movers = allgather_ids({mover});
-  const std::vector<iso::thread_id> mine = spawn_on_every_rank(per_rank, [movers](const std::vector<iso::thread_id>& ids) {
+  const auto body = [movers](const std::vector<iso::thread_id>& ids) {
     const iso::group g(ids);
     const int i = g.index_of(iso::this_thread::id());
     const int n = static_cast<int>(g.size());
@@ -456,8 +456,8 @@ TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
     if (i == 0) {
       for (iso::thread_id m : movers) iso::send(m, nullptr, 0, tag_stop);
     }
-  });
-  const std::vector<iso::thread_id> members = allgather_ids(mine);
+  };
+  const std::vector<iso::thread_id> members = allgather_ids(spawn_on_every_rank(per_rank, body));
   iso::send(mover, members.data(), members.size() * sizeof(iso::thread_id), 0);
   rt->run();
   int all_moved = 0;
