@@ -408,14 +408,15 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
 
 // A waiter reads the result its rank's waiters share in place, where it was woken: a woken
 // waiter is ready, and a ready thread is one iso::migrate ships at once, so it must stay until it
-// has read it. On every rank a mover asks iso::migrate, at each of its turns, for each member
-// (with odds 1/2, so that a member between two collectives gets to run too) to go to the next
-// rank; the members' element-wise allreduces must still return the sums, and the moves happen
-// once they yield.
+// has read it, and then move before the call returns (the next call's wait would not move it).
+// On every rank a mover asks iso::migrate, at each of its turns, for each member (with odds 1/2,
+// so that a member between two collectives gets to run too) to go to the next rank; the members'
+// element-wise allreduces must still return the sums, and some must return on another rank than
+// the one they were called on.
 TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
   const std::uint64_t seed = iso_test::test_seed("Collectives.WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult");
   constexpr int per_rank = 4, rounds = 30, len = 300, tag_stop = 9;
-  static int moved = 0;  // this rank's members that returned from a yield on another rank
+  static int moved = 0;  // calls that returned on this rank, called on another
   moved = 0;
   const iso::thread_id mover = iso::spawn([seed] {
     const std::vector<iso::thread_id> members = ids_from(iso::recv(iso::thread_id(iso::rank(), 0), 0));
@@ -441,16 +442,15 @@ TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
     std::vector<double> v(len);
     for (int round = 0; round < rounds; ++round) {
       for (int k = 0; k < len; ++k) v[static_cast<std::size_t>(k)] = i * len + k + round;
+      const int before = iso::rank();
       const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
+      moved += i != 0 && iso::rank() != before ? 1 : 0;  // member 0 may move while it combines
       int wrong = r.size() == static_cast<std::size_t>(len) ? 0 : len;
       for (int k = 0; wrong == 0 && k < len; ++k) {
         // The sum over members j of j * len + k + round.
         wrong += r[static_cast<std::size_t>(k)] != static_cast<double>(len) * (n * (n - 1) / 2) + n * (k + round);
       }
       EXPECT_EQ(wrong, 0) << "member " << i << ", round " << round;
-      const int before = iso::rank();
-      iso::this_thread::yield();  // where an asked move happens
-      moved += iso::rank() != before ? 1 : 0;
     }
     iso::barrier(g);
     if (i == 0) {
@@ -462,7 +462,7 @@ TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
   rt->run();
   int all_moved = 0;
   MPI_Allreduce(&moved, &all_moved, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  EXPECT_GT(all_moved, 0) << "no member was moved";
+  EXPECT_GT(all_moved, 0) << "no waiter asked to move moved before its call returned";
 }
 
 iso::detail::rank_combiner::counts_t combiner_counts() {

@@ -17,7 +17,9 @@
 // floating-point result is the same bits wherever the members run.
 // A member waiting for a result (all members for barrier, broadcast and the all- variants, root
 // for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
-// once it has read it, before the call returns. The others return once their value is in.
+// once it has read it, before the call returns, unless the call throws or the member holds an
+// iso::mutex (then at its next suspension where it may move). The others return once their
+// value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
 // out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
 // the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
@@ -128,8 +130,10 @@ std::vector<T> values_from(const result_record& b) {
   const std::size_t n = (b.size() - result_offset) / sizeof(T);
   if constexpr (alignof(T) <= alignof(std::max_align_t)) {
     // Filled by one copy, without zeroing the elements first (a large result is written once).
-    // The payload is aligned for T (result_offset bytes into a heap block) and holds T objects
-    // (implicitly created in the block: T is trivially copyable).
+    // The payload is aligned for T: result_offset bytes into member 0's heap block, or into the
+    // record its rank's waiters share, which starts a multiple of alignof(max_align_t) bytes into
+    // a system block (combiner.hpp's shared_result). It holds T objects (implicitly created in
+    // the block: T is trivially copyable).
     const auto* first = reinterpret_cast<const T*>(b.data() + result_offset);
     return std::vector<T>(first, first + n);
   }
