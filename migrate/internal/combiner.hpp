@@ -34,21 +34,36 @@ struct tcb;
 class engine;
 
 // Blocks of the system heap for the rank's collectives, kept once freed for the next use, by
-// size class (powers of two from 16 bytes): a rank that runs one collective after another takes
-// the same blocks again instead of asking glibc each time, whose large blocks (a 1 MiB span's
-// leaves, batches and results) go back to the kernel when freed and fault in again on the next
-// use (about 1.5 us a 4 KiB page), and whose small ones take its arena lock. Used only on the
-// OS thread of the rank's scheduler (where collectives and the engine's polls run). At most
-// kept_limit bytes stay kept; blocks above the largest class go straight to glibc.
+// size class: a rank that runs one collective after another takes the same blocks again instead
+// of asking glibc each time, whose large blocks (a 1 MiB span's leaves, batches and results) go
+// back to the kernel when freed and fault in again on the next use (about 1.5 us a 4 KiB page),
+// and whose small ones take its arena lock. Used only on the OS thread of the rank's scheduler
+// (where collectives and the engine's polls run).
+// Classes: 16 bytes, then four a power of two (20, 24, 28, 32, 40, 48, ... bytes), so that a block
+// is at most 25% larger than asked (a 1 MiB result and its 48 bytes of headers: 1.25 MiB), up to
+// kept_limit; a larger block is glibc's, of the size asked, and freed at once.
+// Invariant: kept() == the bytes of the blocks in free_ <= kept_limit. trim() frees them all:
+// the rank_combiner calls it as the engine goes, runtime::run() as each run ends.
 class block_cache {
  public:
   static block_cache& get() noexcept;
-  void* take(std::size_t bytes);                 // throws std::bad_alloc
+  void* take(std::size_t bytes);                 // throws std::bad_alloc (fault point "collectives.take")
   void give(void* p, std::size_t bytes) noexcept;  // bytes: as given to take()
+  void trim() noexcept;                          // frees every kept block
+  std::size_t kept() const noexcept { return kept_; }
+  // The bytes of the block take(bytes) gives.
+  static std::size_t block_bytes(std::size_t bytes) noexcept;
+  // 8 MiB: what one rank's collectives of 1 MiB values have in use at once (its leaves kept until
+  // their right siblings come, log2 of its members, the batch and the shared result, each 1 to
+  // 1.25 MiB: 5.5 MiB with 8 members) stays faulted in from one call to the next, and a rank done
+  // with collectives holds no more than that until its run ends. Larger values cost their
+  // faults, which their messages' latency (1 MiB: about 128 us) and copies dwarf less and less.
+  static constexpr std::size_t kept_limit = std::size_t{8} << 20;
 
  private:
-  static constexpr unsigned classes = 24;        // 16 B .. 128 MiB
-  static constexpr std::size_t kept_limit = std::size_t{64} << 20;
+  static unsigned class_of(std::size_t bytes) noexcept;     // its blocks have class_bytes(c) bytes
+  static std::size_t class_bytes(unsigned c) noexcept;
+  static constexpr unsigned classes = 77;  // 16 B, then 4 a power of two up to 2^23 B (kept_limit)
   struct node {
     node* next;
   };
@@ -146,6 +161,12 @@ class partial_tree {
 class rank_combiner {
  public:
   using key = std::pair<std::uint64_t, std::uint64_t>;  // (fingerprint, sequence number)
+  rank_combiner() = default;
+  rank_combiner(const rank_combiner&) = delete;
+  rank_combiner& operator=(const rank_combiner&) = delete;
+  // With the engine: what is left of its entries (a run that ended in a deadlock) goes, and so
+  // does every block the cache kept.
+  ~rank_combiner();
   struct waiter {
     tcb* thread;                   // blocked here
     const shared_result** out;     // on its stack: gets the result it shares with this rank's waiters

@@ -38,6 +38,7 @@
 #include "combiner.hpp"
 #include "diag.hpp"
 #include "engine.hpp"
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
 #include "reserved.hpp"
@@ -215,6 +216,11 @@ result_record::~result_record() {
 
 // ---------------------------------------------------------------- rank_combiner
 
+rank_combiner::~rank_combiner() {
+  entries_.clear();
+  block_cache::get().trim();
+}
+
 void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
                             std::uint32_t index, const std::byte* data, std::size_t bytes, const merge_rule& r,
                             const waiter* w) {
@@ -330,42 +336,69 @@ void rank_combiner::release(const shared_result* r, tcb* reader) noexcept {
 
 // ---------------------------------------------------------------- block_cache
 
-namespace {
-
-// The class of a block of `bytes` (its blocks have 16 << class bytes).
-unsigned class_of(std::size_t bytes) noexcept {
-  return bytes <= 16 ? 0u : static_cast<unsigned>(std::bit_width(bytes - 1)) - 4;
+// Class c > 0 holds blocks of q << (b - 3) bytes, b = (c - 1) / 4 + 5, q = (c - 1) % 4 + 5: the
+// sizes in (2^(b-1), 2^b] in steps of 2^(b-3). Class 0: 16 bytes (and less); above kept_limit,
+// none (classes).
+unsigned block_cache::class_of(std::size_t bytes) noexcept {
+  if (bytes <= 16) return 0;
+  if (bytes > kept_limit) return classes;
+  const unsigned b = static_cast<unsigned>(std::bit_width(bytes - 1));  // 2^(b-1) < bytes <= 2^b
+  const std::size_t q = (bytes + (std::size_t{1} << (b - 3)) - 1) >> (b - 3);  // 5 .. 8
+  return (b - 5) * 4 + static_cast<unsigned>(q - 5) + 1;
 }
 
-}  // namespace
+std::size_t block_cache::class_bytes(unsigned c) noexcept {
+  if (c == 0) return 16;
+  return std::size_t{(c - 1) % 4 + 5} << ((c - 1) / 4 + 2);
+}
+
+std::size_t block_cache::block_bytes(std::size_t bytes) noexcept {
+  const unsigned c = class_of(bytes);
+  return c < classes ? class_bytes(c) : bytes;
+}
 
 block_cache& block_cache::get() noexcept {
-  static block_cache cache;  // trivially destroyed: the blocks it keeps are left to the process's exit
+  static block_cache cache;  // trivially destroyed: trim() has freed its blocks once the engine is gone
   return cache;
 }
 
 void* block_cache::take(std::size_t bytes) {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
+  if (fault::hit("collectives.take")) throw std::bad_alloc();
   const unsigned c = class_of(bytes);
   if (c < classes && free_[c] != nullptr) {
     node* p = free_[c];
     free_[c] = p->next;
-    kept_ -= std::size_t{16} << c;
+    kept_ -= class_bytes(c);
     return p;
   }
-  void* p = __libc_malloc(c < classes ? std::size_t{16} << c : bytes);
+  void* p = __libc_malloc(block_bytes(bytes));
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
 
 void block_cache::give(void* p, std::size_t bytes) noexcept {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
   if (p == nullptr) return;
   const unsigned c = class_of(bytes);
-  if (c >= classes || kept_ + (std::size_t{16} << c) > kept_limit) {
+  if (c >= classes || kept_ + class_bytes(c) > kept_limit) {
     __libc_free(p);
     return;
   }
   free_[c] = new (p) node{free_[c]};
-  kept_ += std::size_t{16} << c;
+  kept_ += class_bytes(c);
+}
+
+void block_cache::trim() noexcept {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
+  for (node*& head : free_) {
+    while (head != nullptr) {
+      node* next = head->next;
+      __libc_free(head);
+      head = next;
+    }
+  }
+  kept_ = 0;
 }
 
 // ---------------------------------------------------------------- the byte-level collectives

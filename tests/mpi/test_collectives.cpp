@@ -465,6 +465,24 @@ TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
   EXPECT_GT(all_moved, 0) << "no waiter asked to move moved before its call returned";
 }
 
+// The blocks a rank keeps for its next collectives (combiner.hpp's block_cache) are freed as
+// each run ends: the rank keeps none between runs.
+TEST(Collectives, ARunEndsWithNoBlockKeptForCollectives) {
+  static std::size_t kept_in_run = 0;  // on this rank, after its members' last call
+  kept_in_run = 0;
+  spawn_on_every_rank(3, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const std::vector<double> v(1 << 14, 1.0);  // 128 KiB
+    for (int round = 0; round < 4; ++round) {
+      EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum)[0], static_cast<double>(g.size()));
+    }
+    kept_in_run = std::max(kept_in_run, iso::detail::block_cache::get().kept());
+  });
+  rt->run();
+  EXPECT_GT(kept_in_run, 0u) << "the collectives kept no block while they ran";
+  EXPECT_EQ(iso::detail::block_cache::get().kept(), 0u);
+}
+
 iso::detail::rank_combiner::counts_t combiner_counts() {
   return iso::detail::engine::current()->combiner().counts();
 }
