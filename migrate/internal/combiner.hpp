@@ -145,6 +145,10 @@ class partial_tree {
   using key = std::pair<std::uint32_t, std::uint32_t>;  // (level, lo)
   using part_alloc = typename std::allocator_traits<ByteAlloc>::template rebind_alloc<std::pair<const key, part>>;
   using part_map = std::map<key, part, std::less<key>, part_alloc>;
+  // The block (level, lo) has its sibling at the returned key (the level may be higher: a block
+  // whose right half is empty is its own parent); none when it is the root. The one walk of the
+  // tree's shape, for put_node and put_bytes.
+  static std::optional<key> sibling_of(std::uint32_t level, std::uint32_t lo, std::uint32_t n) noexcept;
   // The block in b (keyed by its level and lo) merged with its sibling, and on up, then kept
   // where it stops. A merge that throws keeps it beside its sibling before the exception leaves.
   void put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r);
@@ -288,20 +292,29 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
 }
 
 template <class ByteAlloc>
+auto partial_tree<ByteAlloc>::sibling_of(std::uint32_t level, std::uint32_t lo, std::uint32_t n) noexcept
+    -> std::optional<key> {
+  for (;; ++level) {
+    const std::uint64_t span = std::uint64_t{1} << level;
+    if (lo == 0 && span >= n) return std::nullopt;
+    const std::uint64_t sibling = lo ^ span;
+    if (sibling < n) return key{level, static_cast<std::uint32_t>(sibling)};
+    // The right half is empty: the block is its parent.
+  }
+}
+
+template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r) {
   for (;;) {
-    const auto [level, lo] = b.key();
-    const std::uint64_t span = std::uint64_t{1} << level;
-    if (lo == 0 && span >= n) {
+    const std::uint32_t lo = b.key().second;
+    const std::optional<key> s = sibling_of(b.key().first, lo, n);
+    if (!s) {
       root_.emplace(std::move(b.mapped()));
       return;
     }
-    const std::uint64_t sibling = lo ^ span;
-    if (sibling >= n) {  // the right half is empty: the block is its parent
-      b.key() = key{level + 1, lo};
-      continue;
-    }
-    const auto it = parts_.find({level, static_cast<std::uint32_t>(sibling)});
+    const auto [level, sibling] = *s;
+    b.key() = key{level, lo};
+    const auto it = parts_.find(*s);
     if (it == parts_.end()) {
       parts_.insert(std::move(b));
       return;
@@ -309,10 +322,10 @@ void partial_tree<ByteAlloc>::put_node(typename part_map::node_type&& b, std::ui
     try {  // a merge that throws leaves both blocks as they were (merge_rule::merge)
       if (sibling > lo) {
         r.merge(b.mapped().failed, b.mapped().data, lo, it->second.data.data(), it->second.data.size(),
-                it->second.failed, static_cast<std::uint32_t>(sibling));
+                it->second.failed, sibling);
       } else {
-        r.merge(it->second.failed, it->second.data, static_cast<std::uint32_t>(sibling), b.mapped().data.data(),
-                b.mapped().data.size(), b.mapped().failed, lo);
+        r.merge(it->second.failed, it->second.data, sibling, b.mapped().data.data(), b.mapped().data.size(),
+                b.mapped().failed, lo);
       }
     } catch (...) {
       parts_.insert(std::move(b));
@@ -323,7 +336,7 @@ void partial_tree<ByteAlloc>::put_node(typename part_map::node_type&& b, std::ui
       b.key() = key{level + 1, lo};
     } else {
       b = parts_.extract(it);  // the merged block, in its node
-      b.key() = key{level + 1, static_cast<std::uint32_t>(sibling)};
+      b.key() = key{level + 1, sibling};
     }
   }
 }
@@ -332,20 +345,16 @@ template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data,
                                         std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r) {
   ISO_ASSERT(lo < n);
-  // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()).
-  for (std::uint32_t at = level;; ++at) {
-    const std::uint64_t span = std::uint64_t{1} << at;
-    if (lo == 0 && span >= n) break;  // the root
-    const std::uint64_t sibling = lo ^ span;
-    if (sibling >= n) continue;       // the right half is empty: the block is its parent
-    if (sibling > lo) break;          // a left block: kept until its right sibling comes
-    const auto it = parts_.find({at, static_cast<std::uint32_t>(sibling)});
-    if (it == parts_.end()) break;
-    r.merge(it->second.failed, it->second.data, static_cast<std::uint32_t>(sibling), data, n_bytes, failed, lo);
-    auto left = parts_.extract(it);
-    left.key() = key{at + 1, static_cast<std::uint32_t>(sibling)};
-    put_node(std::move(left), n, r);
-    return;
+  // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()),
+  // a left block until its right sibling comes.
+  if (const std::optional<key> s = sibling_of(level, lo, n); s && s->second < lo) {
+    if (const auto it = parts_.find(*s); it != parts_.end()) {
+      r.merge(it->second.failed, it->second.data, s->second, data, n_bytes, failed, lo);
+      auto left = parts_.extract(it);
+      left.key() = key{s->first + 1, s->second};
+      put_node(std::move(left), n, r);
+      return;
+    }
   }
   put(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
 }
