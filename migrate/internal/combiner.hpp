@@ -106,8 +106,7 @@ struct merge_rule {
   template <class Bytes>
   void merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, const std::byte* right, std::size_t right_bytes,
              bool right_failed, std::uint32_t right_lo) const;
-
- private:
+  // block becomes the failure `text` (empty if copying the text throws std::bad_alloc).
   template <class Bytes>
   static void fail(bool& failed, Bytes& block, const std::string& text);
 };
@@ -135,6 +134,10 @@ class partial_tree {
   // in the tree then).
   void put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
                  std::uint32_t n, const merge_rule& r);
+  // Leaf `index` becomes the failure `text`: the block that holds it, if one does (a put that
+  // threw may have kept it, merged with others), else a block of its own. pre: lo < n. Throws
+  // only std::bad_alloc (the block then holds a failure, or the leaf is not in the tree).
+  void fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
   bool empty() const noexcept { return parts_.empty() && !root_; }
   // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
@@ -178,6 +181,9 @@ class rank_combiner {
   // Member `index` of the collective `k` (kind, n members, member 0 `first`, reserved `tag`)
   // puts its value; `w`: the member waits here for the result (it blocks once this returns).
   // A kind other than the one the entry was made for becomes a failure every member throws.
+  // Throws std::bad_alloc when the system heap has no room for the value: then the value is a
+  // failure naming the member, which every member that returns a result throws, and the member
+  // does not wait here (the process stops through fatal() if even that failure cannot be kept).
   void deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
                const std::byte* data, std::size_t bytes, const merge_rule& r, const waiter* w);
   // At the engine's polls: sends each entry's blocks to its member 0, at once when `idle` (no
@@ -211,6 +217,9 @@ class rank_combiner {
     bool aged = false;             // a poll has seen them, and no deposit came since
     std::vector<waiter, cached_allocator<waiter>> waiters;
   };
+  // deposit() without its failure path: `failed`: the bytes are the text of a failure.
+  void put_leaf(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
+                const std::byte* data, std::size_t bytes, bool failed, const merge_rule& r, const waiter* w);
   std::map<key, entry, std::less<key>, cached_allocator<std::pair<const key, entry>>> entries_;
   std::size_t unsent_ = 0;
   counts_t counts_;
@@ -357,6 +366,23 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
     }
   }
   put(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n,
+                                        const merge_rule& r) {
+  ISO_ASSERT(index < n);
+  if (root_) {
+    merge_rule::fail(root_->failed, root_->data, text);
+    return;
+  }
+  for (auto& [k, p] : parts_) {
+    if (k.second <= index && index - k.second < (std::uint64_t{1} << k.first)) {
+      merge_rule::fail(p.failed, p.data, text);
+      return;
+    }
+  }
+  put_bytes(0, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n, r);
 }
 
 template <class ByteAlloc>

@@ -181,14 +181,21 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
   const shared_result* shared = nullptr;  // a waiter's: set by deliver()
   const rank_combiner::waiter w{self, &shared};
   const bool waits = returns && me != 0;
-  e.combiner().deposit(k, kind, static_cast<std::uint32_t>(n), g[0], tag, static_cast<std::uint32_t>(me),
-                       static_cast<const std::byte*>(data), bytes, rule, waits ? &w : nullptr);
-  if (me == 0) {
+  bool out_of_memory = false;  // the value is a failure naming this member (rank_combiner::deposit)
+  try {
+    e.combiner().deposit(k, kind, static_cast<std::uint32_t>(n), g[0], tag, static_cast<std::uint32_t>(me),
+                         static_cast<const std::byte*>(data), bytes, rule, waits ? &w : nullptr);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  if (me == 0) {  // combines and answers the waiters whatever its own value became
     result_record own(combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call));
+    if (out_of_memory) throw std::bad_alloc();
     if (!returns) return {};
     throw_if_failed(own);
     return own;
   }
+  if (out_of_memory) throw std::bad_alloc();
   if (!waits) return {};
   scheduler::current()->block_running(wait_reason::collective);
   result_record result(shared, shared->record(), shared->bytes, self);  // lets go of it, thrown or not
@@ -225,6 +232,28 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
                             std::uint32_t index, const std::byte* data, std::size_t bytes, const merge_rule& r,
                             const waiter* w) {
   heap_scope system(nullptr);
+  try {
+    put_leaf(k, kind, n, first, tag, index, data, bytes, false, r, w);
+  } catch (const std::bad_alloc&) {
+    // Whether the value got into the rank's tree or not (a merge after it was put may have
+    // thrown), it becomes a failure: every member sees the same outcome, and the group's
+    // later collectives still pair up.
+    try {
+      const std::string text = format("%s: member %u ran out of memory for its value (std::bad_alloc on rank %d)",
+                                      r.call, index, scheduler::current()->rank());
+      put_leaf(k, kind, n, first, tag, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, r,
+               nullptr);
+    } catch (const std::bad_alloc&) {
+      fatal("%s: member %u ran out of system memory for its value, and for the failure that tells the others",
+            r.call, index);
+    }
+    throw;
+  }
+}
+
+void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
+                             std::uint32_t index, const std::byte* data, std::size_t bytes, bool failed,
+                             const merge_rule& r, const waiter* w) {
   auto [it, fresh] = entries_.try_emplace(k);
   entry& e = it->second;
   if (fresh) {
@@ -235,14 +264,21 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
   }
   const bool was_empty = e.blocks.empty();
   try {
-    if (e.kind != kind || e.n != n) {
+    if (w != nullptr) e.waiters.reserve(e.waiters.size() + 1);  // no allocation once the value is in
+    if (failed) {
+      e.blocks.fail_leaf(index, std::string(reinterpret_cast<const char*>(data), bytes), e.n, r);
+    } else if (e.kind != kind || e.n != n) {
       const std::string text = mismatch_text(r.call, e.kind);
       e.blocks.put_bytes(0, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
     } else {
       e.blocks.put_bytes(0, index, data, bytes, false, n, r);
     }
   } catch (...) {  // bad_alloc (an op's exception is a failure block): no record left uncounted
-    if (fresh) entries_.erase(it);
+    if (was_empty && !e.blocks.empty()) {
+      ++unsent_;
+    } else if (e.blocks.empty() && e.waiters.empty()) {
+      entries_.erase(it);
+    }
     throw;
   }
   if (was_empty) ++unsent_;  // counted once its blocks exist: flush() sends them and uncounts it

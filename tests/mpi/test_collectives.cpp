@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <span>
@@ -20,6 +22,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "engine.hpp"    // the rank combiner's message counts
+#include "fault.hpp"     // running out of memory on purpose
 #include "mpi_gtest.hpp"
 #include "reserved.hpp"  // collective_tag: which groups share a tag
 #include "test_seed.hpp"
@@ -481,6 +484,60 @@ TEST(Collectives, ARunEndsWithNoBlockKeptForCollectives) {
   rt->run();
   EXPECT_GT(kept_in_run, 0u) << "the collectives kept no block while they ran";
   EXPECT_EQ(iso::detail::block_cache::get().kept(), 0u);
+}
+
+// Running out of memory in a collective (fault injection: fault.hpp's collectives.take makes the
+// next block of the rank's collectives fail): the member whose value could not be put in throws
+// std::bad_alloc from its call, every member that returns a result throws iso::error naming it,
+// whether its value got into the rank's record before the failure or not, nobody hangs, and the
+// group's next collective works.
+void expect_out_of_memory_of(const std::function<void()>& call, int member, int me) {
+  try {
+    call();
+    ADD_FAILURE() << "member " << me << " returned from a collective where member " << member << " ran out of memory";
+  } catch (const std::bad_alloc&) {
+    EXPECT_EQ(me, member) << "only the member that ran out of memory throws std::bad_alloc";
+  } catch (const iso::error& e) {
+    EXPECT_NE(me, member);
+    EXPECT_NE(std::string(e.what()).find("member " + std::to_string(member) + " ran out of memory"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
+  // One member a rank: its deposit makes the rank's record of the call (the first block).
+  spawn_on_every_rank(1, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    for (int failing : {n - 1, 0}) {
+      if (i == failing) iso::detail::fault::arm("collectives.take");
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, failing, i);
+      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n) << "after member " << failing << " ran out of memory";
+    }
+  });
+  rt->run();
+  // Two members on rank 0, member 1 (gather's root) in first: member 0's deposit copies its value
+  // (the 1st block), keeps it (2nd) and merges it with member 1's (3rd); the last one fails after
+  // the value is in the record.
+  if (rt->rank() == 0) {
+    iso::spawn_group(2, [](int i, const iso::group& g) {
+      constexpr int tag_in = 3;
+      for (unsigned long pass : {1ul, 2ul, 3ul}) {
+        if (i == 1) {
+          iso::send(g[0], nullptr, 0, tag_in);  // member 0 deposits once member 1 waits
+        } else {
+          (void)iso::recv(g[1], tag_in);
+          ASSERT_EQ(iso::detail::engine::current()->combiner().unsent(), 1u) << "member 1's value is here";
+          iso::detail::fault::arm("collectives.take", pass);
+        }
+        expect_out_of_memory_of([&] { (void)iso::gather(g, std::uint64_t{7}, 1); }, 0, i);
+        const std::vector<std::uint64_t> want = i == 1 ? std::vector<std::uint64_t>{0, 1} : std::vector<std::uint64_t>{};
+        EXPECT_EQ(iso::gather(g, std::uint64_t(i), 1), want) << "after the failure at pass " << pass;
+      }
+    });
+  }
+  rt->run();
 }
 
 iso::detail::rank_combiner::counts_t combiner_counts() {

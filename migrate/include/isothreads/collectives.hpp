@@ -26,6 +26,11 @@
 // errors): these two are found by the member that combines the values, and every member that
 // returns a result throws; (invalid_argument) in the call when the result and 64 bytes of headers
 // exceed iso::max_message_bytes (gather: N values); (not_in_thread) outside a thread.
+// Out of memory: a member whose value its rank cannot keep throws std::bad_alloc (member 0 once
+// it has combined and answered the others); its value is then a failure, so every member that
+// returns a result throws iso::error(invalid_argument) "<call>: member <i> ran out of memory for
+// its value ...", and the group's later collectives pair up as usual. If even that failure
+// cannot be kept, the process stops through the fatal-error path (no member is left waiting).
 #pragma once
 
 #include <cstddef>
