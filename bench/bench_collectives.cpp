@@ -18,7 +18,8 @@
 //   async_get                  a thread on rank 0: iso::async(body returning an int) then get(),
 //                              `reps` times; time per pair.
 //     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
-// `--only futures` runs the async_get line alone (to profile it).
+// `--only WORD` runs only the lines whose name contains WORD (to profile one: `--only 1MiB`,
+// `--only on_rank_0`, `--only async`); a WORD no line's name contains is an error (exit 2).
 #include <mpi.h>
 
 #include <algorithm>
@@ -160,13 +161,23 @@ int main(int argc, char** argv) {
     if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: run it on 2 ranks (mpirun -n 2)\n");
     return 1;
   }
-  const bool futures_only = argc > 2 && std::strcmp(argv[1], "--only") == 0 && std::strcmp(argv[2], "futures") == 0;
-  if (!futures_only) {
-    bench_allreduce(rt, "allreduce_8B/64threads", 32, 0, 50, 500);
-    bench_allreduce(rt, "allreduce_8B/32threads_on_rank_0", 32, 0, 50, 500, true);
-    bench_allreduce(rt, "allreduce_1MiB/16threads", 8, std::size_t{1} << 17, 3, 20);
+  const char* only = argc > 2 && std::strcmp(argv[1], "--only") == 0 ? argv[2] : nullptr;
+  const auto selected = [only](const char* name) { return only == nullptr || std::strstr(name, only) != nullptr; };
+  // The lines, in the order they run.
+  const char* const lines[] = {"allreduce_8B/64threads", "allreduce_8B/32threads_on_rank_0", "allreduce_1MiB/16threads",
+                               "async_get"};
+  if (std::none_of(std::begin(lines), std::end(lines), selected)) {
+    if (rt.rank() == 0) {
+      std::fprintf(stderr, "bench_collectives: --only %s matches no line; the lines:", only);
+      for (const char* l : lines) std::fprintf(stderr, " %s", l);
+      std::fprintf(stderr, "\n");
+    }
+    return 2;
   }
-  bench_futures(rt);
+  if (selected(lines[0])) bench_allreduce(rt, lines[0], 32, 0, 50, 500);
+  if (selected(lines[1])) bench_allreduce(rt, lines[1], 32, 0, 50, 500, true);
+  if (selected(lines[2])) bench_allreduce(rt, lines[2], 8, std::size_t{1} << 17, 3, 20);
+  if (selected(lines[3])) bench_futures(rt);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");

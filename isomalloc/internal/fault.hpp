@@ -21,6 +21,9 @@
 //       the OS primitive of that name (prim.hpp) fails without its system call, with the errno
 //       the call gives when the kernel refuses it: ENOMEM for mmap and the guards (no memory, or
 //       vm.max_map_count reached), EINVAL for the releases (locked pages)
+//   collectives.take
+//       the system heap refuses a block for a rank's collectives (migrate/internal/combiner.hpp's
+//       block_cache::take throws std::bad_alloc)
 //   checkpoint-before-commit
 //       the process exits (status 3) after writing a checkpoint generation, before committing it
 // Any OS thread may pass through a point.

@@ -22,18 +22,23 @@
 // Waiting members: those that return a result (every member for barrier, broadcast and the all-
 // variants, root for reduce and gather) other than member 0. They block with
 // wait_reason::collective, which keeps them on their rank until the result wakes them
-// (scheduler::movable: a migration asked meanwhile happens after); the others return once their
-// leaf is in. Termination: an entry with unsent blocks counts as work in flight
-// (engine::in_flight), and batches and results are ordinary counted messages of the engine.
+// (scheduler::movable: a migration asked meanwhile happens after), and they are woken pinned
+// there (tcb::locks_held) until each has read the one copy of the result its rank's waiters
+// share (rank_combiner::deliver, result_record); the others return once their leaf is in.
+// Termination: an entry with unsent blocks counts as work in flight (engine::in_flight), and
+// batches and results are ordinary counted messages of the engine.
 // Different groups (tags that collide too) and successive collectives of one group stay apart
 // by (fp, seq): member 0 puts aside, in its mailbox's stash, batches of other collectives.
 #include <algorithm>
+#include <bit>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "combiner.hpp"
 #include "diag.hpp"
 #include "engine.hpp"
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
 #include "reserved.hpp"
@@ -107,18 +112,13 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
       std::memcpy(&bh, b.data() + at, sizeof bh);
       at += sizeof bh;
       ISO_ASSERT(at + bh.bytes <= b.size());
-      partial_tree<std::allocator<std::byte>>::part p;
       if (other) {
         const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
-        p.failed = true;
-        p.data.assign(reinterpret_cast<const std::byte*>(text.data()),
-                      reinterpret_cast<const std::byte*>(text.data()) + text.size());
+        tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n, rule);
       } else {
-        p.failed = bh.failed != 0;
-        p.data.assign(b.data() + at, b.data() + at + bh.bytes);
+        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule);
       }
       at += bh.bytes;
-      tree.put(bh.level, bh.lo, std::move(p), n, rule);
     }
   }
   const auto& root = *tree.root();
@@ -132,7 +132,7 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
   return result;
 }
 
-void throw_if_failed(const std::vector<std::byte>& result) {
+void throw_if_failed(const result_record& result) {
   result_header h;
   std::memcpy(&h, result.data(), sizeof h);
   if (h.failed != 0) {
@@ -142,8 +142,8 @@ void throw_if_failed(const std::vector<std::byte>& result) {
 
 // One collective at the calling member: `bytes` bytes at data are its leaf (broadcast: only
 // root's is not empty); `all`: every member gets the result, else only root.
-std::vector<std::byte> run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c,
-                           int root, bool all, const char* call) {
+result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c, int root,
+                  bool all, const char* call) {
   tcb* self = running_or_throw(call);
   const int me = g.index_of(self->id);
   const int n = static_cast<int>(g.size());
@@ -166,24 +166,39 @@ std::vector<std::byte> run(const group& g, collective kind, const void* data, st
   rank_combiner::key k{g.fingerprint(), 0};
   {
     heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
-    k.second = mailbox_of(self).collectives[g.fingerprint()]++;
+    mailbox& mb = mailbox_of(self);
+    if (mb.last_count == nullptr || mb.last_group != k.first) {
+      mb.last_count = &mb.collectives[k.first];
+      mb.last_group = k.first;
+    }
+    k.second = (*mb.last_count)++;
   }
   const int tag = collective_tag(g.fingerprint());
   const merge_rule rule{c, call};
   // Broadcast: only root's leaf has bytes, so that the concatenation of all leaves is its value.
   if (kind == collective::broadcast && me != root) bytes = 0;
   const bool returns = all || me == root;
-  std::vector<std::byte> result;  // a waiter's: filled in this thread's heap by deliver()
-  const rank_combiner::waiter w{self, &result};
+  const shared_result* shared = nullptr;  // a waiter's: set by deliver()
+  const rank_combiner::waiter w{self, &shared};
   const bool waits = returns && me != 0;
-  e.combiner().deposit(k, kind, static_cast<std::uint32_t>(n), g[0], tag, static_cast<std::uint32_t>(me),
-                       static_cast<const std::byte*>(data), bytes, rule, waits ? &w : nullptr);
-  if (me == 0) {
-    result = combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call);
-  } else if (waits) {
-    scheduler::current()->block_running(wait_reason::collective);
+  bool out_of_memory = false;  // the value is a failure naming this member (rank_combiner::deposit)
+  try {
+    e.combiner().deposit(k, kind, static_cast<std::uint32_t>(n), g[0], tag, static_cast<std::uint32_t>(me),
+                         static_cast<const std::byte*>(data), bytes, rule, waits ? &w : nullptr);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
   }
-  if (!returns) return {};
+  if (me == 0) {  // combines and answers the waiters whatever its own value became
+    result_record own(combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call));
+    if (out_of_memory) throw std::bad_alloc();
+    if (!returns) return {};
+    throw_if_failed(own);
+    return own;
+  }
+  if (out_of_memory) throw std::bad_alloc();
+  if (!waits) return {};
+  scheduler::current()->block_running(wait_reason::collective);
+  result_record result(shared, shared->record(), shared->bytes, self);  // lets go of it, thrown or not
   throw_if_failed(result);
   return result;
 }
@@ -192,12 +207,53 @@ constexpr combiner concatenate{nullptr, nullptr, 1};
 
 }  // namespace
 
+// ---------------------------------------------------------------- result_record
+
+result_record::~result_record() {
+  if (shared_ == nullptr) return;
+  tcb* self = static_cast<tcb*>(reader_);
+  rank_combiner::release(static_cast<const shared_result*>(shared_), self);
+  // A migration asked while it waited happens now that it has read the result, as it would have
+  // once woken: its next suspension where it could move may be far (the next collective's wait
+  // is none). Not while an exception unwinds: the count of those is the OS thread's.
+  if (self->pending_dest >= 0 && self->locks_held == 0 && std::uncaught_exceptions() == 0) {
+    scheduler::current()->yield_running();
+  }
+}
+
 // ---------------------------------------------------------------- rank_combiner
+
+rank_combiner::~rank_combiner() {
+  entries_.clear();
+  block_cache::get().trim();
+}
 
 void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
                             std::uint32_t index, const std::byte* data, std::size_t bytes, const merge_rule& r,
                             const waiter* w) {
   heap_scope system(nullptr);
+  try {
+    put_leaf(k, kind, n, first, tag, index, data, bytes, false, r, w);
+  } catch (const std::bad_alloc&) {
+    // Whether the value got into the rank's tree or not (a merge after it was put may have
+    // thrown), it becomes a failure: every member sees the same outcome, and the group's
+    // later collectives still pair up.
+    try {
+      const std::string text = format("%s: member %u ran out of memory for its value (std::bad_alloc on rank %d)",
+                                      r.call, index, scheduler::current()->rank());
+      put_leaf(k, kind, n, first, tag, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, r,
+               nullptr);
+    } catch (const std::bad_alloc&) {
+      fatal("%s: member %u ran out of system memory for its value, and for the failure that tells the others",
+            r.call, index);
+    }
+    throw;
+  }
+}
+
+void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
+                             std::uint32_t index, const std::byte* data, std::size_t bytes, bool failed,
+                             const merge_rule& r, const waiter* w) {
   auto [it, fresh] = entries_.try_emplace(k);
   entry& e = it->second;
   if (fresh) {
@@ -208,14 +264,21 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
   }
   const bool was_empty = e.blocks.empty();
   try {
-    if (e.kind != kind || e.n != n) {
+    if (w != nullptr) e.waiters.reserve(e.waiters.size() + 1);  // no allocation once the value is in
+    if (failed) {
+      e.blocks.fail_leaf(index, std::string(reinterpret_cast<const char*>(data), bytes), e.n, r);
+    } else if (e.kind != kind || e.n != n) {
       const std::string text = mismatch_text(r.call, e.kind);
-      e.blocks.put_leaf(index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
+      e.blocks.put_bytes(0, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
     } else {
-      e.blocks.put_leaf(index, data, bytes, false, n, r);
+      e.blocks.put_bytes(0, index, data, bytes, false, n, r);
     }
   } catch (...) {  // bad_alloc (an op's exception is a failure block): no record left uncounted
-    if (fresh) entries_.erase(it);
+    if (was_empty && !e.blocks.empty()) {
+      ++unsent_;
+    } else if (e.blocks.empty() && e.waiters.empty()) {
+      entries_.erase(it);
+    }
     throw;
   }
   if (was_empty) ++unsent_;  // counted once its blocks exist: flush() sends them and uncounts it
@@ -238,7 +301,7 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
     batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
                    scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
     try {
-      sys_vector<unsigned char> buf(sizeof h);
+      std::vector<unsigned char, cached_allocator<unsigned char>> buf(sizeof h);
       // One batch per max_message_bytes: run() let no block be larger than one.
       const auto send_batch = [&] {
         std::memcpy(buf.data(), &h, sizeof h);
@@ -279,33 +342,114 @@ void rank_combiner::deliver(const unsigned char* record, std::size_t bytes) noex
   const auto it = entries_.find({h.fingerprint, h.seq});
   // A result comes only to a rank whose batch carried a waiter, and only once every leaf was in.
   ISO_ASSERT_INTERNAL(it != entries_.end() && it->second.blocks.empty());
+  const auto& waiters = it->second.waiters;
+  ISO_ASSERT_INTERNAL(!waiters.empty());
+  shared_result* r = nullptr;
+  try {
+    r = new (block_cache::get().take(sizeof(shared_result) + bytes)) shared_result{waiters.size(), bytes};
+  } catch (const std::bad_alloc&) {
+    fatal("out of system memory for the %zu bytes of a collective's result", bytes);
+  }
+  std::memcpy(r + 1, record, bytes);
   scheduler& s = *scheduler::current();
-  for (const waiter& w : it->second.waiters) {
-    try {
-      heap_scope own(w.thread->home_heap);
-      w.out->assign(reinterpret_cast<const std::byte*>(record), reinterpret_cast<const std::byte*>(record) + bytes);
-    } catch (const std::bad_alloc&) {
-      fatal("thread %s has no heap left for the %zu bytes of a collective's result", w.thread->id.to_string().c_str(),
-            bytes);
-    }
+  for (const waiter& w : waiters) {
+    *w.out = r;
+    ++w.thread->locks_held;  // it reads r here: not movable until release()
     s.wake(w.thread);
   }
   entries_.erase(it);
 }
 
+void rank_combiner::release(const shared_result* r, tcb* reader) noexcept {
+  --reader->locks_held;
+  auto* mine = const_cast<shared_result*>(r);
+  if (--mine->readers == 0) {
+    const std::size_t bytes = sizeof(shared_result) + mine->bytes;
+    mine->~shared_result();
+    block_cache::get().give(mine, bytes);
+  }
+}
+
+// ---------------------------------------------------------------- block_cache
+
+// Class c > 0 holds blocks of q << (b - 3) bytes, b = (c - 1) / 4 + 5, q = (c - 1) % 4 + 5: the
+// sizes in (2^(b-1), 2^b] in steps of 2^(b-3). Class 0: 16 bytes (and less); above kept_limit,
+// none (classes).
+unsigned block_cache::class_of(std::size_t bytes) noexcept {
+  if (bytes <= 16) return 0;
+  if (bytes > kept_limit) return classes;
+  const unsigned b = static_cast<unsigned>(std::bit_width(bytes - 1));  // 2^(b-1) < bytes <= 2^b
+  const std::size_t q = (bytes + (std::size_t{1} << (b - 3)) - 1) >> (b - 3);  // 5 .. 8
+  return (b - 5) * 4 + static_cast<unsigned>(q - 5) + 1;
+}
+
+std::size_t block_cache::class_bytes(unsigned c) noexcept {
+  if (c == 0) return 16;
+  return std::size_t{(c - 1) % 4 + 5} << ((c - 1) / 4 + 2);
+}
+
+std::size_t block_cache::block_bytes(std::size_t bytes) noexcept {
+  const unsigned c = class_of(bytes);
+  return c < classes ? class_bytes(c) : bytes;
+}
+
+block_cache& block_cache::get() noexcept {
+  static block_cache cache;  // trivially destroyed: trim() has freed its blocks once the engine is gone
+  return cache;
+}
+
+void* block_cache::take(std::size_t bytes) {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
+  if (fault::hit("collectives.take")) throw std::bad_alloc();
+  const unsigned c = class_of(bytes);
+  if (c < classes && free_[c] != nullptr) {
+    node* p = free_[c];
+    free_[c] = p->next;
+    kept_ -= class_bytes(c);
+    return p;
+  }
+  void* p = __libc_malloc(block_bytes(bytes));
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+void block_cache::give(void* p, std::size_t bytes) noexcept {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
+  if (p == nullptr) return;
+  const unsigned c = class_of(bytes);
+  if (c >= classes || kept_ + class_bytes(c) > kept_limit) {
+    __libc_free(p);
+    return;
+  }
+  free_[c] = new (p) node{free_[c]};
+  kept_ += class_bytes(c);
+}
+
+void block_cache::trim() noexcept {
+  ISO_ASSERT_INTERNAL(on_scheduler_thread());
+  for (node*& head : free_) {
+    while (head != nullptr) {
+      node* next = head->next;
+      __libc_free(head);
+      head = next;
+    }
+  }
+  kept_ = 0;
+}
+
 // ---------------------------------------------------------------- the byte-level collectives
 
-std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
-                                    const combiner& c, int root, bool all, const char* call) {
+result_record reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c,
+                           int root, bool all, const char* call) {
   return run(g, kind, data, bytes, c.fn != nullptr ? c : concatenate, root, all, call);
 }
 
-std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call) {
+result_record broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call) {
   return run(g, collective::broadcast, data, bytes, concatenate, root, true, call);
 }
 
-std::vector<std::byte> gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root,
-                                    bool all, const char* call) {
+result_record gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root, bool all,
+                           const char* call) {
   return run(g, kind, data, bytes, concatenate, root, all, call);
 }
 

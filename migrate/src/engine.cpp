@@ -186,8 +186,10 @@ void engine::migrate_to_hook(scheduler& s, tcb* self, int dest) {
     raise(errc::invalid_rank, "iso::this_thread::migrate_to(%d): no such rank (there are %d)", dest, g_engine->size_);
   }
   if (self->locks_held != 0) {
-    raise(errc::invalid_argument, "iso::this_thread::migrate_to(%d): thread %s holds %u iso::mutex lock(s); "
-          "a lock cannot travel", dest, self->id.to_string().c_str(), self->locks_held);
+    // locks_held also counts the pin of a waiter reading its collective's shared result (tcb.hpp).
+    raise(errc::invalid_argument, "iso::this_thread::migrate_to(%d): thread %s holds %u iso::mutex lock(s) "
+          "or collective result(s) of its rank; neither can travel", dest, self->id.to_string().c_str(),
+          self->locks_held);
   }
   self->pending_dest = dest;
   s.yield_running();  // the scheduler ships it once it is suspended; it resumes on dest

@@ -178,6 +178,10 @@ struct mailbox {
   future_landing* landing = nullptr;
   // Group fingerprint -> collectives this thread has called on that group (collectives.cpp).
   std::unordered_map<std::uint64_t, std::uint64_t> collectives;
+  // The count of the group of this thread's last collective, an element of `collectives` (which
+  // stays put as the map grows), so that a run of collectives on one group does not hash.
+  std::uint64_t last_group = 0;
+  std::uint64_t* last_count = nullptr;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };

@@ -234,7 +234,16 @@ bool runtime::restarting() const noexcept { return state_->restarted; }
 int runtime::size() const noexcept { return state_->size; }
 
 void runtime::run() {
-  state_->sched.run();
+  // The blocks kept for the next collectives (combiner.hpp's block_cache, up to its kept_limit)
+  // are freed as a run ends, whether it ends or throws: between runs and after the last, the
+  // rank keeps none.
+  try {
+    state_->sched.run();
+  } catch (...) {
+    detail::block_cache::get().trim();
+    throw;
+  }
+  detail::block_cache::get().trim();
   state_->tracing.write();
   if (const std::size_t held = state_->migration.held_messages(); held != 0) {
     std::fprintf(stderr, "isothreads: rank %d: %zu messages are held for threads that never arrived\n", state_->rank, held);

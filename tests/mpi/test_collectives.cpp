@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <new>
 #include <random>
 #include <stdexcept>
 #include <span>
@@ -20,6 +22,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "engine.hpp"    // the rank combiner's message counts
+#include "fault.hpp"     // running out of memory on purpose
 #include "mpi_gtest.hpp"
 #include "reserved.hpp"  // collective_tag: which groups share a tag
 #include "test_seed.hpp"
@@ -404,6 +407,137 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
   int all_moved = 0;
   MPI_Allreduce(&moved_in_call, &all_moved, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   EXPECT_GT(all_moved, 0) << "no member was moved during a collective";
+}
+
+// A waiter reads the result its rank's waiters share in place, where it was woken: a woken
+// waiter is ready, and a ready thread is one iso::migrate ships at once, so it must stay until it
+// has read it, and then move before the call returns (the next call's wait would not move it).
+// On every rank a mover asks iso::migrate, at each of its turns, for each member (with odds 1/2,
+// so that a member between two collectives gets to run too) to go to the next rank; the members'
+// element-wise allreduces must still return the sums, and some must return on another rank than
+// the one they were called on.
+TEST(Collectives, WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult) {
+  const std::uint64_t seed = iso_test::test_seed("Collectives.WaitersAskedToMoveAsSoonAsTheyAreWokenReturnTheirResult");
+  constexpr int per_rank = 4, rounds = 30, len = 300, tag_stop = 9;
+  static int moved = 0;  // calls that returned on this rank, called on another
+  moved = 0;
+  const iso::thread_id mover = iso::spawn([seed] {
+    const std::vector<iso::thread_id> members = ids_from(iso::recv(iso::thread_id(iso::rank(), 0), 0));
+    const int next = (iso::rank() + 1) % iso::size();
+    std::mt19937_64 rng(seed ^ (0x51edu + static_cast<std::uint64_t>(iso::rank())));
+    while (!iso::try_recv(iso::any_thread, tag_stop)) {
+      for (iso::thread_id m : members) {
+        if (rng() % 2 != 0) continue;
+        try {
+          iso::migrate(m, next);
+        } catch (const iso::error& e) {
+          EXPECT_EQ(e.code_value(), iso::errc::unknown_thread) << e.what();  // it is not on this rank
+        }
+      }
+      iso::this_thread::yield();
+    }
+  });
+  const std::vector<iso::thread_id> movers = allgather_ids({mover});
+  const auto body = [movers](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    std::vector<double> v(len);
+    for (int round = 0; round < rounds; ++round) {
+      for (int k = 0; k < len; ++k) v[static_cast<std::size_t>(k)] = i * len + k + round;
+      const int before = iso::rank();
+      const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
+      moved += i != 0 && iso::rank() != before ? 1 : 0;  // member 0 may move while it combines
+      int wrong = r.size() == static_cast<std::size_t>(len) ? 0 : len;
+      for (int k = 0; wrong == 0 && k < len; ++k) {
+        // The sum over members j of j * len + k + round.
+        wrong += r[static_cast<std::size_t>(k)] != static_cast<double>(len) * (n * (n - 1) / 2) + n * (k + round);
+      }
+      EXPECT_EQ(wrong, 0) << "member " << i << ", round " << round;
+    }
+    iso::barrier(g);
+    if (i == 0) {
+      for (iso::thread_id m : movers) iso::send(m, nullptr, 0, tag_stop);
+    }
+  };
+  const std::vector<iso::thread_id> members = allgather_ids(spawn_on_every_rank(per_rank, body));
+  iso::send(mover, members.data(), members.size() * sizeof(iso::thread_id), 0);
+  rt->run();
+  int all_moved = 0;
+  MPI_Allreduce(&moved, &all_moved, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_GT(all_moved, 0) << "no waiter asked to move moved before its call returned";
+}
+
+// The blocks a rank keeps for its next collectives (combiner.hpp's block_cache) are freed as
+// each run ends: the rank keeps none between runs.
+TEST(Collectives, ARunEndsWithNoBlockKeptForCollectives) {
+  static std::size_t kept_in_run = 0;  // on this rank, after its members' last call
+  kept_in_run = 0;
+  spawn_on_every_rank(3, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const std::vector<double> v(1 << 14, 1.0);  // 128 KiB
+    for (int round = 0; round < 4; ++round) {
+      EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum)[0], static_cast<double>(g.size()));
+    }
+    kept_in_run = std::max(kept_in_run, iso::detail::block_cache::get().kept());
+  });
+  rt->run();
+  EXPECT_GT(kept_in_run, 0u) << "the collectives kept no block while they ran";
+  EXPECT_EQ(iso::detail::block_cache::get().kept(), 0u);
+}
+
+// Running out of memory in a collective (fault injection: fault.hpp's collectives.take makes the
+// next block of the rank's collectives fail): the member whose value could not be put in throws
+// std::bad_alloc from its call, every member that returns a result throws iso::error naming it,
+// whether its value got into the rank's record before the failure or not, nobody hangs, and the
+// group's next collective works.
+void expect_out_of_memory_of(const std::function<void()>& call, int member, int me) {
+  try {
+    call();
+    ADD_FAILURE() << "member " << me << " returned from a collective where member " << member << " ran out of memory";
+  } catch (const std::bad_alloc&) {
+    EXPECT_EQ(me, member) << "only the member that ran out of memory throws std::bad_alloc";
+  } catch (const iso::error& e) {
+    EXPECT_NE(me, member);
+    EXPECT_NE(std::string(e.what()).find("member " + std::to_string(member) + " ran out of memory"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
+  // One member a rank: its deposit makes the rank's record of the call (the first block).
+  spawn_on_every_rank(1, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    for (int failing : {n - 1, 0}) {
+      if (i == failing) iso::detail::fault::arm("collectives.take");
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, failing, i);
+      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n) << "after member " << failing << " ran out of memory";
+    }
+  });
+  rt->run();
+  // Two members on rank 0, member 1 (gather's root) in first: member 0's deposit copies its value
+  // (the 1st block), keeps it (2nd) and merges it with member 1's (3rd); the last one fails after
+  // the value is in the record.
+  if (rt->rank() == 0) {
+    iso::spawn_group(2, [](int i, const iso::group& g) {
+      constexpr int tag_in = 3;
+      for (unsigned long pass : {1ul, 2ul, 3ul}) {
+        if (i == 1) {
+          iso::send(g[0], nullptr, 0, tag_in);  // member 0 deposits once member 1 waits
+        } else {
+          (void)iso::recv(g[1], tag_in);
+          ASSERT_EQ(iso::detail::engine::current()->combiner().unsent(), 1u) << "member 1's value is here";
+          iso::detail::fault::arm("collectives.take", pass);
+        }
+        expect_out_of_memory_of([&] { (void)iso::gather(g, std::uint64_t{7}, 1); }, 0, i);
+        const std::vector<std::uint64_t> want = i == 1 ? std::vector<std::uint64_t>{0, 1} : std::vector<std::uint64_t>{};
+        EXPECT_EQ(iso::gather(g, std::uint64_t(i), 1), want) << "after the failure at pass " << pass;
+      }
+    });
+  }
+  rt->run();
 }
 
 iso::detail::rank_combiner::counts_t combiner_counts() {

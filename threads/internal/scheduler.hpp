@@ -247,7 +247,7 @@ class scheduler {
   std::size_t sleeping_threads() const noexcept { return sleepers_; }
   // --- migration ---
   // Whether t (suspended, on this rank) can leave now: ready, sleeping, or blocked in a join, a
-  // recv or a sync, and holding no iso::mutex.
+  // recv or a sync, and holding no iso::mutex nor a collective's shared result (tcb::locks_held).
   static bool movable(const tcb* t) noexcept;
   // Takes a movable thread out of the ready queue or timer list and the thread table; a sleeping
   // thread keeps the rest of its sleep in sleep_left_ns. Its state says how to resume it.

@@ -103,7 +103,9 @@ struct tcb {
   thread_id future_asker;
   void* future_offer = nullptr;
 
-  std::uint32_t locks_held = 0;       // iso::mutex locks held (a thread holding one must not migrate)
+  // iso::mutex locks held, and a collective's pin while its waiter reads the result its rank's
+  // waiters share (migrate/src/collectives.cpp): a thread holding one must not migrate.
+  std::uint32_t locks_held = 0;
   std::uint64_t run_cycles = 0;       // TSC cycles spent running since the last balancing step
   // Cycles of its last run measured alone (0: none yet): its weight when a sampled window of runs
   // is shared out (scheduler::window_).

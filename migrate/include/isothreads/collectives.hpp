@@ -17,19 +17,27 @@
 // floating-point result is the same bits wherever the members run.
 // A member waiting for a result (all members for barrier, broadcast and the all- variants, root
 // for reduce and gather) stays on its rank until it has it: a migration asked meanwhile happens
-// once it is woken. The others return once their value is in.
+// once it has read it, before the call returns, unless the call throws or the member holds an
+// iso::mutex (then at its next suspension where it may move). The others return once their
+// value is in.
 // Errors: iso::error(invalid_argument) naming the call when the caller is not a member, root is
 // out of range, or (element-wise allreduce) members pass different lengths, or op throws ("<call>:
 // the operation threw: <what()>"; invalid_argument, as API.md gives for every collective's
 // errors): these two are found by the member that combines the values, and every member that
 // returns a result throws; (invalid_argument) in the call when the result and 64 bytes of headers
 // exceed iso::max_message_bytes (gather: N values); (not_in_thread) outside a thread.
+// Out of memory: a member whose value its rank cannot keep throws std::bad_alloc (member 0 once
+// it has combined and answered the others); its value is then a failure, so every member that
+// returns a result throws iso::error(invalid_argument) "<call>: member <i> ran out of memory for
+// its value ...", and the group's later collectives pair up as usual. If even that failure
+// cannot be kept, the process stops through the fatal-error path (no member is left waiting).
 #pragma once
 
 #include <cstddef>
 #include <cstring>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "isothreads/group.hpp"
@@ -74,31 +82,63 @@ void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::
   }
 }
 
-// The byte-level collectives. Each returns the result where the call gives one (root, or every
-// member for the all- variants and broadcast): result_offset bytes of message header, then the
-// result's bytes (left in place: a large result is not moved again); empty elsewhere. `call`
-// names the public call.
+// A collective's result record where the call returns one: result_offset bytes of message
+// header, then the result's bytes. Member 0 owns its record; the other members read the one their
+// rank's waiters share, in place, and stay on their rank until this is destroyed (read it at once,
+// with no yield in between).
 inline constexpr std::size_t result_offset = 32;
-std::vector<std::byte> reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes,
-                                    const combiner& c, int root, bool all, const char* call);
-std::vector<std::byte> broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call);
-std::vector<std::byte> gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root,
-                                    bool all, const char* call);
+class result_record {
+ public:
+  result_record() noexcept = default;
+  explicit result_record(std::vector<std::byte>&& own) noexcept
+      : own_(std::move(own)), data_(own_.data()), size_(own_.size()) {}
+  // A record shared by this rank's waiters (combiner.hpp's shared_result), read by `reader`.
+  result_record(const void* shared, const std::byte* data, std::size_t size, void* reader) noexcept
+      : data_(data), size_(size), shared_(shared), reader_(reader) {}
+  result_record(result_record&& o) noexcept
+      : own_(std::move(o.own_)), data_(o.data_), size_(o.size_), shared_(o.shared_), reader_(o.reader_) {
+    o.data_ = nullptr;
+    o.size_ = 0;
+    o.shared_ = nullptr;
+  }
+  result_record& operator=(result_record&&) = delete;
+  ~result_record();
+  const std::byte* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  std::vector<std::byte> own_;
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  const void* shared_ = nullptr;  // let go of by the destructor
+  void* reader_ = nullptr;
+};
+
+// The byte-level collectives. Each returns the result record where the call gives one (root, or
+// every member for the all- variants and broadcast); an empty one elsewhere. `call` names the
+// public call.
+result_record reduce_bytes(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c,
+                           int root, bool all, const char* call);
+result_record broadcast_bytes(const group& g, const void* data, std::size_t bytes, int root, const char* call);
+result_record gather_bytes(const group& g, collective kind, const void* data, std::size_t bytes, int root, bool all,
+                           const char* call);
 
 template <class T>
-T value_from(const std::vector<std::byte>& b) {
+T value_from(const result_record& b) {
   T v{};
   if (b.size() == result_offset + sizeof(T)) std::memcpy(&v, b.data() + result_offset, sizeof(T));
   return v;
 }
 template <class T>
-std::vector<T> values_from(const std::vector<std::byte>& b) {
+std::vector<T> values_from(const result_record& b) {
   if (b.size() <= result_offset) return {};
   const std::size_t n = (b.size() - result_offset) / sizeof(T);
   if constexpr (alignof(T) <= alignof(std::max_align_t)) {
     // Filled by one copy, without zeroing the elements first (a large result is written once).
-    // The payload is aligned for T (result_offset bytes into a heap block) and holds T objects
-    // (implicitly created in the block: T is trivially copyable).
+    // The payload is aligned for T: result_offset bytes into member 0's heap block, or into the
+    // record its rank's waiters share, which starts a multiple of alignof(max_align_t) bytes into
+    // a system block (combiner.hpp's shared_result). It holds T objects (implicitly created in
+    // the block: T is trivially copyable).
     const auto* first = reinterpret_cast<const T*>(b.data() + result_offset);
     return std::vector<T>(first, first + n);
   }
