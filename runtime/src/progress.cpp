@@ -34,13 +34,8 @@ mpi_progress::~mpi_progress() {
 }
 
 bool mpi_progress::poll(scheduler&) noexcept {
-  const bool did = engine_ != nullptr && engine_->poll();
-  if (did) {
-    idle_since_ns_ = -1;
-    backoff_ns_ = min_backoff_ns_;
-    steal_delay_ns_ = 0;
-    steal_at_ns_ = 0;
-  }
+  // The region's returns first: what follows the engine's poll delays a thread that has just
+  // arrived (an idle rank resumes it as soon as poll() returns), what precedes it does not.
   region& r = region::get();
   r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
@@ -48,6 +43,13 @@ bool mpi_progress::poll(scheduler&) noexcept {
       std::fprintf(stderr, "isothreads: rank %d: region returns: %s; tried again at every poll (reported once)\n",
                    comm_.rank(), failure);
     }
+  }
+  const bool did = engine_ != nullptr && engine_->poll();
+  if (did) {
+    idle_since_ns_ = -1;
+    backoff_ns_ = min_backoff_ns_;
+    steal_delay_ns_ = 0;
+    steal_at_ns_ = 0;
   }
   return did;
 }
