@@ -173,8 +173,10 @@ TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
 // The scheduler reads the CPU clock only at some idle passes and takes the others' wall time as
 // their CPU time (scheduler.hpp, idle_open_). A rank that waits while another process has its
 // core must still count only the CPU time it used as idle CPU time: counted as its wall time,
-// the idle spell (several times the work's CPU time) would leave no CPU time for the work at all,
-// and the share that scales loads would drop to zero.
+// the idle spell (five times the work's CPU time) would leave no CPU time for the work at all,
+// and the share that scales loads would drop to zero. The bound is wider than the other tests':
+// what it tells apart is a load near the work's CPU time from none, and on 4 ranks sharing the
+// 2 cores with other processes the share of this one period varies more.
 TEST(LoadBalancing, IdleTimeWhileAnotherProcessHasTheCoreIsNotCountedAsCpuTime) {
   auto seen = std::make_shared<iso::lb::problem>();
   iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
@@ -197,7 +199,7 @@ TEST(LoadBalancing, IdleTimeWhileAnotherProcessHasTheCoreIsNotCountedAsCpuTime) 
   ASSERT_EQ(seen->threads.size(), 1u);
   if (rt->rank() == 0) {
     ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
-    EXPECT_NEAR(seen->threads[0].load, burned, 0.25 * burned) << "wall time of the work: " << wall << " s";
+    EXPECT_NEAR(seen->threads[0].load, burned, 0.5 * burned) << "wall time of the work: " << wall << " s";
   }
 }
 
