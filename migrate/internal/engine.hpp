@@ -15,7 +15,6 @@
 
 #include <mpi.h>
 
-#include <atomic>
 #include <cstdint>
 #include <list>
 
@@ -274,29 +273,6 @@ class engine {
   void post_steal(int dest, int tag) noexcept;
   // t arrived (finish_arrival): if it was stolen, this rank's request has its answer.
   void note_stolen_arrival(tcb* t) noexcept;
-  // Doorbells: a word per rank in memory the ranks of a node share (MPI_Win_allocate_shared). A
-  // thief rings its victim's after sending a request, when both are on one node; the victim's
-  // scheduler polls at its next switch (scheduler::set_poll_doorbell) instead of up to
-  // steal_poll_interval_ns later, and poll_steals clears it. A hint only: the request is the MPI
-  // message, so a ring that is missed, or seen before the message, costs time, never a steal.
-  // Reading the word is a load from a cache line nobody writes until a thief rings: about a
-  // nanosecond a switch, and only while stealing is on (the scheduler looks only with a poll
-  // interval set).
-  class doorbells {
-   public:
-    // Collective over comm. Without shared memory (MPI_Win_allocate_shared fails) there are none.
-    explicit doorbells(MPI_Comm comm);
-    ~doorbells();
-    doorbells(const doorbells&) = delete;
-    doorbells& operator=(const doorbells&) = delete;
-    // Rank r's (of comm), or null: r is on another node, or there are none.
-    std::atomic<std::uint32_t>* of(int r) const noexcept { return bells_.empty() ? nullptr : bells_[static_cast<std::size_t>(r)]; }
-
-   private:
-    MPI_Comm node_ = MPI_COMM_NULL;  // the ranks of comm on this node
-    MPI_Win win_ = MPI_WIN_NULL;
-    sys_vector<std::atomic<std::uint32_t>*> bells_;  // by rank of comm; empty: none
-  };
 
   static void depart_hook(scheduler& s, tcb* t) noexcept;
   static void finish_hook(scheduler& s, tcb* t) noexcept;
@@ -328,7 +304,6 @@ class engine {
   bool quiescing_ = false;              // quiesce_steals runs: every request gets "none"
   steal_stats_t steal_stats_;
   std::list<steal_send, sys_allocator<steal_send>> steal_sends_;  // a list: a request never moves
-  doorbells bells_;                     // see doorbells; after comm_, which it is built over
 };
 
 }  // namespace iso::detail

@@ -27,10 +27,8 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
       size_(comm_.size()),
       layout_(layout),
       batches_(comm_, tag_data, size_, batch_window, batch_flush_bytes),
-      directory_(rank_, size_),
-      bells_(comm_) {
+      directory_(rank_, size_) {
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
-  s.set_poll_doorbell(bells_.of(rank_));
   s.set_depart_hook(&depart_hook);
   s.set_finish_hook(&finish_hook);
   migrate_to_impl = &migrate_to_hook;
@@ -42,7 +40,6 @@ engine::~engine() {
   g_engine = nullptr;
   migrate_to_impl = nullptr;
   join_impl = nullptr;
-  sched_.set_poll_doorbell(nullptr);
   sched_.set_depart_hook(nullptr);
   sched_.set_finish_hook(nullptr);
 }

@@ -3,10 +3,6 @@
 // progress.cpp): this file only moves the messages and the threads. Part of the engine.
 #include <time.h>
 
-#include <atomic>
-#include <cstdio>
-#include <new>
-
 #include "diag.hpp"
 #include "engine.hpp"
 #include "interpose.hpp"
@@ -19,70 +15,13 @@ namespace {
 const unsigned char g_no_payload = 0;
 
 // With stealing on, the scheduler polls at the first switch this long (ns) after its last poll,
-// direct switches between threads included: a request from another node waits for the victim's
-// next poll, half of this on average (one from the same node rings the victim's doorbell, and
-// the victim polls at its next switch). A poll costs about a microsecond; at 10 us, fib(36) on 2 ranks still runs
+// direct switches between threads included: a request waits for the victim's next poll, half of
+// this on average. A poll costs about a microsecond; at 10 us, fib(36) on 2 ranks still runs
 // 1.95x as fast as on 1 (5 us: 1.49x), and a steal takes about 20 us instead of 30-40 at 50 us
 // (bench_stealing, steal_speedup.sh).
 constexpr std::int64_t steal_poll_interval_ns = 10'000;
 
 }  // namespace
-
-engine::doorbells::doorbells(MPI_Comm comm) {
-  heap_scope system(nullptr);
-  int rank = 0, size = 0;
-  check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank (doorbells)");
-  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size (doorbells)");
-  if (size == 1) return;
-  check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node_), "MPI_Comm_split_type (doorbells)");
-  check_mpi(MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler (doorbells)");
-  // A cache line each, apart: a ring invalidates only its victim's line.
-  constexpr MPI_Aint line = 64;
-  void* mine = nullptr;
-  MPI_Info info = MPI_INFO_NULL;
-  check_mpi(MPI_Info_create(&info), "MPI_Info_create (doorbells)");
-  check_mpi(MPI_Info_set(info, "alloc_shared_noncontig", "true"), "MPI_Info_set (doorbells)");
-  const int rc = MPI_Win_allocate_shared(line, 1, info, node_, &mine, &win_);
-  check_mpi(MPI_Info_free(&info), "MPI_Info_free (doorbells)");
-  // The same outcome on every rank of the node (the call is collective): a node without shared
-  // memory windows simply has no doorbells, and steal requests wait for the victim's timed poll.
-  if (rc != MPI_SUCCESS) {
-    win_ = MPI_WIN_NULL;
-    return;
-  }
-  new (mine) std::atomic<std::uint32_t>(0);
-  MPI_Group world_group = MPI_GROUP_NULL, node_group = MPI_GROUP_NULL;
-  check_mpi(MPI_Comm_group(comm, &world_group), "MPI_Comm_group (doorbells)");
-  check_mpi(MPI_Comm_group(node_, &node_group), "MPI_Comm_group (doorbells)");
-  sys_vector<int> ranks(static_cast<std::size_t>(size)), on_node(static_cast<std::size_t>(size));
-  for (int r = 0; r < size; ++r) ranks[static_cast<std::size_t>(r)] = r;
-  check_mpi(MPI_Group_translate_ranks(world_group, size, ranks.data(), node_group, on_node.data()),
-            "MPI_Group_translate_ranks (doorbells)");
-  check_mpi(MPI_Group_free(&world_group), "MPI_Group_free (doorbells)");
-  check_mpi(MPI_Group_free(&node_group), "MPI_Group_free (doorbells)");
-  bells_.assign(static_cast<std::size_t>(size), nullptr);
-  for (int r = 0; r < size; ++r) {
-    const int n = on_node[static_cast<std::size_t>(r)];
-    if (n == MPI_UNDEFINED) continue;
-    MPI_Aint bytes = 0;
-    int unit = 0;
-    void* base = nullptr;
-    check_mpi(MPI_Win_shared_query(win_, n, &bytes, &unit, &base), "MPI_Win_shared_query (doorbells)");
-    bells_[static_cast<std::size_t>(r)] = static_cast<std::atomic<std::uint32_t>*>(base);
-  }
-  // Every word is initialised before any rank can ring one.
-  check_mpi(MPI_Barrier(node_), "MPI_Barrier (doorbells)");
-}
-
-engine::doorbells::~doorbells() {
-  // Collective, as every engine ends together; a failure only leaks the window.
-  if (win_ != MPI_WIN_NULL && MPI_Win_free(&win_) != MPI_SUCCESS) {
-    std::fprintf(stderr, "isothreads: MPI_Win_free of the steal doorbells failed\n");
-  }
-  if (node_ != MPI_COMM_NULL && MPI_Comm_free(&node_) != MPI_SUCCESS) {
-    std::fprintf(stderr, "isothreads: MPI_Comm_free of the steal doorbells' communicator failed\n");
-  }
-}
 
 void engine::post_steal(int dest, int tag) noexcept {
   heap_scope system(nullptr);
@@ -109,9 +48,6 @@ void engine::request_steal(int victim) noexcept {
   ++steal_stats_.requests;
   steal_stats_.last_request_ns = now_ns();
   post_steal(victim, tag_steal_request);
-  // After the send: a victim that polls at the ring finds the request (shared memory's eager
-  // sends are in its queue when MPI_Isend returns).
-  if (std::atomic<std::uint32_t>* bell = bells_.of(victim)) bell->store(1, std::memory_order_release);
 }
 
 bool engine::answer_steal(int thief) noexcept {
@@ -130,10 +66,6 @@ bool engine::answer_steal(int thief) noexcept {
 bool engine::poll_steals() noexcept {
   heap_scope system(nullptr);
   bool gave = false;
-  // Cleared before looking, so that a ring after this poll makes the next switch poll again.
-  if (std::atomic<std::uint32_t>* bell = bells_.of(rank_); bell != nullptr && bell->load(std::memory_order_relaxed) != 0) {
-    bell->store(0, std::memory_order_relaxed);
-  }
   complete(steal_sends_, [](steal_send& s) -> auto& { return s.request; }, [](steal_send& s) { return s.dest; },
            [](steal_send&) {});
   // At most one request from each other rank can be waiting (a thief asks one victim at a time),

@@ -4,7 +4,6 @@
 #include <malloc.h>
 #include <zlib.h>
 
-#include <atomic>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -420,58 +419,6 @@ TEST(ThreadsScale, HundredThousandThreadsEachRunAndYield) {
   });
   s.run();
   EXPECT_EQ(finished, count);
-}
-
-// Polls the way the runtime's progress engine answers a doorbell: counts each poll and clears
-// the bell (whoever polls clears it, scheduler::set_poll_doorbell); never has other work.
-struct doorbell_progress final : detail::progress_engine {
-  std::atomic<std::uint32_t> bell{0};
-  int polls = 0;
-  bool poll(scheduler&) noexcept override {
-    ++polls;
-    bell.store(0, std::memory_order_relaxed);
-    return false;
-  }
-  void idle(scheduler&, std::int64_t) noexcept override {}
-  bool finished(scheduler& s) override { return s.live_threads() == 0; }
-};
-
-// Work stealing rings a victim's doorbell after sending it a request: the victim's next switch
-// polls, instead of the switch after the poll interval (or the 32nd switch) since the last poll.
-// With no interval set (stealing off) the bell is not looked at.
-void count_polls_around_a_ring(std::int64_t interval_ns, int* plain, int* rung) {
-  doorbell_progress progress;
-  scheduler s(0, nullptr, &progress);
-  s.set_poll_doorbell(&progress.bell);
-  s.set_poll_interval_ns(interval_ns);
-  spawn([] {
-    for (int i = 0; i < 4; ++i) this_thread::yield();
-  });
-  spawn([&] {
-    int before = progress.polls;
-    this_thread::yield();
-    *plain = progress.polls - before;
-    before = progress.polls;
-    progress.bell.store(1, std::memory_order_relaxed);
-    this_thread::yield();
-    *rung = progress.polls - before;
-  });
-  s.run();
-  s.set_poll_doorbell(nullptr);
-}
-
-TEST(SchedulerPolling, ADoorbellMakesTheNextSwitchPollWhileAnIntervalIsSet) {
-  int plain = -1, rung = -1;
-  count_polls_around_a_ring(1'000'000'000, &plain, &rung);  // 1 s: no poll by time in the test
-  EXPECT_EQ(plain, 0);
-  EXPECT_EQ(rung, 1);
-}
-
-TEST(SchedulerPolling, ADoorbellIsIgnoredWithoutAnInterval) {
-  int plain = -1, rung = -1;
-  count_polls_around_a_ring(0, &plain, &rung);
-  EXPECT_EQ(plain, 0);
-  EXPECT_EQ(rung, 0);
 }
 
 }  // namespace

@@ -11,7 +11,6 @@
 // landing protocol of isothreads/detail/switch.hpp.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -177,10 +176,6 @@ class scheduler {
   // 40 us threads). Costs a cycle-counter read (prim::cycles, about 9 ns) per switch while set,
   // not a clock read; the first call that sets it calibrates the counter (about 100 us, once).
   void set_poll_interval_ns(std::int64_t ns) noexcept;
-  // While a poll interval is set, a nonzero *bell makes the next switch poll as well (whoever
-  // polls clears it: work stealing's doorbell, rung by a thief that sent this rank a request).
-  // null: none. A relaxed load per switch while an interval is set, nothing otherwise.
-  void set_poll_doorbell(const std::atomic<std::uint32_t>* bell) noexcept { doorbell_ = bell; }
 
   // --- creating threads (spawn) ---
   // A new thread's heap, control block and guarded stack; not yet runnable. Throws iso::error.
@@ -308,12 +303,9 @@ class scheduler {
     }
     return sched_ctx_;
   }
-  // With a poll interval set: whether it has passed since the last poll, or the doorbell rang
-  // (which makes the poll due at once).
+  // With a poll interval set: whether it has passed since the last poll.
   bool poll_due_by_time() const noexcept {
-    return poll_interval_cycles_ != 0 &&
-           ((doorbell_ != nullptr && doorbell_->load(std::memory_order_relaxed) != 0) ||
-            prim::cycles() - last_poll_cycles_ >= poll_interval_cycles_);
+    return poll_interval_cycles_ != 0 && prim::cycles() - last_poll_cycles_ >= poll_interval_cycles_;
   }
   // t (ready, dequeued) becomes the running thread, with the heap that was current when it
   // suspended (its own, or the system heap inside a heap scope: a scope outlives suspensions).
@@ -382,7 +374,6 @@ class scheduler {
   std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
   std::uint64_t poll_interval_cycles_ = 0;  // see set_poll_interval_ns; 0: none
   std::uint64_t last_poll_cycles_ = 0;      // prim::cycles() at the last poll, while an interval is set
-  const std::atomic<std::uint32_t>* doorbell_ = nullptr;  // see set_poll_doorbell
   std::uint64_t run_start_ = 0;       // prim::cycles() when running_ started, if measuring
   std::int64_t trace_start_ns_ = 0;   // now_ns() when running_ started, if tracing
   std::uint64_t next_serial_ = 1;
