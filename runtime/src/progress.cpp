@@ -33,8 +33,7 @@ mpi_progress::~mpi_progress() {
   }
 }
 
-bool mpi_progress::poll(scheduler& s) noexcept {
-  const bool had_work = s.policy().has_ready_threads();
+bool mpi_progress::poll(scheduler&) noexcept {
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
@@ -42,13 +41,6 @@ bool mpi_progress::poll(scheduler& s) noexcept {
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
-  // The region's returns come after the engine (steal requests and arrivals first: a victim that
-  // took back a stolen thread's memory first, pages given back and all, answered about 10 us
-  // later), and not at all in a poll that gave a rank with nothing to run a thread (one that has
-  // just arrived): that thread runs at once, and the returns wait for the next poll, at the
-  // latest switches_per_poll switches away or when it suspends. A rank that keeps threads ready
-  // returns at every poll, an idle one at every idle pass that finds nothing.
-  if (!had_work && s.policy().has_ready_threads()) return did;
   region& r = region::get();
   r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
