@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <numeric>
@@ -124,7 +127,10 @@ class core_hog {
     CPU_SET(sched_getcpu(), &one);
     if (sched_setaffinity(0, sizeof one, &one) != 0) throw std::runtime_error("sched_setaffinity failed");
     hog_ = std::thread([this, one] {
-      sched_setaffinity(0, sizeof one, &one);
+      if (sched_setaffinity(0, sizeof one, &one) != 0) {
+        std::fprintf(stderr, "core_hog: sched_setaffinity failed in the busy thread: %s\n", std::strerror(errno));
+        std::abort();
+      }
       while (!stop_.load(std::memory_order_relaxed)) {
       }
     });
@@ -132,7 +138,7 @@ class core_hog {
   ~core_hog() {
     stop_ = true;
     hog_.join();
-    sched_setaffinity(0, sizeof saved_, &saved_);
+    if (sched_setaffinity(0, sizeof saved_, &saved_) != 0) ADD_FAILURE() << "sched_setaffinity failed restoring the mask";
   }
   core_hog(const core_hog&) = delete;
   core_hog& operator=(const core_hog&) = delete;
@@ -200,6 +206,37 @@ TEST(LoadBalancing, IdleTimeWhileAnotherProcessHasTheCoreIsNotCountedAsCpuTime) 
   if (rt->rank() == 0) {
     ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
     EXPECT_NEAR(seen->threads[0].load, burned, 0.5 * burned) << "wall time of the work: " << wall << " s";
+    EXPECT_LT(seen->threads[0].load, (burned + wall) / 2) << "the load is the work's wall time, not its CPU time";
+  }
+}
+
+// A thread that a timer wakes while the rank is idle ends the idle stretch: its run is its load,
+// and none of it idle time (else the next idle pass would credit the whole run as idle, and the
+// CPU time it used too, leaving its load at its wall time beside the busy thread).
+TEST(LoadBalancing, WorkAfterASleepIsLoadNotIdleTime) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  double burned = 0, wall = 0;
+  {
+    std::unique_ptr<core_hog> hog;
+    if (rt->rank() == 0) {
+      hog = std::make_unique<core_hog>();
+      iso::spawn([&burned, &wall] {
+        iso::this_thread::sleep_for(std::chrono::milliseconds(5));
+        const auto w0 = std::chrono::steady_clock::now();
+        burned = burn_cpu(0.04);
+        wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+        iso::this_thread::sleep_for(std::chrono::milliseconds(5));
+        iso::lb::sync();
+      });
+    }
+    rt->run();
+  }
+  ASSERT_EQ(seen->threads.size(), 1u);
+  if (rt->rank() == 0) {
+    ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
+    EXPECT_NEAR(seen->threads[0].load, burned, 0.5 * burned) << "wall time of the work: " << wall << " s";
+    EXPECT_LT(seen->threads[0].load, (burned + wall) / 2) << "the load is the work's wall time, not its CPU time";
   }
 }
 

@@ -240,8 +240,9 @@ class scheduler {
   // CPU time (ns) this OS thread used in those passes: with idle_cycles(), what share of its core
   // the rank had while not idle. Read at the edges of idle stretches and estimated in between
   // (see idle_open_): it may overstate the exact figure by the time the rank was off its core in
-  // the last idle_read_every_ns of each idle stretch, and never understates it (but for the
-  // calibration of the cycle counter, which converts the estimates).
+  // the last idle_read_every_ns of each idle stretch, and the running total never understates it
+  // (but for the calibration of the cycle counter, which converts the estimates). A difference of
+  // two readings may: a reading inside a stretch replaces estimates made before the first one.
   std::int64_t idle_cpu_ns() const noexcept { return idle_cpu_ns_; }
   // Serial numbers below this have been handed out (on this rank, or, after a restart, anywhere).
   std::uint64_t next_serial() const noexcept { return next_serial_; }

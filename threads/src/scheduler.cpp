@@ -490,9 +490,13 @@ void scheduler::set_poll_interval_ns(std::int64_t ns) noexcept {
 
 void scheduler::run() {
   if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
+  idle_open_ = false;  // a run() that left by an exception may have left a stretch open
   for (;;) {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
+      // A thread about to run ends the idle stretch, whatever made it ready (a timer, a message
+      // taken in the idle wait): else the next idle pass would credit its run as idle time.
+      idle_open_ = false;
       resume(t);
       if (++since_poll_ >= switches_per_poll_ || poll_due_by_time()) {
         since_poll_ = 0;
