@@ -10,6 +10,7 @@
 #include <cstring>
 #include <string>
 
+#include "diag.hpp"
 #include "fault.hpp"
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -32,7 +33,10 @@ std::size_t page_size() noexcept {
 
 std::int64_t thread_cpu_ns() noexcept {
   timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  // Only a kernel without per-thread CPU clocks fails this; a 0 would corrupt every CPU-time sum.
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) {
+    fatal("clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed: %s", std::strerror(errno));
+  }
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 

@@ -108,6 +108,9 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
 }
 
 void mpi_progress::start_round(scheduler& s) noexcept {
+  const std::int64_t now = now_ns();
+  if (now - round_started_ns_ < round_spacing_ns) return;
+  round_started_ns_ = now;
   const work_counters c = engine_ != nullptr ? engine_->counters() : work_counters{};
   mine_[round::live] = s.live_threads() + (engine_ != nullptr ? engine_->in_flight() : 0);
   mine_[round::sent] = c.sent;

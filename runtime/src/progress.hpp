@@ -54,6 +54,7 @@ class mpi_progress final : public progress_engine {
   void set_checkpointer(class checkpointer* c) noexcept { checkpointer_ = c; }
 
  private:
+  // Starts a termination round, unless the last one started less than round_spacing_ns ago.
   void start_round(scheduler& s) noexcept;
   // Idle with stealing on: asks a random other rank for a thread, unless a request waits for its
   // answer or the steal back-off says not yet.
@@ -76,7 +77,15 @@ class mpi_progress final : public progress_engine {
   class balancer* balancer_ = nullptr;
   class checkpointer* checkpointer_ = nullptr;
 
+  // A round starts at the first idle pass at least round_spacing_ns after the previous one
+  // started. Starting one (MPI_Iallreduce) costs about 0.5 us; ranks that are idle most of the
+  // time (a thread or a message in flight between two of them) complete a round in about a pass,
+  // and starting the next at once made every other idle pass 0.5 us longer, and each arrival
+  // that much later on average. A decision needs two rounds: run() returns, a step starts, a
+  // deadlock is raised at most about 2 x round_spacing_ns later.
+  static constexpr std::int64_t round_spacing_ns = 20'000;
   MPI_Request round_ = MPI_REQUEST_NULL;
+  std::int64_t round_started_ns_ = 0;  // now_ns() when the last round started
   std::uint64_t mine_[round::fields] = {};
   std::uint64_t sum_[round::fields] = {};
   std::uint64_t last_[round::fields] = {};   // the previous completed round's sums

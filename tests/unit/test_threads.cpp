@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <zlib.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -419,6 +420,30 @@ TEST(ThreadsScale, HundredThousandThreadsEachRunAndYield) {
   });
   s.run();
   EXPECT_EQ(finished, count);
+}
+
+// A thread that a timer wakes ends the idle stretch the rank was in while it slept: its run is
+// not idle time (idle accounting, scheduler.hpp idle_open_). Counted so, the 30 ms of work would
+// make almost the whole run idle, and its CPU time idle CPU time.
+TEST_F(Threads, AThreadATimerWakesEndsTheIdleStretch) {
+  sched.set_measure_load(true);
+  spawn([] {
+    this_thread::sleep_for(std::chrono::milliseconds(5));
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(30)) {
+    }
+    this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  const std::uint64_t idle0 = sched.idle_cycles();
+  const std::int64_t idle_cpu0 = sched.idle_cpu_ns();
+  const std::uint64_t c0 = detail::prim::cycles();
+  sched.run();
+  const double idle_share =
+      static_cast<double>(sched.idle_cycles() - idle0) / static_cast<double>(detail::prim::cycles() - c0);
+  const double idle_cpu_ms = static_cast<double>(sched.idle_cpu_ns() - idle_cpu0) * 1e-6;
+  EXPECT_LT(idle_share, 0.5) << "about 10 ms of 40 sleep";
+  EXPECT_LT(idle_cpu_ms, 10.0) << "idle CPU time (ms): the work's 30 ms is not idle";
+  sched.set_measure_load(false);
 }
 
 }  // namespace

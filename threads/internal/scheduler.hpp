@@ -232,13 +232,17 @@ class scheduler {
   // --- load measurement (for the load balancer) ---
   // When on, each resume adds the cycles the thread ran to tcb::run_cycles (prim::cycles; on
   // direct switches between threads with short runs only one switch in about twelve reads it, see
-  // window_), and passes of run() that find nothing to do add their cycles
-  // to idle_cycles() and their CPU time to idle_cpu_ns() (two CPU-clock reads per such pass).
-  // The first call that turns it on calibrates the cycle counter (about 100 us, once).
+  // window_), and passes of run() that find nothing to do add their cycles to idle_cycles() and
+  // their CPU time to idle_cpu_ns() (read at the edges of idle stretches, not per pass: see
+  // idle_open_). The first call that turns it on calibrates the cycle counter (about 100 us, once).
   void set_measure_load(bool on) noexcept;
   std::uint64_t idle_cycles() const noexcept { return idle_cycles_; }
   // CPU time (ns) this OS thread used in those passes: with idle_cycles(), what share of its core
-  // the rank had while not idle.
+  // the rank had while not idle. Read at the edges of idle stretches and estimated in between
+  // (see idle_open_): it may overstate the exact figure by the time the rank was off its core in
+  // the last idle_read_every_ns of each idle stretch, and the running total never understates it
+  // (but for the calibration of the cycle counter, which converts the estimates). A difference of
+  // two readings may: a reading inside a stretch replaces estimates made before the first one.
   std::int64_t idle_cpu_ns() const noexcept { return idle_cpu_ns_; }
   // Serial numbers below this have been handed out (on this rank, or, after a restart, anywhere).
   std::uint64_t next_serial() const noexcept { return next_serial_; }
@@ -326,6 +330,10 @@ class scheduler {
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
   [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // Idle accounting, see idle_open_: a stretch starts (after a poll that found nothing), and an
+  // idle pass of it ends.
+  void open_idle_stretch() noexcept;
+  void credit_idle_pass() noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
   // ended): credit_window, and the next run starts now.
   void close_window(tcb* self) noexcept;
@@ -400,7 +408,36 @@ class scheduler {
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
-  std::int64_t idle_cpu_ns_ = 0;             // CPU time of those passes, in ns
+  std::int64_t idle_cpu_ns_ = 0;             // CPU time of those passes, in ns (see idle_cpu_ns())
+  // Idle accounting without a CPU-clock read per pass (prim::thread_cpu_ns is a system call of
+  // about 0.3-0.4 us here, as long as the rest of an idle pass taken together; two per pass made a
+  // receiving rank see an arriving thread about 0.35 us later on average). An idle stretch is a
+  // run of consecutive idle passes (those that reach the end of progress().idle()); it opens after
+  // the first poll that found nothing (that poll is background, as is every pass that did work),
+  // with a CPU-clock read, and ends, with no read, at the first pass that finds work, at a
+  // balancing step that makes threads ready, or when run() returns. Each idle pass adds its
+  // cycles since the previous mark (the stretch's start or the previous pass's end) to
+  // idle_cycles_ and, as an estimate, the same wall time to idle_cpu_ns_; the CPU clock is read
+  // at the end of a pass that took idle_lost_core_ns or more (a rank that keeps its core passes in
+  // about 2 us here: a longer pass most likely waited for the core, or slept), or when
+  // idle_read_every_ns passed since the last read, and then idle_cpu_ns_ gets the exact CPU time
+  // of every pass since that read. Invariant while a stretch is open: idle_cpu_ns_ ==
+  // idle_cpu_at_read_ + the estimates of the passes that ended after idle_read_cycles_. The
+  // estimate counts time off the core as CPU time: the error is at most the off-core time of
+  // passes that each took less than idle_lost_core_ns, within less than idle_read_every_ns at a
+  // stretch's end; it only ever overstates idle CPU time (understating the share of its core the
+  // rank had while busy); at most one read per idle_read_every_ns of idleness, none on the way
+  // from an arrival to the thread running.
+  static constexpr std::int64_t idle_lost_core_ns = 4'000;
+  static constexpr std::int64_t idle_read_every_ns = 20'000;
+  bool idle_open_ = false;                   // an idle stretch is open (only while measure_)
+  std::uint64_t idle_mark_ = 0;              // prim::cycles() at the stretch's start or its last pass's end
+  std::uint64_t idle_read_cycles_ = 0;       // prim::cycles() at the stretch's last CPU-clock read
+  std::int64_t idle_cpu_read_ = 0;           // prim::thread_cpu_ns() at that read
+  std::int64_t idle_cpu_at_read_ = 0;        // idle_cpu_ns_ right after that read (exact up to there)
+  std::uint64_t idle_lost_core_cycles_ = 0;  // idle_lost_core_ns in cycles, set by set_measure_load
+  std::uint64_t idle_read_every_cycles_ = 0; // idle_read_every_ns in cycles, likewise
+  double ns_per_cycle_ = 1;                  // likewise
 
   // Every live thread on this rank (invariant: exactly those whose state is not finished and that
   // have not departed), keyed by thread_id::bits().

@@ -477,7 +477,14 @@ void scheduler::set_measure_load(bool on) noexcept {
   window_threads_ = 0;
   window_runs_ = 0;
   window_len_ = 0;
-  if (on && long_run_cycles_ == 0) long_run_cycles_ = static_cast<std::uint64_t>(2000 * cycles_per_ns());
+  if (on && long_run_cycles_ == 0) {
+    const double rate = cycles_per_ns();
+    long_run_cycles_ = static_cast<std::uint64_t>(2000 * rate);
+    ns_per_cycle_ = 1 / rate;
+    idle_lost_core_cycles_ = static_cast<std::uint64_t>(static_cast<double>(idle_lost_core_ns) * rate);
+    idle_read_every_cycles_ = static_cast<std::uint64_t>(static_cast<double>(idle_read_every_ns) * rate);
+  }
+  idle_open_ = false;  // a stretch opens at the next pass that finds nothing, measured from there
 }
 
 void scheduler::set_poll_interval_ns(std::int64_t ns) noexcept {
@@ -487,9 +494,13 @@ void scheduler::set_poll_interval_ns(std::int64_t ns) noexcept {
 
 void scheduler::run() {
   if (running_ != nullptr) raise(errc::invalid_argument, "run() called from a migratable thread");
+  idle_open_ = false;  // a run() that left by an exception may have left a stretch open
   for (;;) {
     if (!timers_.empty()) wake_expired(now_ns());
     if (tcb* t = policy_ == &default_policy_ ? default_policy_.pick_next() : policy_->pick_next()) {
+      // A thread about to run ends the idle stretch, whatever made it ready (a timer, a message
+      // taken in the idle wait): else the next idle pass would credit its run as idle time.
+      idle_open_ = false;
       resume(t);
       if (++since_poll_ >= switches_per_poll_ || poll_due_by_time()) {
         since_poll_ = 0;
@@ -501,24 +512,52 @@ void scheduler::run() {
     }
     since_poll_ = 0;
     switches_per_poll_ = min_switches_per_poll;
-    // A pass that finds nothing to do counts as idle time, polling and all: the load balancer
-    // sees as background only the work done for threads outside them (messages, migrations).
-    // Its CPU time too (two CPU-clock reads, each a system call: only passes that go idle pay
-    // them, and those wait anyway).
-    const std::uint64_t idle_start = measure_ ? prim::cycles() : 0;
-    const std::int64_t idle_cpu_start = measure_ ? prim::thread_cpu_ns() : 0;
-    if (progress_->poll(*this) || policy_->has_ready_threads()) continue;
-    if (!timers_.empty() && timers_.head->wake_ns <= now_ns()) continue;
-    if (progress_->finished(*this)) return;
-    if (policy_->has_ready_threads()) continue;  // finished() may have run a balancing step
+    // Passes that find nothing to do are idle time (see idle_open_): a pass that does work for
+    // threads outside them (messages, migrations) ends the idle stretch, and that work is the
+    // rank's background for the load balancer.
+    if (progress_->poll(*this) || policy_->has_ready_threads() ||
+        (!timers_.empty() && timers_.head->wake_ns <= now_ns())) {
+      idle_open_ = false;
+      continue;
+    }
+    if (measure_ && !idle_open_) open_idle_stretch();
+    if (progress_->finished(*this)) {
+      idle_open_ = false;
+      return;
+    }
+    if (policy_->has_ready_threads()) {  // finished() may have run a balancing step
+      idle_open_ = false;
+      continue;
+    }
     stack_pool::get().trim();  // off the hot path: nothing is ready, the rank is about to wait
     const std::int64_t deadline = next_deadline();
     progress_->idle(*this, deadline < 0 ? -1 : std::max<std::int64_t>(deadline - now_ns(), 0));
-    if (measure_) {
-      idle_cycles_ += prim::cycles() - idle_start;
-      idle_cpu_ns_ += prim::thread_cpu_ns() - idle_cpu_start;
-    }
+    if (idle_open_) credit_idle_pass();
   }
+}
+
+void scheduler::open_idle_stretch() noexcept {
+  idle_open_ = true;
+  idle_mark_ = idle_read_cycles_ = prim::cycles();
+  idle_cpu_read_ = prim::thread_cpu_ns();
+  idle_cpu_at_read_ = idle_cpu_ns_;
+}
+
+void scheduler::credit_idle_pass() noexcept {
+  const std::uint64_t now = prim::cycles();
+  const std::uint64_t pass = now - idle_mark_;
+  idle_cycles_ += pass;
+  idle_mark_ = now;
+  if (pass < idle_lost_core_cycles_ && now - idle_read_cycles_ < idle_read_every_cycles_) {
+    idle_cpu_ns_ += static_cast<std::int64_t>(static_cast<double>(pass) * ns_per_cycle_);  // its wall time
+    return;
+  }
+  // Every pass since the last read, estimated or not, gets its exact CPU time.
+  const std::int64_t cpu = prim::thread_cpu_ns();
+  idle_cpu_ns_ = idle_cpu_at_read_ + (cpu - idle_cpu_read_);
+  idle_cpu_at_read_ = idle_cpu_ns_;
+  idle_cpu_read_ = cpu;
+  idle_read_cycles_ = now;
 }
 
 void scheduler::sleep_running_until(std::int64_t deadline) {
