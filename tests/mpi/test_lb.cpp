@@ -398,6 +398,38 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   }
 }
 
+// A thread that ends switches straight to its joiner when it can (scheduler::finish_running),
+// never passing through the scheduler: its last run must still be measured as its own (the
+// rank's background time, once it is gone), not credited to the joiner that runs next. Here the
+// children's runs are nearly all of each spawn + join round.
+TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  using clock = std::chrono::steady_clock;
+  std::uint64_t parent_bits = 0;
+  double loop_s = 0;
+  if (rt->rank() == 0) {
+    parent_bits = iso::spawn([&loop_s] {
+                    const auto t0 = clock::now();
+                    for (int i = 0; i < 2000; ++i) {
+                      iso::join(iso::spawn([] {
+                        const auto start = clock::now();
+                        while (clock::now() - start < std::chrono::microseconds(20)) {
+                        }
+                      }));
+                    }
+                    loop_s = std::chrono::duration<double>(clock::now() - t0).count();
+                    iso::lb::sync();
+                  }).bits();
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const double l = load_of(*seen, parent_bits);
+    ASSERT_GT(l, 0);
+    EXPECT_LT(l, 0.4 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
+  }
+}
+
 // Load measurement turned on from inside a thread (a strategy set there) counts that thread's
 // run from then: its first measured run does not reach back to the last run measured before the
 // measurement was turned off (it took in the earlier tests' time, and here 100 ms of unmeasured

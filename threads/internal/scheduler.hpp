@@ -212,8 +212,13 @@ class scheduler {
   // Wakes every thread of this rank blocked for `why` (from a thread or the progress engine).
   void wake_all(wait_reason why) noexcept;
 
-  // The scheduler's context while a thread runs (where threads switch out to); empty otherwise.
-  boost::context::fiber& sched_ctx() noexcept { return sched_ctx_; }
+  // The running thread t, whose body returned, ends (thread_main): its run is accounted (closing
+  // the open window), it is torn down here on its own stack (teardown), and the context it ends on
+  // is returned, with switch_landing named: the next ready thread's when it can run without the
+  // scheduler (as in next_context; a joiner just woken by the teardown is at the head), else the
+  // scheduler's, with running() null (resume() then has nothing left to do for it). The stack run
+  // goes back to the pool on the context ended on, where Boost.Context destroys the fiber record.
+  boost::context::fiber& finish_running(tcb* t) noexcept;
 
   // --- the thread table ---
   // A live thread on this rank, or null.
@@ -325,13 +330,17 @@ class scheduler {
   // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
-  [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // ends: self's thread ends with this run (see credit_window).
+  [[gnu::noinline]] void account_switch(tcb* self, bool ends = false) noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
   // ended): credit_window, and the next run starts now.
-  void close_window(tcb* self) noexcept;
+  void close_window(tcb* self, bool ends = false) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
-  // run (the last), and chooses the next window's length. See window_.
-  void credit_window(tcb* self, std::uint64_t cycles) noexcept;
+  // run (the last), and chooses the next window's length. See window_. A window that a thread's
+  // last run closes early (ends: its thread is torn down next) leaves the rest of its length to
+  // the next one: else a loop of spawn and join, whose children each end a window, would measure
+  // the joiner alone every other time, a clock read more per child.
+  void credit_window(tcb* self, std::uint64_t cycles, bool ends = false) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
   void switch_out(tcb* self) noexcept {
@@ -361,7 +370,10 @@ class scheduler {
   sched_policy* policy_;
   progress_engine* progress_;
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
-  boost::context::fiber sched_ctx_;   // see sched_ctx()
+  boost::context::fiber sched_ctx_;   // the scheduler's context while a thread runs; empty otherwise
+  // Where the switch away from a thread that ended lands (the empty context Boost.Context leaves):
+  // not its TCB, which went back with its heap in teardown.
+  boost::context::fiber ended_landing_;
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
@@ -382,11 +394,12 @@ class scheduler {
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
   // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
   // credits of a window sum to its interval exactly (the threads' total, and so the rank's
-  // background time, stay exact); every thread in the window is live here (a thread ends only in
-  // the scheduler's context, whose entry, resume()'s return, reads the clock and closes the
-  // window; a thread that leaves may be in the window, when the running thread moves it, and
-  // detach() closes the window first); tcb::window_runs is 0 outside the window. After a window
-  // of several runs the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
+  // background time, stay exact); every thread in the window is live here (a thread that ends
+  // reads the clock and closes the window first, finish_running; a thread that leaves may be in
+  // the window, when the running thread moves it, and detach() closes the window first);
+  // tcb::window_runs is 0 outside the window. After a window of several runs (unless a thread's
+  // last run closed it early: credit_window) the next run is measured alone (window_len_ 0),
+  // refreshing that thread's estimate; after a
   // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a

@@ -252,12 +252,9 @@ void scheduler::resume(tcb* t) noexcept {
   // until teardown or departure, so `back` is valid); its context has landed in its TCB.
   tcb* back = running_;
   current_heap = nullptr;
+  if (back == nullptr) return;  // it ended, accounted and torn down on its own stack (finish_running)
   if (measure_ || run_hook_ != nullptr) account_switch(back);
   running_ = nullptr;
-  if (back->state == thread_state::finished) {
-    teardown(back);
-    return;
-  }
   // A thread due to leave is queued like any other first: detach() takes it out of whatever
   // queue its state puts it in.
   if (back->state == thread_state::ready) {
@@ -266,8 +263,8 @@ void scheduler::resume(tcb* t) noexcept {
   if (back->pending_dest >= 0 && depart_hook_ != nullptr && movable(back)) depart_hook_(*this, back);
 }
 
-void scheduler::account_switch(tcb* self) noexcept {
-  if (measure_) close_window(self);
+void scheduler::account_switch(tcb* self, bool ends) noexcept {
+  if (measure_) close_window(self, ends);
   if (run_hook_ != nullptr) {
     const std::int64_t now = now_ns();
     heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
@@ -276,15 +273,15 @@ void scheduler::account_switch(tcb* self) noexcept {
   }
 }
 
-void scheduler::close_window(tcb* self) noexcept {
+void scheduler::close_window(tcb* self, bool ends) noexcept {
   const std::uint64_t now = prim::cycles();
-  credit_window(self, now - run_start_);
+  credit_window(self, now - run_start_, ends);
   run_start_ = now;
 }
 
 __extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 product's high half
 
-void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
+void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexcept {
   if (window_runs_ == 0) {
     self->run_cycles += cycles;
     self->run_estimate = cycles;
@@ -316,8 +313,8 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   window_[0]->run_cycles += given < cycles ? cycles - given : 0;
   window_[0]->window_runs = 0;
   window_threads_ = 0;
+  window_len_ = ends && window_runs_ < window_len_ ? window_len_ - window_runs_ : 0;
   window_runs_ = 0;
-  window_len_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -337,10 +334,28 @@ void scheduler::teardown(tcb* t) noexcept {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
   }
-  // The stack went back to the pool when its fiber record was destroyed; the TCB lives in the
-  // heap, so the heap goes last.
+  // The stack goes back to the pool when its fiber record is destroyed, after the switch away
+  // from it; the TCB lives in the heap, so the heap goes last.
   t->magic = 0;
   release_heap(t->home_heap);
+}
+
+boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
+  t->state = thread_state::finished;
+  current_heap = nullptr;  // what the teardown allocates is the system's
+  // Its run ends here; with load measurement the open window closes with it (a clock read), so
+  // that no window holds a thread that is gone (see window_).
+  if (measure_ || run_hook_ != nullptr) account_switch(t, true);
+  running_ = nullptr;
+  teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
+  switch_landing = &ended_landing_;
+  if (policy_ == &default_policy_ && ++since_poll_ < switches_per_poll_ && !poll_due_by_time()) {
+    if (tcb* next = default_policy_.pick_next()) {
+      start_running(next);
+      return next->self_ctx();
+    }
+  }
+  return sched_ctx_;
 }
 
 bool scheduler::movable(const tcb* t) noexcept {
@@ -548,13 +563,16 @@ boost::context::fiber thread_main(tcb* t) noexcept {
   } catch (...) {
     fatal("thread %d:%" PRIu64 " '%s' ended with an uncaught exception", t->id.home(), t->id.serial(), t->name);
   }
-  delete t->body;  // its heap is current: the callable and what it owns go back to it
+  // Its heap is current: what the callable owns, and the callable unless it is inline, go back to it.
+  if (static_cast<void*>(t->body) == t->inline_body) {
+    t->body->~body_base();
+  } else {
+    delete t->body;
+  }
   t->body = nullptr;
-  t->state = thread_state::finished;
-  // Ending on the scheduler's context frees the stack there; what lands is an empty context.
-  scheduler& s = *scheduler::current();  // afresh: t may have migrated
-  switch_landing = &t->self_ctx();
-  return std::move(s.sched_ctx());
+  // Ending on the context finish_running gives frees the stack there; what lands is an empty
+  // context. The scheduler afresh: t may have migrated.
+  return std::move(scheduler::current()->finish_running(t));
 }
 
 }  // namespace iso::detail

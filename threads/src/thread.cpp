@@ -26,6 +26,8 @@ spawn_frame::~spawn_frame() {
   scheduler::current()->discard_thread(static_cast<tcb*>(thread_));
 }
 
+void* spawn_frame::inline_body() const noexcept { return static_cast<tcb*>(thread_)->inline_body; }
+
 thread_id spawn_frame::commit(body_base* body) noexcept {
   tcb* t = static_cast<tcb*>(thread_);
   thread_ = nullptr;

@@ -44,8 +44,11 @@ struct spawn_options {
 
 namespace detail {
 
-// The body of a thread, type-erased. Lives in the thread's own heap; its vtable pointer is a code
-// address, valid on every rank of the same binary.
+// The body of a thread, type-erased. Lives in the thread's own heap (one of at most
+// inline_body_bytes, 16-byte aligned, in its control block, which lives there too: no block to
+// allocate and free per thread); its vtable pointer is a code address, valid on every rank of
+// the same binary.
+inline constexpr std::size_t inline_body_bytes = 48;
 struct body_base {
   virtual void run() = 0;
   virtual ~body_base() = default;
@@ -58,6 +61,17 @@ struct body_impl final : body_base {
   F f;
 };
 
+// What a body of type B is made from: a copy of the callable when B can be copied, else it is
+// moved (see spawn).
+template <class B, class F>
+decltype(auto) body_source(F&& body) noexcept {
+  if constexpr (std::is_copy_constructible_v<B>) {
+    return static_cast<const B&>(body);
+  } else {
+    return std::forward<F>(body);
+  }
+}
+
 // Spawning in two steps, so that the body is copied with the new thread's heap current (and so
 // lands in it, with everything its captures own). Throws iso::error.
 class spawn_frame {
@@ -67,6 +81,9 @@ class spawn_frame {
   spawn_frame(const spawn_frame&) = delete;
   spawn_frame& operator=(const spawn_frame&) = delete;
   thread_id commit(body_base* body) noexcept;
+  // inline_body_bytes, 16-byte aligned, in the new thread's control block: where a body that
+  // fits is constructed instead of a heap block.
+  void* inline_body() const noexcept;
 
  private:
   void* thread_ = nullptr;    // the new thread's control block
@@ -87,12 +104,13 @@ class spawn_frame {
 template <class F>
 thread_id spawn(F&& body, const spawn_options& opts = {}) {
   using B = std::decay_t<F>;
+  using body_t = detail::body_impl<B>;
   static_assert(std::is_invocable_v<B&>, "iso::spawn needs a callable taking no arguments");
   detail::spawn_frame frame(opts);
-  if constexpr (std::is_copy_constructible_v<B>) {
-    return frame.commit(new detail::body_impl<B>(static_cast<const B&>(body)));
+  if constexpr (sizeof(body_t) <= detail::inline_body_bytes && alignof(body_t) <= 16) {
+    return frame.commit(new (frame.inline_body()) body_t(detail::body_source<B>(std::forward<F>(body))));
   } else {
-    return frame.commit(new detail::body_impl<B>(std::forward<F>(body)));
+    return frame.commit(new body_t(detail::body_source<B>(std::forward<F>(body))));
   }
 }
 
