@@ -202,6 +202,10 @@ class scheduler {
   void sleep_running_until(std::int64_t deadline_ns);
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;
+  // block_running without the switch, as prepare_yield: the running thread becomes blocked for
+  // `why` with the heap current now, its slot named in switch_landing; returns the context to
+  // resume (for context_resume_named). After the switch the caller sets tcb::wait to none.
+  boost::context::fiber& prepare_block(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
   // fork_join: t's continuation is fork-join work (sched_policy::forked): t joined a thread that
   // just ended, or waits for the value of a future.
@@ -330,16 +334,25 @@ class scheduler {
   // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
+  // The last run of self, whose thread ends, joins the open window as an ended run (no clock
+  // read, nothing of self kept): true, when the window has room, self has no run in it and self's
+  // runs are not known to be long; its weight there is its estimate, or the window's mean run
+  // when it was never measured alone (a thread that ends in its first run, as most children of a
+  // fork-join program do).
+  bool defer_end(tcb* self) noexcept {
+    if (window_runs_ >= window_len_ || self->window_runs != 0 || self->run_estimate >= long_run_cycles_) return false;
+    ++window_runs_;
+    if (self->run_estimate != 0) ended_weight_ += self->run_estimate; else ++ended_unmeasured_;
+    return true;
+  }
   // ends: self's thread ends with this run (see credit_window).
   [[gnu::noinline]] void account_switch(tcb* self, bool ends = false) noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
   // ended): credit_window, and the next run starts now.
   void close_window(tcb* self, bool ends = false) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
-  // run (the last), and chooses the next window's length. See window_. A window that a thread's
-  // last run closes early (ends: its thread is torn down next) leaves the rest of its length to
-  // the next one: else a loop of spawn and join, whose children each end a window, would measure
-  // the joiner alone every other time, a clock read more per child.
+  // run (the last), and chooses the next window's length. See window_. When self's thread ends
+  // (ends), the next run is measured alone instead of self's (its estimate would serve nothing).
   void credit_window(tcb* self, std::uint64_t cycles, bool ends = false) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
@@ -392,14 +405,17 @@ class scheduler {
   // direct switches between threads whose runs are short do not read it each time: the runs
   // between two reads (the window: window_runs_ runs of the threads window_[0, window_threads_),
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
-  // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
-  // credits of a window sum to its interval exactly (the threads' total, and so the rank's
-  // background time, stay exact); every thread in the window is live here (a thread that ends
-  // reads the clock and closes the window first, finish_running; a thread that leaves may be in
-  // the window, when the running thread moves it, and detach() closes the window first);
-  // tcb::window_runs is 0 outside the window. After a window of several runs (unless a thread's
-  // last run closed it early: credit_window) the next run is measured alone (window_len_ 0),
-  // refreshing that thread's estimate; after a
+  // proportion to each thread's tcb::run_estimate, its last run measured alone. A window also
+  // holds the last runs of threads that ended in it (defer_end): counted in window_runs_, their
+  // weights kept here (ended_weight_, ended_unmeasured_), their shares credited to no thread (the
+  // rank's background, like all the time of threads that are gone). Invariants: the credits of a
+  // window and its ended runs' shares sum to its interval exactly (the live threads' total, and
+  // so the rank's background time, stay exact); every thread in window_ is live here (a thread
+  // that ends while in it closes the window first, finish_running; a thread that leaves may be
+  // in the window, when the running thread moves it, and detach() closes the window first);
+  // tcb::window_runs is 0 outside the window. After a window of several runs the next run is
+  // measured alone (window_len_ 0), refreshing that thread's estimate (or, if it ends, the run
+  // after it); after a
   // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
@@ -410,6 +426,8 @@ class scheduler {
   std::uint32_t window_threads_ = 0;
   std::uint32_t window_runs_ = 0;
   std::uint32_t window_len_ = 0;
+  std::uint64_t ended_weight_ = 0;       // estimates of the ended runs in the window, cycles
+  std::uint32_t ended_unmeasured_ = 0;   // ended runs in the window never measured alone
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
@@ -429,8 +447,11 @@ class scheduler {
 // migrate_to_fn: moves the running thread `self` to rank dest; returns on dest. Throws iso::error.
 using migrate_to_fn = void (*)(scheduler& s, tcb* self, int dest);
 extern migrate_to_fn migrate_to_impl;
-// join_fn: the running thread `self` joins t, wherever t is; returns once t has finished.
-// Throws iso::error (unknown_thread, already_joined).
+// join_fn: the running thread `self` registers its join of t, wherever t is: sets
+// self->waiting_for to t until t has finished (cleared, with self->join_status set and self woken,
+// when the answer comes; perhaps at once), or returns leaving it clear when t has finished and
+// was not joined. Throws iso::error (unknown_thread, already_joined). iso::join then waits.
+
 using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
 extern join_fn join_impl;
 

@@ -222,7 +222,6 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
 }
 
 void scheduler::start_thread(tcb* t) noexcept {
-  context_create(t);
   try {
     table_.insert(t->id.bits(), t);
   } catch (const std::bad_alloc&) {
@@ -230,6 +229,10 @@ void scheduler::start_thread(tcb* t) noexcept {
   }
   t->state = thread_state::ready;
   if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  // Last (nothing runs t before its spawner suspends), so that this is a tail call: creating the
+  // fiber switches into it and back, and every return from a frame live across that switch is
+  // mispredicted (isothreads/detail/switch.hpp), so the fewer the better.
+  context_create(t);
 }
 
 void scheduler::discard_thread(tcb* t) noexcept {
@@ -288,7 +291,8 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
     window_rng_ ^= window_rng_ << 13;
     window_rng_ ^= window_rng_ >> 17;
     window_rng_ ^= window_rng_ << 5;
-    window_len_ = cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
+    // A thread that ends has no use for its estimate: the next run is measured alone instead.
+    window_len_ = ends || cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
     return;
   }
   if (self->window_runs++ == 0) window_[window_threads_++] = self;
@@ -296,25 +300,31 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
   ISO_ASSERT_INTERNAL(n > 0);
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
-  // in fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
+  // the ended runs' the same way (defer_end). In fixed point with 20 fraction bits, so that
+  // sharing out costs a multiplication a thread.
   const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
-  std::uint64_t total = 0;
+  std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
+  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   std::uint64_t given = 0;
-  for (std::uint32_t i = 1; i < n; ++i) {
+  for (std::uint32_t i = ended_runs ? 0 : 1; i < n; ++i) {
     const auto c = static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
     window_[i]->run_cycles += c;
     window_[i]->window_runs = 0;
     given += c;
   }
-  // The rest to the first: the credits sum to `cycles`.
-  window_[0]->run_cycles += given < cycles ? cycles - given : 0;
+  // Without ended runs the rest goes to the first, so that the credits sum to `cycles`; with
+  // them the rest is theirs, credited to no thread (the rank's background, as is all the time of
+  // threads that are gone).
+  if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
   window_[0]->window_runs = 0;
   window_threads_ = 0;
-  window_len_ = ends && window_runs_ < window_len_ ? window_len_ - window_runs_ : 0;
   window_runs_ = 0;
+  window_len_ = 0;
+  ended_weight_ = 0;
+  ended_unmeasured_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -343,9 +353,10 @@ void scheduler::teardown(tcb* t) noexcept {
 boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   t->state = thread_state::finished;
   current_heap = nullptr;  // what the teardown allocates is the system's
-  // Its run ends here; with load measurement the open window closes with it (a clock read), so
-  // that no window holds a thread that is gone (see window_).
-  if (measure_ || run_hook_ != nullptr) account_switch(t, true);
+  // Its run ends here: into the open window as an ended run when it can (defer_end), else
+  // measured with a clock read that closes the window, so that no window holds a thread that is
+  // gone (see window_).
+  if (run_hook_ != nullptr || (measure_ && !defer_end(t))) account_switch(t, true);
   running_ = nullptr;
   teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
   switch_landing = &ended_landing_;
@@ -488,6 +499,8 @@ void scheduler::set_measure_load(bool on) noexcept {
   window_threads_ = 0;
   window_runs_ = 0;
   window_len_ = 0;
+  ended_weight_ = 0;
+  ended_unmeasured_ = 0;
   if (on && long_run_cycles_ == 0) long_run_cycles_ = static_cast<std::uint64_t>(2000 * cycles_per_ns());
 }
 
@@ -543,14 +556,20 @@ void scheduler::sleep_running_until(std::int64_t deadline) {
 
 void scheduler::block_running(wait_reason why) noexcept {
   tcb* self = running_;
+  context_resume_named(prepare_block(why));
+  self->wait = wait_reason::none;
+}
+
+boost::context::fiber& scheduler::prepare_block(wait_reason why) noexcept {
+  tcb* self = running_;
   self->state = thread_state::blocked;
   self->wait = why;
   ++blocked_[static_cast<std::size_t>(why)];
+  self->suspended_heap = current_heap;
+  switch_landing = &self->self_ctx();
   // Straight to the next ready thread when it can run without the scheduler (a join of a thread
   // just spawned: to that thread).
-  self->suspended_heap = current_heap;
-  context_switch(next_context(self, false), &self->self_ctx());
-  self->wait = wait_reason::none;
+  return next_context(self, false);
 }
 
 boost::context::fiber thread_main(tcb* t) noexcept {

@@ -114,10 +114,24 @@ thread_id spawn(F&& body, const spawn_options& opts = {}) {
   }
 }
 
+namespace detail {
+// iso::join in steps, so that its switches happen at the caller's call site, as a yield's do
+// (isothreads/detail/switch.hpp): join_prepare checks and registers the join of t, join_next
+// looks whether it is done. Each returns null when it is (t has finished), else the context to
+// switch to, the caller's slot named in switch_landing (the caller blocks until t's end wakes
+// it); join_next is called after each such switch. Errors as iso::join's.
+boost::context::fiber* join_prepare(thread_id t);
+boost::context::fiber* join_next(thread_id t);
+}  // namespace detail
+
 // Blocks the calling migratable thread until thread t has finished. Each thread may be joined
 // once. Errors: (not_in_thread) from outside a thread; (already_joined) for a second join or a
 // join of oneself; (unknown_thread) for an id that names no thread.
-void join(thread_id t);
+inline void join(thread_id t) {
+  for (boost::context::fiber* to = detail::join_prepare(t); to != nullptr; to = detail::join_next(t)) {
+    detail::context_resume_named(*to);
+  }
+}
 
 // While one lives, malloc/new on this OS thread go to the system allocator, even inside a
 // migratable thread. For state that outlives the thread or stays on this rank: a library's
