@@ -430,6 +430,37 @@ TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
   }
 }
 
+// A thread that ends in the sampled load window (its last run an ended run there, no clock read)
+// and leaves nothing ready goes back to the scheduler's context, which must find the window
+// closed: a balancing step run there moves threads whose runs are in it. Here, on every rank, A
+// and B yield to each other, A blocks in sync, then B spawns E and blocks in sync, so that E runs
+// last and ends with A's and B's runs in the window; the step (rotate) then moves A and B. Without
+// the window closed it failed an assertion (debug) or crashed in the step.
+TEST(LoadBalancing, AThreadThatEndsLastInTheSampledWindowLeavesItClosedForTheStep) {
+  iso::lb::set_strategy("rotate");
+  constexpr int rounds = 6;
+  static int ended;  // E threads that ran on this rank
+  ended = 0;
+  iso::spawn([] {
+    for (int r = 0; r < rounds; ++r) {
+      iso::this_thread::yield();
+      iso::lb::sync();
+    }
+  });
+  iso::spawn([] {
+    for (int r = 0; r < rounds; ++r) {
+      iso::this_thread::yield();
+      iso::spawn([] { ++ended; });
+      iso::lb::sync();
+    }
+  });
+  rt->run();
+  int all = 0;
+  MPI_Allreduce(&ended, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(all, rounds * rt->size());
+  EXPECT_EQ(iso::lb::last_step().threads_moved, static_cast<std::size_t>(2 * rt->size()));
+}
+
 // Load measurement turned on from inside a thread (a strategy set there) counts that thread's
 // run from then: its first measured run does not reach back to the last run measured before the
 // measurement was turned off (it took in the earlier tests' time, and here 100 ms of unmeasured

@@ -348,10 +348,11 @@ class scheduler {
   // ends: self's thread ends with this run (see credit_window).
   [[gnu::noinline]] void account_switch(tcb* self, bool ends = false) noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
-  // ended): credit_window, and the next run starts now.
+  // ended; null: the window's last run was an ended one, see defer_end): credit_window, and the
+  // next run starts now.
   void close_window(tcb* self, bool ends = false) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
-  // run (the last), and chooses the next window's length. See window_. When self's thread ends
+  // run (the last; none when self is null), and chooses the next window's length. See window_. When self's thread ends
   // (ends), the next run is measured alone instead of self's (its estimate would serve nothing).
   void credit_window(tcb* self, std::uint64_t cycles, bool ends = false) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on

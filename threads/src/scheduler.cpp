@@ -286,6 +286,7 @@ __extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 prod
 
 void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexcept {
   if (window_runs_ == 0) {
+    ISO_ASSERT_INTERNAL(self != nullptr);  // a window closed without self holds an ended run
     self->run_cycles += cycles;
     self->run_estimate = cycles;
     window_rng_ ^= window_rng_ << 13;
@@ -295,31 +296,32 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
     window_len_ = ends || cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
     return;
   }
-  if (self->window_runs++ == 0) window_[window_threads_++] = self;
+  if (self != nullptr && self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
-  ISO_ASSERT_INTERNAL(n > 0);
+  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
+  ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
   // the ended runs' the same way (defer_end). In fixed point with 20 fraction bits, so that
   // sharing out costs a multiplication a thread.
-  const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
+  const std::uint64_t mean = cycles / (window_runs_ + (self != nullptr ? 1 : 0)) + 1;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
-  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   std::uint64_t given = 0;
-  for (std::uint32_t i = ended_runs ? 0 : 1; i < n; ++i) {
-    const auto c = static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    // Without ended runs the first gets the rest, so that the credits sum to `cycles`; with them
+    // the rest is theirs, credited to no thread (the rank's background, as is all the time of
+    // threads that are gone).
+    const auto c = i == 0 && !ended_runs
+                       ? 0
+                       : static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
     window_[i]->run_cycles += c;
     window_[i]->window_runs = 0;
     given += c;
   }
-  // Without ended runs the rest goes to the first, so that the credits sum to `cycles`; with
-  // them the rest is theirs, credited to no thread (the rank's background, as is all the time of
-  // threads that are gone).
   if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
-  window_[0]->window_runs = 0;
   window_threads_ = 0;
   window_runs_ = 0;
   window_len_ = 0;
@@ -356,7 +358,8 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   // Its run ends here: into the open window as an ended run when it can (defer_end), else
   // measured with a clock read that closes the window, so that no window holds a thread that is
   // gone (see window_).
-  if (run_hook_ != nullptr || (measure_ && !defer_end(t))) account_switch(t, true);
+  const bool deferred = run_hook_ == nullptr && measure_ && defer_end(t);
+  if (!deferred && (measure_ || run_hook_ != nullptr)) account_switch(t, true);
   running_ = nullptr;
   teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
   switch_landing = &ended_landing_;
@@ -366,6 +369,8 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
       return next->self_ctx();
     }
   }
+  // The scheduler's context holds no open window (detach, which may run there, relies on it).
+  if (deferred) close_window(nullptr, true);
   return sched_ctx_;
 }
 
