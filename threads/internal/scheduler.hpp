@@ -6,9 +6,9 @@
 //   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
-// A thread switches to the scheduler and back (two context switches), or, yielding with
-// nothing for the scheduler to do, straight to the next ready thread (one). Switches follow the
-// landing protocol of isothreads/detail/switch.hpp.
+// A thread switches to the scheduler and back (two context switches), or, yielding, blocking or
+// ending with nothing for the scheduler to do, straight to the next ready thread (one). Switches
+// follow the landing protocol of isothreads/detail/switch.hpp.
 #pragma once
 
 #include <cstddef>
