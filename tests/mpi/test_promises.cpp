@@ -344,4 +344,107 @@ TEST(Promises, ExceptionsThrownAfterAMigrationAreCaughtAndUnwindThere) {
   rt->run();
 }
 
+// The C++ runtime keeps the exceptions being handled (what `throw;` and std::current_exception
+// see, and what the end of a handler releases) and the count of uncaught ones per OS thread;
+// threads that suspend inside a handler or while unwinding must each keep their own.
+TEST(Promises, ThreadsSuspendedInCatchHandlersEachKeepTheirOwnException) {
+  // a enters its handler first and waits there until b is in its own; b waits until a has
+  // rethrown and left its handler; so the two handlers interleave whatever the schedule.
+  static bool a_in = false, b_in = false, a_done = false;
+  a_in = b_in = a_done = false;
+  const auto handler = [](const char* name, bool* in, bool* wait_for, bool* done) {
+    std::string rethrown, current;
+    try {
+      throw std::runtime_error(name);
+    } catch (const std::runtime_error&) {
+      *in = true;
+      while (!*wait_for) iso::this_thread::yield();
+      try {
+        std::rethrow_exception(std::current_exception());
+      } catch (const std::runtime_error& e) {
+        current = e.what();
+      }
+      try {
+        throw;
+      } catch (const std::runtime_error& e) {
+        rethrown = e.what();
+      }
+    }
+    if (done != nullptr) *done = true;
+    check_eq(current, std::string(name), "std::current_exception() in a handler after a switch");
+    check_eq(rethrown, std::string(name), "the exception `throw;` rethrows in a handler after a switch");
+  };
+  iso::spawn([&handler] { handler("a", &a_in, &b_in, &a_done); });
+  iso::spawn([&handler] {
+    while (!a_in) iso::this_thread::yield();
+    handler("b", &b_in, &a_done, nullptr);
+  });
+  rt->run();
+}
+
+// Yields while its frame unwinds: std::uncaught_exceptions() is 1 there, 0 in other threads.
+struct yields_while_unwinding {
+  bool* suspended;
+  int* seen_after;
+  ~yields_while_unwinding() {
+    *suspended = true;
+    iso::this_thread::yield();
+    *seen_after = std::uncaught_exceptions();
+    *suspended = false;
+  }
+};
+
+TEST(Promises, AThreadUnwindingAcrossASwitchIsTheOnlyOneWithAnUncaughtException) {
+  static bool suspended = false;
+  static int seen_after = -1, seen_by_other = -1;
+  suspended = false;
+  seen_after = seen_by_other = -1;
+  iso::spawn([] {
+    try {
+      const yields_while_unwinding guard{&suspended, &seen_after};
+      throw std::runtime_error("unwinding");
+    } catch (const std::runtime_error&) {
+    }
+    check_eq(seen_after, 1, "std::uncaught_exceptions() in a destructor run by unwinding, after a switch");
+  });
+  iso::spawn([] {
+    while (!suspended) iso::this_thread::yield();
+    seen_by_other = std::uncaught_exceptions();
+    check_eq(seen_by_other, 0, "std::uncaught_exceptions() in a thread beside one that is unwinding");
+  });
+  rt->run();
+}
+
+TEST(Promises, AHandlerThatMigratesRethrowsItsExceptionOnTheNewRank) {
+  iso::spawn([] {
+    std::string rethrown;
+    const int made_on = iso::rank();
+    try {
+      throw std::out_of_range("caught on rank " + std::to_string(made_on));
+    } catch (const std::out_of_range&) {
+      iso::this_thread::migrate_to(next_rank());
+      try {
+        throw;
+      } catch (const std::out_of_range& e) {
+        rethrown = e.what();
+      }
+      check(std::uncaught_exceptions() == 0, "no uncaught exception in a handler after a migration");
+    }
+    check_eq(rethrown, "caught on rank " + std::to_string(made_on), "the exception rethrown after migrating");
+    // The rank the handler left holds nothing of it: an exception thrown and caught there now
+    // is the only one its handler sees.
+    iso::this_thread::migrate_to(made_on);
+    try {
+      throw std::logic_error("second");
+    } catch (...) {
+      try {
+        throw;
+      } catch (const std::logic_error& e) {
+        check_eq(std::string(e.what()), std::string("second"), "the exception caught on the rank left before");
+      }
+    }
+  });
+  rt->run();
+}
+
 }  // namespace

@@ -11,6 +11,7 @@ namespace ctx = boost::context;
 namespace iso::detail {
 
 ctx::fiber* switch_landing = nullptr;
+eh_state* eh_here = nullptr;
 
 void context_create(tcb* t) noexcept {
   ctx::fiber f(std::allocator_arg, slot_stack{t->stack}, [t](ctx::fiber&& from) {

@@ -1,5 +1,6 @@
 #include "scheduler.hpp"
 
+#include <cxxabi.h>
 #include <signal.h>
 #include <time.h>
 
@@ -174,6 +175,9 @@ scheduler::scheduler(int rank, sched_policy* policy, progress_engine* progress)
   set_diag_rank(rank);
   install_fault_handlers();
   tl_scheduler_thread = true;
+  // Threads switch only on this OS thread (the runtime's), so its exception state is the one
+  // every switch keeps per context (switch.hpp).
+  eh_here = reinterpret_cast<eh_state*>(abi::__cxa_get_globals());
   set_context_hook(&describe_running);
   set_exception_heap_hooks({&enter_exception_heap, &leave_exception_heap});
   process_guards = read_tls_guards();

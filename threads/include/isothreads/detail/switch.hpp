@@ -25,12 +25,34 @@ namespace iso::detail {
 // meaningful between a switch and the landing that follows it.
 extern boost::context::fiber* switch_landing;
 
+// The C++ runtime's exception state, which it keeps per OS thread (the Itanium C++ ABI's
+// __cxa_eh_globals, section 2.2.2): the exceptions being handled, innermost first (what `throw;`
+// and std::current_exception() see, and what the end of a handler releases), and the number
+// thrown and not yet caught (std::uncaught_exceptions()). Threads that switch inside a handler or
+// while unwinding would otherwise see and release each other's exceptions, so every context
+// keeps its own across a switch: in the frame that switches, on its own stack, where it travels
+// with a thread that migrates (the exceptions are in the thread's heap, at the same addresses).
+struct eh_state {
+  void* caught;
+  unsigned int uncaught;
+};
+// The scheduler's OS thread's state (__cxa_get_globals() there), set by the scheduler before any
+// thread runs; read afresh after every switch, as switch_landing, since a thread may resume in
+// another process.
+extern eh_state* eh_here;
+
 // Resumes `to` (which must hold a suspended context; it is empty afterwards), the running
 // context to be saved where switch_landing points (set by the caller). Returns when some context
-// switches back here.
+// switches back here. Invariant: while a context runs, eh_here holds its own exception state;
+// every context leaves it empty when it switches away (so a new thread starts with none), and
+// puts its own back when it lands.
 inline void context_resume_named(boost::context::fiber& to) noexcept {
+  const eh_state mine = *eh_here;
+  const bool handling = mine.caught != nullptr || mine.uncaught != 0;  // rarely: keep the switch lean
+  if (handling) *eh_here = eh_state{nullptr, 0};
   boost::context::fiber from = std::move(to).resume();
   *switch_landing = std::move(from);
+  if (handling) *eh_here = mine;
 }
 
 // Suspends the running context, to be saved in *save, and resumes `to`.
