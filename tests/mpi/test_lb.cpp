@@ -430,6 +430,40 @@ TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
   }
 }
 
+// A thread that ends in its first run was never measured alone: its run must not join the
+// sampled window with a guessed weight (the window's mean run) beside a run measured exactly.
+// Here, on every rank, L burns 500 us of CPU then yields, and M spawns a child that burns 5 ms
+// and ends, then yields: each child runs between M (short) and L (long), and L's clock read closed
+// a window holding the child's run weighted by the mean, 2.75 ms, against L's 500 us, crediting L
+// with about 1.7 times its CPU time. L's loads on all ranks are compared with L's CPU time there
+// (summed: preemptions that happen to fall in L's runs, the noise here, average out).
+TEST(LoadBalancing, ARunNeverMeasuredAloneThatEndsIsNotWeighedAgainstALongOne) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  constexpr int turns = 80;
+  double burned = 0;
+  const std::uint64_t l_bits = iso::spawn([&burned] {
+                                 for (int i = 0; i < turns; ++i) {
+                                   burned += burn_cpu(500e-6);
+                                   iso::this_thread::yield();
+                                 }
+                                 iso::lb::sync();
+                               }).bits();
+  iso::spawn([] {
+    for (int i = 0; i < turns; ++i) {
+      iso::spawn([] { burn_cpu(5e-3); });
+      iso::this_thread::yield();
+    }
+    iso::lb::sync();
+  });
+  rt->run();
+  const double mine[2] = {load_of(*seen, l_bits), burned};
+  double all[2] = {0, 0};
+  MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  ASSERT_GT(mine[0], 0);
+  EXPECT_NEAR(all[0], all[1], 0.3 * all[1]) << "L's loads " << all[0] << " s for " << all[1] << " s of CPU";
+}
+
 // A thread that ends in the sampled load window (its last run an ended run there, no clock read)
 // and leaves nothing ready goes back to the scheduler's context, which must find the window
 // closed: a balancing step run there moves threads whose runs are in it. Here, on every rank, A

@@ -335,14 +335,18 @@ class scheduler {
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
   // The last run of self, whose thread ends, joins the open window as an ended run (no clock
-  // read, nothing of self kept): true, when the window has room, self has no run in it and self's
-  // runs are not known to be long; its weight there is its estimate, or the window's mean run
-  // when it was never measured alone (a thread that ends in its first run, as most children of a
-  // fork-join program do).
+  // read, nothing of self kept), weighed by its estimate: true, when the window has room, self has
+  // no run in it and self's runs are short, by the rule of defer_measure. A thread never measured
+  // alone (one that ends in its first run, as most children of a fork-join program do) is refused:
+  // its run may be long, and weighed by a guess (the window's mean run) beside a long run that
+  // closes the window it took or gave that run's time.
   bool defer_end(tcb* self) noexcept {
-    if (window_runs_ >= window_len_ || self->window_runs != 0 || self->run_estimate >= long_run_cycles_) return false;
+    if (window_runs_ >= window_len_ || self->window_runs != 0 || self->run_estimate == 0 ||
+        self->run_estimate >= long_run_cycles_) {
+      return false;
+    }
     ++window_runs_;
-    if (self->run_estimate != 0) ended_weight_ += self->run_estimate; else ++ended_unmeasured_;
+    ended_weight_ += self->run_estimate;
     return true;
   }
   // ends: self's thread ends with this run (see credit_window).
@@ -408,7 +412,7 @@ class scheduler {
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
   // proportion to each thread's tcb::run_estimate, its last run measured alone. A window also
   // holds the last runs of threads that ended in it (defer_end): counted in window_runs_, their
-  // weights kept here (ended_weight_, ended_unmeasured_), their shares credited to no thread (the
+  // weights kept here (ended_weight_), their shares credited to no thread (the
   // rank's background, like all the time of threads that are gone). Invariants: the credits of a
   // window and its ended runs' shares sum to its interval exactly (the live threads' total, and
   // so the rank's background time, stay exact); every thread in window_ is live here (a thread
@@ -428,7 +432,6 @@ class scheduler {
   std::uint32_t window_runs_ = 0;
   std::uint32_t window_len_ = 0;
   std::uint64_t ended_weight_ = 0;       // estimates of the ended runs in the window, cycles
-  std::uint32_t ended_unmeasured_ = 0;   // ended runs in the window never measured alone
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do

@@ -302,15 +302,15 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
   }
   if (self != nullptr && self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
-  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
+  const bool ended_runs = ended_weight_ != 0;
   ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
-  // the ended runs' the same way (defer_end). In fixed point with 20 fraction bits, so that
+  // the ended runs' their estimates (short and measured: defer_end). In fixed point with 20 fraction bits, so that
   // sharing out costs a multiplication a thread.
   const std::uint64_t mean = cycles / (window_runs_ + (self != nullptr ? 1 : 0)) + 1;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
-  std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
+  std::uint64_t total = ended_weight_;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
   std::uint64_t given = 0;
@@ -330,7 +330,6 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
   window_runs_ = 0;
   window_len_ = 0;
   ended_weight_ = 0;
-  ended_unmeasured_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -509,7 +508,6 @@ void scheduler::set_measure_load(bool on) noexcept {
   window_runs_ = 0;
   window_len_ = 0;
   ended_weight_ = 0;
-  ended_unmeasured_ = 0;
   if (on && long_run_cycles_ == 0) long_run_cycles_ = static_cast<std::uint64_t>(2000 * cycles_per_ns());
 }
 
