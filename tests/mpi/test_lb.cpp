@@ -401,7 +401,8 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
 // A thread that ends switches straight to its joiner when it can (scheduler::finish_running),
 // never passing through the scheduler: its last run must still be measured as its own (the
 // rank's background time, once it is gone), not credited to the joiner that runs next. Here the
-// children's runs are nearly all of each spawn + join round.
+// children's runs are nearly all of each spawn + join round: the joiner's own part, spawn and
+// join, is about 2 % of the loop.
 TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
   auto seen = std::make_shared<iso::lb::problem>();
   iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
@@ -426,7 +427,7 @@ TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
   if (rt->rank() == 0) {
     const double l = load_of(*seen, parent_bits);
     ASSERT_GT(l, 0);
-    EXPECT_LT(l, 0.4 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
+    EXPECT_LT(l, 0.05 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
   }
 }
 
