@@ -298,9 +298,8 @@ class scheduler {
   // made running, self put back in the ready set first if `requeue`, and the accounting (load,
   // trace) done here. Otherwise the scheduler's.
   boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_ &&
-        !poll_due_by_time()) {
-      if (tcb* next = default_policy_.pick_next()) {
+    if (self->pending_dest < 0) {
+      if (tcb* next = direct_next()) {
         if (requeue) default_policy_.awakened(self);
         if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) account_switch(self);
         start_running(next);
@@ -308,6 +307,13 @@ class scheduler {
       }
     }
     return sched_ctx_;
+  }
+  // The thread a switch away from the running one goes straight to, taken from the ready set:
+  // the next ready one, when it can run without the scheduler's bookkeeping (default policy, not
+  // time to poll); else null. With the default policy each call counts a switch toward the poll.
+  tcb* direct_next() noexcept {
+    if (policy_ != &default_policy_ || ++since_poll_ >= switches_per_poll_ || poll_due_by_time()) return nullptr;
+    return default_policy_.pick_next();
   }
   // With a poll interval set: whether it has passed since the last poll.
   bool poll_due_by_time() const noexcept {

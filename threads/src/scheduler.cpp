@@ -366,11 +366,9 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   running_ = nullptr;
   teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
   switch_landing = &ended_landing_;
-  if (policy_ == &default_policy_ && ++since_poll_ < switches_per_poll_ && !poll_due_by_time()) {
-    if (tcb* next = default_policy_.pick_next()) {
-      start_running(next);
-      return next->self_ctx();
-    }
+  if (tcb* next = direct_next()) {
+    start_running(next);
+    return next->self_ctx();
   }
   // The scheduler's context holds no open window (detach, which may run there, relies on it).
   if (deferred) close_window(nullptr, true);
