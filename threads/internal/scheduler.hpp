@@ -337,9 +337,6 @@ class scheduler {
     if (self->window_runs++ == 0) window_[window_threads_++] = self;
     return true;
   }
-  // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
-  // measurement, ends the open window too (credit_window). Out of line, so that the yield path
-  // without either saves no registers.
   // The last run of self, whose thread ends, joins the open window as an ended run (no clock
   // read, nothing of self kept), weighed by its estimate: true, when the window has room, self has
   // no run in it and self's runs are short, by the rule of defer_measure. A thread never measured
@@ -355,16 +352,25 @@ class scheduler {
     ended_weight_ += self->run_estimate;
     return true;
   }
-  // ends: self's thread ends with this run (see credit_window).
-  [[gnu::noinline]] void account_switch(tcb* self, bool ends = false) noexcept;
+  // The thread t ends and defer_end refused its last run: its runs in the window, and that run,
+  // become ended runs of the window (weighed by t's estimate, or the window's mean when t was
+  // never measured alone), so that nothing of t is left in it; no clock read: the caller closes
+  // the window (close_window(nullptr)) once t is torn down, so that the teardown is t's time (the
+  // rank's background), not the next thread's run.
+  void end_in_window(tcb* t) noexcept;
+  // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
+  // measurement, ends the open window too (credit_window). Out of line, so that the yield path
+  // without either saves no registers.
+  [[gnu::noinline]] void account_switch(tcb* self) noexcept;
+  // Tracing: the run hook for self's run, which ends now; the next run starts now.
+  void trace_run(tcb* self) noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
-  // ended; null: the window's last run was an ended one, see defer_end): credit_window, and the
-  // next run starts now.
-  void close_window(tcb* self, bool ends = false) noexcept;
+  // ended; null: the window's last run was an ended one, see defer_end and end_in_window):
+  // credit_window, and the next run starts now.
+  void close_window(tcb* self) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
-  // run (the last; none when self is null), and chooses the next window's length. See window_. When self's thread ends
-  // (ends), the next run is measured alone instead of self's (its estimate would serve nothing).
-  void credit_window(tcb* self, std::uint64_t cycles, bool ends = false) noexcept;
+  // run (the last; none when self is null), and chooses the next window's length. See window_.
+  void credit_window(tcb* self, std::uint64_t cycles) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
   void switch_out(tcb* self) noexcept {
@@ -417,17 +423,16 @@ class scheduler {
   // between two reads (the window: window_runs_ runs of the threads window_[0, window_threads_),
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
   // proportion to each thread's tcb::run_estimate, its last run measured alone. A window also
-  // holds the last runs of threads that ended in it (defer_end): counted in window_runs_, their
-  // weights kept here (ended_weight_), their shares credited to no thread (the
-  // rank's background, like all the time of threads that are gone). Invariants: the credits of a
-  // window and its ended runs' shares sum to its interval exactly (the live threads' total, and
-  // so the rank's background time, stay exact); every thread in window_ is live here (a thread
-  // that ends while in it closes the window first, finish_running; a thread that leaves may be
-  // in the window, when the running thread moves it, and detach() closes the window first);
+  // holds the last runs of threads that ended in it (defer_end, end_in_window): counted in
+  // window_runs_, their weights kept here (ended_weight_, ended_unmeasured_), their shares
+  // credited to no thread (the rank's background, like all the time of threads that are gone).
+  // Invariants: the credits of a window and its ended runs' shares sum to its interval exactly
+  // (the live threads' total, and so the rank's background time, stay exact); every thread in
+  // window_ is live here (a thread that ends while in it leaves it, its runs becoming ended runs,
+  // end_in_window; a thread that leaves may be in the window, when the running thread moves it, and detach() closes the window first);
   // tcb::window_runs is 0 outside the window. After a window of several runs the next run is
   // measured alone (window_len_ 0), refreshing that thread's estimate (or, if it ends, the run
-  // after it); after a
-  // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
+  // after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
   // window never keeps step with a round robin (which would refresh the same thread's estimate
@@ -438,6 +443,7 @@ class scheduler {
   std::uint32_t window_runs_ = 0;
   std::uint32_t window_len_ = 0;
   std::uint64_t ended_weight_ = 0;       // estimates of the ended runs in the window, cycles
+  std::uint32_t ended_unmeasured_ = 0;   // ended runs in the window never measured alone
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do

@@ -270,25 +270,39 @@ void scheduler::resume(tcb* t) noexcept {
   if (back->pending_dest >= 0 && depart_hook_ != nullptr && movable(back)) depart_hook_(*this, back);
 }
 
-void scheduler::account_switch(tcb* self, bool ends) noexcept {
-  if (measure_) close_window(self, ends);
-  if (run_hook_ != nullptr) {
-    const std::int64_t now = now_ns();
-    heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
-    run_hook_(self, trace_start_ns_, now);
-    trace_start_ns_ = now;
-  }
+void scheduler::account_switch(tcb* self) noexcept {
+  if (measure_) close_window(self);
+  if (run_hook_ != nullptr) trace_run(self);
 }
 
-void scheduler::close_window(tcb* self, bool ends) noexcept {
+void scheduler::trace_run(tcb* self) noexcept {
+  const std::int64_t now = now_ns();
+  heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
+  run_hook_(self, trace_start_ns_, now);
+  trace_start_ns_ = now;
+}
+
+void scheduler::close_window(tcb* self) noexcept {
   const std::uint64_t now = prim::cycles();
-  credit_window(self, now - run_start_, ends);
+  credit_window(self, now - run_start_);
   run_start_ = now;
+}
+
+void scheduler::end_in_window(tcb* t) noexcept {
+  if (t->window_runs != 0) {  // deferred runs: short estimates (defer_measure)
+    ended_weight_ += t->run_estimate * t->window_runs;
+    tcb** const end = window_ + window_threads_;
+    *std::find(window_, end, t) = *(end - 1);
+    --window_threads_;
+    t->window_runs = 0;
+  }
+  ++window_runs_;
+  if (t->run_estimate != 0) ended_weight_ += t->run_estimate; else ++ended_unmeasured_;
 }
 
 __extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 product's high half
 
-void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexcept {
+void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   if (window_runs_ == 0) {
     ISO_ASSERT_INTERNAL(self != nullptr);  // a window closed without self holds an ended run
     self->run_cycles += cycles;
@@ -296,21 +310,20 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
     window_rng_ ^= window_rng_ << 13;
     window_rng_ ^= window_rng_ >> 17;
     window_rng_ ^= window_rng_ << 5;
-    // A thread that ends has no use for its estimate: the next run is measured alone instead.
-    window_len_ = ends || cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
+    window_len_ = cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
     return;
   }
   if (self != nullptr && self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
-  const bool ended_runs = ended_weight_ != 0;
+  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
-  // the ended runs' their estimates (short and measured: defer_end). In fixed point with 20 fraction bits, so that
-  // sharing out costs a multiplication a thread.
+  // the ended runs' the same way (defer_end, end_in_window). In fixed point with 20 fraction
+  // bits, so that sharing out costs a multiplication a thread.
   const std::uint64_t mean = cycles / (window_runs_ + (self != nullptr ? 1 : 0)) + 1;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
-  std::uint64_t total = ended_weight_;
+  std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
   std::uint64_t given = 0;
@@ -330,6 +343,7 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles, bool ends) noexce
   window_runs_ = 0;
   window_len_ = 0;
   ended_weight_ = 0;
+  ended_unmeasured_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -358,20 +372,28 @@ void scheduler::teardown(tcb* t) noexcept {
 boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   t->state = thread_state::finished;
   current_heap = nullptr;  // what the teardown allocates is the system's
-  // Its run ends here: into the open window as an ended run when it can (defer_end), else
-  // measured with a clock read that closes the window, so that no window holds a thread that is
-  // gone (see window_).
+  // Its run ends here: into the open window as an ended run, when it can stay open (defer_end),
+  // else too but with the window closed by a clock read after the teardown (end_in_window), so
+  // that no window holds a thread that is gone (see window_) and the teardown counts as t's
+  // time, not as the run of the thread that runs next (tracing shows it between the two).
   const bool deferred = run_hook_ == nullptr && measure_ && defer_end(t);
-  if (!deferred && (measure_ || run_hook_ != nullptr)) account_switch(t, true);
+  if (!deferred) {
+    if (measure_) end_in_window(t);
+    if (run_hook_ != nullptr) trace_run(t);
+  }
   running_ = nullptr;
   teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
+  if (!deferred) {
+    if (measure_) close_window(nullptr);
+    if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
+  }
   switch_landing = &ended_landing_;
   if (tcb* next = direct_next()) {
     start_running(next);
     return next->self_ctx();
   }
   // The scheduler's context holds no open window (detach, which may run there, relies on it).
-  if (deferred) close_window(nullptr, true);
+  if (deferred) close_window(nullptr);
   return sched_ctx_;
 }
 
@@ -506,6 +528,7 @@ void scheduler::set_measure_load(bool on) noexcept {
   window_runs_ = 0;
   window_len_ = 0;
   ended_weight_ = 0;
+  ended_unmeasured_ = 0;
   if (on && long_run_cycles_ == 0) long_run_cycles_ = static_cast<std::uint64_t>(2000 * cycles_per_ns());
 }
 
