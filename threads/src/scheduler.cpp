@@ -370,6 +370,10 @@ void scheduler::teardown(tcb* t) noexcept {
 }
 
 boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
+  // The switch away from a thread that ends is Boost.Context's exit from thread_main, not
+  // context_resume_named: it keeps no exception state, so none may be left here (thread_main
+  // catches everything, and the body's destructor runs outside any handler).
+  ISO_ASSERT_INTERNAL(eh_here->caught == nullptr && eh_here->uncaught == 0);
   t->state = thread_state::finished;
   current_heap = nullptr;  // what the teardown allocates is the system's
   // Its run ends here: into the open window as an ended run, when it can stay open (defer_end),
