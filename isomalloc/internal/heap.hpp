@@ -27,7 +27,7 @@
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
 // A fresh heap touches one page: page 0 of its first segment holds the segment header (832
 // bytes), the heap object (320 bytes), the bytes reserved at create() (if any; a migratable
-// thread's TCB, 224 bytes) and the blocks of the first size class used; each further class takes
+// thread's TCB, 304 bytes) and the blocks of the first size class used; each further class takes
 // a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
 // it is its class's only page with room (kept, so that alloc + free of one block in a loop stays
@@ -283,7 +283,8 @@ class heap {
   static void carve(page* pg) noexcept;  // pre: pg->free empty, untouched blocks left
   page* take_small_page(unsigned cls) noexcept;
   segment* new_segment() noexcept;
-  segment* setup_segment(void* mem, std::uint32_t header_bytes) noexcept;
+  // clear_pages false: mem's descriptors are all free already (a chunk retire() returned).
+  segment* setup_segment(void* mem, std::uint32_t header_bytes, bool clear_pages = true) noexcept;
 
   void free_slow(void* p) noexcept;
   static void free_unusual(void* p, heap* h) noexcept;  // free_any's cases off the fast path

@@ -115,10 +115,13 @@ void list_unlink(T*& head, T* x) noexcept {
 namespace {
 // Heap identities: a per-process random start (so that heaps restored from a checkpoint, made by
 // an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
+// Only the heap thread creates heaps (create() claims it), so the counter has one writer and
+// needs no locked increment (a fetch_add cost a tenth of a warm spawn's heap work).
 std::uint64_t next_heap_id() noexcept {
   static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
-  const std::uint64_t z =
-      splitmix64_mix(counter.fetch_add(splitmix64_step, std::memory_order_relaxed) + splitmix64_step);
+  const std::uint64_t next = counter.load(std::memory_order_relaxed) + splitmix64_step;
+  counter.store(next, std::memory_order_relaxed);
+  const std::uint64_t z = splitmix64_mix(next);
   return z != 0 ? z : 1;
 }
 }  // namespace
@@ -143,18 +146,26 @@ heap* heap::create(void* warm, std::size_t reserve) {
   claim_heap_thread();
   void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
-  h->setup_segment(mem, first_header_bytes(reserve));
+  // A warm chunk's descriptors were left free by retire(): not rewritten (768 bytes, twelve
+  // cache lines that a batch of spawns would otherwise fetch cold).
+  h->setup_segment(mem, first_header_bytes(reserve), warm == nullptr);
   return h;
 }
 
-heap::segment* heap::setup_segment(void* mem, std::uint32_t header_bytes) noexcept {
+heap::segment* heap::setup_segment(void* mem, std::uint32_t header_bytes, bool clear_pages) noexcept {
   auto* s = new (mem) segment;
   s->magic = segment_magic;
   s->owner = this;
   s->heap_id = id_;
   s->free_mask = (1u << pages_per_segment) - 1;
   s->header_bytes = header_bytes;
-  for (page& pg : s->pages) pg = page{};
+  if (clear_pages) {
+    for (page& pg : s->pages) pg = page{};
+  } else {
+    ISO_ASSERT_EXPENSIVE(std::all_of(std::begin(s->pages), std::end(s->pages), [](const page& pg) {
+      return pg.kind == page_kind::free && pg.in_avail == 0;
+    }));
+  }
   chunks_push(s);
   space_push(s);
   return s;
@@ -189,6 +200,14 @@ void* heap::retire() noexcept {
       }
     }
     c = next;
+  }
+  // The first segment's descriptors are left free (page_kind::free, off every list), what a free
+  // page's descriptor holds besides being garbage that a page taken rewrites: create(warm) then
+  // skips them. Usually one page (page 0) is not free here.
+  for (std::uint32_t m = ~first->free_mask & ((1u << pages_per_segment) - 1); m != 0; m &= m - 1) {
+    page& pg = first->pages[std::countr_zero(m)];
+    pg.kind = page_kind::free;
+    pg.in_avail = 0;
   }
   magic_ = 0;
   id_ = 0;

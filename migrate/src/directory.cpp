@@ -49,8 +49,10 @@ bool directory::arrived(std::uint64_t id) {
 bool directory::finished_here(std::uint64_t id, std::uint32_t epoch, bool joined) {
   if (home_of(id) == rank_) {
     if (!joined) finished_.emplace(id, false);
-    location_.erase(id);
-    departed_.erase(id);
+    // Looked up only when not empty: an erase hashes and divides even in an empty table, and a
+    // run whose threads never leave their rank (each thread's end comes here) has nothing there.
+    if (!location_.empty()) location_.erase(id);
+    if (!departed_.empty()) departed_.erase(id);
     return false;
   }
   // A tombstone: whatever still comes here for the thread goes to its home, which answers.

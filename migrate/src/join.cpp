@@ -41,8 +41,7 @@ void engine::join(tcb* self, thread_id t) {
             target->joiner.to_string().c_str());
     }
     target->joiner = self->id;
-    // Cleared by the join_done that finished() sends, which wakes self below.
-    self->join_status = errc::ok;
+    // Cleared by the join_done that finished() sends, which wakes self.
     self->waiting_for = t;
   } else if (bool joined = false;
              home_of(t) == rank_ && directory_.finished_record(t.bits(), sched_.next_serial(), &joined)) {
@@ -52,17 +51,10 @@ void engine::join(tcb* self, thread_id t) {
   } else {
     // The answer may come at once (t's home is this rank): it sets join_status and clears
     // waiting_for.
-    self->join_status = errc::ok;
     self->waiting_for = t;
     send_system(t, self->id, msg_kind::join_request, errc::ok);
   }
-  // Resumed perhaps on another rank: `this` and sched_ are the old rank's objects. Only the
-  // TCB (in the thread's slots) and scheduler::current() are valid after a suspension.
-  while (self->waiting_for) scheduler::current()->block_running(wait_reason::join);
-  if (self->join_status != errc::ok) {
-    raise(self->join_status, "iso::join(%s): %s", t.to_string().c_str(),
-          self->join_status == errc::already_joined ? "the thread was joined already" : "no such thread");
-  }
+  // iso::join (join_next) blocks self until waiting_for is cleared, and raises join_status.
 }
 
 void engine::deliver_join_request(tcb* t, thread_id from) noexcept {

@@ -484,6 +484,138 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   }
 }
 
+// A thread that ends switches straight to its joiner when it can (scheduler::finish_running),
+// never passing through the scheduler: its last run must still be measured as its own (the
+// rank's background time, once it is gone), not credited to the joiner that runs next. Here the
+// children's runs are nearly all of each spawn + join round: the joiner's own part, spawn and
+// join, is about 1 % of the loop.
+TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  using clock = std::chrono::steady_clock;
+  std::uint64_t parent_bits = 0;
+  double loop_s = 0;
+  if (rt->rank() == 0) {
+    parent_bits = iso::spawn([&loop_s] {
+                    const auto t0 = clock::now();
+                    for (int i = 0; i < 2000; ++i) {
+                      iso::join(iso::spawn([] {
+                        const auto start = clock::now();
+                        while (clock::now() - start < std::chrono::microseconds(20)) {
+                        }
+                      }));
+                    }
+                    loop_s = std::chrono::duration<double>(clock::now() - t0).count();
+                    iso::lb::sync();
+                  }).bits();
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const double l = load_of(*seen, parent_bits);
+    ASSERT_GT(l, 0);
+    EXPECT_LT(l, 0.05 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
+  }
+}
+
+// Tearing down a thread that ended is no part of the next thread's run, even when the end
+// switches straight to it (the teardown runs on the ended thread's stack, in finish_running):
+// here each child leaves 8 MiB it touched in its heap, so that its teardown gives those pages
+// back to the kernel, a sizeable part of each round; billed to the joiner, that run took its load
+// to 15-20 % of the loop, where spawn and join are about 1 %.
+TEST(LoadBalancing, TheTeardownOfAThreadIsNotTheRunOfTheThreadAfterIt) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  using clock = std::chrono::steady_clock;
+  std::uint64_t parent_bits = 0;
+  double loop_s = 0;
+  if (rt->rank() == 0) {
+    parent_bits = iso::spawn([&loop_s] {
+                    const auto t0 = clock::now();
+                    for (int i = 0; i < 100; ++i) {
+                      iso::join(iso::spawn([] {
+                        constexpr std::size_t bytes = std::size_t{8} << 20;
+                        auto* p = static_cast<volatile char*>(std::malloc(bytes));
+                        ASSERT_NE(p, nullptr);
+                        for (std::size_t b = 0; b < bytes; b += 4096) p[b] = 1;  // left to the heap's end
+                      }));
+                    }
+                    loop_s = std::chrono::duration<double>(clock::now() - t0).count();
+                    iso::lb::sync();
+                  }).bits();
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const double l = load_of(*seen, parent_bits);
+    ASSERT_GT(l, 0);
+    EXPECT_LT(l, 0.03 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
+  }
+}
+
+// A thread that ends in its first run was never measured alone: its run must not join the
+// sampled window with a guessed weight (the window's mean run) beside a run measured exactly.
+// Here, on every rank, L burns 500 us of CPU then yields, and M spawns a child that burns 5 ms
+// and ends, then yields: each child runs between M (short) and L (long), and L's clock read closed
+// a window holding the child's run weighted by the mean, 2.75 ms, against L's 500 us, crediting L
+// with about 1.7 times its CPU time. L's loads on all ranks are compared with L's CPU time there
+// (summed: preemptions that happen to fall in L's runs, the noise here, average out).
+TEST(LoadBalancing, ARunNeverMeasuredAloneThatEndsIsNotWeighedAgainstALongOne) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  constexpr int turns = 80;
+  double burned = 0;
+  const std::uint64_t l_bits = iso::spawn([&burned] {
+                                 for (int i = 0; i < turns; ++i) {
+                                   burned += burn_cpu(500e-6);
+                                   iso::this_thread::yield();
+                                 }
+                                 iso::lb::sync();
+                               }).bits();
+  iso::spawn([] {
+    for (int i = 0; i < turns; ++i) {
+      iso::spawn([] { burn_cpu(5e-3); });
+      iso::this_thread::yield();
+    }
+    iso::lb::sync();
+  });
+  rt->run();
+  const double mine[2] = {load_of(*seen, l_bits), burned};
+  double all[2] = {0, 0};
+  MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  ASSERT_GT(mine[0], 0);
+  EXPECT_NEAR(all[0], all[1], 0.3 * all[1]) << "L's loads " << all[0] << " s for " << all[1] << " s of CPU";
+}
+
+// A thread that ends in the sampled load window (its last run an ended run there, no clock read)
+// and leaves nothing ready goes back to the scheduler's context, which must find the window
+// closed: a balancing step run there moves threads whose runs are in it. Here, on every rank, A
+// and B yield to each other, A blocks in sync, then B spawns E and blocks in sync, so that E runs
+// last and ends with A's and B's runs in the window; the step (rotate) then moves A and B. Without
+// the window closed it failed an assertion (debug) or crashed in the step.
+TEST(LoadBalancing, AThreadThatEndsLastInTheSampledWindowLeavesItClosedForTheStep) {
+  iso::lb::set_strategy("rotate");
+  constexpr int rounds = 6;
+  static int ended;  // E threads that ran on this rank
+  ended = 0;
+  iso::spawn([] {
+    for (int r = 0; r < rounds; ++r) {
+      iso::this_thread::yield();
+      iso::lb::sync();
+    }
+  });
+  iso::spawn([] {
+    for (int r = 0; r < rounds; ++r) {
+      iso::this_thread::yield();
+      iso::spawn([] { ++ended; });
+      iso::lb::sync();
+    }
+  });
+  rt->run();
+  int all = 0;
+  MPI_Allreduce(&ended, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  EXPECT_EQ(all, rounds * rt->size());
+  EXPECT_EQ(iso::lb::last_step().threads_moved, static_cast<std::size_t>(2 * rt->size()));
+}
+
 // Load measurement turned on from inside a thread (a strategy set there) counts that thread's
 // run from then: its first measured run does not reach back to the last run measured before the
 // measurement was turned off (it took in the earlier tests' time, and here 100 ms of unmeasured

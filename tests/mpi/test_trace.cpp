@@ -51,6 +51,48 @@ TEST(Trace, NamesOfThreadsThatYieldToEachOtherOutliveTheirHeaps) {
   }
 }
 
+// The run events of the thread `thread` ("home:serial") in a trace's text.
+int runs_of(const std::string& text, const std::string& thread) {
+  int n = 0;
+  const std::string key = "\"args\":{\"thread\":\"" + thread + "\"";
+  for (std::size_t at = text.find("\"cat\":\"run\""); at != std::string::npos; at = text.find("\"cat\":\"run\"", at + 1)) {
+    const std::size_t args = text.find(key, at);
+    if (args != std::string::npos && args < text.find('\n', at)) ++n;
+  }
+  return n;
+}
+
+TEST(Trace, EveryRunOfThreadsThatEndStraightIntoTheirJoinerIsTraced) {
+  // Each child runs once and ends, switching straight to its joiner (scheduler::finish_running):
+  // that run is traced as the child's, and the joiner's runs between the joins as its own.
+  const std::string path = "trace-ends.json";
+  iso::trace::enable(path);
+  constexpr int children = 50;
+  std::vector<std::string> ids;
+  std::string parent;
+  if (rt->rank() == 0) {
+    parent = iso::spawn([&ids] {
+               for (int i = 0; i < children; ++i) {
+                 const iso::thread_id t = iso::spawn([] {});
+                 {
+                   iso::system_heap_scope system;  // ids outlives this thread's heap
+                   ids.push_back(t.to_string());
+                 }
+                 iso::join(t);
+               }
+             }).to_string();
+  }
+  rt->run();
+  if (rt->rank() == 0) {
+    const std::string text = slurp(path);
+    ASSERT_EQ(ids.size(), static_cast<std::size_t>(children));
+    for (const std::string& id : ids) EXPECT_EQ(runs_of(text, id), 1) << "thread " << id;
+    // Its first run ends at the first join; each child's end starts the next.
+    EXPECT_EQ(runs_of(text, parent), children + 1);
+    std::remove(path.c_str());
+  }
+}
+
 // The tid of the lane named `name` on rank `pid` (its thread_name event), or -1.
 long long lane_of(const std::string& text, int pid, const std::string& name) {
   const std::string pid_key = "\"pid\":" + std::to_string(pid) + ",";

@@ -353,6 +353,49 @@ TEST_F(Heap, EmptySegmentsGoBackToTheRegion) {
   EXPECT_TRUE(h_->is_valid());
 }
 
+TEST_F(Heap, AWarmChunkHoldsNothingOfTheHeapThatRetiredIt) {
+  // The retired heap used every page of its first segment: small pages of several classes (page 0
+  // among them), full, partly carved and emptied, and medium blocks; some blocks are left live.
+  heap* old = heap::create(nullptr, 200);
+  std::vector<void*> blocks;
+  for (std::size_t n : {16, 48, 100, 700, 2000}) {
+    for (int i = 0; i < 30; ++i) blocks.push_back(old->alloc(n));
+  }
+  for (std::size_t pages = 1; pages <= 3; ++pages) blocks.push_back(old->alloc(pages * page - 100));
+  for (std::size_t i = 0; i < blocks.size(); i += 2) old->free(blocks[i]);
+  const std::uint64_t old_id = old->id();
+  void* kept = blocks[1];  // still live when its heap retires
+  void* chunk = old->retire();
+  EXPECT_EQ(heap::owner_of(kept), nullptr) << "a retired chunk is no heap's";
+
+  // create(warm) skips rewriting the descriptors: the new heap must start empty all the same.
+  heap* h = heap::create(chunk, 200);
+  ASSERT_EQ(static_cast<void*>(h), static_cast<void*>(old)) << "the heap object sits where the old one did";
+  EXPECT_NE(h->id(), old_id);
+  EXPECT_TRUE(h->is_valid());
+  EXPECT_EQ(h->stats().live_blocks, 0u);
+  EXPECT_EQ(h->extent_bytes(), page) << "the new heap's image must hold its header page only";
+  EXPECT_EQ(heap::owner_with_id(kept, old_id), nullptr);
+  // Its pages serve new blocks, none overlapping another, with the old heap's pages all free again.
+  std::vector<live_block> fresh;
+  for (int i = 0; i < 400; ++i) {
+    const std::size_t n = i % 5 == 0 ? 3 * page : static_cast<std::size_t>(16 + 13 * i % 2000);
+    void* p = h->alloc(n);
+    ASSERT_NE(p, nullptr);
+    fill(p, 0, n, static_cast<std::uint64_t>(i) + 1);
+    fresh.push_back({p, n, static_cast<std::uint64_t>(i) + 1});
+  }
+  EXPECT_TRUE(h->is_valid());
+  for (const live_block& b : fresh) {
+    EXPECT_TRUE(verify(b.p, b.n, b.id));
+    EXPECT_EQ(heap::owner_of(b.p), h);
+  }
+  EXPECT_EQ(h->stats().live_blocks, fresh.size());
+  for (const live_block& b : fresh) h->free(b.p);
+  EXPECT_TRUE(h->is_valid());
+  h->destroy();
+}
+
 // ---- extents -----------------------------------------------------------------------------------
 
 std::vector<std::pair<std::uintptr_t, std::size_t>> extents_of(const heap* h) {

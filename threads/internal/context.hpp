@@ -14,8 +14,10 @@ namespace iso::detail {
 // call thread_main(t). pre: t->self holds no context.
 void context_create(tcb* t) noexcept;
 
-// The body of every thread (scheduler.cpp): runs the spawn callable and marks t finished; returns
-// the context to end on (the scheduler's), having named where the scheduler lands t's last one.
+// The body of every thread (scheduler.cpp): runs the spawn callable, then ends t and tears it
+// down on its own stack (scheduler::finish_running); returns the context to end on: the next
+// ready thread's (t's joiner, in fork-join) when it can run at once, else the scheduler's, having
+// named where t's last context lands (not in t, which is gone).
 boost::context::fiber thread_main(tcb* t) noexcept;
 
 }  // namespace iso::detail

@@ -6,9 +6,9 @@
 //   progress_engine  everything that is not scheduling: polling MPI, backing off when idle,
 //                    deciding when run() may return. Unit tests use local_progress (no MPI).
 //   scheduler        the run loop, timers, the table of live threads, thread creation/teardown.
-// A thread switches to the scheduler and back (two context switches), or, yielding with
-// nothing for the scheduler to do, straight to the next ready thread (one). Switches follow the
-// landing protocol of isothreads/detail/switch.hpp.
+// A thread switches to the scheduler and back (two context switches), or, yielding, blocking or
+// ending with nothing for the scheduler to do, straight to the next ready thread (one). Switches
+// follow the landing protocol of isothreads/detail/switch.hpp.
 #pragma once
 
 #include <cstddef>
@@ -202,6 +202,10 @@ class scheduler {
   void sleep_running_until(std::int64_t deadline_ns);
   // The running thread blocks. pre: it is registered where its waker will find it.
   void block_running(wait_reason why) noexcept;
+  // block_running without the switch, as prepare_yield: the running thread becomes blocked for
+  // `why` with the heap current now, its slot named in switch_landing; returns the context to
+  // resume (for context_resume_named). After the switch the caller sets tcb::wait to none.
+  boost::context::fiber& prepare_block(wait_reason why) noexcept;
   // blocked -> ready (from a thread or the progress engine). pre: t is blocked on this rank.
   // fork_join: t's continuation is fork-join work (sched_policy::forked): t joined a thread that
   // just ended, or waits for the value of a future.
@@ -212,8 +216,13 @@ class scheduler {
   // Wakes every thread of this rank blocked for `why` (from a thread or the progress engine).
   void wake_all(wait_reason why) noexcept;
 
-  // The scheduler's context while a thread runs (where threads switch out to); empty otherwise.
-  boost::context::fiber& sched_ctx() noexcept { return sched_ctx_; }
+  // The running thread t, whose body returned, ends (thread_main): its run is accounted (closing
+  // the open window), it is torn down here on its own stack (teardown), and the context it ends on
+  // is returned, with switch_landing named: the next ready thread's when it can run without the
+  // scheduler (as in next_context; a joiner just woken by the teardown is at the head), else the
+  // scheduler's, with running() null (resume() then has nothing left to do for it). The stack run
+  // goes back to the pool on the context ended on, where Boost.Context destroys the fiber record.
+  boost::context::fiber& finish_running(tcb* t) noexcept;
 
   // --- the thread table ---
   // A live thread on this rank, or null.
@@ -293,9 +302,8 @@ class scheduler {
   // made running, self put back in the ready set first if `requeue`, and the accounting (load,
   // trace) done here. Otherwise the scheduler's.
   boost::context::fiber& next_context(tcb* self, bool requeue) noexcept {
-    if (policy_ == &default_policy_ && self->pending_dest < 0 && ++since_poll_ < switches_per_poll_ &&
-        !poll_due_by_time()) {
-      if (tcb* next = default_policy_.pick_next()) {
+    if (self->pending_dest < 0) {
+      if (tcb* next = direct_next()) {
         if (requeue) default_policy_.awakened(self);
         if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) account_switch(self);
         start_running(next);
@@ -303,6 +311,13 @@ class scheduler {
       }
     }
     return sched_ctx_;
+  }
+  // The thread a switch away from the running one goes straight to, taken from the ready set:
+  // the next ready one, when it can run without the scheduler's bookkeeping (default policy, not
+  // time to poll); else null. With the default policy each call counts a switch toward the poll.
+  tcb* direct_next() noexcept {
+    if (policy_ != &default_policy_ || ++since_poll_ >= switches_per_poll_ || poll_due_by_time()) return nullptr;
+    return default_policy_.pick_next();
   }
   // With a poll interval set: whether it has passed since the last poll.
   bool poll_due_by_time() const noexcept {
@@ -326,6 +341,27 @@ class scheduler {
     if (self->window_runs++ == 0) window_[window_threads_++] = self;
     return true;
   }
+  // The last run of self, whose thread ends, joins the open window as an ended run (no clock
+  // read, nothing of self kept), weighed by its estimate: true, when the window has room, self has
+  // no run in it and self's runs are short, by the rule of defer_measure. A thread never measured
+  // alone (one that ends in its first run, as most children of a fork-join program do) is refused:
+  // its run may be long, and weighed by a guess (the window's mean run) beside a long run that
+  // closes the window it took or gave that run's time.
+  bool defer_end(tcb* self) noexcept {
+    if (window_runs_ >= window_len_ || self->window_runs != 0 || self->run_estimate == 0 ||
+        self->run_estimate >= long_run_cycles_) {
+      return false;
+    }
+    ++window_runs_;
+    ended_weight_ += self->run_estimate;
+    return true;
+  }
+  // The thread t ends and defer_end refused its last run: its runs in the window, and that run,
+  // become ended runs of the window (weighed by t's estimate, or the window's mean when t was
+  // never measured alone), so that nothing of t is left in it; no clock read: the caller closes
+  // the window (close_window(nullptr)) once t is torn down, so that the teardown is t's time (the
+  // rank's background), not the next thread's run.
+  void end_in_window(tcb* t) noexcept;
   // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
   // without either saves no registers.
@@ -334,11 +370,14 @@ class scheduler {
   // idle pass of it ends.
   void open_idle_stretch() noexcept;
   void credit_idle_pass() noexcept;
+  // Tracing: the run hook for self's run, which ends now; the next run starts now.
+  void trace_run(tcb* self) noexcept;
   // Reads the clock and ends the open window with the run of self (running now, or whose run just
-  // ended): credit_window, and the next run starts now.
+  // ended; null: the window's last run was an ended one, see defer_end and end_in_window):
+  // credit_window, and the next run starts now.
   void close_window(tcb* self) noexcept;
   // Shares `cycles`, the time since the last clock read, among the runs of the window and self's
-  // run (the last), and chooses the next window's length. See window_.
+  // run (the last; none when self is null), and chooses the next window's length. See window_.
   void credit_window(tcb* self, std::uint64_t cycles) noexcept;
   // The running thread `self` suspends into the scheduler; returns when resumed (possibly on
   // another rank: afterwards only `self` and process-wide lookups such as current() are valid).
@@ -369,7 +408,10 @@ class scheduler {
   sched_policy* policy_;
   progress_engine* progress_;
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
-  boost::context::fiber sched_ctx_;   // see sched_ctx()
+  boost::context::fiber sched_ctx_;   // the scheduler's context while a thread runs; empty otherwise
+  // Where the switch away from a thread that ended lands (the empty context Boost.Context leaves):
+  // not its TCB, which went back with its heap in teardown.
+  boost::context::fiber ended_landing_;
   tls_guards thread_guards_;          // see thread_guards()
   std::uint64_t since_poll_ = 0;      // switches since progress().poll() last ran
   std::uint64_t switches_per_poll_ = min_switches_per_poll;  // the current interval, see above
@@ -388,14 +430,17 @@ class scheduler {
   // direct switches between threads whose runs are short do not read it each time: the runs
   // between two reads (the window: window_runs_ runs of the threads window_[0, window_threads_),
   // tcb::window_runs of each, then the run that ends at the read) share the interval in
-  // proportion to each thread's tcb::run_estimate, its last run measured alone. Invariants: the
-  // credits of a window sum to its interval exactly (the threads' total, and so the rank's
-  // background time, stay exact); every thread in the window is live here (a thread ends only in
-  // the scheduler's context, whose entry, resume()'s return, reads the clock and closes the
-  // window; a thread that leaves may be in the window, when the running thread moves it, and
-  // detach() closes the window first); tcb::window_runs is 0 outside the window. After a window
-  // of several runs the next run is measured alone (window_len_ 0), refreshing that thread's estimate; after a
-  // run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
+  // proportion to each thread's tcb::run_estimate, its last run measured alone. A window also
+  // holds the last runs of threads that ended in it (defer_end, end_in_window): counted in
+  // window_runs_, their weights kept here (ended_weight_, ended_unmeasured_), their shares
+  // credited to no thread (the rank's background, like all the time of threads that are gone).
+  // Invariants: the credits of a window and its ended runs' shares sum to its interval exactly
+  // (the live threads' total, and so the rank's background time, stay exact); every thread in
+  // window_ is live here (a thread that ends while in it leaves it, its runs becoming ended runs,
+  // end_in_window; a thread that leaves may be in the window, when the running thread moves it, and detach() closes the window first);
+  // tcb::window_runs is 0 outside the window. After a window of several runs the next run is
+  // measured alone (window_len_ 0), refreshing that thread's estimate (or, if it ends, the run
+  // after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
   // window never keeps step with a round robin (which would refresh the same thread's estimate
@@ -405,6 +450,8 @@ class scheduler {
   std::uint32_t window_threads_ = 0;
   std::uint32_t window_runs_ = 0;
   std::uint32_t window_len_ = 0;
+  std::uint64_t ended_weight_ = 0;       // estimates of the ended runs in the window, cycles
+  std::uint32_t ended_unmeasured_ = 0;   // ended runs in the window never measured alone
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do
@@ -453,8 +500,11 @@ class scheduler {
 // migrate_to_fn: moves the running thread `self` to rank dest; returns on dest. Throws iso::error.
 using migrate_to_fn = void (*)(scheduler& s, tcb* self, int dest);
 extern migrate_to_fn migrate_to_impl;
-// join_fn: the running thread `self` joins t, wherever t is; returns once t has finished.
-// Throws iso::error (unknown_thread, already_joined).
+// join_fn: the running thread `self` registers its join of t, wherever t is: sets
+// self->waiting_for to t until t has finished (cleared, with self->join_status set and self woken,
+// when the answer comes; perhaps at once), or returns leaving it clear when t has finished and
+// was not joined. Throws iso::error (unknown_thread, already_joined). iso::join then waits.
+
 using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
 extern join_fn join_impl;
 

@@ -4,8 +4,8 @@
 //   stack run  n chunks (stack_bytes rounded up to 64 KiB), guard_bytes at the low end trap
 //              overflow; Boost.Context's fiber record sits at the top, so it travels with the stack.
 //   heap       iso::detail::heap, its first segment holding the heap object, then this TCB (the
-//              heap's reserved bytes, heap::create), then the body (the spawn callable), allocated
-//              from the thread's own heap.
+//              heap's reserved bytes, heap::create), which holds the body (the spawn callable) when
+//              it fits in inline_body_bytes, else the body is allocated from the thread's own heap.
 // The TCB therefore lives in the thread's slots and migrates with it. It holds only what is valid
 // in any process of the same binary: addresses inside slots, code addresses (vtables), ids and
 // plain values. Queue links point to other TCBs and are meaningful only on the rank whose queues
@@ -72,6 +72,9 @@ struct tcb {
   heap* suspended_heap = nullptr;
   stack_run stack;                    // this thread's stack run
   body_base* body = nullptr;          // the spawn callable, in home_heap; null once it returned
+  // The spawn callable when it fits (body then points here), else unused: a small body costs no
+  // heap block, and travels with the TCB.
+  alignas(16) unsigned char inline_body[inline_body_bytes];
 
   // The thread's own context while it is suspended (boost::context::fiber is one pointer: the
   // saved stack pointer, into this thread's stack run); empty while it runs. Raw storage: a fiber

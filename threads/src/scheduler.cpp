@@ -226,7 +226,6 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
 }
 
 void scheduler::start_thread(tcb* t) noexcept {
-  context_create(t);
   try {
     table_.insert(t->id.bits(), t);
   } catch (const std::bad_alloc&) {
@@ -234,6 +233,10 @@ void scheduler::start_thread(tcb* t) noexcept {
   }
   t->state = thread_state::ready;
   if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  // Last (nothing runs t before its spawner suspends), so that this is a tail call: creating the
+  // fiber switches into it and back, and every return from a frame live across that switch is
+  // mispredicted (isothreads/detail/switch.hpp), so the fewer the better.
+  context_create(t);
 }
 
 void scheduler::discard_thread(tcb* t) noexcept {
@@ -256,12 +259,9 @@ void scheduler::resume(tcb* t) noexcept {
   // until teardown or departure, so `back` is valid); its context has landed in its TCB.
   tcb* back = running_;
   current_heap = nullptr;
+  if (back == nullptr) return;  // it ended, accounted and torn down on its own stack (finish_running)
   if (measure_ || run_hook_ != nullptr) account_switch(back);
   running_ = nullptr;
-  if (back->state == thread_state::finished) {
-    teardown(back);
-    return;
-  }
   // A thread due to leave is queued like any other first: detach() takes it out of whatever
   // queue its state puts it in.
   if (back->state == thread_state::ready) {
@@ -272,12 +272,14 @@ void scheduler::resume(tcb* t) noexcept {
 
 void scheduler::account_switch(tcb* self) noexcept {
   if (measure_) close_window(self);
-  if (run_hook_ != nullptr) {
-    const std::int64_t now = now_ns();
-    heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
-    run_hook_(self, trace_start_ns_, now);
-    trace_start_ns_ = now;
-  }
+  if (run_hook_ != nullptr) trace_run(self);
+}
+
+void scheduler::trace_run(tcb* self) noexcept {
+  const std::int64_t now = now_ns();
+  heap_scope system(nullptr);  // on a direct switch self's heap is current: hooks get the system heap
+  run_hook_(self, trace_start_ns_, now);
+  trace_start_ns_ = now;
 }
 
 void scheduler::close_window(tcb* self) noexcept {
@@ -286,10 +288,23 @@ void scheduler::close_window(tcb* self) noexcept {
   run_start_ = now;
 }
 
+void scheduler::end_in_window(tcb* t) noexcept {
+  if (t->window_runs != 0) {  // deferred runs: short estimates (defer_measure)
+    ended_weight_ += t->run_estimate * t->window_runs;
+    tcb** const end = window_ + window_threads_;
+    *std::find(window_, end, t) = *(end - 1);
+    --window_threads_;
+    t->window_runs = 0;
+  }
+  ++window_runs_;
+  if (t->run_estimate != 0) ended_weight_ += t->run_estimate; else ++ended_unmeasured_;
+}
+
 __extension__ using uint128 = unsigned __int128;  // GCC and Clang: a 64x64 product's high half
 
 void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   if (window_runs_ == 0) {
+    ISO_ASSERT_INTERNAL(self != nullptr);  // a window closed without self holds an ended run
     self->run_cycles += cycles;
     self->run_estimate = cycles;
     window_rng_ ^= window_rng_ << 13;
@@ -298,30 +313,37 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
     window_len_ = cycles >= long_run_cycles_ ? 0 : min_window + window_rng_ % min_window;
     return;
   }
-  if (self->window_runs++ == 0) window_[window_threads_++] = self;
+  if (self != nullptr && self->window_runs++ == 0) window_[window_threads_++] = self;
   const std::uint32_t n = window_threads_;
-  ISO_ASSERT_INTERNAL(n > 0);
+  const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
+  ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
-  // in fixed point with 20 fraction bits, so that sharing out costs a multiplication a thread.
-  const std::uint64_t mean = cycles / (window_runs_ + 1) + 1;
+  // the ended runs' the same way (defer_end, end_in_window). In fixed point with 20 fraction
+  // bits, so that sharing out costs a multiplication a thread.
+  const std::uint64_t mean = cycles / (window_runs_ + (self != nullptr ? 1 : 0)) + 1;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
-  std::uint64_t total = 0;
+  std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
   for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
   const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
   std::uint64_t given = 0;
-  for (std::uint32_t i = 1; i < n; ++i) {
-    const auto c = static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    // Without ended runs the first gets the rest, so that the credits sum to `cycles`; with them
+    // the rest is theirs, credited to no thread (the rank's background, as is all the time of
+    // threads that are gone).
+    const auto c = i == 0 && !ended_runs
+                       ? 0
+                       : static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
     window_[i]->run_cycles += c;
     window_[i]->window_runs = 0;
     given += c;
   }
-  // The rest to the first: the credits sum to `cycles`.
-  window_[0]->run_cycles += given < cycles ? cycles - given : 0;
-  window_[0]->window_runs = 0;
+  if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
   window_threads_ = 0;
   window_runs_ = 0;
   window_len_ = 0;
+  ended_weight_ = 0;
+  ended_unmeasured_ = 0;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -341,10 +363,42 @@ void scheduler::teardown(tcb* t) noexcept {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
   }
-  // The stack went back to the pool when its fiber record was destroyed; the TCB lives in the
-  // heap, so the heap goes last.
+  // The stack goes back to the pool when its fiber record is destroyed, after the switch away
+  // from it; the TCB lives in the heap, so the heap goes last.
   t->magic = 0;
   release_heap(t->home_heap);
+}
+
+boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
+  // The switch away from a thread that ends is Boost.Context's exit from thread_main, not
+  // context_resume_named: it keeps no exception state, so none may be left here (thread_main
+  // catches everything, and the body's destructor runs outside any handler).
+  ISO_ASSERT_INTERNAL(eh_here->caught == nullptr && eh_here->uncaught == 0);
+  t->state = thread_state::finished;
+  current_heap = nullptr;  // what the teardown allocates is the system's
+  // Its run ends here: into the open window as an ended run, when it can stay open (defer_end),
+  // else too but with the window closed by a clock read after the teardown (end_in_window), so
+  // that no window holds a thread that is gone (see window_) and the teardown counts as t's
+  // time, not as the run of the thread that runs next (tracing shows it between the two).
+  const bool deferred = run_hook_ == nullptr && measure_ && defer_end(t);
+  if (!deferred) {
+    if (measure_) end_in_window(t);
+    if (run_hook_ != nullptr) trace_run(t);
+  }
+  running_ = nullptr;
+  teardown(t);  // the joiner, when on this rank, is ready now (fork-join: at the head)
+  if (!deferred) {
+    if (measure_) close_window(nullptr);
+    if (run_hook_ != nullptr) trace_start_ns_ = now_ns();
+  }
+  switch_landing = &ended_landing_;
+  if (tcb* next = direct_next()) {
+    start_running(next);
+    return next->self_ctx();
+  }
+  // The scheduler's context holds no open window (detach, which may run there, relies on it).
+  if (deferred) close_window(nullptr);
+  return sched_ctx_;
 }
 
 bool scheduler::movable(const tcb* t) noexcept {
@@ -477,6 +531,8 @@ void scheduler::set_measure_load(bool on) noexcept {
   window_threads_ = 0;
   window_runs_ = 0;
   window_len_ = 0;
+  ended_weight_ = 0;
+  ended_unmeasured_ = 0;
   if (on && long_run_cycles_ == 0) {
     const double rate = cycles_per_ns();
     long_run_cycles_ = static_cast<std::uint64_t>(2000 * rate);
@@ -571,14 +627,20 @@ void scheduler::sleep_running_until(std::int64_t deadline) {
 
 void scheduler::block_running(wait_reason why) noexcept {
   tcb* self = running_;
+  context_resume_named(prepare_block(why));
+  self->wait = wait_reason::none;
+}
+
+boost::context::fiber& scheduler::prepare_block(wait_reason why) noexcept {
+  tcb* self = running_;
   self->state = thread_state::blocked;
   self->wait = why;
   ++blocked_[static_cast<std::size_t>(why)];
+  self->suspended_heap = current_heap;
+  switch_landing = &self->self_ctx();
   // Straight to the next ready thread when it can run without the scheduler (a join of a thread
   // just spawned: to that thread).
-  self->suspended_heap = current_heap;
-  context_switch(next_context(self, false), &self->self_ctx());
-  self->wait = wait_reason::none;
+  return next_context(self, false);
 }
 
 boost::context::fiber thread_main(tcb* t) noexcept {
@@ -591,13 +653,16 @@ boost::context::fiber thread_main(tcb* t) noexcept {
   } catch (...) {
     fatal("thread %d:%" PRIu64 " '%s' ended with an uncaught exception", t->id.home(), t->id.serial(), t->name);
   }
-  delete t->body;  // its heap is current: the callable and what it owns go back to it
+  // Its heap is current: what the callable owns, and the callable unless it is inline, go back to it.
+  if (static_cast<void*>(t->body) == t->inline_body) {
+    t->body->~body_base();
+  } else {
+    delete t->body;
+  }
   t->body = nullptr;
-  t->state = thread_state::finished;
-  // Ending on the scheduler's context frees the stack there; what lands is an empty context.
-  scheduler& s = *scheduler::current();  // afresh: t may have migrated
-  switch_landing = &t->self_ctx();
-  return std::move(s.sched_ctx());
+  // Ending on the context finish_running gives frees the stack there; what lands is an empty
+  // context. The scheduler afresh: t may have migrated.
+  return std::move(scheduler::current()->finish_running(t));
 }
 
 }  // namespace iso::detail

@@ -26,6 +26,8 @@ spawn_frame::~spawn_frame() {
   scheduler::current()->discard_thread(static_cast<tcb*>(thread_));
 }
 
+void* spawn_frame::inline_body() const noexcept { return static_cast<tcb*>(thread_)->inline_body; }
+
 thread_id spawn_frame::commit(body_base* body) noexcept {
   tcb* t = static_cast<tcb*>(thread_);
   thread_ = nullptr;
@@ -52,29 +54,60 @@ std::string thread_id::to_string() const {
   return std::to_string(home()) + ":" + std::to_string(serial());
 }
 
-void join(thread_id t) {
-  detail::heap_scope system(nullptr);
-  detail::tcb* self = detail::running_or_throw("iso::join");
-  detail::scheduler& s = *detail::scheduler::current();
-  if (t == self->id) detail::raise(errc::already_joined, "thread %s cannot join itself", t.to_string().c_str());
-  if (!t) detail::raise(errc::unknown_thread, "iso::join: the default thread_id names no thread");
-  if (detail::join_impl != nullptr) {
-    detail::join_impl(s, self, t);
-    return;
-  }
-  if (s.take_finished(t)) return;
-  detail::tcb* target = s.find(t);
-  if (target == nullptr) {
-    detail::raise(errc::unknown_thread, "iso::join: thread %s is not a live or unjoined thread", t.to_string().c_str());
-  }
+namespace detail {
+namespace {
+
+// Without an engine: t must be a live or unjoined thread of this rank. Returns whether to wait.
+bool join_local(scheduler& s, tcb* self, thread_id t) {
+  if (s.take_finished(t)) return false;
+  tcb* target = s.find(t);
+  if (target == nullptr) raise(errc::unknown_thread, "iso::join: thread %s is not a live or unjoined thread", t.to_string().c_str());
   if (target->joiner) {
-    detail::raise(errc::already_joined, "iso::join: thread %s is already joined by thread %s", t.to_string().c_str(),
-                  target->joiner.to_string().c_str());
+    raise(errc::already_joined, "iso::join: thread %s is already joined by thread %s", t.to_string().c_str(),
+          target->joiner.to_string().c_str());
   }
   target->joiner = self->id;
   self->waiting_for = t;  // cleared by the target's teardown, which then wakes us
-  while (self->waiting_for) detail::scheduler::current()->block_running(detail::wait_reason::join);
+  return true;
 }
+
+}  // namespace
+
+boost::context::fiber* join_prepare(thread_id t) {
+  {
+    heap_scope system(nullptr);
+    tcb* self = running_or_throw("iso::join");
+    scheduler& s = *scheduler::current();
+    if (t == self->id) raise(errc::already_joined, "thread %s cannot join itself", t.to_string().c_str());
+    if (!t) raise(errc::unknown_thread, "iso::join: the default thread_id names no thread");
+    self->join_status = errc::ok;
+    // Either sets self->waiting_for while t has not finished (an answer that comes at once, from
+    // this rank, clears it again) or returns at once.
+    if (join_impl != nullptr) {
+      join_impl(s, self, t);
+    } else if (!join_local(s, self, t)) {
+      return nullptr;
+    }
+  }
+  return join_next(t);  // blocks with the thread's own heap current, as it suspends with it
+}
+
+boost::context::fiber* join_next(thread_id t) {
+  // Perhaps on another rank than join_prepare: only the TCB (in the thread's slots) and
+  // scheduler::current() are valid after a switch.
+  scheduler& s = *scheduler::current();
+  tcb* self = s.running();
+  self->wait = wait_reason::none;
+  if (self->waiting_for) return &s.prepare_block(wait_reason::join);
+  if (self->join_status != errc::ok) {
+    heap_scope system(nullptr);
+    raise(self->join_status, "iso::join(%s): %s", t.to_string().c_str(),
+          self->join_status == errc::already_joined ? "the thread was joined already" : "no such thread");
+  }
+  return nullptr;
+}
+
+}  // namespace detail
 
 namespace this_thread {
 

@@ -44,8 +44,11 @@ struct spawn_options {
 
 namespace detail {
 
-// The body of a thread, type-erased. Lives in the thread's own heap; its vtable pointer is a code
-// address, valid on every rank of the same binary.
+// The body of a thread, type-erased. Lives in the thread's own heap (one of at most
+// inline_body_bytes, 16-byte aligned, in its control block, which lives there too: no block to
+// allocate and free per thread); its vtable pointer is a code address, valid on every rank of
+// the same binary.
+inline constexpr std::size_t inline_body_bytes = 48;
 struct body_base {
   virtual void run() = 0;
   virtual ~body_base() = default;
@@ -58,6 +61,17 @@ struct body_impl final : body_base {
   F f;
 };
 
+// What a body of type B is made from: a copy of the callable when B can be copied, else it is
+// moved (see spawn).
+template <class B, class F>
+decltype(auto) body_source(F&& body) noexcept {
+  if constexpr (std::is_copy_constructible_v<B>) {
+    return static_cast<const B&>(body);
+  } else {
+    return std::forward<F>(body);
+  }
+}
+
 // Spawning in two steps, so that the body is copied with the new thread's heap current (and so
 // lands in it, with everything its captures own). Throws iso::error.
 class spawn_frame {
@@ -67,6 +81,9 @@ class spawn_frame {
   spawn_frame(const spawn_frame&) = delete;
   spawn_frame& operator=(const spawn_frame&) = delete;
   thread_id commit(body_base* body) noexcept;
+  // inline_body_bytes, 16-byte aligned, in the new thread's control block: where a body that
+  // fits is constructed instead of a heap block.
+  void* inline_body() const noexcept;
 
  private:
   void* thread_ = nullptr;    // the new thread's control block
@@ -87,19 +104,34 @@ class spawn_frame {
 template <class F>
 thread_id spawn(F&& body, const spawn_options& opts = {}) {
   using B = std::decay_t<F>;
+  using body_t = detail::body_impl<B>;
   static_assert(std::is_invocable_v<B&>, "iso::spawn needs a callable taking no arguments");
   detail::spawn_frame frame(opts);
-  if constexpr (std::is_copy_constructible_v<B>) {
-    return frame.commit(new detail::body_impl<B>(static_cast<const B&>(body)));
+  if constexpr (sizeof(body_t) <= detail::inline_body_bytes && alignof(body_t) <= 16) {
+    return frame.commit(new (frame.inline_body()) body_t(detail::body_source<B>(std::forward<F>(body))));
   } else {
-    return frame.commit(new detail::body_impl<B>(std::forward<F>(body)));
+    return frame.commit(new body_t(detail::body_source<B>(std::forward<F>(body))));
   }
 }
+
+namespace detail {
+// iso::join in steps, so that its switches happen at the caller's call site, as a yield's do
+// (isothreads/detail/switch.hpp): join_prepare checks and registers the join of t, join_next
+// looks whether it is done. Each returns null when it is (t has finished), else the context to
+// switch to, the caller's slot named in switch_landing (the caller blocks until t's end wakes
+// it); join_next is called after each such switch. Errors as iso::join's.
+boost::context::fiber* join_prepare(thread_id t);
+boost::context::fiber* join_next(thread_id t);
+}  // namespace detail
 
 // Blocks the calling migratable thread until thread t has finished. Each thread may be joined
 // once. Errors: (not_in_thread) from outside a thread; (already_joined) for a second join or a
 // join of oneself; (unknown_thread) for an id that names no thread.
-void join(thread_id t);
+inline void join(thread_id t) {
+  for (boost::context::fiber* to = detail::join_prepare(t); to != nullptr; to = detail::join_next(t)) {
+    detail::context_resume_named(*to);
+  }
+}
 
 // While one lives, malloc/new on this OS thread go to the system allocator, even inside a
 // migratable thread. For state that outlives the thread or stays on this rank: a library's

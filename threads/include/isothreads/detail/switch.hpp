@@ -11,8 +11,9 @@
 // is to be saved in `switch_landing`, then resumes the target; the context that lands (the
 // target, at its own switch point) stores the context it came from there. So a saved context is
 // written after the switch, through a pointer read then, which stays right when a thread resumes
-// in another process: switch_landing is a process global, read afresh. A finished thread names
-// its own (dead) slot: what lands there is the empty context Boost.Context leaves.
+// in another process: switch_landing is a process global, read afresh. A thread that ends has no
+// slot left (its TCB went back with its heap before its last switch): it names one the scheduler
+// keeps for that (scheduler::ended_landing_), where the empty context Boost.Context leaves lands.
 #pragma once
 
 #include <boost/context/fiber.hpp>
