@@ -396,6 +396,20 @@ TEST(ThreadsDeathTest, StackOverflowIsReportedWithTheThreadAndStack) {
       ::testing::ExitedWithCode(1), "thread 0:[0-9]+ 'deep' overflowed its 128 KiB stack on rank 0");
 }
 
+TEST(ThreadsDeathTest, AThreadThatEndsHoldingAMutexIsReported) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        scheduler s(0);
+        iso::mutex m;
+        spawn_options opts;
+        opts.name = "holder";
+        spawn([&m] { m.lock(); }, opts);
+        s.run();
+      },
+      ::testing::ExitedWithCode(1), "thread 0:[0-9]+ 'holder' ended holding 1 iso::mutex lock\\(s\\) on rank 0");
+}
+
 TEST(ThreadsScale, HundredThousandThreadsEachRunAndYield) {
   constexpr int count = 100'000;
   scheduler s(0);

@@ -374,6 +374,12 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   // context_resume_named: it keeps no exception state, so none may be left here (thread_main
   // catches everything, and the body's destructor runs outside any handler).
   ISO_ASSERT_INTERNAL(eh_here->caught == nullptr && eh_here->uncaught == 0);
+  // A mutex still held would stay owned by this control block's address, which the next spawn
+  // may get: that thread would then hold it, and the mutex's waiters would wait forever.
+  if (t->locks_held != 0) {
+    fatal("thread %d:%" PRIu64 " '%s' ended holding %u iso::mutex lock(s) on rank %d", t->id.home(), t->id.serial(),
+          t->name, t->locks_held, rank_);
+  }
   t->state = thread_state::finished;
   current_heap = nullptr;  // what the teardown allocates is the system's
   // Its run ends here: into the open window as an ended run, when it can stay open (defer_end),
@@ -522,9 +528,9 @@ double cycles_per_ns() noexcept {
 }  // namespace
 
 void scheduler::set_measure_load(bool on) noexcept {
-  // Turned on by a running thread, its run counts from now (resume() starts the others' runs); it
-  // stayed stale while off.
-  if (on && !measure_) run_start_ = prim::cycles();
+  // Turned on by a running thread, its run counts from now (resume() starts the others' runs): it
+  // stayed stale while off, and when turned on again the window it would close is dropped below.
+  if (on) run_start_ = prim::cycles();
   measure_ = on;
   // The open window's runs are not credited (its threads are live: see window_).
   for (std::uint32_t i = 0; i < window_threads_; ++i) window_[i]->window_runs = 0;
