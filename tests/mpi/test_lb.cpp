@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "isothreads/isothreads.hpp"
@@ -149,21 +150,26 @@ class core_hog {
   std::thread hog_;
 };
 
-TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
+// On rank 0, with a busy OS thread sharing this thread's core (core_hog), one migratable thread
+// sleeps `before`, burns `cpu_s` of CPU time in one stretch (no switch: the OS thread's CPU clock
+// is this thread's), sleeps `after` (the rank idles beside the hog meanwhile), then calls
+// lb::sync. Checks on rank 0 that the hog did share the core, and that the thread's load is the
+// CPU time it burned within `tolerance` of it, and nearer to it than to its wall time.
+void check_load_beside_a_hog(std::chrono::milliseconds before, double cpu_s, std::chrono::milliseconds after,
+                             double tolerance) {
   auto seen = std::make_shared<iso::lb::problem>();
   iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-  // On rank 0, a busy OS thread shares this thread's core: a migratable thread's work then takes
-  // about twice its CPU time in wall time, and only the CPU time is load.
   double burned = 0, wall = 0;
   {
     std::unique_ptr<core_hog> hog;
     if (rt->rank() == 0) {
       hog = std::make_unique<core_hog>();
-      iso::spawn([&burned, &wall] {
-        // 80 ms of CPU time in one stretch (no switch): the OS thread's CPU clock is this thread's.
+      iso::spawn([&burned, &wall, before, cpu_s, after] {
+        if (before.count() > 0) iso::this_thread::sleep_for(before);
         const auto w0 = std::chrono::steady_clock::now();
-        burned = burn_cpu(0.08);
+        burned = burn_cpu(cpu_s);
         wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+        if (after.count() > 0) iso::this_thread::sleep_for(after);
         iso::lb::sync();
       });
     }
@@ -172,8 +178,15 @@ TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
   ASSERT_EQ(seen->threads.size(), 1u);
   if (rt->rank() == 0) {
     ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
-    EXPECT_NEAR(seen->threads[0].load, burned, 0.25 * burned) << "wall time of the work: " << wall << " s";
+    EXPECT_NEAR(seen->threads[0].load, burned, tolerance * burned) << "wall time of the work: " << wall << " s";
+    EXPECT_LT(seen->threads[0].load, (burned + wall) / 2) << "the load is the work's wall time, not its CPU time";
   }
+}
+
+// The work takes about twice its CPU time in wall time beside the hog, and only the CPU time is
+// load.
+TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
+  check_load_beside_a_hog(std::chrono::milliseconds(0), 0.08, std::chrono::milliseconds(0), 0.25);
 }
 
 // The scheduler reads the CPU clock only at some idle passes and takes the others' wall time as
@@ -184,60 +197,14 @@ TEST(LoadBalancing, LoadsAreCpuTimeNotTimeTheRankWasPreempted) {
 // what it tells apart is a load near the work's CPU time from none, and on 4 ranks sharing the
 // 2 cores with other processes the share of this one period varies more.
 TEST(LoadBalancing, IdleTimeWhileAnotherProcessHasTheCoreIsNotCountedAsCpuTime) {
-  auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-  double burned = 0, wall = 0;
-  {
-    std::unique_ptr<core_hog> hog;
-    if (rt->rank() == 0) {
-      hog = std::make_unique<core_hog>();
-      iso::spawn([&burned, &wall] {
-        const auto w0 = std::chrono::steady_clock::now();
-        burned = burn_cpu(0.03);
-        wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-        // Nothing else is ready here: the rank idles (yielding, then sleeping) beside the hog.
-        iso::this_thread::sleep_for(std::chrono::milliseconds(150));
-        iso::lb::sync();
-      });
-    }
-    rt->run();
-  }
-  ASSERT_EQ(seen->threads.size(), 1u);
-  if (rt->rank() == 0) {
-    ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
-    EXPECT_NEAR(seen->threads[0].load, burned, 0.5 * burned) << "wall time of the work: " << wall << " s";
-    EXPECT_LT(seen->threads[0].load, (burned + wall) / 2) << "the load is the work's wall time, not its CPU time";
-  }
+  check_load_beside_a_hog(std::chrono::milliseconds(0), 0.03, std::chrono::milliseconds(150), 0.5);
 }
 
 // A thread that a timer wakes while the rank is idle ends the idle stretch: its run is its load,
 // and none of it idle time (else the next idle pass would credit the whole run as idle, and the
-// CPU time it used too, leaving its load at its wall time beside the busy thread).
+// CPU time it used too, leaving its load near nothing or at its wall time beside the hog).
 TEST(LoadBalancing, WorkAfterASleepIsLoadNotIdleTime) {
-  auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-  double burned = 0, wall = 0;
-  {
-    std::unique_ptr<core_hog> hog;
-    if (rt->rank() == 0) {
-      hog = std::make_unique<core_hog>();
-      iso::spawn([&burned, &wall] {
-        iso::this_thread::sleep_for(std::chrono::milliseconds(5));
-        const auto w0 = std::chrono::steady_clock::now();
-        burned = burn_cpu(0.04);
-        wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-        iso::this_thread::sleep_for(std::chrono::milliseconds(5));
-        iso::lb::sync();
-      });
-    }
-    rt->run();
-  }
-  ASSERT_EQ(seen->threads.size(), 1u);
-  if (rt->rank() == 0) {
-    ASSERT_GT(wall, 1.4 * burned) << "the busy thread did not share the core; nothing to check";
-    EXPECT_NEAR(seen->threads[0].load, burned, 0.5 * burned) << "wall time of the work: " << wall << " s";
-    EXPECT_LT(seen->threads[0].load, (burned + wall) / 2) << "the load is the work's wall time, not its CPU time";
-  }
+  check_load_beside_a_hog(std::chrono::milliseconds(5), 0.04, std::chrono::milliseconds(5), 0.5);
 }
 
 TEST(LoadBalancing, WorkTheSchedulerDoesBetweenThreadsIsNotIdleTime) {
@@ -484,34 +451,39 @@ TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   }
 }
 
+// On rank 0, a thread spawns and joins `rounds` children running `child`, one at a time, then
+// calls lb::sync (every rank's main runs the strategy). Returns (the joiner's measured load, the
+// loop's wall time), in s, on rank 0; (0, 0) elsewhere.
+template <class Child>
+std::pair<double, double> joiner_load(int rounds, Child child) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  std::uint64_t parent_bits = 0;
+  double loop_s = 0;
+  if (rt->rank() == 0) {
+    parent_bits = iso::spawn([&loop_s, rounds, child] {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    for (int i = 0; i < rounds; ++i) iso::join(iso::spawn(child));
+                    loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    iso::lb::sync();
+                  }).bits();
+  }
+  rt->run();
+  return rt->rank() == 0 ? std::pair{load_of(*seen, parent_bits), loop_s} : std::pair{0.0, 0.0};
+}
+
 // A thread that ends switches straight to its joiner when it can (scheduler::finish_running),
 // never passing through the scheduler: its last run must still be measured as its own (the
 // rank's background time, once it is gone), not credited to the joiner that runs next. Here the
 // children's runs are nearly all of each spawn + join round: the joiner's own part, spawn and
 // join, is about 1 % of the loop.
 TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
-  auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-  using clock = std::chrono::steady_clock;
-  std::uint64_t parent_bits = 0;
-  double loop_s = 0;
+  const auto [l, loop_s] = joiner_load(2000, [] {
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < std::chrono::microseconds(20)) {
+    }
+  });
   if (rt->rank() == 0) {
-    parent_bits = iso::spawn([&loop_s] {
-                    const auto t0 = clock::now();
-                    for (int i = 0; i < 2000; ++i) {
-                      iso::join(iso::spawn([] {
-                        const auto start = clock::now();
-                        while (clock::now() - start < std::chrono::microseconds(20)) {
-                        }
-                      }));
-                    }
-                    loop_s = std::chrono::duration<double>(clock::now() - t0).count();
-                    iso::lb::sync();
-                  }).bits();
-  }
-  rt->run();
-  if (rt->rank() == 0) {
-    const double l = load_of(*seen, parent_bits);
     ASSERT_GT(l, 0);
     EXPECT_LT(l, 0.05 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
   }
@@ -523,29 +495,13 @@ TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
 // back to the kernel, a sizeable part of each round; billed to the joiner, that run took its load
 // to 15-20 % of the loop, where spawn and join are about 1 %.
 TEST(LoadBalancing, TheTeardownOfAThreadIsNotTheRunOfTheThreadAfterIt) {
-  auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-  using clock = std::chrono::steady_clock;
-  std::uint64_t parent_bits = 0;
-  double loop_s = 0;
+  const auto [l, loop_s] = joiner_load(100, [] {
+    constexpr std::size_t bytes = std::size_t{8} << 20;
+    auto* p = static_cast<volatile char*>(std::malloc(bytes));
+    ASSERT_NE(p, nullptr);
+    for (std::size_t b = 0; b < bytes; b += 4096) p[b] = 1;  // left to the heap's end
+  });
   if (rt->rank() == 0) {
-    parent_bits = iso::spawn([&loop_s] {
-                    const auto t0 = clock::now();
-                    for (int i = 0; i < 100; ++i) {
-                      iso::join(iso::spawn([] {
-                        constexpr std::size_t bytes = std::size_t{8} << 20;
-                        auto* p = static_cast<volatile char*>(std::malloc(bytes));
-                        ASSERT_NE(p, nullptr);
-                        for (std::size_t b = 0; b < bytes; b += 4096) p[b] = 1;  // left to the heap's end
-                      }));
-                    }
-                    loop_s = std::chrono::duration<double>(clock::now() - t0).count();
-                    iso::lb::sync();
-                  }).bits();
-  }
-  rt->run();
-  if (rt->rank() == 0) {
-    const double l = load_of(*seen, parent_bits);
     ASSERT_GT(l, 0);
     EXPECT_LT(l, 0.03 * loop_s) << "the joiner's load " << l << " s over a loop of " << loop_s << " s";
   }
