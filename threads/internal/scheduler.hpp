@@ -336,7 +336,7 @@ class scheduler {
   // short, and a long run ends the window it comes in, measured alone when it follows a read: a
   // long run weighed by an estimate among short ones takes too little or too much of the window.
   bool defer_measure(tcb* self) noexcept {
-    if (window_runs_ >= window_len_ || self->run_estimate == 0 || self->run_estimate >= long_run_cycles_) return false;
+    if (!window_takes(self)) return false;
     ++window_runs_;
     if (self->window_runs++ == 0) window_[window_threads_++] = self;
     return true;
@@ -348,13 +348,23 @@ class scheduler {
   // its run may be long, and weighed by a guess (the window's mean run) beside a long run that
   // closes the window it took or gave that run's time.
   bool defer_end(tcb* self) noexcept {
-    if (window_runs_ >= window_len_ || self->window_runs != 0 || self->run_estimate == 0 ||
-        self->run_estimate >= long_run_cycles_) {
-      return false;
-    }
+    if (self->window_runs != 0 || !window_takes(self)) return false;
     ++window_runs_;
     ended_weight_ += self->run_estimate;
     return true;
+  }
+  // The rule of defer_measure and defer_end: the window has room and self's runs are short
+  // (measured alone, below long_run_cycles_).
+  bool window_takes(const tcb* self) const noexcept {
+    return window_runs_ < window_len_ && self->run_estimate != 0 && self->run_estimate < long_run_cycles_;
+  }
+  // The window holds nothing from now (the threads' tcb::window_runs are the caller's to clear).
+  void clear_window() noexcept {
+    window_threads_ = 0;
+    window_runs_ = 0;
+    window_len_ = 0;
+    ended_weight_ = 0;
+    ended_unmeasured_ = 0;
   }
   // The thread t ends and defer_end refused its last run: its runs in the window, and that run,
   // become ended runs of the window (weighed by t's estimate, or the window's mean when t was
@@ -504,7 +514,6 @@ extern migrate_to_fn migrate_to_impl;
 // self->waiting_for to t until t has finished (cleared, with self->join_status set and self woken,
 // when the answer comes; perhaps at once), or returns leaving it clear when t has finished and
 // was not joined. Throws iso::error (unknown_thread, already_joined). iso::join then waits.
-
 using join_fn = void (*)(scheduler& s, tcb* self, thread_id t);
 extern join_fn join_impl;
 

@@ -339,11 +339,7 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
     given += c;
   }
   if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
-  window_threads_ = 0;
-  window_runs_ = 0;
-  window_len_ = 0;
-  ended_weight_ = 0;
-  ended_unmeasured_ = 0;
+  clear_window();
 }
 
 void scheduler::teardown(tcb* t) noexcept {
@@ -534,11 +530,7 @@ void scheduler::set_measure_load(bool on) noexcept {
   measure_ = on;
   // The open window's runs are not credited (its threads are live: see window_).
   for (std::uint32_t i = 0; i < window_threads_; ++i) window_[i]->window_runs = 0;
-  window_threads_ = 0;
-  window_runs_ = 0;
-  window_len_ = 0;
-  ended_weight_ = 0;
-  ended_unmeasured_ = 0;
+  clear_window();
   if (on && long_run_cycles_ == 0) {
     const double rate = cycles_per_ns();
     long_run_cycles_ = static_cast<std::uint64_t>(2000 * rate);
