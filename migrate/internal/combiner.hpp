@@ -225,9 +225,10 @@ class rank_combiner {
   counts_t counts_;
 };
 
-// Wire formats, each header a multiple of 8 bytes (the bytes that follow are not padded). A batch (rank -> member 0, a reserved message on the
-// group's tag): batch_header, then `blocks` times block_header and its bytes. A result (member 0
-// -> a rank, engine::send_to_rank; and what a waiter gets): result_header and the result's bytes.
+// Wire formats, each header a multiple of 8 bytes (the bytes that follow are not padded). A batch
+// (rank -> member 0, a reserved message on the group's tag): batch_header, then `blocks` times
+// block_header and its bytes. A result (member 0 -> a rank, engine::send_to_rank; and what a
+// waiter gets): result_header and the result's bytes.
 struct batch_header {
   std::uint64_t fingerprint;
   std::uint64_t seq;

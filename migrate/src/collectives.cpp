@@ -215,7 +215,8 @@ result_record::~result_record() {
   rank_combiner::release(static_cast<const shared_result*>(shared_), self);
   // A migration asked while it waited happens now that it has read the result, as it would have
   // once woken: its next suspension where it could move may be far (the next collective's wait
-  // is none). Not while an exception unwinds: the count of those is the OS thread's.
+  // is none). Not while an exception unwinds (the call throws): the move then waits for the
+  // thread's next suspension where it may move, as the user guide says.
   if (self->pending_dest >= 0 && self->locks_held == 0 && std::uncaught_exceptions() == 0) {
     scheduler::current()->yield_running();
   }
