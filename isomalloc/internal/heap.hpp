@@ -299,6 +299,12 @@ class heap {
            (pg.kind == page_kind::small && pg.used != 0);
   }
   static bool segment_idle(const segment* s) noexcept;  // no live block: only free or empty small pages
+  // What a free page's descriptor holds (kind free, on no list; the rest is garbage that taking
+  // the page rewrites): release_pages, and retire for the first segment kept warm.
+  static void mark_free(page& pg) noexcept {
+    pg.kind = page_kind::free;
+    pg.in_avail = 0;
+  }
   void release_pages(segment* s, unsigned first, unsigned n) noexcept;
   void release_segment(segment* s) noexcept;
 

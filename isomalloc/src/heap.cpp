@@ -205,9 +205,7 @@ void* heap::retire() noexcept {
   // page's descriptor holds besides being garbage that a page taken rewrites: create(warm) then
   // skips them. Usually one page (page 0) is not free here.
   for (std::uint32_t m = ~first->free_mask & ((1u << pages_per_segment) - 1); m != 0; m &= m - 1) {
-    page& pg = first->pages[std::countr_zero(m)];
-    pg.kind = page_kind::free;
-    pg.in_avail = 0;
+    mark_free(first->pages[std::countr_zero(m)]);
   }
   magic_ = 0;
   id_ = 0;
@@ -605,10 +603,7 @@ bool heap::segment_idle(const segment* s) noexcept {
 
 void heap::release_pages(segment* s, unsigned first, unsigned n) noexcept {
   const bool was_spacious = (s->free_mask & ~1u) != 0;
-  for (unsigned i = first; i < first + n; ++i) {
-    s->pages[i].kind = page_kind::free;
-    s->pages[i].in_avail = 0;
-  }
+  for (unsigned i = first; i < first + n; ++i) mark_free(s->pages[i]);
   s->free_mask |= ((1u << n) - 1) << first;
   if (!was_spacious && (s->free_mask & ~1u) != 0) space_push(s);
   if (s != first_segment() && segment_idle(s)) release_segment(s);
