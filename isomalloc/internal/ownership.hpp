@@ -34,8 +34,9 @@
 // (an OpenMP worker, a std::thread, an MPI progress thread) writes the pointer, after its heap's
 // identity (heap::id) when that differs from the one it wrote last, into that OS thread's own
 // remote_ring (single producer, the heap thread the single consumer) if the heap is in use here.
-// It never touches the block and makes no atomic read-modify-write: a word and the ring's head. When its ring is full it pushes the block onto the heap's
-// thread_free list instead (one CAS, under the gate's pusher count: mimalloc's thread_free list).
+// It never touches the block and makes no atomic read-modify-write: a word and the ring's head.
+// When its ring is full it pushes the block onto the heap's thread_free list instead (one CAS,
+// under the gate's pusher count: mimalloc's thread_free list).
 // The heap thread takes both back when a heap allocates on a slow path or collects, and before a
 // heap's gate closes (leave, destroy). A ring entry is freed only if the chunk still belongs to
 // the heap with that identity and the heap is in use here; an entry published too late (its free

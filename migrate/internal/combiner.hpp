@@ -290,7 +290,8 @@ template <class Bytes>
 void merge_rule::fail(bool& failed, Bytes& block, const std::string& text) {
   failed = true;
   block.clear();  // no partly combined value is left behind if the text cannot be copied
-  block.assign(reinterpret_cast<const std::byte*>(text.data()), reinterpret_cast<const std::byte*>(text.data()) + text.size());
+  const auto* t = reinterpret_cast<const std::byte*>(text.data());
+  block.assign(t, t + text.size());
 }
 
 template <class ByteAlloc>

@@ -97,9 +97,9 @@ class mpi_progress final : public progress_engine {
   // min_backoff_ns_ up to max_backoff_ns_ (so idle ranks ask at most once per max_backoff_ns_
   // once work is scarce); a stolen thread or any other work resets it. After a request, a rank
   // gives its core away between polls (no sleep) until the answer arrives, for at most
-  // min(spin_ns_, 2 * min_backoff_ns_) (awaiting_answer): the answer is usually about 20 us away. Not once the delay is at
-  // its cap: the rank then sleeps on as its idle back-off says, waking at the latest when the
-  // next request is due.
+  // min(spin_ns_, 2 * min_backoff_ns_) (awaiting_answer): the answer is usually about 20 us
+  // away. Not once the delay is at its cap: the rank then sleeps on as its idle back-off says,
+  // waking at the latest when the next request is due.
   std::uint64_t victim_rng_;          // splitmix64 state: victims are uniform over the other ranks
   // Polls whose region returns failed (region::take_failure): the first is printed at once,
   // the count at the end.
