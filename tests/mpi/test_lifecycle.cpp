@@ -45,15 +45,23 @@ TEST(Lifecycle, WarmSpawnAndJoinTouchNoNewPage) {
   iso::spawn([&] {
     spawn_and_join(2, batch);  // warm-up: the pools and the thread table reach their size
     spawn_and_join(2000, 1);
-    long before = minor_faults();
-    spawn_and_join(20000, 1);
-    one_at_a_time = minor_faults() - before;
-    before = minor_faults();
+    // The kernel may fault in a page of ours at any time for its own reasons (compaction moving
+    // a page, a first message taking a new path in MPI's progress): a stray fault does not
+    // repeat, a thread's memory touching a new page faults every time, so the best of three
+    // 20000-pair runs must see none.
+    for (int attempt = 0; attempt < 3 && one_at_a_time != 0; ++attempt) {
+      const long before = minor_faults();
+      spawn_and_join(20000, 1);
+      const long faults = minor_faults() - before;
+      if (one_at_a_time < 0 || faults < one_at_a_time) one_at_a_time = faults;
+    }
+    const long before = minor_faults();
     spawn_and_join(5, batch);
     batched = minor_faults() - before;
   });
   rt->run();
-  EXPECT_EQ(one_at_a_time, 0) << "page faults over 20000 spawn/join pairs on rank " << rt->rank();
+  EXPECT_EQ(one_at_a_time, 0) << "page faults over 20000 spawn/join pairs on rank " << rt->rank()
+                               << " (fewest of three runs)";
   // The system allocator's bookkeeping beside them (the thread table's nodes) may touch a page
   // now and then; the threads' own memory never does (before: 2.5 faults a thread).
   EXPECT_LE(batched, static_cast<long>(batch / 100))
