@@ -176,6 +176,7 @@ class engine {
     std::uint64_t departures = 0;       // threads shipped from this rank
     std::uint64_t arrivals = 0;         // threads received
     std::uint64_t bytes_out = 0;        // image bytes shipped
+    std::uint64_t split = 0;            // departures shipped as a split image (image.hpp)
     std::uint64_t forwarded = 0;        // messages forwarded to a newer location
     std::uint64_t dropped = 0;          // messages to finished or unknown threads
   };
@@ -206,6 +207,8 @@ class engine {
     std::uint64_t bytes;                // its image's data bytes (tracing)
     bool guard_kept;                    // its stack's guard is still installed here (it came back)
     sys_vector<MPI_Request> requests;
+    sys_vector<unsigned char> image;    // a split image (image.hpp): header, table and inline data,
+                                        // placed once its second piece is in; else empty
   };
   // Memory [addr, addr+bytes) is about to be written by the arrival of `arriving` (its thread's id
   // bits): finish the departures still sending it, then settle kept memory (departures::settle).
@@ -216,7 +219,10 @@ class engine {
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
   void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
   // A header message, or an image record of a batch (read in place: nothing of it is kept).
-  void start_arrival(int source, const unsigned char* header, std::size_t bytes) noexcept;
+  // allow_split: `header` came as a header message, so it may be the first piece of a split image.
+  void start_arrival(int source, const unsigned char* header, std::size_t bytes, bool allow_split) noexcept;
+  // Copies the bytes of h's extents that travel inline to their addresses.
+  static void place_inline_data(const image_header& h) noexcept;
   void finish_arrival(arrival& a) noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
   void release_held(std::uint64_t id) noexcept;

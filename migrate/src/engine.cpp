@@ -133,7 +133,7 @@ bool engine::poll() noexcept {
       ++received_;
       did = true;
       if (tag == tag_image) {
-        start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
+        start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count), true);
       } else {
         on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
       }
@@ -170,7 +170,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
       }
       case record::image:
         ISO_ASSERT(reinterpret_cast<std::uintptr_t>(rec) % alignof(image_header) == 0);
-        start_arrival(source, rec, head[1]);
+        start_arrival(source, rec, head[1], false);
         break;
       case record::rank:
         combiner_.deliver(rec, head[1]);

@@ -74,7 +74,8 @@ void append_inline_data(sys_vector<unsigned char>& image) {
   }
 }
 
-const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout) {
+const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout,
+                                          bool allow_split) {
   if (buffer == nullptr || bytes < sizeof(image_header)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes is too short for a header", bytes);
   }
@@ -89,8 +90,10 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
           h.inline_data == 1 ? " and their inline data" : "");
   }
   if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
-  // The table is intact: what it says travels inline must be exactly what follows it.
-  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || bytes != table_end + n) {
+  // The table is intact: what it says travels inline must be exactly what follows it (or its
+  // first part, in the first piece of a split image).
+  const bool first_piece = allow_split && split_image(h) && bytes == eager_piece_bytes;
+  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || (bytes != table_end + n && !first_piece)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents and their inline data", bytes,
           h.nextents);
   }

@@ -36,7 +36,7 @@ void engine::depart(tcb* t) noexcept {
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
-    if (hp->inline_data == 1 && inline_bytes(*hp) == hp->data_bytes) {
+    if (hp->inline_data == 1 && inline_bytes(*hp) == hp->data_bytes && !split_image(*hp)) {
       const image_header& h = *hp;
       // Small: header and extents are copied into the batch to dest, each once, so this rank's
       // copy can go at once.
@@ -50,7 +50,7 @@ void engine::depart(tcb* t) noexcept {
       released(h, dest, t->epoch, start_ns, steal);
       return;
     }
-    append_inline_data(image);  // the small extents ride with the header
+    append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
     // Moving `image` into the departure keeps its buffer, so h stays valid.
     const image_header& h = *reinterpret_cast<const image_header*>(image.data());
     departure& d = departures_.emplace_back();
@@ -62,22 +62,23 @@ void engine::depart(tcb* t) noexcept {
     d.start_ns = start_ns;
     d.steal = steal;
     d.header = std::move(image);
-    d.requests.emplace_back();
-    // fatal() names the running thread; the one shipped is named here.
-    const std::string what = format("MPI_Isend of thread %s", id.to_string().c_str());
-    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
-                       return MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image,
-                                        comm_, &d.requests.back());
-                     }),
-                     what.c_str(), dest);
-    ++images_sent_;
-    for_each_piece(h, [&](void* addr, int bytes) {
+    auto send = [&](void* addr, std::size_t bytes, int tag) {
       d.requests.emplace_back();
-      check_mpi_or_die(mpi_call("MPI_Isend", [&] {
-                         return MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back());
-                       }),
-                       what.c_str(), dest);
-    });
+      const int rc = mpi_call("MPI_Isend", [&] {
+        return MPI_Isend(addr, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &d.requests.back());
+      });
+      // fatal() names the running thread; the one shipped is named here.
+      if (rc != MPI_SUCCESS) check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
+    };
+    const bool split = split_image(h);
+    stats_.split += split ? 1 : 0;
+    const std::size_t first = split ? eager_piece_bytes : d.header.size();
+    send(d.header.data(), first, tag_image);
+    ++images_sent_;
+    auto send_piece = [&](void* addr, int bytes) { send(addr, static_cast<std::size_t>(bytes), tag_image_data); };
+    // The rest of a split header message first: the receiver posts its receive first.
+    if (split) send_piece(d.header.data() + first, static_cast<int>(d.header.size() - first));
+    for_each_piece(h, send_piece);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
   }
@@ -121,10 +122,10 @@ void engine::released(const image_header& h, int dest, std::uint32_t epoch, std:
   departures::get().sent(h.thread, now);
 }
 
-void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes) noexcept {
+void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes, bool allow_split) noexcept {
   const image_header* h = nullptr;
   try {
-    h = &validate_image_header(buffer, bytes, layout_);
+    h = &validate_image_header(buffer, bytes, layout_, allow_split);
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
   }
@@ -139,16 +140,12 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   for (std::uint32_t i = 0; i < h->nextents; ++i) {
     guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
   }
-  // The small extents carried their bytes along: put them in place.
-  const unsigned char* data = image_inline_data(*h);
-  const image_extent* e = image_extents(*h);
-  for (std::uint32_t i = 0; i < h->nextents; ++i) {
-    if (!travels_inline(*h, e[i])) continue;
-    std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
-    data += e[i].bytes;
-  }
-  if (inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
-    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}};
+  // The first piece of a split image (validated as such): its inline data is whole once the
+  // second piece is in.
+  const bool split = bytes < packed_bytes(*h);
+  if (!split) place_inline_data(*h);
+  if (!split && inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}, {}};
     finish_arrival(a);
     return;
   }
@@ -158,20 +155,49 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
-    const std::string what = format("MPI_Irecv of thread %s", id_text(h->thread).c_str());
-    for_each_piece(*h, [&](void* addr, int bytes) {
+    auto receive = [&](void* addr, int n) {
       a.requests.emplace_back();
-      check_mpi_or_die(mpi_call("MPI_Irecv", [&] {
-                         return MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
-                       }),
-                       what.c_str(), source);
-    });
+      const int rc = mpi_call("MPI_Irecv", [&] {
+        return MPI_Irecv(addr, n, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+      });
+      if (rc != MPI_SUCCESS) {
+        check_mpi_or_die(rc, format("MPI_Irecv of thread %s", id_text(h->thread).c_str()).c_str(), source);
+      }
+    };
+    if (split) {
+      a.image.resize(packed_bytes(*h));
+      std::memcpy(a.image.data(), buffer, bytes);
+      receive(a.image.data() + bytes, static_cast<int>(a.image.size() - bytes));
+    }
+    for_each_piece(*h, receive);
+    // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
+    int done = 0;
+    check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                       return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
+                                          MPI_STATUSES_IGNORE);
+                     }),
+                     "MPI_Testall", source);
+    if (done) {
+      finish_arrival(a);
+      arrivals_.pop_back();
+    }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
   }
 }
 
+void engine::place_inline_data(const image_header& h) noexcept {
+  const unsigned char* data = image_inline_data(h);
+  const image_extent* e = image_extents(h);
+  for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    if (!travels_inline(h, e[i])) continue;
+    std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
+    data += e[i].bytes;
+  }
+}
+
 void engine::finish_arrival(arrival& a) noexcept {
+  if (!a.image.empty()) place_inline_data(*reinterpret_cast<const image_header*>(a.image.data()));
   tcb* t = a.thread;
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));

@@ -43,6 +43,37 @@ struct gnode {
   gnode* other;  // a chord across it
 };
 
+// Heap buffers of 1 KiB to 9 KiB: their images go as one batched record (at most one eager MPI
+// message), split in two eager pieces, and batched again above two (image.hpp, split_image); each
+// must arrive whole, hop after hop, on every rank.
+TEST(Migration, ImagesOneOrTwoEagerPiecesLongArriveWhole) {
+  const auto before = iso::detail::engine::current()->stats();
+  for (std::size_t bytes = 1024; bytes <= 9216; bytes += 520) {
+    iso::spawn([bytes] {
+      const int n = iso::size();
+      auto* p = static_cast<unsigned char*>(std::malloc(bytes));
+      ASSERT_NE(p, nullptr);
+      for (std::size_t i = 0; i < bytes; ++i) p[i] = static_cast<unsigned char>(i * 7 + bytes);
+      unsigned char on_stack[200];
+      for (std::size_t i = 0; i < sizeof on_stack; ++i) on_stack[i] = static_cast<unsigned char>(i ^ bytes);
+      for (int hop = 1; hop <= 2 * n; ++hop) {
+        iso::this_thread::migrate_to((iso::rank() + 1) % n);
+        for (std::size_t i = 0; i < bytes; ++i) {
+          ASSERT_EQ(p[i], static_cast<unsigned char>(i * 7 + bytes)) << "byte " << i << " of " << bytes << " on rank " << iso::rank();
+        }
+        for (std::size_t i = 0; i < sizeof on_stack; ++i) ASSERT_EQ(on_stack[i], static_cast<unsigned char>(i ^ bytes));
+      }
+      std::free(p);
+    });
+  }
+  rt->run();
+  const auto after = iso::detail::engine::current()->stats();
+  // Some of each rank's departures went split, and some did not.
+  const std::uint64_t departures = after.departures - before.departures, split = after.split - before.split;
+  EXPECT_GT(split, 0u);
+  EXPECT_LT(split, departures);
+}
+
 TEST(Migration, ContainersPointerGraphsAndStackSurviveEveryRank) {
   iso::spawn([] {
     const int n = iso::size();
