@@ -298,6 +298,11 @@ class engine {
 
   batcher batches_;
   sys_vector<unsigned char> received_buffer_;  // poll()'s receives, reused (only grows)
+  // A thread arrived ready to run in this poll's receives (finish_arrival): poll() receives no
+  // more, and the next poll probes first the tag this one did not reach, so that arrivals delay
+  // neither tag by more than a poll.
+  bool ready_arrival_ = false;
+  int probe_first_ = tag_image;
   directory directory_;
   rank_combiner combiner_;
   std::list<departure, sys_allocator<departure>> departures_;

@@ -108,7 +108,10 @@ bool engine::poll() noexcept {
                  [this](arrival& a) { finish_arrival(a); }) || did;
   // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
   if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
-  for (int tag : {tag_image, tag_data}) {
+  ready_arrival_ = false;
+  const int first = probe_first_;
+  probe_first_ = tag_image;
+  for (int tag : {first, first == tag_image ? tag_data : tag_image}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;
       MPI_Status st;
@@ -136,6 +139,12 @@ bool engine::poll() noexcept {
         start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count), true);
       } else {
         on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
+      }
+      // The thread runs before the rest is received: two probes less between its arrival and
+      // its run (a migration's latency), the rest waiting for the next poll.
+      if (ready_arrival_) {
+        probe_first_ = tag == tag_image ? tag_data : tag_image;
+        return true;
       }
     }
   }

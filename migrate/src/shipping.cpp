@@ -221,6 +221,7 @@ void engine::finish_arrival(arrival& a) noexcept {
   }
   if (t->state == thread_state::blocked && t->wait == wait_reason::recv && has_ready_message(t)) sched_.wake(t);
   release_held(id.bits());
+  ready_arrival_ = ready_arrival_ || t->state == thread_state::ready;
 }
 
 void engine::release_held(std::uint64_t id) noexcept {
