@@ -215,7 +215,9 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
     release_heap(h);
     throw;
   }
-  tcb* t = new (h->reserved()) tcb();
+  // Default-initialised, not value-initialised: every field has its initialiser, and the inline
+  // body's bytes (written by the spawn that follows, if used) are not zeroed first.
+  tcb* t = new (h->reserved()) tcb;
   t->id = thread_id(rank_, next_serial_++);
   t->home_heap = h;
   t->suspended_heap = h;
