@@ -39,7 +39,9 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
-  sys_vector<unsigned char> buffer(table_end);
+  sys_vector<unsigned char> buffer;
+  buffer.reserve(table_end + (inline_data ? small_bytes : 0));  // append_inline_data needs no reallocation
+  buffer.resize(table_end);
   image_header h{};
   h.magic = image_magic;
   h.version = image_version;

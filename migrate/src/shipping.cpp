@@ -24,10 +24,10 @@ void engine::depart(tcb* t) noexcept {
   const bool steal = t->stolen;  // read now: the TCB is not read once shipped
   t->pending_dest = -1;
   sched_.detach(t);
-  ++t->epoch;
+  const std::uint32_t epoch = ++t->epoch;
   const thread_id id = t->id;
+  const stack_run stack = t->stack;
   try {
-    directory_.departed(id.bits(), dest, t->epoch);
     const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
     // Before the image is built: from now on this rank refuses frees of the thread's memory.
     departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
@@ -47,38 +47,43 @@ void engine::depart(tcb* t) noexcept {
         pieces.push_back({reinterpret_cast<const void*>(image_extents(h)[i].addr), image_extents(h)[i].bytes});
       }
       post_record(dest, record::image, pieces.data(), pieces.size());
-      released(h, dest, t->epoch, start_ns, steal);
+      directory_.departed(id.bits(), dest, epoch);
+      released(h, dest, epoch, start_ns, steal);
       return;
     }
     append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
     // Moving `image` into the departure keeps its buffer, so h stays valid.
     const image_header& h = *reinterpret_cast<const image_header*>(image.data());
-    departure& d = departures_.emplace_back();
-    d.dest = dest;
-    d.epoch = t->epoch;
-    d.stack = t->stack;
-    // Only a departure still in flight needs its runs (settle finds what it still sends).
-    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { d.runs.emplace_back(run, chunks); });
-    d.start_ns = start_ns;
-    d.steal = steal;
-    d.header = std::move(image);
-    auto send = [&](void* addr, std::size_t bytes, int tag) {
-      d.requests.emplace_back();
+    sys_vector<MPI_Request> requests;
+    requests.reserve(h.nextents + 2);  // the header message, the rest of a split one, about a piece an extent
+    auto send = [&](const void* addr, std::size_t bytes, int tag) {
+      requests.emplace_back();
       const int rc = mpi_call("MPI_Isend", [&] {
-        return MPI_Isend(addr, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &d.requests.back());
+        return MPI_Isend(addr, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &requests.back());
       });
       // fatal() names the running thread; the one shipped is named here.
       if (rc != MPI_SUCCESS) check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
     };
     const bool split = split_image(h);
     stats_.split += split ? 1 : 0;
-    const std::size_t first = split ? eager_piece_bytes : d.header.size();
-    send(d.header.data(), first, tag_image);
+    const std::size_t first = split ? eager_piece_bytes : image.size();
+    send(image.data(), first, tag_image);
     ++images_sent_;
-    auto send_piece = [&](void* addr, int bytes) { send(addr, static_cast<std::size_t>(bytes), tag_image_data); };
     // The rest of a split header message first: the receiver posts its receive first.
-    if (split) send_piece(d.header.data() + first, static_cast<int>(d.header.size() - first));
-    for_each_piece(h, send_piece);
+    if (split) send(image.data() + first, image.size() - first, tag_image_data);
+    for_each_piece(h, [&](void* addr, int bytes) { send(addr, static_cast<std::size_t>(bytes), tag_image_data); });
+    // The rest once the image is on its way (MPI only reads what it sends, and so does this).
+    departure& d = departures_.emplace_back();
+    d.dest = dest;
+    d.epoch = epoch;
+    d.stack = stack;
+    // Only a departure still in flight needs its runs (settle finds what it still sends).
+    t->home_heap->for_each_run([&](void* run, std::size_t chunks) { d.runs.emplace_back(run, chunks); });
+    d.start_ns = start_ns;
+    d.steal = steal;
+    d.header = std::move(image);
+    d.requests = std::move(requests);
+    directory_.departed(id.bits(), dest, epoch);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
   }
@@ -155,6 +160,7 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
+    a.requests.reserve(h->nextents + 1);
     auto receive = [&](void* addr, int n) {
       a.requests.emplace_back();
       const int rc = mpi_call("MPI_Irecv", [&] {
