@@ -302,6 +302,15 @@ class engine {
   // more, and the next poll probes first the tag this one did not reach, so that arrivals delay
   // neither tag by more than a poll.
   bool ready_arrival_ = false;
+  // The buffer of a departed image or of an arrived split one, kept for the next (a migration's
+  // path then allocates no image buffer); at most max_spare_image_bytes of capacity.
+  sys_vector<unsigned char> spare_image_;
+  static constexpr std::size_t max_spare_image_bytes = std::size_t{64} << 10;
+  void recycle_image(sys_vector<unsigned char>&& buffer) noexcept {
+    if (buffer.capacity() <= max_spare_image_bytes && buffer.capacity() > spare_image_.capacity()) {
+      spare_image_ = std::move(buffer);
+    }
+  }
   int probe_first_ = tag_image;
   directory directory_;
   rank_combiner combiner_;

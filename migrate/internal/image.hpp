@@ -63,9 +63,11 @@ struct image_header {
 // The header and extent table of t's image. With `allow_inline`, and if its small extents hold at
 // most inline_image_bytes, the header says that their bytes follow the table in the same message
 // (inline_data): the caller appends them (append_inline_data, or straight into a batch). Empty
-// pages of t's heap forget their free lists first (heap::drop_empty_pages). pre: t is suspended
-// and detached from the scheduler.
-sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false);
+// pages of t's heap forget their free lists first (heap::drop_empty_pages). `buffer`: storage to
+// reuse (its contents are dropped, its capacity kept). pre: t is suspended and detached from the
+// scheduler.
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false,
+                                             sys_vector<unsigned char> buffer = {});
 // Appends to `image` (build_image_header's) the bytes of its extents that travel inline.
 void append_inline_data(sys_vector<unsigned char>& image);
 

@@ -17,7 +17,8 @@ std::uint64_t header_checksum(const image_header& h) {
   return checksum64(image_extents(h), h.nextents * sizeof(image_extent), seed);
 }
 
-sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline,
+                                             sys_vector<unsigned char> buffer) {
   constexpr std::uintptr_t line = 64;  // the copies start on a cache line
   sys_vector<image_extent> extents;
   // Everything live on the stack is above the saved stack pointer.
@@ -39,7 +40,7 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
-  sys_vector<unsigned char> buffer;
+  buffer.clear();
   buffer.reserve(table_end + (inline_data ? small_bytes : 0));  // append_inline_data needs no reallocation
   buffer.resize(table_end);
   image_header h{};

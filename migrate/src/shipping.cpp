@@ -32,7 +32,7 @@ void engine::depart(tcb* t) noexcept {
     // Before the image is built: from now on this rank refuses frees of the thread's memory.
     departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
                             id.to_string().c_str());
-    sys_vector<unsigned char> image = build_image_header(t, layout_, true);
+    sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_));
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
@@ -49,6 +49,7 @@ void engine::depart(tcb* t) noexcept {
       post_record(dest, record::image, pieces.data(), pieces.size());
       directory_.departed(id.bits(), dest, epoch);
       released(h, dest, epoch, start_ns, steal);
+      recycle_image(std::move(image));
       return;
     }
     append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
@@ -115,6 +116,7 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
 
 void engine::finish_departure(departure& d) noexcept {
   released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
+  recycle_image(std::move(d.header));
 }
 
 void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept {
@@ -171,8 +173,9 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
       }
     };
     if (split) {
+      a.image = std::move(spare_image_);
+      a.image.assign(buffer, buffer + bytes);
       a.image.resize(packed_bytes(*h));
-      std::memcpy(a.image.data(), buffer, bytes);
       receive(a.image.data() + bytes, static_cast<int>(a.image.size() - bytes));
     }
     for_each_piece(*h, receive);
@@ -203,7 +206,10 @@ void engine::place_inline_data(const image_header& h) noexcept {
 }
 
 void engine::finish_arrival(arrival& a) noexcept {
-  if (!a.image.empty()) place_inline_data(*reinterpret_cast<const image_header*>(a.image.data()));
+  if (!a.image.empty()) {
+    place_inline_data(*reinterpret_cast<const image_header*>(a.image.data()));
+    recycle_image(std::move(a.image));
+  }
   tcb* t = a.thread;
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
