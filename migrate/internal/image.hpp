@@ -104,8 +104,9 @@ inline std::uint64_t packed_bytes(const image_header& h) {
 // is more than one eager message and at most two, and the first piece holds header and table.
 inline bool split_image(const image_header& h) {
   const std::uint64_t packed = packed_bytes(h);
+  const std::uint64_t table_end = sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent);
   return h.inline_data == 1 && inline_bytes(h) == h.data_bytes && packed > eager_piece_bytes &&
-         packed <= split_image_bytes && sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent) <= eager_piece_bytes;
+         packed <= split_image_bytes && table_end <= eager_piece_bytes;
 }
 // The inline data of a validated header, in extent order.
 inline const unsigned char* image_inline_data(const image_header& h) {

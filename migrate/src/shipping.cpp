@@ -63,7 +63,9 @@ void engine::depart(tcb* t) noexcept {
         return MPI_Isend(addr, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &requests.back());
       });
       // fatal() names the running thread; the one shipped is named here.
-      if (rc != MPI_SUCCESS) check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
+      if (rc != MPI_SUCCESS) {
+        check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
+      }
     };
     const bool split = split_image(h);
     stats_.split += split ? 1 : 0;

@@ -59,7 +59,8 @@ TEST(Migration, ImagesOneOrTwoEagerPiecesLongArriveWhole) {
       for (int hop = 1; hop <= 2 * n; ++hop) {
         iso::this_thread::migrate_to((iso::rank() + 1) % n);
         for (std::size_t i = 0; i < bytes; ++i) {
-          ASSERT_EQ(p[i], static_cast<unsigned char>(i * 7 + bytes)) << "byte " << i << " of " << bytes << " on rank " << iso::rank();
+          ASSERT_EQ(p[i], static_cast<unsigned char>(i * 7 + bytes))
+              << "byte " << i << " of " << bytes << " on rank " << iso::rank();
         }
         for (std::size_t i = 0; i < sizeof on_stack; ++i) ASSERT_EQ(on_stack[i], static_cast<unsigned char>(i ^ bytes));
       }

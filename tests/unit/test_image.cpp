@@ -208,7 +208,8 @@ TEST(Image, OnlyTheExactFirstPieceOfASplitImageIsAcceptedAlone) {
         EXPECT_EQ(rejection(first, true), "");
         for (const std::size_t n : {eager_piece_bytes - 1, eager_piece_bytes + 1}) {
           const sys_vector<unsigned char> other(packed.begin(), packed.begin() + static_cast<std::ptrdiff_t>(n));
-          EXPECT_NE(rejection(other, true).find("inline data"), std::string::npos) << n << " bytes: " << rejection(other, true);
+          EXPECT_NE(rejection(other, true).find("inline data"), std::string::npos)
+              << n << " bytes: " << rejection(other, true);
         }
       },
       3 << 10);
