@@ -109,6 +109,9 @@ bool engine::poll() noexcept {
   // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
   if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
   ready_arrival_ = false;
+  // Only a rank with nothing to run stops receiving for an arrival: one with threads ready runs
+  // those first anyway, and stopping would take a poll per arriving thread of a burst.
+  const bool nothing_ready = !sched_.policy().has_ready_threads();
   const int first = probe_first_;
   probe_first_ = tag_image;
   for (int tag : {first, first == tag_image ? tag_data : tag_image}) {
@@ -142,7 +145,7 @@ bool engine::poll() noexcept {
       }
       // The thread runs before the rest is received: two probes less between its arrival and
       // its run (a migration's latency), the rest waiting for the next poll.
-      if (ready_arrival_) {
+      if (ready_arrival_ && nothing_ready) {
         probe_first_ = tag == tag_image ? tag_data : tag_image;
         return true;
       }
