@@ -215,8 +215,11 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
     release_heap(h);
     throw;
   }
-  // Default-initialised, not value-initialised: every field has its initialiser, and the inline
-  // body's bytes (written by the spawn that follows, if used) are not zeroed first.
+  // Default-initialised, not value-initialised: every field has its initialiser (tcb.hpp), and the
+  // inline body's bytes (written by the spawn that follows, if used) are not zeroed first.
+#if ISO_DEBUG_LEVEL >= 2
+  std::memset(h->reserved(), 0xD5, sizeof(tcb));  // a field left without an initialiser shows
+#endif
   tcb* t = new (h->reserved()) tcb;
   t->id = thread_id(rank_, next_serial_++);
   t->home_heap = h;
