@@ -100,14 +100,22 @@ inline std::uint64_t inline_bytes(const image_header& h) {
 inline std::uint64_t packed_bytes(const image_header& h) {
   return sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent) + inline_bytes(h);
 }
-// Whether h's header message is split in two eager pieces: every extent travels inline, the whole
-// is more than one eager message and at most two, and the first piece holds header and table.
-inline bool split_image(const image_header& h) {
-  const std::uint64_t packed = packed_bytes(h);
-  const std::uint64_t table_end = sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent);
-  return h.inline_data == 1 && inline_bytes(h) == h.data_bytes && packed > eager_piece_bytes &&
-         packed <= split_image_bytes && table_end <= eager_piece_bytes;
+// Whether an image whose every extent travels inline, its header and table `table_end` bytes and
+// its inline data `inline_n`, has its header message split in two eager pieces: the whole is more
+// than one eager message and at most two, and the first piece holds header and table.
+inline bool split_sizes(std::uint64_t table_end, std::uint64_t inline_n) {
+  const std::uint64_t packed = table_end + inline_n;
+  return packed > eager_piece_bytes && packed <= split_image_bytes && table_end <= eager_piece_bytes;
 }
+// Whether every extent of h travels inline (inline_data, and none is direct).
+inline bool all_inline(const image_header& h) { return h.inline_data == 1 && inline_bytes(h) == h.data_bytes; }
+// Whether h's header message is split in two eager pieces (split_sizes).
+inline bool split_image(const image_header& h) {
+  return all_inline(h) && split_sizes(sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent), inline_bytes(h));
+}
+// Whether h travels as one record of the batched stream to its destination, not as a header
+// message: every extent travels inline and it is not split.
+inline bool batched_image(const image_header& h) { return all_inline(h) && !split_image(h); }
 // The inline data of a validated header, in extent order.
 inline const unsigned char* image_inline_data(const image_header& h) {
   return reinterpret_cast<const unsigned char*>(image_extents(h) + h.nextents);

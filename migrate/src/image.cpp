@@ -40,8 +40,12 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
+  // A header message carries its inline data after the table (append_inline_data, then without a
+  // reallocation); a batched image's bytes are copied from their addresses into the batch, so its
+  // buffer holds only header and table.
+  const bool batched = inline_data && small_bytes == data_bytes && !split_sizes(table_end, small_bytes);
   buffer.clear();
-  buffer.reserve(table_end + (inline_data ? small_bytes : 0));  // append_inline_data needs no reallocation
+  buffer.reserve(table_end + (inline_data && !batched ? small_bytes : 0));
   buffer.resize(table_end);
   image_header h{};
   h.magic = image_magic;

@@ -36,7 +36,7 @@ void engine::depart(tcb* t) noexcept {
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
-    if (hp->inline_data == 1 && inline_bytes(*hp) == hp->data_bytes && !split_image(*hp)) {
+    if (batched_image(*hp)) {
       const image_header& h = *hp;
       // Small: header and extents are copied into the batch to dest, each once, so this rank's
       // copy can go at once.
