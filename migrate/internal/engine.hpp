@@ -177,6 +177,8 @@ class engine {
     std::uint64_t arrivals = 0;         // threads received
     std::uint64_t bytes_out = 0;        // image bytes shipped
     std::uint64_t split = 0;            // departures shipped as a split image (image.hpp)
+    std::uint64_t split_later = 0;      // split arrivals not whole at their header message (a
+                                        // later poll finished them)
     std::uint64_t forwarded = 0;        // messages forwarded to a newer location
     std::uint64_t dropped = 0;          // messages to finished or unknown threads
   };

@@ -4,6 +4,7 @@
 
 #include "diag.hpp"
 #include "engine.hpp"
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
 #include "ownership.hpp"
@@ -159,7 +160,8 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     return;
   }
   try {
-    arrival& a = arrivals_.emplace_back();
+    const auto it = arrivals_.emplace(arrivals_.end());
+    arrival& a = *it;
     a.source = source;
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
@@ -182,15 +184,20 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     }
     for_each_piece(*h, receive);
     // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
+    // (Fault point arrival.later: as if they were not, so that a later poll finishes it.)
     int done = 0;
-    check_mpi_or_die(mpi_call("MPI_Testall", [&] {
-                       return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
-                                          MPI_STATUSES_IGNORE);
-                     }),
-                     "MPI_Testall", source);
+    if (!fault::hit("arrival.later")) {
+      check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                         return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
+                                            MPI_STATUSES_IGNORE);
+                       }),
+                       "MPI_Testall", source);
+    }
     if (done) {
       finish_arrival(a);
-      arrivals_.pop_back();
+      arrivals_.erase(it);
+    } else if (split) {
+      ++stats_.split_later;
     }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
