@@ -187,8 +187,10 @@ class engine {
  private:
   // MPI tags on the engine's private communicator.
   static constexpr int tag_data = 1;        // a batch of records (post_record)
-  static constexpr int tag_image = 3;       // image header + extent table
-  static constexpr int tag_image_data = 4;  // extent pieces, in extent order; never probed for
+  static constexpr int tag_image = 3;       // header message: header, extent table, inline data
+                                            // (of a split image, its first eager_piece_bytes)
+  // The rest of a split header message, then extent pieces, in extent order; never probed for.
+  static constexpr int tag_image_data = 4;
   static constexpr std::uint32_t batch_window = 4;
   static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
@@ -201,7 +203,8 @@ class engine {
     std::int64_t start_ns;              // when it left (tracing)
     bool steal;                         // a thief took it
     sys_vector<MPI_Request> requests;
-    sys_vector<unsigned char> header;   // header, extent table and inline data (the first Isend)
+    sys_vector<unsigned char> header;   // header, extent table and inline data (what the
+                                        // header message's one or two Isends read)
   };
   struct arrival {                      // a thread being received straight into its addresses
     int source;
@@ -220,7 +223,8 @@ class engine {
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
   void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
-  // A header message, or an image record of a batch (read in place: nothing of it is kept).
+  // A header message, or an image record of a batch (read in place: nothing of it is kept,
+  // except the first piece of a split image, copied into its arrival's image).
   // allow_split: `header` came as a header message, so it may be the first piece of a split image.
   void start_arrival(int source, const unsigned char* header, std::size_t bytes, bool allow_split) noexcept;
   // Copies the bytes of h's extents that travel inline to their addresses.

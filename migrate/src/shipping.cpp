@@ -22,7 +22,7 @@ void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
 
 void engine::depart(tcb* t) noexcept {
   const int dest = t->pending_dest;
-  const bool steal = t->stolen;  // read now: the TCB is not read once shipped
+  const bool steal = t->stolen;  // read now: the TCB is not read once depart returns
   t->pending_dest = -1;
   sched_.detach(t);
   const std::uint32_t epoch = ++t->epoch;
@@ -54,7 +54,8 @@ void engine::depart(tcb* t) noexcept {
       return;
     }
     append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
-    // Moving `image` into the departure keeps its buffer, so h stays valid.
+    // Moving `image` into the departure keeps its buffer, so h stays valid and the buffer the
+    // header message's Isends read lives until the departure is finished.
     const image_header& h = *reinterpret_cast<const image_header*>(image.data());
     sys_vector<MPI_Request> requests;
     requests.reserve(h.nextents + 2);  // the header message, the rest of a split one, about a piece an extent
