@@ -38,6 +38,13 @@ inline constexpr std::size_t direct_extent_bytes = std::size_t{16} << 10;
 // larger takes a rendezvous: one way for a 6 KiB message about 2.8 us here, against 2.0-2.1 us for
 // it as two eager messages (4000 and 2300 bytes). Three eager messages cost about what one
 // rendezvous does, hence at most two pieces.
+// Right for ranks that talk through the shared-memory BTL (vader) only: tcp sends eagerly up to
+// 64 KiB (btl_tcp_eager_limit), so there a split image is two messages where one eager batched
+// record would do. Measured (a 4 KiB buffer's thread, 6192 image bytes; `mpirun -n 2 --mca btl
+// tcp,self bench_migration latency/4KiB`, Release, 2 cores at load 5): one way 48-91 us split
+// against 25-59 us with splitting off, three runs each (noisy). Splitting should follow the
+// transport (decided at start-up: every rank on one node and vader loaded, from MPI_T's
+// btl_vader_eager_limit).
 inline constexpr std::size_t eager_piece_bytes = 4032;
 inline constexpr std::size_t split_image_bytes = 2 * eager_piece_bytes;
 
