@@ -171,6 +171,8 @@ class engine {
   // completes the steal sends, so that no steal message outlives the run.
   void quiesce_steals() noexcept;
   int ranks() const noexcept { return size_; }
+  // Whether an image of split sizes going to `dest` is split (image.hpp, batched_image).
+  bool split_to(int dest) const noexcept { return same_node_[static_cast<std::size_t>(dest)] != 0; }
 
   struct stats_t {
     std::uint64_t departures = 0;       // threads shipped from this rank
@@ -297,6 +299,9 @@ class engine {
   int rank_;
   int size_;
   std::uint64_t layout_;
+  // Per rank: 1 if it is on this rank's node (ranks_on_this_node), the destinations for which a
+  // small image is split in two eager messages (image.hpp, eager_piece_bytes).
+  sys_vector<unsigned char> same_node_;
   std::uint64_t images_sent_ = 0;       // image headers sent on their own (for work_counters)
   std::uint64_t received_ = 0;          // batches and image headers received (for work_counters)
   stats_t stats_;

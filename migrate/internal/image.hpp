@@ -42,9 +42,10 @@ inline constexpr std::size_t direct_extent_bytes = std::size_t{16} << 10;
 // 64 KiB (btl_tcp_eager_limit), so there a split image is two messages where one eager batched
 // record would do. Measured (a 4 KiB buffer's thread, 6192 image bytes; `mpirun -n 2 --mca btl
 // tcp,self bench_migration latency/4KiB`, Release, 2 cores at load 5): one way 48-91 us split
-// against 25-59 us with splitting off, three runs each (noisy). Splitting should follow the
-// transport (decided at start-up: every rank on one node and vader loaded, from MPI_T's
-// btl_vader_eager_limit).
+// against 25-59 us with splitting off, three runs each (noisy). So images are split only for a
+// destination on the sender's node (engine::split_to: MPI_COMM_TYPE_SHARED), which Open MPI
+// reaches through shared memory unless told otherwise (`--mca btl tcp,self` on one node still
+// splits).
 inline constexpr std::size_t eager_piece_bytes = 4032;
 inline constexpr std::size_t split_image_bytes = 2 * eager_piece_bytes;
 
@@ -71,10 +72,11 @@ struct image_header {
 // most inline_image_bytes, the header says that their bytes follow the table in the same message
 // (inline_data): the caller appends them (append_inline_data, or straight into a batch). Empty
 // pages of t's heap forget their free lists first (heap::drop_empty_pages). `buffer`: storage to
-// reuse (its contents are dropped, its capacity kept). pre: t is suspended and detached from the
-// scheduler.
+// reuse (its contents are dropped, its capacity kept). `split`: an image of split sizes goes as a
+// split header message (batched_image), so the buffer has room for its inline data. pre: t is
+// suspended and detached from the scheduler.
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline = false,
-                                             sys_vector<unsigned char> buffer = {});
+                                             sys_vector<unsigned char> buffer = {}, bool split = false);
 // Appends to `image` (build_image_header's) the bytes of its extents that travel inline.
 void append_inline_data(sys_vector<unsigned char>& image);
 
@@ -121,8 +123,10 @@ inline bool split_image(const image_header& h) {
   return all_inline(h) && split_sizes(sizeof h + std::uint64_t{h.nextents} * sizeof(image_extent), inline_bytes(h));
 }
 // Whether h travels as one record of the batched stream to its destination, not as a header
-// message: every extent travels inline and it is not split.
-inline bool batched_image(const image_header& h) { return all_inline(h) && !split_image(h); }
+// message: every extent travels inline and it is not split (`split`: images of split sizes are
+// split for this destination, engine::split_to). The receiver needs no word of it: a header
+// message of all-inline extents is only ever the first piece of a split image.
+inline bool batched_image(const image_header& h, bool split) { return all_inline(h) && !(split && split_image(h)); }
 // The inline data of a validated header, in extent order.
 inline const unsigned char* image_inline_data(const image_header& h) {
   return reinterpret_cast<const unsigned char*>(image_extents(h) + h.nextents);

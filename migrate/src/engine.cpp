@@ -26,6 +26,7 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
       rank_(comm_.rank()),
       size_(comm_.size()),
       layout_(layout),
+      same_node_(ranks_on_this_node(comm_)),
       batches_(comm_, tag_data, size_, batch_window, batch_flush_bytes),
       directory_(rank_, size_) {
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");

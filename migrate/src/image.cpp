@@ -18,7 +18,7 @@ std::uint64_t header_checksum(const image_header& h) {
 }
 
 sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline,
-                                             sys_vector<unsigned char> buffer) {
+                                             sys_vector<unsigned char> buffer, bool split) {
   constexpr std::uintptr_t line = 64;  // the copies start on a cache line
   sys_vector<image_extent> extents;
   // Everything live on the stack is above the saved stack pointer.
@@ -43,7 +43,7 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   // A header message carries its inline data after the table (append_inline_data, then without a
   // reallocation); a batched image's bytes are copied from their addresses into the batch, so its
   // buffer holds only header and table.
-  const bool batched = inline_data && small_bytes == data_bytes && !split_sizes(table_end, small_bytes);
+  const bool batched = inline_data && small_bytes == data_bytes && !(split && split_sizes(table_end, small_bytes));
   buffer.clear();
   buffer.reserve(table_end + (inline_data && !batched ? small_bytes : 0));
   buffer.resize(table_end);

@@ -33,11 +33,12 @@ void engine::depart(tcb* t) noexcept {
     // Before the image is built: from now on this rank refuses frees of the thread's memory.
     departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
                             id.to_string().c_str());
-    sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_));
+    const bool split_here = split_to(dest);
+    sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
-    if (batched_image(*hp)) {
+    if (batched_image(*hp, split_here)) {
       const image_header& h = *hp;
       // Small: header and extents are copied into the batch to dest, each once, so this rank's
       // copy can go at once.
@@ -69,7 +70,7 @@ void engine::depart(tcb* t) noexcept {
         check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
       }
     };
-    const bool split = split_image(h);
+    const bool split = split_here && split_image(h);
     stats_.split += split ? 1 : 0;
     const std::size_t first = split ? eager_piece_bytes : image.size();
     send(image.data(), first, tag_image);
