@@ -47,6 +47,10 @@ int mpi_call(const char* call, F&& f) {
   return fault::hit(call) ? MPI_ERR_OTHER : f();
 }
 
+// Per rank of comm: 1 if it runs on the calling rank's node (shares memory with it:
+// MPI_COMM_TYPE_SHARED), else 0. Collective over comm; throws iso::error(mpi_failure).
+sys_vector<unsigned char> ranks_on_this_node(MPI_Comm comm);
+
 // A private duplicate of a communicator, owned. Each part of the runtime (migration, balancing,
 // termination, checkpoints, tracing, region returns) talks on its own, so that no message of one
 // can match a receive of another, or of the program's own MPI code. Errors on it are returned,

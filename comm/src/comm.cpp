@@ -63,6 +63,34 @@ private_comm::~private_comm() {
   if (MPI_Comm_free(&comm_) != MPI_SUCCESS) std::fprintf(stderr, "isothreads: MPI_Comm_free failed\n");
 }
 
+sys_vector<unsigned char> ranks_on_this_node(MPI_Comm comm) {
+  int size = 0;
+  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  MPI_Comm node = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  MPI_Group all = MPI_GROUP_NULL, local = MPI_GROUP_NULL;
+  int rc = MPI_Comm_group(comm, &all);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_group(node, &local);
+  int n = 0;
+  if (rc == MPI_SUCCESS) rc = MPI_Group_size(local, &n);
+  sys_vector<int> in_node(static_cast<std::size_t>(n)), in_comm(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) in_node[static_cast<std::size_t>(i)] = i;
+  if (rc == MPI_SUCCESS) rc = MPI_Group_translate_ranks(local, n, in_node.data(), all, in_comm.data());
+  // Freed whatever happened, then the first failure reported.
+  const int rc_local = local != MPI_GROUP_NULL ? MPI_Group_free(&local) : MPI_SUCCESS;
+  const int rc_all = all != MPI_GROUP_NULL ? MPI_Group_free(&all) : MPI_SUCCESS;
+  const int rc_node = MPI_Comm_free(&node);
+  check_mpi(rc, "MPI_Comm_group/MPI_Group_translate_ranks (ranks on this node)");
+  check_mpi(rc_local, "MPI_Group_free");
+  check_mpi(rc_all, "MPI_Group_free");
+  check_mpi(rc_node, "MPI_Comm_free");
+  sys_vector<unsigned char> same(static_cast<std::size_t>(size), 0);
+  for (int r : in_comm) {
+    if (r >= 0 && r < size) same[static_cast<std::size_t>(r)] = 1;
+  }
+  return same;
+}
+
 void gather_bytes(MPI_Comm comm, const void* mine, std::size_t bytes, int root, std::size_t piece_bytes,
                   sys_vector<std::uint64_t>& counts, sys_vector<unsigned char>& flat) {
   int size = 1, rank = 0;

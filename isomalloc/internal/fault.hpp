@@ -24,6 +24,9 @@
 //   collectives.take
 //       the system heap refuses a block for a rank's collectives (migrate/internal/combiner.hpp's
 //       block_cache::take throws std::bad_alloc)
+//   arrival.later
+//       an arrival's receives are not tested as its header message comes in (migrate/src/
+//       shipping.cpp, start_arrival), as if its pieces were not in yet: a later poll finishes it
 //   checkpoint-before-commit
 //       the process exits (status 3) after writing a checkpoint generation, before committing it
 // Any OS thread may pass through a point.

@@ -171,11 +171,16 @@ class engine {
   // completes the steal sends, so that no steal message outlives the run.
   void quiesce_steals() noexcept;
   int ranks() const noexcept { return size_; }
+  // Whether an image of split sizes going to `dest` is split (image.hpp, batched_image).
+  bool split_to(int dest) const noexcept { return same_node_[static_cast<std::size_t>(dest)] != 0; }
 
   struct stats_t {
     std::uint64_t departures = 0;       // threads shipped from this rank
     std::uint64_t arrivals = 0;         // threads received
     std::uint64_t bytes_out = 0;        // image bytes shipped
+    std::uint64_t split = 0;            // departures shipped as a split image (image.hpp)
+    std::uint64_t split_later = 0;      // split arrivals not whole at their header message (a
+                                        // later poll finished them)
     std::uint64_t forwarded = 0;        // messages forwarded to a newer location
     std::uint64_t dropped = 0;          // messages to finished or unknown threads
   };
@@ -184,8 +189,10 @@ class engine {
  private:
   // MPI tags on the engine's private communicator.
   static constexpr int tag_data = 1;        // a batch of records (post_record)
-  static constexpr int tag_image = 3;       // image header + extent table
-  static constexpr int tag_image_data = 4;  // extent pieces, in extent order; never probed for
+  static constexpr int tag_image = 3;       // header message: header, extent table, inline data
+                                            // (of a split image, its first eager_piece_bytes)
+  // The rest of a split header message, then extent pieces, in extent order; never probed for.
+  static constexpr int tag_image_data = 4;
   static constexpr std::uint32_t batch_window = 4;
   static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
@@ -198,7 +205,8 @@ class engine {
     std::int64_t start_ns;              // when it left (tracing)
     bool steal;                         // a thief took it
     sys_vector<MPI_Request> requests;
-    sys_vector<unsigned char> header;   // header, extent table and inline data (the first Isend)
+    sys_vector<unsigned char> header;   // header, extent table and inline data (what the
+                                        // header message's one or two Isends read)
   };
   struct arrival {                      // a thread being received straight into its addresses
     int source;
@@ -206,6 +214,8 @@ class engine {
     std::uint64_t bytes;                // its image's data bytes (tracing)
     bool guard_kept;                    // its stack's guard is still installed here (it came back)
     sys_vector<MPI_Request> requests;
+    sys_vector<unsigned char> image;    // a split image (image.hpp): header, table and inline data,
+                                        // placed once its second piece is in; else empty
   };
   // Memory [addr, addr+bytes) is about to be written by the arrival of `arriving` (its thread's id
   // bits): finish the departures still sending it, then settle kept memory (departures::settle).
@@ -215,8 +225,12 @@ class engine {
   void finish_departure(departure& d) noexcept;
   // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
   void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
-  // A header message, or an image record of a batch (read in place: nothing of it is kept).
-  void start_arrival(int source, const unsigned char* header, std::size_t bytes) noexcept;
+  // A header message, or an image record of a batch (read in place: nothing of it is kept,
+  // except the first piece of a split image, copied into its arrival's image).
+  // allow_split: `header` came as a header message, so it may be the first piece of a split image.
+  void start_arrival(int source, const unsigned char* header, std::size_t bytes, bool allow_split) noexcept;
+  // Copies the bytes of h's extents that travel inline to their addresses.
+  static void place_inline_data(const image_header& h) noexcept;
   void finish_arrival(arrival& a) noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
   void release_held(std::uint64_t id) noexcept;
@@ -285,6 +299,9 @@ class engine {
   int rank_;
   int size_;
   std::uint64_t layout_;
+  // Per rank: 1 if it is on this rank's node (ranks_on_this_node), the destinations for which a
+  // small image is split in two eager messages (image.hpp, eager_piece_bytes).
+  sys_vector<unsigned char> same_node_;
   std::uint64_t images_sent_ = 0;       // image headers sent on their own (for work_counters)
   std::uint64_t received_ = 0;          // batches and image headers received (for work_counters)
   stats_t stats_;
@@ -292,6 +309,21 @@ class engine {
 
   batcher batches_;
   sys_vector<unsigned char> received_buffer_;  // poll()'s receives, reused (only grows)
+  // A thread arrived ready to run in this poll's receives (finish_arrival): if none was ready
+  // when the poll began, poll() receives no more, and the next poll probes first the other tag
+  // than the one it stopped on (so the tags alternate), so that arrivals delay neither tag by
+  // more than a poll.
+  bool ready_arrival_ = false;
+  // The buffer of a departed image or of an arrived split one, kept for the next (a migration's
+  // path then allocates no image buffer); at most max_spare_image_bytes of capacity.
+  sys_vector<unsigned char> spare_image_;
+  static constexpr std::size_t max_spare_image_bytes = std::size_t{64} << 10;
+  void recycle_image(sys_vector<unsigned char>&& buffer) noexcept {
+    if (buffer.capacity() <= max_spare_image_bytes && buffer.capacity() > spare_image_.capacity()) {
+      spare_image_ = std::move(buffer);
+    }
+  }
+  int probe_first_ = tag_image;
   directory directory_;
   rank_combiner combiner_;
   std::list<departure, sys_allocator<departure>> departures_;

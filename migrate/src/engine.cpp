@@ -26,6 +26,7 @@ engine::engine(MPI_Comm comm, scheduler& s, std::uint64_t layout)
       rank_(comm_.rank()),
       size_(comm_.size()),
       layout_(layout),
+      same_node_(ranks_on_this_node(comm_)),
       batches_(comm_, tag_data, size_, batch_window, batch_flush_bytes),
       directory_(rank_, size_) {
   if (g_engine != nullptr) raise(errc::invalid_argument, "a migration engine already exists in this process");
@@ -108,7 +109,13 @@ bool engine::poll() noexcept {
                  [this](arrival& a) { finish_arrival(a); }) || did;
   // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
   if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
-  for (int tag : {tag_image, tag_data}) {
+  ready_arrival_ = false;
+  // Only a rank with nothing to run stops receiving for an arrival: one with threads ready runs
+  // those first anyway, and stopping would take a poll per arriving thread of a burst.
+  const bool nothing_ready = !sched_.policy().has_ready_threads();
+  const int first = probe_first_;
+  probe_first_ = tag_image;
+  for (int tag : {first, first == tag_image ? tag_data : tag_image}) {
     for (int n = 0; n < max_receives_per_poll; ++n) {
       int flag = 0;
       MPI_Status st;
@@ -133,9 +140,15 @@ bool engine::poll() noexcept {
       ++received_;
       did = true;
       if (tag == tag_image) {
-        start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
+        start_arrival(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count), true);
       } else {
         on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
+      }
+      // The thread runs before the rest is received: two probes less between its arrival and
+      // its run (a migration's latency), the rest waiting for the next poll.
+      if (ready_arrival_ && nothing_ready) {
+        probe_first_ = tag == tag_image ? tag_data : tag_image;
+        return true;
       }
     }
   }
@@ -170,7 +183,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
       }
       case record::image:
         ISO_ASSERT(reinterpret_cast<std::uintptr_t>(rec) % alignof(image_header) == 0);
-        start_arrival(source, rec, head[1]);
+        start_arrival(source, rec, head[1], false);
         break;
       case record::rank:
         combiner_.deliver(rec, head[1]);

@@ -17,7 +17,8 @@ std::uint64_t header_checksum(const image_header& h) {
   return checksum64(image_extents(h), h.nextents * sizeof(image_extent), seed);
 }
 
-sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline) {
+sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool allow_inline,
+                                             sys_vector<unsigned char> buffer, bool split) {
   constexpr std::uintptr_t line = 64;  // the copies start on a cache line
   sys_vector<image_extent> extents;
   // Everything live on the stack is above the saved stack pointer.
@@ -39,7 +40,13 @@ sys_vector<unsigned char> build_image_header(tcb* t, std::uint64_t layout, bool 
   }
   const bool inline_data = allow_inline && small_bytes <= inline_image_bytes;
   const std::size_t table_end = sizeof(image_header) + extents.size() * sizeof(image_extent);
-  sys_vector<unsigned char> buffer(table_end);
+  // A header message carries its inline data after the table (append_inline_data, then without a
+  // reallocation); a batched image's bytes are copied from their addresses into the batch, so its
+  // buffer holds only header and table.
+  const bool batched = inline_data && small_bytes == data_bytes && !(split && split_sizes(table_end, small_bytes));
+  buffer.clear();
+  buffer.reserve(table_end + (inline_data && !batched ? small_bytes : 0));
+  buffer.resize(table_end);
   image_header h{};
   h.magic = image_magic;
   h.version = image_version;
@@ -74,7 +81,8 @@ void append_inline_data(sys_vector<unsigned char>& image) {
   }
 }
 
-const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout) {
+const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout,
+                                          bool allow_split) {
   if (buffer == nullptr || bytes < sizeof(image_header)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes is too short for a header", bytes);
   }
@@ -89,8 +97,10 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
           h.inline_data == 1 ? " and their inline data" : "");
   }
   if (h.checksum != header_checksum(h)) raise(errc::corrupt_image, "thread image rejected: header checksum mismatch");
-  // The table is intact: what it says travels inline must be exactly what follows it.
-  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || bytes != table_end + n) {
+  // The table is intact: what it says travels inline must be exactly what follows it (or its
+  // first part, in the first piece of a split image).
+  const bool first_piece = allow_split && split_image(h) && bytes == eager_piece_bytes;
+  if (const std::uint64_t n = inline_bytes(h); n > inline_image_bytes || (bytes != table_end + n && !first_piece)) {
     raise(errc::corrupt_image, "thread image rejected: %zu bytes for %u extents and their inline data", bytes,
           h.nextents);
   }

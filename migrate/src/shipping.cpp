@@ -4,6 +4,7 @@
 
 #include "diag.hpp"
 #include "engine.hpp"
+#include "fault.hpp"
 #include "interpose.hpp"
 #include "mailbox.hpp"
 #include "ownership.hpp"
@@ -21,22 +22,23 @@ void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
 
 void engine::depart(tcb* t) noexcept {
   const int dest = t->pending_dest;
-  const bool steal = t->stolen;  // read now: the TCB is not read once shipped
+  const bool steal = t->stolen;  // read now: the TCB is not read once depart returns
   t->pending_dest = -1;
   sched_.detach(t);
-  ++t->epoch;
+  const std::uint32_t epoch = ++t->epoch;
   const thread_id id = t->id;
+  const stack_run stack = t->stack;
   try {
-    directory_.departed(id.bits(), dest, t->epoch);
     const std::int64_t start_ns = observer_ != nullptr ? now_ns() : 0;
     // Before the image is built: from now on this rank refuses frees of the thread's memory.
     departures::get().leave(id.bits(), t->home_heap, t->stack.base, t->stack.bytes, stack_guard_bytes, dest,
                             id.to_string().c_str());
-    sys_vector<unsigned char> image = build_image_header(t, layout_, true);
+    const bool split_here = split_to(dest);
+    sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
-    if (hp->inline_data == 1 && inline_bytes(*hp) == hp->data_bytes) {
+    if (batched_image(*hp, split_here)) {
       const image_header& h = *hp;
       // Small: header and extents are copied into the batch to dest, each once, so this rank's
       // copy can go at once.
@@ -47,37 +49,47 @@ void engine::depart(tcb* t) noexcept {
         pieces.push_back({reinterpret_cast<const void*>(image_extents(h)[i].addr), image_extents(h)[i].bytes});
       }
       post_record(dest, record::image, pieces.data(), pieces.size());
-      released(h, dest, t->epoch, start_ns, steal);
+      directory_.departed(id.bits(), dest, epoch);
+      released(h, dest, epoch, start_ns, steal);
+      recycle_image(std::move(image));
       return;
     }
-    append_inline_data(image);  // the small extents ride with the header
-    // Moving `image` into the departure keeps its buffer, so h stays valid.
+    append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
+    // Moving `image` into the departure keeps its buffer, so h stays valid and the buffer the
+    // header message's Isends read lives until the departure is finished.
     const image_header& h = *reinterpret_cast<const image_header*>(image.data());
+    sys_vector<MPI_Request> requests;
+    requests.reserve(h.nextents + 2);  // the header message, the rest of a split one, about a piece an extent
+    auto send = [&](const void* addr, std::size_t bytes, int tag) {
+      requests.emplace_back();
+      const int rc = mpi_call("MPI_Isend", [&] {
+        return MPI_Isend(addr, static_cast<int>(bytes), MPI_BYTE, dest, tag, comm_, &requests.back());
+      });
+      // fatal() names the running thread; the one shipped is named here.
+      if (rc != MPI_SUCCESS) {
+        check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
+      }
+    };
+    const bool split = split_here && split_image(h);
+    stats_.split += split ? 1 : 0;
+    const std::size_t first = split ? eager_piece_bytes : image.size();
+    send(image.data(), first, tag_image);
+    ++images_sent_;
+    // The rest of a split header message first: the receiver posts its receive first.
+    if (split) send(image.data() + first, image.size() - first, tag_image_data);
+    for_each_piece(h, [&](void* addr, int bytes) { send(addr, static_cast<std::size_t>(bytes), tag_image_data); });
+    // The rest once the image is on its way (MPI only reads what it sends, and so does this).
     departure& d = departures_.emplace_back();
     d.dest = dest;
-    d.epoch = t->epoch;
-    d.stack = t->stack;
+    d.epoch = epoch;
+    d.stack = stack;
     // Only a departure still in flight needs its runs (settle finds what it still sends).
     t->home_heap->for_each_run([&](void* run, std::size_t chunks) { d.runs.emplace_back(run, chunks); });
     d.start_ns = start_ns;
     d.steal = steal;
     d.header = std::move(image);
-    d.requests.emplace_back();
-    // fatal() names the running thread; the one shipped is named here.
-    const std::string what = format("MPI_Isend of thread %s", id.to_string().c_str());
-    check_mpi_or_die(mpi_call("MPI_Isend", [&] {
-                       return MPI_Isend(d.header.data(), static_cast<int>(d.header.size()), MPI_BYTE, dest, tag_image,
-                                        comm_, &d.requests.back());
-                     }),
-                     what.c_str(), dest);
-    ++images_sent_;
-    for_each_piece(h, [&](void* addr, int bytes) {
-      d.requests.emplace_back();
-      check_mpi_or_die(mpi_call("MPI_Isend", [&] {
-                         return MPI_Isend(addr, bytes, MPI_BYTE, dest, tag_image_data, comm_, &d.requests.back());
-                       }),
-                       what.c_str(), dest);
-    });
+    d.requests = std::move(requests);
+    directory_.departed(id.bits(), dest, epoch);
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while shipping thread %s to rank %d", id.to_string().c_str(), dest);
   }
@@ -109,6 +121,7 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
 
 void engine::finish_departure(departure& d) noexcept {
   released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
+  recycle_image(std::move(d.header));
 }
 
 void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept {
@@ -121,10 +134,10 @@ void engine::released(const image_header& h, int dest, std::uint32_t epoch, std:
   departures::get().sent(h.thread, now);
 }
 
-void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes) noexcept {
+void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes, bool allow_split) noexcept {
   const image_header* h = nullptr;
   try {
-    h = &validate_image_header(buffer, bytes, layout_);
+    h = &validate_image_header(buffer, bytes, layout_, allow_split);
   } catch (const iso::error& e) {
     fatal("a thread image from rank %d was rejected, nothing was mapped: %s", source, e.what());
   }
@@ -139,39 +152,75 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   for (std::uint32_t i = 0; i < h->nextents; ++i) {
     guard_kept = settle(image_extents(*h)[i].addr, image_extents(*h)[i].bytes, h->thread) || guard_kept;
   }
-  // The small extents carried their bytes along: put them in place.
-  const unsigned char* data = image_inline_data(*h);
-  const image_extent* e = image_extents(*h);
-  for (std::uint32_t i = 0; i < h->nextents; ++i) {
-    if (!travels_inline(*h, e[i])) continue;
-    std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
-    data += e[i].bytes;
-  }
-  if (inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
-    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}};
+  // The first piece of a split image (validated as such): its inline data is whole once the
+  // second piece is in.
+  const bool split = bytes < packed_bytes(*h);
+  if (!split) place_inline_data(*h);
+  if (!split && inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}, {}};
     finish_arrival(a);
     return;
   }
   try {
-    arrival& a = arrivals_.emplace_back();
+    const auto it = arrivals_.emplace(arrivals_.end());
+    arrival& a = *it;
     a.source = source;
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
-    const std::string what = format("MPI_Irecv of thread %s", id_text(h->thread).c_str());
-    for_each_piece(*h, [&](void* addr, int bytes) {
+    a.requests.reserve(h->nextents + 1);
+    auto receive = [&](void* addr, int n) {
       a.requests.emplace_back();
-      check_mpi_or_die(mpi_call("MPI_Irecv", [&] {
-                         return MPI_Irecv(addr, bytes, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+      const int rc = mpi_call("MPI_Irecv", [&] {
+        return MPI_Irecv(addr, n, MPI_BYTE, source, tag_image_data, comm_, &a.requests.back());
+      });
+      if (rc != MPI_SUCCESS) {
+        check_mpi_or_die(rc, format("MPI_Irecv of thread %s", id_text(h->thread).c_str()).c_str(), source);
+      }
+    };
+    if (split) {
+      a.image = std::move(spare_image_);
+      a.image.assign(buffer, buffer + bytes);
+      a.image.resize(packed_bytes(*h));
+      receive(a.image.data() + bytes, static_cast<int>(a.image.size() - bytes));
+    }
+    for_each_piece(*h, receive);
+    // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
+    // (Fault point arrival.later: as if they were not, so that a later poll finishes it.)
+    int done = 0;
+    if (!fault::hit("arrival.later")) {
+      check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                         return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
+                                            MPI_STATUSES_IGNORE);
                        }),
-                       what.c_str(), source);
-    });
+                       "MPI_Testall", source);
+    }
+    if (done) {
+      finish_arrival(a);
+      arrivals_.erase(it);
+    } else if (split) {
+      ++stats_.split_later;
+    }
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
   }
 }
 
+void engine::place_inline_data(const image_header& h) noexcept {
+  const unsigned char* data = image_inline_data(h);
+  const image_extent* e = image_extents(h);
+  for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    if (!travels_inline(h, e[i])) continue;
+    std::memcpy(reinterpret_cast<void*>(e[i].addr), data, e[i].bytes);
+    data += e[i].bytes;
+  }
+}
+
 void engine::finish_arrival(arrival& a) noexcept {
+  if (!a.image.empty()) {
+    place_inline_data(*reinterpret_cast<const image_header*>(a.image.data()));
+    recycle_image(std::move(a.image));
+  }
   tcb* t = a.thread;
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
@@ -195,6 +244,7 @@ void engine::finish_arrival(arrival& a) noexcept {
   }
   if (t->state == thread_state::blocked && t->wait == wait_reason::recv && has_ready_message(t)) sched_.wake(t);
   release_held(id.bits());
+  ready_arrival_ = ready_arrival_ || t->state == thread_state::ready;
 }
 
 void engine::release_held(std::uint64_t id) noexcept {

@@ -17,14 +17,14 @@ namespace {
 
 constexpr std::uint64_t layout = 0x1234abcd;
 
-// Runs f(tcb of a suspended thread that holds a 100 KiB vector) inside another thread.
+// Runs f(tcb of a suspended thread that holds a vector of `bytes`) inside another thread.
 template <class F>
-void with_suspended_thread(F&& f) {
+void with_suspended_thread(F&& f, std::size_t bytes = 100 << 10) {
   scheduler s(0);
   bool release = false;
   std::vector<char>* data = nullptr;
   const thread_id sleeper = spawn([&] {
-    std::vector<char> v(100 << 10, 'x');
+    std::vector<char> v(bytes, 'x');
     data = &v;
     while (!release) this_thread::yield();
   });
@@ -36,9 +36,9 @@ void with_suspended_thread(F&& f) {
   s.run();
 }
 
-std::string rejection(const sys_vector<unsigned char>& h) {
+std::string rejection(const sys_vector<unsigned char>& h, bool allow_split = false) {
   try {
-    validate_image_header(h.data(), h.size(), layout);
+    validate_image_header(h.data(), h.size(), layout, allow_split);
   } catch (const iso::error& e) {
     EXPECT_EQ(e.code_value(), errc::corrupt_image);
     return e.what();
@@ -188,6 +188,31 @@ TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
       EXPECT_NE(std::string(e.what()).find("different binary"), std::string::npos) << e.what();
     }
   });
+}
+
+// A thread with a 3 KiB block: its image (header, table and inline data) is more than one eager
+// message and at most two, so its header message is split. Its first piece alone is a valid
+// header message only where split pieces may come (allow_split), and only at its exact length.
+TEST(Image, OnlyTheExactFirstPieceOfASplitImageIsAcceptedAlone) {
+  with_suspended_thread(
+      [](tcb* t, std::vector<char>*) {
+        sys_vector<unsigned char> packed = build_image_header(t, layout, true);
+        append_inline_data(packed);
+        const auto& h = *reinterpret_cast<const image_header*>(packed.data());
+        ASSERT_TRUE(split_image(h)) << packed.size() << " bytes";
+        EXPECT_EQ(packed.size(), packed_bytes(h));
+        EXPECT_EQ(rejection(packed), "");
+        EXPECT_EQ(rejection(packed, true), "");
+        const sys_vector<unsigned char> first(packed.begin(), packed.begin() + eager_piece_bytes);
+        EXPECT_NE(rejection(first).find("inline data"), std::string::npos) << rejection(first);
+        EXPECT_EQ(rejection(first, true), "");
+        for (const std::size_t n : {eager_piece_bytes - 1, eager_piece_bytes + 1}) {
+          const sys_vector<unsigned char> other(packed.begin(), packed.begin() + static_cast<std::ptrdiff_t>(n));
+          EXPECT_NE(rejection(other, true).find("inline data"), std::string::npos)
+              << n << " bytes: " << rejection(other, true);
+        }
+      },
+      3 << 10);
 }
 
 }  // namespace

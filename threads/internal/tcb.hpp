@@ -58,6 +58,10 @@ enum class thread_state : std::uint8_t {
 enum class wait_reason : std::uint8_t { none, lock, join, recv, sync, collective, checkpoint };
 inline constexpr std::size_t wait_reasons = static_cast<std::size_t>(wait_reason::checkpoint) + 1;
 
+// Invariant: every field has a default member initialiser, except inline_body (written by the
+// spawn that uses it). scheduler::create_thread default-initialises a TCB in place (no zeroing
+// first), so a field without one would start as whatever its heap's reserved bytes held; under
+// ISO_DEBUG >= 2 they are filled with a pattern first, so such a field shows in the tests.
 struct tcb {
   static constexpr std::uint64_t magic_value = 0x74636273696f7369ull;  // "isoisbct"
 

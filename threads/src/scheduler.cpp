@@ -215,7 +215,12 @@ tcb* scheduler::create_thread(const spawn_options& opts) {
     release_heap(h);
     throw;
   }
-  tcb* t = new (h->reserved()) tcb();
+  // Default-initialised, not value-initialised: every field has its initialiser (tcb.hpp), and the
+  // inline body's bytes (written by the spawn that follows, if used) are not zeroed first.
+#if ISO_DEBUG_LEVEL >= 2
+  std::memset(h->reserved(), 0xD5, sizeof(tcb));  // a field left without an initialiser shows
+#endif
+  tcb* t = new (h->reserved()) tcb;
   t->id = thread_id(rank_, next_serial_++);
   t->home_heap = h;
   t->suspended_heap = h;
