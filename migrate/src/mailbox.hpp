@@ -139,17 +139,9 @@ struct future_offer {
   std::size_t bytes;
   bool taken = false;    // a getter here took it, or dropped the future: the producer ends
 };
-// The getter's side, on its stack while it waits in get(): where the value goes.
-struct future_landing {
-  thread_id producer;
-  // Writes the value's `bytes` bytes into `out` (an R on the getter's stack); called once, with
-  // the getter's heap current. Null for a future<void>.
-  void (*store)(void* out, const void* data, std::size_t bytes);
-  void* out;
-  bool done = false;     // the value (or the failure) is in
-  bool failed = false;
-  std::string failure;   // the body's what() text, in the getter's heap
-};
+// The getter's side, on its stack while it waits in get(): where the value goes (future_landing,
+// isothreads/future.hpp, so that get() holds it in its own frame).
+struct future_landing;
 enum class future_request : std::uint8_t { none = 0, value = 1, drop = 2 };  // tcb::future_asked
 
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
@@ -188,6 +180,13 @@ struct mailbox {
 
 // t's mailbox, made on first use. pre: t's heap is current.
 mailbox& mailbox_of(tcb* t);
+// Marks the thread of mb as waiting in a receive for (from, tag), so that a matching message wakes
+// it (put_message, wake_receiver); the thread then blocks (or sleeps) with wait_reason::recv.
+inline void await(mailbox& mb, thread_id from, int tag) noexcept {
+  mb.waiting = true;
+  mb.want_from = from;
+  mb.want_tag = tag;
+}
 // Entries of t's sequence tables (per peer, for messages t sends and receives): bounded by its
 // live peers (in_order's bound), for tests.
 std::size_t sequence_entries(const tcb* t) noexcept;
