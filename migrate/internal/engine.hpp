@@ -223,8 +223,9 @@ class engine {
   void finished(tcb* t) noexcept;
   void join(tcb* self, thread_id t);
 
-  // Sends a data message toward its thread; returns the rank it went to (this one: held here).
-  int route_out(sys_vector<unsigned char>&& wire);
+  // Sends a data message (h, then h.bytes bytes at payload) toward its thread; returns the rank
+  // it went to (this one: held here).
+  int route_out(data_header h, const void* payload);
   // A user message (or a reserved one) numbered `seq`, delivered here or routed; returns the
   // rank it went to first.
   int post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
