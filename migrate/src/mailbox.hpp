@@ -171,9 +171,11 @@ struct mailbox {
   // Group fingerprint -> collectives this thread has called on that group (collectives.cpp).
   std::unordered_map<std::uint64_t, std::uint64_t> collectives;
   // The count of the group of this thread's last collective, an element of `collectives` (which
-  // stays put as the map grows), so that a run of collectives on one group does not hash.
+  // stays put as the map grows), so that a run of collectives on one group does not hash, and
+  // this thread's index in that group (set with last_count).
   std::uint64_t last_group = 0;
   std::uint64_t* last_count = nullptr;
+  int last_index = -1;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };
