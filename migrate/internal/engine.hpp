@@ -232,7 +232,10 @@ class engine {
                 std::size_t bytes);
   // t ends: tells the threads it exchanged numbered messages with to drop their counters for it.
   void close_streams(tcb* t) noexcept;
-  void on_data(sys_vector<unsigned char>&& wire, bool from_network);
+  // A data message (header, then payload: `bytes` bytes at wire) for a thread, from the network
+  // or from this rank: delivered, forwarded, answered, dropped or held (the one case that copies
+  // it: a batch's records are read in place).
+  void on_data(const unsigned char* wire, std::size_t bytes, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
                     std::size_t bytes) noexcept;

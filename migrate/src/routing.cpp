@@ -105,7 +105,7 @@ int engine::route_out(data_header h, const void* payload) {
     sys_vector<unsigned char> wire(sizeof h + h.bytes);
     std::memcpy(wire.data(), &h, sizeof h);
     if (h.bytes != 0) std::memcpy(wire.data() + sizeof h, payload, h.bytes);
-    on_data(std::move(wire), false);
+    on_data(wire.data(), wire.size(), false);
     return rank_;
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
@@ -114,15 +114,15 @@ int engine::route_out(data_header h, const void* payload) {
   return target.rank;
 }
 
-void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
+void engine::on_data(const unsigned char* wire, std::size_t bytes, bool from_network) {
   data_header h;
-  std::memcpy(&h, wire.data(), sizeof h);
+  std::memcpy(&h, wire, sizeof h);
   const thread_id to = thread_id::from_bits(h.to);
   if (tcb* t = sched_.find(to)) {
     if (from_network && h.hops > 0 && h.origin != rank_) {
       send_ctrl(h.origin, {ctrl_kind::hint, rank_, h.to, t->epoch});  // so the sender goes direct
     }
-    deliver(t, h, wire.data() + sizeof h);
+    deliver(t, h, wire + sizeof h);
     return;
   }
   const route r = directory_.route_in(h.to, h.min_epoch, sched_.next_serial());
@@ -130,9 +130,11 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     case route::action::forward:
       ++h.hops;
       h.min_epoch = r.to.epoch;
-      std::memcpy(wire.data(), &h, sizeof h);
       ++stats_.forwarded;
-      post_record(r.to.rank, record::data, wire.data(), wire.size());
+      {
+        const batcher::piece pieces[2] = {{&h, sizeof h}, {wire + sizeof h, bytes - sizeof h}};
+        post_record(r.to.rank, record::data, pieces, bytes > sizeof h ? 2 : 1);
+      }
       return;
     case route::action::finished: {
       if (h.kind == msg_kind::user && h.tag == stream_end) {  // nothing left to tidy but main's counter
@@ -155,7 +157,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       return;
     case route::action::hold:
       try {
-        directory_.hold(h.to, std::move(wire));
+        directory_.hold(h.to, sys_vector<unsigned char>(wire, wire + bytes));
       } catch (const std::bad_alloc&) {
         fatal("out of system memory while holding a message for thread %s", to.to_string().c_str());
       }
