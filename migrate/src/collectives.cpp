@@ -147,10 +147,15 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
   tcb* self = running_or_throw(call);
   mailbox& mb = mailbox_of(self);
   const std::uint64_t fp = g.fingerprint();
-  // The caller's index in the group of its last collective is kept with that group's count: a
-  // run of collectives on one group searches the member list once.
-  const int me = mb.last_count != nullptr && mb.last_group == fp ? mb.last_index : g.index_of(self->id);
   const int n = static_cast<int>(g.size());
+  // The caller's index in the group of its last collective is kept with that group's count: a
+  // run of collectives on one group searches the member list once. A fingerprint is a hash, so a
+  // group that shares it need not hold the caller: the kept index is used only where g holds the
+  // caller (members are distinct, so it is then the caller's index), else g is searched.
+  const int cached = mb.last_count != nullptr && mb.last_group == fp ? mb.last_index : -1;
+  const int me = cached >= 0 && cached < n && g[static_cast<std::size_t>(cached)] == self->id ? cached
+                                                                                               : g.index_of(self->id);
+  ISO_ASSERT_EXPENSIVE(me == g.index_of(self->id));
   if (me < 0) {
     raise(errc::invalid_argument, "%s: thread %s is not a member of the group (%zu members)", call,
           self->id.to_string().c_str(), g.size());
