@@ -145,14 +145,15 @@ void throw_if_failed(const result_record& result) {
 result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c, int root,
                   bool all, const char* call) {
   tcb* self = running_or_throw(call);
-  mailbox& mb = mailbox_of(self);
   const std::uint64_t fp = g.fingerprint();
   const int n = static_cast<int>(g.size());
+  // Peeked, not made: a refused call leaves the caller without a mailbox if it had none.
+  const auto* kept = static_cast<const mailbox*>(self->mailbox);
   // The caller's index in the group of its last collective is kept with that group's count: a
   // run of collectives on one group searches the member list once. A fingerprint is a hash, so a
   // group that shares it need not hold the caller: the kept index is used only where g holds the
   // caller (members are distinct, so it is then the caller's index), else g is searched.
-  const int cached = mb.last_count != nullptr && mb.last_group == fp ? mb.last_index : -1;
+  const int cached = kept != nullptr && kept->last_count != nullptr && kept->last_group == fp ? kept->last_index : -1;
   const int me = cached >= 0 && cached < n && g[static_cast<std::size_t>(cached)] == self->id ? cached
                                                                                                : g.index_of(self->id);
   ISO_ASSERT_EXPENSIVE(me == g.index_of(self->id));
@@ -172,6 +173,7 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
           gathers ? (" from each of " + std::to_string(n) + " members").c_str() : "", block_limit);
   }
   engine& e = engine_for(call);
+  mailbox& mb = mailbox_of(self);
   rank_combiner::key k{fp, 0};
   {
     heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
