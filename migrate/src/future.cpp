@@ -116,7 +116,9 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
   // have migrated. Waits for an ask: a message, or a getter here, which records its ask in the
   // tcb (future_asked, by a getter on the rank this thread was on then) or takes the offer.
   std::optional<message> ask;
-  if (static_cast<future_request>(self->future_asked) == future_request::none) {  // asked already: no wait
+  // Asked already (by a getter here): take_message_unless would not wait either, its condition
+  // holding; skipping it only saves showing the offer and making the condition's callable.
+  if (static_cast<future_request>(self->future_asked) == future_request::none) {
     const offer_scope offering(self, offer);
     ask = take_message_unless(self, any_thread, future_ask, [self, &offer] {
       return offer.taken || static_cast<future_request>(self->future_asked) != future_request::none;
