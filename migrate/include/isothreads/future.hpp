@@ -54,10 +54,10 @@ struct future_landing {
 // `producer` for the value (and clears it once asked), to land in `l` (l.producer ==
 // producer); future_get_next looks whether it is in. Each returns null when it is, else the
 // context to switch to, the caller's slot named in switch_landing (the caller blocks until the
-// value, or a message, wakes it); future_get_next is called after each such switch. The one
-// that returns null throws iso::error(thread_failed) with the body's what() text if the body
-// threw. Nothing but these switches may come between the calls: the producer writes into `l`
-// while the caller is suspended.
+// value, or a message, wakes it); future_get_next is called after each such switch. If the body
+// threw, instead of returning null the last call throws iso::error(thread_failed) with the
+// body's what() text. Nothing but these switches may come between the calls: the producer
+// writes into `l` while the caller is suspended.
 boost::context::fiber* future_get_prepare(thread_id& producer, const char* call, future_landing& l);
 boost::context::fiber* future_get_next(future_landing& l);
 // Tells `producer` that nobody will ask. Never throws (nothing to tell without a runtime).
