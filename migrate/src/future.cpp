@@ -138,7 +138,7 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
 boost::context::fiber* future_get_prepare(thread_id& producer, const char* call, future_landing& landing) {
   tcb* self = running_or_throw(call);  // before the ask: a failed call leaves the future as it was
   const thread_id p = producer;
-  mailbox& mb = mailbox_of(self);
+  (void)mailbox_of(self);  // future_get_next, and a producer here answering, find the landing in it
   scheduler& s = *scheduler::current();
   if (tcb* pt = s.find(p)) {
     future_offer* offer = offer_of(pt);
@@ -153,7 +153,6 @@ boost::context::fiber* future_get_prepare(thread_id& producer, const char* call,
     send_reserved(p, &ask_value, 1, future_ask, sequencing::none);
   }
   producer = thread_id{};
-  mb.landing = &landing;  // until future_get_next returns null or throws
   return future_get_next(landing);
 }
 
@@ -165,27 +164,27 @@ boost::context::fiber* future_get_next(future_landing& landing) {
   mailbox& mb = mailbox_here(self);
   self->wait = wait_reason::none;
   mb.waiting = false;
+  // Invariant: mb.landing == &landing exactly while the thread is suspended in get() waiting for
+  // the value, from the block prepared below until this call after it, so that a producer here
+  // answers into it (answer) and nothing writes into a landing that is gone: this call, running,
+  // clears it before anything that may throw (a queue index, land without heap), and sets it
+  // again only to block.
+  mb.landing = nullptr;
   if (!landing.done) {
     std::optional<message> a;
     if (!mb.reserved.empty()) {
-      try {
-        heap_scope own(self->home_heap);  // the queue's indexes are the thread's
-        a = mb.reserved.take(landing.producer, future_value);
-      } catch (...) {  // no heap left to index the queue: get() throws, and the landing goes
-        mb.landing = nullptr;
-        throw;
-      }
+      heap_scope own(self->home_heap);  // the queue's indexes are the thread's
+      a = mb.reserved.take(landing.producer, future_value);
     }
     if (!a) {
       await(mb, landing.producer, future_value);
+      mb.landing = &landing;
       return &s.prepare_block(wait_reason::recv);  // with the heap the caller has current
     }
     ISO_ASSERT(!a->data.empty());
-    mb.landing = nullptr;  // before land, which throws if the getter has no heap left for the value
     land(self, landing, static_cast<unsigned char>(a->data[0]) == answer_failure, a->data.data() + 1,
          a->data.size() - 1);
   }
-  mb.landing = nullptr;
   if (landing.failed) throw error(errc::thread_failed, std::move(landing.failure));
   return nullptr;
 }
