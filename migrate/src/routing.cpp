@@ -98,7 +98,8 @@ void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc statu
 
 // Sends a message toward its thread from this rank (directory::first_hop); handled here (held)
 // when every pointer leads back here. To another rank the header and the payload go straight
-// into the batch for it, each copied once (a 1 MiB collective batch gets no buffer of its own).
+// into the batch for it, each copied once (a 1 MiB collective batch is copied into its batch's
+// buffer only, not first into a wire vector of its own).
 int engine::route_out(data_header h, const void* payload) {
   const place target = directory_.first_hop(h.to);
   if (target.rank == rank_) {
