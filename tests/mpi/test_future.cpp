@@ -182,6 +182,9 @@ void in_order_given(order o, const Body& body, const Check& check) {
     if (o == order::getter_moved_waiting) (void)iso::recv(iso::any_thread, 5);  // the mover's "go"
     return body();
   });
+  if (o == order::get_first) {
+    ASSERT_FALSE(producer) << "the producer ran before get()";
+  }
   if (o == order::producer_first) {
     iso::this_thread::yield();  // the producer runs (it is first in the ready queue) and waits
     ASSERT_TRUE(producer) << "the producer did not run first";
