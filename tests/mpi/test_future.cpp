@@ -164,8 +164,12 @@ enum class order {
   get_first,             // get() asks before the producer ran: it answers into the waiting getter
   producer_first,        // the producer waits with its value when get() asks: the getter takes it
   getter_moved_waiting,  // the getter is moved to another rank while it waits in get()
+  // The producer waits on another rank, so get() asks by message; the getter is moved there
+  // while it waits in get(), and the producer answers into its landing there, without a message.
+  getter_moved_to_producer,
 };
-constexpr order orders[] = {order::get_first, order::producer_first, order::getter_moved_waiting};
+constexpr order orders[] = {order::get_first, order::producer_first, order::getter_moved_waiting,
+                            order::getter_moved_to_producer};
 
 iso::detail::tcb* local_thread(iso::thread_id t) { return iso::detail::scheduler::current()->find(t); }
 
@@ -177,13 +181,26 @@ void in_order_given(order o, const Body& body, const Check& check) {
   const int last = iso::size() - 1;
   const iso::thread_id getter = iso::this_thread::id();
   iso::thread_id producer;
-  iso::future<R> f = iso::async([&producer, o, body]() -> R {
+  const bool moves_getter = o == order::getter_moved_waiting || o == order::getter_moved_to_producer;
+  iso::future<R> f = iso::async([&producer, o, moves_getter, body, getter, last]() -> R {
     producer = iso::this_thread::id();
-    if (o == order::getter_moved_waiting) (void)iso::recv(iso::any_thread, 5);  // the mover's "go"
+    if (o == order::getter_moved_to_producer) iso::this_thread::migrate_to(last);
+    if (moves_getter) (void)iso::recv(iso::any_thread, 5);  // the mover's "go"
+    if (o == order::getter_moved_to_producer) {
+      // The getter left for here before the "go" was sent; it answers here once it has arrived,
+      // so that the value goes into its landing, not into a message.
+      while (local_thread(getter) == nullptr) iso::this_thread::yield();
+      const iso::detail::tcb* g = local_thread(getter);
+      EXPECT_EQ(g->wait, iso::detail::wait_reason::recv) << "the getter does not wait in get() here";
+      EXPECT_NE(g->mailbox, nullptr) << "the getter came without its mailbox";
+    }
     return body();
   });
   if (o == order::get_first) {
     ASSERT_FALSE(producer) << "the producer ran before get()";
+  }
+  if (o == order::getter_moved_to_producer) {
+    while (!producer || local_thread(producer) != nullptr) iso::this_thread::yield();  // it has left
   }
   if (o == order::producer_first) {
     iso::this_thread::yield();  // the producer runs (it is first in the ready queue) and waits
@@ -193,7 +210,7 @@ void in_order_given(order o, const Body& body, const Check& check) {
     ASSERT_NE(p->future_offer, nullptr) << "the producer does not wait with its value";
   }
   iso::thread_id mover;
-  if (o == order::getter_moved_waiting) {
+  if (moves_getter) {
     // Once the getter waits in get() (and the producer in its recv), moves it to the last rank,
     // then lets the producer give its value: the value goes there.
     mover = iso::spawn([getter, &producer, last] {
@@ -213,7 +230,7 @@ void in_order_given(order o, const Body& body, const Check& check) {
   const std::string at = "in order " + std::to_string(static_cast<int>(o));
   check(f, at);
   EXPECT_FALSE(f.valid()) << at;
-  if (o == order::getter_moved_waiting) {
+  if (moves_getter) {
     iso::join(mover);
     EXPECT_EQ(iso::rank(), last) << "the getter did not move while it waited";
     iso::this_thread::migrate_to(0);
