@@ -237,15 +237,19 @@ class engine {
   void finished(tcb* t) noexcept;
   void join(tcb* self, thread_id t);
 
-  // Sends a data message toward its thread; returns the rank it went to (this one: held here).
-  int route_out(sys_vector<unsigned char>&& wire);
+  // Sends a data message (h, then h.bytes bytes at payload) toward its thread; returns the rank
+  // it went to (this one: held here).
+  int route_out(data_header h, const void* payload);
   // A user message (or a reserved one) numbered `seq`, delivered here or routed; returns the
   // rank it went to first.
   int post_user(thread_id to, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
                 std::size_t bytes);
   // t ends: tells the threads it exchanged numbered messages with to drop their counters for it.
   void close_streams(tcb* t) noexcept;
-  void on_data(sys_vector<unsigned char>&& wire, bool from_network);
+  // A data message (header, then payload: `bytes` bytes at wire) for a thread, from the network
+  // or from this rank: delivered, forwarded, answered, dropped or held (the one case that copies
+  // it: a batch's records are read in place).
+  void on_data(const unsigned char* wire, std::size_t bytes, bool from_network);
   void deliver(tcb* t, const data_header& h, const unsigned char* payload) noexcept;
   void deliver_user(tcb* t, thread_id from, std::uint64_t seq, sequencing how, int tag, const void* data,
                     std::size_t bytes) noexcept;

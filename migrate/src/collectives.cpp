@@ -145,8 +145,18 @@ void throw_if_failed(const result_record& result) {
 result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c, int root,
                   bool all, const char* call) {
   tcb* self = running_or_throw(call);
-  const int me = g.index_of(self->id);
+  const std::uint64_t fp = g.fingerprint();
   const int n = static_cast<int>(g.size());
+  // Peeked, not made: a refused call leaves the caller without a mailbox if it had none.
+  const auto* kept = static_cast<const mailbox*>(self->mailbox);
+  // The caller's index in the group of its last collective is kept with that group's count: a
+  // run of collectives on one group searches the member list once. A fingerprint is a hash, so a
+  // group that shares it need not hold the caller: the kept index is used only where g holds the
+  // caller (members are distinct, so it is then the caller's index), else g is searched.
+  const int cached = kept != nullptr && kept->last_count != nullptr && kept->last_group == fp ? kept->last_index : -1;
+  const int me = cached >= 0 && cached < n && g[static_cast<std::size_t>(cached)] == self->id ? cached
+                                                                                               : g.index_of(self->id);
+  ISO_ASSERT_EXPENSIVE(me == g.index_of(self->id));
   if (me < 0) {
     raise(errc::invalid_argument, "%s: thread %s is not a member of the group (%zu members)", call,
           self->id.to_string().c_str(), g.size());
@@ -163,17 +173,18 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
           gathers ? (" from each of " + std::to_string(n) + " members").c_str() : "", block_limit);
   }
   engine& e = engine_for(call);
-  rank_combiner::key k{g.fingerprint(), 0};
+  mailbox& mb = mailbox_of(self);
+  rank_combiner::key k{fp, 0};
   {
     heap_scope own(self->home_heap);  // the count is the thread's: it travels with it
-    mailbox& mb = mailbox_of(self);
-    if (mb.last_count == nullptr || mb.last_group != k.first) {
-      mb.last_count = &mb.collectives[k.first];
-      mb.last_group = k.first;
+    if (mb.last_count == nullptr || mb.last_group != fp) {
+      mb.last_count = &mb.collectives[fp];
+      mb.last_group = fp;
+      mb.last_index = me;
     }
     k.second = (*mb.last_count)++;
   }
-  const int tag = collective_tag(g.fingerprint());
+  const int tag = collective_tag(fp);
   const merge_rule rule{c, call};
   // Broadcast: only root's leaf has bytes, so that the concatenation of all leaves is its value.
   if (kind == collective::broadcast && me != root) bytes = 0;

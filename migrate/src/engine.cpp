@@ -169,7 +169,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
       case record::data:
         ISO_ASSERT(head[1] >= sizeof(data_header));
         try {
-          on_data(sys_vector<unsigned char>(rec, rec + head[1]), true);
+          on_data(rec, head[1], true);  // read in place: copied only if it must be held here
         } catch (const std::bad_alloc&) {
           fatal("out of system memory for a %u-byte message from rank %d", head[1], source);
         }

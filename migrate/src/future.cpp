@@ -35,14 +35,13 @@ constexpr unsigned char answer_value = 0, answer_failure = 1;
 mailbox& mailbox_here(tcb* t) noexcept { return *static_cast<mailbox*>(t->mailbox); }
 
 // Whether getter g has released every message producer p sent it, so that p's value may reach g
-// without a message. pre: both on this rank, g with a mailbox.
+// without a message. pre: both on this rank, g with a mailbox. A producer without a mailbox has
+// sent nothing (sending makes it one), so g has no entry for it: no look-up then.
 bool caught_up(tcb* p, tcb* g) noexcept {
-  std::uint64_t sent = 0;
-  if (p->mailbox != nullptr) {
-    const auto& out = mailbox_here(p).next_out;
-    const auto it = out.find(g->id.bits());
-    if (it != out.end()) sent = it->second;
-  }
+  if (p->mailbox == nullptr) return true;
+  const auto& out = mailbox_here(p).next_out;
+  const auto it = out.find(g->id.bits());
+  const std::uint64_t sent = it != out.end() ? it->second : 0;
   return mailbox_here(g).incoming.next(p->id.bits()) == sent + 1;
 }
 
@@ -62,27 +61,18 @@ void land(tcb* g, future_landing& l, bool failed, const void* data, std::size_t 
 
 // Producer p's offer goes straight into getter g's landing l: the value was p's last message to
 // g, so both forget their counters for the pair, as a message sent sequencing::last makes them.
-// pre: both here, caught_up(p, g); the caller wakes whichever waits.
+// pre: both here, caught_up(p, g); the caller wakes whichever waits. A producer without a mailbox
+// sent g nothing: neither has a counter for the pair.
 void hand_over(tcb* p, tcb* g, future_landing& l, const future_offer& offer) {
   land(g, l, offer.failed, offer.data, offer.bytes);
+  if (p->mailbox == nullptr) return;
   {
     heap_scope own(g->home_heap);
     mailbox_here(g).incoming.forget(p->id.bits());
   }
-  if (p->mailbox != nullptr) {
-    heap_scope own(p->home_heap);
-    mailbox_here(p).next_out.erase(g->id.bits());
-  }
+  heap_scope own(p->home_heap);
+  mailbox_here(p).next_out.erase(g->id.bits());
 }
-
-// Clears a getter's landing when get() leaves, however it leaves: the landing is on its stack.
-struct landing_scope {
-  mailbox& mb;
-  landing_scope(mailbox& m, future_landing& l) noexcept : mb(m) { mb.landing = &l; }
-  ~landing_scope() { mb.landing = nullptr; }
-  landing_scope(const landing_scope&) = delete;
-  landing_scope& operator=(const landing_scope&) = delete;
-};
 
 // Shows a producer's offer to getters here while it waits for the ask, however the wait ends:
 // the offer is on its stack.
@@ -126,7 +116,9 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
   // have migrated. Waits for an ask: a message, or a getter here, which records its ask in the
   // tcb (future_asked, by a getter on the rank this thread was on then) or takes the offer.
   std::optional<message> ask;
-  {
+  // Asked already (by a getter here): take_message_unless would not wait either, its condition
+  // holding; skipping it only saves showing the offer and making the condition's callable.
+  if (static_cast<future_request>(self->future_asked) == future_request::none) {
     const offer_scope offering(self, offer);
     ask = take_message_unless(self, any_thread, future_ask, [self, &offer] {
       return offer.taken || static_cast<future_request>(self->future_asked) != future_request::none;
@@ -143,11 +135,10 @@ void future_serve(const void* value, std::size_t bytes, const char* failure) {
   }
 }
 
-void future_fetch(thread_id& producer, const char* call, void (*store)(void*, const void*, std::size_t), void* out) {
+boost::context::fiber* future_get_prepare(thread_id& producer, const char* call, future_landing& landing) {
   tcb* self = running_or_throw(call);  // before the ask: a failed call leaves the future as it was
   const thread_id p = producer;
-  mailbox& mb = mailbox_of(self);
-  future_landing landing{p, store, out};
+  (void)mailbox_of(self);  // future_get_next, and a producer here answering, find the landing in it
   scheduler& s = *scheduler::current();
   if (tcb* pt = s.find(p)) {
     future_offer* offer = offer_of(pt);
@@ -162,14 +153,40 @@ void future_fetch(thread_id& producer, const char* call, void (*store)(void*, co
     send_reserved(p, &ask_value, 1, future_ask, sequencing::none);
   }
   producer = thread_id{};
-  const landing_scope waiting(mb, landing);
-  // After a suspension only mb, self, landing and scheduler::current() may be used.
-  if (std::optional<message> a = take_message_unless(self, p, future_value, [&landing] { return landing.done; })) {
+  return future_get_next(landing);
+}
+
+boost::context::fiber* future_get_next(future_landing& landing) {
+  // Perhaps on another rank than the ask: only the tcb, its mailbox, the landing (on the stack)
+  // and scheduler::current() are valid after a switch.
+  scheduler& s = *scheduler::current();
+  tcb* self = s.running();
+  mailbox& mb = mailbox_here(self);
+  self->wait = wait_reason::none;
+  mb.waiting = false;
+  // Invariant: mb.landing == &landing exactly while the thread is suspended in get() waiting for
+  // the value, from the block prepared below until this call after it, so that a producer here
+  // answers into it (answer) and nothing writes into a landing that is gone: this call, running,
+  // clears it before anything that may throw (a queue index, land without heap), and sets it
+  // again only to block.
+  mb.landing = nullptr;
+  if (!landing.done) {
+    std::optional<message> a;
+    if (!mb.reserved.empty()) {
+      heap_scope own(self->home_heap);  // the queue's indexes are the thread's
+      a = mb.reserved.take(landing.producer, future_value);
+    }
+    if (!a) {
+      await(mb, landing.producer, future_value);
+      mb.landing = &landing;
+      return &s.prepare_block(wait_reason::recv);  // with the heap the caller has current
+    }
     ISO_ASSERT(!a->data.empty());
     land(self, landing, static_cast<unsigned char>(a->data[0]) == answer_failure, a->data.data() + 1,
          a->data.size() - 1);
   }
   if (landing.failed) throw error(errc::thread_failed, std::move(landing.failure));
+  return nullptr;
 }
 
 void future_drop(thread_id producer) noexcept {

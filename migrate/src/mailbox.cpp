@@ -159,9 +159,7 @@ std::optional<message> take_message(tcb* self, thread_id from, int tag, std::int
     }
     if (deadline_ns >= 0 && now_ns() >= deadline_ns) return std::nullopt;
     mailbox& mb = mailbox_of(self);
-    mb.waiting = true;
-    mb.want_from = from;
-    mb.want_tag = tag;
+    await(mb, from, tag);
     if (deadline_ns < 0) {
       scheduler::current()->block_running(wait_reason::recv);
     } else {

@@ -139,17 +139,9 @@ struct future_offer {
   std::size_t bytes;
   bool taken = false;    // a getter here took it, or dropped the future: the producer ends
 };
-// The getter's side, on its stack while it waits in get(): where the value goes.
-struct future_landing {
-  thread_id producer;
-  // Writes the value's `bytes` bytes into `out` (an R on the getter's stack); called once, with
-  // the getter's heap current. Null for a future<void>.
-  void (*store)(void* out, const void* data, std::size_t bytes);
-  void* out;
-  bool done = false;     // the value (or the failure) is in
-  bool failed = false;
-  std::string failure;   // the body's what() text, in the getter's heap
-};
+// The getter's side, on its stack while it waits in get(): where the value goes (future_landing,
+// isothreads/future.hpp, so that get() holds it in its own frame).
+struct future_landing;
 enum class future_request : std::uint8_t { none = 0, value = 1, drop = 2 };  // tcb::future_asked
 
 // Lives in the thread's heap (every allocation is made with that heap current), so undelivered
@@ -179,15 +171,24 @@ struct mailbox {
   // Group fingerprint -> collectives this thread has called on that group (collectives.cpp).
   std::unordered_map<std::uint64_t, std::uint64_t> collectives;
   // The count of the group of this thread's last collective, an element of `collectives` (which
-  // stays put as the map grows), so that a run of collectives on one group does not hash.
+  // stays put as the map grows), so that a run of collectives on one group does not hash, and
+  // this thread's index in that group (set with last_count).
   std::uint64_t last_group = 0;
   std::uint64_t* last_count = nullptr;
+  int last_index = -1;
 
   ready_queue& queue_for(int tag) noexcept { return tag >= 0 || tag == any_tag ? user : reserved; }
 };
 
 // t's mailbox, made on first use. pre: t's heap is current.
 mailbox& mailbox_of(tcb* t);
+// Marks the thread of mb as waiting in a receive for (from, tag), so that a matching message wakes
+// it (put_message, wake_receiver); the thread then blocks (or sleeps) with wait_reason::recv.
+inline void await(mailbox& mb, thread_id from, int tag) noexcept {
+  mb.waiting = true;
+  mb.want_from = from;
+  mb.want_tag = tag;
+}
 // Entries of t's sequence tables (per peer, for messages t sends and receives): bounded by its
 // live peers (in_order's bound), for tests.
 std::size_t sequence_entries(const tcb* t) noexcept;

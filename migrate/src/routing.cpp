@@ -55,11 +55,8 @@ int engine::post_user(thread_id to, thread_id from, std::uint64_t seq, sequencin
     deliver_user(t, from, seq, how, tag, data, bytes);
     return rank_;
   }
-  sys_vector<unsigned char> wire(sizeof(data_header) + bytes);
   const data_header h{to.bits(), from.bits(), seq, bytes, tag, msg_kind::user, 0, rank_, 0, static_cast<std::uint32_t>(how)};
-  std::memcpy(wire.data(), &h, sizeof h);
-  if (bytes != 0) std::memcpy(wire.data() + sizeof h, data, bytes);
-  return route_out(std::move(wire));
+  return route_out(h, data);
 }
 
 // The bound on sequence tables for threads that end (mailbox.hpp): t sends one stream_end to each
@@ -96,36 +93,37 @@ void engine::send_system(thread_id to, thread_id from, msg_kind kind, errc statu
     deliver(t, h, nullptr);  // no wire to build (the join_done of every local join)
     return;
   }
-  sys_vector<unsigned char> wire(sizeof h);
-  std::memcpy(wire.data(), &h, sizeof h);
-  route_out(std::move(wire));
+  route_out(h, nullptr);
 }
 
 // Sends a message toward its thread from this rank (directory::first_hop); handled here (held)
-// when every pointer leads back here.
-int engine::route_out(sys_vector<unsigned char>&& wire) {
-  data_header h;
-  std::memcpy(&h, wire.data(), sizeof h);
+// when every pointer leads back here. To another rank the header and the payload go straight
+// into the batch for it, each copied once (a 1 MiB collective batch is copied into its batch's
+// buffer only, not first into a wire vector of its own).
+int engine::route_out(data_header h, const void* payload) {
   const place target = directory_.first_hop(h.to);
   if (target.rank == rank_) {
-    on_data(std::move(wire), false);
+    sys_vector<unsigned char> wire(sizeof h + h.bytes);
+    std::memcpy(wire.data(), &h, sizeof h);
+    if (h.bytes != 0) std::memcpy(wire.data() + sizeof h, payload, h.bytes);
+    on_data(wire.data(), wire.size(), false);
     return rank_;
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
-  std::memcpy(wire.data(), &h, sizeof h);
-  post_record(target.rank, record::data, wire.data(), wire.size());
+  const batcher::piece pieces[2] = {{&h, sizeof h}, {payload, h.bytes}};
+  post_record(target.rank, record::data, pieces, h.bytes != 0 ? 2 : 1);
   return target.rank;
 }
 
-void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
+void engine::on_data(const unsigned char* wire, std::size_t bytes, bool from_network) {
   data_header h;
-  std::memcpy(&h, wire.data(), sizeof h);
+  std::memcpy(&h, wire, sizeof h);
   const thread_id to = thread_id::from_bits(h.to);
   if (tcb* t = sched_.find(to)) {
     if (from_network && h.hops > 0 && h.origin != rank_) {
       send_ctrl(h.origin, {ctrl_kind::hint, rank_, h.to, t->epoch});  // so the sender goes direct
     }
-    deliver(t, h, wire.data() + sizeof h);
+    deliver(t, h, wire + sizeof h);
     return;
   }
   const route r = directory_.route_in(h.to, h.min_epoch, sched_.next_serial());
@@ -133,9 +131,11 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
     case route::action::forward:
       ++h.hops;
       h.min_epoch = r.to.epoch;
-      std::memcpy(wire.data(), &h, sizeof h);
       ++stats_.forwarded;
-      post_record(r.to.rank, record::data, wire.data(), wire.size());
+      {
+        const batcher::piece pieces[2] = {{&h, sizeof h}, {wire + sizeof h, bytes - sizeof h}};
+        post_record(r.to.rank, record::data, pieces, bytes > sizeof h ? 2 : 1);
+      }
       return;
     case route::action::finished: {
       if (h.kind == msg_kind::user && h.tag == stream_end) {  // nothing left to tidy but main's counter
@@ -158,7 +158,7 @@ void engine::on_data(sys_vector<unsigned char>&& wire, bool from_network) {
       return;
     case route::action::hold:
       try {
-        directory_.hold(h.to, std::move(wire));
+        directory_.hold(h.to, sys_vector<unsigned char>(wire, wire + bytes));
       } catch (const std::bad_alloc&) {
         fatal("out of system memory while holding a message for thread %s", to.to_string().c_str());
       }

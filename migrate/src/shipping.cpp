@@ -248,7 +248,7 @@ void engine::finish_arrival(arrival& a) noexcept {
 }
 
 void engine::release_held(std::uint64_t id) noexcept {
-  for (auto& wire : directory_.take_held(id)) on_data(std::move(wire), false);
+  for (const auto& wire : directory_.take_held(id)) on_data(wire.data(), wire.size(), false);
 }
 
 }  // namespace iso::detail

@@ -159,6 +159,128 @@ TEST(Future, DroppedFuturesAndMisuse) {
   EXPECT_EQ(before_run, 1);
 }
 
+// When a future's value or failure is given, against when get() asks (future.cpp's paths).
+enum class order {
+  get_first,             // get() asks before the producer ran: it answers into the waiting getter
+  producer_first,        // the producer waits with its value when get() asks: the getter takes it
+  getter_moved_waiting,  // the getter is moved to another rank while it waits in get()
+  // The producer waits on another rank, so get() asks by message; the getter is moved there
+  // while it waits in get(), and the producer answers into its landing there, without a message.
+  getter_moved_to_producer,
+};
+constexpr order orders[] = {order::get_first, order::producer_first, order::getter_moved_waiting,
+                            order::getter_moved_to_producer};
+
+iso::detail::tcb* local_thread(iso::thread_id t) { return iso::detail::scheduler::current()->find(t); }
+
+// From a thread on rank 0: makes a future of `body` in the given order and gives it to check,
+// which calls get() (with `at` naming the order, for its messages). The body's thread records its
+// id in `producer` (on this rank, before it moves), so that the order can be seen to hold.
+template <class R, class Body, class Check>
+void in_order_given(order o, const Body& body, const Check& check) {
+  const int last = iso::size() - 1;
+  const iso::thread_id getter = iso::this_thread::id();
+  iso::thread_id producer;
+  const bool moves_getter = o == order::getter_moved_waiting || o == order::getter_moved_to_producer;
+  iso::future<R> f = iso::async([&producer, o, moves_getter, body, getter, last]() -> R {
+    producer = iso::this_thread::id();
+    if (o == order::getter_moved_to_producer) iso::this_thread::migrate_to(last);
+    if (moves_getter) (void)iso::recv(iso::any_thread, 5);  // the mover's "go"
+    if (o == order::getter_moved_to_producer) {
+      // The getter left for here before the "go" was sent; it answers here once it has arrived,
+      // so that the value goes into its landing, not into a message.
+      while (local_thread(getter) == nullptr) iso::this_thread::yield();
+      const iso::detail::tcb* g = local_thread(getter);
+      EXPECT_EQ(g->wait, iso::detail::wait_reason::recv) << "the getter does not wait in get() here";
+      EXPECT_NE(g->mailbox, nullptr) << "the getter came without its mailbox";
+    }
+    return body();
+  });
+  if (o == order::get_first) {
+    ASSERT_FALSE(producer) << "the producer ran before get()";
+  }
+  if (o == order::getter_moved_to_producer) {
+    while (!producer || local_thread(producer) != nullptr) iso::this_thread::yield();  // it has left
+  }
+  if (o == order::producer_first) {
+    iso::this_thread::yield();  // the producer runs (it is first in the ready queue) and waits
+    ASSERT_TRUE(producer) << "the producer did not run first";
+    iso::detail::tcb* p = local_thread(producer);
+    ASSERT_NE(p, nullptr) << "the producer ended before the ask";
+    ASSERT_NE(p->future_offer, nullptr) << "the producer does not wait with its value";
+  }
+  iso::thread_id mover;
+  if (moves_getter) {
+    // Once the getter waits in get() (and the producer in its recv), moves it to the last rank,
+    // then lets the producer give its value: the value goes there.
+    mover = iso::spawn([getter, &producer, last] {
+      for (;;) {
+        iso::detail::tcb* g = local_thread(getter);
+        if (g != nullptr && g->state == iso::detail::thread_state::blocked &&
+            g->wait == iso::detail::wait_reason::recv && producer) {
+          break;
+        }
+        iso::this_thread::yield();
+      }
+      const iso::thread_id p = producer;  // read before the getter moves: it is on its stack
+      iso::migrate(getter, last);
+      iso::send(p, "go", 2, 5);
+    });
+  }
+  const std::string at = "in order " + std::to_string(static_cast<int>(o));
+  check(f, at);
+  EXPECT_FALSE(f.valid()) << at;
+  if (moves_getter) {
+    iso::join(mover);
+    EXPECT_EQ(iso::rank(), last) << "the getter did not move while it waited";
+    iso::this_thread::migrate_to(0);
+  }
+}
+
+// Every order, with a value of every kind (large strings and vectors too) and with a failure:
+// each reaches the getter once, whole.
+TEST(Future, EveryOrderOfGetterAndProducerGivesTheValue) {
+  if (rt->rank() == 0) {
+    iso::spawn([] {
+      for (const order o : orders) {
+        in_order_given<point>(o, [] { return point{1.5, 7}; }, [](iso::future<point>& f, const std::string& at) {
+          const point p = f.get();
+          EXPECT_EQ(p.x, 1.5) << at;
+          EXPECT_EQ(p.rank, 7) << at;
+        });
+        in_order_given<std::string>(o, [] { return std::string(100000, 's') + "end"; },
+                                    [](iso::future<std::string>& f, const std::string& at) {
+          const std::string s = f.get();
+          ASSERT_EQ(s.size(), 100003u) << at;
+          EXPECT_EQ(s.substr(99998), "ssend") << at;
+          EXPECT_EQ(std::count(s.begin(), s.end(), 's'), 100000) << at;
+        });
+        in_order_given<std::vector<double>>(o, [] {
+          std::vector<double> v(50000);
+          for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i) * 0.5;
+          return v;
+        }, [](iso::future<std::vector<double>>& f, const std::string& at) {
+          const std::vector<double> v = f.get();
+          ASSERT_EQ(v.size(), 50000u) << at;
+          for (std::size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], static_cast<double>(i) * 0.5) << at;
+        });
+        in_order_given<void>(o, [] {}, [](iso::future<void>& f, const std::string&) { f.get(); });
+        in_order_given<int>(o, []() -> int { throw std::runtime_error("failed in order"); },
+                            [](iso::future<int>& f, const std::string& at) {
+          try {
+            (void)f.get();
+            ADD_FAILURE() << "get() of a body that threw must throw, " << at;
+          } catch (const iso::error& e) {
+            EXPECT_EQ(e.code_value(), iso::errc::thread_failed) << at;
+            EXPECT_EQ(std::string(e.what()), "failed in order") << at;
+          }
+        });
+      }
+    });
+  }
+  rt->run();
+}
+
 // A thread that drops a future whose producer is on another rank sends it an unsequenced ask,
 // which uses no sequence counter: no mailbox is made for the thread.
 TEST(Future, ADropToAnotherRankMakesNoMailbox) {

@@ -37,12 +37,29 @@ inline constexpr bool future_value_type = std::is_void_v<R> || std::is_trivially
 // Producer side, after the body: waits for the ask and answers it with `bytes` bytes of value, or
 // with `failure` (the what() text of what the body threw; null: it returned). From the producer.
 void future_serve(const void* value, std::size_t bytes, const char* failure);
-// Getter side: asks `producer` for its value and waits for it; `producer` is cleared once asked.
-// The value's bytes go to store(out, data, bytes), called once with the calling thread's heap
-// current (store null: a future<void>). Throws iso::error(thread_failed) with the body's what()
-// text if the body threw.
-void future_fetch(thread_id& producer, const char* call, void (*store)(void* out, const void* data, std::size_t bytes),
-                  void* out);
+// The getter's side while it waits in get(), in get()'s frame (on its stack, so that it moves
+// with the thread): where the value goes.
+struct future_landing {
+  thread_id producer;
+  // Writes the value's `bytes` bytes into `out` (an R in get()'s frame); called once, with the
+  // getter's heap current. Null for a future<void>.
+  void (*store)(void* out, const void* data, std::size_t bytes);
+  void* out;
+  bool done = false;     // the value (or the failure) is in
+  bool failed = false;
+  std::string failure;   // the body's what() text, in the getter's heap
+};
+// get() in steps, so that its switches happen in get()'s frame, as a join's do (iso::join): a
+// thread that resumes there returns through no runtime frames. future_get_prepare asks
+// `producer` for the value (and clears it once asked), to land in `l` (l.producer ==
+// producer); future_get_next looks whether it is in. Each returns null when it is, else the
+// context to switch to, the caller's slot named in switch_landing (the caller blocks until the
+// value, or a message, wakes it); future_get_next is called after each such switch. If the body
+// threw, instead of returning null the last call throws iso::error(thread_failed) with the
+// body's what() text. Nothing but these switches may come between the calls: the producer
+// writes into `l` while the caller is suspended.
+boost::context::fiber* future_get_prepare(thread_id& producer, const char* call, future_landing& l);
+boost::context::fiber* future_get_next(future_landing& l);
 // Tells `producer` that nobody will ask. Never throws (nothing to tell without a runtime).
 void future_drop(thread_id producer) noexcept;
 
@@ -141,10 +158,10 @@ class future {
                   "moved from or default-constructed)");
     }
     if constexpr (std::is_void_v<R>) {
-      detail::future_fetch(producer_, "iso::future::get", nullptr, nullptr);
+      wait(nullptr, nullptr);
     } else {
       R v;
-      detail::future_fetch(producer_, "iso::future::get", &detail::store_value<R>, &v);
+      wait(&detail::store_value<R>, &v);
       return v;
     }
   }
@@ -153,6 +170,13 @@ class future {
   template <class F>
   friend auto async(F&& body, const spawn_options& opts);
   explicit future(thread_id producer) noexcept : producer_(producer) {}
+  void wait(void (*store)(void*, const void*, std::size_t), void* out) {
+    detail::future_landing l{producer_, store, out};
+    for (boost::context::fiber* to = detail::future_get_prepare(producer_, "iso::future::get", l); to != nullptr;
+         to = detail::future_get_next(l)) {
+      detail::context_resume_named(*to);
+    }
+  }
   void reset() noexcept {
     if (producer_) detail::future_drop(std::exchange(producer_, thread_id{}));
   }
