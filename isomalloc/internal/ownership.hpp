@@ -199,8 +199,11 @@ class departures {
   };
   using list = std::list<record, sys_allocator<record>>;
   static bool overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept;
-  static void give_back(const record& r) noexcept;   // guard removed, pages released lazily
+  // Guard removed, pages released lazily; those of `home` (a run coming home, which the region
+  // takes next) only lose their headers.
+  static void give_back(const record& r, span home = {0, 0}) noexcept;
   static void forget(const span& s) noexcept;        // headers cleared, pages released lazily
+  static void clear_headers(const span& s) noexcept; // the magic at the start of each chunk zeroed
   list::iterator erase_record(list::iterator it) noexcept;  // lock held
 
   mutable std::mutex lock_;

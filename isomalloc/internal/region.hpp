@@ -131,7 +131,8 @@ class region {
   static bool on_mpi_thread() noexcept;
   // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
   // (departures::park_return; taken back when that send is over); ignores (and counts in
-  // bad_returns) a run outside the share or overlapping free space.
+  // bad_returns) a run outside the share or overlapping free space. Otherwise freed as a run
+  // freed here is (cached while the cache has room), see retire.
   void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
   // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
   // later run). Returns false if any part is already allocated here.
@@ -170,6 +171,12 @@ class region {
   void insert_free(std::uintptr_t addr, std::size_t n) noexcept;  // coalescing; lock held
   bool take_free(std::uintptr_t addr, std::size_t n) noexcept;    // exact range; lock held
   void flush_cache() noexcept;                                      // lock held
+  // A run of n chunks at addr leaves use: into the cache, committed, if n <= max_cached_run_chunks
+  // and the cache stays within cache_bound_; otherwise decommitted into the free map. Lock held.
+  // Runs freed here and runs that come home alike: a work-stealing victim is the home of its
+  // stolen threads' memory, and decommitting each returned run (an madvise of about 1.5 us,
+  // four per stolen thread) kept it from answering steal requests (bench_stealing).
+  void retire(std::uintptr_t addr, std::size_t n) noexcept;
 
   mutable std::mutex lock_;              // guards everything below that changes after set-up
   std::atomic<bool> ready_{false};

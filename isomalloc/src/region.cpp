@@ -407,18 +407,22 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   }
   std::lock_guard<std::mutex> g(lock_);
   stats_.allocated_chunks -= n;
-  const std::size_t cached_bytes = stats_.cached_chunks * chunk_bytes;
-  if (n <= max_cached_run_chunks && cached_bytes + bytes <= cache_bound_) {
+  retire(reinterpret_cast<std::uintptr_t>(p), n);
+}
+
+void region::retire(std::uintptr_t addr, std::size_t n) noexcept {
+  const std::size_t bytes = n * chunk_bytes;
+  if (n <= max_cached_run_chunks && stats_.cached_chunks * chunk_bytes + bytes <= cache_bound_) {
     try {
-      cache_[n].push_back(reinterpret_cast<std::uintptr_t>(p));
+      cache_[n].push_back(addr);
       stats_.cached_chunks += n;
       return;
     } catch (const std::bad_alloc&) {
       // fall through: decommit and keep it in the free map instead
     }
   }
-  release_pages(p, bytes);
-  insert_free(reinterpret_cast<std::uintptr_t>(p), n);
+  release_pages(reinterpret_cast<void*>(addr), bytes);
+  insert_free(addr, n);
 }
 
 bool region::on_mpi_thread() noexcept { return t_mpi_thread; }
@@ -482,8 +486,7 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
   }
   ++stats_.returned_runs;
   stats_.allocated_chunks -= bytes / chunk_bytes;
-  release_pages(reinterpret_cast<void*>(addr), bytes);
-  insert_free(addr, bytes / chunk_bytes);
+  retire(addr, bytes / chunk_bytes);
 }
 
 bool region::claim(void* p, std::size_t n) noexcept {

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "heap.hpp"
@@ -137,6 +139,44 @@ TEST_F(Ownership, KeptMemoryIsGivenBackWithoutItsHeadersWhenSomethingElseLandsOn
   departures::get().tick(1000 + 2 * departures::keep_ns);  // old: given back
   EXPECT_EQ(departures::get().stats().kept, 0u);
   runs_come_home(runs2);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
+// Bytes of this process's pages released with MADV_FREE and not yet taken by the kernel.
+std::size_t lazy_free_bytes() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  for (std::string key; in >> key;) {
+    std::size_t kib = 0;
+    if (key == "LazyFree:" && in >> kib) return kib << 10;
+  }
+  ADD_FAILURE() << "no LazyFree in /proc/self/smaps_rollup";
+  return 0;
+}
+
+// A kept run that comes home (its thread, stolen from here, ended elsewhere) is given to the
+// region as it is: the region caches it or decommits it, so the kept copy's release leaves it
+// out (the rest of the record is still given back lazily).
+TEST_F(Ownership, AKeptRunThatComesHomeIsNotReleasedBeforeTheRegionTakesIt) {
+  const auto runs = runs_of(h_);
+  ASSERT_EQ(runs.size(), 2u);
+  const auto big = std::find_if(runs.begin(), runs.end(), [&](const auto& run) { return run.first == big_run(); });
+  ASSERT_NE(big, runs.end());
+  std::memset(big_, 0x5a, 200 << 10);  // its pages committed
+  departures::get().leave(owner_a, h_, nullptr, 0, 0, 1, "0:5");
+  departures::get().sent(owner_a, 1000);
+  const auto before = region::get().stats();
+  const std::size_t lazy_before = lazy_free_bytes();
+  region::get().accept_returned(big->first, big->second);
+  EXPECT_EQ(departures::get().stats().kept, 0u);
+  EXPECT_EQ(region::get().stats().returned_runs, before.returned_runs + 1);
+  EXPECT_EQ(region::get().stats().cached_chunks, before.cached_chunks + big->second / chunk_bytes)
+      << "the run was not cached";
+  // Only the heap's other run (a segment, at most a chunk) was released lazily.
+  EXPECT_LE(lazy_free_bytes() - lazy_before, chunk_bytes) << "the run coming home was released too";
+  EXPECT_EQ(heap::owner_of(big_), nullptr) << "memory given back still claims a heap";
+  for (const auto& [addr, bytes] : runs) {
+    if (addr != big_run()) region::get().accept_returned(addr, bytes);
+  }
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 

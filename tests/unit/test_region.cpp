@@ -82,6 +82,28 @@ TEST_F(RegionTest, CacheBoundDecommitsTheRest) {
   r.set_cache_bound(default_cache_bytes);
 }
 
+// A run freed elsewhere that comes home is cached like one freed here: no madvise on the way
+// (a work-stealing victim takes back each stolen thread's memory so), and reused committed.
+TEST_F(RegionTest, ReturnedRunsAreCachedLikeRunsFreedHere) {
+  void* a = r.alloc_chunks(2);
+  std::memset(a, 0x5a, 2 * chunk_bytes);
+  const auto before = r.stats();
+  r.accept_returned(reinterpret_cast<std::uintptr_t>(a), 2 * chunk_bytes);
+  EXPECT_EQ(r.stats().cached_chunks, before.cached_chunks + 2);
+  EXPECT_EQ(r.stats().allocated_chunks, before.allocated_chunks - 2);
+  void* b = r.alloc_chunks(2);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(static_cast<unsigned char*>(b)[100], 0x5a) << "decommitted on its way back";
+  // Beyond the cache's bound, a returned run is decommitted as a local one is.
+  r.set_cache_bound(0);
+  const std::size_t cached = r.stats().cached_chunks;
+  r.accept_returned(reinterpret_cast<std::uintptr_t>(b), 2 * chunk_bytes);
+  EXPECT_EQ(r.stats().cached_chunks, cached);
+  EXPECT_EQ(static_cast<unsigned char*>(b)[100], 0);
+  EXPECT_TRUE(r.is_valid());
+  r.set_cache_bound(default_cache_bytes);
+}
+
 TEST_F(RegionTest, LargeRunsCoalesceAfterFree) {
   const auto before = r.stats();
   void* a = r.alloc_chunks(100);
