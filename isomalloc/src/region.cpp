@@ -437,10 +437,12 @@ void region::flush_returns() noexcept {
   for (const pending_return& r : out) peers_->remote_free(r.owner, r.addr, r.bytes);
 }
 
-void region::poll() noexcept {
-  if (!t_mpi_thread || peers_ == nullptr) return;
+bool region::poll() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return false;
   flush_returns();
+  const std::size_t seen = returns_seen_.load(std::memory_order_relaxed);
   peers_->poll();
+  return returns_seen_.load(std::memory_order_relaxed) != seen;
 }
 
 bool region::take_failure(char* out, std::size_t cap) noexcept {
@@ -448,6 +450,7 @@ bool region::take_failure(char* out, std::size_t cap) noexcept {
 }
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
+  returns_seen_.fetch_add(1, std::memory_order_relaxed);
   const interval s = share(rank_);
   if (departures::get().park_return(addr, bytes)) {
     std::lock_guard<std::mutex> g(lock_);
