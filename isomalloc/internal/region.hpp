@@ -129,10 +129,11 @@ class region {
   void flush_returns() noexcept;
   // True on the OS thread that agreed the region: the one that owns MPI (MPI_THREAD_FUNNELED).
   static bool on_mpi_thread() noexcept;
-  // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
-  // (departures::park_return; taken back when that send is over); ignores (and counts in
-  // bad_returns) a run outside the share or overlapping free space. Otherwise freed as a run
-  // freed here is (cached while the cache has room), see retire.
+  // A run freed elsewhere comes home. Ignored (and counted in bad_returns) if it lies outside
+  // the share or overlaps free or cached space, before anything else looks at it; parked while
+  // a departure from this rank still sends it (departures::park_return; taken back when that
+  // send is over). Otherwise freed as a run freed here is (cached while the cache has room),
+  // see retire.
   void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
   // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
   // later run). Returns false if any part is already allocated here.
@@ -171,6 +172,9 @@ class region {
   void insert_free(std::uintptr_t addr, std::size_t n) noexcept;  // coalescing; lock held
   bool take_free(std::uintptr_t addr, std::size_t n) noexcept;    // exact range; lock held
   void flush_cache() noexcept;                                      // lock held
+  // Whether [addr, +bytes) may come home: chunk-aligned, inside this rank's share, and no part
+  // free or cached (a run returned twice would be handed out twice). O(log n). Lock held.
+  bool may_return(std::uintptr_t addr, std::size_t bytes) const noexcept;
   // A run of n chunks at addr leaves use: into the cache, committed, if n <= max_cached_run_chunks
   // and the cache stays within cache_bound_; otherwise decommitted into the free map. Lock held.
   // Runs freed here and runs that come home alike: a work-stealing victim is the home of its
@@ -201,8 +205,12 @@ class region {
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.
   sys_map<std::uintptr_t, std::size_t> free_by_addr_;
   sys_multimap<std::size_t, std::uintptr_t> free_by_size_;
-  // cache_[n] holds freed runs of exactly n chunks, still committed (n <= max_cached_run_chunks).
+  // cache_[n] holds freed runs of exactly n chunks, still committed (n <= max_cached_run_chunks),
+  // the last freed at the back (handed out first: its lines are the warmest). cached_by_addr_
+  // holds exactly the same runs (start -> chunks), for may_return: runs that come home fill the
+  // cache too, up to cache_bound_ / chunk_bytes (4096 by default) of them.
   sys_vector<std::uintptr_t> cache_[max_cached_run_chunks + 1];
+  sys_map<std::uintptr_t, std::size_t> cached_by_addr_;
   std::size_t cache_bound_ = default_cache_bytes;
   stats_t stats_;
 };

@@ -1,9 +1,11 @@
 // The isomalloc region on a single rank: reservation, chunk runs, recycling, bounds, bookkeeping.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <set>
+#include <vector>
 
 #include "isothreads/error.hpp"
 #include "prim.hpp"
@@ -136,6 +138,41 @@ TEST_F(RegionTest, ReturnedRunsAreCheckedBeforeReuse) {
   r.accept_returned(reinterpret_cast<std::uintptr_t>(a) + 1, chunk_bytes);  // misaligned
   r.accept_returned(r.base() + r.bytes(), chunk_bytes);                     // outside the share
   EXPECT_EQ(r.stats().bad_returns, before.bad_returns + 3);
+  EXPECT_TRUE(r.is_valid());
+}
+
+// Runs that come home fill the cache (thousands of them on a work-stealing victim), and a return
+// overlapping any cached run, wherever it starts, is refused by an address-ordered look-up.
+TEST_F(RegionTest, AReturnOverlappingAnyCachedRunIsRefused) {
+  const auto before = r.stats();
+  std::vector<void*> runs;  // of 1, 2, 3, 1, 2, 3, ... chunks
+  for (std::size_t i = 0; i < 600; ++i) runs.push_back(r.alloc_chunks(i % 3 + 1));
+  std::vector<void*> held;  // every fourth stays allocated (away): its return is good
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (i % 4 == 3) {
+      held.push_back(runs[i]);
+    } else {
+      r.free_chunks(runs[i], i % 3 + 1);
+    }
+  }
+  std::size_t refused = 0;
+  for (std::size_t i = 0; i + 1 < runs.size(); ++i) {
+    if (i % 4 == 3 || (i + 1) % 4 == 3) continue;
+    const auto a = reinterpret_cast<std::uintptr_t>(runs[i]);
+    const std::size_t n = i % 3 + 1;
+    r.accept_returned(a, n * chunk_bytes);                               // itself
+    r.accept_returned(a + (n - 1) * chunk_bytes, chunk_bytes);           // its last chunk
+    r.accept_returned(a + n * chunk_bytes - chunk_bytes, 2 * chunk_bytes);  // into the next
+    refused += 3;
+  }
+  EXPECT_EQ(r.stats().bad_returns, before.bad_returns + refused);
+  EXPECT_EQ(r.stats().returned_runs, before.returned_runs);
+  for (void* p : held) {
+    const std::size_t n = static_cast<std::size_t>(std::find(runs.begin(), runs.end(), p) - runs.begin()) % 3 + 1;
+    r.accept_returned(reinterpret_cast<std::uintptr_t>(p), n * chunk_bytes);
+  }
+  EXPECT_EQ(r.stats().returned_runs, before.returned_runs + held.size());
+  EXPECT_EQ(r.stats().allocated_chunks, before.allocated_chunks);
   EXPECT_TRUE(r.is_valid());
 }
 
