@@ -169,7 +169,9 @@ departures& departures::get() noexcept {
 
 bool departures::overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept {
   auto hit = [&](std::uintptr_t lo, std::size_t n) { return lo < addr + bytes && addr < lo + n; };
-  if (hit(r.stack, r.stack_bytes)) return true;
+  // An empty stack (none, or taken home) holds nothing: hit(lo, 0) would match every range
+  // strictly containing lo.
+  if (r.stack_bytes != 0 && hit(r.stack, r.stack_bytes)) return true;
   for (const span& s : r.runs) {
     if (hit(s.addr, s.bytes)) return true;
   }
@@ -224,6 +226,7 @@ void departures::take_home(record& r, span home) noexcept {
     }
     if (!within(r.stack, r.stack_bytes)) release_pages(reinterpret_cast<void*>(r.stack), r.stack_bytes, true);
     gone += r.stack_bytes;
+    r.stack = 0;
     r.stack_bytes = 0;
   }
   r.bytes -= gone;

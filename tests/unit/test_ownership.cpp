@@ -216,6 +216,36 @@ TEST_F(Ownership, AKeptStackThatComesHomeLosesItsGuardAndIsCachedCommitted) {
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 
+// A kept record whose stack came home keeps no stack at all: a later departure's run that
+// strictly contains where that stack began is the later record's, and its return is parked
+// there while its send is on (it must not reach the region while MPI may still read it).
+TEST_F(Ownership, AKeptRecordWhoseStackCameHomeNoLongerClaimsItsOldStart) {
+  constexpr std::size_t guard_bytes = 16 << 10;
+  auto* run = static_cast<unsigned char*>(region::get().alloc_chunks(3));
+  const auto run_addr = reinterpret_cast<std::uintptr_t>(run);
+  unsigned char* old_stack = run + chunk_bytes;  // strictly inside run
+  ASSERT_EQ(prim::guard_install(old_stack, guard_bytes), 0);
+  const auto runs = runs_of(h_);
+  departures::get().leave(owner_a, h_, old_stack, chunk_bytes, guard_bytes, 1, "0:8");
+  departures::get().sent(owner_a, 1000);
+  EXPECT_FALSE(departures::get().park_return(run_addr + chunk_bytes, chunk_bytes));  // the stack comes home
+  EXPECT_EQ(departures::get().stats().kept, 1u) << "h_'s runs are still kept";
+  EXPECT_FALSE(departures::get().holds(run_addr + chunk_bytes, chunk_bytes));
+
+  heap* h2 = heap::create();
+  const auto runs2 = runs_of(h2);
+  ASSERT_EQ(prim::guard_install(run, guard_bytes), 0);
+  departures::get().leave(owner_b, h2, run, 3 * chunk_bytes, guard_bytes, 1, "0:9");
+  EXPECT_TRUE(departures::get().park_return(run_addr, 3 * chunk_bytes)) << "a departing run's return was not parked";
+  EXPECT_EQ(departures::get().stats().parked, 1u);
+  const auto before = region::get().stats();
+  departures::get().sent(owner_b, 1000);  // the parked run goes to the region, the rest is given back
+  EXPECT_EQ(region::get().stats().returned_runs, before.returned_runs + 1);
+  runs_come_home(runs2);
+  runs_come_home(runs);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
 // A return that is not a run this share lent out is refused before departures see it: it
 // neither parks (a departing thread's record keeps nothing of it) nor makes kept memory go.
 TEST_F(Ownership, AMalformedReturnTouchesNeitherDepartingNorKeptMemory) {
