@@ -221,6 +221,8 @@ void departures::take_home(record& r, span home) noexcept {
     return true;
   });
   if (r.stack_bytes != 0 && hit(r.stack, r.stack_bytes)) {
+    // A returning record's thread is landing here on that stack: it cannot have ended elsewhere.
+    ISO_ASSERT_INTERNAL(!r.returning);
     if (const int e = prim::guard_remove(reinterpret_cast<void*>(r.stack), r.guard_bytes); e != 0) {
       fatal("could not remove the guard of stack %#zx: %s", r.stack, std::strerror(e));
     }
@@ -230,7 +232,8 @@ void departures::take_home(record& r, span home) noexcept {
     r.stack_bytes = 0;
   }
   r.bytes -= gone;
-  if (r.sent) kept_bytes_ -= gone;
+  ISO_ASSERT_INTERNAL(r.sent);  // park_return parks what comes home to a record not yet sent
+  kept_bytes_ -= gone;
 }
 
 departures::list::iterator departures::erase_record(list::iterator it) noexcept {

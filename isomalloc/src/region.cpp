@@ -416,7 +416,8 @@ void region::retire(std::uintptr_t addr, std::size_t n) noexcept {
   const std::size_t bytes = n * chunk_bytes;
   if (n <= max_cached_run_chunks && stats_.cached_chunks * chunk_bytes + bytes <= cache_bound_) {
     try {
-      const auto at = cached_by_addr_.emplace(addr, n).first;
+      const auto [at, inserted] = cached_by_addr_.emplace(addr, n);
+      ISO_ASSERT(inserted);  // nothing is retired twice: may_return and free_chunks' callers see to it
       try {
         cache_[n].push_back(addr);
       } catch (const std::bad_alloc&) {
@@ -479,11 +480,11 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
     return;
   }
   std::lock_guard<std::mutex> g(lock_);
-  // Judged again: the lock was let go meanwhile (departures and the hook are asked outside it).
-  if (!may_return(addr, bytes)) {
-    ++stats_.bad_returns;
-    return;
-  }
+  // Still a run lent out: the lock was let go meanwhile (departures and the hook are asked
+  // outside it), but only its one holder returns it, once, and nothing here frees or caches
+  // chunks of a run lent out. Counted as bad here instead, the run would be owned by nobody,
+  // since park_return may have taken it from kept memory already.
+  ISO_ASSERT(may_return(addr, bytes));
   ++stats_.returned_runs;
   stats_.allocated_chunks -= bytes / chunk_bytes;
   retire(addr, bytes / chunk_bytes);
