@@ -26,8 +26,8 @@
 //     before they write;
 //   - no stale copy claims memory for a heap in use here: heap::owner_of trusts a chunk's header,
 //     so every heap chunk this rank stops using loses its header's magic first (a segment or a
-//     large run freed here, kept memory given back, and the runs a returning thread no longer
-//     holds, departures::arrive). Otherwise a pointer into a run that another rank now uses could
+//     large run freed here, kept memory given back, a kept run that comes home (take_home), and
+//     the runs a returning thread no longer holds, departures::arrive). Otherwise a pointer into a run that another rank now uses could
 //     find, in this rank's old copy, a header naming a heap that is in use here again.
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs

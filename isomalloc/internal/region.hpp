@@ -13,7 +13,7 @@
 //   chunk    64 KiB, the unit of ownership and allocation; a run is n contiguous chunks of one share.
 //
 // A run is in exactly one state on its owner: free (in free_by_addr_), cached (freed, still
-// committed, in cache_), or allocated (held by some rank: this one, or another after migration).
+// committed, in cache_ and cached_by_addr_), or allocated (held by some rank: this one, or another after migration).
 // A run freed on a rank that does not own it is sent back through region_peers::remote_free and
 // stays allocated on the owner until it arrives, so nobody reuses it meanwhile. ownership.hpp
 // states the whole invariant, with the states a run of a departed thread passes through.

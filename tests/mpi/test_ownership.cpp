@@ -471,7 +471,9 @@ TEST(Ownership, MemoryOfThreadsThatEndElsewhereComesHomeOnceAndIsReusedCommitted
   EXPECT_EQ(r.stats().bad_returns, before.bad_returns) << "a run came home twice";
   EXPECT_TRUE(r.is_valid());
   // Blocks reuse the runs of earlier rounds' blocks (no other run has their size), committed:
-  // each still holds what the last round that had it wrote.
+  // each still holds what the last round that had it wrote. A block's run is back in the cache
+  // only once its return has arrived, and nothing orders that before the next round's malloc:
+  // hence at least half of the rounds, not all.
   int reused = 0, intact = 0;
   for (int i = 1; i < away_rounds; ++i) {
     int j = i - 1;
