@@ -9,8 +9,9 @@
 //   kept       its thread left and its image is out: still mapped here (stack guard installed), so
 //              that a thread that comes back soon (load balancing moves threads back and forth)
 //              migrates without a system call; nothing writes it, nothing hands it out; given back
-//              to the kernel after keep_ns, beyond keep_bytes, when the run comes home, or when
-//              something arrives on it (departures::settle)
+//              to the kernel after keep_ns, beyond keep_bytes, or when something arrives on it
+//              (departures::settle); a run of it that comes home leaves it for the region as it is
+//              (its thread freed it elsewhere: departures::park_return)
 //   away       (on its owner only) allocated from this share, in use, departing or kept elsewhere:
 //              reserved until the rank that ends its use returns it (region::accept_returned)
 // and across ranks at most one rank holds a run in use. What keeps it:
@@ -25,8 +26,8 @@
 //     before they write;
 //   - no stale copy claims memory for a heap in use here: heap::owner_of trusts a chunk's header,
 //     so every heap chunk this rank stops using loses its header's magic first (a segment or a
-//     large run freed here, kept memory given back, and the runs a returning thread no longer
-//     holds, departures::arrive). Otherwise a pointer into a run that another rank now uses could
+//     large run freed here, kept memory given back, a kept run that comes home (take_home), and
+//     the runs a returning thread no longer holds, departures::arrive). Otherwise a pointer into a run that another rank now uses could
 //     find, in this rank's old copy, a header naming a heap that is in use here again.
 //
 // FREES FROM OTHER OS THREADS. Only one OS thread per process, the heap thread (the one that runs
@@ -164,8 +165,8 @@ class departures {
   // Whether tick() has anything to look at; cheap enough for every poll.
   bool any_kept() const noexcept { return kept_records_.load(std::memory_order_relaxed) != 0; }
   // The region asks before taking back a run that came home: true if the run belongs to a
-  // departing thread's memory (parked: sent() hands it to the region); kept memory holding it is
-  // given back first (false: the region takes it now).
+  // departing thread's memory (parked: sent() hands it to the region); if kept memory holds it,
+  // the run leaves that record (take_home; false: the region takes it now).
   bool park_return(std::uintptr_t addr, std::size_t bytes) noexcept;
 
   struct stats_t {
@@ -200,7 +201,12 @@ class departures {
   using list = std::list<record, sys_allocator<record>>;
   static bool overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept;
   static void give_back(const record& r) noexcept;   // guard removed, pages released lazily
+  // [home] came home and the region takes it next (region::retire caches it as it is, or
+  // decommits it): what of r it holds leaves r (a heap run only loses its headers, the stack
+  // its guard) and the rest stays kept. Parts of r that reach beyond it are given back. Lock held.
+  void take_home(record& r, span home) noexcept;
   static void forget(const span& s) noexcept;        // headers cleared, pages released lazily
+  static void clear_headers(const span& s) noexcept; // the magic at the start of each chunk zeroed
   list::iterator erase_record(list::iterator it) noexcept;  // lock held
 
   mutable std::mutex lock_;

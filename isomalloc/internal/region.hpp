@@ -13,7 +13,7 @@
 //   chunk    64 KiB, the unit of ownership and allocation; a run is n contiguous chunks of one share.
 //
 // A run is in exactly one state on its owner: free (in free_by_addr_), cached (freed, still
-// committed, in cache_), or allocated (held by some rank: this one, or another after migration).
+// committed, in cache_ and cached_by_addr_), or allocated (held by some rank: this one, or another after migration).
 // A run freed on a rank that does not own it is sent back through region_peers::remote_free and
 // stays allocated on the owner until it arrives, so nobody reuses it meanwhile. ownership.hpp
 // states the whole invariant, with the states a run of a departed thread passes through.
@@ -121,17 +121,19 @@ class region {
   // On the MPI thread: sends the returns other OS threads queued, then lets the peers handle what
   // arrived (region_peers::poll). From any other OS thread: does nothing. Every block call, the
   // runtime's progress engine and iso_progress call it; iso_progress also reports what failed
-  // since it last ran (take_failure).
-  void poll() noexcept;
+  // since it last ran (take_failure). True if a run came home (accept_returned ran).
+  bool poll() noexcept;
   // On the MPI thread, region_peers::take_failure; elsewhere, or without peers, false.
   bool take_failure(char* out, std::size_t cap) noexcept;
   // On the MPI thread: sends the returns other OS threads queued (before the peers drain).
   void flush_returns() noexcept;
   // True on the OS thread that agreed the region: the one that owns MPI (MPI_THREAD_FUNNELED).
   static bool on_mpi_thread() noexcept;
-  // A run freed elsewhere comes home. Parked while a departure from this rank still sends it
-  // (departures::park_return; taken back when that send is over); ignores (and counts in
-  // bad_returns) a run outside the share or overlapping free space.
+  // A run freed elsewhere comes home. Ignored (and counted in bad_returns) if it lies outside
+  // the share or overlaps free or cached space, before anything else looks at it; parked while
+  // a departure from this rank still sends it (departures::park_return; taken back when that
+  // send is over). Otherwise freed as a run freed here is (cached while the cache has room),
+  // see retire.
   void accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept;
   // Marks [p, p+n chunks) of this rank's share allocated if it is free (restoring an image in a
   // later run). Returns false if any part is already allocated here.
@@ -170,6 +172,15 @@ class region {
   void insert_free(std::uintptr_t addr, std::size_t n) noexcept;  // coalescing; lock held
   bool take_free(std::uintptr_t addr, std::size_t n) noexcept;    // exact range; lock held
   void flush_cache() noexcept;                                      // lock held
+  // Whether [addr, +bytes) may come home: chunk-aligned, inside this rank's share, and no part
+  // free or cached (a run returned twice would be handed out twice). O(log n). Lock held.
+  bool may_return(std::uintptr_t addr, std::size_t bytes) const noexcept;
+  // A run of n chunks at addr leaves use: into the cache, committed, if n <= max_cached_run_chunks
+  // and the cache stays within cache_bound_; otherwise decommitted into the free map. Lock held.
+  // Runs freed here and runs that come home alike: a work-stealing victim is the home of its
+  // stolen threads' memory, and decommitting each returned run (an madvise of about 1.5 us,
+  // four per stolen thread) kept it from answering steal requests (bench_stealing).
+  void retire(std::uintptr_t addr, std::size_t n) noexcept;
 
   mutable std::mutex lock_;              // guards everything below that changes after set-up
   std::atomic<bool> ready_{false};
@@ -188,13 +199,18 @@ class region {
   };
   sys_vector<pending_return> pending_returns_;  // freed by other OS threads, for the MPI thread
   std::atomic<return_hook> return_hook_{nullptr};
+  std::atomic<std::size_t> returns_seen_{0};  // accept_returned calls, for poll()'s answer
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.
   sys_map<std::uintptr_t, std::size_t> free_by_addr_;
   sys_multimap<std::size_t, std::uintptr_t> free_by_size_;
-  // cache_[n] holds freed runs of exactly n chunks, still committed (n <= max_cached_run_chunks).
+  // cache_[n] holds freed runs of exactly n chunks, still committed (n <= max_cached_run_chunks),
+  // the last freed at the back (handed out first: its lines are the warmest). cached_by_addr_
+  // holds exactly the same runs (start -> chunks), for may_return: runs that come home fill the
+  // cache too, up to cache_bound_ / chunk_bytes (4096 by default) of them.
   sys_vector<std::uintptr_t> cache_[max_cached_run_chunks + 1];
+  sys_map<std::uintptr_t, std::size_t> cached_by_addr_;
   std::size_t cache_bound_ = default_cache_bytes;
   stats_t stats_;
 };

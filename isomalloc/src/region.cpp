@@ -348,6 +348,7 @@ void region::flush_cache() noexcept {
     stats_.cached_chunks -= cache_[n].size() * n;
     cache_[n].clear();
   }
+  cached_by_addr_.clear();
 }
 
 void* region::alloc_chunks(std::size_t n) {
@@ -357,6 +358,7 @@ void* region::alloc_chunks(std::size_t n) {
   if (n <= max_cached_run_chunks && !cache_[n].empty()) {
     const std::uintptr_t a = cache_[n].back();
     cache_[n].pop_back();
+    cached_by_addr_.erase(a);
     stats_.cached_chunks -= n;
     stats_.allocated_chunks += n;
     return reinterpret_cast<void*>(a);
@@ -407,18 +409,29 @@ void region::free_chunks(void* p, std::size_t n) noexcept {
   }
   std::lock_guard<std::mutex> g(lock_);
   stats_.allocated_chunks -= n;
-  const std::size_t cached_bytes = stats_.cached_chunks * chunk_bytes;
-  if (n <= max_cached_run_chunks && cached_bytes + bytes <= cache_bound_) {
+  retire(reinterpret_cast<std::uintptr_t>(p), n);
+}
+
+void region::retire(std::uintptr_t addr, std::size_t n) noexcept {
+  const std::size_t bytes = n * chunk_bytes;
+  if (n <= max_cached_run_chunks && stats_.cached_chunks * chunk_bytes + bytes <= cache_bound_) {
     try {
-      cache_[n].push_back(reinterpret_cast<std::uintptr_t>(p));
+      const auto [at, inserted] = cached_by_addr_.emplace(addr, n);
+      ISO_ASSERT(inserted);  // nothing is retired twice: may_return and free_chunks' callers see to it
+      try {
+        cache_[n].push_back(addr);
+      } catch (const std::bad_alloc&) {
+        cached_by_addr_.erase(at);
+        throw;
+      }
       stats_.cached_chunks += n;
       return;
     } catch (const std::bad_alloc&) {
       // fall through: decommit and keep it in the free map instead
     }
   }
-  release_pages(p, bytes);
-  insert_free(reinterpret_cast<std::uintptr_t>(p), n);
+  release_pages(reinterpret_cast<void*>(addr), bytes);
+  insert_free(addr, n);
 }
 
 bool region::on_mpi_thread() noexcept { return t_mpi_thread; }
@@ -433,10 +446,12 @@ void region::flush_returns() noexcept {
   for (const pending_return& r : out) peers_->remote_free(r.owner, r.addr, r.bytes);
 }
 
-void region::poll() noexcept {
-  if (!t_mpi_thread || peers_ == nullptr) return;
+bool region::poll() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return false;
   flush_returns();
+  const std::size_t seen = returns_seen_.load(std::memory_order_relaxed);
   peers_->poll();
+  return returns_seen_.load(std::memory_order_relaxed) != seen;
 }
 
 bool region::take_failure(char* out, std::size_t cap) noexcept {
@@ -444,7 +459,16 @@ bool region::take_failure(char* out, std::size_t cap) noexcept {
 }
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
-  const interval s = share(rank_);
+  returns_seen_.fetch_add(1, std::memory_order_relaxed);
+  // Judged first: a malformed return must not make departures give kept memory back, nor park,
+  // nor make the block interface forget a block.
+  {
+    std::lock_guard<std::mutex> g(lock_);
+    if (!may_return(addr, bytes)) {
+      ++stats_.bad_returns;
+      return;
+    }
+  }
   if (departures::get().park_return(addr, bytes)) {
     std::lock_guard<std::mutex> g(lock_);
     ++stats_.parked_returns;
@@ -456,34 +480,28 @@ void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
     return;
   }
   std::lock_guard<std::mutex> g(lock_);
-  const bool shaped = addr % chunk_bytes == 0 && bytes % chunk_bytes == 0 && bytes != 0 &&
-                      addr >= s.lo && addr + bytes <= s.hi;
-  bool overlaps = false;
-  if (shaped) {
-    auto it = free_by_addr_.upper_bound(addr + bytes - 1);
-    if (it != free_by_addr_.begin()) {
-      --it;
-      overlaps = it->first + it->second * chunk_bytes > addr;
-    }
-    // The cache holds at most cache_bound_ / chunk_bytes runs: a linear look is cheap, and a
-    // run accepted twice would be handed out twice.
-    for (std::size_t n = 1; n <= max_cached_run_chunks && !overlaps; ++n) {
-      for (std::uintptr_t a : cache_[n]) {
-        if (a < addr + bytes && addr < a + n * chunk_bytes) {
-          overlaps = true;
-          break;
-        }
-      }
-    }
-  }
-  if (!shaped || overlaps) {
-    ++stats_.bad_returns;
-    return;
-  }
+  // Still a run lent out: the lock was let go meanwhile (departures and the hook are asked
+  // outside it), but only its one holder returns it, once, and nothing here frees or caches
+  // chunks of a run lent out. Counted as bad here instead, the run would be owned by nobody,
+  // since park_return may have taken it from kept memory already.
+  ISO_ASSERT(may_return(addr, bytes));
   ++stats_.returned_runs;
   stats_.allocated_chunks -= bytes / chunk_bytes;
-  release_pages(reinterpret_cast<void*>(addr), bytes);
-  insert_free(addr, bytes / chunk_bytes);
+  retire(addr, bytes / chunk_bytes);
+}
+
+bool region::may_return(std::uintptr_t addr, std::size_t bytes) const noexcept {
+  const interval s = share(rank_);
+  if (addr % chunk_bytes != 0 || bytes % chunk_bytes != 0 || bytes == 0 || addr < s.lo || addr > s.hi ||
+      bytes > s.hi - addr) {
+    return false;
+  }
+  // Free and cached runs are each disjoint: only the last one starting below the end can reach in.
+  const auto reaches_in = [&](const auto& by_addr) {
+    auto it = by_addr.upper_bound(addr + bytes - 1);
+    return it != by_addr.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > addr;
+  };
+  return !reaches_in(free_by_addr_) && !reaches_in(cached_by_addr_);
 }
 
 bool region::claim(void* p, std::size_t n) noexcept {
@@ -531,9 +549,12 @@ bool region::is_valid() const noexcept {
   }
   if (free_by_size_.size() != free_by_addr_.size()) return false;
   std::size_t cached = 0;
+  std::size_t cached_runs = 0;
   for (std::size_t n = 1; n <= max_cached_run_chunks; ++n) {
+    cached_runs += cache_[n].size();
     for (std::uintptr_t a : cache_[n]) {
       if (a < s.lo || a + n * chunk_bytes > s.hi) return false;
+      if (const auto it = cached_by_addr_.find(a); it == cached_by_addr_.end() || it->second != n) return false;
       auto it = free_by_addr_.upper_bound(a + n * chunk_bytes - 1);
       if (it != free_by_addr_.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > a) {
         return false;  // a cached run is also free
@@ -541,7 +562,14 @@ bool region::is_valid() const noexcept {
       cached += n;
     }
   }
-  return cached == stats_.cached_chunks &&
+  // Each cached run is in cached_by_addr_ under its start with its length, the counts agree (so
+  // nothing else is there), and no two cached runs overlap.
+  std::uintptr_t cached_end = 0;
+  for (const auto& [a, n] : cached_by_addr_) {
+    if (a < cached_end) return false;
+    cached_end = a + n * chunk_bytes;
+  }
+  return cached == stats_.cached_chunks && cached_runs == cached_by_addr_.size() &&
          free_chunks + cached + stats_.allocated_chunks == share_bytes_ / chunk_bytes;
 }
 

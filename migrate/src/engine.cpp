@@ -99,16 +99,17 @@ void engine::send_ctrl(int dest, const ctrl_msg& m) noexcept {
 
 bool engine::poll() noexcept {
   heap_scope system(nullptr);
-  // Collectives' deposits first, so that a batch made now leaves in this poll.
-  bool did = combiner_.flush(*this, !sched_.policy().has_ready_threads());
+  // Steal requests first: a thief waits for each poll's work before them. Off and with no
+  // request waiting, this rank does not look: a balanced program pays nothing.
+  bool did = ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) && poll_steals();
+  // Collectives' deposits next, so that a batch made now leaves in this poll.
+  did = combiner_.flush(*this, !sched_.policy().has_ready_threads()) || did;
   batches_.poll();
   if (departures::get().any_kept()) departures::get().tick(now_ns());
   did = complete(departures_, [](departure& d) -> auto& { return d.requests; }, [](departure& d) { return d.dest; },
                  [this](departure& d) { finish_departure(d); }) || did;
   did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },
                  [this](arrival& a) { finish_arrival(a); }) || did;
-  // Off and with no request waiting, this rank does not look: a balanced program pays nothing.
-  if ((stealing_ && size_ > 1) || steal_outstanding_ || !steal_sends_.empty()) did = poll_steals() || did;
   ready_arrival_ = false;
   // Only a rank with nothing to run stops receiving for an arrival: one with threads ready runs
   // those first anyway, and stopping would take a poll per arriving thread of a burst.

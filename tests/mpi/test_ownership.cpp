@@ -3,6 +3,7 @@
 // and realloc from them. Every test is collective: each rank runs it and calls run().
 #include <gtest/gtest.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <string>
 #include <thread>
@@ -409,6 +411,82 @@ TEST(Ownership, ARangeWhoseReturnFailsToSendStillComesHome) {
       << "reported: '" << reported << "'";
   EXPECT_EQ(r.stats().bad_returns, 0u);
   EXPECT_TRUE(r.is_valid());
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// Threads that leave their home rank and end elsewhere (the memory of a work-stealing victim's
+// stolen threads): each run comes home once, the home takes it back as it is (committed, no
+// release on the way) and hands it out again, so that its resident memory stays bounded however
+// many threads it sends away, and nothing is left kept or allocated once the runs are home.
+constexpr int away_rounds = 200;
+constexpr std::size_t away_block_bytes = std::size_t{600} << 10;  // 10 chunks: no stack's size
+std::uintptr_t g_away_block[away_rounds];  // home rank: each round's block, its first byte seen
+unsigned char g_away_seen[away_rounds];    // before the round wrote it
+
+std::size_t resident_bytes() {
+  std::ifstream in("/proc/self/statm");
+  std::size_t size = 0, resident = 0;
+  in >> size >> resident;
+  EXPECT_TRUE(in.good()) << "could not read /proc/self/statm";
+  return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+TEST(Ownership, MemoryOfThreadsThatEndElsewhereComesHomeOnceAndIsReusedCommitted) {
+  iso::detail::region& r = iso::detail::region::get();
+  const auto held_here = [&r] {  // allocated from this share and not pooled for reuse here
+    return r.stats().allocated_chunks - iso::detail::stack_pool::get().pooled_bytes() / iso::detail::chunk_bytes;
+  };
+  const auto before = r.stats();
+  const std::size_t held_before = held_here();
+  std::size_t resident_before = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // the first pass warms the cache and the heaps up
+    iso::spawn([] {
+      const int next = (iso::rank() + 1) % iso::size();
+      for (int i = 0; i < away_rounds; ++i) {
+        iso::join(iso::spawn([i, next] {
+          auto* block = static_cast<unsigned char*>(std::malloc(away_block_bytes));
+          g_away_block[i] = reinterpret_cast<std::uintptr_t>(block);
+          // What the run held when it was handed out (the compiler must not assume nothing).
+          asm volatile("" : : "r"(block) : "memory");
+          g_away_seen[i] = block[4096];
+          std::memset(block, i % 200 + 1, away_block_bytes);
+          iso::this_thread::migrate_to(next);  // ends there: its heap, block and stack go home
+        }));
+      }
+    });
+    rt->run();
+    if (pass == 0) resident_before = resident_bytes();
+  }
+  // Returns are not counted for termination: the last ones may still be on their way.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((held_here() != held_before || iso::detail::departures::get().stats().kept != 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    r.poll();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(held_here(), held_before) << "runs of threads that ended elsewhere did not all come home";
+  EXPECT_EQ(iso::detail::departures::get().stats().kept, 0u) << "a record of a thread that ended elsewhere stayed";
+  // Two passes of a stack, a heap segment and a block each at least.
+  EXPECT_GE(r.stats().returned_runs - before.returned_runs, std::size_t{3} * 2 * away_rounds);
+  EXPECT_EQ(r.stats().bad_returns, before.bad_returns) << "a run came home twice";
+  EXPECT_TRUE(r.is_valid());
+  // Blocks reuse the runs of earlier rounds' blocks (no other run has their size), committed:
+  // each still holds what the last round that had it wrote. A block's run is back in the cache
+  // only once its return has arrived, and nothing orders that before the next round's malloc:
+  // hence at least half of the rounds, not all.
+  int reused = 0, intact = 0;
+  for (int i = 1; i < away_rounds; ++i) {
+    int j = i - 1;
+    while (j >= 0 && g_away_block[j] != g_away_block[i]) --j;
+    if (j < 0) continue;
+    ++reused;
+    if (g_away_seen[i] == j % 200 + 1) ++intact;
+  }
+  EXPECT_GE(reused, away_rounds / 2) << "blocks were not reused";
+  EXPECT_EQ(intact, reused) << "memory that came home was given to the kernel on its way";
+  // 200 threads' stacks and blocks are 170 MiB: reused, the second pass adds next to nothing.
+  const std::size_t grown = resident_bytes() - std::min(resident_bytes(), resident_before);
+  EXPECT_LT(grown, std::size_t{16} << 20) << "resident memory grew by " << (grown >> 20) << " MiB";
   MPI_Barrier(MPI_COMM_WORLD);
 }
 

@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "heap.hpp"
 #include "ownership.hpp"
+#include "prim.hpp"
 #include "region.hpp"
 
 namespace {
@@ -137,6 +140,131 @@ TEST_F(Ownership, KeptMemoryIsGivenBackWithoutItsHeadersWhenSomethingElseLandsOn
   departures::get().tick(1000 + 2 * departures::keep_ns);  // old: given back
   EXPECT_EQ(departures::get().stats().kept, 0u);
   runs_come_home(runs2);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
+// Bytes of this process's pages released with MADV_FREE and not yet taken by the kernel. Signed:
+// the kernel may take some between two readings, so a difference can be negative.
+std::int64_t lazy_free_bytes() {
+  std::ifstream in("/proc/self/smaps_rollup");
+  for (std::string key; in >> key;) {
+    std::int64_t kib = 0;
+    if (key == "LazyFree:" && in >> kib) return kib << 10;
+  }
+  ADD_FAILURE() << "no LazyFree in /proc/self/smaps_rollup";
+  return 0;
+}
+
+// A kept run that comes home (its thread, stolen from here, ended elsewhere) leaves its record
+// as it is: the region caches it or decommits it, so nothing of it is released here, and the
+// rest of the record (coming home right behind it) stays kept until it comes home too.
+TEST_F(Ownership, AKeptRunThatComesHomeLeavesItsRecordWithoutARelease) {
+  const auto runs = runs_of(h_);
+  ASSERT_EQ(runs.size(), 2u);
+  const auto big = std::find_if(runs.begin(), runs.end(), [&](const auto& run) { return run.first == big_run(); });
+  ASSERT_NE(big, runs.end());
+  std::memset(big_, 0x5a, 200 << 10);  // its pages committed
+  departures::get().leave(owner_a, h_, nullptr, 0, 0, 1, "0:5");
+  departures::get().sent(owner_a, 1000);
+  const auto before = region::get().stats();
+  const auto kept_before = departures::get().stats().kept_bytes;
+  const std::int64_t lazy_before = lazy_free_bytes();
+  region::get().accept_returned(big->first, big->second);
+  EXPECT_LT(lazy_free_bytes() - lazy_before, static_cast<std::int64_t>(chunk_bytes)) << "a run was released";
+  EXPECT_EQ(departures::get().stats().kept, 1u) << "the rest of the record was given back";
+  EXPECT_EQ(departures::get().stats().kept_bytes, kept_before - big->second);
+  EXPECT_EQ(region::get().stats().returned_runs, before.returned_runs + 1);
+  EXPECT_EQ(region::get().stats().cached_chunks, before.cached_chunks + big->second / chunk_bytes)
+      << "the run was not cached";
+  EXPECT_EQ(heap::owner_of(big_), nullptr) << "memory given back still claims a heap";
+  for (const auto& [addr, bytes] : runs) {
+    if (addr != big_run()) region::get().accept_returned(addr, bytes);
+  }
+  EXPECT_EQ(departures::get().stats().kept, 0u) << "an empty record stayed";
+  EXPECT_EQ(departures::get().stats().kept_bytes, kept_before - runs[0].second - runs[1].second);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
+// A kept stack that comes home last (its heap's runs came first) loses its guard, and the region
+// caches it as it is: no release, and whatever the region hands it to next may write all of it.
+TEST_F(Ownership, AKeptStackThatComesHomeLosesItsGuardAndIsCachedCommitted) {
+  constexpr std::size_t stack_chunks = 4;
+  constexpr std::size_t guard_bytes = 16 << 10;
+  auto* stack = static_cast<unsigned char*>(region::get().alloc_chunks(stack_chunks));
+  const auto stack_addr = reinterpret_cast<std::uintptr_t>(stack);
+  std::memset(stack, 0x6b, stack_chunks * chunk_bytes);  // committed, as a stack that ran is
+  ASSERT_EQ(prim::guard_install(stack, guard_bytes), 0);
+  const auto runs = runs_of(h_);
+  departures::get().leave(owner_a, h_, stack, stack_chunks * chunk_bytes, guard_bytes, 1, "0:6");
+  departures::get().sent(owner_a, 1000);
+  runs_come_home(runs);
+  EXPECT_EQ(departures::get().stats().kept, 1u) << "the stack was given back before it came home";
+  EXPECT_TRUE(departures::get().holds(stack_addr, chunk_bytes));
+  const std::int64_t lazy_before = lazy_free_bytes();
+  region::get().accept_returned(stack_addr, stack_chunks * chunk_bytes);
+  EXPECT_LT(lazy_free_bytes() - lazy_before, static_cast<std::int64_t>(chunk_bytes)) << "the stack was released";
+  EXPECT_EQ(departures::get().stats().kept, 0u);
+  EXPECT_EQ(departures::get().stats().kept_bytes, 0u);
+  // Cached last, handed out first: the same run, its contents still there past the guard, and
+  // its guard gone (a write there would trap).
+  auto* again = static_cast<unsigned char*>(region::get().alloc_chunks(stack_chunks));
+  ASSERT_EQ(again, stack);
+  EXPECT_EQ(again[guard_bytes + 100], 0x6b) << "the stack was decommitted on its way home";
+  again[0] = 1;
+  again[guard_bytes - 1] = 1;
+  region::get().free_chunks(again, stack_chunks);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
+// A kept record whose stack came home keeps no stack at all: a later departure's run that
+// strictly contains where that stack began is the later record's, and its return is parked
+// there while its send is on (it must not reach the region while MPI may still read it).
+TEST_F(Ownership, AKeptRecordWhoseStackCameHomeNoLongerClaimsItsOldStart) {
+  constexpr std::size_t guard_bytes = 16 << 10;
+  auto* run = static_cast<unsigned char*>(region::get().alloc_chunks(3));
+  const auto run_addr = reinterpret_cast<std::uintptr_t>(run);
+  unsigned char* old_stack = run + chunk_bytes;  // strictly inside run
+  ASSERT_EQ(prim::guard_install(old_stack, guard_bytes), 0);
+  const auto runs = runs_of(h_);
+  departures::get().leave(owner_a, h_, old_stack, chunk_bytes, guard_bytes, 1, "0:8");
+  departures::get().sent(owner_a, 1000);
+  EXPECT_FALSE(departures::get().park_return(run_addr + chunk_bytes, chunk_bytes));  // the stack comes home
+  EXPECT_EQ(departures::get().stats().kept, 1u) << "h_'s runs are still kept";
+  EXPECT_FALSE(departures::get().holds(run_addr + chunk_bytes, chunk_bytes));
+
+  heap* h2 = heap::create();
+  const auto runs2 = runs_of(h2);
+  ASSERT_EQ(prim::guard_install(run, guard_bytes), 0);
+  departures::get().leave(owner_b, h2, run, 3 * chunk_bytes, guard_bytes, 1, "0:9");
+  EXPECT_TRUE(departures::get().park_return(run_addr, 3 * chunk_bytes)) << "a departing run's return was not parked";
+  EXPECT_EQ(departures::get().stats().parked, 1u);
+  const auto before = region::get().stats();
+  departures::get().sent(owner_b, 1000);  // the parked run goes to the region, the rest is given back
+  EXPECT_EQ(region::get().stats().returned_runs, before.returned_runs + 1);
+  runs_come_home(runs2);
+  runs_come_home(runs);
+  EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
+}
+
+// A return that is not a run this share lent out is refused before departures see it: it
+// neither parks (a departing thread's record keeps nothing of it) nor makes kept memory go.
+TEST_F(Ownership, AMalformedReturnTouchesNeitherDepartingNorKeptMemory) {
+  const auto runs = runs_of(h_);
+  departures::get().leave(owner_a, h_, nullptr, 0, 0, 1, "0:7");
+  const auto before = region::get().stats();
+  region::get().accept_returned(big_run() + 4096, chunk_bytes);  // misaligned, inside big_'s run
+  EXPECT_EQ(region::get().stats().bad_returns, before.bad_returns + 1);
+  EXPECT_EQ(region::get().stats().parked_returns, before.parked_returns) << "a malformed return was parked";
+  EXPECT_EQ(departures::get().stats().parked, 0u);
+  departures::get().sent(owner_a, 1000);
+  region::get().accept_returned(big_run(), chunk_bytes / 2);  // not whole chunks
+  void* free_run = region::get().alloc_chunks(1);  // a run that is free again (cached), then
+  region::get().free_chunks(free_run, 1);          // returned: it overlaps the cache
+  region::get().accept_returned(reinterpret_cast<std::uintptr_t>(free_run), chunk_bytes);
+  EXPECT_EQ(region::get().stats().bad_returns, before.bad_returns + 3);
+  EXPECT_EQ(departures::get().stats().kept, 1u) << "kept memory went for a malformed return";
+  EXPECT_EQ(heap::owner_of(big_), h_) << "kept memory lost its headers for a malformed return";
+  runs_come_home(runs);
   EXPECT_EQ(region::get().stats().allocated_chunks, chunks_before_) << "chunks leaked";
 }
 

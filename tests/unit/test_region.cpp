@@ -1,9 +1,11 @@
 // The isomalloc region on a single rank: reservation, chunk runs, recycling, bounds, bookkeeping.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <set>
+#include <vector>
 
 #include "isothreads/error.hpp"
 #include "prim.hpp"
@@ -82,6 +84,28 @@ TEST_F(RegionTest, CacheBoundDecommitsTheRest) {
   r.set_cache_bound(default_cache_bytes);
 }
 
+// A run freed elsewhere that comes home is cached like one freed here: no madvise on the way
+// (a work-stealing victim takes back each stolen thread's memory so), and reused committed.
+TEST_F(RegionTest, ReturnedRunsAreCachedLikeRunsFreedHere) {
+  void* a = r.alloc_chunks(2);
+  std::memset(a, 0x5a, 2 * chunk_bytes);
+  const auto before = r.stats();
+  r.accept_returned(reinterpret_cast<std::uintptr_t>(a), 2 * chunk_bytes);
+  EXPECT_EQ(r.stats().cached_chunks, before.cached_chunks + 2);
+  EXPECT_EQ(r.stats().allocated_chunks, before.allocated_chunks - 2);
+  void* b = r.alloc_chunks(2);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(static_cast<unsigned char*>(b)[100], 0x5a) << "decommitted on its way back";
+  // Beyond the cache's bound, a returned run is decommitted as a local one is.
+  r.set_cache_bound(0);
+  const std::size_t cached = r.stats().cached_chunks;
+  r.accept_returned(reinterpret_cast<std::uintptr_t>(b), 2 * chunk_bytes);
+  EXPECT_EQ(r.stats().cached_chunks, cached);
+  EXPECT_EQ(static_cast<unsigned char*>(b)[100], 0);
+  EXPECT_TRUE(r.is_valid());
+  r.set_cache_bound(default_cache_bytes);
+}
+
 TEST_F(RegionTest, LargeRunsCoalesceAfterFree) {
   const auto before = r.stats();
   void* a = r.alloc_chunks(100);
@@ -114,6 +138,52 @@ TEST_F(RegionTest, ReturnedRunsAreCheckedBeforeReuse) {
   r.accept_returned(reinterpret_cast<std::uintptr_t>(a) + 1, chunk_bytes);  // misaligned
   r.accept_returned(r.base() + r.bytes(), chunk_bytes);                     // outside the share
   EXPECT_EQ(r.stats().bad_returns, before.bad_returns + 3);
+  EXPECT_TRUE(r.is_valid());
+}
+
+// Runs that come home fill the cache (thousands of them on a work-stealing victim), and a return
+// overlapping any cached run, wherever it starts, is refused by an address-ordered look-up.
+TEST_F(RegionTest, AReturnOverlappingAnyCachedRunIsRefused) {
+  const auto before = r.stats();
+  std::vector<void*> runs;  // of 1, 2, 3, 1, 2, 3, ... chunks
+  for (std::size_t i = 0; i < 600; ++i) runs.push_back(r.alloc_chunks(i % 3 + 1));
+  std::vector<void*> held;  // every fourth stays allocated (away): its return is good
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (i % 4 == 3) {
+      held.push_back(runs[i]);
+    } else {
+      r.free_chunks(runs[i], i % 3 + 1);
+    }
+  }
+  std::size_t refused = 0;
+  for (std::size_t i = 0; i + 1 < runs.size(); ++i) {
+    if (i % 4 == 3 || (i + 1) % 4 == 3) continue;
+    const auto a = reinterpret_cast<std::uintptr_t>(runs[i]);
+    const std::size_t n = i % 3 + 1;
+    r.accept_returned(a, n * chunk_bytes);                               // itself
+    r.accept_returned(a + (n - 1) * chunk_bytes, chunk_bytes);           // its last chunk
+    refused += 2;
+  }
+  // A held run's last chunk and the next run's first: it starts in a run lent out, and only the
+  // look-up below its end finds the cached run it reaches into.
+  std::size_t into_next = 0;
+  for (std::size_t i = 3; i + 1 < runs.size(); i += 4) {
+    const auto a = reinterpret_cast<std::uintptr_t>(runs[i]);
+    const std::size_t n = i % 3 + 1;
+    if (reinterpret_cast<std::uintptr_t>(runs[i + 1]) != a + n * chunk_bytes) continue;  // not adjacent
+    r.accept_returned(a + (n - 1) * chunk_bytes, 2 * chunk_bytes);
+    ++into_next;
+  }
+  EXPECT_GE(into_next, runs.size() / 8) << "too few held runs were followed by their neighbour";
+  refused += into_next;
+  EXPECT_EQ(r.stats().bad_returns, before.bad_returns + refused);
+  EXPECT_EQ(r.stats().returned_runs, before.returned_runs);
+  for (void* p : held) {
+    const std::size_t n = static_cast<std::size_t>(std::find(runs.begin(), runs.end(), p) - runs.begin()) % 3 + 1;
+    r.accept_returned(reinterpret_cast<std::uintptr_t>(p), n * chunk_bytes);
+  }
+  EXPECT_EQ(r.stats().returned_runs, before.returned_runs + held.size());
+  EXPECT_EQ(r.stats().allocated_chunks, before.allocated_chunks);
   EXPECT_TRUE(r.is_valid());
 }
 
