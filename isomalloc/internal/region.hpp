@@ -121,8 +121,8 @@ class region {
   // On the MPI thread: sends the returns other OS threads queued, then lets the peers handle what
   // arrived (region_peers::poll). From any other OS thread: does nothing. Every block call, the
   // runtime's progress engine and iso_progress call it; iso_progress also reports what failed
-  // since it last ran (take_failure). True if a run came home (accept_returned ran).
-  bool poll() noexcept;
+  // since it last ran (take_failure).
+  void poll() noexcept;
   // On the MPI thread, region_peers::take_failure; elsewhere, or without peers, false.
   bool take_failure(char* out, std::size_t cap) noexcept;
   // On the MPI thread: sends the returns other OS threads queued (before the peers drain).
@@ -199,7 +199,6 @@ class region {
   };
   sys_vector<pending_return> pending_returns_;  // freed by other OS threads, for the MPI thread
   std::atomic<return_hook> return_hook_{nullptr};
-  std::atomic<std::size_t> returns_seen_{0};  // accept_returned calls, for poll()'s answer
 
   // Invariant: free_by_addr_ holds disjoint, non-adjacent runs (start -> chunks) inside this
   // rank's share, and free_by_size_ holds exactly the same runs keyed by length.

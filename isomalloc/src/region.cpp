@@ -446,12 +446,10 @@ void region::flush_returns() noexcept {
   for (const pending_return& r : out) peers_->remote_free(r.owner, r.addr, r.bytes);
 }
 
-bool region::poll() noexcept {
-  if (!t_mpi_thread || peers_ == nullptr) return false;
+void region::poll() noexcept {
+  if (!t_mpi_thread || peers_ == nullptr) return;
   flush_returns();
-  const std::size_t seen = returns_seen_.load(std::memory_order_relaxed);
   peers_->poll();
-  return returns_seen_.load(std::memory_order_relaxed) != seen;
 }
 
 bool region::take_failure(char* out, std::size_t cap) noexcept {
@@ -459,7 +457,6 @@ bool region::take_failure(char* out, std::size_t cap) noexcept {
 }
 
 void region::accept_returned(std::uintptr_t addr, std::size_t bytes) noexcept {
-  returns_seen_.fetch_add(1, std::memory_order_relaxed);
   // Judged first: a malformed return must not make departures give kept memory back, nor park,
   // nor make the block interface forget a block.
   {

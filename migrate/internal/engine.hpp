@@ -158,11 +158,6 @@ class engine {
   // have reached it, so that a thief whose victim turned stealing off mid-run does not wait for
   // its answer until the run ends. For the idle path: off, the switches never look (poll()).
   void answer_steals_while_off() noexcept;
-  // With stealing on (and more than one rank): takes the steal messages that have arrived, a
-  // request answered at once, as poll() does. For the progress engine after work of its own that
-  // outlasts a thief's wait (the region's returns): a request that arrived meanwhile would
-  // otherwise wait for the next poll, a poll interval later. True if a thread left.
-  bool take_steal_requests() noexcept;
   struct steal_stats_t {
     std::uint64_t requests = 0;         // steal requests this rank sent
     std::uint64_t stolen = 0;           // threads that arrived here as the answer to one

@@ -104,8 +104,6 @@ void engine::answer_steals_while_off() noexcept {
   if (!stealing_ && size_ > 1) (void)poll_steals();  // off: every answer is "none"
 }
 
-bool engine::take_steal_requests() noexcept { return stealing_ && size_ > 1 && poll_steals(); }
-
 void engine::note_stolen_arrival(tcb* t) noexcept {
   if (!t->stolen) return;
   // Only an answer to this rank's request carries the flag: a victim sets it for the thief only.

@@ -34,18 +34,15 @@ mpi_progress::~mpi_progress() {
 }
 
 bool mpi_progress::poll(scheduler&) noexcept {
-  bool did = engine_ != nullptr && engine_->poll();
-  region& r = region::get();
-  // Memory coming home takes microseconds (a victim's stolen threads end on their thieves, and
-  // the thief's next request arrives right behind their memory): a request that arrived during
-  // the returns is answered now, not a poll interval later.
-  if (r.poll() && engine_ != nullptr) did = engine_->take_steal_requests() || did;
+  const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
     backoff_ns_ = min_backoff_ns_;
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
+  region& r = region::get();
+  r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
     if (return_failures_++ == 0) {
       std::fprintf(stderr, "isothreads: rank %d: region returns: %s; tried again at every poll (reported once)\n",
