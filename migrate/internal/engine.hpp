@@ -314,7 +314,7 @@ class engine {
   batcher batches_;
   sys_vector<unsigned char> received_buffer_;  // poll()'s receives, reused (only grows)
   // A thread arrived ready to run in this poll's receives (finish_arrival): if none was ready
-  // when the poll began, poll() receives no more, and the next poll probes first the other tag
+  // when the poll's receives began, poll() receives no more, and the next poll probes first the other tag
   // than the one it stopped on (so the tags alternate), so that arrivals delay neither tag by
   // more than a poll.
   bool ready_arrival_ = false;
