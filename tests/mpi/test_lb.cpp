@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -307,32 +308,31 @@ TEST(LoadBalancing, CpuTimeOfMainBetweenRunsIsNotIdleTime) {
 // between the threads' runs, as sampling without the estimates would give, makes it about 1.
 TEST(LoadBalancing, ShortRunsBetweenYieldsShareTheirTimeByRunLength) {
   auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
   using clock = std::chrono::steady_clock;
   std::uint64_t ids[2] = {0, 0};
-  if (rt->rank() == 0) {
-    const auto until = clock::now() + std::chrono::milliseconds(200);
-    const std::chrono::nanoseconds spin[2] = {std::chrono::nanoseconds(200), std::chrono::nanoseconds(1800)};
-    for (int k = 0; k < 2; ++k) {
-      ids[k] = iso::spawn([until, run = spin[k]] {
-                 while (clock::now() < until) {
-                   const auto t0 = clock::now();
-                   while (clock::now() - t0 < run) {
-                   }
-                   iso::this_thread::yield();
-                 }
-                 iso::lb::sync();
-               }).bits();
-    }
-  }
-  rt->run();
-  if (rt->rank() == 0) {
-    double load[2] = {-1, -1};
-    for (const iso::lb::thread_load& t : seen->threads) {
+  double load[2] = {-1, -1};
+  measure_up_to_three_times([&] {
+    iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+    if (rt->rank() == 0) {
+      const auto until = clock::now() + std::chrono::milliseconds(200);
+      const std::chrono::nanoseconds spin[2] = {std::chrono::nanoseconds(200), std::chrono::nanoseconds(1800)};
       for (int k = 0; k < 2; ++k) {
-        if (t.id.bits() == ids[k]) load[k] = t.load;
+        ids[k] = iso::spawn([until, run = spin[k]] {
+                   while (clock::now() < until) {
+                     const auto t0 = clock::now();
+                     while (clock::now() - t0 < run) {
+                     }
+                     iso::this_thread::yield();
+                   }
+                   iso::lb::sync();
+                 }).bits();
       }
     }
+    rt->run();
+    for (int k = 0; k < 2; ++k) load[k] = load_of(*seen, ids[k]);
+    return load[0] > 0 && load[1] > 0 && load[1] / load[0] > 2.5;
+  });
+  if (rt->rank() == 0) {
     ASSERT_GT(load[0], 0);
     ASSERT_GT(load[1], 0);
     EXPECT_GT(load[1] / load[0], 2.5) << "loads " << load[0] << " s and " << load[1] << " s";
@@ -439,37 +439,44 @@ TEST(LoadBalancing, AThreadMovedWhileInTheSampledWindowKeepsItsLoad) {
 // count, but those runs are about 1 % of the time).
 TEST(LoadBalancing, LongRunsAmongShortOnesAreMeasuredExactly) {
   auto seen = std::make_shared<iso::lb::problem>();
-  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
   static bool done = false;  // rank 0's threads only
-  done = false;
   std::uint64_t long_bits = 0;
   std::vector<std::uint64_t> short_bits;
-  if (rt->rank() == 0) {
-    long_bits = iso::spawn([] {
-                  for (int i = 0; i < 2000; ++i) {
-                    burn_cpu(50e-6);
-                    iso::this_thread::yield();
-                  }
-                  done = true;
-                  iso::lb::sync();
-                }).bits();
-    for (int k = 0; k < 4; ++k) {
-      short_bits.push_back(iso::spawn([] {
-                             while (!done) iso::this_thread::yield();
-                             iso::lb::sync();
-                           }).bits());
+  double l = -1, shorts = 0;
+  measure_up_to_three_times([&] {
+    iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+    done = false;
+    short_bits.clear();
+    if (rt->rank() == 0) {
+      long_bits = iso::spawn([] {
+                    for (int i = 0; i < 2000; ++i) {
+                      burn_cpu(50e-6);
+                      iso::this_thread::yield();
+                    }
+                    done = true;
+                    iso::lb::sync();
+                  }).bits();
+      for (int k = 0; k < 4; ++k) {
+        short_bits.push_back(iso::spawn([] {
+                               while (!done) iso::this_thread::yield();
+                               iso::lb::sync();
+                             }).bits());
+      }
     }
-  }
-  rt->run();
-  if (rt->rank() == 0) {
-    const double l = load_of(*seen, long_bits);
-    ASSERT_GT(l, 0);
-    double shorts = 0;
+    rt->run();
+    l = load_of(*seen, long_bits);
+    shorts = 0;
+    bool all_seen = true;
     for (std::uint64_t bits : short_bits) {
       const double s = load_of(*seen, bits);
-      ASSERT_GE(s, 0);
+      all_seen = all_seen && s >= 0;
       shorts += s;
     }
+    return l > 0 && all_seen && shorts < 0.04 * l;
+  });
+  if (rt->rank() == 0) {
+    ASSERT_GT(l, 0);
+    for (std::uint64_t bits : short_bits) ASSERT_GE(load_of(*seen, bits), 0);
     EXPECT_LT(shorts, 0.04 * l) << "long thread " << l << " s, the four yield-only threads " << shorts << " s";
   }
 }
@@ -501,10 +508,16 @@ std::pair<double, double> joiner_load(int rounds, Child child) {
 // children's runs are nearly all of each spawn + join round: the joiner's own part, spawn and
 // join, is about 1 % of the loop.
 TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
-  const auto [l, loop_s] = joiner_load(2000, [] {
-    const auto start = std::chrono::steady_clock::now();
-    while (std::chrono::steady_clock::now() - start < std::chrono::microseconds(20)) {
-    }
+  // A time slice of another process that falls in one of the joiner's runs adds milliseconds to
+  // it (measure_up_to_three_times); the children's runs credited to it would add the whole loop.
+  double l = 0, loop_s = 0;
+  measure_up_to_three_times([&] {
+    std::tie(l, loop_s) = joiner_load(2000, [] {
+      const auto start = std::chrono::steady_clock::now();
+      while (std::chrono::steady_clock::now() - start < std::chrono::microseconds(20)) {
+      }
+    });
+    return l > 0 && l < 0.05 * loop_s;
   });
   if (rt->rank() == 0) {
     ASSERT_GT(l, 0);
@@ -518,11 +531,15 @@ TEST(LoadBalancing, ThreadsThatEndDoNotLendTheirRunsToTheirJoiner) {
 // back to the kernel, a sizeable part of each round; billed to the joiner, that run took its load
 // to 15-20 % of the loop, where spawn and join are about 1 %.
 TEST(LoadBalancing, TheTeardownOfAThreadIsNotTheRunOfTheThreadAfterIt) {
-  const auto [l, loop_s] = joiner_load(100, [] {
-    constexpr std::size_t bytes = std::size_t{8} << 20;
-    auto* p = static_cast<volatile char*>(std::malloc(bytes));
-    ASSERT_NE(p, nullptr);
-    for (std::size_t b = 0; b < bytes; b += 4096) p[b] = 1;  // left to the heap's end
+  double l = 0, loop_s = 0;
+  measure_up_to_three_times([&] {
+    std::tie(l, loop_s) = joiner_load(100, [] {
+      constexpr std::size_t bytes = std::size_t{8} << 20;
+      auto* p = static_cast<volatile char*>(std::malloc(bytes));
+      ASSERT_NE(p, nullptr);
+      for (std::size_t b = 0; b < bytes; b += 4096) p[b] = 1;  // left to the heap's end
+    });
+    return l > 0 && l < 0.03 * loop_s;
   });
   if (rt->rank() == 0) {
     ASSERT_GT(l, 0);
