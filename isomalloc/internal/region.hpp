@@ -175,6 +175,10 @@ class region {
   // Whether [addr, +bytes) may come home: chunk-aligned, inside this rank's share, and no part
   // free or cached (a run returned twice would be handed out twice). O(log n). Lock held.
   bool may_return(std::uintptr_t addr, std::size_t bytes) const noexcept;
+  // Whether a run of by_addr (disjoint runs, start -> chunks) reaches into [addr, +bytes).
+  // O(log n); bytes > 0.
+  static bool reaches_in(const sys_map<std::uintptr_t, std::size_t>& by_addr, std::uintptr_t addr,
+                         std::size_t bytes) noexcept;
   // A run of n chunks at addr leaves use: into the cache, committed, if n <= max_cached_run_chunks
   // and the cache stays within cache_bound_; otherwise decommitted into the free map. Lock held.
   // Runs freed here and runs that come home alike: a work-stealing victim is the home of its

@@ -493,12 +493,14 @@ bool region::may_return(std::uintptr_t addr, std::size_t bytes) const noexcept {
       bytes > s.hi - addr) {
     return false;
   }
-  // Free and cached runs are each disjoint: only the last one starting below the end can reach in.
-  const auto reaches_in = [&](const auto& by_addr) {
-    auto it = by_addr.upper_bound(addr + bytes - 1);
-    return it != by_addr.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > addr;
-  };
-  return !reaches_in(free_by_addr_) && !reaches_in(cached_by_addr_);
+  return !reaches_in(free_by_addr_, addr, bytes) && !reaches_in(cached_by_addr_, addr, bytes);
+}
+
+bool region::reaches_in(const sys_map<std::uintptr_t, std::size_t>& by_addr, std::uintptr_t addr,
+                        std::size_t bytes) noexcept {
+  // The runs are disjoint: only the last one starting below the end can reach in.
+  auto it = by_addr.upper_bound(addr + bytes - 1);
+  return it != by_addr.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > addr;
 }
 
 bool region::claim(void* p, std::size_t n) noexcept {
@@ -552,10 +554,7 @@ bool region::is_valid() const noexcept {
     for (std::uintptr_t a : cache_[n]) {
       if (a < s.lo || a + n * chunk_bytes > s.hi) return false;
       if (const auto it = cached_by_addr_.find(a); it == cached_by_addr_.end() || it->second != n) return false;
-      auto it = free_by_addr_.upper_bound(a + n * chunk_bytes - 1);
-      if (it != free_by_addr_.begin() && std::prev(it)->first + std::prev(it)->second * chunk_bytes > a) {
-        return false;  // a cached run is also free
-      }
+      if (reaches_in(free_by_addr_, a, n * chunk_bytes)) return false;  // a cached run is also free
       cached += n;
     }
   }
