@@ -28,6 +28,11 @@ std::atomic<std::size_t> g_refused{0};
 std::atomic<std::size_t> g_delayed{0};
 constexpr std::size_t max_reported = 16;
 
+// Whether [lo, lo+n) and [addr, addr+bytes) share a byte (n == 0: lo strictly inside the other).
+bool meet(std::uintptr_t lo, std::size_t n, std::uintptr_t addr, std::size_t bytes) noexcept {
+  return lo < addr + bytes && addr < lo + n;
+}
+
 }  // namespace
 
 void claim_heap_thread() noexcept {
@@ -168,7 +173,7 @@ departures& departures::get() noexcept {
 }
 
 bool departures::overlaps(const record& r, std::uintptr_t addr, std::size_t bytes) noexcept {
-  auto hit = [&](std::uintptr_t lo, std::size_t n) { return lo < addr + bytes && addr < lo + n; };
+  auto hit = [&](std::uintptr_t lo, std::size_t n) { return meet(lo, n, addr, bytes); };
   // An empty stack (none, or taken home) holds nothing: hit(lo, 0) would match every range
   // strictly containing lo.
   if (r.stack_bytes != 0 && hit(r.stack, r.stack_bytes)) return true;
@@ -208,7 +213,7 @@ void departures::give_back(const record& r) noexcept {
 // in the poll that its thief's next request waited for (bench_stealing).
 void departures::take_home(record& r, span home) noexcept {
   const auto within = [&](std::uintptr_t lo, std::size_t n) { return home.addr <= lo && lo + n <= home.addr + home.bytes; };
-  const auto hit = [&](std::uintptr_t lo, std::size_t n) { return lo < home.addr + home.bytes && home.addr < lo + n; };
+  const auto hit = [&](std::uintptr_t lo, std::size_t n) { return meet(lo, n, home.addr, home.bytes); };
   std::size_t gone = 0;
   std::erase_if(r.runs, [&](const span& s) {
     if (!hit(s.addr, s.bytes)) return false;
@@ -310,7 +315,7 @@ bool departures::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t ar
     if (it->returning) {
       // Its own thread is landing too, on the rest: this part is the newcomer's now, and must
       // be left out of what arrive() forgets.
-      std::erase_if(it->runs, [&](const span& s) { return s.addr < addr + bytes && addr < s.addr + s.bytes; });
+      std::erase_if(it->runs, [&](const span& s) { return meet(s.addr, s.bytes, addr, bytes); });
       ++it;
       continue;
     }
