@@ -274,6 +274,11 @@ class engine {
   }
   // A record whose bytes are the pieces, in order (a small image: its header and its extents).
   void post_record(int dest, record kind, const batcher::piece* pieces, std::size_t n) noexcept;
+  // A data record to dest: h, then `bytes` bytes at payload, each copied once into the batch.
+  void post_data(int dest, const data_header& h, const void* payload, std::size_t bytes) noexcept {
+    const batcher::piece pieces[2] = {{&h, sizeof h}, {payload, bytes}};
+    post_record(dest, record::data, pieces, bytes != 0 ? 2 : 1);
+  }
   void send_ctrl(int dest, const ctrl_msg& m) noexcept;
   void on_ctrl(const ctrl_msg& m) noexcept;
 

@@ -110,8 +110,7 @@ int engine::route_out(data_header h, const void* payload) {
     return rank_;
   }
   h.min_epoch = std::max(h.min_epoch, target.epoch);
-  const batcher::piece pieces[2] = {{&h, sizeof h}, {payload, h.bytes}};
-  post_record(target.rank, record::data, pieces, h.bytes != 0 ? 2 : 1);
+  post_data(target.rank, h, payload, h.bytes);
   return target.rank;
 }
 
@@ -132,10 +131,7 @@ void engine::on_data(const unsigned char* wire, std::size_t bytes, bool from_net
       ++h.hops;
       h.min_epoch = r.to.epoch;
       ++stats_.forwarded;
-      {
-        const batcher::piece pieces[2] = {{&h, sizeof h}, {wire + sizeof h, bytes - sizeof h}};
-        post_record(r.to.rank, record::data, pieces, bytes > sizeof h ? 2 : 1);
-      }
+      post_data(r.to.rank, h, wire + sizeof h, bytes - sizeof h);
       return;
     case route::action::finished: {
       if (h.kind == msg_kind::user && h.tag == stream_end) {  // nothing left to tidy but main's counter
