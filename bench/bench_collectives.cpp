@@ -15,6 +15,12 @@
 //   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
 //                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.
+//   allreduce_1MiB/16threads_floor
+//                              no threads and no messages: on every rank at once, main sums 8
+//                              warm 1 MiB inputs and copies the sum into 8 warm 1 MiB outputs,
+//                              the memory traffic the call cannot avoid (each member's span is
+//                              read, each member gets its own vector). Its ratio to the raw
+//                              figure bounds what allreduce_1MiB/16threads can reach from below.
 //   async_get                  a thread on rank 0: iso::async(body returning an int) then get(),
 //                              `reps` times; time per pair.
 //     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
@@ -120,6 +126,39 @@ void bench_allreduce(iso::runtime& rt, const char* name, int per_rank, std::size
   if (rt.rank() == 0) iso_bench::print_ratio(name, median(mine), median(raw), "ns");
 }
 
+// One run of the floor line: what one rank's memory traffic costs for `per_rank` members'
+// element-wise allreduce of `count` doubles (sum of the inputs into the first output, copied into
+// the others), ns per allreduce. The buffers are written once before the timing (warm pages).
+double floor_run(int per_rank, std::size_t count, int warm, int reps) {
+  std::vector<std::vector<double>> in(per_rank, std::vector<double>(count, 1.0)), out(per_rank, std::vector<double>(count));
+  const auto once = [&] {
+    double* const acc = out[0].data();
+    std::memcpy(acc, in[0].data(), count * sizeof(double));
+    for (int k = 1; k < per_rank; ++k) {
+      const double* const b = in[k].data();
+      for (std::size_t i = 0; i < count; ++i) acc[i] += b[i];
+    }
+    for (int k = 1; k < per_rank; ++k) std::memcpy(out[k].data(), acc, count * sizeof(double));
+  };
+  MPI_Barrier(MPI_COMM_WORLD);
+  for (int i = 0; i < warm; ++i) once();
+  const std::int64_t t0 = now_ns();
+  for (int i = 0; i < reps; ++i) once();
+  const double ns = static_cast<double>(now_ns() - t0) / reps;
+  if (out[per_rank - 1][count - 1] != static_cast<double>(per_rank)) g_failed = true;
+  MPI_Barrier(MPI_COMM_WORLD);
+  return ns;
+}
+
+void bench_floor(iso::runtime& rt, const char* name, int per_rank, std::size_t count, int warm, int reps) {
+  std::vector<double> mine, raw;
+  for (int k = 0; k < 5; ++k) {
+    raw.push_back(mpi_allreduce_run(count, warm, reps));
+    mine.push_back(floor_run(per_rank, count, warm, reps));
+  }
+  if (rt.rank() == 0) iso_bench::print_ratio(name, median(mine), median(raw), "ns");
+}
+
 // One run on rank 0: `reps` async+get pairs (futures) or spawn+join pairs.
 double pairs_run(iso::runtime& rt, bool futures, int warm, int reps) {
   g_result_ns = 0;
@@ -165,7 +204,7 @@ int main(int argc, char** argv) {
   const auto selected = [only](const char* name) { return only == nullptr || std::strstr(name, only) != nullptr; };
   // The lines, in the order they run.
   const char* const lines[] = {"allreduce_8B/64threads", "allreduce_8B/32threads_on_rank_0", "allreduce_1MiB/16threads",
-                               "async_get"};
+                               "allreduce_1MiB/16threads_floor", "async_get"};
   if (std::none_of(std::begin(lines), std::end(lines), selected)) {
     if (rt.rank() == 0) {
       std::fprintf(stderr, "bench_collectives: --only %s matches no line; the lines:", only);
@@ -177,7 +216,8 @@ int main(int argc, char** argv) {
   if (selected(lines[0])) bench_allreduce(rt, lines[0], 32, 0, 50, 500);
   if (selected(lines[1])) bench_allreduce(rt, lines[1], 32, 0, 50, 500, true);
   if (selected(lines[2])) bench_allreduce(rt, lines[2], 8, std::size_t{1} << 17, 3, 20);
-  if (selected(lines[3])) bench_futures(rt);
+  if (selected(lines[3])) bench_floor(rt, lines[3], 8, std::size_t{1} << 17, 3, 20);
+  if (selected(lines[4])) bench_futures(rt);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");
