@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -111,20 +113,114 @@ struct merge_rule {
   static void fail(bool& failed, Bytes& block, const std::string& text);
 };
 
+// A block's bytes: up to inline_bytes of them in the object itself (a scalar's value, the common
+// case, costs no allocation), more in a block of Alloc. Moves leave the source empty and never
+// throw; assign and append give the strong guarantee (std::bad_alloc leaves it unchanged).
+template <class Alloc>
+class small_bytes {
+ public:
+  static constexpr std::size_t inline_bytes = 16;
+  small_bytes() noexcept = default;
+  small_bytes(const std::byte* first, const std::byte* last) { assign(first, last); }
+  small_bytes(small_bytes&& o) noexcept { take(o); }
+  small_bytes& operator=(small_bytes&& o) noexcept {
+    if (this != &o) {
+      release();
+      take(o);
+    }
+    return *this;
+  }
+  ~small_bytes() { release(); }
+  std::byte* data() noexcept { return heap_ != nullptr ? heap_ : local_; }
+  const std::byte* data() const noexcept { return heap_ != nullptr ? heap_ : local_; }
+  const std::byte* begin() const noexcept { return data(); }
+  const std::byte* end() const noexcept { return data() + size_; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  void clear() noexcept { size_ = 0; }
+  void assign(const std::byte* first, const std::byte* last) {
+    const auto n = static_cast<std::size_t>(last - first);
+    if (n > capacity()) {
+      std::byte* p = allocate(n);
+      release();
+      heap_ = p;
+      cap_ = n;
+    }
+    if (n != 0) std::memmove(data(), first, n);
+    size_ = n;
+  }
+  void append(const std::byte* first, const std::byte* last) {
+    const auto n = static_cast<std::size_t>(last - first);
+    if (size_ + n > capacity()) {
+      const std::size_t cap = std::max(size_ + n, 2 * capacity());
+      std::byte* p = allocate(cap);
+      const std::size_t had = size_;
+      if (had != 0) std::memcpy(p, data(), had);
+      release();
+      heap_ = p;
+      cap_ = cap;
+      size_ = had;
+    }
+    if (n != 0) std::memcpy(data() + size_, first, n);
+    size_ += n;
+  }
+
+ private:
+  std::size_t capacity() const noexcept { return heap_ != nullptr ? cap_ : inline_bytes; }
+  static std::byte* allocate(std::size_t n) {
+    Alloc a;
+    return std::allocator_traits<Alloc>::allocate(a, n);
+  }
+  void release() noexcept {
+    if (heap_ != nullptr) {
+      Alloc a;
+      std::allocator_traits<Alloc>::deallocate(a, heap_, cap_);
+      heap_ = nullptr;
+    }
+    size_ = 0;
+  }
+  void take(small_bytes& o) noexcept {
+    heap_ = o.heap_;
+    cap_ = o.cap_;
+    size_ = o.size_;
+    if (heap_ == nullptr) std::memcpy(local_, o.local_, size_);
+    o.heap_ = nullptr;
+    o.size_ = 0;
+  }
+  std::byte* heap_ = nullptr;  // null: the bytes are in local_
+  std::size_t cap_ = 0;        // heap_'s bytes
+  std::size_t size_ = 0;
+  std::byte local_[inline_bytes];
+};
+
 // Disjoint blocks of the fixed tree; a block and its sibling are merged as soon as both are here.
 // Invariant: no two blocks overlap, and no block's sibling is here unless their merge threw
 // (put, put_bytes: the block is kept beside its sibling, so that no leaf is lost and drain()
 // still hands every one out); root() is set exactly when every leaf [0, n) has been put and no
 // merge threw. ByteAlloc: where the bytes live (the system heap for a rank's
 // state, the current heap for the combining member's, which may migrate with it).
+// The blocks are in an open-addressed table keyed by their first member (lo: disjoint blocks
+// have distinct ones), linear probing, at most half full, so that finding a sibling is O(1)
+// whatever order the leaves come in, and a put allocates nothing but the table's growth (and
+// bytes beyond small_bytes' inline ones).
 template <class ByteAlloc>
 class partial_tree {
  public:
-  using bytes = std::vector<std::byte, ByteAlloc>;
+  using bytes = small_bytes<ByteAlloc>;
   struct part {
     bool failed = false;  // data is the text of an error every member throws
     bytes data;
   };
+  partial_tree() noexcept = default;
+  partial_tree(partial_tree&& o) noexcept
+      : slots_(o.slots_), mask_(o.mask_), count_(o.count_), root_(std::move(o.root_)) {
+    o.slots_ = nullptr;
+    o.mask_ = 0;
+    o.count_ = 0;
+    o.root_.reset();
+  }
+  partial_tree& operator=(partial_tree&&) = delete;
+  ~partial_tree() { destroy(); }
 
   // Block (level, lo) of a group of n members. pre: no block put so far overlaps it. Throws
   // only std::bad_alloc: then p is unchanged if it was not taken in, else kept in the tree.
@@ -139,23 +235,47 @@ class partial_tree {
   // only std::bad_alloc (the block then holds a failure, or the leaf is not in the tree).
   void fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
-  bool empty() const noexcept { return parts_.empty() && !root_; }
+  bool empty() const noexcept { return count_ == 0 && !root_; }
   // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
   template <class F>
   void drain(std::uint32_t n, F&& f);
 
  private:
-  using key = std::pair<std::uint32_t, std::uint32_t>;  // (level, lo)
-  using part_alloc = typename std::allocator_traits<ByteAlloc>::template rebind_alloc<std::pair<const key, part>>;
-  using part_map = std::map<key, part, std::less<key>, part_alloc>;
+  static constexpr std::uint32_t none = ~std::uint32_t{0};  // the lo of an empty slot
+  struct slot {
+    std::uint32_t lo = none;
+    std::uint32_t level = 0;
+    part p;
+  };
+  using slot_alloc = typename std::allocator_traits<ByteAlloc>::template rebind_alloc<slot>;
+  struct key {
+    std::uint32_t level;
+    std::uint32_t lo;
+  };
   // The block (level, lo) has its sibling at the returned key (the level may be higher: a block
   // whose right half is empty is its own parent); none when it is the root. The one walk of the
   // tree's shape, for put_node and put_bytes.
   static std::optional<key> sibling_of(std::uint32_t level, std::uint32_t lo, std::uint32_t n) noexcept;
-  // The block in b (keyed by its level and lo) merged with its sibling, and on up, then kept
-  // where it stops. A merge that throws keeps it beside its sibling before the exception leaves.
-  void put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r);
-  part_map parts_;
+  std::size_t home(std::uint32_t lo) const noexcept {
+    return static_cast<std::size_t>((std::uint64_t{lo} * 0x9e3779b97f4a7c15ull) >> 32) & mask_;
+  }
+  // The slot of block (level, lo), null if it is not here.
+  slot* find(key k) noexcept;
+  // Room for `more` blocks beyond those here without growing (so that keeping a block after a
+  // merge threw cannot throw too). Throws only std::bad_alloc, the tree unchanged.
+  void reserve(std::size_t more);
+  // Keeps the block; pre: room for it (reserve), no block with its lo here.
+  void insert(std::uint32_t level, std::uint32_t lo, part&& p) noexcept;
+  // Takes the block out of s (backward-shift deletion: no tombstones).
+  part remove(slot* s) noexcept;
+  // The block (level, lo, p) merged with its sibling, and on up, then kept where it stops.
+  // pre: room for one block more. A merge that throws keeps it beside its sibling before the
+  // exception leaves.
+  void put_node(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
+  void destroy() noexcept;
+  slot* slots_ = nullptr;  // mask_ + 1 of them (a power of two), or none
+  std::size_t mask_ = 0;
+  std::size_t count_ = 0;  // blocks in slots_
   std::optional<part> root_;
 };
 
@@ -220,7 +340,18 @@ class rank_combiner {
   // deposit() without its failure path: `failed`: the bytes are the text of a failure.
   void put_leaf(const key& k, collective kind, std::uint32_t n, thread_id first, int tag, std::uint32_t index,
                 const std::byte* data, std::size_t bytes, bool failed, const merge_rule& r, const waiter* w);
-  std::map<key, entry, std::less<key>, cached_allocator<std::pair<const key, entry>>> entries_;
+  using entry_map = std::map<key, entry, std::less<key>, cached_allocator<std::pair<const key, entry>>>;
+  // The entry of k, made (from spare_ if there is one) if there is none; fresh: made now.
+  entry_map::iterator entry_of(const key& k, bool& fresh);
+  // Erases the entry (blocks empty), keeping its node as spare_ if there is none.
+  entry_map::iterator retire(entry_map::iterator it) noexcept;
+  entry_map entries_;
+  // The entry of the last deposit (or end()): a rank's members deposit into one collective after
+  // another, so most deposits find their entry without a search.
+  entry_map::iterator last_ = entries_.end();
+  // An erased entry's node, with its table of blocks and its room for waiters, for the rank's
+  // next collective: a run of collectives makes no entry afresh (empty or holding no bytes).
+  entry_map::node_type spare_;
   std::size_t unsent_ = 0;
   counts_t counts_;
 };
@@ -267,7 +398,7 @@ void merge_rule::merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, co
     return;
   }
   if (c.fn == nullptr) {
-    left.insert(left.end(), right, right + right_bytes);
+    left.append(right, right + right_bytes);
     return;
   }
   if (left.size() != right_bytes) {
@@ -295,14 +426,6 @@ void merge_rule::fail(bool& failed, Bytes& block, const std::string& text) {
 }
 
 template <class ByteAlloc>
-void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
-                                  const merge_rule& r) {
-  ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
-  // The node is the one allocation: from there on, nothing that was put can be lost.
-  put_node(parts_.extract(parts_.emplace(key{level, lo}, std::move(p)).first), n, r);
-}
-
-template <class ByteAlloc>
 auto partial_tree<ByteAlloc>::sibling_of(std::uint32_t level, std::uint32_t lo, std::uint32_t n) noexcept
     -> std::optional<key> {
   for (;; ++level) {
@@ -315,40 +438,126 @@ auto partial_tree<ByteAlloc>::sibling_of(std::uint32_t level, std::uint32_t lo, 
 }
 
 template <class ByteAlloc>
-void partial_tree<ByteAlloc>::put_node(typename part_map::node_type&& b, std::uint32_t n, const merge_rule& r) {
+auto partial_tree<ByteAlloc>::find(key k) noexcept -> slot* {
+  if (slots_ == nullptr) return nullptr;
+  for (std::size_t i = home(k.lo);; i = (i + 1) & mask_) {
+    slot& s = slots_[i];
+    if (s.lo == none) return nullptr;
+    // A block with this lo but another level is a part of the one asked for (they overlap).
+    if (s.lo == k.lo) return s.level == k.level ? &s : nullptr;
+  }
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::reserve(std::size_t more) {
+  const std::size_t want = count_ + more;
+  if (slots_ != nullptr && 2 * want <= mask_ + 1) return;
+  std::size_t cap = slots_ != nullptr ? 2 * (mask_ + 1) : 8;
+  while (2 * want > cap) cap *= 2;
+  slot_alloc a;
+  slot* fresh = std::allocator_traits<slot_alloc>::allocate(a, cap);
+  for (std::size_t i = 0; i < cap; ++i) new (fresh + i) slot();
+  slot* old = slots_;
+  const std::size_t old_cap = old != nullptr ? mask_ + 1 : 0;
+  slots_ = fresh;
+  mask_ = cap - 1;
+  count_ = 0;
+  for (std::size_t i = 0; i < old_cap; ++i) {
+    if (old[i].lo != none) insert(old[i].level, old[i].lo, std::move(old[i].p));
+    old[i].~slot();
+  }
+  if (old != nullptr) std::allocator_traits<slot_alloc>::deallocate(a, old, old_cap);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::insert(std::uint32_t level, std::uint32_t lo, part&& p) noexcept {
+  ISO_ASSERT_INTERNAL(slots_ != nullptr && 2 * (count_ + 1) <= mask_ + 1);
+  std::size_t i = home(lo);
+  while (slots_[i].lo != none) {
+    ISO_ASSERT_INTERNAL(slots_[i].lo != lo);
+    i = (i + 1) & mask_;
+  }
+  slots_[i].lo = lo;
+  slots_[i].level = level;
+  slots_[i].p = std::move(p);
+  ++count_;
+}
+
+template <class ByteAlloc>
+auto partial_tree<ByteAlloc>::remove(slot* s) noexcept -> part {
+  part out = std::move(s->p);
+  std::size_t hole = static_cast<std::size_t>(s - slots_);
+  // Backward shift: a later block of the probe run moves into the hole unless its home lies
+  // cyclically in (hole, its slot], where a search for it would stop before the hole.
+  for (std::size_t i = (hole + 1) & mask_; slots_[i].lo != none; i = (i + 1) & mask_) {
+    const std::size_t h = home(slots_[i].lo);
+    const bool stays = hole <= i ? (hole < h && h <= i) : (hole < h || h <= i);
+    if (stays) continue;
+    slots_[hole].lo = slots_[i].lo;
+    slots_[hole].level = slots_[i].level;
+    slots_[hole].p = std::move(slots_[i].p);
+    hole = i;
+  }
+  slots_[hole].lo = none;
+  slots_[hole].p = part{};
+  --count_;
+  return out;
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::destroy() noexcept {
+  if (slots_ == nullptr) return;
+  const std::size_t cap = mask_ + 1;
+  for (std::size_t i = 0; i < cap; ++i) slots_[i].~slot();
+  slot_alloc a;
+  std::allocator_traits<slot_alloc>::deallocate(a, slots_, cap);
+  slots_ = nullptr;
+  mask_ = 0;
+  count_ = 0;
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
+                                  const merge_rule& r) {
+  ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
+  // The room is the one allocation: from there on, nothing that was put can be lost.
+  reserve(1);
+  put_node(level, lo, std::move(p), n, r);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put_node(std::uint32_t level, std::uint32_t lo, part&& in, std::uint32_t n,
+                                       const merge_rule& r) {
+  part b = std::move(in);
   for (;;) {
-    const std::uint32_t lo = b.key().second;
-    const std::optional<key> s = sibling_of(b.key().first, lo, n);
+    const std::optional<key> s = sibling_of(level, lo, n);
     if (!s) {
-      root_.emplace(std::move(b.mapped()));
+      root_.emplace(std::move(b));
       return;
     }
-    const auto [level, sibling] = *s;
-    b.key() = key{level, lo};
-    const auto it = parts_.find(*s);
-    if (it == parts_.end()) {
-      parts_.insert(std::move(b));
+    level = s->level;
+    slot* const sib = find(*s);
+    if (sib == nullptr) {
+      insert(level, lo, std::move(b));
       return;
     }
     try {  // a merge that throws leaves both blocks as they were (merge_rule::merge)
-      if (sibling > lo) {
-        r.merge(b.mapped().failed, b.mapped().data, lo, it->second.data.data(), it->second.data.size(),
-                it->second.failed, sibling);
+      if (s->lo > lo) {
+        r.merge(b.failed, b.data, lo, sib->p.data.data(), sib->p.data.size(), sib->p.failed, s->lo);
       } else {
-        r.merge(it->second.failed, it->second.data, sibling, b.mapped().data.data(), b.mapped().data.size(),
-                b.mapped().failed, lo);
+        r.merge(sib->p.failed, sib->p.data, s->lo, b.data.data(), b.data.size(), b.failed, lo);
       }
     } catch (...) {
-      parts_.insert(std::move(b));
+      insert(level, lo, std::move(b));  // room: the caller's reserve, and nothing was inserted since
       throw;
     }
-    if (sibling > lo) {
-      parts_.erase(it);
-      b.key() = key{level + 1, lo};
+    if (s->lo > lo) {
+      remove(sib);
     } else {
-      b = parts_.extract(it);  // the merged block, in its node
-      b.key() = key{level + 1, sibling};
+      b = remove(sib);  // the merged block
+      lo = s->lo;
     }
+    ++level;
   }
 }
 
@@ -358,16 +567,17 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
   ISO_ASSERT(lo < n);
   // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()),
   // a left block until its right sibling comes.
-  if (const std::optional<key> s = sibling_of(level, lo, n); s && s->second < lo) {
-    if (const auto it = parts_.find(*s); it != parts_.end()) {
-      r.merge(it->second.failed, it->second.data, s->second, data, n_bytes, failed, lo);
-      auto left = parts_.extract(it);
-      left.key() = key{s->first + 1, s->second};
-      put_node(std::move(left), n, r);
+  if (const std::optional<key> s = sibling_of(level, lo, n); s && s->lo < lo) {
+    if (slot* const sib = find(*s)) {
+      r.merge(sib->p.failed, sib->p.data, s->lo, data, n_bytes, failed, lo);
+      const std::uint32_t left_lo = s->lo;
+      part left = remove(sib);  // leaves room for it again
+      put_node(s->level + 1, left_lo, std::move(left), n, r);
       return;
     }
   }
-  put(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+  reserve(1);  // before the copy: a throw leaves nothing half made
+  put_node(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
 }
 
 template <class ByteAlloc>
@@ -378,9 +588,10 @@ void partial_tree<ByteAlloc>::fail_leaf(std::uint32_t index, const std::string& 
     merge_rule::fail(root_->failed, root_->data, text);
     return;
   }
-  for (auto& [k, p] : parts_) {
-    if (k.second <= index && index - k.second < (std::uint64_t{1} << k.first)) {
-      merge_rule::fail(p.failed, p.data, text);
+  for (std::size_t i = 0; slots_ != nullptr && i <= mask_; ++i) {
+    slot& s = slots_[i];
+    if (s.lo != none && s.lo <= index && index - s.lo < (std::uint64_t{1} << s.level)) {
+      merge_rule::fail(s.p.failed, s.p.data, text);
       return;
     }
   }
@@ -390,8 +601,14 @@ void partial_tree<ByteAlloc>::fail_leaf(std::uint32_t index, const std::string& 
 template <class ByteAlloc>
 template <class F>
 void partial_tree<ByteAlloc>::drain(std::uint32_t n, F&& f) {
-  for (auto& [k, p] : parts_) f(k.first, k.second, std::move(p));
-  parts_.clear();
+  for (std::size_t i = 0; slots_ != nullptr && i <= mask_; ++i) {
+    slot& s = slots_[i];
+    if (s.lo == none) continue;
+    part p = std::move(s.p);
+    f(s.level, s.lo, std::move(p));
+    s.lo = none;
+  }
+  count_ = 0;
   if (root_) {
     std::uint32_t level = 0;
     while ((std::uint64_t{1} << level) < n) ++level;

@@ -34,6 +34,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <tuple>
 
 #include "combiner.hpp"
 #include "diag.hpp"
@@ -237,6 +238,7 @@ result_record::~result_record() {
 
 rank_combiner::~rank_combiner() {
   entries_.clear();
+  spare_ = entry_map::node_type();
   block_cache::get().trim();
 }
 
@@ -266,7 +268,8 @@ void rank_combiner::deposit(const key& k, collective kind, std::uint32_t n, thre
 void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thread_id first, int tag,
                              std::uint32_t index, const std::byte* data, std::size_t bytes, bool failed,
                              const merge_rule& r, const waiter* w) {
-  auto [it, fresh] = entries_.try_emplace(k);
+  bool fresh = false;
+  const auto it = entry_of(k, fresh);
   entry& e = it->second;
   if (fresh) {
     e.kind = kind;
@@ -276,7 +279,11 @@ void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thr
   }
   const bool was_empty = e.blocks.empty();
   try {
-    if (w != nullptr) e.waiters.reserve(e.waiters.size() + 1);  // no allocation once the value is in
+    // No allocation once the value is in; room for twice as many, so that waiters cost one
+    // allocation for each doubling.
+    if (w != nullptr && e.waiters.size() == e.waiters.capacity()) {
+      e.waiters.reserve(std::max<std::size_t>(16, 2 * e.waiters.capacity()));
+    }
     if (failed) {
       e.blocks.fail_leaf(index, std::string(reinterpret_cast<const char*>(data), bytes), e.n, r);
     } else if (e.kind != kind || e.n != n) {
@@ -289,7 +296,7 @@ void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thr
     if (was_empty && !e.blocks.empty()) {
       ++unsent_;
     } else if (e.blocks.empty() && e.waiters.empty()) {
-      entries_.erase(it);
+      retire(it);
     }
     throw;
   }
@@ -342,7 +349,7 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
     --unsent_;
     e.waiters_unsent = false;
     e.aged = false;
-    it = e.waiters.empty() ? entries_.erase(it) : std::next(it);
+    it = e.waiters.empty() ? retire(it) : std::next(it);
   }
   return sent;
 }
@@ -369,7 +376,39 @@ void rank_combiner::deliver(const unsigned char* record, std::size_t bytes) noex
     ++w.thread->locks_held;  // it reads r here: not movable until release()
     s.wake(w.thread);
   }
-  entries_.erase(it);
+  retire(it);
+}
+
+auto rank_combiner::entry_of(const key& k, bool& fresh) -> entry_map::iterator {
+  if (last_ != entries_.end() && last_->first == k) return last_;
+  auto it = entries_.lower_bound(k);
+  if (it == entries_.end() || it->first != k) {
+    if (!spare_.empty()) {
+      spare_.key() = k;
+      it = entries_.insert(it, std::move(spare_));
+    } else {
+      it = entries_.emplace_hint(it, std::piecewise_construct, std::forward_as_tuple(k), std::forward_as_tuple());
+    }
+    fresh = true;
+  }
+  last_ = it;
+  return it;
+}
+
+auto rank_combiner::retire(entry_map::iterator it) noexcept -> entry_map::iterator {
+  ISO_ASSERT_INTERNAL(it->second.blocks.empty());
+  if (last_ == it) last_ = entries_.end();
+  const auto next = std::next(it);
+  if (!spare_.empty()) {
+    entries_.erase(it);
+    return next;
+  }
+  entry& e = it->second;
+  e.waiters.clear();
+  e.waiters_unsent = false;
+  e.aged = false;
+  spare_ = entries_.extract(it);
+  return next;
 }
 
 void rank_combiner::release(const shared_result* r, tcb* reader) noexcept {

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -22,6 +23,7 @@
 
 #include "isothreads/isothreads.hpp"
 #include "engine.hpp"    // the rank combiner's message counts
+#include "combiner.hpp"  // small_bytes: what a value must exceed to cost an allocation
 #include "fault.hpp"     // running out of memory on purpose
 #include "mpi_gtest.hpp"
 #include "reserved.hpp"  // collective_tag: which groups share a tag
@@ -505,25 +507,32 @@ void expect_out_of_memory_of(const std::function<void()>& call, int member, int 
 }
 
 TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
-  // One member a rank: its deposit makes the rank's record of the call (the first block).
+  // Values larger than a block keeps inline (combiner.hpp's small_bytes): a scalar's value costs
+  // the rank no allocation, so it cannot run out of memory for it.
+  using wide = std::array<std::uint64_t, 3>;
+  static_assert(sizeof(wide) > iso::detail::small_bytes<std::allocator<std::byte>>::inline_bytes);
+  // One member a rank: its deposit copies its value into the rank's record of the call.
   spawn_on_every_rank(1, [](const std::vector<iso::thread_id>& ids) {
     const iso::group g(ids);
     const int i = g.index_of(iso::this_thread::id());
     const int n = static_cast<int>(g.size());
+    const std::vector<std::uint64_t> v(3, 1);
     for (int failing : {n - 1, 0}) {
       if (i == failing) iso::detail::fault::arm("collectives.take");
-      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, failing, i);
-      EXPECT_EQ(iso::allreduce(g, 1, iso::sum), n) << "after member " << failing << " ran out of memory";
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const std::uint64_t>(v), iso::sum); }, failing,
+                              i);
+      EXPECT_EQ(iso::allreduce(g, std::span<const std::uint64_t>(v), iso::sum)[0], static_cast<std::uint64_t>(n))
+          << "after member " << failing << " ran out of memory";
     }
   });
   rt->run();
   // Two members on rank 0, member 1 (gather's root) in first: member 0's deposit copies its value
-  // (the 1st block), keeps it (2nd) and merges it with member 1's (3rd); the last one fails after
-  // the value is in the record.
+  // (the 1st block) and merges member 1's into it (2nd, which fails after the value is in the
+  // record).
   if (rt->rank() == 0) {
     iso::spawn_group(2, [](int i, const iso::group& g) {
       constexpr int tag_in = 3;
-      for (unsigned long pass : {1ul, 2ul, 3ul}) {
+      for (unsigned long pass : {1ul, 2ul}) {
         if (i == 1) {
           iso::send(g[0], nullptr, 0, tag_in);  // member 0 deposits once member 1 waits
         } else {
@@ -531,9 +540,10 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
           ASSERT_EQ(iso::detail::engine::current()->combiner().unsent(), 1u) << "member 1's value is here";
           iso::detail::fault::arm("collectives.take", pass);
         }
-        expect_out_of_memory_of([&] { (void)iso::gather(g, std::uint64_t{7}, 1); }, 0, i);
-        const std::vector<std::uint64_t> want = i == 1 ? std::vector<std::uint64_t>{0, 1} : std::vector<std::uint64_t>{};
-        EXPECT_EQ(iso::gather(g, std::uint64_t(i), 1), want) << "after the failure at pass " << pass;
+        expect_out_of_memory_of([&] { (void)iso::gather(g, wide{7, 7, 7}, 1); }, 0, i);
+        const auto mine = static_cast<std::uint64_t>(i);
+        const std::vector<wide> want = i == 1 ? std::vector<wide>{{0, 0, 0}, {1, 1, 1}} : std::vector<wide>{};
+        EXPECT_EQ(iso::gather(g, wide{mine, mine, mine}, 1), want) << "after the failure at pass " << pass;
       }
     });
   }

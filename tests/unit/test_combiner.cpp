@@ -6,7 +6,10 @@
 // running out of memory too, by fault injection).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -20,6 +23,7 @@ namespace iso::detail {
 namespace {
 
 int g_allocations_left = -1;  // allocations the next ones may make; -1: any number
+int g_allocations = 0;        // made so far
 
 template <class T>
 struct limited_allocator {
@@ -30,6 +34,7 @@ struct limited_allocator {
   T* allocate(std::size_t n) {
     if (g_allocations_left == 0) throw std::bad_alloc();
     if (g_allocations_left > 0) --g_allocations_left;
+    ++g_allocations;
     return std::allocator<T>().allocate(n);
   }
   void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>().deallocate(p, n); }
@@ -39,16 +44,34 @@ struct limited_allocator {
 
 using tree = partial_tree<limited_allocator<std::byte>>;
 
-void put_leaf(tree& t, std::uint32_t i, char c, const merge_rule& r) {
-  const std::byte b{static_cast<unsigned char>(c)};
-  t.put_bytes(0, i, &b, 1, false, 4, r);
+// Leaf i: `leaf_bytes` times the character c, more than a block keeps inline (small_bytes), so
+// that merges allocate.
+constexpr std::size_t leaf_bytes = small_bytes<std::allocator<std::byte>>::inline_bytes;
+
+void put_leaf(tree& t, std::uint32_t i, char c, const merge_rule& r, std::uint32_t n = 4) {
+  const std::string v(leaf_bytes, c);
+  t.put_bytes(0, i, reinterpret_cast<const std::byte*>(v.data()), v.size(), false, n, r);
+}
+
+// "level:lo:" and the first character of every leaf_bytes of each block, sorted.
+template <class Tree>
+std::vector<std::string> drained(Tree& t, std::uint32_t n) {
+  std::vector<std::string> blocks;
+  t.drain(n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+    EXPECT_FALSE(p.failed);
+    std::string b = std::to_string(level) + ":" + std::to_string(lo) + ":";
+    for (std::size_t at = 0; at < p.data.size(); at += leaf_bytes) b += static_cast<char>(p.data.data()[at]);
+    blocks.push_back(b);
+  });
+  std::sort(blocks.begin(), blocks.end());
+  return blocks;
 }
 
 TEST(PartialTree, AMergeThatRunsOutOfMemoryKeepsTheBlockItWasPutting) {
   const merge_rule concatenate{{nullptr, nullptr, 1}, "iso::gather"};
   tree t;
   put_leaf(t, 0, 'a', concatenate);
-  put_leaf(t, 1, 'b', concatenate);  // [0, 2) = "ab", in a block of capacity 2
+  put_leaf(t, 1, 'b', concatenate);  // [0, 2) = "ab", in a block of capacity 2 leaves
   put_leaf(t, 2, 'c', concatenate);
   // Leaf 3 merges into leaf 2 (one allocation: "cd"), and [2, 4) then into [0, 2), which must
   // grow "ab" and cannot.
@@ -56,14 +79,71 @@ TEST(PartialTree, AMergeThatRunsOutOfMemoryKeepsTheBlockItWasPutting) {
   EXPECT_THROW(put_leaf(t, 3, 'd', concatenate), std::bad_alloc);
   g_allocations_left = -1;
   EXPECT_FALSE(t.root().has_value());
-  std::vector<std::string> blocks;
-  t.drain(4, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
-    EXPECT_FALSE(p.failed);
-    blocks.push_back(std::to_string(level) + ":" + std::to_string(lo) + ":" +
-                     std::string(reinterpret_cast<const char*>(p.data.data()), p.data.size()));
-  });
-  EXPECT_EQ(blocks, (std::vector<std::string>{"1:0:ab", "1:2:cd"})) << "every leaf, once";
+  EXPECT_EQ(drained(t, 4), (std::vector<std::string>{"1:0:ab", "1:2:cd"})) << "every leaf, once";
   EXPECT_TRUE(t.empty());
+}
+
+// A value that fits a block inline (a scalar's 8 bytes) costs no allocation: leaves kept until
+// their siblings come, and the merges, allocate only the table of blocks (8 slots, then 16).
+TEST(PartialTree, ScalarLeavesAllocateOnlyTheTable) {
+  const merge_rule sum{combiner_for<std::uint64_t>(iso::sum), "iso::allreduce"};
+  partial_tree<limited_allocator<std::byte>> t;
+  const std::uint64_t one = 1;
+  g_allocations = 0;
+  for (std::uint32_t i = 64; i-- > 0;) {  // in reverse: blocks wait for their left siblings
+    t.put_bytes(0, i, reinterpret_cast<const std::byte*>(&one), sizeof one, false, 64, sum);
+  }
+  EXPECT_LE(g_allocations, 2);
+  ASSERT_TRUE(t.root().has_value());
+  std::uint64_t total = 0;
+  std::memcpy(&total, t.root()->data.data(), sizeof total);
+  EXPECT_EQ(total, 64u);
+}
+
+// Leaves in any order (members migrate, ranks send what they hold) give the fixed tree's blocks:
+// the concatenation in index order, whatever the order they came in, and every partial block
+// drained is one of the tree's, each leaf in exactly one.
+TEST(PartialTree, LeavesInAnyOrderMakeTheFixedTreesBlocks) {
+  const merge_rule concatenate{{nullptr, nullptr, 1}, "iso::gather"};
+  for (std::uint32_t n : {1u, 2u, 3u, 5u, 13u, 64u, 100u}) {
+    std::vector<std::uint32_t> order(n);
+    for (std::uint32_t i = 0; i < n; ++i) order[i] = i;
+    std::uint64_t rng = 0x9e3779b97f4a7c15ull * n;
+    for (int round = 0; round < 20; ++round) {
+      for (std::uint32_t i = n; i > 1; --i) {  // Fisher-Yates with a fixed xorshift
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::swap(order[i - 1], order[rng % i]);
+      }
+      tree whole, part;
+      for (std::uint32_t k = 0; k < n; ++k) {
+        put_leaf(whole, order[k], static_cast<char>(' ' + order[k] % 90), concatenate, n);
+        if (k < n / 2) put_leaf(part, order[k], static_cast<char>(' ' + order[k] % 90), concatenate, n);
+      }
+      ASSERT_TRUE(whole.root().has_value()) << n << " members";
+      std::string want, got;
+      for (std::uint32_t i = 0; i < n; ++i) want += static_cast<char>(' ' + i % 90);
+      for (std::size_t at = 0; at < whole.root()->data.size(); at += leaf_bytes) {
+        got += static_cast<char>(whole.root()->data.data()[at]);
+      }
+      EXPECT_EQ(got, want) << n << " members";
+      std::vector<int> seen(n, 0);
+      for (const std::string& b : drained(part, n)) {
+        const std::size_t c1 = b.find(':'), c2 = b.find(':', c1 + 1);
+        const std::uint32_t level = std::stoul(b.substr(0, c1)), lo = std::stoul(b.substr(c1 + 1, c2 - c1 - 1));
+        EXPECT_EQ(lo % (std::uint64_t{1} << level), 0u) << b;
+        const std::string leaves = b.substr(c2 + 1);
+        EXPECT_EQ(leaves.size(), std::min<std::uint64_t>(std::uint64_t{1} << level, n - lo)) << b;
+        for (std::uint32_t i = lo; i < lo + leaves.size(); ++i) {
+          ++seen[i];
+          EXPECT_EQ(leaves[i - lo], static_cast<char>(' ' + i % 90)) << b;
+        }
+      }
+      EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), n / 2) << "each leaf put, once";
+      EXPECT_TRUE(part.empty());
+    }
+  }
 }
 
 // The block cache of a rank's collectives (combiner.hpp) is used on the scheduler's OS thread.
