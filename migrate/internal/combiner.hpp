@@ -343,6 +343,9 @@ class rank_combiner {
   using entry_map = std::map<key, entry, std::less<key>, cached_allocator<std::pair<const key, entry>>>;
   // The entry of k, made (from spare_ if there is one) if there is none; fresh: made now.
   entry_map::iterator entry_of(const key& k, bool& fresh);
+  // Sends the entry's blocks to its member 0 (fatal if that fails); erases it unless members
+  // wait here. The next entry.
+  entry_map::iterator send_blocks(engine& eng, entry_map::iterator it) noexcept;
   // Erases the entry (blocks empty), keeping its node as spare_ if there is none.
   entry_map::iterator retire(entry_map::iterator it) noexcept;
   entry_map entries_;

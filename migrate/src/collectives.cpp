@@ -129,7 +129,13 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
   result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh), reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
   result.insert(result.end(), root.data.begin(), root.data.end());
   engine& e = engine_for(call);
-  for (int r : ranks) e.send_to_rank(r, result.data(), result.size());  // this rank's without a message
+  // The other ranks first: their waiters wait for a message's latency more, this rank's only
+  // for deliver(), which wakes them (one scheduler switch each) before the messages would leave.
+  const int here = scheduler::current()->rank();
+  for (int r : ranks) {
+    if (r != here) e.send_to_rank(r, result.data(), result.size());
+  }
+  if (std::find(ranks.begin(), ranks.end(), here) != ranks.end()) e.send_to_rank(here, result.data(), result.size());
   return result;
 }
 
@@ -306,6 +312,9 @@ void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thr
     e.waiters.push_back(*w);
     e.waiters_unsent = true;
   }
+  // Every member deposited here: nothing more can come, so the blocks (the root) go now rather
+  // than at the rank's next poll (member 0, if it waits here, runs next).
+  if (e.blocks.root()) send_blocks(*engine::current(), it);
 }
 
 bool rank_combiner::flush(engine& eng, bool idle) noexcept {
@@ -317,41 +326,48 @@ bool rank_combiner::flush(engine& eng, bool idle) noexcept {
       ++it;
       continue;
     }
-    batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
-                   scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
-    try {
-      std::vector<unsigned char, cached_allocator<unsigned char>> buf(sizeof h);
-      // One batch per max_message_bytes: run() let no block be larger than one.
-      const auto send_batch = [&] {
-        std::memcpy(buf.data(), &h, sizeof h);
-        if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
-        // Unsequenced: member 0 tells batches apart by (fingerprint, call) and merges them in any
-        // order, so the rank's main keeps no counter for each member 0 it ever sent to.
-        eng.send(e.first, buf.data(), buf.size(), e.tag, sequencing::none);
-        buf.resize(sizeof h);
-        h.blocks = 0;
-      };
-      e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
-        if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
-        const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
-        const auto* head = reinterpret_cast<const unsigned char*>(&bh);
-        const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
-        buf.insert(buf.end(), head, head + sizeof bh);
-        buf.insert(buf.end(), body, body + p.data.size());
-        ++h.blocks;
-      });
-      send_batch();
-    } catch (const std::exception& x) {
-      fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
-            static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
-    }
+    it = send_blocks(eng, it);
     sent = true;
-    --unsent_;
-    e.waiters_unsent = false;
-    e.aged = false;
-    it = e.waiters.empty() ? retire(it) : std::next(it);
   }
   return sent;
+}
+
+auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept -> entry_map::iterator {
+  entry& e = it->second;
+  batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
+                 scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
+  try {
+    std::vector<unsigned char, cached_allocator<unsigned char>> buf;
+    buf.reserve(256);  // a scalar's few blocks without growing; a large block grows it once
+    buf.resize(sizeof h);
+    // One batch per max_message_bytes: run() let no block be larger than one.
+    const auto send_batch = [&] {
+      std::memcpy(buf.data(), &h, sizeof h);
+      if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
+      // Unsequenced: member 0 tells batches apart by (fingerprint, call) and merges them in any
+      // order, so the rank's main keeps no counter for each member 0 it ever sent to.
+      eng.send(e.first, buf.data(), buf.size(), e.tag, sequencing::none);
+      buf.resize(sizeof h);
+      h.blocks = 0;
+    };
+    e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+      if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
+      const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
+      const auto* head = reinterpret_cast<const unsigned char*>(&bh);
+      const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
+      buf.insert(buf.end(), head, head + sizeof bh);
+      buf.insert(buf.end(), body, body + p.data.size());
+      ++h.blocks;
+    });
+    send_batch();
+  } catch (const std::exception& x) {
+    fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
+          static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
+  }
+  --unsent_;
+  e.waiters_unsent = false;
+  e.aged = false;
+  return e.waiters.empty() ? retire(it) : std::next(it);
 }
 
 void rank_combiner::deliver(const unsigned char* record, std::size_t bytes) noexcept {
