@@ -114,14 +114,45 @@ struct merge_rule {
 };
 
 // A block's bytes: up to inline_bytes of them in the object itself (a scalar's value, the common
-// case, costs no allocation), more in a block of Alloc. Moves leave the source empty and never
-// throw; assign and append give the strong guarantee (std::bad_alloc leaves it unchanged).
+// case, costs no allocation), more in a block of Alloc, after `headroom` bytes of its own where
+// the headers of a message can be written, so that a large block is sent without being copied
+// into a message first (rank_combiner::send_blocks, combine_at_member_0). Moves leave the source
+// empty and never throw; assign and append give the strong guarantee (std::bad_alloc leaves it
+// unchanged).
 template <class Alloc>
 class small_bytes {
  public:
   static constexpr std::size_t inline_bytes = 16;
+  static constexpr std::size_t headroom = 64;  // a batch_header and a block_header
   small_bytes() noexcept = default;
   small_bytes(const std::byte* first, const std::byte* last) { assign(first, last); }
+  // n bytes at p that it does not own: read in place, never written, until it is assigned,
+  // appended to, or rebuilt (which make it own its bytes). pre: p stays valid and unchanged as
+  // long as this holds it. More than inline_bytes: fewer are copied at once.
+  static small_bytes borrowed(const std::byte* p, std::size_t n) noexcept {
+    small_bytes b;
+    b.heap_ = const_cast<std::byte*>(p);  // never written through (capacity() is 0)
+    b.cap_ = 0;
+    b.size_ = n;
+    return b;
+  }
+  bool is_borrowed() const noexcept { return heap_ != nullptr && cap_ == 0; }
+  // Becomes n bytes of its own, which fill(out) writes (it may read data() meanwhile). If fill or
+  // the allocation throws, it is unchanged.
+  template <class F>
+  void rebuild(std::size_t n, F&& fill) {
+    std::byte* p = allocate(n);
+    try {
+      fill(p);
+    } catch (...) {
+      deallocate(p, n);
+      throw;
+    }
+    release();
+    heap_ = p;
+    cap_ = n;
+    size_ = n;
+  }
   small_bytes(small_bytes&& o) noexcept { take(o); }
   small_bytes& operator=(small_bytes&& o) noexcept {
     if (this != &o) {
@@ -138,6 +169,8 @@ class small_bytes {
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   void clear() noexcept { size_ = 0; }
+  // The `headroom` bytes before data(), if the bytes are in a block of Alloc; else null.
+  std::byte* room_before() noexcept { return heap_ != nullptr && cap_ != 0 ? heap_ - headroom : nullptr; }
   void assign(const std::byte* first, const std::byte* last) {
     const auto n = static_cast<std::size_t>(last - first);
     if (n > capacity()) {
@@ -166,17 +199,19 @@ class small_bytes {
   }
 
  private:
-  std::size_t capacity() const noexcept { return heap_ != nullptr ? cap_ : inline_bytes; }
+  std::size_t capacity() const noexcept { return heap_ != nullptr ? cap_ : inline_bytes; }  // borrowed: 0
+  // Room for n bytes after the headroom; the pointer past the headroom.
   static std::byte* allocate(std::size_t n) {
     Alloc a;
-    return std::allocator_traits<Alloc>::allocate(a, n);
+    return std::allocator_traits<Alloc>::allocate(a, headroom + n) + headroom;
+  }
+  static void deallocate(std::byte* p, std::size_t n) noexcept {
+    Alloc a;
+    std::allocator_traits<Alloc>::deallocate(a, p - headroom, headroom + n);
   }
   void release() noexcept {
-    if (heap_ != nullptr) {
-      Alloc a;
-      std::allocator_traits<Alloc>::deallocate(a, heap_, cap_);
-      heap_ = nullptr;
-    }
+    if (heap_ != nullptr && cap_ != 0) deallocate(heap_, cap_);
+    heap_ = nullptr;
     size_ = 0;
   }
   void take(small_bytes& o) noexcept {
@@ -187,8 +222,8 @@ class small_bytes {
     o.heap_ = nullptr;
     o.size_ = 0;
   }
-  std::byte* heap_ = nullptr;  // null: the bytes are in local_
-  std::size_t cap_ = 0;        // heap_'s bytes
+  std::byte* heap_ = nullptr;  // past the headroom of a block of Alloc (or borrowed); null: in local_
+  std::size_t cap_ = 0;        // bytes at heap_; 0: borrowed
   std::size_t size_ = 0;
   std::byte local_[inline_bytes];
 };
@@ -226,16 +261,20 @@ class partial_tree {
   // only std::bad_alloc: then p is unchanged if it was not taken in, else kept in the tree.
   void put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
   // Block (level, lo) from bytes it does not own: they are copied only if they must be kept (not
-  // when they merge at once into their left sibling). pre, throws: as put's (the bytes are not
-  // in the tree then).
+  // when they merge at once into their left sibling), and not even then if `borrow` (more than
+  // small_bytes keeps inline; pre: they stay valid and unchanged until the tree has handed them
+  // out through drain() or merged them). pre, throws: as put's (the bytes are not in the tree
+  // then, or, borrowed, still are).
   void put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
-                 std::uint32_t n, const merge_rule& r);
+                 std::uint32_t n, const merge_rule& r, bool borrow = false);
   // Leaf `index` becomes the failure `text`: the block that holds it, if one does (a put that
   // threw may have kept it, merged with others), else a block of its own. pre: lo < n. Throws
   // only std::bad_alloc (the block then holds a failure, or the leaf is not in the tree).
   void fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
+  std::optional<part>& root() noexcept { return root_; }
   bool empty() const noexcept { return count_ == 0 && !root_; }
+  std::size_t blocks() const noexcept { return count_ + (root_ ? 1 : 0); }
   // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
   template <class F>
   void drain(std::uint32_t n, F&& f);
@@ -388,6 +427,10 @@ struct result_header {
   std::uint64_t bytes;
 };
 static_assert(sizeof(result_header) == result_offset, "a waiter's result is a result record");
+static_assert(sizeof(batch_header) + sizeof(block_header) == small_bytes<std::allocator<std::byte>>::headroom,
+              "a batch of one block is written in front of the block's bytes");
+static_assert(sizeof(result_header) <= small_bytes<std::allocator<std::byte>>::headroom,
+              "a result is written in front of the root's bytes");
 
 // ---------------------------------------------------------------- templates
 
@@ -411,8 +454,33 @@ void merge_rule::merge(bool& left_failed, Bytes& left, std::uint32_t left_lo, co
              std::to_string(right_bytes / c.elem) + ")");
     return;
   }
+  std::exception_ptr op_threw;
+  bool done = false;
+  if constexpr (requires { left.is_borrowed(); }) {
+    if (left.is_borrowed()) {
+      // Read in place and written into a block of its own: one pass over the bytes less than a
+      // copy and a combination. std::bad_alloc (the block) leaves left unchanged.
+      const std::byte* in = left.data();
+      left.rebuild(right_bytes, [&](std::byte* out) {
+        try {
+          c.fn_into(c.op, out, in, right, right_bytes / c.elem);
+        } catch (...) {
+          op_threw = std::current_exception();
+        }
+      });
+      done = true;
+    }
+  }
+  if (!done) {
+    try {
+      c.fn(c.op, left.data(), right, right_bytes / c.elem);
+    } catch (...) {
+      op_threw = std::current_exception();
+    }
+  }
+  if (!op_threw) return;
   try {
-    c.fn(c.op, left.data(), right, right_bytes / c.elem);
+    std::rethrow_exception(op_threw);
   } catch (const std::exception& x) {
     fail(left_failed, left, std::string(call) + ": the operation threw: " + x.what());
   } catch (...) {
@@ -566,7 +634,8 @@ void partial_tree<ByteAlloc>::put_node(std::uint32_t level, std::uint32_t lo, pa
 
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data,
-                                        std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r) {
+                                        std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r,
+                                        bool borrow) {
   ISO_ASSERT(lo < n);
   // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()),
   // a left block until its right sibling comes.
@@ -580,7 +649,11 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
     }
   }
   reserve(1);  // before the copy: a throw leaves nothing half made
-  put_node(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+  if (borrow && !failed && n_bytes > bytes::inline_bytes) {
+    put_node(level, lo, part{false, bytes::borrowed(data, n_bytes)}, n, r);
+  } else {
+    put_node(level, lo, part{failed, bytes(data, data + n_bytes)}, n, r);
+  }
 }
 
 template <class ByteAlloc>

@@ -122,20 +122,37 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
       at += bh.bytes;
     }
   }
-  const auto& root = *tree.root();
+  auto& root = *tree.root();
   const result_header rh{k.first, k.second, root.failed ? 1u : 0u, 0, root.data.size()};
+  const auto make_record = [&] {
+    std::vector<std::byte> result;
+    result.reserve(sizeof rh + root.data.size());  // filled by copies only
+    result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh),
+                  reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
+    result.insert(result.end(), root.data.begin(), root.data.end());
+    return result;
+  };
+  // A root in a block of its own is sent as it lies, the header written in the room before its
+  // bytes; member 0's own record is copied from it once the others have theirs.
   std::vector<std::byte> result;
-  result.reserve(sizeof rh + root.data.size());  // filled by copies only
-  result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh), reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
-  result.insert(result.end(), root.data.begin(), root.data.end());
+  const std::byte* record = nullptr;
+  if (std::byte* room = root.data.room_before()) {
+    record = root.data.data() - sizeof rh;
+    std::memcpy(root.data.data() - sizeof rh, &rh, sizeof rh);
+  } else {
+    result = make_record();
+    record = result.data();
+  }
+  const std::size_t record_bytes = sizeof rh + root.data.size();
   engine& e = engine_for(call);
   // The other ranks first: their waiters wait for a message's latency more, this rank's only
   // for deliver(), which wakes them (one scheduler switch each) before the messages would leave.
   const int here = scheduler::current()->rank();
   for (int r : ranks) {
-    if (r != here) e.send_to_rank(r, result.data(), result.size());
+    if (r != here) e.send_to_rank(r, record, record_bytes);
   }
-  if (std::find(ranks.begin(), ranks.end(), here) != ranks.end()) e.send_to_rank(here, result.data(), result.size());
+  if (std::find(ranks.begin(), ranks.end(), here) != ranks.end()) e.send_to_rank(here, record, record_bytes);
+  if (result.empty()) result = make_record();
   return result;
 }
 
@@ -296,7 +313,9 @@ void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thr
       const std::string text = mismatch_text(r.call, e.kind);
       e.blocks.put_bytes(0, index, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, e.n, r);
     } else {
-      e.blocks.put_bytes(0, index, data, bytes, false, n, r);
+      // A member that waits here stays blocked on this rank until the result, which comes only
+      // after these blocks have gone: its bytes are read where they lie instead of copied.
+      e.blocks.put_bytes(0, index, data, bytes, false, n, r, w != nullptr);
     }
   } catch (...) {  // bad_alloc (an op's exception is a failure block): no record left uncounted
     if (was_empty && !e.blocks.empty()) {
@@ -336,14 +355,18 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
   entry& e = it->second;
   batch_header h{it->first.first, it->first.second, static_cast<std::uint32_t>(e.kind), e.n,
                  scheduler::current()->rank(), e.waiters_unsent ? 1u : 0u, 0, 0};
+  const bool remote = scheduler::current()->find(e.first) == nullptr;
   try {
+    // One block (a rank's members all next to each other in the group, the common case) whose
+    // bytes are in a block of their own goes as it lies: the headers are written in the room
+    // before them, without copying the bytes into a batch first.
+    bool sent_as_it_lies = false;
+    const bool one = e.blocks.blocks() == 1;
     std::vector<unsigned char, cached_allocator<unsigned char>> buf;
-    buf.reserve(256);  // a scalar's few blocks without growing; a large block grows it once
-    buf.resize(sizeof h);
     // One batch per max_message_bytes: run() let no block be larger than one.
     const auto send_batch = [&] {
       std::memcpy(buf.data(), &h, sizeof h);
-      if (scheduler::current()->find(e.first) == nullptr) ++counts_.batches;
+      if (remote) ++counts_.batches;
       // Unsequenced: member 0 tells batches apart by (fingerprint, call) and merges them in any
       // order, so the rank's main keeps no counter for each member 0 it ever sent to.
       eng.send(e.first, buf.data(), buf.size(), e.tag, sequencing::none);
@@ -351,15 +374,28 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
       h.blocks = 0;
     };
     e.blocks.drain(e.n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
-      if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
       const block_header bh{lo, level, p.failed ? 1u : 0u, 0, p.data.size()};
+      if (std::byte* room = one ? p.data.room_before() : nullptr) {
+        h.blocks = 1;
+        std::memcpy(room, &h, sizeof h);
+        std::memcpy(room + sizeof h, &bh, sizeof bh);
+        if (remote) ++counts_.batches;
+        eng.send(e.first, room, sizeof h + sizeof bh + p.data.size(), e.tag, sequencing::none);
+        sent_as_it_lies = true;
+        return;
+      }
+      if (buf.empty()) {
+        buf.reserve(256);  // a scalar's few blocks without growing; a large block grows it once
+        buf.resize(sizeof h);
+      }
+      if (h.blocks != 0 && buf.size() + sizeof(block_header) + p.data.size() > max_message_bytes) send_batch();
       const auto* head = reinterpret_cast<const unsigned char*>(&bh);
       const auto* body = reinterpret_cast<const unsigned char*>(p.data.data());
       buf.insert(buf.end(), head, head + sizeof bh);
       buf.insert(buf.end(), body, body + p.data.size());
       ++h.blocks;
     });
-    send_batch();
+    if (!sent_as_it_lies) send_batch();
   } catch (const std::exception& x) {
     fatal("collective of group %llx: its batch to member 0 (thread %s) could not be sent: %s",
           static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());

@@ -72,6 +72,8 @@ void every_collective(const iso::group& g, int i, int rounds, std::mt19937_64& r
     EXPECT_EQ(lo, (std::vector<double>{0, static_cast<double>(1 - n), static_cast<double>(round)}));
     const std::vector<double> hi = iso::allreduce(g, std::span<const double>(mine), iso::max);
     EXPECT_EQ(hi, (std::vector<double>{static_cast<double>(n - 1), 0, static_cast<double>(round)}));
+    EXPECT_EQ(mine, (std::vector<double>{static_cast<double>(i), static_cast<double>(-i), static_cast<double>(round)}))
+        << "a member's values are not written";
     const std::vector<int> at_root = iso::gather(g, i * 10 + round, root);
     const std::vector<int> everywhere = iso::allgather(g, i * 10 + round);
     std::vector<int> all(static_cast<std::size_t>(n));
@@ -396,6 +398,9 @@ TEST(Collectives, FloatingPointResultsAreTheSameBitsWhileMembersAreMovedDuringCo
         }
         EXPECT_EQ(e, (std::vector<double>{fixed_tree(v, iso::sum), fixed_tree(col1, iso::sum), fixed_tree(col2, iso::sum)}))
             << "round " << round;
+        // A waiting member's values are read where they lie (combiner.hpp's borrowed blocks),
+        // never written.
+        EXPECT_EQ(three, (std::vector<double>{mine, -mine * 3, mine * mine})) << "round " << round;
         EXPECT_EQ(iso::allgather(grp, mine), v) << "round " << round;
         const int before_last = iso::rank();
         EXPECT_EQ(iso::broadcast(grp, i == root ? mine : -1.0, root), v[static_cast<std::size_t>(root)]);
@@ -511,18 +516,33 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
   // the rank no allocation, so it cannot run out of memory for it.
   using wide = std::array<std::uint64_t, 3>;
   static_assert(sizeof(wide) > iso::detail::small_bytes<std::allocator<std::byte>>::inline_bytes);
-  // One member a rank: its deposit copies its value into the rank's record of the call.
-  spawn_on_every_rank(1, [](const std::vector<iso::thread_id>& ids) {
+  const auto add = [](wide a, const wide& b) {
+    for (std::size_t k = 0; k < a.size(); ++k) a[k] += b[k];
+    return a;
+  };
+  // One member a rank, reduce to member 0: the others do not wait for a result, so their
+  // deposit copies their value into the rank's record of the call (a waiting member's is read
+  // where it lies), as member 0's does.
+  spawn_on_every_rank(1, [add](const std::vector<iso::thread_id>& ids) {
     const iso::group g(ids);
     const int i = g.index_of(iso::this_thread::id());
     const int n = static_cast<int>(g.size());
-    const std::vector<std::uint64_t> v(3, 1);
     for (int failing : {n - 1, 0}) {
       if (i == failing) iso::detail::fault::arm("collectives.take");
-      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const std::uint64_t>(v), iso::sum); }, failing,
-                              i);
-      EXPECT_EQ(iso::allreduce(g, std::span<const std::uint64_t>(v), iso::sum)[0], static_cast<std::uint64_t>(n))
-          << "after member " << failing << " ran out of memory";
+      try {
+        (void)iso::reduce(g, wide{1, 1, 1}, add, 0);
+        EXPECT_TRUE(i != 0 && i != failing) << "member " << i << " returned where member " << failing
+                                            << " ran out of memory";
+      } catch (const std::bad_alloc&) {
+        EXPECT_EQ(i, failing) << "only the member that ran out of memory throws std::bad_alloc";
+      } catch (const iso::error& e) {
+        EXPECT_EQ(i, 0) << "only member 0 returns a result";
+        EXPECT_NE(std::string(e.what()).find("member " + std::to_string(failing) + " ran out of memory"),
+                  std::string::npos)
+            << e.what();
+      }
+      const wide r = iso::reduce(g, wide{1, 1, 1}, add, 0);
+      if (i == 0) EXPECT_EQ(r[2], static_cast<std::uint64_t>(n)) << "after member " << failing << " ran out of memory";
     }
   });
   rt->run();

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,6 +99,42 @@ TEST(PartialTree, ScalarLeavesAllocateOnlyTheTable) {
   std::uint64_t total = 0;
   std::memcpy(&total, t.root()->data.data(), sizeof total);
   EXPECT_EQ(total, 64u);
+}
+
+// Bytes put as borrowed (a waiting member's values) are read where they lie and never written:
+// a left block borrowed is combined into a block of its own, with the same bits; an op that
+// throws there makes the block a failure, the member's bytes still untouched.
+TEST(PartialTree, BorrowedLeavesAreReadInPlaceAndNeverWritten) {
+  const merge_rule sum{combiner_for<double>(iso::sum), "iso::allreduce"};
+  std::vector<std::vector<double>> v;
+  for (int i = 0; i < 6; ++i) v.emplace_back(4, 0.1 * (i + 1));
+  const std::vector<std::vector<double>> before = v;
+  const auto put = [&](auto& t, std::uint32_t i, const merge_rule& r) {
+    t.put_bytes(0, i, reinterpret_cast<const std::byte*>(v[i].data()), v[i].size() * sizeof(double), false, 6, r,
+                true);
+  };
+  partial_tree<std::allocator<std::byte>> t;
+  for (std::uint32_t i : {4u, 2u, 3u, 0u, 5u, 1u}) put(t, i, sum);
+  ASSERT_TRUE(t.root().has_value());
+  EXPECT_EQ(v, before) << "no member's values written";
+  double got[4];
+  std::memcpy(got, t.root()->data.data(), sizeof got);
+  const double exact = ((v[0][0] + v[1][0]) + (v[2][0] + v[3][0])) + (v[4][0] + v[5][0]);  // the fixed tree
+  EXPECT_EQ(got[3], exact);
+  const auto throws = [](double, double) -> double { throw std::runtime_error("no"); };
+  const merge_rule bad{combiner_for<double>(throws), "iso::allreduce"};
+  partial_tree<std::allocator<std::byte>> u;
+  put(u, 0, bad);
+  put(u, 1, bad);  // merges into borrowed leaf 0
+  put(u, 2, bad);
+  put(u, 3, bad);
+  put(u, 4, bad);
+  put(u, 5, bad);
+  ASSERT_TRUE(u.root().has_value());
+  EXPECT_TRUE(u.root()->failed);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(u.root()->data.data()), u.root()->data.size()),
+            "iso::allreduce: the operation threw: no");
+  EXPECT_EQ(v, before) << "no member's values written";
 }
 
 // Leaves in any order (members migrate, ranks send what they hold) give the fixed tree's blocks:

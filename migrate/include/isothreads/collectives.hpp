@@ -64,11 +64,14 @@ namespace detail {
 
 enum class collective : std::uint32_t { barrier = 1, broadcast, reduce, allreduce, gather, allgather };
 
-// acc[i] = op(acc[i], in[i]) for `count` elements (acc: the lower member indices).
+// fn: acc[i] = op(acc[i], in[i]) for `count` elements (acc: the lower member indices); fn_into:
+// out[i] = op(a[i], b[i]) (a: the lower ones), the same bits, for a left block that must not be
+// written (a waiting member's own values).
 struct combiner {
   void (*fn)(const void* op, std::byte* acc, const std::byte* in, std::size_t count);
   const void* op;
   std::size_t elem;  // bytes per element
+  void (*fn_into)(const void* op, std::byte* out, const std::byte* a, const std::byte* b, std::size_t count) = nullptr;
 };
 template <class T, class Op>
 void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::size_t count) {
@@ -79,6 +82,18 @@ void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::
     std::memcpy(&b, in + i * sizeof(T), sizeof(T));
     const T c = f(a, b);
     std::memcpy(acc + i * sizeof(T), &c, sizeof(T));
+  }
+}
+template <class T, class Op>
+void combine_elements_into(const void* op, std::byte* out, const std::byte* left, const std::byte* right,
+                           std::size_t count) {
+  const Op& f = *static_cast<const Op*>(op);
+  for (std::size_t i = 0; i < count; ++i) {
+    T a, b;
+    std::memcpy(&a, left + i * sizeof(T), sizeof(T));
+    std::memcpy(&b, right + i * sizeof(T), sizeof(T));
+    const T c = f(a, b);
+    std::memcpy(out + i * sizeof(T), &c, sizeof(T));
   }
 }
 
@@ -151,7 +166,7 @@ combiner combiner_for(const Op& op) {
   static_assert(std::is_trivially_copyable_v<T>, "iso collectives: T must be trivially copyable");
   static_assert(std::is_convertible_v<std::invoke_result_t<const Op&, const T&, const T&>, T>,
                 "iso collectives: op must be a callable T(T, T)");
-  return {&combine_elements<T, Op>, &op, sizeof(T)};
+  return {&combine_elements<T, Op>, &op, sizeof(T), &combine_elements_into<T, Op>};
 }
 
 }  // namespace detail
