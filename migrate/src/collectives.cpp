@@ -98,10 +98,14 @@ std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uin
 // members wait. Returns the result record.
 std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n,
                                            int tag, const merge_rule& rule, const char* call) {
-  partial_tree<std::allocator<std::byte>> tree;  // in this thread's heap: it may migrate
-  std::vector<int> ranks;                        // where members wait
+  // The batches, kept until the result is made: the tree reads their blocks where they lie. All in
+  // this thread's heap, which keeps its addresses wherever the thread runs (it may migrate).
+  std::vector<std::vector<std::byte>> batches;
+  partial_tree<std::allocator<std::byte>> tree;
+  std::vector<int> ranks;  // where members wait
   while (!tree.root()) {
-    const std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
+    batches.push_back(next_batch(self, tag, k.first, k.second, call));
+    const std::vector<std::byte>& b = batches.back();
     batch_header h;
     std::memcpy(&h, b.data(), sizeof h);
     const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;
@@ -117,7 +121,7 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
         const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
         tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n, rule);
       } else {
-        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule);
+        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, true);
       }
       at += bh.bytes;
     }
