@@ -33,6 +33,8 @@
 #include <bit>
 #include <cstring>
 #include <exception>
+#include <iterator>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -94,22 +96,49 @@ std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uin
   }
 }
 
+// The ranks where members wait, as member 0 learns them: a few without an allocation.
+class rank_set {
+ public:
+  void add(int r) {
+    if (has(r)) return;
+    if (count_ < std::size(few_)) {
+      few_[count_++] = r;
+    } else {
+      more_.push_back(r);
+    }
+  }
+  bool has(int r) const noexcept {
+    return std::find(few_, few_ + count_, r) != few_ + count_ || std::find(more_.begin(), more_.end(), r) != more_.end();
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    std::for_each(few_, few_ + count_, f);
+    std::for_each(more_.begin(), more_.end(), f);
+  }
+
+ private:
+  int few_[4];
+  std::size_t count_ = 0;
+  std::vector<int> more_;
+};
+
 // Member 0: takes in batches until the tree is complete; sends the result to the ranks where
-// members wait. Returns the result record.
-std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n,
-                                           int tag, const merge_rule& rule, const char* call) {
-  // The batches, kept until the result is made: the tree reads their blocks where they lie. All in
-  // this thread's heap, which keeps its addresses wherever the thread runs (it may migrate).
+// members wait. Returns its own copy of the result record.
+result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n, int tag,
+                                  const merge_rule& rule, const char* call) {
+  // The batches whose blocks the tree reads where they lie (those larger than it keeps inline),
+  // kept until the result is made. All in this thread's heap, which keeps its addresses wherever
+  // the thread runs (it may migrate).
   std::vector<std::vector<std::byte>> batches;
   partial_tree<std::allocator<std::byte>> tree;
-  std::vector<int> ranks;  // where members wait
+  rank_set ranks;
   while (!tree.root()) {
-    batches.push_back(next_batch(self, tag, k.first, k.second, call));
-    const std::vector<std::byte>& b = batches.back();
+    std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
     batch_header h;
     std::memcpy(&h, b.data(), sizeof h);
     const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;
-    if (h.waiters != 0 && std::find(ranks.begin(), ranks.end(), h.rank) == ranks.end()) ranks.push_back(h.rank);
+    if (h.waiters != 0) ranks.add(h.rank);
+    bool read_in_place = false;
     std::size_t at = sizeof h;
     for (std::uint32_t i = 0; i < h.blocks; ++i) {
       block_header bh;
@@ -121,43 +150,41 @@ std::vector<std::byte> combine_at_member_0(tcb* self, const rank_combiner::key& 
         const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
         tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n, rule);
       } else {
-        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, true);
+        const bool borrow = bh.failed == 0 && bh.bytes > small_bytes<std::allocator<std::byte>>::inline_bytes;
+        read_in_place = read_in_place || borrow;
+        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, borrow);
       }
       at += bh.bytes;
     }
+    if (read_in_place) batches.push_back(std::move(b));  // the bytes stay where they are
   }
   auto& root = *tree.root();
   const result_header rh{k.first, k.second, root.failed ? 1u : 0u, 0, root.data.size()};
-  const auto make_record = [&] {
-    std::vector<std::byte> result;
-    result.reserve(sizeof rh + root.data.size());  // filled by copies only
-    result.insert(result.end(), reinterpret_cast<const std::byte*>(&rh),
-                  reinterpret_cast<const std::byte*>(&rh) + sizeof rh);
-    result.insert(result.end(), root.data.begin(), root.data.end());
-    return result;
-  };
+  result_header_bytes head;
+  std::memcpy(head.bytes, &rh, sizeof rh);
   // A root in a block of its own is sent as it lies, the header written in the room before its
-  // bytes; member 0's own record is copied from it once the others have theirs.
-  std::vector<std::byte> result;
+  // bytes; member 0's own record is copied from it once the others have theirs. Else member 0's
+  // record (a scalar's: no allocation) is the one sent.
+  std::optional<result_record> own;
   const std::byte* record = nullptr;
-  if (std::byte* room = root.data.room_before()) {
+  if (root.data.room_before() != nullptr) {
     record = root.data.data() - sizeof rh;
     std::memcpy(root.data.data() - sizeof rh, &rh, sizeof rh);
   } else {
-    result = make_record();
-    record = result.data();
+    own.emplace(head, root.data.data(), root.data.size());
+    record = own->data();
   }
   const std::size_t record_bytes = sizeof rh + root.data.size();
   engine& e = engine_for(call);
   // The other ranks first: their waiters wait for a message's latency more, this rank's only
   // for deliver(), which wakes them (one scheduler switch each) before the messages would leave.
   const int here = scheduler::current()->rank();
-  for (int r : ranks) {
+  ranks.for_each([&](int r) {
     if (r != here) e.send_to_rank(r, record, record_bytes);
-  }
-  if (std::find(ranks.begin(), ranks.end(), here) != ranks.end()) e.send_to_rank(here, record, record_bytes);
-  if (result.empty()) result = make_record();
-  return result;
+  });
+  if (ranks.has(here)) e.send_to_rank(here, record, record_bytes);
+  if (!own) own.emplace(head, root.data.data(), root.data.size());
+  return std::move(*own);
 }
 
 void throw_if_failed(const result_record& result) {
@@ -228,7 +255,7 @@ result_record run(const group& g, collective kind, const void* data, std::size_t
     out_of_memory = true;
   }
   if (me == 0) {  // combines and answers the waiters whatever its own value became
-    result_record own(combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call));
+    result_record own = combine_at_member_0(self, k, kind, static_cast<std::uint32_t>(n), tag, rule, call);
     if (out_of_memory) throw std::bad_alloc();
     if (!returns) return {};
     throw_if_failed(own);

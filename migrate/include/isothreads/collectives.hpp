@@ -102,16 +102,38 @@ void combine_elements_into(const void* op, std::byte* out, const std::byte* left
 // rank's waiters share, in place, and stay on their rank until this is destroyed (read it at once,
 // with no yield in between).
 inline constexpr std::size_t result_offset = 32;
+struct result_header_bytes {  // combiner.hpp's result_header, as bytes
+  std::byte bytes[result_offset];
+};
 class result_record {
  public:
   result_record() noexcept = default;
   explicit result_record(std::vector<std::byte>&& own) noexcept
       : own_(std::move(own)), data_(own_.data()), size_(own_.size()) {}
+  // A copy of the record: header and result bytes. A scalar's record is kept in the object
+  // itself (no allocation); a larger one in own_. Throws std::bad_alloc.
+  result_record(const result_header_bytes& header, const std::byte* bytes, std::size_t n) {
+    if (result_offset + n > sizeof small_) {
+      own_.reserve(result_offset + n);  // filled by copies only
+      own_.insert(own_.end(), header.bytes, header.bytes + result_offset);
+      own_.insert(own_.end(), bytes, bytes + n);
+      data_ = own_.data();
+    } else {
+      std::memcpy(small_, header.bytes, result_offset);
+      if (n != 0) std::memcpy(small_ + result_offset, bytes, n);
+      data_ = small_;
+    }
+    size_ = result_offset + n;
+  }
   // A record shared by this rank's waiters (combiner.hpp's shared_result), read by `reader`.
   result_record(const void* shared, const std::byte* data, std::size_t size, void* reader) noexcept
       : data_(data), size_(size), shared_(shared), reader_(reader) {}
   result_record(result_record&& o) noexcept
       : own_(std::move(o.own_)), data_(o.data_), size_(o.size_), shared_(o.shared_), reader_(o.reader_) {
+    if (o.data_ == o.small_) {
+      std::memcpy(small_, o.small_, o.size_);
+      data_ = small_;
+    }
     o.data_ = nullptr;
     o.size_ = 0;
     o.shared_ = nullptr;
@@ -127,6 +149,7 @@ class result_record {
   std::size_t size_ = 0;
   const void* shared_ = nullptr;  // let go of by the destructor
   void* reader_ = nullptr;
+  alignas(std::max_align_t) std::byte small_[64];  // a small record of its own (data_ == small_)
 };
 
 // The byte-level collectives. Each returns the result record where the call gives one (root, or
@@ -150,9 +173,10 @@ std::vector<T> values_from(const result_record& b) {
   const std::size_t n = (b.size() - result_offset) / sizeof(T);
   if constexpr (alignof(T) <= alignof(std::max_align_t)) {
     // Filled by one copy, without zeroing the elements first (a large result is written once).
-    // The payload is aligned for T: result_offset bytes into member 0's heap block, or into the
-    // record its rank's waiters share, which starts a multiple of alignof(max_align_t) bytes into
-    // a system block (combiner.hpp's shared_result). It holds T objects (implicitly created in
+    // The payload is aligned for T: result_offset bytes into member 0's heap block or its
+    // record's small_ (aligned as max_align_t), or into the record its rank's waiters share,
+    // which starts a multiple of alignof(max_align_t) bytes into a system block (combiner.hpp's
+    // shared_result). It holds T objects (implicitly created in
     // the block: T is trivially copyable).
     const auto* first = reinterpret_cast<const T*>(b.data() + result_offset);
     return std::vector<T>(first, first + n);
