@@ -218,7 +218,9 @@ class small_bytes {
     heap_ = o.heap_;
     cap_ = o.cap_;
     size_ = o.size_;
-    if (heap_ == nullptr) std::memcpy(local_, o.local_, size_);
+    // All of local_, a fixed size (two moves, no call); bytes past size_ are indeterminate
+    // std::byte, which may be copied.
+    if (heap_ == nullptr) std::memcpy(local_, o.local_, inline_bytes);
     o.heap_ = nullptr;
     o.size_ = 0;
   }
@@ -307,7 +309,8 @@ class partial_tree {
   void insert(std::uint32_t level, std::uint32_t lo, part&& p) noexcept;
   // Takes the block out of s (backward-shift deletion: no tombstones).
   part remove(slot* s) noexcept;
-  // The block (level, lo, p) merged with its sibling, and on up, then kept where it stops.
+  // The block (level, lo, p) merged with its sibling, and on up, then kept where it stops (p,
+  // worked on in place, is left empty).
   // pre: room for one block more. A merge that throws keeps it beside its sibling before the
   // exception leaves.
   void put_node(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
@@ -599,7 +602,7 @@ void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& 
 template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_node(std::uint32_t level, std::uint32_t lo, part&& in, std::uint32_t n,
                                        const merge_rule& r) {
-  part b = std::move(in);
+  part& b = in;  // the caller's, worked on in place (a move would copy its inline bytes again)
   for (;;) {
     const std::optional<key> s = sibling_of(level, lo, n);
     if (!s) {
