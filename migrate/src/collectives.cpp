@@ -6,12 +6,15 @@
 // One call at member i (the seq-th collective of this member on the group with fingerprint fp,
 // counted in its mailbox, so that the count travels with it):
 //   1. i's value goes into the rank entry (fp, seq) of the rank it runs on as leaf i, merged at
-//      once with the blocks there (with i's op: every member passes the same one).
+//      once with the blocks there (with i's op: every member passes the same one). A member
+//      that waits there for the result has its value read where it lies until the blocks go
+//      (it stays blocked on the rank until then); the others' values are copied.
 //   2. The engine's polls send each entry's blocks as one batch (a reserved message on tag
 //      collective_tag(fp), from the rank, which follows member 0 wherever it runs): at once
 //      when the rank has no ready thread, else at a poll with no deposit since the one before
-//      (while members keep depositing, they are still arriving). A rank cannot
-//      know how many members it holds (they migrate), so it never waits for its own to be
+//      (while members keep depositing, they are still arriving); and at once, by the member
+//      that completes it, once the entry holds every leaf (all n members deposited here). A rank
+//      cannot know how many members it holds (they migrate), so it never waits for its own to be
 //      complete: it sends what it has, and later deposits go in a later batch.
 //   3. Member 0 merges every batch of (fp, seq) into its own partial tree (in its heap: it may
 //      migrate meanwhile) until the root is there, then sends the result record to every rank
