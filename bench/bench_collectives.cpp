@@ -12,6 +12,10 @@
 //                              as above, with the 32 threads of rank 0 alone as the group: what
 //                              combining on a rank costs, without the messages between ranks
 //                              (the raw figure is the same MPI_Allreduce between the 2 ranks).
+//   allreduce_8B/2threads_one_a_rank
+//                              as allreduce_8B/64threads with one thread per rank: what the
+//                              exchange between the ranks costs (a batch to member 0, the result
+//                              back), without combining on a rank.
 //   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
 //                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.
@@ -203,8 +207,9 @@ int main(int argc, char** argv) {
   const char* only = argc > 2 && std::strcmp(argv[1], "--only") == 0 ? argv[2] : nullptr;
   const auto selected = [only](const char* name) { return only == nullptr || std::strstr(name, only) != nullptr; };
   // The lines, in the order they run.
-  const char* const lines[] = {"allreduce_8B/64threads", "allreduce_8B/32threads_on_rank_0", "allreduce_1MiB/16threads",
-                               "allreduce_1MiB/16threads_floor", "async_get"};
+  const char* const lines[] = {"allreduce_8B/64threads",         "allreduce_8B/32threads_on_rank_0",
+                               "allreduce_1MiB/16threads",       "allreduce_1MiB/16threads_floor",
+                               "async_get",                      "allreduce_8B/2threads_one_a_rank"};
   if (std::none_of(std::begin(lines), std::end(lines), selected)) {
     if (rt.rank() == 0) {
       std::fprintf(stderr, "bench_collectives: --only %s matches no line; the lines:", only);
@@ -218,6 +223,7 @@ int main(int argc, char** argv) {
   if (selected(lines[2])) bench_allreduce(rt, lines[2], 8, std::size_t{1} << 17, 3, 20);
   if (selected(lines[3])) bench_floor(rt, lines[3], 8, std::size_t{1} << 17, 3, 20);
   if (selected(lines[4])) bench_futures(rt);
+  if (selected(lines[5])) bench_allreduce(rt, lines[5], 1, 0, 50, 500);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");
