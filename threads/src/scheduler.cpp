@@ -364,8 +364,8 @@ void scheduler::teardown(tcb* t) noexcept {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
   }
-  // The stack goes back to the pool when its fiber record is destroyed, after the switch away
-  // from it; the TCB lives in the heap, so the heap goes last.
+  // The stack goes back to the pool after the switch away from it (context.cpp); the TCB lives
+  // in the heap, so the heap goes last.
   t->magic = 0;
   release_heap(t->home_heap);
 }
@@ -646,7 +646,7 @@ boost::context::fiber& scheduler::prepare_block(wait_reason why) noexcept {
   return next_context(self, false);
 }
 
-boost::context::fiber thread_main(tcb* t) noexcept {
+boost::context::fiber& thread_main(tcb* t, stack_run* stack) noexcept {
   t->started = true;
   try {
     t->body->run();
@@ -663,9 +663,10 @@ boost::context::fiber thread_main(tcb* t) noexcept {
     delete t->body;
   }
   t->body = nullptr;
-  // Ending on the context finish_running gives frees the stack there; what lands is an empty
-  // context. The scheduler afresh: t may have migrated.
-  return std::move(scheduler::current()->finish_running(t));
+  // The context finish_running gives frees the stack there (context.cpp); what lands is an empty
+  // context. The scheduler afresh: t may have migrated (its stack run is the same on every rank).
+  *stack = t->stack;
+  return scheduler::current()->finish_running(t);
 }
 
 }  // namespace iso::detail
