@@ -322,6 +322,13 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   const std::uint32_t n = window_threads_;
   const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
+  if (n == 0) {
+    // Only ended runs: the whole interval is theirs, credited to no thread (as the sharing below
+    // would, without its divisions: a child that ends in its first run closes such a window at
+    // every spawn and join).
+    clear_window();
+    return;
+  }
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
   // the ended runs' the same way (defer_end, end_in_window). In fixed point with 20 fraction
