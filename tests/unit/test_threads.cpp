@@ -170,6 +170,39 @@ TEST_F(Threads, JoinWaitsForTheTarget) {
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4}));
 }
 
+// Children spawned before any runs: each that ends switches straight to the next, which never
+// ran (its context has no switch to return from), and gives its stack back on the way
+// (context.cpp); then the same with every child suspended once, so that each ends into one that
+// did run.
+TEST_F(Threads, AThreadThatEndsHandsOverToOneThatNeverRanOrDid) {
+  constexpr int children = 64;
+  for (const bool yield_first : {false, true}) {
+    int ran = 0;
+    spawn([&] {
+      std::vector<thread_id> ids(children);
+      for (thread_id& id : ids) {
+        id = spawn([&ran, yield_first] {
+          if (yield_first) this_thread::yield();
+          ++ran;
+        });
+      }
+      for (const thread_id id : ids) join(id);
+    });
+    sched.run();
+    EXPECT_EQ(ran, children);
+    EXPECT_EQ(sched.live_threads(), 0u);
+  }
+  // Every stack came back: a batch as large again takes them all from the pool.
+  const std::size_t pooled = detail::stack_pool::get().pooled_bytes();
+  spawn([] {
+    std::vector<thread_id> ids(children);
+    for (thread_id& id : ids) id = spawn([] {});
+    for (const thread_id id : ids) join(id);
+  });
+  sched.run();
+  EXPECT_EQ(detail::stack_pool::get().pooled_bytes(), pooled);
+}
+
 TEST_F(Threads, HeapCapturesEveryAllocationInsideAThread) {
   bool checked = false;
   spawn([&] {

@@ -221,7 +221,7 @@ class scheduler {
   // is returned, with switch_landing named: the next ready thread's when it can run without the
   // scheduler (as in next_context; a joiner just woken by the teardown is at the head), else the
   // scheduler's, with running() null (resume() then has nothing left to do for it). The stack run
-  // goes back to the pool on the context ended on, where Boost.Context destroys the fiber record.
+  // goes back to the pool on the context ended on (context.cpp).
   boost::context::fiber& finish_running(tcb* t) noexcept;
 
   // --- the thread table ---

@@ -1,7 +1,5 @@
-// Thread stacks in isomalloc runs, and the Boost.Context StackAllocator over them.
+// Thread stacks in isomalloc runs, and the pool that keeps recently freed ones warm.
 #pragma once
-
-#include <boost/context/stack_context.hpp>
 
 #include <cstddef>
 
@@ -82,15 +80,6 @@ class stack_pool {
   std::size_t pooled_bytes_ = 0;         // sum over the shelves of their runs' bytes
 
   static stack_pool instance_;  // constant-initialised (stack.cpp): no guard to test at each get()
-};
-
-// The Boost.Context StackAllocator handing a thread its pre-acquired run. Boost.Context stores a
-// copy inside the fiber record at the top of the stack, so it migrates with the stack: it holds
-// only the run's address and size.
-struct slot_stack {
-  stack_run run;
-  boost::context::stack_context allocate() noexcept;
-  void deallocate(boost::context::stack_context&) noexcept;
 };
 
 }  // namespace iso::detail

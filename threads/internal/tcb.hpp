@@ -2,7 +2,8 @@
 //
 // Map: a thread owns
 //   stack run  n chunks (stack_bytes rounded up to 64 KiB), guard_bytes at the low end trap
-//              overflow; Boost.Context's fiber record sits at the top, so it travels with the stack.
+//              overflow; the thread's first frame (context.cpp) sits at the top, so it travels with
+//              the stack.
 //   heap       iso::detail::heap, its first segment holding the heap object, then this TCB (the
 //              heap's reserved bytes, heap::create), which holds the body (the spawn callable) when
 //              it fits in inline_body_bytes, else the body is allocated from the thread's own heap.

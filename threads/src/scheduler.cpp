@@ -322,6 +322,13 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   const std::uint32_t n = window_threads_;
   const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
+  if (n == 0) {
+    // Only ended runs: the whole interval is theirs, credited to no thread (as the sharing below
+    // would, without its divisions: a child that ends in its first run closes such a window at
+    // every spawn and join).
+    clear_window();
+    return;
+  }
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
   // the ended runs' the same way (defer_end, end_in_window). In fixed point with 20 fraction
@@ -364,8 +371,8 @@ void scheduler::teardown(tcb* t) noexcept {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
   }
-  // The stack goes back to the pool when its fiber record is destroyed, after the switch away
-  // from it; the TCB lives in the heap, so the heap goes last.
+  // The stack goes back to the pool after the switch away from it (context.cpp); the TCB lives
+  // in the heap, so the heap goes last.
   t->magic = 0;
   release_heap(t->home_heap);
 }
@@ -646,7 +653,7 @@ boost::context::fiber& scheduler::prepare_block(wait_reason why) noexcept {
   return next_context(self, false);
 }
 
-boost::context::fiber thread_main(tcb* t) noexcept {
+boost::context::fiber& thread_main(tcb* t, stack_run* stack) noexcept {
   t->started = true;
   try {
     t->body->run();
@@ -663,9 +670,10 @@ boost::context::fiber thread_main(tcb* t) noexcept {
     delete t->body;
   }
   t->body = nullptr;
-  // Ending on the context finish_running gives frees the stack there; what lands is an empty
-  // context. The scheduler afresh: t may have migrated.
-  return std::move(scheduler::current()->finish_running(t));
+  // The context finish_running gives frees the stack there (context.cpp); what lands is an empty
+  // context. The scheduler afresh: t may have migrated (its stack run is the same on every rank).
+  *stack = t->stack;
+  return scheduler::current()->finish_running(t);
 }
 
 }  // namespace iso::detail

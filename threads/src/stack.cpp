@@ -107,13 +107,4 @@ void stack_pool::trim() noexcept {
   trim_shelf(heaps_, prim::page_size(), chunk_bytes);  // a heap chunk keeps its header page
 }
 
-boost::context::stack_context slot_stack::allocate() noexcept {
-  boost::context::stack_context sctx;
-  sctx.size = run.bytes - stack_guard_bytes;
-  sctx.sp = run.top();
-  return sctx;
-}
-
-void slot_stack::deallocate(boost::context::stack_context&) noexcept { stack_pool::get().release(run); }
-
 }  // namespace iso::detail
