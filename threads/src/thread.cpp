@@ -14,6 +14,7 @@ spawn_frame::spawn_frame(const spawn_options& opts) {
   scheduler& s = scheduler_or_throw("iso::spawn");
   tcb* t = s.create_thread(opts);
   thread_ = t;
+  inline_body_ = t->inline_body;
   // The body is copied next (in spawn()) with the new thread's heap current, so that it and
   // everything its captures own land in the new thread's slots.
   saved_heap_ = current_heap;
@@ -25,8 +26,6 @@ spawn_frame::~spawn_frame() {
   current_heap = static_cast<heap*>(saved_heap_);
   scheduler::current()->discard_thread(static_cast<tcb*>(thread_));
 }
-
-void* spawn_frame::inline_body() const noexcept { return static_cast<tcb*>(thread_)->inline_body; }
 
 thread_id spawn_frame::commit(body_base* body) noexcept {
   tcb* t = static_cast<tcb*>(thread_);

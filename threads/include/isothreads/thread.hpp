@@ -82,12 +82,14 @@ class spawn_frame {
   spawn_frame& operator=(const spawn_frame&) = delete;
   thread_id commit(body_base* body) noexcept;
   // inline_body_bytes, 16-byte aligned, in the new thread's control block: where a body that
-  // fits is constructed instead of a heap block.
-  void* inline_body() const noexcept;
+  // fits is constructed instead of a heap block. Inline (kept here by the constructor): a spawn
+  // makes no call for it.
+  void* inline_body() const noexcept { return inline_body_; }
 
  private:
   void* thread_ = nullptr;    // the new thread's control block
   void* saved_heap_ = nullptr;
+  void* inline_body_ = nullptr;
 };
 
 }  // namespace detail
