@@ -15,9 +15,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
@@ -128,7 +128,8 @@ class small_bytes {
   small_bytes(const std::byte* first, const std::byte* last) { assign(first, last); }
   // n bytes at p that it does not own: read in place, never written, until it is assigned,
   // appended to, or rebuilt (which make it own its bytes). pre: p stays valid and unchanged as
-  // long as this holds it. More than inline_bytes: fewer are copied at once.
+  // long as this holds it. For more than inline_bytes, whose copy it saves (fewer are copied
+  // into the inline room anyway).
   static small_bytes borrowed(const std::byte* p, std::size_t n) noexcept {
     small_bytes b;
     b.heap_ = const_cast<std::byte*>(p);  // never written through (capacity() is 0)
@@ -259,14 +260,11 @@ class partial_tree {
   partial_tree& operator=(partial_tree&&) = delete;
   ~partial_tree() { destroy(); }
 
-  // Block (level, lo) of a group of n members. pre: no block put so far overlaps it. Throws
-  // only std::bad_alloc: then p is unchanged if it was not taken in, else kept in the tree.
-  void put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
-  // Block (level, lo) from bytes it does not own: they are copied only if they must be kept (not
-  // when they merge at once into their left sibling), and not even then if `borrow` (more than
-  // small_bytes keeps inline; pre: they stay valid and unchanged until the tree has handed them
-  // out through drain() or merged them). pre, throws: as put's (the bytes are not in the tree
-  // then, or, borrowed, still are).
+  // Block (level, lo) of a group of n members, from bytes it does not own: they are copied only
+  // if they must be kept (not when they merge at once into their left sibling), and not even then
+  // if `borrow` (more than small_bytes keeps inline; pre: they stay valid and unchanged until the
+  // tree has handed them out through drain() or merged them). pre: no block put so far overlaps
+  // it. Throws only std::bad_alloc: then the bytes are not in the tree, or, borrowed, still are.
   void put_bytes(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
                  std::uint32_t n, const merge_rule& r, bool borrow = false);
   // Leaf `index` becomes the failure `text`: the block that holds it, if one does (a put that
@@ -591,15 +589,6 @@ void partial_tree<ByteAlloc>::destroy() noexcept {
 }
 
 template <class ByteAlloc>
-void partial_tree<ByteAlloc>::put(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n,
-                                  const merge_rule& r) {
-  ISO_ASSERT(lo < n);  // a block of this group (fingerprints of groups of other sizes could collide)
-  // The room is the one allocation: from there on, nothing that was put can be lost.
-  reserve(1);
-  put_node(level, lo, std::move(p), n, r);
-}
-
-template <class ByteAlloc>
 void partial_tree<ByteAlloc>::put_node(std::uint32_t level, std::uint32_t lo, part&& in, std::uint32_t n,
                                        const merge_rule& r) {
   part& b = in;  // the caller's, worked on in place (a move would copy its inline bytes again)
@@ -640,7 +629,7 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
                                         std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r,
                                         bool borrow) {
   ISO_ASSERT(lo < n);
-  // The block's left sibling, if here, takes the bytes straight in; else they are kept (put()),
+  // The block's left sibling, if here, takes the bytes straight in; else they are kept (put_node),
   // a left block until its right sibling comes.
   if (const std::optional<key> s = sibling_of(level, lo, n); s && s->lo < lo) {
     if (slot* const sib = find(*s)) {

@@ -137,6 +137,9 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
   rank_set ranks;
   while (!tree.root()) {
     std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
+    // Room to keep b before the tree may borrow its bytes: a bad_alloc after that would free
+    // bytes the tree points into.
+    batches.reserve(batches.size() + 1);
     batch_header h;
     std::memcpy(&h, b.data(), sizeof h);
     const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;

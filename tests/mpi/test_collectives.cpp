@@ -542,7 +542,9 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
             << e.what();
       }
       const wide r = iso::reduce(g, wide{1, 1, 1}, add, 0);
-      if (i == 0) EXPECT_EQ(r[2], static_cast<std::uint64_t>(n)) << "after member " << failing << " ran out of memory";
+      if (i == 0) {
+        EXPECT_EQ(r[2], static_cast<std::uint64_t>(n)) << "after member " << failing << " ran out of memory";
+      }
     }
   });
   rt->run();
@@ -565,6 +567,40 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
         const std::vector<wide> want = i == 1 ? std::vector<wide>{{0, 0, 0}, {1, 1, 1}} : std::vector<wide>{};
         EXPECT_EQ(iso::gather(g, wide{mine, mine, mine}, 1), want) << "after the failure at pass " << pass;
       }
+    });
+  }
+  rt->run();
+  // Four members on rank 0, element-wise allreduce over 3 doubles (more than a block keeps
+  // inline, so a waiting member's span is read where it lies): member 3 deposits first (its
+  // borrowed leaf is kept), then member 2, whose combination with it into a block of its own is
+  // its deposit's one allocation, runs out of memory. Member 2 throws std::bad_alloc and at once
+  // overwrites its span (the rank has not polled since): nothing of it may be read any more, and
+  // every other member throws the error naming member 2, none a sum of garbage.
+  if (rt->rank() == 0) {
+    iso::spawn_group(4, [](int i, const iso::group& g) {
+      constexpr int tag_go = 4;
+      std::vector<double> v(3, 1.0);
+      if (i == 3) {
+        iso::send(g[2], nullptr, 0, tag_go);  // member 2 deposits once member 3 waits
+      } else {
+        (void)iso::recv(g[i == 2 ? 3 : 2], tag_go);  // members 0 and 1 after member 2 failed
+      }
+      if (i == 2) iso::detail::fault::arm("collectives.take");
+      try {
+        (void)iso::allreduce(g, std::span<const double>(v), iso::sum);
+        ADD_FAILURE() << "member " << i << " returned from an allreduce where member 2 ran out of memory";
+      } catch (const std::bad_alloc&) {
+        EXPECT_EQ(i, 2) << "only the member that ran out of memory throws std::bad_alloc";
+        std::fill(v.begin(), v.end(), -1e300);
+        iso::send(g[0], nullptr, 0, tag_go);
+        iso::send(g[1], nullptr, 0, tag_go);
+      } catch (const iso::error& e) {
+        EXPECT_NE(i, 2);
+        EXPECT_NE(std::string(e.what()).find("member 2 ran out of memory"), std::string::npos) << e.what();
+      }
+      std::fill(v.begin(), v.end(), static_cast<double>(i));
+      const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
+      EXPECT_EQ(r, std::vector<double>(3, 6.0)) << "the next allreduce after member 2 ran out of memory";
     });
   }
   rt->run();

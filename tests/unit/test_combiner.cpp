@@ -45,8 +45,8 @@ struct limited_allocator {
 
 using tree = partial_tree<limited_allocator<std::byte>>;
 
-// Leaf i: `leaf_bytes` times the character c, more than a block keeps inline (small_bytes), so
-// that merges allocate.
+// Leaf i: `leaf_bytes` times the character c, as many as a block keeps inline (small_bytes): the
+// leaves are inline, a merge of two needs more and allocates.
 constexpr std::size_t leaf_bytes = small_bytes<std::allocator<std::byte>>::inline_bytes;
 
 void put_leaf(tree& t, std::uint32_t i, char c, const merge_rule& r, std::uint32_t n = 4) {

@@ -74,17 +74,6 @@ struct combiner {
   void (*fn_into)(const void* op, std::byte* out, const std::byte* a, const std::byte* b, std::size_t count) = nullptr;
 };
 template <class T, class Op>
-void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::size_t count) {
-  const Op& f = *static_cast<const Op*>(op);
-  for (std::size_t i = 0; i < count; ++i) {
-    T a, b;
-    std::memcpy(&a, acc + i * sizeof(T), sizeof(T));
-    std::memcpy(&b, in + i * sizeof(T), sizeof(T));
-    const T c = f(a, b);
-    std::memcpy(acc + i * sizeof(T), &c, sizeof(T));
-  }
-}
-template <class T, class Op>
 void combine_elements_into(const void* op, std::byte* out, const std::byte* left, const std::byte* right,
                            std::size_t count) {
   const Op& f = *static_cast<const Op*>(op);
@@ -95,6 +84,11 @@ void combine_elements_into(const void* op, std::byte* out, const std::byte* left
     const T c = f(a, b);
     std::memcpy(out + i * sizeof(T), &c, sizeof(T));
   }
+}
+// In place: acc[i] = op(acc[i], in[i]) (each element is read before it is written).
+template <class T, class Op>
+void combine_elements(const void* op, std::byte* acc, const std::byte* in, std::size_t count) {
+  combine_elements_into<T, Op>(op, acc, acc, in, count);
 }
 
 // A collective's result record where the call returns one: result_offset bytes of message
