@@ -20,14 +20,7 @@ void engine::finished(tcb* t) noexcept {
   // it is kept for a join to come.
   const bool settled = joined || t->future_asked != 0;
   try {
-    if (joined) {
-      // A joiner on this rank (fork-join) is woken here, with no message to build.
-      if (tcb* j = sched_.find(t->joiner)) {
-        deliver_join_done(j, id, errc::ok);
-      } else {
-        send_system(t->joiner, id, msg_kind::join_done, errc::ok);
-      }
-    }
+    if (joined) send_system(t->joiner, id, msg_kind::join_done, errc::ok);
     if (directory_.finished_here(id.bits(), t->epoch, settled)) {
       send_ctrl(home_of(id), {ctrl_kind::finished, rank_, id.bits(), settled ? 1u : 0u});
     }
