@@ -364,6 +364,9 @@ class rank_combiner {
     std::uint64_t results = 0;   // results sent to another rank
   };
   counts_t counts() const noexcept { return counts_; }
+  // Gives back the spare entry's table and room for waiters (to block_cache, whose trim() then
+  // frees them): as a run ends, so that between runs the rank keeps nothing for collectives.
+  void trim() noexcept { spare_ = entry_map::node_type(); }
   void count_result() noexcept { ++counts_.results; }  // engine::send_to_rank, for another rank
 
  private:

@@ -234,16 +234,20 @@ bool runtime::restarting() const noexcept { return state_->restarted; }
 int runtime::size() const noexcept { return state_->size; }
 
 void runtime::run() {
-  // The blocks kept for the next collectives (combiner.hpp's block_cache, up to its kept_limit)
-  // are freed as a run ends, whether it ends or throws: between runs and after the last, the
-  // rank keeps none.
+  // The blocks kept for the next collectives (combiner.hpp's block_cache, up to its kept_limit,
+  // and the rank combiner's spare entry) are freed as a run ends, whether it ends or throws:
+  // between runs and after the last, the rank keeps none.
+  const auto trim = [this] {
+    state_->migration.combiner().trim();
+    detail::block_cache::get().trim();
+  };
   try {
     state_->sched.run();
   } catch (...) {
-    detail::block_cache::get().trim();
+    trim();
     throw;
   }
-  detail::block_cache::get().trim();
+  trim();
   state_->tracing.write();
   if (const std::size_t held = state_->migration.held_messages(); held != 0) {
     std::fprintf(stderr, "isothreads: rank %d: %zu messages are held for threads that never arrived\n", state_->rank, held);

@@ -419,7 +419,8 @@ class scheduler {
   progress_engine* progress_;
   tcb* running_ = nullptr;           // the thread executing now (updated by direct switches too)
   boost::context::fiber sched_ctx_;   // the scheduler's context while a thread runs; empty otherwise
-  // Where the switch away from a thread that ended lands (the empty context Boost.Context leaves):
+  // Where the switch away from a thread that ended lands (the empty context context.cpp's
+  // thread_entry leaves):
   // not its TCB, which went back with its heap in teardown.
   boost::context::fiber ended_landing_;
   tls_guards thread_guards_;          // see thread_guards()

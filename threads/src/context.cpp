@@ -5,6 +5,14 @@
 
 #include <type_traits>
 
+// The fcontext layer is used directly below: other Boost.Context back ends keep a different
+// object behind a fiber's one pointer (ucontext, Windows fibers), and with shadow stacks a
+// context is made with more than make_fcontext.
+#if defined(BOOST_USE_UCONTEXT) || defined(BOOST_USE_WINFIB) || defined(BOOST_USE_SEGMENTED_STACKS) || \
+    defined(BOOST_CONTEXT_SHADOW_STACK)
+#error "isothreads needs Boost.Context's fcontext back end"
+#endif
+
 #include "scheduler.hpp"
 #include "stack.hpp"
 
@@ -54,6 +62,10 @@ transfer_t release_ended_stack_ontop(transfer_t ended) noexcept {
   // Ends on the next ready thread (now running) or the scheduler, whose context is emptied as
   // fiber::resume leaves the one it resumes.
   const tcb* next_thread = scheduler::current()->running();
+  // Whether `next` ever ran is read from the thread now running: it must be next's owner (or
+  // none, for the scheduler's context), else a never-run context would be resumed ontop (its
+  // entry registers clobbered) or a suspended one by a plain jump (the ended context leaked).
+  ISO_ASSERT_INTERNAL(next_thread == nullptr || &next == &const_cast<tcb*>(next_thread)->self_ctx());
   const fcontext_t to = fctx_of(next);
   fctx_of(next) = nullptr;
   if (next_thread != nullptr && !next_thread->started) {
@@ -68,7 +80,12 @@ transfer_t release_ended_stack_ontop(transfer_t ended) noexcept {
 
 void context_create(tcb* t) noexcept {
   ctx::fiber* f = new (t->self) ctx::fiber();
-  fctx_of(*f) = ctx::detail::make_fcontext(t->stack.top(), t->stack.bytes - stack_guard_bytes, &thread_entry);
+  // 64 bytes below the run's top, as fiber's constructor left them: the bottom frame's return
+  // address then lies inside the run, never at its last word (the next run above may begin with
+  // another stack's guard, which an unwinder reading past the frame would hit).
+  constexpr std::size_t top_gap = 64;
+  fctx_of(*f) = ctx::detail::make_fcontext(static_cast<char*>(t->stack.top()) - top_gap,
+                                           t->stack.bytes - stack_guard_bytes - top_gap, &thread_entry);
 }
 
 }  // namespace iso::detail

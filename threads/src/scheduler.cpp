@@ -238,9 +238,8 @@ void scheduler::start_thread(tcb* t) noexcept {
   }
   t->state = thread_state::ready;
   if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
-  // Last (nothing runs t before its spawner suspends), so that this is a tail call: creating the
-  // fiber switches into it and back, and every return from a frame live across that switch is
-  // mispredicted (isothreads/detail/switch.hpp), so the fewer the better.
+  // Last: nothing runs t before its spawner suspends (context_create only lays out its first
+  // frame, with no switch).
   context_create(t);
 }
 
@@ -378,7 +377,7 @@ void scheduler::teardown(tcb* t) noexcept {
 }
 
 boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
-  // The switch away from a thread that ends is Boost.Context's exit from thread_main, not
+  // The switch away from a thread that ends is thread_entry's jump or ontop (context.cpp), not
   // context_resume_named: it keeps no exception state, so none may be left here (thread_main
   // catches everything, and the body's destructor runs outside any handler).
   ISO_ASSERT_INTERNAL(eh_here->caught == nullptr && eh_here->uncaught == 0);

@@ -89,7 +89,7 @@ class spawn_frame {
  private:
   void* thread_ = nullptr;    // the new thread's control block
   void* saved_heap_ = nullptr;
-  void* inline_body_ = nullptr;
+  void* inline_body_ = nullptr;  // the new thread's tcb::inline_body, kept for spawn() (valid until commit)
 };
 
 }  // namespace detail

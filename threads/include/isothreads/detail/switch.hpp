@@ -13,7 +13,8 @@
 // written after the switch, through a pointer read then, which stays right when a thread resumes
 // in another process: switch_landing is a process global, read afresh. A thread that ends has no
 // slot left (its TCB went back with its heap before its last switch): it names one the scheduler
-// keeps for that (scheduler::ended_landing_), where the empty context Boost.Context leaves lands.
+// keeps for that (scheduler::ended_landing_), where the empty context that context.cpp's
+// thread_entry leaves lands.
 #pragma once
 
 #include <boost/context/fiber.hpp>
