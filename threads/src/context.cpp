@@ -13,6 +13,7 @@
 #error "isothreads needs Boost.Context's fcontext back end"
 #endif
 
+#include "diag.hpp"
 #include "scheduler.hpp"
 #include "stack.hpp"
 
