@@ -105,7 +105,7 @@ class heap {
   // The heap that holds p if it is still the heap with identity `id`; else null.
   static heap* owner_with_id(const void* p, std::uint64_t id) noexcept;
   // The thread that used the heap when it last left a rank ("" if it never left), and where to.
-  const char* label() const noexcept { return left_for_ >= 0 ? label_ : ""; }
+  const char* label() const noexcept { return label_; }
   int left_for() const noexcept { return left_for_; }
 
   // malloc semantics: nullptr when the region is exhausted; alloc(0) returns a unique pointer.
@@ -328,30 +328,21 @@ class heap {
   static constexpr std::uint64_t gate_rank_mask = 0xffffffffu;
   static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
 
-  // The first line: what every free reads (magic_, id_ and gate_ never change while the heap is in
-  // use; other OS threads read them on every free), and all that a heap which allocates nothing
-  // writes in its life: create() on a warm chunk and retire() touch this line and the first
-  // segment's first line only. The class lists start on the next line: a thread's first allocation
-  // of each class writes them, a free never.
   std::uint64_t magic_;               // heap_magic
   std::uint64_t id_;                  // see id()
+  // These share the first line with magic_ and id_, which never change: other OS threads read it
+  // on every free, and cur_ (the lines the heap thread writes on every allocation) starts on the
+  // next one.
   std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
   std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
                                       // word (any kind of block); still live to their pages
+  std::int32_t left_for_ = -1;        // the rank its thread last left for; -1: never left
+  char label_[20] = {};               // that thread's name ("home:serial"), NUL-terminated
+  alignas(64) page* cur_[small_classes];          // head of the class's list of pages with room (only the head
+                                      // may be full), or &empty_
+  page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
   mutable chunk_header* chunks_;      // every segment and large run of the heap
   segment* space_;                    // segments with a free page other than page 0
-  std::int32_t left_for_;             // the rank its thread last left for; -1: never left
-  // Bit c set if cur_[c] may differ from &empty_ (set when a page joins class c's list, cleared by
-  // retire()): retire() resets just those heads, so a warm chunk's heap object has every list empty
-  // and create(warm) rewrites none of cur_'s three lines.
-  std::uint32_t classes_;
-  alignas(64) page* cur_[small_classes];  // head of the class's list of pages with room (only the
-                                      // head may be full), or &empty_
-  page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
-  char label_[20] = {};               // the thread that last left ("home:serial"), NUL-terminated;
-                                      // meaningful only while left_for_ >= 0
-  // The first line's fields for a new heap (its identity, gate open here, no chunk, never left).
-  void start() noexcept;
 };
 
 template <class F>

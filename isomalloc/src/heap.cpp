@@ -126,20 +126,15 @@ std::uint64_t next_heap_id() noexcept {
 }
 }  // namespace
 
-heap::heap() noexcept : empty_{} {
+heap::heap() noexcept
+    : magic_(heap_magic),
+      id_(next_heap_id()),
+      gate_(static_cast<std::uint32_t>(region_rank) + 1),
+      thread_free_(nullptr),
+      empty_{},
+      chunks_(nullptr),
+      space_(nullptr) {
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
-  start();
-}
-
-void heap::start() noexcept {
-  magic_ = heap_magic;
-  id_ = next_heap_id();
-  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_relaxed);
-  thread_free_.store(nullptr, std::memory_order_relaxed);
-  chunks_ = nullptr;
-  space_ = nullptr;
-  left_for_ = -1;
-  classes_ = 0;
 }
 
 heap* heap::create(void* warm, std::size_t reserve) {
@@ -147,23 +142,13 @@ heap* heap::create(void* warm, std::size_t reserve) {
   static_assert(page0_start(first_header_bytes(max_reserve_bytes), 1024) + 1024 <= page_bytes &&
                 page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
-  static_assert(offsetof(heap, cur_) == 64, "create(warm) and retire() write the heap's first line only");
   ISO_ASSERT(prim::page_size() == page_bytes && reserve <= max_reserve_bytes);
   claim_heap_thread();
-  heap* h;
-  if (warm != nullptr) {
-    // The heap object retire() left here (same offset in the chunk, so &empty_ is the same
-    // address): its class lists are empty, empty_ is still all zero, and only its first line is
-    // rewritten; its descriptors are free and are not rewritten either (768 bytes, twelve cache
-    // lines that a batch of spawns would otherwise fetch cold).
-    h = reinterpret_cast<heap*>(static_cast<char*>(warm) + heap_offset());
-    ISO_ASSERT_EXPENSIVE(h->magic_ == 0 && h->classes_ == 0 && h->empty_.free == nullptr &&
-                         std::all_of(std::begin(h->cur_), std::end(h->cur_), [h](const page* pg) { return pg == &h->empty_; }));
-    h->start();
-  } else {
-    h = new (static_cast<char*>(region::get().alloc_chunks(1)) + heap_offset()) heap();
-  }
-  h->setup_segment(h->first_segment(), first_header_bytes(reserve), warm == nullptr);
+  void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
+  heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
+  // A warm chunk's descriptors were left free by retire(): not rewritten (768 bytes, twelve
+  // cache lines that a batch of spawns would otherwise fetch cold).
+  h->setup_segment(mem, first_header_bytes(reserve), warm == nullptr);
   return h;
 }
 
@@ -222,9 +207,6 @@ void* heap::retire() noexcept {
   for (std::uint32_t m = ~first->free_mask & ((1u << pages_per_segment) - 1); m != 0; m &= m - 1) {
     mark_free(first->pages[std::countr_zero(m)]);
   }
-  // The class lists this heap used are emptied, so that create(warm) need not rewrite cur_.
-  for (std::uint32_t m = classes_; m != 0; m &= m - 1) cur_[std::countr_zero(m)] = &empty_;
-  classes_ = 0;
   magic_ = 0;
   id_ = 0;
   first->magic = 0;
@@ -647,7 +629,6 @@ void heap::avail_push_front(page* pg) noexcept {
   if (pg->next != nullptr) pg->next->prev = pg;
   head = pg;
   pg->in_avail = 1;
-  classes_ |= 1u << pg->cls;
 }
 
 // Behind the head: the head may be full (the fast path does not unlink it), the others never are.
@@ -1087,7 +1068,6 @@ bool heap::is_valid() const noexcept {
   listed = 0;
   for (unsigned cls = 0; cls < small_classes; ++cls) {
     if (cur_[cls] == &empty_) continue;
-    if ((classes_ >> cls & 1u) == 0) return false;  // retire() would leave the list set
     const page* pprev = nullptr;
     for (const page* pg = cur_[cls]; pg != nullptr; pprev = pg, pg = pg->next) {
       const segment* s = segment_of(pg);
