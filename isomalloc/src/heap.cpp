@@ -127,14 +127,33 @@ std::uint64_t next_heap_id() noexcept {
 }  // namespace
 
 heap::heap() noexcept
-    : magic_(heap_magic),
+    : empty_{},
+      magic_(heap_magic),
       id_(next_heap_id()),
       gate_(static_cast<std::uint32_t>(region_rank) + 1),
       thread_free_(nullptr),
-      empty_{},
       chunks_(nullptr),
-      space_(nullptr) {
+      space_(nullptr),
+      left_for_(-1),
+      classes_used_(0) {
+  static_assert(offsetof(heap, magic_) == heap_cold_bytes && sizeof(heap) == heap_cold_bytes + 64 &&
+                (sizeof(segment) + heap_cold_bytes - 1) / 128 * 128 < heap_offset() + heap_cold_bytes);
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
+}
+
+void heap::reopen() noexcept {
+  // The cold part is as retire() left it: every cur_ entry &empty_ (so empty_'s address, the same
+  // in the same chunk, is what they hold), empty_ untouched since the chunk's first heap.
+  ISO_ASSERT_EXPENSIVE(empty_.free == nullptr &&
+                       std::all_of(std::begin(cur_), std::end(cur_), [this](const page* pg) { return pg == &empty_; }));
+  magic_ = heap_magic;
+  id_ = next_heap_id();
+  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_relaxed);
+  thread_free_.store(nullptr, std::memory_order_relaxed);
+  chunks_ = nullptr;
+  space_ = nullptr;
+  left_for_ = -1;
+  classes_used_ = 0;
 }
 
 heap* heap::create(void* warm, std::size_t reserve) {
@@ -142,13 +161,26 @@ heap* heap::create(void* warm, std::size_t reserve) {
   static_assert(page0_start(first_header_bytes(max_reserve_bytes), 1024) + 1024 <= page_bytes &&
                 page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
-  ISO_ASSERT(prim::page_size() == page_bytes && reserve <= max_reserve_bytes);
-  claim_heap_thread();
-  void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
+  ISO_ASSERT(reserve <= max_reserve_bytes);
+  // claim_heap_thread()'s case after this OS thread's first claim, inline on every spawn's path.
+  if (t_heap_thread) [[likely]] {
+    t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;
+  } else {
+    claim_heap_thread();
+  }
+  if (warm != nullptr) {
+    // The object retire() left there is reused, not constructed again: its cold part (four lines)
+    // is not rewritten, and neither are the chunk's page descriptors (retire() left them free:
+    // 768 bytes, twelve lines), lines that a batch of spawns would otherwise fetch cold.
+    auto* h = std::launder(reinterpret_cast<heap*>(static_cast<char*>(warm) + heap_offset()));
+    h->reopen();
+    h->setup_segment(warm, first_header_bytes(reserve), false);
+    return h;
+  }
+  ISO_ASSERT(prim::page_size() == page_bytes);  // a warm chunk's first heap checked it
+  void* mem = region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
-  // A warm chunk's descriptors were left free by retire(): not rewritten (768 bytes, twelve
-  // cache lines that a batch of spawns would otherwise fetch cold).
-  h->setup_segment(mem, first_header_bytes(reserve), warm == nullptr);
+  h->setup_segment(mem, first_header_bytes(reserve));
   return h;
 }
 
@@ -184,9 +216,10 @@ heap::segment* heap::new_segment() noexcept {
 void heap::destroy() noexcept { region::get().free_chunks(retire(), 1); }
 
 void* heap::retire() noexcept {
-  close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
-  region& r = region::get();
+  // Its header line is written below: fetched while the gate's locked exchange waits for this one.
+  __builtin_prefetch(first, 1);
+  close_gate();  // frees from other OS threads are refused from now on
   for (chunk_header* c = chunks_; c != nullptr;) {
     chunk_header* next = c->next;
     if (c != first) {
@@ -194,19 +227,22 @@ void* heap::retire() noexcept {
       c->magic = 0;
       if (is_large) {
         auto* l = static_cast<large*>(c);
-        r.free_chunks(reinterpret_cast<void*>(l->run), l->run_chunks);
+        region::get().free_chunks(reinterpret_cast<void*>(l->run), l->run_chunks);
       } else {
-        r.free_chunks(c, 1);
+        region::get().free_chunks(c, 1);
       }
     }
     c = next;
   }
   // The first segment's descriptors are left free (page_kind::free, off every list), what a free
-  // page's descriptor holds besides being garbage that a page taken rewrites: create(warm) then
-  // skips them. Usually one page (page 0) is not free here.
+  // page's descriptor holds besides being garbage that a page taken rewrites, and every class
+  // list empty: create(warm) then skips both. Usually one page (page 0) is not free here, and a
+  // class or two were used.
   for (std::uint32_t m = ~first->free_mask & ((1u << pages_per_segment) - 1); m != 0; m &= m - 1) {
     mark_free(first->pages[std::countr_zero(m)]);
   }
+  for (std::uint32_t m = classes_used_; m != 0; m &= m - 1) cur_[std::countr_zero(m)] = &empty_;
+  classes_used_ = 0;
   magic_ = 0;
   id_ = 0;
   first->magic = 0;
@@ -314,6 +350,8 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
   if ((s->free_mask & ~1u) == 0) space_unlink(s);
   page* pg = &s->pages[idx];
   *pg = page{};
+  static_assert(small_classes <= 32, "classes_used_ has a bit per class");
+  classes_used_ |= 1u << cls;
   pg->kind = page_kind::small;
   pg->cls = static_cast<std::uint8_t>(cls);
   pg->block_bytes = bs;
@@ -536,7 +574,9 @@ void heap::close_gate() noexcept {
   std::uint64_t g = gate_.load(std::memory_order_relaxed);
   while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
   }
-  // Pushers counted before the gate closed finish their push; those after see it closed.
+  // Pushers counted before the gate closed (g, its value then) finish their push; those after see
+  // it closed. Usually there were none: the gate's line is not read again.
+  if ((g & ~gate_rank_mask) == 0) return;
   while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
 }
 
@@ -1068,6 +1108,7 @@ bool heap::is_valid() const noexcept {
   listed = 0;
   for (unsigned cls = 0; cls < small_classes; ++cls) {
     if (cur_[cls] == &empty_) continue;
+    if ((classes_used_ >> cls & 1u) == 0) return false;  // retire() would leave it listed
     const page* pprev = nullptr;
     for (const page* pg = cur_[cls]; pg != nullptr; pprev = pg, pg = pg->next) {
       const segment* s = segment_of(pg);
