@@ -117,10 +117,14 @@ namespace {
 // an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
 // Only the heap thread creates heaps (create() claims it), so the counter has one writer and
 // needs no locked increment (a fetch_add cost a tenth of a warm spawn's heap work).
+// The counter is 0 until the first heap draws its start (not a function-local static, whose guard
+// every spawn would test besides).
+constinit std::atomic<std::uint64_t> g_heap_counter{0};
 std::uint64_t next_heap_id() noexcept {
-  static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
-  const std::uint64_t next = counter.load(std::memory_order_relaxed) + splitmix64_step;
-  counter.store(next, std::memory_order_relaxed);
+  std::uint64_t last = g_heap_counter.load(std::memory_order_relaxed);
+  if (last == 0) [[unlikely]] last = prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48);
+  const std::uint64_t next = last + splitmix64_step;
+  g_heap_counter.store(next, std::memory_order_relaxed);
   const std::uint64_t z = splitmix64_mix(next);
   return z != 0 ? z : 1;
 }
@@ -141,7 +145,7 @@ heap::heap() noexcept
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
 }
 
-void heap::reopen() noexcept {
+inline void heap::reopen() noexcept {
   // The cold part is as retire() left it: every cur_ entry &empty_ (so empty_'s address, the same
   // in the same chunk, is what they hold), empty_ untouched since the chunk's first heap.
   ISO_ASSERT_EXPENSIVE(empty_.free == nullptr &&
@@ -249,16 +253,19 @@ void* heap::retire() noexcept {
   return first;
 }
 
-heap::segment* heap::first_segment() const noexcept {
+// These small helpers are inline: the library is position-independent code, and GCC does not
+// inline a function of default visibility into its own translation unit's callers otherwise (it
+// could be interposed), so each was a call on every spawn's path.
+inline heap::segment* heap::first_segment() const noexcept {
   return reinterpret_cast<segment*>(chunk_floor(addr_of(this)));
 }
-heap::segment* heap::segment_of(const page* pg) noexcept {
+inline heap::segment* heap::segment_of(const page* pg) noexcept {
   return reinterpret_cast<segment*>(chunk_floor(addr_of(pg)));
 }
-unsigned heap::page_index(const page* pg) noexcept {
+inline unsigned heap::page_index(const page* pg) noexcept {
   return static_cast<unsigned>(pg - segment_of(pg)->pages);
 }
-char* heap::page_address(const page* pg) noexcept {
+inline char* heap::page_address(const page* pg) noexcept {
   return reinterpret_cast<char*>(segment_of(pg)) + page_index(pg) * page_bytes;
 }
 
@@ -696,9 +703,9 @@ void heap::avail_unlink(page* pg) noexcept {
   pg->in_avail = 0;
 }
 
-void heap::chunks_push(chunk_header* c) noexcept { list_push<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
+inline void heap::chunks_push(chunk_header* c) noexcept { list_push<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
 void heap::chunks_unlink(chunk_header* c) noexcept { list_unlink<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
-void heap::space_push(segment* s) noexcept { list_push<&segment::space_next, &segment::space_prev>(space_, s); }
+inline void heap::space_push(segment* s) noexcept { list_push<&segment::space_next, &segment::space_prev>(space_, s); }
 void heap::space_unlink(segment* s) noexcept { list_unlink<&segment::space_next, &segment::space_prev>(space_, s); }
 
 // Sorts chunks_ by address: a bottom-up merge sort, O(n log n) with no allocation (bins[k] holds
