@@ -85,8 +85,7 @@ class heap {
 
   // True if the heap is in use on this rank (its gate is open here).
   bool in_use_here() const noexcept {
-    return static_cast<std::uint32_t>(gate_.load(std::memory_order_relaxed) & gate_rank_mask) ==
-           static_cast<std::uint32_t>(region_rank) + 1;
+    return gate_.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(region_rank) + 1;
   }
   // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
   // pushing a free right now), collects the delayed frees, and records `label` and dest for
@@ -327,11 +326,12 @@ class heap {
   static bool small_page_valid(const segment* s, unsigned idx) noexcept;
   bool segment_valid(const segment* s) const noexcept;
 
-  // gate_: low 32 bits, rank + 1 where the heap is in use (0: nowhere); high 32 bits, other OS
-  // threads inside free_from_other_thread now. Only the heap thread changes the low bits.
-  static constexpr std::uint64_t gate_rank_mask = 0xffffffffu;
-  static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
-
+  // The gate: gate_ is rank + 1 where the heap is in use (0: nowhere), written by the heap thread
+  // only; pushers_ counts the other OS threads inside free_from_other_thread's push now. A pusher
+  // counts itself, then (heavy_barrier) reads the gate; the heap thread closes the gate with a
+  // plain store, then (light_barrier) reads the count: so either the pusher sees the gate closed
+  // or the heap thread sees it counted and waits, and closing takes no locked instruction (it cost
+  // half of a warm heap's create + retire).
   // Two parts, so that creating and retiring a heap that allocates nothing touches one line of it
   // (a batch of 10,000 spawns fetches every line it touches cold): the cold part first (written
   // only when a size class is first used, by leave(), and once when the chunk is new), then the
@@ -349,7 +349,8 @@ class heap {
   // and gate_ on every free; cur_ (the lines the heap thread writes on every allocation) is apart.
   alignas(64) std::uint64_t magic_;   // heap_magic
   std::uint64_t id_;                  // see id()
-  std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
+  std::atomic<std::uint32_t> gate_;   // see above
+  std::atomic<std::uint32_t> pushers_;
   std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
                                       // word (any kind of block); still live to their pages
   mutable chunk_header* chunks_;      // every segment and large run of the heap
@@ -388,7 +389,7 @@ void heap::for_each_run(F&& f) const {
 inline void heap::free_any(void* p) noexcept {
   heap* h = owner_of(p);
   // On the heap thread, and its heap is in use here (t_heap_tag).
-  if (h != nullptr && static_cast<std::uint32_t>(h->gate_.load(std::memory_order_relaxed)) == t_heap_tag) [[likely]] {
+  if (h != nullptr && h->gate_.load(std::memory_order_relaxed) == t_heap_tag) [[likely]] {
     h->free(p);
     return;
   }

@@ -135,6 +135,7 @@ heap::heap() noexcept
       magic_(heap_magic),
       id_(next_heap_id()),
       gate_(static_cast<std::uint32_t>(region_rank) + 1),
+      pushers_(0),
       thread_free_(nullptr),
       chunks_(nullptr),
       space_(nullptr),
@@ -532,7 +533,8 @@ void heap::free_unusual(void* p, heap* h) noexcept {
 // A block pushed here is written (its first word) only once the gate was seen open with this
 // thread counted in it, and leave() waits for the count to drop before the image is built: so no
 // push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
-// thread_free); the gate costs two more atomic adds on the same line.
+// thread_free); the gate costs two more atomic adds on the same line and a membarrier system call
+// (gate_), paid only here, when the caller's ring is full, so that the heap thread's close is free.
 void heap::free_from_other_thread(void* p) noexcept {
   bool refused = false;
   if (ring_free(this, p, id_, &refused)) return;
@@ -540,10 +542,12 @@ void heap::free_from_other_thread(void* p) noexcept {
     refuse_foreign_free(p, this);
     return;
   }
-  // The ring is full: onto thread_free_.
-  const std::uint64_t before = gate_.fetch_add(gate_pusher, std::memory_order_acquire);
-  if (static_cast<std::uint32_t>(before & gate_rank_mask) != static_cast<std::uint32_t>(region_rank) + 1) {
-    gate_.fetch_sub(gate_pusher, std::memory_order_release);
+  // The ring is full: onto thread_free_. Counted first, then the gate read after a heavy barrier
+  // (see gate_): a system call, on this path only.
+  pushers_.fetch_add(1, std::memory_order_relaxed);
+  prim::heavy_barrier();
+  if (gate_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(region_rank) + 1) {
+    pushers_.fetch_sub(1, std::memory_order_release);
     refuse_foreign_free(p, this);
     return;
   }
@@ -552,7 +556,7 @@ void heap::free_from_other_thread(void* p) noexcept {
   do {
     b->next = head;
   } while (!thread_free_.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
-  gate_.fetch_sub(gate_pusher, std::memory_order_release);
+  pushers_.fetch_sub(1, std::memory_order_release);
 }
 
 void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
@@ -578,13 +582,10 @@ void heap::close_gate() noexcept {
   // First what other OS threads freed into their rings while it was open (after the gate closes
   // those entries would be refused).
   if (rings_exist()) drain_rings();
-  std::uint64_t g = gate_.load(std::memory_order_relaxed);
-  while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
-  }
-  // Pushers counted before the gate closed (g, its value then) finish their push; those after see
-  // it closed. Usually there were none: the gate's line is not read again.
-  if ((g & ~gate_rank_mask) == 0) return;
-  while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
+  gate_.store(0, std::memory_order_relaxed);
+  prim::light_barrier();  // pairs with the pusher's heavy_barrier (see gate_)
+  // Pushers counted before the gate closed finish their push; those after see it closed.
+  while (pushers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 void heap::leave(int dest, const char* label) noexcept {
@@ -596,11 +597,7 @@ void heap::leave(int dest, const char* label) noexcept {
 
 void heap::arrive() noexcept {
   claim_heap_thread();
-  std::uint64_t g = gate_.load(std::memory_order_relaxed);
-  const std::uint64_t here = static_cast<std::uint32_t>(region_rank) + 1;
-  while (!gate_.compare_exchange_weak(g, (g & ~gate_rank_mask) | here, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed)) {
-  }
+  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_release);
 }
 
 void heap::collect() noexcept {
