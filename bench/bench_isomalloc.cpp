@@ -9,6 +9,15 @@
 //                          on the heap thread (raw:). Allocation is outside the timed part.
 //   cross_thread_free_1000x64_caller  the same run, timing only what the freeing OS thread pays
 //                          (the free() calls it makes)  vs the same local free()
+//   heap_life              a thread's heap, once its chunk is pooled: heap::create(warm chunk, 304
+//                          reserved bytes) + a 64-byte write to the reserved bytes (a control block's
+//                          first line) + retire(), one at a time  vs glibc malloc(304) + the same
+//                          write + free
+//   heap_life_batch/10000  10,000 such heaps created (each in its own warm chunk), then all retired,
+//                          as a batch of spawns does; thread CPU time per heap, after one untimed
+//                          batch  vs the same 64-byte write and a read of it back in each of the same
+//                          10,000 chunks: the cold line that a control block in its own chunk costs
+//                          anyway, the floor of the heap's part
 //   iso_malloc_free/N      the C block interface, N = 64 KiB and 1 MiB     vs mmap + munmap
 //   iso_pack_unpack/N      iso_pack, iso_detach, iso_unpack of an N-byte block (the image moves
 //                          out and back on one rank)                        vs two memcpys of N bytes
@@ -137,6 +146,78 @@ void cross_thread_free(benchmark::State& state) {
   state.counters["collect_ns"] = collecting_total * 1e9 / blocks_freed;
 }
 
+// ---- a thread's heap: create + retire -----------------------------------------------------------
+
+constexpr std::size_t tcb_bytes = 304;  // sizeof(iso::detail::tcb), what a spawn reserves
+
+// What a spawn writes first in its control block: one line.
+void write_line(void* p) { std::memset(p, 0x5a, 64); }
+
+void heap_life(benchmark::State& state) {
+  bench_heap();  // the region
+  void* warm = heap::create()->retire();
+  for (auto _ : state) {
+    heap* h = heap::create(warm, tcb_bytes);
+    write_line(h->reserved());
+    benchmark::ClobberMemory();
+    warm = h->retire();
+  }
+  region::get().free_chunks(warm, 1);
+}
+
+void glibc_life(benchmark::State& state) {
+  for (auto _ : state) {
+    void* p = std::malloc(tcb_bytes);
+    write_line(p);
+    benchmark::ClobberMemory();
+    std::free(p);
+  }
+}
+
+constexpr std::size_t life_batch = 10'000;
+
+void heap_life_batch(benchmark::State& state) {
+  bench_heap();
+  std::vector<void*> warm(life_batch);
+  std::vector<heap*> heaps(life_batch);
+  for (void*& c : warm) c = heap::create()->retire();
+  const auto batch = [&] {
+    for (std::size_t i = 0; i < life_batch; ++i) {
+      heaps[i] = heap::create(warm[i], tcb_bytes);
+      write_line(heaps[i]->reserved());
+    }
+    benchmark::ClobberMemory();
+    for (std::size_t i = 0; i < life_batch; ++i) warm[i] = heaps[i]->retire();
+  };
+  batch();
+  for (auto _ : state) {
+    const double t0 = thread_seconds();
+    batch();
+    state.SetIterationTime((thread_seconds() - t0) / life_batch);
+  }
+  for (void* c : warm) region::get().free_chunks(c, 1);
+}
+
+void line_batch(benchmark::State& state) {
+  bench_heap();
+  std::vector<char*> lines(life_batch);
+  for (char*& l : lines) l = static_cast<char*>(region::get().alloc_chunks(1)) + 1216;
+  std::uint64_t sum = 0;
+  const auto batch = [&] {
+    for (char* l : lines) write_line(l);
+    benchmark::ClobberMemory();
+    for (char* l : lines) sum += *reinterpret_cast<const std::uint64_t*>(l);
+  };
+  batch();
+  for (auto _ : state) {
+    const double t0 = thread_seconds();
+    batch();
+    state.SetIterationTime((thread_seconds() - t0) / life_batch);
+  }
+  benchmark::DoNotOptimize(sum);
+  for (char* l : lines) region::get().free_chunks(l - 1216, 1);
+}
+
 void iso_malloc_free(benchmark::State& state) {
   bench_heap();  // the region
   const auto n = static_cast<std::size_t>(state.range(0));
@@ -192,6 +273,10 @@ BENCHMARK(cross_thread_free<false>)->Name("cross_thread_free_1000x64")->UseManua
 BENCHMARK(local_free)->Name("raw:cross_thread_free_1000x64")->UseManualTime();
 BENCHMARK(cross_thread_free<true>)->Name("cross_thread_free_1000x64_caller")->UseManualTime();
 BENCHMARK(local_free)->Name("raw:cross_thread_free_1000x64_caller")->UseManualTime();
+BENCHMARK(heap_life)->Name("heap_life");
+BENCHMARK(glibc_life)->Name("raw:heap_life");
+BENCHMARK(heap_life_batch)->Name("heap_life_batch/10000")->Iterations(40)->UseManualTime()->Unit(benchmark::kNanosecond);
+BENCHMARK(line_batch)->Name("raw:heap_life_batch/10000")->Iterations(40)->UseManualTime()->Unit(benchmark::kNanosecond);
 BENCHMARK(iso_malloc_free)->Name("iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
 BENCHMARK(mmap_munmap)->Name("raw:iso_malloc_free")->Arg(64 << 10)->Arg(1 << 20);
 BENCHMARK(iso_pack_unpack)->Name("iso_pack_unpack")->Arg(1 << 20)->Arg(16 << 20);

@@ -26,7 +26,7 @@
 // 1360 and 2032 (three and two per page); blocks of a power-of-two class are aligned to their
 // size. Medium blocks: 1..8 whole pages (up to 32 KiB). Larger: a dedicated run.
 // A fresh heap touches one page: page 0 of its first segment holds the segment header (832
-// bytes), the heap object (320 bytes), the bytes reserved at create() (if any; a migratable
+// bytes), the heap object (320 bytes, from offset 896), the bytes reserved at create() (if any; a migratable
 // thread's TCB, 304 bytes) and the blocks of the first size class used; each further class takes
 // a page of its own.
 // Recycling: a small page whose last block is freed goes back to its segment's free pages, unless
@@ -85,8 +85,7 @@ class heap {
 
   // True if the heap is in use on this rank (its gate is open here).
   bool in_use_here() const noexcept {
-    return static_cast<std::uint32_t>(gate_.load(std::memory_order_relaxed) & gate_rank_mask) ==
-           static_cast<std::uint32_t>(region_rank) + 1;
+    return gate_.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(region_rank) + 1;
   }
   // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
   // pushing a free right now), collects the delayed frees, and records `label` and dest for
@@ -105,7 +104,7 @@ class heap {
   // The heap that holds p if it is still the heap with identity `id`; else null.
   static heap* owner_with_id(const void* p, std::uint64_t id) noexcept;
   // The thread that used the heap when it last left a rank ("" if it never left), and where to.
-  const char* label() const noexcept { return label_; }
+  const char* label() const noexcept { return left_for_ >= 0 ? label_ : ""; }
   int left_for() const noexcept { return left_for_; }
 
   // malloc semantics: nullptr when the region is exhausted; alloc(0) returns a unique pointer.
@@ -251,8 +250,10 @@ class heap {
 
   // Where the heap object sits in its first segment, where the reserved bytes start (from the
   // heap object), and that segment's header bytes without reserved bytes and with `reserve`.
+  // The hot line (magic_ onwards) is 128-byte aligned in the chunk: see the members.
+  static constexpr std::size_t heap_cold_bytes = 256;  // offset of magic_ in the object
   static constexpr std::size_t heap_offset() noexcept {
-    return (sizeof(segment) + alignof(heap) - 1) / alignof(heap) * alignof(heap);
+    return (sizeof(segment) + heap_cold_bytes + 127) / 128 * 128 - heap_cold_bytes;
   }
   static constexpr std::size_t reserve_offset() noexcept { return (sizeof(heap) + 15) / 16 * 16; }
   static constexpr std::uint32_t first_header_bytes() noexcept {
@@ -270,6 +271,8 @@ class heap {
   static const chunk_header* aligned_large_header(std::uintptr_t a) noexcept;
 
   heap() noexcept;
+  // create(warm)'s set-up of the object retire() left in the chunk: the hot line only.
+  void reopen() noexcept;
   segment* first_segment() const noexcept;
   static segment* segment_of(const page* pg) noexcept;
   static unsigned page_index(const page* pg) noexcept;
@@ -323,26 +326,37 @@ class heap {
   static bool small_page_valid(const segment* s, unsigned idx) noexcept;
   bool segment_valid(const segment* s) const noexcept;
 
-  // gate_: low 32 bits, rank + 1 where the heap is in use (0: nowhere); high 32 bits, other OS
-  // threads inside free_from_other_thread now. Only the heap thread changes the low bits.
-  static constexpr std::uint64_t gate_rank_mask = 0xffffffffu;
-  static constexpr std::uint64_t gate_pusher = std::uint64_t{1} << 32;
-
-  std::uint64_t magic_;               // heap_magic
+  // The gate: gate_ is rank + 1 where the heap is in use (0: nowhere), written by the heap thread
+  // only; pushers_ counts the other OS threads inside free_from_other_thread's push now. A pusher
+  // counts itself, then (heavy_barrier) reads the gate; the heap thread closes the gate with a
+  // plain store, then (light_barrier) reads the count: so either the pusher sees the gate closed
+  // or the heap thread sees it counted and waits, and closing takes no locked instruction (it cost
+  // half of a warm heap's create + retire).
+  // Two parts, so that creating and retiring a heap that allocates nothing touches one line of it
+  // (a batch of 10,000 spawns fetches every line it touches cold): the cold part first (written
+  // only when a size class is first used, by leave(), and once when the chunk is new), then the
+  // hot line, at a 128-byte boundary of the chunk (heap_offset) and followed by the reserved bytes,
+  // so that it and their first line (a thread's control block) make one adjacent-line pair.
+  // Cold part.
+  page* cur_[small_classes];          // head of the class's list of pages with room (only the head
+                                      // may be full), or &empty_; every entry whose bit is clear in
+                                      // classes_used_ is &empty_ (retire() keeps that for create(warm))
+  page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow
+                                      // path; all zero, never written after the chunk's first heap
+  char label_[20];                    // the thread's name when it last left ("home:serial"),
+                                      // NUL-terminated; meaningful only if left_for_ >= 0
+  // Hot line: what create, retire and every free read or write. Other OS threads read magic_, id_
+  // and gate_ on every free; cur_ (the lines the heap thread writes on every allocation) is apart.
+  alignas(64) std::uint64_t magic_;   // heap_magic
   std::uint64_t id_;                  // see id()
-  // These share the first line with magic_ and id_, which never change: other OS threads read it
-  // on every free, and cur_ (the lines the heap thread writes on every allocation) starts on the
-  // next one.
-  std::atomic<std::uint64_t> gate_;   // see gate_rank_mask
+  std::atomic<std::uint32_t> gate_;   // see above
+  std::atomic<std::uint32_t> pushers_;
   std::atomic<block*> thread_free_;   // blocks freed by other OS threads, linked through their first
                                       // word (any kind of block); still live to their pages
-  std::int32_t left_for_ = -1;        // the rank its thread last left for; -1: never left
-  char label_[20] = {};               // that thread's name ("home:serial"), NUL-terminated
-  alignas(64) page* cur_[small_classes];          // head of the class's list of pages with room (only the head
-                                      // may be full), or &empty_
-  page empty_;                        // never has a free block: cur_[c] == &empty_ sends alloc to the slow path
   mutable chunk_header* chunks_;      // every segment and large run of the heap
   segment* space_;                    // segments with a free page other than page 0
+  std::int32_t left_for_;             // the rank its thread last left for; -1: never left
+  std::uint32_t classes_used_;        // bit c set once cur_[c] may be other than &empty_
 };
 
 template <class F>
@@ -375,7 +389,7 @@ void heap::for_each_run(F&& f) const {
 inline void heap::free_any(void* p) noexcept {
   heap* h = owner_of(p);
   // On the heap thread, and its heap is in use here (t_heap_tag).
-  if (h != nullptr && static_cast<std::uint32_t>(h->gate_.load(std::memory_order_relaxed)) == t_heap_tag) [[likely]] {
+  if (h != nullptr && h->gate_.load(std::memory_order_relaxed) == t_heap_tag) [[likely]] {
     h->free(p);
     return;
   }

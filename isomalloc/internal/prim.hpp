@@ -2,6 +2,7 @@
 // through here. Convention (as mimalloc's prim.h): functions return 0 on success or an errno value.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -21,6 +22,24 @@ namespace prim {
 
 // The kernel's page size in bytes (4096 here). Never fails.
 std::size_t page_size() noexcept;
+
+// An asymmetric pair of full barriers (membarrier(2), MEMBARRIER_CMD_PRIVATE_EXPEDITED): between a
+// store and a later load, light_barrier() on the frequent side and heavy_barrier() on the rare one
+// order both sides' accesses as two full fences would (of the two loads, at least one sees the
+// other side's store), while the light one only keeps the compiler from reordering: the heavy one
+// makes every running thread of the process pass a full barrier. enable_asymmetric_barriers()
+// registers the process once, before either is used; where the kernel refuses (before 4.14, or a
+// filter) light_barrier() is a full fence and heavy_barrier() too.
+void enable_asymmetric_barriers() noexcept;
+extern std::atomic<bool> g_asymmetric_barriers;  // set once by enable_asymmetric_barriers(), before any use
+inline void light_barrier() noexcept {
+  if (g_asymmetric_barriers.load(std::memory_order_relaxed)) [[likely]] {
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  } else {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  }
+}
+void heavy_barrier() noexcept;  // fatal() if the registered membarrier fails
 
 // Maps [addr, addr+bytes) read-write, private, anonymous, MAP_NORESERVE, without replacing
 // anything already mapped there (MAP_FIXED_NOREPLACE): EEXIST if any part is in use.

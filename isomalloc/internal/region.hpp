@@ -76,7 +76,12 @@ inline bool in_region(const void* p) noexcept { return reinterpret_cast<std::uin
 
 class region {
  public:
-  static region& get() noexcept;
+  // Inline (a guard byte's test where it is called, not a call): the stack pool asks for it twice a
+  // spawn. One object across translation units, as for any inline function's local static.
+  static region& get() noexcept {
+    static region instance;
+    return instance;
+  }
 
   // Reserves a provisional range before main() (a library constructor), so that MPI's later
   // mappings land elsewhere and every rank of the same binary picks the same addresses.

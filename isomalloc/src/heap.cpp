@@ -117,24 +117,48 @@ namespace {
 // an earlier process, are not confused with new ones), then a counter, mixed (splitmix64).
 // Only the heap thread creates heaps (create() claims it), so the counter has one writer and
 // needs no locked increment (a fetch_add cost a tenth of a warm spawn's heap work).
+// The counter is 0 until the first heap draws its start (not a function-local static, whose guard
+// every spawn would test besides).
+constinit std::atomic<std::uint64_t> g_heap_counter{0};
 std::uint64_t next_heap_id() noexcept {
-  static std::atomic<std::uint64_t> counter{prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48)};
-  const std::uint64_t next = counter.load(std::memory_order_relaxed) + splitmix64_step;
-  counter.store(next, std::memory_order_relaxed);
+  std::uint64_t last = g_heap_counter.load(std::memory_order_relaxed);
+  if (last == 0) [[unlikely]] last = prim::cycles() ^ (static_cast<std::uint64_t>(region_rank) << 48);
+  const std::uint64_t next = last + splitmix64_step;
+  g_heap_counter.store(next, std::memory_order_relaxed);
   const std::uint64_t z = splitmix64_mix(next);
   return z != 0 ? z : 1;
 }
 }  // namespace
 
 heap::heap() noexcept
-    : magic_(heap_magic),
+    : empty_{},
+      magic_(heap_magic),
       id_(next_heap_id()),
       gate_(static_cast<std::uint32_t>(region_rank) + 1),
+      pushers_(0),
       thread_free_(nullptr),
-      empty_{},
       chunks_(nullptr),
-      space_(nullptr) {
+      space_(nullptr),
+      left_for_(-1),
+      classes_used_(0) {
+  static_assert(offsetof(heap, magic_) == heap_cold_bytes && sizeof(heap) == heap_cold_bytes + 64 &&
+                (sizeof(segment) + heap_cold_bytes - 1) / 128 * 128 < heap_offset() + heap_cold_bytes);
   std::fill(std::begin(cur_), std::end(cur_), &empty_);
+}
+
+inline void heap::reopen() noexcept {
+  // The cold part is as retire() left it: every cur_ entry &empty_ (so empty_'s address, the same
+  // in the same chunk, is what they hold), empty_ untouched since the chunk's first heap.
+  ISO_ASSERT_EXPENSIVE(empty_.free == nullptr &&
+                       std::all_of(std::begin(cur_), std::end(cur_), [this](const page* pg) { return pg == &empty_; }));
+  magic_ = heap_magic;
+  id_ = next_heap_id();
+  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_relaxed);
+  thread_free_.store(nullptr, std::memory_order_relaxed);
+  chunks_ = nullptr;
+  space_ = nullptr;
+  left_for_ = -1;
+  classes_used_ = 0;
 }
 
 heap* heap::create(void* warm, std::size_t reserve) {
@@ -142,13 +166,26 @@ heap* heap::create(void* warm, std::size_t reserve) {
   static_assert(page0_start(first_header_bytes(max_reserve_bytes), 1024) + 1024 <= page_bytes &&
                 page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
-  ISO_ASSERT(prim::page_size() == page_bytes && reserve <= max_reserve_bytes);
-  claim_heap_thread();
-  void* mem = warm != nullptr ? warm : region::get().alloc_chunks(1);
+  ISO_ASSERT(reserve <= max_reserve_bytes);
+  // claim_heap_thread()'s case after this OS thread's first claim, inline on every spawn's path.
+  if (t_heap_thread) [[likely]] {
+    t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;
+  } else {
+    claim_heap_thread();
+  }
+  if (warm != nullptr) {
+    // The object retire() left there is reused, not constructed again: its cold part (four lines)
+    // is not rewritten, and neither are the chunk's page descriptors (retire() left them free:
+    // 768 bytes, twelve lines), lines that a batch of spawns would otherwise fetch cold.
+    auto* h = std::launder(reinterpret_cast<heap*>(static_cast<char*>(warm) + heap_offset()));
+    h->reopen();
+    h->setup_segment(warm, first_header_bytes(reserve), false);
+    return h;
+  }
+  ISO_ASSERT(prim::page_size() == page_bytes);  // a warm chunk's first heap checked it
+  void* mem = region::get().alloc_chunks(1);
   heap* h = new (static_cast<char*>(mem) + heap_offset()) heap();
-  // A warm chunk's descriptors were left free by retire(): not rewritten (768 bytes, twelve
-  // cache lines that a batch of spawns would otherwise fetch cold).
-  h->setup_segment(mem, first_header_bytes(reserve), warm == nullptr);
+  h->setup_segment(mem, first_header_bytes(reserve));
   return h;
 }
 
@@ -184,9 +221,10 @@ heap::segment* heap::new_segment() noexcept {
 void heap::destroy() noexcept { region::get().free_chunks(retire(), 1); }
 
 void* heap::retire() noexcept {
-  close_gate();  // frees from other OS threads are refused from now on
   segment* first = first_segment();
-  region& r = region::get();
+  // Its header line is written below: fetched while the gate's locked exchange waits for this one.
+  __builtin_prefetch(first, 1);
+  close_gate();  // frees from other OS threads are refused from now on
   for (chunk_header* c = chunks_; c != nullptr;) {
     chunk_header* next = c->next;
     if (c != first) {
@@ -194,35 +232,41 @@ void* heap::retire() noexcept {
       c->magic = 0;
       if (is_large) {
         auto* l = static_cast<large*>(c);
-        r.free_chunks(reinterpret_cast<void*>(l->run), l->run_chunks);
+        region::get().free_chunks(reinterpret_cast<void*>(l->run), l->run_chunks);
       } else {
-        r.free_chunks(c, 1);
+        region::get().free_chunks(c, 1);
       }
     }
     c = next;
   }
   // The first segment's descriptors are left free (page_kind::free, off every list), what a free
-  // page's descriptor holds besides being garbage that a page taken rewrites: create(warm) then
-  // skips them. Usually one page (page 0) is not free here.
+  // page's descriptor holds besides being garbage that a page taken rewrites, and every class
+  // list empty: create(warm) then skips both. Usually one page (page 0) is not free here, and a
+  // class or two were used.
   for (std::uint32_t m = ~first->free_mask & ((1u << pages_per_segment) - 1); m != 0; m &= m - 1) {
     mark_free(first->pages[std::countr_zero(m)]);
   }
+  for (std::uint32_t m = classes_used_; m != 0; m &= m - 1) cur_[std::countr_zero(m)] = &empty_;
+  classes_used_ = 0;
   magic_ = 0;
   id_ = 0;
   first->magic = 0;
   return first;
 }
 
-heap::segment* heap::first_segment() const noexcept {
+// These small helpers are inline: the library is position-independent code, and GCC does not
+// inline a function of default visibility into its own translation unit's callers otherwise (it
+// could be interposed), so each was a call on every spawn's path.
+inline heap::segment* heap::first_segment() const noexcept {
   return reinterpret_cast<segment*>(chunk_floor(addr_of(this)));
 }
-heap::segment* heap::segment_of(const page* pg) noexcept {
+inline heap::segment* heap::segment_of(const page* pg) noexcept {
   return reinterpret_cast<segment*>(chunk_floor(addr_of(pg)));
 }
-unsigned heap::page_index(const page* pg) noexcept {
+inline unsigned heap::page_index(const page* pg) noexcept {
   return static_cast<unsigned>(pg - segment_of(pg)->pages);
 }
-char* heap::page_address(const page* pg) noexcept {
+inline char* heap::page_address(const page* pg) noexcept {
   return reinterpret_cast<char*>(segment_of(pg)) + page_index(pg) * page_bytes;
 }
 
@@ -314,6 +358,8 @@ heap::page* heap::take_small_page(unsigned cls) noexcept {
   if ((s->free_mask & ~1u) == 0) space_unlink(s);
   page* pg = &s->pages[idx];
   *pg = page{};
+  static_assert(small_classes <= 32, "classes_used_ has a bit per class");
+  classes_used_ |= 1u << cls;
   pg->kind = page_kind::small;
   pg->cls = static_cast<std::uint8_t>(cls);
   pg->block_bytes = bs;
@@ -487,7 +533,8 @@ void heap::free_unusual(void* p, heap* h) noexcept {
 // A block pushed here is written (its first word) only once the gate was seen open with this
 // thread counted in it, and leave() waits for the count to drop before the image is built: so no
 // push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
-// thread_free); the gate costs two more atomic adds on the same line.
+// thread_free); the gate costs two more atomic adds on the same line and a membarrier system call
+// (gate_), paid only here, when the caller's ring is full, so that the heap thread's close is free.
 void heap::free_from_other_thread(void* p) noexcept {
   bool refused = false;
   if (ring_free(this, p, id_, &refused)) return;
@@ -495,10 +542,12 @@ void heap::free_from_other_thread(void* p) noexcept {
     refuse_foreign_free(p, this);
     return;
   }
-  // The ring is full: onto thread_free_.
-  const std::uint64_t before = gate_.fetch_add(gate_pusher, std::memory_order_acquire);
-  if (static_cast<std::uint32_t>(before & gate_rank_mask) != static_cast<std::uint32_t>(region_rank) + 1) {
-    gate_.fetch_sub(gate_pusher, std::memory_order_release);
+  // The ring is full: onto thread_free_. Counted first, then the gate read after a heavy barrier
+  // (see gate_): a system call, on this path only.
+  pushers_.fetch_add(1, std::memory_order_relaxed);
+  prim::heavy_barrier();
+  if (gate_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(region_rank) + 1) {
+    pushers_.fetch_sub(1, std::memory_order_release);
     refuse_foreign_free(p, this);
     return;
   }
@@ -507,7 +556,7 @@ void heap::free_from_other_thread(void* p) noexcept {
   do {
     b->next = head;
   } while (!thread_free_.compare_exchange_weak(head, b, std::memory_order_release, std::memory_order_relaxed));
-  gate_.fetch_sub(gate_pusher, std::memory_order_release);
+  pushers_.fetch_sub(1, std::memory_order_release);
 }
 
 void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
@@ -533,11 +582,10 @@ void heap::close_gate() noexcept {
   // First what other OS threads freed into their rings while it was open (after the gate closes
   // those entries would be refused).
   if (rings_exist()) drain_rings();
-  std::uint64_t g = gate_.load(std::memory_order_relaxed);
-  while (!gate_.compare_exchange_weak(g, g & ~gate_rank_mask, std::memory_order_acq_rel, std::memory_order_relaxed)) {
-  }
+  gate_.store(0, std::memory_order_relaxed);
+  prim::light_barrier();  // pairs with the pusher's heavy_barrier (see gate_)
   // Pushers counted before the gate closed finish their push; those after see it closed.
-  while ((gate_.load(std::memory_order_acquire) & ~gate_rank_mask) != 0) std::this_thread::yield();
+  while (pushers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 void heap::leave(int dest, const char* label) noexcept {
@@ -549,11 +597,7 @@ void heap::leave(int dest, const char* label) noexcept {
 
 void heap::arrive() noexcept {
   claim_heap_thread();
-  std::uint64_t g = gate_.load(std::memory_order_relaxed);
-  const std::uint64_t here = static_cast<std::uint32_t>(region_rank) + 1;
-  while (!gate_.compare_exchange_weak(g, (g & ~gate_rank_mask) | here, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed)) {
-  }
+  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_release);
 }
 
 void heap::collect() noexcept {
@@ -656,9 +700,9 @@ void heap::avail_unlink(page* pg) noexcept {
   pg->in_avail = 0;
 }
 
-void heap::chunks_push(chunk_header* c) noexcept { list_push<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
+inline void heap::chunks_push(chunk_header* c) noexcept { list_push<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
 void heap::chunks_unlink(chunk_header* c) noexcept { list_unlink<&chunk_header::next, &chunk_header::prev>(chunks_, c); }
-void heap::space_push(segment* s) noexcept { list_push<&segment::space_next, &segment::space_prev>(space_, s); }
+inline void heap::space_push(segment* s) noexcept { list_push<&segment::space_next, &segment::space_prev>(space_, s); }
 void heap::space_unlink(segment* s) noexcept { list_unlink<&segment::space_next, &segment::space_prev>(space_, s); }
 
 // Sorts chunks_ by address: a bottom-up merge sort, O(n log n) with no allocation (bins[k] holds
@@ -1068,6 +1112,7 @@ bool heap::is_valid() const noexcept {
   listed = 0;
   for (unsigned cls = 0; cls < small_classes; ++cls) {
     if (cur_[cls] == &empty_) continue;
+    if ((classes_used_ >> cls & 1u) == 0) return false;  // retire() would leave it listed
     const page* pprev = nullptr;
     for (const page* pg = cur_[cls]; pg != nullptr; pprev = pg, pg = pg->next) {
       const segment* s = segment_of(pg);

@@ -43,6 +43,9 @@ void claim_heap_thread() noexcept {
     fatal("thread heaps are used from a second OS thread: only the OS thread that runs the scheduler may "
           "create or run migratable threads");
   }
+  // Before the first heap exists, so that every OS thread that later frees into a heap (and a
+  // heap's close) sees the same choice of barriers (heap::close_gate).
+  prim::enable_asymmetric_barriers();
   t_heap_thread = true;
 }
 

@@ -1,6 +1,8 @@
 #include "prim.hpp"
 
 #include <fcntl.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -29,6 +31,28 @@ namespace iso::detail::prim {
 std::size_t page_size() noexcept {
   static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   return size;
+}
+
+std::atomic<bool> g_asymmetric_barriers{false};
+
+void enable_asymmetric_barriers() noexcept {
+  static const bool ok = [] {
+    const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    return cmds >= 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+           ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  }();
+  g_asymmetric_barriers.store(ok, std::memory_order_relaxed);  // false: both barriers are full fences, correct on any kernel
+}
+
+void heavy_barrier() noexcept {
+  if (!g_asymmetric_barriers.load(std::memory_order_relaxed)) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return;
+  }
+  if (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+    fatal("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after the process registered: %s",
+          std::strerror(errno));
+  }
 }
 
 std::int64_t thread_cpu_ns() noexcept {

@@ -117,11 +117,6 @@ std::size_t parse_bytes(const char* text) noexcept {
   return static_cast<std::size_t>(v << shift);
 }
 
-region& region::get() noexcept {
-  static region instance;
-  return instance;
-}
-
 void region::reserve_early() noexcept {
   std::lock_guard<std::mutex> g(lock_);
   if (early_bytes_ != 0 || bytes_ != 0) return;

@@ -396,6 +396,21 @@ TEST_F(Heap, AWarmChunkHoldsNothingOfTheHeapThatRetiredIt) {
   h->destroy();
 }
 
+TEST_F(Heap, AWarmHeapForgetsWhereTheOneBeforeWent) {
+  // create(warm) rewrites the heap object's hot line only: what the old heap recorded when its
+  // thread left (the label and destination of messages about refused frees) must not carry over.
+  heap* old = heap::create(nullptr, 200);
+  old->free(old->alloc(64));
+  old->leave(3, "0:77");
+  ASSERT_STREQ(old->label(), "0:77");
+  old->arrive();  // it came back; retire() is for a heap in use here
+  heap* h = heap::create(old->retire(), 200);
+  EXPECT_EQ(h->left_for(), -1);
+  EXPECT_STREQ(h->label(), "");
+  EXPECT_TRUE(h->is_valid());
+  h->destroy();
+}
+
 // ---- extents -----------------------------------------------------------------------------------
 
 std::vector<std::pair<std::uintptr_t, std::size_t>> extents_of(const heap* h) {
