@@ -367,10 +367,10 @@ class scheduler {
     ended_unmeasured_ = 0;
   }
   // The thread t ends and defer_end refused its last run: its runs in the window, and that run,
-  // become ended runs of the window (weighed by t's estimate, or the window's mean when t was
-  // never measured alone), so that nothing of t is left in it; no clock read: the caller closes
-  // the window (close_window(nullptr)) once t is torn down, so that the teardown is t's time (the
-  // rank's background), not the next thread's run.
+  // become ended runs of the window (weighed by t's estimate; when t was never measured alone,
+  // taking what the estimates of the window's other runs leave), so that nothing of t is left in
+  // it; no clock read: the caller closes the window (close_window(nullptr)) once t is torn down,
+  // so that the teardown is t's time (the rank's background), not the next thread's run.
   void end_in_window(tcb* t) noexcept;
   // Ends self's run for load measurement and tracing (and starts the next one's clocks); with load
   // measurement, ends the open window too (credit_window). Out of line, so that the yield path
@@ -449,9 +449,14 @@ class scheduler {
   // (the live threads' total, and so the rank's background time, stay exact); every thread in
   // window_ is live here (a thread that ends while in it leaves it, its runs becoming ended runs,
   // end_in_window; a thread that leaves may be in the window, when the running thread moves it, and detach() closes the window first);
-  // tcb::window_runs is 0 outside the window. After a window of several runs the next run is
-  // measured alone (window_len_ 0), refreshing that thread's estimate (or, if it ends, the run
-  // after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
+  // tcb::window_runs is 0 outside the window. The ended runs never measured alone take what the
+  // estimates of the window's other runs leave of its interval (none when those exceed it): such
+  // a run (a child that ends in its first run) is only ever in a window its own end closes, by a
+  // read after its teardown, so that the rest is its run and its teardown; a window closed so
+  // leaves the next one the rest of its length (window_len_ less its runs), so that a joiner that
+  // spawns and joins such children in a loop has its runs deferred between them (one read a child,
+  // not two). After any other window of several runs the next run is measured alone (window_len_
+  // 0), refreshing that thread's estimate (or, if it ends, the run after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
   // window never keeps step with a round robin (which would refresh the same thread's estimate

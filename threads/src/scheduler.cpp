@@ -321,22 +321,30 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   const std::uint32_t n = window_threads_;
   const bool ended_runs = ended_weight_ + ended_unmeasured_ != 0;
   ISO_ASSERT_INTERNAL(n > 0 || ended_runs);
+  // A window a thread's end closes (self null) leaves the next window the rest of its length (see
+  // window_); any other, none.
+  const std::uint32_t len_left = self == nullptr && window_len_ > window_runs_ ? window_len_ - window_runs_ : 0;
   if (n == 0) {
     // Only ended runs: the whole interval is theirs, credited to no thread (as the sharing below
     // would, without its divisions: a child that ends in its first run closes such a window at
     // every spawn and join).
     clear_window();
+    window_len_ = len_left;
     return;
   }
   // Weights: a thread's estimate (short for the deferred runs, see defer_measure; self's may be
   // long), or for self never measured alone the window's mean run, times its runs in the window;
-  // the ended runs' the same way (defer_end, end_in_window). In fixed point with 20 fraction
-  // bits, so that sharing out costs a multiplication a thread.
-  const std::uint64_t mean = cycles / (window_runs_ + (self != nullptr ? 1 : 0)) + 1;
+  // the ended runs' the same way (defer_end, end_in_window), but those never measured alone,
+  // which take what the others' weights leave of `cycles` (see window_). Every thread in the window
+  // but self has an estimate (defer_measure). In fixed point with 20 fraction bits, so that
+  // sharing out costs a multiplication a thread.
+  const std::uint64_t mean = self != nullptr && self->run_estimate == 0 ? cycles / (window_runs_ + 1) + 1 : 0;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
-  std::uint64_t total = ended_weight_ + ended_unmeasured_ * mean;
-  for (std::uint32_t i = 0; i < n; ++i) total += weight(window_[i]);
-  const auto scale = static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(total));
+  std::uint64_t known = ended_weight_;
+  for (std::uint32_t i = 0; i < n; ++i) known += weight(window_[i]);
+  const auto scale = ended_unmeasured_ != 0 && known <= cycles
+                         ? std::uint64_t{1} << 20  // each its weight exactly, the rest the unmeasured runs'
+                         : static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(known));
   std::uint64_t given = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
     // Without ended runs the first gets the rest, so that the credits sum to `cycles`; with them
@@ -351,6 +359,7 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   }
   if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
   clear_window();
+  window_len_ = len_left;
 }
 
 void scheduler::teardown(tcb* t) noexcept {
