@@ -1,6 +1,7 @@
 #include "prim.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -41,17 +42,23 @@ void enable_asymmetric_barriers() noexcept {
     return cmds >= 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
            ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
   }();
-  g_asymmetric_barriers.store(ok, std::memory_order_relaxed);  // false: both barriers are full fences, correct on any kernel
+  g_asymmetric_barriers.store(ok, std::memory_order_release);  // false: both barriers are full fences, correct on any kernel
 }
 
 void heavy_barrier() noexcept {
-  if (!g_asymmetric_barriers.load(std::memory_order_relaxed)) {
+  if (!g_asymmetric_barriers.load(std::memory_order_acquire)) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return;
   }
-  if (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
-    fatal("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after the process registered: %s",
-          std::strerror(errno));
+  // A fence is no substitute once the other side relies on this (it then has a compiler barrier
+  // only): a transient failure (a kernel that could not allocate its CPU mask, a signal) is
+  // retried until the barrier has happened; anything else is a broken kernel contract.
+  while (::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+    if (errno != ENOMEM && errno != EINTR && errno != EAGAIN) {
+      fatal("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after the process registered: %s",
+            std::strerror(errno));
+    }
+    ::sched_yield();
   }
 }
 
