@@ -53,6 +53,7 @@
 #include <list>
 #include <mutex>
 
+#include "region.hpp"
 #include "sysalloc.hpp"
 
 namespace iso::detail {
@@ -67,8 +68,13 @@ extern constinit thread_local bool t_heap_thread __attribute__((tls_model("initi
 extern constinit thread_local std::uint32_t t_heap_tag __attribute__((tls_model("initial-exec")));
 // Makes the calling OS thread the process's heap thread (and sets its t_heap_tag). fatal() if
 // another OS thread is already it: thread heaps are not locked, so two OS threads must never use
-// them.
-void claim_heap_thread() noexcept;
+// them. Inline: every spawn calls it (heap::create), and only the first call does more than a
+// store and a test.
+void claim_first_heap_thread() noexcept;  // claim_heap_thread's first call on an OS thread
+inline void claim_heap_thread() noexcept {
+  t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;  // the rank is agreed before heaps exist
+  if (!t_heap_thread) [[unlikely]] claim_first_heap_thread();
+}
 
 // A free() (or `call`) of region memory that no heap in use on this rank holds (h: the heap whose
 // header describes p, or null): nothing is changed; counted, and reported on stderr (the first

@@ -167,12 +167,7 @@ heap* heap::create(void* warm, std::size_t reserve) {
                 page0_start(first_header_bytes(max_reserve_bytes), small_max) + small_max <= page_bytes,
                 "page 0 of the first segment must hold blocks of the 1 KiB and largest classes");
   ISO_ASSERT(reserve <= max_reserve_bytes);
-  // claim_heap_thread()'s case after this OS thread's first claim, inline on every spawn's path.
-  if (t_heap_thread) [[likely]] {
-    t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;
-  } else {
-    claim_heap_thread();
-  }
+  claim_heap_thread();
   if (warm != nullptr) {
     // The object retire() left there is reused, not constructed again: its cold part (four lines)
     // is not rewritten, and neither are the chunk's page descriptors (retire() left them free:
@@ -222,7 +217,8 @@ void heap::destroy() noexcept { region::get().free_chunks(retire(), 1); }
 
 void* heap::retire() noexcept {
   segment* first = first_segment();
-  // Its header line is written below: fetched while the gate's locked exchange waits for this one.
+  // Its header line is written below: fetched while the gate closes (the rings drained, the
+  // pushers awaited).
   __builtin_prefetch(first, 1);
   close_gate();  // frees from other OS threads are refused from now on
   for (chunk_header* c = chunks_; c != nullptr;) {

@@ -35,9 +35,7 @@ bool meet(std::uintptr_t lo, std::size_t n, std::uintptr_t addr, std::size_t byt
 
 }  // namespace
 
-void claim_heap_thread() noexcept {
-  t_heap_tag = static_cast<std::uint32_t>(region_rank) + 1;  // the rank is agreed before heaps exist
-  if (t_heap_thread) return;
+void claim_first_heap_thread() noexcept {
   const bool* expected = nullptr;
   if (!g_heap_thread.compare_exchange_strong(expected, &t_heap_thread, std::memory_order_acq_rel)) {
     fatal("thread heaps are used from a second OS thread: only the OS thread that runs the scheduler may "
