@@ -298,7 +298,7 @@ result_record::~result_record() {
 
 rank_combiner::~rank_combiner() {
   entries_.clear();
-  spare_ = entry_map::node_type();
+  trim();
   block_cache::get().trim();
 }
 
@@ -400,13 +400,16 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
     bool sent_as_it_lies = false;
     const bool one = e.blocks.blocks() == 1;
     std::vector<unsigned char, cached_allocator<unsigned char>> buf;
-    // One batch per max_message_bytes: run() let no block be larger than one.
-    const auto send_batch = [&] {
-      std::memcpy(buf.data(), &h, sizeof h);
+    const auto send = [&](const void* batch, std::size_t bytes) {
       if (remote) ++counts_.batches;
       // Unsequenced: member 0 tells batches apart by (fingerprint, call) and merges them in any
       // order, so the rank's main keeps no counter for each member 0 it ever sent to.
-      eng.send(e.first, buf.data(), buf.size(), e.tag, sequencing::none);
+      eng.send(e.first, batch, bytes, e.tag, sequencing::none);
+    };
+    // One batch per max_message_bytes: run() let no block be larger than one.
+    const auto send_batch = [&] {
+      std::memcpy(buf.data(), &h, sizeof h);
+      send(buf.data(), buf.size());
       buf.resize(sizeof h);
       h.blocks = 0;
     };
@@ -416,8 +419,7 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
         h.blocks = 1;
         std::memcpy(room, &h, sizeof h);
         std::memcpy(room + sizeof h, &bh, sizeof bh);
-        if (remote) ++counts_.batches;
-        eng.send(e.first, room, sizeof h + sizeof bh + p.data.size(), e.tag, sequencing::none);
+        send(room, sizeof h + sizeof bh + p.data.size());
         sent_as_it_lies = true;
         return;
       }
