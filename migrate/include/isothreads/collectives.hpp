@@ -102,8 +102,6 @@ struct result_header_bytes {  // combiner.hpp's result_header, as bytes
 class result_record {
  public:
   result_record() noexcept = default;
-  explicit result_record(std::vector<std::byte>&& own) noexcept
-      : own_(std::move(own)), data_(own_.data()), size_(own_.size()) {}
   // A copy of the record: header and result bytes. A scalar's record is kept in the object
   // itself (no allocation); a larger one in own_. Throws std::bad_alloc.
   result_record(const result_header_bytes& header, const std::byte* bytes, std::size_t n) {
