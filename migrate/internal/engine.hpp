@@ -343,6 +343,9 @@ class engine {
   bool stealing_ = false;               // see set_stealing
   bool steal_outstanding_ = false;      // this rank's request waits for its answer
   bool quiescing_ = false;              // quiesce_steals runs: every request gets "none"
+  // Stealing on: until this now_ns(), polls come at the short interval, since a steal request
+  // reached this rank (stealing.cpp, near_thief_poll_interval_ns); 0: at the usual one.
+  std::int64_t thief_near_until_ns_ = 0;
   steal_stats_t steal_stats_;
   std::list<steal_send, sys_allocator<steal_send>> steal_sends_;  // a list: a request never moves
 };
