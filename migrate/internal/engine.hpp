@@ -213,6 +213,8 @@ class engine {
     tcb* thread;
     std::uint64_t bytes;                // its image's data bytes (tracing)
     bool guard_kept;                    // its stack's guard is still installed here (it came back)
+    std::uint64_t id;                   // what the header says of the thread (its id bits and its
+    stack_run stack;                    //   stack run, settled here): its arrived TCB must agree
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> image;    // a split image (image.hpp): header, table and inline data,
                                         // placed once its second piece is in; else empty

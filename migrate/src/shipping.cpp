@@ -35,6 +35,11 @@ void check_split_piece(int rc, const MPI_Status& st, std::size_t expected, std::
   }
 }
 
+// The stack run a validated header names.
+stack_run header_stack(const image_header& h) {
+  return {reinterpret_cast<void*>(h.stack), static_cast<std::size_t>(h.stack_bytes)};
+}
+
 }  // namespace
 
 void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
@@ -54,6 +59,12 @@ void engine::depart(tcb* t) noexcept {
                             id.to_string().c_str());
     const bool split_here = split_to(dest);
     sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
+    if (fault::hit("image.other_thread")) {
+      // Fault point (tests): the header names another thread than its TCB, checksum made good.
+      auto& wrong = *reinterpret_cast<image_header*>(image.data());
+      wrong.thread ^= 1;
+      wrong.checksum = header_checksum(wrong);
+    }
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
@@ -184,7 +195,7 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   const bool split = bytes < packed_bytes(*h);
   if (!split) place_inline_data(*h);
   if (!split && inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
-    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}, {}};
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, h->thread, header_stack(*h), {}, {}};
     finish_arrival(a);
     return;
   }
@@ -195,6 +206,8 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
+    a.id = h->thread;
+    a.stack = header_stack(*h);
     a.requests.reserve(h->nextents + 1);
     auto receive = [&](void* addr, int n) {
       a.requests.emplace_back();
@@ -261,6 +274,13 @@ void engine::finish_arrival(arrival& a) noexcept {
   tcb* t = a.thread;
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
+  }
+  // Its memory was settled for the header's thread and stack run, and the guard goes on the TCB's.
+  if (t->id.bits() != a.id || t->stack.base != a.stack.base || t->stack.bytes != a.stack.bytes) {
+    fatal("a thread image from rank %d for thread %s (stack run %p, %zu bytes) holds the control block of thread %s "
+          "(stack run %p, %zu bytes)",
+          a.source, id_text(a.id).c_str(), a.stack.base, a.stack.bytes, t->id.to_string().c_str(), t->stack.base,
+          t->stack.bytes);
   }
   departures::get().arrive(t->id.bits(), t->home_heap);  // its memory is in use here now
   try {
