@@ -213,6 +213,8 @@ class engine {
     tcb* thread;
     std::uint64_t bytes;                // its image's data bytes (tracing)
     bool guard_kept;                    // its stack's guard is still installed here (it came back)
+    std::uint64_t id;                   // what the header says of the thread (its id bits and its
+    stack_run stack;                    //   stack run, settled here): its arrived TCB must agree
     sys_vector<MPI_Request> requests;
     sys_vector<unsigned char> image;    // a split image (image.hpp): header, table and inline data,
                                         // placed once its second piece is in; else empty
@@ -343,6 +345,9 @@ class engine {
   bool stealing_ = false;               // see set_stealing
   bool steal_outstanding_ = false;      // this rank's request waits for its answer
   bool quiescing_ = false;              // quiesce_steals runs: every request gets "none"
+  // Stealing on: until this now_ns(), polls come at the short interval, since a steal request
+  // reached this rank (stealing.cpp, near_thief_poll_interval_ns); 0: at the usual one.
+  std::int64_t thief_near_until_ns_ = 0;
   steal_stats_t steal_stats_;
   std::list<steal_send, sys_allocator<steal_send>> steal_sends_;  // a list: a request never moves
 };

@@ -137,11 +137,16 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
     }
     stack_top = stack_top || last_end == stack_end;
     total += e[i].bytes;
-    tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb + sizeof(tcb) <= last_end);
+    // Without overflow: a TCB address near the top of the address space must not wrap inside.
+    tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb <= last_end && last_end - h.tcb >= sizeof(tcb));
   }
   if (total != h.data_bytes) raise(errc::corrupt_image, "thread image rejected: extents sum to %llu bytes, header says %llu",
                                    static_cast<unsigned long long>(total), static_cast<unsigned long long>(h.data_bytes));
   if (!tcb_inside) raise(errc::corrupt_image, "thread image rejected: its control block lies in no extent");
+  if (h.tcb % alignof(tcb) != 0) {
+    raise(errc::corrupt_image, "thread image rejected: its control block at %#llx is not %zu-byte aligned",
+          static_cast<unsigned long long>(h.tcb), alignof(tcb));
+  }
   if (!stack_top) raise(errc::corrupt_image, "thread image rejected: no extent ends at its stack's top");
   return h;
 }

@@ -16,6 +16,30 @@ namespace {
 
 std::string id_text(std::uint64_t bits) { return thread_id::from_bits(bits).to_string(); }
 
+// The second piece of thread `thread`'s split image from `source` completed with rc and status st
+// (`expected`: the bytes its first piece leaves): fatal unless it held exactly those, before any
+// of the image is placed. A longer one is MPI's truncation (the receive was posted for expected).
+void check_split_piece(int rc, const MPI_Status& st, std::size_t expected, std::uint64_t thread, int source) noexcept {
+  if (int cls = MPI_SUCCESS; rc != MPI_SUCCESS && MPI_Error_class(rc, &cls) == MPI_SUCCESS && cls == MPI_ERR_TRUNCATE) {
+    fatal("the second piece of thread %s's split image from rank %d is longer than the %zu bytes its first piece "
+          "leaves; nothing of the image was placed",
+          id_text(thread).c_str(), source, expected);
+  }
+  if (rc != MPI_SUCCESS) check_mpi_or_die(rc, format("MPI_Test of thread %s's split image", id_text(thread).c_str()).c_str(), source);
+  int count = 0;
+  check_mpi_or_die(MPI_Get_count(&st, MPI_BYTE, &count), "MPI_Get_count (split image)", source);
+  if (count < 0 || static_cast<std::size_t>(count) != expected) {
+    fatal("the second piece of thread %s's split image from rank %d has %d bytes, its first piece leaves %zu; nothing "
+          "of the image was placed",
+          id_text(thread).c_str(), source, count, expected);
+  }
+}
+
+// The stack run a validated header names.
+stack_run header_stack(const image_header& h) {
+  return {reinterpret_cast<void*>(h.stack), static_cast<std::size_t>(h.stack_bytes)};
+}
+
 }  // namespace
 
 void engine::depart_hook(scheduler&, tcb* t) noexcept { current()->depart(t); }
@@ -35,6 +59,12 @@ void engine::depart(tcb* t) noexcept {
                             id.to_string().c_str());
     const bool split_here = split_to(dest);
     sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
+    if (fault::hit("image.other_thread")) {
+      // Fault point (tests): the header names another thread than its TCB, checksum made good.
+      auto& wrong = *reinterpret_cast<image_header*>(image.data());
+      wrong.thread ^= 1;
+      wrong.checksum = header_checksum(wrong);
+    }
     const image_header* hp = reinterpret_cast<const image_header*>(image.data());
     ++stats_.departures;
     stats_.bytes_out += hp->data_bytes;
@@ -54,7 +84,16 @@ void engine::depart(tcb* t) noexcept {
       recycle_image(std::move(image));
       return;
     }
+    const bool split = split_here && split_image(*hp);
     append_inline_data(image);  // the small extents ride with the header (a split image: all of them)
+    // The rest of a split header message (fault points split_piece.short, split_piece.long, for
+    // tests: a byte short or long, as a defective sender would send it).
+    std::size_t rest = split ? image.size() - eager_piece_bytes : 0;
+    if (split && fault::hit("split_piece.short")) --rest;
+    if (split && fault::hit("split_piece.long")) {
+      image.push_back(0);
+      ++rest;
+    }
     // Moving `image` into the departure keeps its buffer, so h stays valid and the buffer the
     // header message's Isends read lives until the departure is finished.
     const image_header& h = *reinterpret_cast<const image_header*>(image.data());
@@ -70,13 +109,12 @@ void engine::depart(tcb* t) noexcept {
         check_mpi_or_die(rc, format("MPI_Isend of thread %s", id.to_string().c_str()).c_str(), dest);
       }
     };
-    const bool split = split_here && split_image(h);
     stats_.split += split ? 1 : 0;
     const std::size_t first = split ? eager_piece_bytes : image.size();
     send(image.data(), first, tag_image);
     ++images_sent_;
     // The rest of a split header message first: the receiver posts its receive first.
-    if (split) send(image.data() + first, image.size() - first, tag_image_data);
+    if (split) send(image.data() + first, rest, tag_image_data);
     for_each_piece(h, [&](void* addr, int bytes) { send(addr, static_cast<std::size_t>(bytes), tag_image_data); });
     // The rest once the image is on its way (MPI only reads what it sends, and so does this).
     departure& d = departures_.emplace_back();
@@ -157,7 +195,7 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   const bool split = bytes < packed_bytes(*h);
   if (!split) place_inline_data(*h);
   if (!split && inline_bytes(*h) == h->data_bytes) {  // nothing else comes: the thread is here
-    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, {}, {}};
+    arrival a{source, reinterpret_cast<tcb*>(h->tcb), h->data_bytes, guard_kept, h->thread, header_stack(*h), {}, {}};
     finish_arrival(a);
     return;
   }
@@ -168,6 +206,8 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     a.thread = reinterpret_cast<tcb*>(h->tcb);
     a.bytes = h->data_bytes;
     a.guard_kept = guard_kept;
+    a.id = h->thread;
+    a.stack = header_stack(*h);
     a.requests.reserve(h->nextents + 1);
     auto receive = [&](void* addr, int n) {
       a.requests.emplace_back();
@@ -188,7 +228,17 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
     // (Fault point arrival.later: as if they were not, so that a later poll finishes it.)
     int done = 0;
-    if (!fault::hit("arrival.later")) {
+    const bool test_now = !fault::hit("arrival.later");
+    if (test_now && split) {
+      // Its one request is the second piece (a split image's extents all travel inline), tested
+      // with its status: a piece of another length is refused by name. (One that a later poll
+      // completes goes through engine::poll's MPI_Testall, which keeps no status: a longer one
+      // fails there as MPI's truncation, a shorter one is not seen.)
+      ISO_ASSERT_INTERNAL(a.requests.size() == 1);
+      MPI_Status st;
+      const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
+      if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - bytes, h->thread, source);
+    } else if (test_now) {
       check_mpi_or_die(mpi_call("MPI_Testall", [&] {
                          return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
                                             MPI_STATUSES_IGNORE);
@@ -224,6 +274,13 @@ void engine::finish_arrival(arrival& a) noexcept {
   tcb* t = a.thread;
   if (t->magic != tcb::magic_value) {
     fatal("a thread image from rank %d arrived without a valid control block at %p", a.source, static_cast<void*>(t));
+  }
+  // Its memory was settled for the header's thread and stack run, and the guard goes on the TCB's.
+  if (t->id.bits() != a.id || t->stack.base != a.stack.base || t->stack.bytes != a.stack.bytes) {
+    fatal("a thread image from rank %d for thread %s (stack run %p, %zu bytes) holds the control block of thread %s "
+          "(stack run %p, %zu bytes)",
+          a.source, id_text(a.id).c_str(), a.stack.base, a.stack.bytes, t->id.to_string().c_str(), t->stack.base,
+          t->stack.bytes);
   }
   departures::get().arrive(t->id.bits(), t->home_heap);  // its memory is in use here now
   try {

@@ -3,7 +3,9 @@
 #   checkpoint_restart.sh MPIEXEC JACOBI2D OTHER_BINARY WORKDIR
 # 1. A checkpoint taken mid-run on 4 ranks, restarted on 2 and on 4 ranks: the final checksum
 #    equals the uninterrupted run's, bit for bit.
-# 2. A flipped byte, a truncated file, and a different binary are each refused with a message.
+# 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
+#    file, a missing file and a different binary are each refused with a message naming it, on 2
+#    and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -34,20 +36,43 @@ expect_refusal() {  # expect_refusal WHAT PATTERN COMMAND...
   shift 2
   local out
   if out=$("$@" 2>&1); then fail "$what was accepted"; fi
-  grep -q "$pattern" <<<"$out" || fail "$what: no message matching '$pattern' in: $out"
+  grep -q -- "$pattern" <<<"$out" || fail "$what: no message matching '$pattern' in: $out"
   grep -q "ms/iteration" <<<"$out" && fail "$what: threads ran"
   echo "refused $what"
 }
-cp -r "$work/ck" "$work/flipped"
-file=$(ls "$work"/flipped/ckpt.*.rank1)
-size=$(stat -c %s "$file")
-printf '\x5a' | dd of="$file" bs=1 seek=$((size - 100)) conv=notrunc status=none
-expect_refusal "a flipped data byte" "corrupt" run 2 "$jacobi" "${args[@]}" --iso-restart "$work/flipped"
+flip() {  # flip NAME FILE_GLOB OFFSET (negative: from the end): a copy of the checkpoint with one byte changed
+  local name=$1 glob=$2 at=$3 file
+  cp -r "$work/ck" "$work/$name"
+  # shellcheck disable=SC2086 # the glob names one file of the copy
+  file=$(ls "$work/$name"/$glob)
+  ((at >= 0)) || at=$(($(stat -c %s "$file") + at))
+  printf '\x5a' | dd of="$file" bs=1 seek="$at" conv=notrunc status=none
+}
+flip flipped 'ckpt.*.rank1' -100                        # in a thread's data
+flip flipped_manifest manifest -1                       # in the last rank's entry
+flip flipped_header 'ckpt.*.rank3' 24                   # the layout field of a file's header
+flip flipped_table 'ckpt.*.rank0' 92                    # in the first thread's record
 cp -r "$work/ck" "$work/truncated"
 file=$(ls "$work"/truncated/ckpt.*.rank2)
 truncate -s $(($(stat -c %s "$file") / 2)) "$file"
-expect_refusal "a truncated file" "has [0-9]* bytes, the manifest says" run 2 "$jacobi" "${args[@]}" --iso-restart "$work/truncated"
-expect_refusal "a different binary" "different binary" run 2 "$other" --iso-restart "$work/ck"
+cp -r "$work/ck" "$work/missing"
+rm "$work"/missing/ckpt.*.rank3
+# Each refused on as many ranks as wrote it and on fewer, every rank naming the problem.
+for ranks in 2 4; do
+  expect_refusal "a flipped data byte ($ranks ranks)" "the data of thread [0-9:]* is corrupt" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped"
+  expect_refusal "a flipped manifest byte ($ranks ranks)" "manifest .* is corrupt" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_manifest"
+  expect_refusal "a flipped file header byte ($ranks ranks)" "rank3 is corrupt (bad header)" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_header"
+  expect_refusal "a flipped table byte ($ranks ranks)" "rank0 is corrupt (table checksum mismatch)" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_table"
+  expect_refusal "a truncated file ($ranks ranks)" "has [0-9]* bytes, the manifest says" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/truncated"
+  expect_refusal "a missing file ($ranks ranks)" "cannot open checkpoint file .*rank3" \
+    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/missing"
+  expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
+done
 
 # A crash after the next generation's files are written but before the manifest switches.
 if ISO_FAULT=checkpoint-before-commit run 4 "$jacobi" "${args[@]}" --checkpoint-at 30 --checkpoint-dir "$work/ck" >/dev/null 2>&1; then

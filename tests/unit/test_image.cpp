@@ -190,6 +190,21 @@ TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
   });
 }
 
+// A header whose TCB address wraps past the top of the address space, or lies inside an extent
+// but off its alignment, is refused before the arrival reads the TCB (checksum made good again).
+TEST(Image, AControlBlockAddressThatWrapsOrIsMisalignedIsRejected) {
+  with_suspended_thread([](tcb* t, std::vector<char>*) {
+    const sys_vector<unsigned char> good = build_image_header(t, layout);
+    for (const std::uint64_t at : {~std::uint64_t{0} - 7, std::uint64_t{reinterpret_cast<std::uintptr_t>(t)} + 1}) {
+      sys_vector<unsigned char> bad = good;
+      auto& h = *reinterpret_cast<image_header*>(bad.data());
+      h.tcb = at;
+      h.checksum = header_checksum(h);
+      EXPECT_NE(rejection(bad).find("control block"), std::string::npos) << std::hex << at << ": " << rejection(bad);
+    }
+  });
+}
+
 // A thread with a 3 KiB block: its image (header, table and inline data) is more than one eager
 // message and at most two, so its header message is split. Its first piece alone is a valid
 // header message only where split pieces may come (allow_split), and only at its exact length.
