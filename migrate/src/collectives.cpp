@@ -488,6 +488,7 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
           static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
   }
   --unsent_;
+  if (!remote || e.waiters_unsent) answer_expected_ns_ = now_ns();
   e.waiters_unsent = false;
   e.aged = false;
   return e.waiters.empty() ? retire(it) : std::next(it);

@@ -15,11 +15,28 @@
 
 namespace iso::detail {
 
+namespace {
+
+// Whether this node has a core (of those this process may run on) for each of comm's ranks on
+// it. Collective over comm.
+bool core_per_rank(MPI_Comm comm) {
+  const sys_vector<unsigned char> here = ranks_on_this_node(comm);
+  const auto ranks = static_cast<int>(std::count(here.begin(), here.end(), 1));
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  // No affinity mask: as if oversubscribed (the rank then yields, as it always did).
+  if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return false;
+  return ranks <= CPU_COUNT(&cpus);
+}
+
+}  // namespace
+
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
                            std::uint64_t steal_seed)
     : spin_ns_(spin_ns),
       min_backoff_ns_(min_backoff_ns),
       max_backoff_ns_(max_backoff_ns),
+      spin_on_due_(core_per_rank(comm)),
       comm_(comm),
       backoff_ns_(min_backoff_ns),
       victim_rng_(steal_seed ^ (static_cast<std::uint64_t>(comm_.rank()) + 1) * 0xd1b54a32d192ed03ull) {}
@@ -93,6 +110,7 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
       engine_->answer_steals_while_off();
     }
   }
+  if (spin_on_due_ && collective_due(now)) return;
   if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;
@@ -138,6 +156,7 @@ round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, 
 }
 
 bool mpi_progress::finished(scheduler& s) {
+  if (collective_due(now_ns())) return false;
   if (round_ == MPI_REQUEST_NULL) {
     start_round(s);
     return false;
