@@ -30,12 +30,15 @@
 //     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
 // `--only WORD` runs only the lines whose name contains WORD (to profile one: `--only 1MiB`,
 // `--only on_rank_0`, `--only async`); a WORD no line's name contains is an error (exit 2).
+// `--scale K` (after --only, if any) makes every run K times as many calls, so that a profile
+// of one line has samples enough (perf record at 4 kHz sees about 100 of a default run).
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <span>
 #include <vector>
@@ -187,11 +190,11 @@ double pairs_run(iso::runtime& rt, bool futures, int warm, int reps) {
   return g_result_ns;
 }
 
-void bench_futures(iso::runtime& rt) {
+void bench_futures(iso::runtime& rt, int scale) {
   std::vector<double> mine, raw;
   for (int k = 0; k < 7; ++k) {
-    raw.push_back(pairs_run(rt, false, 200, 2000));
-    mine.push_back(pairs_run(rt, true, 200, 2000));
+    raw.push_back(pairs_run(rt, false, 200, 2000 * scale));
+    mine.push_back(pairs_run(rt, true, 200, 2000 * scale));
   }
   if (rt.rank() == 0) iso_bench::print_ratio("async_get (raw: spawn_join)", median(mine), median(raw), "ns");
 }
@@ -204,7 +207,20 @@ int main(int argc, char** argv) {
     if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: run it on 2 ranks (mpirun -n 2)\n");
     return 1;
   }
-  const char* only = argc > 2 && std::strcmp(argv[1], "--only") == 0 ? argv[2] : nullptr;
+  int arg = 1;
+  const char* only = nullptr;
+  if (arg + 1 < argc && std::strcmp(argv[arg], "--only") == 0) {
+    only = argv[arg + 1];
+    arg += 2;
+  }
+  int scale = 1;
+  if (arg + 1 < argc && std::strcmp(argv[arg], "--scale") == 0) {
+    scale = std::atoi(argv[arg + 1]);
+    if (scale < 1) {
+      if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: --scale %s: a positive count\n", argv[arg + 1]);
+      return 2;
+    }
+  }
   const auto selected = [only](const char* name) { return only == nullptr || std::strstr(name, only) != nullptr; };
   // The lines, in the order they run.
   const char* const lines[] = {"allreduce_8B/64threads",         "allreduce_8B/32threads_on_rank_0",
@@ -218,12 +234,12 @@ int main(int argc, char** argv) {
     }
     return 2;
   }
-  if (selected(lines[0])) bench_allreduce(rt, lines[0], 32, 0, 50, 500);
-  if (selected(lines[1])) bench_allreduce(rt, lines[1], 32, 0, 50, 500, true);
-  if (selected(lines[2])) bench_allreduce(rt, lines[2], 8, std::size_t{1} << 17, 3, 20);
-  if (selected(lines[3])) bench_floor(rt, lines[3], 8, std::size_t{1} << 17, 3, 20);
-  if (selected(lines[4])) bench_futures(rt);
-  if (selected(lines[5])) bench_allreduce(rt, lines[5], 1, 0, 50, 500);
+  if (selected(lines[0])) bench_allreduce(rt, lines[0], 32, 0, 50, 500 * scale);
+  if (selected(lines[1])) bench_allreduce(rt, lines[1], 32, 0, 50, 500 * scale, true);
+  if (selected(lines[2])) bench_allreduce(rt, lines[2], 8, std::size_t{1} << 17, 3, 20 * scale);
+  if (selected(lines[3])) bench_floor(rt, lines[3], 8, std::size_t{1} << 17, 3, 20 * scale);
+  if (selected(lines[4])) bench_futures(rt, scale);
+  if (selected(lines[5])) bench_allreduce(rt, lines[5], 1, 0, 50, 500 * scale);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");

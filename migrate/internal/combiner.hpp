@@ -13,6 +13,7 @@
 // they hold and pass the blocks on gets the same bits for the result, wherever the members ran.
 #pragma once
 
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <algorithm>
@@ -357,6 +358,12 @@ class rank_combiner {
   // The waiter `reader` has read r (it runs on this rank): unpins it; the last reader frees r.
   static void release(const shared_result* r, tcb* reader) noexcept;
   std::size_t unsent() const noexcept { return unsent_; }
+  // now_ns() when this rank last sent blocks after which it expects a collective's message: a
+  // result for members that wait here, or batches for a member 0 that runs here (never_ns: it
+  // never did). The idle loop polls without a pause for a while after it (mpi_progress).
+  std::int64_t answer_expected_ns() const noexcept { return answer_expected_ns_; }
+  // Far enough in the past that now_ns() minus it cannot overflow.
+  static constexpr std::int64_t never_ns = INT64_MIN / 2;
 
   // Messages between ranks for collectives, sent by this rank so far (tests show the cost).
   struct counts_t {
@@ -399,6 +406,7 @@ class rank_combiner {
   // next collective: a run of collectives makes no entry afresh (empty or holding no bytes).
   entry_map::node_type spare_;
   std::size_t unsent_ = 0;
+  std::int64_t answer_expected_ns_ = never_ns;
   counts_t counts_;
 };
 

@@ -102,6 +102,7 @@ std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uin
 // The ranks where members wait, as member 0 learns them: a few without an allocation.
 class rank_set {
  public:
+  // Throws std::bad_alloc (beyond the few), the set unchanged.
   void add(int r) {
     if (has(r)) return;
     if (count_ < std::size(few_)) {
@@ -125,8 +126,24 @@ class rank_set {
   std::vector<int> more_;
 };
 
+// Sends the result record (record_bytes bytes) to every rank in `ranks`: the other ranks first,
+// since their waiters wait for a message's latency more, this rank's only for deliver(), which
+// wakes them (one scheduler switch each) before the messages would leave.
+void answer_ranks(const rank_set& ranks, const std::byte* record, std::size_t record_bytes, const char* call) {
+  engine& e = engine_for(call);
+  const int here = scheduler::current()->rank();
+  ranks.for_each([&](int r) {
+    if (r != here) e.send_to_rank(r, record, record_bytes);
+  });
+  if (ranks.has(here)) e.send_to_rank(here, record, record_bytes);
+}
+
 // Member 0: takes in batches until the tree is complete; sends the result to the ranks where
 // members wait. Returns its own copy of the result record.
+// Out of memory in its own heap while it combines (fault point "collectives.combine": the tree,
+// the batches it keeps, a failure's text): it takes in the rest of the batches without keeping
+// them, answers every rank where members wait with a failure naming it, then throws
+// std::bad_alloc, so that no member is left waiting.
 result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n, int tag,
                                   const merge_rule& rule, const char* call) {
   // The batches whose blocks the tree reads where they lie (those larger than it keeps inline),
@@ -135,34 +152,73 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
   std::vector<std::vector<std::byte>> batches;
   partial_tree<std::allocator<std::byte>> tree;
   rank_set ranks;
-  while (!tree.root()) {
+  // Members whose leaves came so far (blocks are disjoint): the call is complete at n, which is
+  // when the tree has its root unless memory ran out.
+  std::uint64_t leaves = 0;
+  bool out_of_memory = false;
+  while (leaves < n) {
     std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
-    // Room to keep b before the tree may borrow its bytes: a bad_alloc after that would free
-    // bytes the tree points into.
-    batches.reserve(batches.size() + 1);
     batch_header h;
     std::memcpy(&h, b.data(), sizeof h);
     const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;
-    if (h.waiters != 0) ranks.add(h.rank);
+    if (h.waiters != 0) {
+      try {
+        ranks.add(h.rank);
+      } catch (const std::bad_alloc&) {
+        fatal("%s: member 0 ran out of memory for the ranks it answers", call);
+      }
+    }
     bool read_in_place = false;
     std::size_t at = sizeof h;
+    try {
+      if (fault::hit("collectives.combine")) throw std::bad_alloc();
+      // Room to keep b before the tree may borrow its bytes: a bad_alloc after that would free
+      // bytes the tree points into.
+      if (!out_of_memory) batches.reserve(batches.size() + 1);
+    } catch (const std::bad_alloc&) {
+      out_of_memory = true;
+    }
     for (std::uint32_t i = 0; i < h.blocks; ++i) {
       block_header bh;
       ISO_ASSERT(at + sizeof bh <= b.size());
       std::memcpy(&bh, b.data() + at, sizeof bh);
       at += sizeof bh;
-      ISO_ASSERT(at + bh.bytes <= b.size());
-      if (other) {
-        const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
-        tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n, rule);
-      } else {
-        const bool borrow = bh.failed == 0 && bh.bytes > small_bytes<std::allocator<std::byte>>::inline_bytes;
-        read_in_place = read_in_place || borrow;
-        tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, borrow);
+      ISO_ASSERT(at + bh.bytes <= b.size() && bh.lo < n);
+      leaves += std::min<std::uint64_t>(std::uint64_t{1} << bh.level, n - bh.lo);
+      // Once memory ran out, the tree is not read again (a block it borrowed from a batch that
+      // is gone is never read or written through: its destructor frees only its own).
+      if (!out_of_memory) {
+        try {
+          if (other) {
+            const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
+            tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n,
+                           rule);
+          } else {
+            const bool borrow = bh.failed == 0 && bh.bytes > small_bytes<std::allocator<std::byte>>::inline_bytes;
+            read_in_place = read_in_place || borrow;
+            tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, borrow);
+          }
+        } catch (const std::bad_alloc&) {
+          out_of_memory = true;
+        }
       }
       at += bh.bytes;
     }
-    if (read_in_place) batches.push_back(std::move(b));  // the bytes stay where they are
+    if (read_in_place && !out_of_memory) batches.push_back(std::move(b));  // the bytes stay where they are
+  }
+  ISO_ASSERT_INTERNAL(leaves == n && (out_of_memory || tree.root()));
+  if (out_of_memory) {
+    // A failure record without an allocation: result_header, then the text.
+    alignas(result_header) std::byte failure[sizeof(result_header) + 160];
+    auto* text = reinterpret_cast<char*>(failure + sizeof(result_header));
+    const std::size_t len =
+        safe_format(text, sizeof failure - sizeof(result_header),
+                    "%s: member 0 ran out of memory while it combined the values (std::bad_alloc on rank %d)", call,
+                    scheduler::current()->rank());
+    const result_header rh{k.first, k.second, 1u, 0, len};
+    std::memcpy(failure, &rh, sizeof rh);
+    answer_ranks(ranks, failure, sizeof rh + len, call);
+    throw std::bad_alloc();
   }
   auto& root = *tree.root();
   const result_header rh{k.first, k.second, root.failed ? 1u : 0u, 0, root.data.size()};
@@ -180,15 +236,7 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
     own.emplace(head, root.data.data(), root.data.size());
     record = own->data();
   }
-  const std::size_t record_bytes = sizeof rh + root.data.size();
-  engine& e = engine_for(call);
-  // The other ranks first: their waiters wait for a message's latency more, this rank's only
-  // for deliver(), which wakes them (one scheduler switch each) before the messages would leave.
-  const int here = scheduler::current()->rank();
-  ranks.for_each([&](int r) {
-    if (r != here) e.send_to_rank(r, record, record_bytes);
-  });
-  if (ranks.has(here)) e.send_to_rank(here, record, record_bytes);
+  answer_ranks(ranks, record, sizeof rh + root.data.size(), call);
   if (!own) own.emplace(head, root.data.data(), root.data.size());
   return std::move(*own);
 }
@@ -440,6 +488,7 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
           static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
   }
   --unsent_;
+  if (!remote || e.waiters_unsent) answer_expected_ns_ = now_ns();
   e.waiters_unsent = false;
   e.aged = false;
   return e.waiters.empty() ? retire(it) : std::next(it);

@@ -15,11 +15,41 @@
 
 namespace iso::detail {
 
+namespace {
+
+// Whether this node has a core for each of comm's ranks on it: the cores any of them may run on
+// (the union of their affinity masks: mpirun may bind each rank to a core of its own) number at
+// least the ranks. Collective over comm; throws iso::error(mpi_failure).
+bool core_per_rank(MPI_Comm comm) {
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  // No affinity mask: counted as no core, so that the rank yields as it always did.
+  if (sched_getaffinity(0, sizeof mine, &mine) != 0) CPU_ZERO(&mine);
+  MPI_Comm node = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+  int ranks = 0;
+  cpu_set_t any;
+  CPU_ZERO(&any);
+  int rc = MPI_Comm_size(node, &ranks);
+  if (rc == MPI_SUCCESS) {
+    static_assert(sizeof(cpu_set_t) % sizeof(unsigned long) == 0, "a cpu_set_t is a whole number of longs");
+    rc = MPI_Allreduce(&mine, &any, static_cast<int>(sizeof(cpu_set_t) / sizeof(unsigned long)), MPI_UNSIGNED_LONG,
+                       MPI_BOR, node);
+  }
+  const int freed = MPI_Comm_free(&node);
+  check_mpi(rc, "MPI_Comm_size / MPI_Allreduce (cores of the node)");
+  check_mpi(freed, "MPI_Comm_free");
+  return ranks <= CPU_COUNT(&any);
+}
+
+}  // namespace
+
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
                            std::uint64_t steal_seed)
     : spin_ns_(spin_ns),
       min_backoff_ns_(min_backoff_ns),
       max_backoff_ns_(max_backoff_ns),
+      spin_on_due_(core_per_rank(comm)),
       comm_(comm),
       backoff_ns_(min_backoff_ns),
       victim_rng_(steal_seed ^ (static_cast<std::uint64_t>(comm_.rank()) + 1) * 0xd1b54a32d192ed03ull) {}
@@ -93,6 +123,7 @@ void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
       engine_->answer_steals_while_off();
     }
   }
+  if (spin_on_due_ && collective_due(now)) return;
   if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;
@@ -138,6 +169,11 @@ round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, 
 }
 
 bool mpi_progress::finished(scheduler& s) {
+  // A clock read only once collectives ran here: a program without them pays nothing for this.
+  if (engine_ != nullptr && engine_->combiner().answer_expected_ns() != rank_combiner::never_ns &&
+      collective_due(now_ns())) {
+    return false;
+  }
   if (round_ == MPI_REQUEST_NULL) {
     start_round(s);
     return false;

@@ -62,6 +62,14 @@ class mpi_progress final : public progress_engine {
   // This rank's steal request is out, at most min(spin_ns_, 2 * min_backoff_ns_) old, and the
   // steal delay below its cap: idle() gives the core away between polls instead of sleeping.
   bool awaiting_answer(std::int64_t now) const noexcept;
+  // This rank sent a collective's blocks less than collective_due_ns ago and expects its answer
+  // (rank_combiner::answer_expected_ns): a result for members blocked here, or the batches of
+  // the other ranks for a member 0 here. Two messages and a rank's combining away: a few
+  // microseconds (bench_collectives).
+  bool collective_due(std::int64_t now) const noexcept {
+    return engine_ != nullptr && now - engine_->combiner().answer_expected_ns() < collective_due_ns;
+  }
+  static constexpr std::int64_t collective_due_ns = 20'000;
 
   // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
   // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
@@ -71,6 +79,13 @@ class mpi_progress final : public progress_engine {
   const std::int64_t spin_ns_;
   const std::int64_t min_backoff_ns_;
   const std::int64_t max_backoff_ns_;
+  // While a collective is due, idle() polls again at once instead of giving the core away
+  // (sched_yield is a system call, longer than a poll that finds nothing), and finished() starts
+  // and tests no termination round (it can decide nothing but a deadlock while members wait, and
+  // every MPI call then drives it too). Bounded by collective_due_ns after each send, and only
+  // where this node has a core for each of its ranks (spin_on_due_): oversubscribed ranks give
+  // the core away as always, since the answer may need the core this one would keep.
+  const bool spin_on_due_;
 
   private_comm comm_;
   engine* engine_ = nullptr;

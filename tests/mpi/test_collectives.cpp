@@ -606,6 +606,30 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
   rt->run();
 }
 
+// Member 0 running out of memory in its own heap as it combines (fault injection: the point
+// collectives.combine makes the next batch it takes in fail as if its heap refused the tree or
+// the batch): it throws std::bad_alloc once it has answered the others, every other member
+// throws iso::error naming it, instead of waiting until deadlock detection; the group's next
+// collective works. Members on every rank, so that member 0 takes in batches from each, the
+// failing one first or later (scalars and spans larger than a block keeps inline).
+TEST(Collectives, MemberZeroOutOfMemoryWhileCombiningFailsEveryMember) {
+  spawn_on_every_rank(2, [](const std::vector<iso::thread_id>& ids) {
+    const iso::group g(ids);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    const std::vector<double> v(4, 1.0);
+    for (unsigned long pass : {1ul, 2ul}) {
+      if (i == 0) iso::detail::fault::arm("collectives.combine", pass);
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, 0, i);
+      EXPECT_EQ(iso::allreduce(g, i, iso::sum), n * (n - 1) / 2) << "after member 0 ran out of memory";
+      if (i == 0) iso::detail::fault::arm("collectives.combine", pass);
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const double>(v), iso::sum); }, 0, i);
+      EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum), std::vector<double>(4, n));
+    }
+  });
+  rt->run();
+}
+
 iso::detail::rank_combiner::counts_t combiner_counts() {
   return iso::detail::engine::current()->combiner().counts();
 }
