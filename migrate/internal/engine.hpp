@@ -234,6 +234,12 @@ class engine {
   // Copies the bytes of h's extents that travel inline to their addresses.
   static void place_inline_data(const image_header& h) noexcept;
   void finish_arrival(arrival& a) noexcept;
+  // Whether all of a's receives are in (tested now); a split image's second piece is tested with
+  // its status, and one of another length than its first piece leaves is fatal (shipping.cpp).
+  bool arrival_in(arrival& a) noexcept;
+  // Finishes and takes out of arrivals_ every arrival whose receives are all in (arrival_in);
+  // true if any was.
+  bool complete_arrivals() noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
   void release_held(std::uint64_t id) noexcept;
   void finished(tcb* t) noexcept;

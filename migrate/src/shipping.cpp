@@ -227,24 +227,7 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     for_each_piece(*h, receive);
     // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
     // (Fault point arrival.later: as if they were not, so that a later poll finishes it.)
-    int done = 0;
-    const bool test_now = !fault::hit("arrival.later");
-    if (test_now && split) {
-      // Its one request is the second piece (a split image's extents all travel inline), tested
-      // with its status: a piece of another length is refused by name. (One that a later poll
-      // completes goes through engine::poll's MPI_Testall, which keeps no status: a longer one
-      // fails there as MPI's truncation, a shorter one is not seen.)
-      ISO_ASSERT_INTERNAL(a.requests.size() == 1);
-      MPI_Status st;
-      const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
-      if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - bytes, h->thread, source);
-    } else if (test_now) {
-      check_mpi_or_die(mpi_call("MPI_Testall", [&] {
-                         return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
-                                            MPI_STATUSES_IGNORE);
-                       }),
-                       "MPI_Testall", source);
-    }
+    const bool done = !fault::hit("arrival.later") && arrival_in(a);
     if (done) {
       finish_arrival(a);
       arrivals_.erase(it);
@@ -254,6 +237,39 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
   }
+}
+
+bool engine::arrival_in(arrival& a) noexcept {
+  int done = 0;
+  if (!a.image.empty()) {
+    // A split image: its one request is the second piece (its extents all travel inline), after
+    // a first piece of exactly eager_piece_bytes (validate_image_header).
+    ISO_ASSERT_INTERNAL(a.requests.size() == 1 && a.image.size() > eager_piece_bytes);
+    MPI_Status st;
+    const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
+    if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - eager_piece_bytes, a.id, a.source);
+    return done != 0;
+  }
+  check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                     return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
+                                        MPI_STATUSES_IGNORE);
+                   }),
+                   "MPI_Testall", a.source);
+  return done != 0;
+}
+
+bool engine::complete_arrivals() noexcept {
+  bool any = false;
+  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
+    if (!arrival_in(*it)) {
+      ++it;
+      continue;
+    }
+    finish_arrival(*it);
+    it = arrivals_.erase(it);
+    any = true;
+  }
+  return any;
 }
 
 void engine::place_inline_data(const image_header& h) noexcept {
