@@ -60,7 +60,8 @@ void engine::depart(tcb* t) noexcept {
     const bool split_here = split_to(dest);
     sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
     if (fault::hit("image.other_thread")) {
-      // Fault point (tests): the header names another thread than its TCB, checksum made good.
+      // Fault point (tests): the header names another thread than its TCB, checksum made good
+      // (this rank keeps its own record by id, so only the receiver can notice).
       auto& wrong = *reinterpret_cast<image_header*>(image.data());
       wrong.thread ^= 1;
       wrong.checksum = header_checksum(wrong);
@@ -80,7 +81,7 @@ void engine::depart(tcb* t) noexcept {
       }
       post_record(dest, record::image, pieces.data(), pieces.size());
       directory_.departed(id.bits(), dest, epoch);
-      released(h, dest, epoch, start_ns, steal);
+      released(id.bits(), h, dest, epoch, start_ns, steal);
       recycle_image(std::move(image));
       return;
     }
@@ -119,6 +120,7 @@ void engine::depart(tcb* t) noexcept {
     // The rest once the image is on its way (MPI only reads what it sends, and so does this).
     departure& d = departures_.emplace_back();
     d.dest = dest;
+    d.id = id.bits();
     d.epoch = epoch;
     d.stack = stack;
     // Only a departure still in flight needs its runs (settle finds what it still sends).
@@ -158,18 +160,19 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
 }
 
 void engine::finish_departure(departure& d) noexcept {
-  released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
+  released(d.id, *reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
   recycle_image(std::move(d.header));
 }
 
-void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept {
+void engine::released(std::uint64_t id, const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns,
+                      bool steal) noexcept {
   const std::int64_t now = now_ns();
   if (observer_ != nullptr) {
-    observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now, steal);
+    observer_->departed(thread_id::from_bits(id), epoch, dest, h.data_bytes, start_ns, now, steal);
   }
   // The destination has every byte. This rank's copy is kept for a while (ownership.hpp), then
   // given back to the kernel.
-  departures::get().sent(h.thread, now);
+  departures::get().sent(id, now);
 }
 
 void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes, bool allow_split) noexcept {
