@@ -6,8 +6,9 @@
 // Armed by the environment: ISO_FAULT=<point>[@<n>][*<k>] makes the n-th pass through <point> on
 // each rank fail (n >= 1, default 1), and the k - 1 passes after it (default: once); or from a
 // test, by arm(). Points:
-//   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Testall, MPI_Wait
+//   MPI_Iprobe, MPI_Get_count, MPI_Recv, MPI_Irecv, MPI_Isend, MPI_Test, MPI_Testall, MPI_Wait
 //       the migration engine's calls of that name fail with MPI_ERR_OTHER without being made
+//       (MPI_Test: the test of a split image's second piece, migrate/src/shipping.cpp)
 //   region-returns:MPI_Iprobe, region-returns:MPI_Get_count, region-returns:MPI_Recv,
 //   region-returns:MPI_Isend, region-returns:MPI_Testall, region-returns:MPI_Wait
 //       the same, for the calls of the region's peers that return runs to their owners
@@ -24,6 +25,12 @@
 //   collectives.take
 //       the system heap refuses a block for a rank's collectives (migrate/internal/combiner.hpp's
 //       block_cache::take throws std::bad_alloc)
+//   split_piece.short, split_piece.long
+//       a split image's second piece is sent a byte short, or a byte long (migrate/src/
+//       shipping.cpp, depart), as a defective sender would send it
+//   image.other_thread
+//       a departing image's header names another thread than its control block (the low bit of
+//       its id flipped, its checksum made good; migrate/src/shipping.cpp, depart)
 //   arrival.later
 //       an arrival's receives are not tested as its header message comes in (migrate/src/
 //       shipping.cpp, start_arrival), as if its pieces were not in yet: a later poll finishes it

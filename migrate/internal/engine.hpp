@@ -197,6 +197,8 @@ class engine {
   static constexpr std::size_t batch_flush_bytes = std::size_t{1} << 20;  // sent even if the window is full
   struct departure {                    // a thread being shipped; its memory stays until done
     int dest;
+    std::uint64_t id;                   // the thread's id bits (this rank's own, not read back
+                                        // from the header it sent)
     std::uint32_t epoch;                // the thread's epoch on arrival there
     stack_run stack;                    // the thread's stack
     sys_vector<std::pair<void*, std::size_t>> runs;  // its heap's chunk runs (addr, chunks): the
@@ -225,8 +227,10 @@ class engine {
   bool settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arriving) noexcept;
   void depart(tcb* t) noexcept;
   void finish_departure(departure& d) noexcept;
-  // The thread's image has left (its bytes are all sent or copied): release this rank's copy.
-  void released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept;
+  // Thread `id`'s image (header h) has left (its bytes are all sent or copied): release this
+  // rank's copy. The id is the sender's own: the header's is what the receiver is told.
+  void released(std::uint64_t id, const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns,
+                bool steal) noexcept;
   // A header message, or an image record of a batch (read in place: nothing of it is kept,
   // except the first piece of a split image, copied into its arrival's image).
   // allow_split: `header` came as a header message, so it may be the first piece of a split image.
@@ -234,6 +238,12 @@ class engine {
   // Copies the bytes of h's extents that travel inline to their addresses.
   static void place_inline_data(const image_header& h) noexcept;
   void finish_arrival(arrival& a) noexcept;
+  // Whether all of a's receives are in (tested now); a split image's second piece is tested with
+  // its status, and one of another length than its first piece leaves is fatal (shipping.cpp).
+  bool arrival_in(arrival& a) noexcept;
+  // Finishes and takes out of arrivals_ every arrival whose receives are all in (arrival_in);
+  // true if any was.
+  bool complete_arrivals() noexcept;
   // Messages held for thread `id` (bits) while its location was unknown: routed again, now.
   void release_held(std::uint64_t id) noexcept;
   void finished(tcb* t) noexcept;

@@ -108,8 +108,7 @@ bool engine::poll() noexcept {
   if (departures::get().any_kept()) departures::get().tick(now_ns());
   did = complete(departures_, [](departure& d) -> auto& { return d.requests; }, [](departure& d) { return d.dest; },
                  [this](departure& d) { finish_departure(d); }) || did;
-  did = complete(arrivals_, [](arrival& a) -> auto& { return a.requests; }, [](arrival& a) { return a.source; },
-                 [this](arrival& a) { finish_arrival(a); }) || did;
+  did = complete_arrivals() || did;
   ready_arrival_ = false;
   // Only a rank with nothing to run stops receiving for an arrival: one with threads ready runs
   // those first anyway, and stopping would take a poll per arriving thread of a burst.

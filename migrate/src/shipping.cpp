@@ -60,7 +60,8 @@ void engine::depart(tcb* t) noexcept {
     const bool split_here = split_to(dest);
     sys_vector<unsigned char> image = build_image_header(t, layout_, true, std::move(spare_image_), split_here);
     if (fault::hit("image.other_thread")) {
-      // Fault point (tests): the header names another thread than its TCB, checksum made good.
+      // Fault point (tests): the header names another thread than its TCB, checksum made good
+      // (this rank keeps its own record by id, so only the receiver can notice).
       auto& wrong = *reinterpret_cast<image_header*>(image.data());
       wrong.thread ^= 1;
       wrong.checksum = header_checksum(wrong);
@@ -80,7 +81,7 @@ void engine::depart(tcb* t) noexcept {
       }
       post_record(dest, record::image, pieces.data(), pieces.size());
       directory_.departed(id.bits(), dest, epoch);
-      released(h, dest, epoch, start_ns, steal);
+      released(id.bits(), h, dest, epoch, start_ns, steal);
       recycle_image(std::move(image));
       return;
     }
@@ -119,6 +120,7 @@ void engine::depart(tcb* t) noexcept {
     // The rest once the image is on its way (MPI only reads what it sends, and so does this).
     departure& d = departures_.emplace_back();
     d.dest = dest;
+    d.id = id.bits();
     d.epoch = epoch;
     d.stack = stack;
     // Only a departure still in flight needs its runs (settle finds what it still sends).
@@ -158,18 +160,19 @@ bool engine::settle(std::uintptr_t addr, std::size_t bytes, std::uint64_t arrivi
 }
 
 void engine::finish_departure(departure& d) noexcept {
-  released(*reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
+  released(d.id, *reinterpret_cast<const image_header*>(d.header.data()), d.dest, d.epoch, d.start_ns, d.steal);
   recycle_image(std::move(d.header));
 }
 
-void engine::released(const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns, bool steal) noexcept {
+void engine::released(std::uint64_t id, const image_header& h, int dest, std::uint32_t epoch, std::int64_t start_ns,
+                      bool steal) noexcept {
   const std::int64_t now = now_ns();
   if (observer_ != nullptr) {
-    observer_->departed(thread_id::from_bits(h.thread), epoch, dest, h.data_bytes, start_ns, now, steal);
+    observer_->departed(thread_id::from_bits(id), epoch, dest, h.data_bytes, start_ns, now, steal);
   }
   // The destination has every byte. This rank's copy is kept for a while (ownership.hpp), then
   // given back to the kernel.
-  departures::get().sent(h.thread, now);
+  departures::get().sent(id, now);
 }
 
 void engine::start_arrival(int source, const unsigned char* buffer, std::size_t bytes, bool allow_split) noexcept {
@@ -227,24 +230,7 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
     for_each_piece(*h, receive);
     // Pieces sent eagerly are often here already: then the thread is too, without a poll more.
     // (Fault point arrival.later: as if they were not, so that a later poll finishes it.)
-    int done = 0;
-    const bool test_now = !fault::hit("arrival.later");
-    if (test_now && split) {
-      // Its one request is the second piece (a split image's extents all travel inline), tested
-      // with its status: a piece of another length is refused by name. (One that a later poll
-      // completes goes through engine::poll's MPI_Testall, which keeps no status: a longer one
-      // fails there as MPI's truncation, a shorter one is not seen.)
-      ISO_ASSERT_INTERNAL(a.requests.size() == 1);
-      MPI_Status st;
-      const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
-      if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - bytes, h->thread, source);
-    } else if (test_now) {
-      check_mpi_or_die(mpi_call("MPI_Testall", [&] {
-                         return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
-                                            MPI_STATUSES_IGNORE);
-                       }),
-                       "MPI_Testall", source);
-    }
+    const bool done = !fault::hit("arrival.later") && arrival_in(a);
     if (done) {
       finish_arrival(a);
       arrivals_.erase(it);
@@ -254,6 +240,39 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
   } catch (const std::bad_alloc&) {
     fatal("out of system memory while receiving a thread from rank %d", source);
   }
+}
+
+bool engine::arrival_in(arrival& a) noexcept {
+  int done = 0;
+  if (!a.image.empty()) {
+    // A split image: its one request is the second piece (its extents all travel inline), after
+    // a first piece of exactly eager_piece_bytes (validate_image_header).
+    ISO_ASSERT_INTERNAL(a.requests.size() == 1 && a.image.size() > eager_piece_bytes);
+    MPI_Status st;
+    const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
+    if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - eager_piece_bytes, a.id, a.source);
+    return done != 0;
+  }
+  check_mpi_or_die(mpi_call("MPI_Testall", [&] {
+                     return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
+                                        MPI_STATUSES_IGNORE);
+                   }),
+                   "MPI_Testall", a.source);
+  return done != 0;
+}
+
+bool engine::complete_arrivals() noexcept {
+  bool any = false;
+  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
+    if (!arrival_in(*it)) {
+      ++it;
+      continue;
+    }
+    finish_arrival(*it);
+    it = arrivals_.erase(it);
+    any = true;
+  }
+  return any;
 }
 
 void engine::place_inline_data(const image_header& h) noexcept {

@@ -57,7 +57,7 @@ file=$(ls "$work"/truncated/ckpt.*.rank2)
 truncate -s $(($(stat -c %s "$file") / 2)) "$file"
 cp -r "$work/ck" "$work/missing"
 rm "$work"/missing/ckpt.*.rank3
-# Each refused on as many ranks as wrote it and on fewer, every rank naming the problem.
+# Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 for ranks in 2 4; do
   expect_refusal "a flipped data byte ($ranks ranks)" "the data of thread [0-9:]* is corrupt" \
     run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped"

@@ -108,6 +108,24 @@ TEST(Migration, SplitImagesFinishedByALaterPollArriveWhole) {
   EXPECT_EQ(stats.arrivals, stats.departures);
 }
 
+// A split image's second piece a byte short or long (ISO_TEST_SPLIT_PIECE=short or long; run only
+// by ctest's faults.split_piece_*_later entries, since it ends the run) that a later poll finds
+// in is refused as the one tested as its header arrives is: fatal, naming the piece and the
+// thread. arm() is per process: rank 0 sends its first split image so (split_piece.short or
+// .long), and rank 1, where it goes, tests no arrival as its header comes in (arrival.later).
+TEST(Migration, SplitPieceOfAnotherLengthFinishedByALaterPollIsFatal) {
+  const char* kind = std::getenv("ISO_TEST_SPLIT_PIECE");
+  if (kind == nullptr) GTEST_SKIP() << "run by ctest's faults.split_piece_*_later entries (it ends the run)";
+  ASSERT_TRUE(std::strcmp(kind, "short") == 0 || std::strcmp(kind, "long") == 0) << kind;
+  if (!every_next_rank_splits()) GTEST_SKIP() << "ranks on different nodes: images are not split between them";
+  const std::string point = std::string("split_piece.") + kind;
+  if (rt->rank() == 0) iso::detail::fault::arm(point.c_str());
+  if (rt->rank() == 1) iso::detail::fault::arm("arrival.later", 1, 1u << 30);
+  migrate_images_one_or_two_eager_pieces_long();
+  iso::detail::fault::disarm();
+  ADD_FAILURE() << "a split image's second piece a byte " << kind << " was accepted";
+}
+
 TEST(Migration, ContainersPointerGraphsAndStackSurviveEveryRank) {
   iso::spawn([] {
     const int n = iso::size();

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "image.hpp"
@@ -191,16 +192,31 @@ TEST(Image, CorruptTruncatedOrForeignHeadersAreRejected) {
 }
 
 // A header whose TCB address wraps past the top of the address space, or lies inside an extent
-// but off its alignment, is refused before the arrival reads the TCB (checksum made good again).
+// but off its alignment, is refused before the arrival reads the TCB (checksum made good again),
+// each by its own check: the wrapping address is aligned (a sum that wrapped put it inside every
+// extent), the misaligned one has a TCB's bytes of an extent after it (the TCB's own extent is
+// just its size, so the stack's is taken).
 TEST(Image, AControlBlockAddressThatWrapsOrIsMisalignedIsRejected) {
   with_suspended_thread([](tcb* t, std::vector<char>*) {
     const sys_vector<unsigned char> good = build_image_header(t, layout);
-    for (const std::uint64_t at : {~std::uint64_t{0} - 7, std::uint64_t{reinterpret_cast<std::uintptr_t>(t)} + 1}) {
+    const image_header& gh = *reinterpret_cast<const image_header*>(good.data());
+    std::uint64_t misaligned = 0;
+    for (std::uint32_t i = 0; i < gh.nextents && misaligned == 0; ++i) {
+      const image_extent& e = image_extents(gh)[i];
+      if (e.bytes >= sizeof(tcb) + 2 * alignof(tcb)) misaligned = (e.addr / alignof(tcb) + 1) * alignof(tcb) + 1;
+    }
+    ASSERT_NE(misaligned, 0u) << "no extent of the thread holds a TCB's size past an aligned address";
+    const struct {
+      std::uint64_t at;
+      std::string expected;
+    } cases[] = {{~std::uint64_t{0} - (alignof(tcb) - 1), "its control block lies in no extent"},
+                 {misaligned, "is not " + std::to_string(alignof(tcb)) + "-byte aligned"}};
+    for (const auto& c : cases) {
       sys_vector<unsigned char> bad = good;
       auto& h = *reinterpret_cast<image_header*>(bad.data());
-      h.tcb = at;
+      h.tcb = c.at;
       h.checksum = header_checksum(h);
-      EXPECT_NE(rejection(bad).find("control block"), std::string::npos) << std::hex << at << ": " << rejection(bad);
+      EXPECT_NE(rejection(bad).find(c.expected), std::string::npos) << std::hex << c.at << ": " << rejection(bad);
     }
   });
 }
