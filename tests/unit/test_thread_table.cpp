@@ -69,6 +69,25 @@ TEST(ThreadTable, AgreesWithAMapUnderRandomInsertsAndErasures) {
   EXPECT_EQ(table.size(), model.size());
 }
 
+// After a phase of many threads the table is small again (a spawn into a table sized for them
+// would miss the cache at its insert), and what stays in it is still found.
+TEST(ThreadTable, ShrinksOnceMostThreadsAreGone) {
+  thread_table table;
+  constexpr std::uint64_t many = 100'000;
+  for (std::uint64_t key = 1; key <= many; ++key) table.insert(key, value_of(key));
+  ASSERT_GE(table.slots(), 2 * many);
+  for (std::uint64_t key = 1; key <= many; ++key) {
+    if (key % 25'000 != 0) table.erase(key);
+  }
+  EXPECT_EQ(table.size(), 4u);
+  EXPECT_LE(table.slots(), 64u);
+  for (std::uint64_t key = 25'000; key <= many; key += 25'000) EXPECT_EQ(table.find(key), value_of(key));
+  EXPECT_EQ(table.find(1), nullptr);
+  for (std::uint64_t key = 25'000; key <= many; key += 25'000) table.erase(key);
+  EXPECT_EQ(table.size(), 0u);
+  EXPECT_EQ(table.find(25'000), nullptr);
+}
+
 TEST(ThreadTable, EmptyTableFindsAndErasesNothing) {
   thread_table table;
   EXPECT_EQ(table.find(1), nullptr);
