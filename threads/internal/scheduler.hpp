@@ -305,7 +305,11 @@ class scheduler {
     if (self->pending_dest < 0) {
       if (tcb* next = direct_next()) {
         if (requeue) default_policy_.awakened(self);
-        if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) account_switch(self);
+        if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) {
+          account_switch(self);
+        } else {
+          open_run(next);
+        }
         start_running(next);
         return next->self_ctx();
       }
@@ -342,21 +346,35 @@ class scheduler {
     return true;
   }
   // The last run of self, whose thread ends, joins the open window as an ended run (no clock
-  // read, nothing of self kept), weighed by its estimate: true, when the window has room, self has
-  // no run in it and self's runs are short, by the rule of defer_measure. A thread never measured
-  // alone (one that ends in its first run, as most children of a fork-join program do) is refused:
-  // its run may be long, and weighed by a guess (the window's mean run) beside a long run that
-  // closes the window it took or gave that run's time.
+  // read, nothing of self kept): true, when the window has room, self has no run in it and self's
+  // runs are short (weighed by its estimate), or self was never measured alone (one that ends in
+  // its first run, as most children of a fork-join program do: its run takes what the estimates
+  // of the window's other runs leave, see window_ and open_run).
   bool defer_end(tcb* self) noexcept {
-    if (self->window_runs != 0 || !window_takes(self)) return false;
+    if (self->window_runs != 0 || window_runs_ >= window_len_) return false;
+    if (self->run_estimate == 0) {
+      ++ended_unmeasured_;
+    } else if (self->run_estimate < long_run_cycles_) {
+      ended_weight_ += self->run_estimate;
+    } else {
+      return false;
+    }
     ++window_runs_;
-    ended_weight_ += self->run_estimate;
     return true;
   }
-  // The rule of defer_measure and defer_end: the window has room and self's runs are short
-  // (measured alone, below long_run_cycles_).
+  // The rule of defer_measure: the window has room and self's runs are short (measured alone,
+  // below long_run_cycles_).
   bool window_takes(const tcb* self) const noexcept {
     return window_runs_ < window_len_ && self->run_estimate != 0 && self->run_estimate < long_run_cycles_;
+  }
+  // A run of next starts on a direct switch, the window open: when the window holds an ended run
+  // never measured alone and next's runs are long, the window closes first (a clock read): weighed
+  // by its estimate beside such an ended run, a long run would give it its time or take its own.
+  // A run of a thread never measured alone (a child about to run, most often) starts with no
+  // read: if it ends, it is one more such ended run; if it suspends, it takes their rest (see
+  // credit_window).
+  void open_run(const tcb* next) noexcept {
+    if (ended_unmeasured_ != 0 && next->run_estimate >= long_run_cycles_) close_window(nullptr);
   }
   // The window holds nothing from now (the threads' tcb::window_runs are the caller's to clear).
   void clear_window() noexcept {
@@ -450,12 +468,14 @@ class scheduler {
   // window_ is live here (a thread that ends while in it leaves it, its runs becoming ended runs,
   // end_in_window; a thread that leaves may be in the window, when the running thread moves it, and detach() closes the window first);
   // tcb::window_runs is 0 outside the window. The ended runs never measured alone take what the
-  // estimates of the window's other runs leave of its interval (none when those exceed it): such
-  // a run (a child that ends in its first run) is only ever in a window its own end closes, by a
-  // read after its teardown, so that the rest is its run and its teardown; a window closed so
-  // leaves the next one the rest of its length (window_len_ less its runs), so that a joiner that
-  // spawns and joins such children in a loop has its runs deferred between them (one read a child,
-  // not two). After any other window of several runs the next run is measured alone (window_len_
+  // estimates of the window's other runs leave of its interval (none when those exceed it), so
+  // that the rest is their runs and their teardowns; a run that starts after such an ended run in
+  // the window is a run of a thread whose runs are short, weighed by its estimate, or one never
+  // measured alone, which ends as they did or takes their rest when it suspends (open_run closes
+  // the window before any long run): a joiner that spawns and joins such children in a loop reads
+  // the clock once a window, not once a child. A window closed by a thread's end leaves the next
+  // one the rest of its length (window_len_ less its runs). After any other window of several
+  // runs the next run is measured alone (window_len_
   // 0), refreshing that thread's estimate (or, if it ends, the run after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
   // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
   // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a

@@ -337,27 +337,37 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   // the ended runs' the same way (defer_end, end_in_window), but those never measured alone,
   // which take what the others' weights leave of `cycles` (see window_). Every thread in the window
   // but self has an estimate (defer_measure). In fixed point with 20 fraction bits, so that
-  // sharing out costs a multiplication a thread.
-  const std::uint64_t mean = self != nullptr && self->run_estimate == 0 ? cycles / (window_runs_ + 1) + 1 : 0;
+  // sharing out costs a multiplication a thread. Self never measured alone in a window with ended
+  // runs never measured alone (its first run, started by a direct switch after them: open_run)
+  // cannot be told from them: it takes their rest, weight 0 here, so that a long first run is
+  // never lost in their share (the rank's background); a live thread may then be credited with
+  // the runs of threads that ended in the window before it ran, never a run of its own taken away.
+  const bool self_takes_rest = self != nullptr && self->run_estimate == 0 && ended_unmeasured_ != 0;
+  const std::uint64_t mean =
+      self != nullptr && self->run_estimate == 0 && !self_takes_rest ? cycles / (window_runs_ + 1) + 1 : 0;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t known = ended_weight_;
   for (std::uint32_t i = 0; i < n; ++i) known += weight(window_[i]);
-  const auto scale = ended_unmeasured_ != 0 && known <= cycles
-                         ? std::uint64_t{1} << 20  // each its weight exactly, the rest the unmeasured runs'
-                         : static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(known));
+  // Each its weight exactly, the rest the unmeasured runs' (the common case of a joiner of
+  // children that end in their first run: no multiplication), or the weights scaled to `cycles`.
+  const bool exact = ended_unmeasured_ != 0 && known <= cycles;
+  const auto scale =
+      exact ? 0 : static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(known));
   std::uint64_t given = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
     // Without ended runs the first gets the rest, so that the credits sum to `cycles`; with them
     // the rest is theirs, credited to no thread (the rank's background, as is all the time of
     // threads that are gone).
-    const auto c = i == 0 && !ended_runs
-                       ? 0
-                       : static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
+    const std::uint64_t w = weight(window_[i]);
+    const auto c = i == 0 && !ended_runs ? 0
+                   : exact               ? w
+                                         : static_cast<std::uint64_t>((static_cast<uint128>(w) * scale) >> 20);
     window_[i]->run_cycles += c;
     window_[i]->window_runs = 0;
     given += c;
   }
   if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
+  if (self_takes_rest && exact) self->run_cycles += cycles - known;
   clear_window();
   window_len_ = len_left;
 }
@@ -415,6 +425,7 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   }
   switch_landing = &ended_landing_;
   if (tcb* next = direct_next()) {
+    open_run(next);
     start_running(next);
     return next->self_ctx();
   }
