@@ -237,7 +237,13 @@ void scheduler::start_thread(tcb* t) noexcept {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
   t->state = thread_state::ready;
-  if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  if (policy_ != &default_policy_) {
+    if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  } else if (running_ != nullptr) {
+    default_policy_.forked(t);  // called directly, as on every switch (ready_deque is final)
+  } else {
+    default_policy_.awakened(t);
+  }
   // Last: nothing runs t before its spawner suspends (context_create only lays out its first
   // frame, with no switch).
   context_create(t);

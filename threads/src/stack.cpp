@@ -23,7 +23,9 @@ void stack_pool::disarm(const stack_run& run) noexcept {
   }
 }
 
-bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
+// push and pop are inline: position-independent code would otherwise keep GCC from inlining them
+// into acquire and release (two calls a spawn, two a teardown).
+inline bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
   region& r = region::get();
   // Owned by this rank: in its share (a range test; owner_of divides).
   const interval mine = r.share(r.rank());
@@ -41,7 +43,7 @@ bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
   return true;
 }
 
-void* stack_pool::pop(shelf& s, std::size_t bytes) noexcept {
+inline void* stack_pool::pop(shelf& s, std::size_t bytes) noexcept {
   if (s.runs.empty()) return nullptr;
   void* run = s.runs.back();
   s.runs.pop_back();
