@@ -6,11 +6,14 @@
 // one half, so a probe ends soon at an empty slot); a slot is empty iff its key is 0 (thread ids
 // of live threads have a serial >= 1, so their bits are never 0); every key sits in the run of
 // occupied slots that starts at its home slot (hash) and reaches it without an empty slot between.
-// The table shrinks too: an erasure that leaves it over min_slots and shrink_factor times larger
-// than size_ rehashes it to a load of one quarter (unless system memory for that runs out). The
-// hash scatters the keys of consecutive spawns over the whole table, so a table left sized for
-// 10^5 threads would make every later spawn miss the cache and the TLB at its insert (after
-// bench_threads' resident line, that one miss was 29% of a spawn + join).
+// The table shrinks too, once it has stayed sparse: after slots_.size() erasures in a row that
+// each left it over min_slots and shrink_factor times larger than size_, it is rehashed to a load
+// of one quarter (unless system memory for that runs out). The hash scatters the keys of
+// consecutive spawns over the whole table, so a table left sized for 10^5 threads would make
+// every later spawn miss the cache and the TLB at its insert (after bench_threads' resident line,
+// that one miss was 29% of a spawn + join); waiting for as many sparse erasures as it has slots
+// keeps the rehash O(1) amortised and never shrinks a table between the batches of a program that
+// spawns and joins thousands at a time (each batch would grow it again: allocations, page faults).
 // Rank-local; not thread-safe (the scheduler's OS thread).
 #pragma once
 
@@ -62,7 +65,9 @@ class thread_table {
     }
     slots_[i] = {0, nullptr};
     --size_;
-    if (slots_.size() > min_slots && shrink_factor * size_ < slots_.size()) {
+    if (slots_.size() <= min_slots || shrink_factor * size_ >= slots_.size()) {
+      sparse_erasures_ = 0;
+    } else if (++sparse_erasures_ >= slots_.size()) {
       std::size_t n = min_slots;
       while (n < 4 * size_) n *= 2;
       try {
@@ -104,6 +109,7 @@ class thread_table {
     mask_ = n - 1;
     shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(n));
     size_ = 0;
+    sparse_erasures_ = 0;
     for (const slot& s : old) {
       if (s.key != 0) place(s.key, s.value);
     }
@@ -113,6 +119,7 @@ class thread_table {
   std::size_t mask_ = 0;
   unsigned shift_ = 64;
   std::size_t size_ = 0;
+  std::size_t sparse_erasures_ = 0;  // erasures in a row that left the table sparse (see above)
 };
 
 }  // namespace iso::detail
