@@ -615,6 +615,26 @@ TEST(LoadBalancing, AFirstRunAfterChildrenThatEndedInTheWindowKeepsItsTime) {
   EXPECT_NEAR(all[0], all[1], 0.3 * all[1]) << "W's loads " << all[0] << " s for " << all[1] << " s of CPU";
 }
 
+// The converse: children that end in their first run (ended runs never measured alone) and a
+// first run that starts after them in the same window and suspends cannot be told apart without
+// a clock read at the border. Here, on every rank, P joins 5 children that burn 2 ms each, then
+// spawns W, which only syncs: W's load must not be the children's 10 ms (the balancer would move
+// an idle thread as the heaviest).
+TEST(LoadBalancing, TheTimeOfChildrenThatEndedIsNotTheLoadOfTheNextFirstRun) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  double burned = 0;
+  std::uint64_t w_bits = 0;
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  iso::spawn([&burned, &w_bits] {
+    for (int i = 0; i < 5; ++i) iso::join(iso::spawn([&burned] { burned += burn_cpu(2e-3); }));
+    w_bits = iso::spawn([] { iso::lb::sync(); }).bits();
+    iso::lb::sync();
+  });
+  rt->run();
+  ASSERT_GT(burned, 0);
+  EXPECT_LT(load_of(*seen, w_bits), 0.2 * burned) << "W's load for " << burned << " s its siblings burned";
+}
+
 // A thread that ends in the sampled load window (its last run an ended run there, no clock read)
 // and leaves nothing ready goes back to the scheduler's context, which must find the window
 // closed: a balancing step run there moves threads whose runs are in it. Here, on every rank, A

@@ -294,7 +294,15 @@ void scheduler::trace_run(tcb* self) noexcept {
 
 void scheduler::close_window(tcb* self) noexcept {
   const std::uint64_t now = prim::cycles();
-  credit_window(self, now - run_start_);
+  if (self != nullptr && self->run_estimate == 0 && ended_unmeasured_ != 0) {
+    // Self's first run started after an ended run never measured alone in this window, so by a
+    // direct switch that noted its start (open_run: the scheduler's context holds no open window,
+    // and no run ends while self runs): the window ends there, and self's run is measured alone.
+    credit_window(nullptr, first_run_start_ - run_start_);
+    credit_window(self, now - first_run_start_);
+  } else {
+    credit_window(self, now - run_start_);
+  }
   run_start_ = now;
 }
 
@@ -343,14 +351,10 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   // the ended runs' the same way (defer_end, end_in_window), but those never measured alone,
   // which take what the others' weights leave of `cycles` (see window_). Every thread in the window
   // but self has an estimate (defer_measure). In fixed point with 20 fraction bits, so that
-  // sharing out costs a multiplication a thread. Self never measured alone in a window with ended
-  // runs never measured alone (its first run, started by a direct switch after them: open_run)
-  // cannot be told from them: it takes their rest, weight 0 here, so that a long first run is
-  // never lost in their share (the rank's background); a live thread may then be credited with
-  // the runs of threads that ended in the window before it ran, never a run of its own taken away.
-  const bool self_takes_rest = self != nullptr && self->run_estimate == 0 && ended_unmeasured_ != 0;
-  const std::uint64_t mean =
-      self != nullptr && self->run_estimate == 0 && !self_takes_rest ? cycles / (window_runs_ + 1) + 1 : 0;
+  // sharing out costs a multiplication a thread. Self is never one never measured alone in a
+  // window with ended runs never measured alone (close_window measures its run apart).
+  ISO_ASSERT_INTERNAL(self == nullptr || self->run_estimate != 0 || ended_unmeasured_ == 0);
+  const std::uint64_t mean = self != nullptr && self->run_estimate == 0 ? cycles / (window_runs_ + 1) + 1 : 0;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t known = ended_weight_;
   for (std::uint32_t i = 0; i < n; ++i) known += weight(window_[i]);
@@ -373,7 +377,6 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
     given += c;
   }
   if (!ended_runs) window_[0]->run_cycles += given < cycles ? cycles - given : 0;
-  if (self_takes_rest && exact) self->run_cycles += cycles - known;
   clear_window();
   window_len_ = len_left;
 }
