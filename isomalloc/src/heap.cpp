@@ -247,7 +247,9 @@ void* heap::retire() noexcept {
   for (std::uint32_t m = classes_used_; m != 0; m &= m - 1) cur_[std::countr_zero(m)] = &empty_;
   classes_used_ = 0;
   magic_ = 0;
-  id_ = 0;
+  // Other OS threads read id_ atomically (id_before_gate, in_use_here_as): a plain store would
+  // race with them.
+  __atomic_store_n(&id_, 0, __ATOMIC_RELAXED);
   first->magic = 0;
   return first;
 }
