@@ -73,7 +73,9 @@ class thread_table {
       try {
         rehash(n);
       } catch (const std::bad_alloc&) {
-        // Kept as it is: a sparse table costs misses, not correctness; a later erasure tries again.
+        // Kept as it is: a sparse table costs misses, not correctness; another slots() sparse
+        // erasures in a row try again (not every erasure: each try is a failing allocation).
+        sparse_erasures_ = 0;
       }
     }
   }
