@@ -86,7 +86,8 @@ TEST(ThreadTable, ShrinksOnceFewThreadsComeAndGoAfterMany) {
   // Threads spawned and joined one at a time.
   std::uint64_t key = many;
   while (table.slots() == big && key < 2 * many + big) {
-    table.insert(++key, value_of(key));
+    ++key;
+    table.insert(key, value_of(key));
     table.erase(key);
   }
   EXPECT_LE(table.slots(), 64u);
