@@ -87,6 +87,22 @@ class heap {
   bool in_use_here() const noexcept {
     return gate_.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(region_rank) + 1;
   }
+  // For another OS thread that frees a block of this heap: the heap's identity, read before the
+  // gate (in_use_here_as); 0 once the heap is gone.
+  std::uint64_t id_before_gate() const noexcept { return __atomic_load_n(&id_, __ATOMIC_ACQUIRE); }
+  // The gate is open here and the heap is still the one with identity id, read before
+  // (id_before_gate): a warm create in the same chunk meanwhile (a new identity, the gate opened
+  // after it, reopen) is not taken for the heap the block belonged to, as it would be by the gate
+  // alone, whose value is the same for both.
+  bool in_use_here_as(std::uint64_t id) const noexcept {
+    return gate_.load(std::memory_order_acquire) == static_cast<std::uint32_t>(region_rank) + 1 &&
+           __atomic_load_n(&id_, __ATOMIC_RELAXED) == id;
+  }
+  // A free from an OS thread other than the heap thread (free_any, realloc_any) of p, a block of
+  // this heap whose identity that thread read as `id` before it read the gate (id_before_gate):
+  // into the calling thread's ring, else (the ring full) onto thread_free_; refused as foreign
+  // (refuse_foreign_free) when the heap is not in use here as that heap (in_use_here_as).
+  void free_from_other_thread(void* p, std::uint64_t id) noexcept;
   // Its thread leaves this rank for `dest`: closes the gate (waiting for other OS threads that are
   // pushing a free right now), collects the delayed frees, and records `label` and dest for
   // messages. From now on frees of its blocks are refused here. pre: on the heap thread.
@@ -291,7 +307,6 @@ class heap {
 
   void free_slow(void* p) noexcept;
   static void free_unusual(void* p, heap* h) noexcept;  // free_any's cases off the fast path
-  void free_from_other_thread(void* p) noexcept;
   void close_gate() noexcept;
   [[noreturn]] void bad_free(const void* p) const noexcept;
   void small_page_slow(page* pg) noexcept;
@@ -387,7 +402,7 @@ void heap::for_each_run(F&& f) const {
 }
 
 inline void heap::free_any(void* p) noexcept {
-  heap* h = owner_of(p);
+  heap* h = owner_of(p);  // free_unusual reads the identity of h before its gate
   // On the heap thread, and its heap is in use here (t_heap_tag).
   if (h != nullptr && h->gate_.load(std::memory_order_relaxed) == t_heap_tag) [[likely]] {
     h->free(p);

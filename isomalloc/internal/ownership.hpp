@@ -126,9 +126,10 @@ inline bool ring_push(void* p, std::uint64_t id) noexcept {
   return true;
 }
 
-// A free() from an OS thread that is not the heap thread, of a block of h (identity id): into the
-// calling thread's ring. False if the ring is full (the caller uses h's thread_free list), or if h
-// is not in use here (`*refused` set; nothing recorded).
+// A free() from an OS thread that is not the heap thread, of a block of h (identity id, read before
+// h's gate): into the calling thread's ring. False if the ring is full (the caller uses h's
+// thread_free list), or if h is not in use here as that heap (heap::in_use_here_as: `*refused`
+// set; nothing recorded).
 bool ring_free(const heap* h, void* p, std::uint64_t id, bool* refused) noexcept;
 // On the heap thread: frees every block the rings hold into its heap (see above).
 void drain_rings() noexcept;

@@ -152,13 +152,15 @@ inline void heap::reopen() noexcept {
   ISO_ASSERT_EXPENSIVE(empty_.free == nullptr &&
                        std::all_of(std::begin(cur_), std::end(cur_), [this](const page* pg) { return pg == &empty_; }));
   magic_ = heap_magic;
-  id_ = next_heap_id();
-  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_relaxed);
+  __atomic_store_n(&id_, next_heap_id(), __ATOMIC_RELAXED);  // read by other OS threads (id_before_gate)
   thread_free_.store(nullptr, std::memory_order_relaxed);
   chunks_ = nullptr;
   space_ = nullptr;
   left_for_ = -1;
   classes_used_ = 0;
+  // Last, with release: a pusher that sees it open sees the new identity (in_use_here_as), and
+  // what it pushes is never cleared above.
+  gate_.store(static_cast<std::uint32_t>(region_rank) + 1, std::memory_order_release);
 }
 
 heap* heap::create(void* warm, std::size_t reserve) {
@@ -245,7 +247,9 @@ void* heap::retire() noexcept {
   for (std::uint32_t m = classes_used_; m != 0; m &= m - 1) cur_[std::countr_zero(m)] = &empty_;
   classes_used_ = 0;
   magic_ = 0;
-  id_ = 0;
+  // Other OS threads read id_ atomically (id_before_gate, in_use_here_as): a plain store would
+  // race with them.
+  __atomic_store_n(&id_, 0, __ATOMIC_RELAXED);
   first->magic = 0;
   return first;
 }
@@ -519,8 +523,11 @@ void heap::free_slow(void* p) noexcept {
 
 void heap::free_unusual(void* p, heap* h) noexcept {
   if (h != nullptr && !t_heap_thread) {
-    if (h->in_use_here() && ring_push(p, h->id_)) [[likely]] return;
-    h->free_from_other_thread(p);  // the ring's first use, a full ring, another heap, or refused
+    // The identity first, then the gate: the chunk's warm reuse by a new heap in between shows
+    // as another identity (a ring entry pushed with this one is refused when drained).
+    const std::uint64_t id = h->id_before_gate();
+    if (h->in_use_here() && ring_push(p, id)) [[likely]] return;
+    h->free_from_other_thread(p, id);  // the ring's first use, a full ring, another heap, or refused
     return;
   }
   refuse_foreign_free(p, h);  // no heap holds it, or its heap is not in use here
@@ -531,9 +538,9 @@ void heap::free_unusual(void* p, heap* h) noexcept {
 // push ever writes memory that a departure sends. The push itself is one CAS (mimalloc's
 // thread_free); the gate costs two more atomic adds on the same line and a membarrier system call
 // (gate_), paid only here, when the caller's ring is full, so that the heap thread's close is free.
-void heap::free_from_other_thread(void* p) noexcept {
+void heap::free_from_other_thread(void* p, std::uint64_t id) noexcept {
   bool refused = false;
-  if (ring_free(this, p, id_, &refused)) return;
+  if (ring_free(this, p, id, &refused)) return;
   if (refused) {
     refuse_foreign_free(p, this);
     return;
@@ -542,7 +549,7 @@ void heap::free_from_other_thread(void* p) noexcept {
   // (see gate_): a system call, on this path only.
   pushers_.fetch_add(1, std::memory_order_relaxed);
   prim::heavy_barrier();
-  if (gate_.load(std::memory_order_acquire) != static_cast<std::uint32_t>(region_rank) + 1) {
+  if (!in_use_here_as(id)) {  // closed, or reopened by a new heap in the chunk (no identity travels with the block)
     pushers_.fetch_sub(1, std::memory_order_release);
     refuse_foreign_free(p, this);
     return;
@@ -563,14 +570,15 @@ void* heap::realloc_any(void* p, std::size_t bytes) noexcept {
     return nullptr;
   }
   // Another OS thread allocates from the system heap: the block moves there.
+  const std::uint64_t id = h->id_before_gate();
   if (bytes == 0) {
-    h->free_from_other_thread(p);
+    h->free_from_other_thread(p, id);
     return nullptr;
   }
   void* q = __libc_malloc(bytes);
   if (q == nullptr) return nullptr;
   std::memcpy(q, p, std::min(h->usable_size(p), bytes));
-  h->free_from_other_thread(p);
+  h->free_from_other_thread(p, id);
   return q;
 }
 

@@ -95,7 +95,7 @@ bool ring_free(const heap* h, void* p, std::uint64_t id, bool* refused) noexcept
   std::uint64_t head = r->head.load(std::memory_order_relaxed);
   const std::uint64_t need = id == r->last_id ? 1 : 3;
   if (head + need - r->tail.load(std::memory_order_acquire) > remote_ring::slots) return false;
-  if (!h->in_use_here()) {
+  if (!h->in_use_here_as(id)) {  // closed, or the chunk reused by a new heap since id was read
     *refused = true;
     return false;
   }

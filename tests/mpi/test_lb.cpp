@@ -581,6 +581,60 @@ TEST(LoadBalancing, ARunNeverMeasuredAloneThatEndsIsNotWeighedAgainstALongOne) {
   EXPECT_NEAR(all[0], all[1], 0.3 * all[1]) << "L's loads " << all[0] << " s for " << all[1] << " s of CPU";
 }
 
+// Children that end in their first run leave their runs in the sampled window with no clock read
+// (the rest of the window is theirs); a thread's first run that starts after them by a direct
+// switch and suspends cannot be told from them, and must not be weighed as the window's mean run
+// beside them: here, on every rank, P spawns and joins five empty children, then spawns W, which
+// burns 5 ms of CPU in its first run and blocks in sync. Weighed by the mean, W's load was about
+// a twelfth of its CPU time.
+TEST(LoadBalancing, AFirstRunAfterChildrenThatEndedInTheWindowKeepsItsTime) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  double burned = 0;
+  std::uint64_t w_bits = 0;
+  measure_up_to_three_times([&] {
+    iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+    burned = 0;
+    iso::spawn([&burned, &w_bits] {
+      for (int i = 0; i < 5; ++i) iso::join(iso::spawn([] {}));
+      w_bits = iso::spawn([&burned] {
+                 burned = burn_cpu(5e-3);
+                 iso::lb::sync();
+               }).bits();
+      iso::lb::sync();
+    });
+    rt->run();
+    const double mine[2] = {load_of(*seen, w_bits), burned};
+    double all[2] = {0, 0};
+    EXPECT_EQ(MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), MPI_SUCCESS);
+    return std::abs(all[0] - all[1]) <= 0.3 * all[1];
+  });
+  const double mine[2] = {load_of(*seen, w_bits), burned};
+  double all[2] = {0, 0};
+  ASSERT_EQ(MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), MPI_SUCCESS);
+  ASSERT_GT(mine[0], 0) << "W was not among the threads the strategy saw";
+  EXPECT_NEAR(all[0], all[1], 0.3 * all[1]) << "W's loads " << all[0] << " s for " << all[1] << " s of CPU";
+}
+
+// The converse: children that end in their first run (ended runs never measured alone) and a
+// first run that starts after them in the same window and suspends cannot be told apart without
+// a clock read at the border. Here, on every rank, P joins 5 children that burn 2 ms each, then
+// spawns W, which only syncs: W's load must not be the children's 10 ms (the balancer would move
+// an idle thread as the heaviest).
+TEST(LoadBalancing, TheTimeOfChildrenThatEndedIsNotTheLoadOfTheNextFirstRun) {
+  auto seen = std::make_shared<iso::lb::problem>();
+  double burned = 0;
+  std::uint64_t w_bits = 0;
+  iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
+  iso::spawn([&burned, &w_bits] {
+    for (int i = 0; i < 5; ++i) iso::join(iso::spawn([&burned] { burned += burn_cpu(2e-3); }));
+    w_bits = iso::spawn([] { iso::lb::sync(); }).bits();
+    iso::lb::sync();
+  });
+  rt->run();
+  ASSERT_GT(burned, 0);
+  EXPECT_LT(load_of(*seen, w_bits), 0.2 * burned) << "W's load for " << burned << " s its siblings burned";
+}
+
 // A thread that ends in the sampled load window (its last run an ended run there, no clock read)
 // and leaves nothing ready goes back to the scheduler's context, which must find the window
 // closed: a balancing step run there moves threads whose runs are in it. Here, on every rank, A

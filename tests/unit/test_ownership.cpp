@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "heap.hpp"
@@ -282,6 +283,41 @@ TEST_F(Ownership, APointerRecordedForAHeapDoesNotMatchTheNextHeapAtTheSameAddres
   EXPECT_EQ(q, p) << "the chunk was not reused: the test proves less";
   EXPECT_EQ(heap::owner_of(p), second);
   EXPECT_NE(second->id(), id);
+  second->free(q);
+  second->destroy();
+  h_->free(big_);
+  finish_heap();
+}
+
+// A free from another OS thread that read a heap's identity before the heap ended and its chunk
+// went to a new heap (a warm create) reads the gate open, the new heap's (a misuse: the block's
+// thread had ended, racing with the reuse): it is refused at once, into the ring and past a full
+// ring (onto thread_free_, where no identity travels with the block), and the new heap's block at
+// the same address stays live.
+TEST_F(Ownership, AFreeThatReadItsHeapBeforeTheChunkWentToANewHeapIsRefused) {
+  heap* first = heap::create();
+  void* p = first->alloc(64);
+  const std::uint64_t old_id = first->id_before_gate();
+  heap* second = heap::create(first->retire());
+  void* q = second->alloc(64);
+  ASSERT_EQ(q, p) << "the new heap's first block is elsewhere: the test proves less";
+  // Blocks of the new heap that the other thread frees (rightly) in between, filling its ring.
+  std::vector<void*> blocks(remote_ring::slots);
+  for (void*& b : blocks) {
+    b = second->alloc(16);
+    ASSERT_NE(b, nullptr);
+  }
+  const auto live = second->stats().live_blocks;
+  const auto refused = ownership_stats().refused_frees;
+  std::thread([&] {
+    second->free_from_other_thread(p, old_id);  // the ring has room
+    for (void* b : blocks) heap::free_any(b);
+    second->free_from_other_thread(p, old_id);  // the ring is full
+  }).join();
+  EXPECT_EQ(ownership_stats().refused_frees, refused + 2);
+  second->collect();
+  EXPECT_EQ(ownership_stats().refused_frees, refused + 2);
+  EXPECT_EQ(second->stats().live_blocks, live - blocks.size()) << "a refused free was applied to the new heap";
   second->free(q);
   second->destroy();
   h_->free(big_);

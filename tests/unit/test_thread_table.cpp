@@ -69,6 +69,51 @@ TEST(ThreadTable, AgreesWithAMapUnderRandomInsertsAndErasures) {
   EXPECT_EQ(table.size(), model.size());
 }
 
+// After a phase of many threads the table is small again once spawns and joins go on with few
+// (a spawn into a table sized for many would miss the cache at its insert), and what stays in it
+// is still found; between batches of thousands it keeps its size (no rehash, no allocation).
+TEST(ThreadTable, ShrinksOnceFewThreadsComeAndGoAfterMany) {
+  thread_table table;
+  constexpr std::uint64_t many = 100'000;
+  for (std::uint64_t key = 1; key <= many; ++key) table.insert(key, value_of(key));
+  const std::size_t big = table.slots();
+  ASSERT_GE(big, 2 * many);
+  for (std::uint64_t key = 1; key <= many; ++key) {
+    if (key % 25'000 != 0) table.erase(key);
+  }
+  EXPECT_EQ(table.size(), 4u);
+  EXPECT_EQ(table.slots(), big) << "shrunk at the end of a batch";
+  // Threads spawned and joined one at a time.
+  std::uint64_t key = many;
+  while (table.slots() == big && key < 2 * many + big) {
+    ++key;
+    table.insert(key, value_of(key));
+    table.erase(key);
+  }
+  EXPECT_LE(table.slots(), 64u);
+  EXPECT_LE(key - many, big) << "more spawns than slots before the table shrank";
+  for (std::uint64_t k = 25'000; k <= many; k += 25'000) EXPECT_EQ(table.find(k), value_of(k));
+  EXPECT_EQ(table.find(1), nullptr);
+  for (std::uint64_t k = 25'000; k <= many; k += 25'000) table.erase(k);
+  EXPECT_EQ(table.size(), 0u);
+  EXPECT_EQ(table.find(25'000), nullptr);
+}
+
+TEST(ThreadTable, KeepsItsSizeBetweenBatches) {
+  thread_table table;
+  constexpr std::uint64_t batch = 10'000;
+  std::uint64_t next = 1;
+  std::size_t slots = 0;
+  for (int round = 0; round < 20; ++round) {
+    for (std::uint64_t i = 0; i < batch; ++i) table.insert(next + i, value_of(next + i));
+    if (round == 0) slots = table.slots();
+    EXPECT_EQ(table.slots(), slots) << "round " << round;
+    for (std::uint64_t i = 0; i < batch; ++i) table.erase(next + i);
+    EXPECT_EQ(table.slots(), slots) << "round " << round;
+    next += batch;
+  }
+}
+
 TEST(ThreadTable, EmptyTableFindsAndErasesNothing) {
   thread_table table;
   EXPECT_EQ(table.find(1), nullptr);

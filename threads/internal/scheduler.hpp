@@ -305,7 +305,11 @@ class scheduler {
     if (self->pending_dest < 0) {
       if (tcb* next = direct_next()) {
         if (requeue) default_policy_.awakened(self);
-        if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) account_switch(self);
+        if (run_hook_ != nullptr || (measure_ && !defer_measure(self))) {
+          account_switch(self);
+        } else {
+          open_run(next);
+        }
         start_running(next);
         return next->self_ctx();
       }
@@ -342,21 +346,41 @@ class scheduler {
     return true;
   }
   // The last run of self, whose thread ends, joins the open window as an ended run (no clock
-  // read, nothing of self kept), weighed by its estimate: true, when the window has room, self has
-  // no run in it and self's runs are short, by the rule of defer_measure. A thread never measured
-  // alone (one that ends in its first run, as most children of a fork-join program do) is refused:
-  // its run may be long, and weighed by a guess (the window's mean run) beside a long run that
-  // closes the window it took or gave that run's time.
+  // read, nothing of self kept): true, when the window has room, self has no run in it and self's
+  // runs are short (weighed by its estimate), or self was never measured alone (one that ends in
+  // its first run, as most children of a fork-join program do: its run takes what the estimates
+  // of the window's other runs leave, see window_ and open_run).
   bool defer_end(tcb* self) noexcept {
-    if (self->window_runs != 0 || !window_takes(self)) return false;
+    if (self->window_runs != 0 || window_runs_ >= window_len_) return false;
+    if (self->run_estimate == 0) {
+      ++ended_unmeasured_;
+    } else if (self->run_estimate < long_run_cycles_) {
+      ended_weight_ += self->run_estimate;
+    } else {
+      return false;
+    }
     ++window_runs_;
-    ended_weight_ += self->run_estimate;
     return true;
   }
-  // The rule of defer_measure and defer_end: the window has room and self's runs are short
-  // (measured alone, below long_run_cycles_).
+  // The rule of defer_measure: the window has room and self's runs are short (measured alone,
+  // below long_run_cycles_).
   bool window_takes(const tcb* self) const noexcept {
     return window_runs_ < window_len_ && self->run_estimate != 0 && self->run_estimate < long_run_cycles_;
+  }
+  // A run of next starts on a direct switch, the window open: when the window holds an ended run
+  // never measured alone and next's runs are long, the window closes first (a clock read): weighed
+  // by its estimate beside such an ended run, a long run would give it its time or take its own.
+  // A run of a thread never measured alone (a child about to run, most often) after such an ended
+  // run notes only when it starts (first_run_start_: a counter read, no window closed): if it
+  // ends, it is one more such ended run and the note is unused; if it suspends, close_window
+  // splits the window there, so that it gets its own run and the ended runs the time before it.
+  void open_run(const tcb* next) noexcept {
+    if (ended_unmeasured_ == 0) return;
+    if (next->run_estimate == 0) {
+      first_run_start_ = prim::cycles();
+    } else if (next->run_estimate >= long_run_cycles_) {
+      close_window(nullptr);
+    }
   }
   // The window holds nothing from now (the threads' tcb::window_runs are the caller's to clear).
   void clear_window() noexcept {
@@ -448,19 +472,23 @@ class scheduler {
   // Invariants: the credits of a window and its ended runs' shares sum to its interval exactly
   // (the live threads' total, and so the rank's background time, stay exact); every thread in
   // window_ is live here (a thread that ends while in it leaves it, its runs becoming ended runs,
-  // end_in_window; a thread that leaves may be in the window, when the running thread moves it, and detach() closes the window first);
-  // tcb::window_runs is 0 outside the window. The ended runs never measured alone take what the
-  // estimates of the window's other runs leave of its interval (none when those exceed it): such
-  // a run (a child that ends in its first run) is only ever in a window its own end closes, by a
-  // read after its teardown, so that the rest is its run and its teardown; a window closed so
-  // leaves the next one the rest of its length (window_len_ less its runs), so that a joiner that
-  // spawns and joins such children in a loop has its runs deferred between them (one read a child,
-  // not two). After any other window of several runs the next run is measured alone (window_len_
-  // 0), refreshing that thread's estimate (or, if it ends, the run after it); after a run measured alone the next window holds no run if that run was long (>= long_run_cycles_: a
-  // read costs at most 1.25 % of it, so long runs, those a balancer cares about, are measured
-  // exactly), else between min_window and 2 * min_window - 1 runs, drawn at random so that a
-  // window never keeps step with a round robin (which would refresh the same thread's estimate
-  // every time).
+  // end_in_window; a thread that leaves may be in the window, when the running thread moves it,
+  // and detach() closes the window first); tcb::window_runs is 0 outside the window. The ended
+  // runs never measured alone take what the estimates of the window's other runs leave of its
+  // interval (none when those exceed it), so that the rest is their runs and their teardowns. A
+  // run that starts after such an ended run in the window is a run of a thread whose runs are
+  // short, weighed by its estimate, or a first run, whose start is noted (a counter read, no
+  // window closed): if it ends, it is one more such ended run; if it suspends, the window ends at
+  // its start and it is measured alone (open_run, close_window; open_run closes the window before
+  // any long run). So a joiner that spawns and joins such children in a loop closes one window
+  // per window_len_ children, not one per child. A window closed by a thread's end leaves the
+  // next one the rest of its length (window_len_ less its runs). After any other window of
+  // several runs the next run is measured alone (window_len_ 0), refreshing that thread's
+  // estimate (or, if it ends, the run after it); after a run measured alone the next window holds
+  // no run if that run was long (>= long_run_cycles_: a read costs at most 1.25 % of it, so long
+  // runs, those a balancer cares about, are measured exactly), else between min_window and
+  // 2 * min_window - 1 runs, drawn at random so that a window never keeps step with a round robin
+  // (which would refresh the same thread's estimate every time).
   static constexpr std::uint32_t min_window = 16;
   tcb* window_[2 * min_window] = {};
   std::uint32_t window_threads_ = 0;
@@ -468,6 +496,9 @@ class scheduler {
   std::uint32_t window_len_ = 0;
   std::uint64_t ended_weight_ = 0;       // estimates of the ended runs in the window, cycles
   std::uint32_t ended_unmeasured_ = 0;   // ended runs in the window never measured alone
+  // prim::cycles() when the running thread's run started, if it was never measured alone and
+  // started after an ended run never measured alone in the open window (open_run); else stale.
+  std::uint64_t first_run_start_ = 0;
   std::uint32_t window_rng_ = 0x9e3779b9u;   // xorshift32 state for the window lengths
   std::uint64_t long_run_cycles_ = 0;        // 2 us in cycles, set by set_measure_load
   std::uint64_t idle_cycles_ = 0;            // cycles of run() passes that found nothing to do

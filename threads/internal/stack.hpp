@@ -1,9 +1,12 @@
 // Thread stacks in isomalloc runs, and the pool that keeps recently freed ones warm.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "isothreads/error.hpp"
+#include "region.hpp"
 #include "sysalloc.hpp"
 #include "tcb.hpp"
 
@@ -31,14 +34,27 @@ class stack_pool {
 
   static stack_pool& get() noexcept { return instance_; }  // inline: a spawn and a teardown call it often
 
+  // The four calls of every spawn and teardown are inline down to the pooled case (what a steady
+  // state takes), with the rest out of line: their slow paths made each of them a call that saved
+  // six registers (12% of a spawn + join, measured).
   // A run of `bytes` (a multiple of chunk_bytes) with its guard installed. Throws iso::error.
-  stack_run acquire(std::size_t bytes);
+  stack_run acquire(std::size_t bytes) {
+    const std::size_t n = bytes / chunk_bytes;
+    if (n <= max_pooled_chunks && !stacks_[n].runs.empty()) [[likely]] return {pop(stacks_[n], bytes), bytes};
+    return acquire_new(bytes);
+  }
   // Gives a run back: pooled, or guard removed and returned to the region (its owner).
-  void release(stack_run run) noexcept;
+  void release(stack_run run) noexcept {
+    const std::size_t n = run.bytes / chunk_bytes;
+    if (n <= max_pooled_chunks && push_in_place(stacks_[n], run.base, run.bytes)) [[likely]] return;
+    release_slow(run);
+  }
   // A chunk for heap::create(warm), or null if none is pooled.
-  void* acquire_heap_chunk() noexcept;
+  void* acquire_heap_chunk() noexcept { return heaps_.runs.empty() ? nullptr : pop(heaps_, chunk_bytes); }
   // The chunk heap::retire() returned: pooled, or returned to the region (its owner).
-  void release_heap_chunk(void* chunk) noexcept;
+  void release_heap_chunk(void* chunk) noexcept {
+    if (!push_in_place(heaps_, chunk, chunk_bytes)) [[unlikely]] release_heap_chunk_slow(chunk);
+  }
   // Gives every pooled run back to the region (before a retry of an allocation that found the
   // share exhausted).
   void flush() noexcept;
@@ -71,9 +87,35 @@ class stack_pool {
     sys_vector<void*> runs;
     std::size_t trimmed = 0;
   };
-  // Pushes run (of `bytes`) onto s if the bounds allow; false if not.
+  // Whether the bounds let run (of `bytes`) onto s: room on s and in the pool, and run owned by
+  // this rank (in its share: a range test, where owner_of divides).
+  bool fits(const shelf& s, const void* run, std::size_t bytes) const noexcept {
+    const region& r = region::get();
+    const interval mine = r.share(r.rank());
+    const auto a = reinterpret_cast<std::uintptr_t>(run);
+    return s.runs.size() < max_pooled_runs && pooled_bytes_ + bytes <= r.share_bytes() / 16 && a >= mine.lo &&
+           a < mine.hi;
+  }
+  // Pushes run onto s if the bounds allow and s has room without growing; false if not.
+  bool push_in_place(shelf& s, void* run, std::size_t bytes) noexcept {
+    if (s.runs.size() == s.runs.capacity() || !fits(s, run, bytes)) return false;
+    s.runs.push_back(run);  // no allocation: within capacity
+    pooled_bytes_ += bytes;
+    return true;
+  }
+  // Pushes run onto s if the bounds allow, growing s if needed; false if not (or out of memory).
   bool push(shelf& s, void* run, std::size_t bytes) noexcept;
-  void* pop(shelf& s, std::size_t bytes) noexcept;  // null if s is empty
+  // pre: s is not empty.
+  void* pop(shelf& s, std::size_t bytes) noexcept {
+    void* run = s.runs.back();
+    s.runs.pop_back();
+    s.trimmed = std::min(s.trimmed, s.runs.size());
+    pooled_bytes_ -= bytes;
+    return run;
+  }
+  stack_run acquire_new(std::size_t bytes);        // a fresh run from the region, guard installed
+  void release_slow(stack_run run) noexcept;       // release() when push_in_place refused
+  void release_heap_chunk_slow(void* chunk) noexcept;
 
   shelf stacks_[max_pooled_chunks + 1];  // stacks_[n]: pooled stack runs of n chunks
   shelf heaps_;                          // first chunks of retired heaps

@@ -6,11 +6,20 @@
 // one half, so a probe ends soon at an empty slot); a slot is empty iff its key is 0 (thread ids
 // of live threads have a serial >= 1, so their bits are never 0); every key sits in the run of
 // occupied slots that starts at its home slot (hash) and reaches it without an empty slot between.
+// The table shrinks too, once it has stayed sparse: after slots_.size() erasures in a row that
+// each left it over min_slots and shrink_factor times larger than size_, it is rehashed to a load
+// of one quarter (unless system memory for that runs out). The hash scatters the keys of
+// consecutive spawns over the whole table, so a table left sized for 10^5 threads would make
+// every later spawn miss the cache and the TLB at its insert (after bench_threads' resident line,
+// that one miss was 29% of a spawn + join); waiting for as many sparse erasures as it has slots
+// keeps the rehash O(1) amortised and never shrinks a table between the batches of a program that
+// spawns and joins thousands at a time (each batch would grow it again: allocations, page faults).
 // Rank-local; not thread-safe (the scheduler's OS thread).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 #include "sysalloc.hpp"
 
@@ -21,6 +30,7 @@ struct tcb;
 class thread_table {
  public:
   std::size_t size() const noexcept { return size_; }
+  std::size_t slots() const noexcept { return slots_.size(); }
 
   // The thread with these id bits, or null.
   tcb* find(std::uint64_t key) const noexcept {
@@ -33,13 +43,10 @@ class thread_table {
   }
   // pre: key != 0 and not in the table. Throws std::bad_alloc (when it grows).
   void insert(std::uint64_t key, tcb* value) {
-    if (2 * (size_ + 1) > slots_.size()) grow();
-    std::size_t i = home(key);
-    while (slots_[i].key != 0) i = (i + 1) & mask_;
-    slots_[i] = {key, value};
-    ++size_;
+    if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() < min_slots ? min_slots : 2 * slots_.size());
+    place(key, value);
   }
-  // Removes key if present.
+  // Removes key if present; shrinks the table when the erasure leaves it sparse (see above).
   void erase(std::uint64_t key) noexcept {
     if (size_ == 0) return;
     std::size_t i = home(key);
@@ -58,6 +65,19 @@ class thread_table {
     }
     slots_[i] = {0, nullptr};
     --size_;
+    if (slots_.size() <= min_slots || shrink_factor * size_ >= slots_.size()) {
+      sparse_erasures_ = 0;
+    } else if (++sparse_erasures_ >= slots_.size()) {
+      std::size_t n = min_slots;
+      while (n < 4 * size_) n *= 2;
+      try {
+        rehash(n);
+      } catch (const std::bad_alloc&) {
+        // Kept as it is: a sparse table costs misses, not correctness; another slots() sparse
+        // erasures in a row try again (not every erasure: each try is a failing allocation).
+        sparse_erasures_ = 0;
+      }
+    }
   }
   // f(tcb*) for every thread, in no particular order. f must not insert or erase.
   template <class F>
@@ -72,16 +92,28 @@ class thread_table {
     std::uint64_t key;
     tcb* value;
   };
+  static constexpr std::size_t min_slots = 32;
+  static constexpr std::size_t shrink_factor = 16;
   // Fibonacci hashing: the serial (low bits) and home rank (high bits) both reach the top bits.
   std::size_t home(std::uint64_t key) const noexcept { return static_cast<std::size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_); }
-  void grow() {
-    sys_vector<slot> old(slots_.size() < 16 ? 32 : 2 * slots_.size(), slot{0, nullptr});
+  // pre: key != 0, not in the table, and a slot is free.
+  void place(std::uint64_t key, tcb* value) noexcept {
+    std::size_t i = home(key);
+    while (slots_[i].key != 0) i = (i + 1) & mask_;
+    slots_[i] = {key, value};
+    ++size_;
+  }
+  // Moves every key into a table of n slots (a power of two at least twice size_). Throws
+  // std::bad_alloc, leaving the table as it was.
+  void rehash(std::size_t n) {
+    sys_vector<slot> old(n, slot{0, nullptr});
     old.swap(slots_);
-    mask_ = slots_.size() - 1;
-    shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(slots_.size()));
+    mask_ = n - 1;
+    shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(n));
     size_ = 0;
+    sparse_erasures_ = 0;
     for (const slot& s : old) {
-      if (s.key != 0) insert(s.key, s.value);
+      if (s.key != 0) place(s.key, s.value);
     }
   }
 
@@ -89,6 +121,7 @@ class thread_table {
   std::size_t mask_ = 0;
   unsigned shift_ = 64;
   std::size_t size_ = 0;
+  std::size_t sparse_erasures_ = 0;  // erasures in a row that left the table sparse (see above)
 };
 
 }  // namespace iso::detail

@@ -237,7 +237,13 @@ void scheduler::start_thread(tcb* t) noexcept {
     fatal("out of system memory while registering thread %d:%" PRIu64, t->id.home(), t->id.serial());
   }
   t->state = thread_state::ready;
-  if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  if (policy_ != &default_policy_) {
+    if (running_ != nullptr) policy_->forked(t); else policy_->awakened(t);
+  } else if (running_ != nullptr) {
+    default_policy_.forked(t);  // called directly, as on every switch (ready_deque is final)
+  } else {
+    default_policy_.awakened(t);
+  }
   // Last: nothing runs t before its spawner suspends (context_create only lays out its first
   // frame, with no switch).
   context_create(t);
@@ -288,7 +294,15 @@ void scheduler::trace_run(tcb* self) noexcept {
 
 void scheduler::close_window(tcb* self) noexcept {
   const std::uint64_t now = prim::cycles();
-  credit_window(self, now - run_start_);
+  if (self != nullptr && self->run_estimate == 0 && ended_unmeasured_ != 0) {
+    // Self's first run started after an ended run never measured alone in this window, so by a
+    // direct switch that noted its start (open_run: the scheduler's context holds no open window,
+    // and no run ends while self runs): the window ends there, and self's run is measured alone.
+    credit_window(nullptr, first_run_start_ - run_start_);
+    credit_window(self, now - first_run_start_);
+  } else {
+    credit_window(self, now - run_start_);
+  }
   run_start_ = now;
 }
 
@@ -337,22 +351,27 @@ void scheduler::credit_window(tcb* self, std::uint64_t cycles) noexcept {
   // the ended runs' the same way (defer_end, end_in_window), but those never measured alone,
   // which take what the others' weights leave of `cycles` (see window_). Every thread in the window
   // but self has an estimate (defer_measure). In fixed point with 20 fraction bits, so that
-  // sharing out costs a multiplication a thread.
+  // sharing out costs a multiplication a thread. Self is never one never measured alone in a
+  // window with ended runs never measured alone (close_window measures its run apart).
+  ISO_ASSERT_INTERNAL(self == nullptr || self->run_estimate != 0 || ended_unmeasured_ == 0);
   const std::uint64_t mean = self != nullptr && self->run_estimate == 0 ? cycles / (window_runs_ + 1) + 1 : 0;
   const auto weight = [mean](const tcb* t) { return (t->run_estimate != 0 ? t->run_estimate : mean) * t->window_runs; };
   std::uint64_t known = ended_weight_;
   for (std::uint32_t i = 0; i < n; ++i) known += weight(window_[i]);
-  const auto scale = ended_unmeasured_ != 0 && known <= cycles
-                         ? std::uint64_t{1} << 20  // each its weight exactly, the rest the unmeasured runs'
-                         : static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(known));
+  // Each its weight exactly, the rest the unmeasured runs' (the common case of a joiner of
+  // children that end in their first run: no multiplication), or the weights scaled to `cycles`.
+  const bool exact = ended_unmeasured_ != 0 && known <= cycles;
+  const auto scale =
+      exact ? 0 : static_cast<std::uint64_t>(static_cast<double>(cycles) * 0x1p20 / static_cast<double>(known));
   std::uint64_t given = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
     // Without ended runs the first gets the rest, so that the credits sum to `cycles`; with them
     // the rest is theirs, credited to no thread (the rank's background, as is all the time of
     // threads that are gone).
-    const auto c = i == 0 && !ended_runs
-                       ? 0
-                       : static_cast<std::uint64_t>((static_cast<uint128>(weight(window_[i])) * scale) >> 20);
+    const std::uint64_t w = weight(window_[i]);
+    const auto c = i == 0 && !ended_runs ? 0
+                   : exact               ? w
+                                         : static_cast<std::uint64_t>((static_cast<uint128>(w) * scale) >> 20);
     window_[i]->run_cycles += c;
     window_[i]->window_runs = 0;
     given += c;
@@ -415,6 +434,7 @@ boost::context::fiber& scheduler::finish_running(tcb* t) noexcept {
   }
   switch_landing = &ended_landing_;
   if (tcb* next = direct_next()) {
+    open_run(next);
     start_running(next);
     return next->self_ctx();
   }

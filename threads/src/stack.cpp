@@ -1,6 +1,5 @@
 #include "stack.hpp"
 
-#include <algorithm>
 #include <cstring>
 
 #include "diag.hpp"
@@ -24,14 +23,7 @@ void stack_pool::disarm(const stack_run& run) noexcept {
 }
 
 bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
-  region& r = region::get();
-  // Owned by this rank: in its share (a range test; owner_of divides).
-  const interval mine = r.share(r.rank());
-  const auto a = reinterpret_cast<std::uintptr_t>(run);
-  if (s.runs.size() >= max_pooled_runs || pooled_bytes_ + bytes > r.share_bytes() / 16 || a < mine.lo ||
-      a >= mine.hi) {
-    return false;
-  }
+  if (!fits(s, run, bytes)) return false;
   try {
     s.runs.push_back(run);
   } catch (const std::bad_alloc&) {
@@ -41,20 +33,8 @@ bool stack_pool::push(shelf& s, void* run, std::size_t bytes) noexcept {
   return true;
 }
 
-void* stack_pool::pop(shelf& s, std::size_t bytes) noexcept {
-  if (s.runs.empty()) return nullptr;
-  void* run = s.runs.back();
-  s.runs.pop_back();
-  s.trimmed = std::min(s.trimmed, s.runs.size());
-  pooled_bytes_ -= bytes;
-  return run;
-}
-
-stack_run stack_pool::acquire(std::size_t bytes) {
+stack_run stack_pool::acquire_new(std::size_t bytes) {
   const std::size_t n = bytes / chunk_bytes;
-  if (n <= max_pooled_chunks) {
-    if (void* base = pop(stacks_[n], bytes)) return {base, bytes};
-  }
   const stack_run run{or_flush_and_retry([n] { return region::get().alloc_chunks(n); }), bytes};
   try {
     arm(run);
@@ -65,27 +45,26 @@ stack_run stack_pool::acquire(std::size_t bytes) {
   return run;
 }
 
-void stack_pool::release(stack_run run) noexcept {
+void stack_pool::release_slow(stack_run run) noexcept {
   const std::size_t n = run.bytes / chunk_bytes;
   if (n <= max_pooled_chunks && push(stacks_[n], run.base, run.bytes)) return;
   disarm(run);
   region::get().free_chunks(run.base, n);
 }
 
-void* stack_pool::acquire_heap_chunk() noexcept { return pop(heaps_, chunk_bytes); }
-
-void stack_pool::release_heap_chunk(void* chunk) noexcept {
+void stack_pool::release_heap_chunk_slow(void* chunk) noexcept {
   if (!push(heaps_, chunk, chunk_bytes)) region::get().free_chunks(chunk, 1);
 }
 
 void stack_pool::flush() noexcept {
   for (std::size_t n = 1; n <= max_pooled_chunks; ++n) {
-    while (void* base = pop(stacks_[n], n * chunk_bytes)) {
+    while (!stacks_[n].runs.empty()) {
+      void* base = pop(stacks_[n], n * chunk_bytes);
       disarm({base, n * chunk_bytes});
       region::get().free_chunks(base, n);
     }
   }
-  while (void* chunk = pop(heaps_, chunk_bytes)) region::get().free_chunks(chunk, 1);
+  while (!heaps_.runs.empty()) region::get().free_chunks(pop(heaps_, chunk_bytes), 1);
 }
 
 void stack_pool::trim() noexcept {
