@@ -360,8 +360,9 @@ class heap {
                                       // path; all zero, never written after the chunk's first heap
   char label_[20];                    // the thread's name when it last left ("home:serial"),
                                       // NUL-terminated; meaningful only if left_for_ >= 0
-  // Hot line: what create, retire and every free read or write. Other OS threads read magic_, id_
-  // and gate_ on every free; cur_ (the lines the heap thread writes on every allocation) is apart.
+  // Hot line: what create, retire and every free read or write. Other OS threads read id_ and
+  // gate_ on every free (magic_ only the rank's own thread reads, in is_valid); cur_ (the lines
+  // the heap thread writes on every allocation) is apart.
   alignas(64) std::uint64_t magic_;   // heap_magic
   std::uint64_t id_;                  // see id()
   std::atomic<std::uint32_t> gate_;   // see above

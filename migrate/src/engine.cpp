@@ -125,6 +125,9 @@ bool engine::poll() noexcept {
       int count = 0;
       check_mpi_or_die(mpi_call("MPI_Get_count", [&] { return MPI_Get_count(&st, MPI_BYTE, &count); }),
                        "MPI_Get_count", st.MPI_SOURCE);
+      // A byte count is never MPI_UNDEFINED nor negative for a probed message of MPI_BYTE; one
+      // that is would make a buffer of a wrapped size below.
+      if (count < 0) fatal("MPI_Get_count gave %d bytes for a message from rank %d", count, st.MPI_SOURCE);
       // What arrives is read in place (records are copied out as they are kept), so one buffer
       // serves every receive, without an allocation and a clearing each.
       sys_vector<unsigned char>& buf = received_buffer_;
