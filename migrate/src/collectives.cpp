@@ -522,7 +522,9 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
           static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
   }
   --unsent_;
-  if (!remote || e.waiters_unsent) answer_expected_ns_ = now_ns();
+  // Members wait here (whichever batch carried them): the result may follow this batch, the last
+  // member 0 needed, so the window starts again now, not at the batch that carried them.
+  if (!remote || !e.waiters.empty()) answer_expected_ns_ = now_ns();
   e.waiters_unsent = false;
   e.aged = false;
   return e.waiters.empty() ? retire(it) : std::next(it);
