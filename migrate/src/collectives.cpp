@@ -226,7 +226,7 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
           if (other) {
             const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
             tree->put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n,
-                           rule);
+                            rule);
           } else {
             const bool borrow = bh.failed == 0 && bh.bytes > small_bytes<std::allocator<std::byte>>::inline_bytes;
             read_in_place = read_in_place || borrow;
