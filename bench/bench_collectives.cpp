@@ -30,11 +30,14 @@
 //     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
 // `--only WORD` runs only the lines whose name contains WORD (to profile one: `--only 1MiB`,
 // `--only on_rank_0`, `--only async`); a WORD no line's name contains is an error (exit 2).
-// `--scale K` (after --only, if any) makes every run K times as many calls, so that a profile
-// of one line has samples enough (perf record at 4 kHz sees about 100 of a default run).
+// `--scale K` (1 <= K <= 10000; either option first) makes every run K times as many calls, so
+// that a profile of one line has samples enough (perf record at 4 kHz sees about 100 of a
+// default run). Any other argument, an option without its value, or a K that is not a number in
+// that range is an error (exit 2).
 #include <mpi.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -207,19 +210,33 @@ int main(int argc, char** argv) {
     if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: run it on 2 ranks (mpirun -n 2)\n");
     return 1;
   }
-  int arg = 1;
+  // The largest K: the most calls a line makes, 2000 * K, stays far within an int.
+  constexpr long max_scale = 10000;
   const char* only = nullptr;
-  if (arg + 1 < argc && std::strcmp(argv[arg], "--only") == 0) {
-    only = argv[arg + 1];
-    arg += 2;
-  }
   int scale = 1;
-  if (arg + 1 < argc && std::strcmp(argv[arg], "--scale") == 0) {
-    scale = std::atoi(argv[arg + 1]);
-    if (scale < 1) {
-      if (rt.rank() == 0) std::fprintf(stderr, "bench_collectives: --scale %s: a positive count\n", argv[arg + 1]);
-      return 2;
+  const auto usage = [&rt](const char* what, const char* arg) {
+    if (rt.rank() == 0) {
+      std::fprintf(stderr, "bench_collectives: %s %s (usage: [--only WORD] [--scale K], 1 <= K <= %ld)\n", what, arg,
+                   max_scale);
     }
+    return 2;
+  };
+  for (int arg = 1; arg < argc; arg += 2) {
+    const bool is_only = std::strcmp(argv[arg], "--only") == 0;
+    const bool is_scale = std::strcmp(argv[arg], "--scale") == 0;
+    if (!is_only && !is_scale) return usage("unknown argument", argv[arg]);
+    if (arg + 1 >= argc) return usage("no value after", argv[arg]);
+    if (is_only) {
+      only = argv[arg + 1];
+      continue;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const long k = std::strtol(argv[arg + 1], &end, 10);
+    if (end == argv[arg + 1] || *end != '\0' || errno != 0 || k < 1 || k > max_scale) {
+      return usage("--scale: not a count in range:", argv[arg + 1]);
+    }
+    scale = static_cast<int>(k);
   }
   const auto selected = [only](const char* name) { return only == nullptr || std::strstr(name, only) != nullptr; };
   // The lines, in the order they run.

@@ -80,8 +80,14 @@ bool batch_of(const std::vector<std::byte>& d, std::uint64_t fp, std::uint64_t s
   return h.fingerprint == fp && h.seq == seq;
 }
 
-// Member 0's next batch of collective (fp, seq), put aside ones of others on the tag.
-std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uint64_t seq, const char* call) {
+// Member 0's next batch of collective (fp, seq), put aside ones of others on the tag. Out of
+// memory to put one aside (fault point "collectives.stash"): release() frees what member 0 holds
+// for (fp, seq) and returns true, and the batch is put aside again (it is intact: push_back is
+// all or nothing); once release() has nothing more to free (false), fatal, since the batch would
+// be lost and its collective never complete.
+template <class Release>
+std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uint64_t seq, const char* call,
+                                  Release&& release) {
   // The thread may migrate in recv_reserved: its mailbox (in its heap) stays valid.
   mailbox& mb = mailbox_of(self);
   for (auto it = mb.stash.begin(); it != mb.stash.end(); ++it) {
@@ -95,7 +101,19 @@ std::vector<std::byte> next_batch(tcb* self, int tag, std::uint64_t fp, std::uin
     message m = recv_reserved(any_thread, tag, call);
     if (batch_of(m.data, fp, seq)) return std::move(m.data);
     heap_scope own(self->home_heap);  // the stash is the thread's, like the rest of its mailbox
-    mb.stash.push_back(std::move(m));
+    for (;;) {
+      try {
+        if (fault::hit("collectives.stash")) throw std::bad_alloc();
+        mb.stash.push_back(std::move(m));
+        break;
+      } catch (const std::bad_alloc&) {
+        if (!release()) {
+          // No text made here: the heap has no room for it.
+          fatal("%s: member 0 of group %llx has no heap left to put aside a batch of another collective on its tag",
+                call, static_cast<unsigned long long>(fp));
+        }
+      }
+    }
   }
 }
 
@@ -140,24 +158,39 @@ void answer_ranks(const rank_set& ranks, const std::byte* record, std::size_t re
 
 // Member 0: takes in batches until the tree is complete; sends the result to the ranks where
 // members wait. Returns its own copy of the result record.
-// Out of memory in its own heap while it combines (fault point "collectives.combine": the tree,
-// the batches it keeps, a failure's text): it takes in the rest of the batches without keeping
-// them, answers every rank where members wait with a failure naming it, then throws
-// std::bad_alloc, so that no member is left waiting.
+// Out of memory in its own heap while it combines (fault points "collectives.combine": the
+// batches it keeps; "collectives.combine_block": the tree, a failure's text; "collectives.stash":
+// a batch of another collective put aside): it frees at once the tree and the batches it keeps
+// (the rest of the batches arrive in its heap too), takes in the rest without keeping them,
+// answers every rank where members wait with a failure naming it, then throws std::bad_alloc,
+// so that no member is left waiting.
 result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collective kind, std::uint32_t n, int tag,
                                   const merge_rule& rule, const char* call) {
   // The batches whose blocks the tree reads where they lie (those larger than it keeps inline),
   // kept until the result is made. All in this thread's heap, which keeps its addresses wherever
   // the thread runs (it may migrate).
   std::vector<std::vector<std::byte>> batches;
-  partial_tree<std::allocator<std::byte>> tree;
+  // Reset once memory ran out (partial_tree has no clear and no assignment): declared after
+  // batches, so that it goes first, as its blocks may borrow bytes of theirs.
+  std::optional<partial_tree<std::allocator<std::byte>>> tree(std::in_place);
   rank_set ranks;
   // Members whose leaves came so far (blocks are disjoint): the call is complete at n, which is
   // when the tree has its root unless memory ran out.
   std::uint64_t leaves = 0;
   bool out_of_memory = false;
+  // The first bad_alloc: frees what is held (the tree first, since it borrows from the batches;
+  // it never reads a borrowed block, so the current batch may go after it). False when it had
+  // already run.
+  const auto give_up = [&]() noexcept {
+    if (out_of_memory) return false;
+    out_of_memory = true;
+    tree.reset();
+    batches.clear();
+    batches.shrink_to_fit();
+    return true;
+  };
   while (leaves < n) {
-    std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call);
+    std::vector<std::byte> b = next_batch(self, tag, k.first, k.second, call, give_up);
     batch_header h;
     std::memcpy(&h, b.data(), sizeof h);
     const bool other = h.kind != static_cast<std::uint32_t>(kind) || h.n != n;
@@ -176,7 +209,7 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
       // bytes the tree points into.
       if (!out_of_memory) batches.reserve(batches.size() + 1);
     } catch (const std::bad_alloc&) {
-      out_of_memory = true;
+      give_up();
     }
     for (std::uint32_t i = 0; i < h.blocks; ++i) {
       block_header bh;
@@ -185,28 +218,29 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
       at += sizeof bh;
       ISO_ASSERT(at + bh.bytes <= b.size() && bh.lo < n);
       leaves += std::min<std::uint64_t>(std::uint64_t{1} << bh.level, n - bh.lo);
-      // Once memory ran out, the tree is not read again (a block it borrowed from a batch that
-      // is gone is never read or written through: its destructor frees only its own).
+      // Once memory ran out, the tree is gone (reset by give_up, before any batch it borrowed
+      // from: its destructor frees only its own blocks).
       if (!out_of_memory) {
         try {
+          if (fault::hit("collectives.combine_block")) throw std::bad_alloc();
           if (other) {
             const std::string text = mismatch_text(call, static_cast<collective>(h.kind));
-            tree.put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n,
-                           rule);
+            tree->put_bytes(bh.level, bh.lo, reinterpret_cast<const std::byte*>(text.data()), text.size(), true, n,
+                            rule);
           } else {
             const bool borrow = bh.failed == 0 && bh.bytes > small_bytes<std::allocator<std::byte>>::inline_bytes;
             read_in_place = read_in_place || borrow;
-            tree.put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, borrow);
+            tree->put_bytes(bh.level, bh.lo, b.data() + at, bh.bytes, bh.failed != 0, n, rule, borrow);
           }
         } catch (const std::bad_alloc&) {
-          out_of_memory = true;
+          give_up();
         }
       }
       at += bh.bytes;
     }
     if (read_in_place && !out_of_memory) batches.push_back(std::move(b));  // the bytes stay where they are
   }
-  ISO_ASSERT_INTERNAL(leaves == n && (out_of_memory || tree.root()));
+  ISO_ASSERT_INTERNAL(leaves == n && (out_of_memory || tree->root()));
   if (out_of_memory) {
     // A failure record without an allocation: result_header, then the text.
     alignas(result_header) std::byte failure[sizeof(result_header) + 160];
@@ -220,7 +254,7 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
     answer_ranks(ranks, failure, sizeof rh + len, call);
     throw std::bad_alloc();
   }
-  auto& root = *tree.root();
+  auto& root = *tree->root();
   const result_header rh{k.first, k.second, root.failed ? 1u : 0u, 0, root.data.size()};
   result_header_bytes head;
   std::memcpy(head.bytes, &rh, sizeof rh);
@@ -488,7 +522,9 @@ auto rank_combiner::send_blocks(engine& eng, entry_map::iterator it) noexcept ->
           static_cast<unsigned long long>(it->first.first), e.first.to_string().c_str(), x.what());
   }
   --unsent_;
-  if (!remote || e.waiters_unsent) answer_expected_ns_ = now_ns();
+  // Members wait here (whichever batch carried them): the result may follow this batch, the last
+  // member 0 needed, so the window starts again now, not at the batch that carried them.
+  if (!remote || !e.waiters.empty()) answer_expected_ns_ = now_ns();
   e.waiters_unsent = false;
   e.aged = false;
   return e.waiters.empty() ? retire(it) : std::next(it);

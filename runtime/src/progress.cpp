@@ -19,11 +19,13 @@ namespace {
 
 // Whether this node has a core for each of comm's ranks on it: the cores any of them may run on
 // (the union of their affinity masks: mpirun may bind each rank to a core of its own) number at
-// least the ranks. Collective over comm; throws iso::error(mpi_failure).
+// least the ranks. A necessary condition only, and for this job's ranks only (progress.hpp,
+// spin_on_due_). Collective over comm; throws iso::error(mpi_failure).
 bool core_per_rank(MPI_Comm comm) {
   cpu_set_t mine;
   CPU_ZERO(&mine);
-  // No affinity mask: counted as no core, so that the rank yields as it always did.
+  // No affinity mask: this rank adds no core to the union. The answer is still the node's (the
+  // other ranks' cores), so this rank too may spin while a collective is due: bounded, as below.
   if (sched_getaffinity(0, sizeof mine, &mine) != 0) CPU_ZERO(&mine);
   MPI_Comm node = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "MPI_Comm_split_type");

@@ -85,6 +85,11 @@ class mpi_progress final : public progress_engine {
   // every MPI call then drives it too). Bounded by collective_due_ns after each send, and only
   // where this node has a core for each of its ranks (spin_on_due_): oversubscribed ranks give
   // the core away as always, since the answer may need the core this one would keep.
+  // spin_on_due_ counts this job's ranks on the node against the union of their affinity masks,
+  // decided once at construction: it does not see other jobs on the node (two tests run at once,
+  // other users), a cgroup CPU quota, or ranks sharing a core inside a large enough union (masks
+  // {0}, {0}, {1,2}). Where it errs, the cost is the bound: collective_due_ns of polling without
+  // yielding after a send, then the yield and the sleep as always.
   const bool spin_on_due_;
 
   private_comm comm_;

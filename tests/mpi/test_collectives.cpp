@@ -497,8 +497,8 @@ TEST(Collectives, ARunEndsWithNoBlockKeptForCollectives) {
 // next block of the rank's collectives fail): the member whose value could not be put in throws
 // std::bad_alloc from its call, every member that returns a result throws iso::error naming it,
 // whether its value got into the rank's record before the failure or not, nobody hangs, and the
-// group's next collective works.
-void expect_out_of_memory_of(const std::function<void()>& call, int member, int me) {
+// group's next collective works. `how` follows "ran out of memory" in the others' error.
+void expect_out_of_memory_of(const std::function<void()>& call, int member, int me, const std::string& how = "") {
   try {
     call();
     ADD_FAILURE() << "member " << me << " returned from a collective where member " << member << " ran out of memory";
@@ -506,7 +506,8 @@ void expect_out_of_memory_of(const std::function<void()>& call, int member, int 
     EXPECT_EQ(me, member) << "only the member that ran out of memory throws std::bad_alloc";
   } catch (const iso::error& e) {
     EXPECT_NE(me, member);
-    EXPECT_NE(std::string(e.what()).find("member " + std::to_string(member) + " ran out of memory"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("member " + std::to_string(member) + " ran out of memory" + how),
+              std::string::npos)
         << e.what();
   }
 }
@@ -611,21 +612,87 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
 // the batch): it throws std::bad_alloc once it has answered the others, every other member
 // throws iso::error naming it, instead of waiting until deadlock detection; the group's next
 // collective works. Members on every rank, so that member 0 takes in batches from each, the
-// failing one first or later (scalars and spans larger than a block keeps inline).
+// failing one first or later (scalars and spans larger than a block keeps inline); and a reduce
+// to the last member, on the last rank, the one rank answered (the others have no waiters, and
+// their members return T{}).
 TEST(Collectives, MemberZeroOutOfMemoryWhileCombiningFailsEveryMember) {
   spawn_on_every_rank(2, [](const std::vector<iso::thread_id>& ids) {
     const iso::group g(ids);
     const int i = g.index_of(iso::this_thread::id());
     const int n = static_cast<int>(g.size());
     const std::vector<double> v(4, 1.0);
+    const std::string how = " while it combined";
     for (unsigned long pass : {1ul, 2ul}) {
       if (i == 0) iso::detail::fault::arm("collectives.combine", pass);
-      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, 0, i);
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, 1, iso::sum); }, 0, i, how);
       EXPECT_EQ(iso::allreduce(g, i, iso::sum), n * (n - 1) / 2) << "after member 0 ran out of memory";
       if (i == 0) iso::detail::fault::arm("collectives.combine", pass);
-      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const double>(v), iso::sum); }, 0, i);
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const double>(v), iso::sum); }, 0, i, how);
       EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum), std::vector<double>(4, n));
+      if (i == 0) iso::detail::fault::arm("collectives.combine", pass);
+      const int root = n - 1;
+      if (i == 0 || i == root) {
+        expect_out_of_memory_of([&] { (void)iso::reduce(g, 1, iso::sum, root); }, 0, i, how);
+      } else {
+        EXPECT_EQ(iso::reduce(g, 1, iso::sum, root), 0) << "a member that waits for no result";
+      }
+      EXPECT_EQ(iso::reduce(g, i, iso::sum, root), i == root ? n * (n - 1) / 2 : 0) << "after the failed reduce";
     }
+  });
+  rt->run();
+}
+
+// Member 0 out of memory in its tree (fault point collectives.combine_block: the n-th block it
+// puts in fails), including after a block it borrowed from a batch is in (so that the batch is
+// not kept, and the tree is freed first): rank 0 holds members 0 and iso::size() (not next to
+// each other in the group), so that a batch brings two blocks where both deposited before their
+// rank sent, a span's (more than a block keeps inline) borrowed.
+TEST(Collectives, MemberZeroOutOfMemoryInItsTreeFailsEveryMember) {
+  spawn_on_every_rank(2, [](const std::vector<iso::thread_id>& ids) {
+    std::vector<iso::thread_id> interleaved;
+    for (std::size_t first : {0, 1}) {
+      for (std::size_t j = first; j < ids.size(); j += 2) interleaved.push_back(ids[j]);
+    }
+    const iso::group g(interleaved);
+    const int i = g.index_of(iso::this_thread::id());
+    const int n = static_cast<int>(g.size());
+    const std::vector<double> v(4, 1.0);
+    for (unsigned long pass : {1ul, 2ul, 3ul}) {
+      if (i == 0) iso::detail::fault::arm("collectives.combine_block", pass);
+      expect_out_of_memory_of([&] { (void)iso::allreduce(g, std::span<const double>(v), iso::sum); }, 0, i,
+                              " while it combined");
+      EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum), std::vector<double>(4, n))
+          << "after member 0 ran out of memory at block " << pass;
+    }
+  });
+  rt->run();
+}
+
+// Member 0 out of memory as it puts aside a batch of the group's next collective (fault point
+// collectives.stash): it frees what it holds for the one it combines, puts the batch aside, and
+// fails that one for every member (root 2 on rank 1 waits for it); the next one gets the batch
+// it put aside. Members 0 and 1 on rank 0, 2 on rank 1: member 1 (no result to wait for) makes
+// both reduces and lets member 2 call only once its rank sent both batches, so that member 0
+// takes in the second reduce's batch before the first is complete.
+TEST(Collectives, MemberZeroOutOfMemoryForAnotherCollectivesBatchFailsTheOneItCombines) {
+  spawn_on_every_rank(2, [](const std::vector<iso::thread_id>& ids) {
+    const std::vector<iso::thread_id> three(ids.begin(), ids.begin() + 3);
+    const iso::group g(three);
+    const int i = g.index_of(iso::this_thread::id());
+    if (i < 0) return;
+    constexpr int tag_go = 5;
+    if (i == 0) iso::detail::fault::arm("collectives.stash");
+    if (i == 1) {
+      EXPECT_EQ(iso::reduce(g, 10, iso::sum, 2), 0);
+      EXPECT_EQ(iso::reduce(g, 20, iso::sum, 2), 0);
+      while (iso::detail::engine::current()->combiner().unsent() != 0) iso::this_thread::yield();
+      iso::send(g[2], nullptr, 0, tag_go);
+    } else {
+      if (i == 2) (void)iso::recv(g[1], tag_go);
+      expect_out_of_memory_of([&] { (void)iso::reduce(g, 1, iso::sum, 2); }, 0, i, " while it combined");
+      EXPECT_EQ(iso::reduce(g, 2, iso::sum, 2), i == 2 ? 24 : 0) << "the collective whose batch was put aside";
+    }
+    EXPECT_EQ(iso::allreduce(g, i, iso::sum), 3);
   });
   rt->run();
 }

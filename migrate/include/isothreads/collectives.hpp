@@ -31,9 +31,12 @@
 // returns a result throws iso::error(invalid_argument) "<call>: member <i> ran out of memory for
 // its value ...", and the group's later collectives pair up as usual. If even that failure
 // cannot be kept, the process stops through the fatal-error path (no member is left waiting).
-// Member 0 out of memory in its own heap while it combines the values throws std::bad_alloc
-// once it has answered the others, which throw iso::error(invalid_argument) "<call>: member 0
-// ran out of memory while it combined the values ...".
+// Member 0 out of memory in its own heap while it combines the values (its tree, the batches it
+// keeps, a batch of the group's next collective it puts aside) frees what it holds for the call
+// and throws std::bad_alloc once it has answered the others, which throw
+// iso::error(invalid_argument) "<call>: member 0 ran out of memory while it combined the values
+// ..."; if it cannot put that batch aside even then, the process stops through the fatal-error
+// path.
 #pragma once
 
 #include <cstddef>
