@@ -25,6 +25,15 @@
 //   collectives.take
 //       the system heap refuses a block for a rank's collectives (migrate/internal/combiner.hpp's
 //       block_cache::take throws std::bad_alloc)
+//   collectives.combine
+//       member 0's combining throws std::bad_alloc at the n-th batch it takes in, as if its heap
+//       refused room to keep the batch (migrate/src/collectives.cpp, combine_at_member_0)
+//   collectives.combine_block
+//       member 0's tree throws std::bad_alloc at the n-th block it puts in (every block of every
+//       batch counts; the same function)
+//   collectives.stash
+//       member 0 cannot put aside a batch of another collective on its tag while it combines
+//       (std::bad_alloc in next_batch, the same file)
 //   split_piece.short, split_piece.long
 //       a split image's second piece is sent a byte short, or a byte long (migrate/src/
 //       shipping.cpp, depart), as a defective sender would send it
