@@ -72,22 +72,25 @@ class private_comm {
   int size_ = 1;
 };
 
-// Takes out of `items` (a std::list) every item whose MPI requests have all completed, calling
-// done(item) just before. requests(item) gives the item's requests as a sys_vector or array,
-// peer(item) the rank they go to or come from (named if MPI_Testall fails). A failed
-// MPI_Testall (fault point `point`) is fatal. True if any completed. (The batcher's retry mode
-// completes its sends itself: a send that failed is sent again, transport.cpp.)
-template <class List, class Requests, class Peer, class Done>
-bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall") {
+// Whether every MPI request of r (a sys_vector or array) has completed, tested now; a failed
+// MPI_Testall (fault point `point`) is fatal, naming peer, the rank they go to or come from.
+template <class Requests>
+bool all_done(Requests& r, int peer, const char* point = "MPI_Testall") {
+  int flag = 0;
+  const int rc = mpi_call(point, [&] {
+    return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
+  });
+  check_mpi_or_die(rc, "MPI_Testall", peer);
+  return flag != 0;
+}
+
+// Takes out of `items` (a std::list) every item that in(item) finds complete, calling done(item)
+// just before. True if any was.
+template <class List, class In, class Done>
+bool take_completed(List& items, In in, Done done) {
   bool any = false;
   for (auto it = items.begin(); it != items.end();) {
-    auto& r = requests(*it);
-    int flag = 0;
-    const int rc = mpi_call(point, [&] {
-      return MPI_Testall(static_cast<int>(std::size(r)), std::data(r), &flag, MPI_STATUSES_IGNORE);
-    });
-    check_mpi_or_die(rc, "MPI_Testall", peer(*it));
-    if (!flag) {
+    if (!in(*it)) {
       ++it;
       continue;
     }
@@ -96,6 +99,15 @@ bool complete(List& items, Requests requests, Peer peer, Done done, const char* 
     any = true;
   }
   return any;
+}
+
+// take_completed for items whose MPI requests must all have completed (all_done):
+// requests(item) gives the item's requests as a sys_vector or array, peer(item) the rank they go
+// to or come from. (The batcher's retry mode completes its sends itself: a send that failed is
+// sent again, transport.cpp.)
+template <class List, class Requests, class Peer, class Done>
+bool complete(List& items, Requests requests, Peer peer, Done done, const char* point = "MPI_Testall") {
+  return take_completed(items, [&](auto& item) { return all_done(requests(item), peer(item), point); }, done);
 }
 
 // Bytes one MPI message of a gather carries at most (MPI counts and displacements are ints).

@@ -243,36 +243,22 @@ void engine::start_arrival(int source, const unsigned char* buffer, std::size_t 
 }
 
 bool engine::arrival_in(arrival& a) noexcept {
-  int done = 0;
   if (!a.image.empty()) {
     // A split image: its one request is the second piece (its extents all travel inline), after
     // a first piece of exactly eager_piece_bytes (validate_image_header).
     ISO_ASSERT_INTERNAL(a.requests.size() == 1 && a.image.size() > eager_piece_bytes);
+    int done = 0;
     MPI_Status st;
     const int rc = mpi_call("MPI_Test", [&] { return MPI_Test(&a.requests[0], &done, &st); });
     if (done || rc != MPI_SUCCESS) check_split_piece(rc, st, a.image.size() - eager_piece_bytes, a.id, a.source);
     return done != 0;
   }
-  check_mpi_or_die(mpi_call("MPI_Testall", [&] {
-                     return MPI_Testall(static_cast<int>(a.requests.size()), a.requests.data(), &done,
-                                        MPI_STATUSES_IGNORE);
-                   }),
-                   "MPI_Testall", a.source);
-  return done != 0;
+  return all_done(a.requests, a.source);
 }
 
 bool engine::complete_arrivals() noexcept {
-  bool any = false;
-  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
-    if (!arrival_in(*it)) {
-      ++it;
-      continue;
-    }
-    finish_arrival(*it);
-    it = arrivals_.erase(it);
-    any = true;
-  }
-  return any;
+  return take_completed(arrivals_, [this](arrival& a) { return arrival_in(a); },
+                        [this](arrival& a) { finish_arrival(a); });
 }
 
 void engine::place_inline_data(const image_header& h) noexcept {
