@@ -58,19 +58,16 @@ truncate -s $(($(stat -c %s "$file") / 2)) "$file"
 cp -r "$work/ck" "$work/missing"
 rm "$work"/missing/ckpt.*.rank3
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
+refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
+  expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
+}
 for ranks in 2 4; do
-  expect_refusal "a flipped data byte ($ranks ranks)" "the data of thread [0-9:]* is corrupt" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped"
-  expect_refusal "a flipped manifest byte ($ranks ranks)" "manifest .* is corrupt" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_manifest"
-  expect_refusal "a flipped file header byte ($ranks ranks)" "rank3 is corrupt (bad header)" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_header"
-  expect_refusal "a flipped table byte ($ranks ranks)" "rank0 is corrupt (table checksum mismatch)" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/flipped_table"
-  expect_refusal "a truncated file ($ranks ranks)" "has [0-9]* bytes, the manifest says" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/truncated"
-  expect_refusal "a missing file ($ranks ranks)" "cannot open checkpoint file .*rank3" \
-    run "$ranks" "$jacobi" "${args[@]}" --iso-restart "$work/missing"
+  refused_restart "$ranks" "a flipped data byte" "the data of thread [0-9:]* is corrupt" flipped
+  refused_restart "$ranks" "a flipped manifest byte" "manifest .* is corrupt" flipped_manifest
+  refused_restart "$ranks" "a flipped file header byte" "rank3 is corrupt (bad header)" flipped_header
+  refused_restart "$ranks" "a flipped table byte" "rank0 is corrupt (table checksum mismatch)" flipped_table
+  refused_restart "$ranks" "a truncated file" "has [0-9]* bytes, the manifest says" truncated
+  refused_restart "$ranks" "a missing file" "cannot open checkpoint file .*rank3" missing
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 
