@@ -25,9 +25,11 @@
 //                              the memory traffic the call cannot avoid (each member's span is
 //                              read, each member gets its own vector), with the least of it: one
 //                              pass over 4 KiB chunks, each input read once and each output
-//                              written once. Its ratio to the raw figure bounds what
-//                              allreduce_1MiB/16threads can reach from below (the exchange
-//                              between the ranks only adds to it).
+//                              written once with ordinary stores, as the call's copies are
+//                              (non-temporal stores, which skip the read for ownership, were
+//                              slower here: 2.5-2.7x against 2.3-2.4x). Its ratio to the raw
+//                              figure bounds what allreduce_1MiB/16threads can reach from below
+//                              (the exchange between the ranks only adds to it).
 //   async_get                  a thread on rank 0: iso::async(body returning an int) then get(),
 //                              `reps` times; time per pair.
 //     raw:                     the same thread: iso::spawn(body) then iso::join, `reps` times.
@@ -163,6 +165,7 @@ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 
 // (warm pages).
 template <int N>
 double floor_run(std::size_t count, int warm, int reps) {
+  static_assert(N >= 1, "a group has a member");
   std::vector<std::vector<double>> in(N, std::vector<double>(count, 1.0)), out(N, std::vector<double>(count));
   const double* inputs[N];
   for (int k = 0; k < N; ++k) inputs[k] = in[k].data();
