@@ -20,6 +20,7 @@
 #include "interpose.hpp"
 #include "layout.hpp"
 #include "mpi_peers.hpp"
+#include "prim.hpp"
 #include "progress.hpp"
 #include "region.hpp"
 #include "scheduler.hpp"
@@ -161,6 +162,15 @@ runtime::runtime(int& argc, char**& argv, const runtime_options& options) : stat
   if (g_runtime != nullptr) raise(errc::invalid_argument, "iso::runtime: this process already has a runtime");
   check_options(options);
   ensure_fixed_layout(argv, options.reexec);
+  // Registering for membarrier(2) (the heap gate's asymmetric barriers, prim.hpp) waits for an
+  // RCU grace period once the process has a second OS thread, as it has after MPI_Init (Open
+  // MPI's): about 12 ms here, against about 2 us before. Left to the rank's first heap, it fell
+  // inside run() on a rank whose first thread arrives (a thief's first steal took 7.8 ms, and
+  // fib_steal's fib(24) on 2 ranks 9-12 ms instead of 1), and in every program's first spawn.
+  // Here the process usually has one OS thread (not if the program initialised MPI or started
+  // threads itself: then the wait falls here, still outside run()). After ensure_fixed_layout:
+  // an exec drops the registration.
+  prim::enable_asymmetric_barriers();
   int initialized = 0;
   check_mpi(MPI_Initialized(&initialized), "MPI_Initialized");
   if (!initialized) {
