@@ -148,8 +148,11 @@ bool engine::poll() noexcept {
         on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
       }
       // The thread runs before the rest is received: two probes less between its arrival and
-      // its run (a migration's latency), the rest waiting for the next poll.
-      if (ready_arrival_ && nothing_ready) {
+      // its run (a migration's latency), the rest waiting for the next poll. Likewise a thread
+      // this message woke (a reply, a collective's batch for its member 0 or its result for the
+      // waiters here): each probe drives MPI's progress, a few hundred ns that would otherwise
+      // stand between the message and the run it enables.
+      if (nothing_ready && (ready_arrival_ || sched_.policy().has_ready_threads())) {
         probe_first_ = tag == tag_image ? tag_data : tag_image;
         return true;
       }
