@@ -34,6 +34,7 @@
 // by (fp, seq): member 0 puts aside, in its mailbox's stash, batches of other collectives.
 #include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <iterator>
@@ -275,18 +276,26 @@ result_record combine_at_member_0(tcb* self, const rank_combiner::key& k, collec
   return std::move(*own);
 }
 
-void throw_if_failed(const result_record& result) {
+// The failure a result record carries, thrown (out of line: the common path only tests the flag).
+[[noreturn, gnu::noinline]] void throw_failure(const result_record& result) {
   result_header h;
   std::memcpy(&h, result.data(), sizeof h);
-  if (h.failed != 0) {
-    throw error(errc::invalid_argument, std::string(reinterpret_cast<const char*>(result.data()) + sizeof h, h.bytes));
-  }
+  throw error(errc::invalid_argument, std::string(reinterpret_cast<const char*>(result.data()) + sizeof h, h.bytes));
+}
+
+void throw_if_failed(const result_record& result) {
+  std::uint32_t failed = 0;
+  std::memcpy(&failed, result.data() + offsetof(result_header, failed), sizeof failed);
+  if (failed != 0) throw_failure(result);
 }
 
 // One collective at the calling member: `bytes` bytes at data are its leaf (broadcast: only
 // root's is not empty); `all`: every member gets the result, else only root.
-result_record run(const group& g, collective kind, const void* data, std::size_t bytes, const combiner& c, int root,
-                  bool all, const char* call) {
+// Inlined into each byte-level collective: a waiter resumes here after a scheduler switch, and
+// each return that crosses the switch is a mispredicted one (the return stack holds the other
+// thread's calls), so one call level less is one mispredict less per member (~5 ns).
+[[gnu::always_inline]] inline result_record run(const group& g, collective kind, const void* data, std::size_t bytes,
+                                                const combiner& c, int root, bool all, const char* call) {
   tcb* self = running_or_throw(call);
   const std::uint64_t fp = g.fingerprint();
   const int n = static_cast<int>(g.size());
