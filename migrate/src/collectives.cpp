@@ -11,7 +11,8 @@
 //      (it stays blocked on the rank until then); the others' values are copied.
 //   2. The engine's polls send each entry's blocks as one batch (a reserved message on tag
 //      collective_tag(fp), from the rank, which follows member 0 wherever it runs): at once
-//      when the rank has no ready thread, else at a poll with no deposit since the one before
+//      when the rank has no other ready thread (by the deposit itself, or by the poll of an idle
+//      rank), else at a poll with no deposit since the one before
 //      (while members keep depositing, they are still arriving); and at once, by the member
 //      that completes it, once the entry holds every leaf (all n members deposited here). A rank
 //      cannot know how many members it holds (they migrate), so it never waits for its own to be
@@ -460,8 +461,11 @@ void rank_combiner::put_leaf(const key& k, collective kind, std::uint32_t n, thr
     e.waiters_unsent = true;
   }
   // Every member deposited here: nothing more can come, so the blocks (the root) go now rather
-  // than at the rank's next poll (member 0, if it waits here, runs next).
-  if (e.blocks.root()) send_blocks(*engine::current(), it);
+  // than at the rank's next poll (member 0, if it waits here, runs next). Likewise when no other
+  // thread is ready: the poll the scheduler would make once this one blocks or yields would send
+  // them as idle (flush), so they go now, without the switch and the poll's other work first
+  // (the exchange's latency).
+  if (e.blocks.root() || !scheduler::current()->policy().has_ready_threads()) send_blocks(*engine::current(), it);
 }
 
 bool rank_combiner::flush(engine& eng, bool idle) noexcept {
