@@ -44,16 +44,6 @@ bool core_per_rank(MPI_Comm comm) {
   return ranks <= CPU_COUNT(&any);
 }
 
-// While a collective's answer is due here (and the idle loop spins for it: spin_on_due_), the
-// loop's background work (the region's returns; steal requests, asked or answered) runs in one
-// pass of background_every: each is an MPI probe (100-250 ns here, as long as the engine's own
-// poll) in the loop whose period is the delay with which the answer is seen. At most
-// background_every - 1 passes in a row skip it, and the window ends collective_due_ns after the
-// rank's last send. State of the process's one scheduler loop (its OS thread), as rate limiting.
-constexpr unsigned background_every = 8;
-unsigned g_background_skipped = 0;  // passes that skipped it since it last ran
-bool g_background_now = true;       // this pass runs it (poll() decides, idle() follows)
-
 }  // namespace
 
 mpi_progress::mpi_progress(MPI_Comm comm, std::int64_t spin_ns, std::int64_t min_backoff_ns, std::int64_t max_backoff_ns,
@@ -76,6 +66,9 @@ mpi_progress::~mpi_progress() {
 }
 
 bool mpi_progress::poll(scheduler&) noexcept {
+  // A poll that may skip the background work while a collective's message is due
+  // (rank_combiner::quiet_pass); a clock read only once collectives ran here.
+  const bool quiet = spin_on_due_ && engine_ != nullptr && engine_->combiner().quiet_pass(collective_due_ns);
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
@@ -83,12 +76,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
-  // A clock read only once collectives ran here.
-  const bool due = spin_on_due_ && engine_ != nullptr &&
-                   engine_->combiner().answer_expected_ns() != rank_combiner::never_ns && collective_due(now_ns());
-  g_background_now = !due || ++g_background_skipped >= background_every;
-  if (g_background_now) g_background_skipped = 0;
-  if (!g_background_now) return did;
+  if (quiet) return did;
   region& r = region::get();
   r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
@@ -134,7 +122,8 @@ bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (engine_ != nullptr && g_background_now) {
+  // The pass's poll() decided whether it skips this (rank_combiner::quiet_pass).
+  if (engine_ != nullptr && !engine_->combiner().last_pass_quiet()) {
     if (engine_->can_request_steal()) {
       ask_for_work(now);
     } else if (!engine_->stealing()) {
