@@ -84,6 +84,24 @@ TEST(PartialTree, AMergeThatRunsOutOfMemoryKeepsTheBlockItWasPutting) {
   EXPECT_TRUE(t.empty());
 }
 
+// The same on the table (leaves out of index order): the block being put is kept beside the
+// sibling whose merge threw.
+TEST(PartialTree, AMergeThatRunsOutOfMemoryOnTheTableKeepsTheBlockItWasPutting) {
+  const merge_rule concatenate{{nullptr, nullptr, 1}, "iso::gather"};
+  tree t;
+  put_leaf(t, 3, 'd', concatenate);
+  put_leaf(t, 2, 'c', concatenate);  // not where the run of leaf 3 ends: the table, [2, 4) = "cd"
+  put_leaf(t, 1, 'b', concatenate);
+  // Leaf 0 merges with leaf 1 (one allocation: "ab"), and [0, 2) then with [2, 4), which must
+  // grow "ab" and cannot.
+  g_allocations_left = 1;
+  EXPECT_THROW(put_leaf(t, 0, 'a', concatenate), std::bad_alloc);
+  g_allocations_left = -1;
+  EXPECT_FALSE(t.root().has_value());
+  EXPECT_EQ(drained(t, 4), (std::vector<std::string>{"1:0:ab", "1:2:cd"})) << "every leaf, once";
+  EXPECT_TRUE(t.empty());
+}
+
 // A value that fits a block inline (a scalar's 8 bytes) costs no allocation: leaves kept until
 // their siblings come, and the merges, allocate only the table of blocks (8 slots, then 16).
 TEST(PartialTree, ScalarLeavesAllocateOnlyTheTable) {
