@@ -250,6 +250,8 @@ class small_bytes {
 // right one has not come), so the merges, and the bits, are the same. Either the run or the table
 // holds the blocks, never both: a block anywhere else (or a run of run_capacity blocks) moves the
 // run into the table first (spill), and the tree takes the run again once the table is empty.
+// The run's room is part of the tree: run_capacity slots of about 56 bytes, 0.9 KiB in each
+// rank_combiner entry and on member 0's stack while it combines (against 64 KiB at least).
 template <class ByteAlloc>
 class partial_tree {
  public:
