@@ -242,6 +242,16 @@ class small_bytes {
 // have distinct ones), linear probing, at most half full, so that finding a sibling is O(1)
 // whatever order the leaves come in, and a put allocates nothing but the table's growth (and
 // bytes beyond small_bytes' inline ones).
+// The common order has a faster path: a rank's members deposit one after another in index order
+// (they run in the order they were spawned), so the blocks form one contiguous run of members,
+// kept as a stack in member order (run_): a block that starts where the run ends is pushed, and
+// merged with the block below while that is its sibling. That is the table's walk (put_node) with
+// the only places a sibling can be (a left one ends where the block starts: the block below; a
+// right one has not come), so the merges, and the bits, are the same. Either the run or the table
+// holds the blocks, never both: a block anywhere else (or a run of run_capacity blocks) moves the
+// run into the table first (spill), and the tree takes the run again once the table is empty.
+// The run's room is part of the tree: run_capacity slots of about 56 bytes, 0.9 KiB in each
+// rank_combiner entry and on member 0's stack while it combines (against 64 KiB at least).
 template <class ByteAlloc>
 class partial_tree {
  public:
@@ -252,10 +262,16 @@ class partial_tree {
   };
   partial_tree() noexcept = default;
   partial_tree(partial_tree&& o) noexcept
-      : slots_(o.slots_), mask_(o.mask_), count_(o.count_), root_(std::move(o.root_)) {
+      : slots_(o.slots_), mask_(o.mask_), count_(o.count_), runs_(o.runs_), root_(std::move(o.root_)) {
+    for (std::size_t i = 0; i < runs_; ++i) {
+      run_[i].lo = o.run_[i].lo;
+      run_[i].level = o.run_[i].level;
+      run_[i].p = std::move(o.run_[i].p);
+    }
     o.slots_ = nullptr;
     o.mask_ = 0;
     o.count_ = 0;
+    o.runs_ = 0;
     o.root_.reset();
   }
   partial_tree& operator=(partial_tree&&) = delete;
@@ -274,8 +290,8 @@ class partial_tree {
   void fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n, const merge_rule& r);
   const std::optional<part>& root() const noexcept { return root_; }
   std::optional<part>& root() noexcept { return root_; }
-  bool empty() const noexcept { return count_ == 0 && !root_; }
-  std::size_t blocks() const noexcept { return count_ + (root_ ? 1 : 0); }
+  bool empty() const noexcept { return count_ == 0 && runs_ == 0 && !root_; }
+  std::size_t blocks() const noexcept { return count_ + runs_ + (root_ ? 1 : 0); }
   // f(level, lo, part&&) for every block (the root as (K, 0)), then empty.
   template <class F>
   void drain(std::uint32_t n, F&& f);
@@ -313,10 +329,29 @@ class partial_tree {
   // pre: room for one block more. A merge that throws keeps it beside its sibling before the
   // exception leaves.
   void put_node(std::uint32_t level, std::uint32_t lo, part&& p, std::uint32_t n, const merge_rule& r);
+  // put_bytes on the run. pre: the table is empty, the run has room for a block, and it is empty
+  // or ends at lo.
+  void put_run(std::uint32_t level, std::uint32_t lo, const std::byte* data, std::size_t n_bytes, bool failed,
+               std::uint32_t n, const merge_rule& r, bool borrow);
+  // The run's top block merged with the block below while that is its sibling (the root, once it
+  // is the whole tree). A merge that throws leaves both where they are (as put_node keeps them).
+  void collapse_run(std::uint32_t n, const merge_rule& r);
+  // The run's blocks into the table (the run is empty after). Throws only std::bad_alloc (the
+  // table's room), the tree unchanged.
+  void spill_run();
+  static std::uint64_t end_of(std::uint32_t level, std::uint32_t lo, std::uint32_t n) noexcept {
+    return std::min<std::uint64_t>(std::uint64_t{lo} + (std::uint64_t{1} << level), n);
+  }
   void destroy() noexcept;
   slot* slots_ = nullptr;  // mask_ + 1 of them (a power of two), or none
   std::size_t mask_ = 0;
   std::size_t count_ = 0;  // blocks in slots_
+  // 16: a rank's contiguous members form at most 2 log2(members) maximal blocks, so a run of up
+  // to 256 members always fits, and of 2^16 when they start at a multiple of a power of two
+  // above their count (rank-major groups of a power of two on each rank).
+  static constexpr std::size_t run_capacity = 16;
+  slot run_[run_capacity];  // [0, runs_): the run, in member order, each ending where the next starts
+  std::size_t runs_ = 0;
   std::optional<part> root_;
 };
 
@@ -364,6 +399,18 @@ class rank_combiner {
   std::int64_t answer_expected_ns() const noexcept { return answer_expected_ns_; }
   // Far enough in the past that now_ns() minus it cannot overflow.
   static constexpr std::int64_t never_ns = INT64_MIN / 2;
+  // The progress polls (mpi_progress::poll, progress.cpp: each pass of the idle loop, and the
+  // scheduler's polls between switches), while this rank waits for a collective's message
+  // (blocks sent less than window_ns ago; the window renews at every send, so back-to-back
+  // collectives keep it open) and the idle loop spins for it: true when this poll may skip the
+  // background work (the region's returns; in the idle pass it starts, steal requests asked or
+  // answered), each an MPI probe of 100-250 ns here. The idle loop's period (about 0.9 us
+  // without skipping, measured) is the delay with which that message is seen, and a poll between
+  // switches is where the members running meanwhile see it. At most quiet_every - 1 polls in a
+  // row skip it, so it runs at least every 8 polls. last_pass_quiet(): the last answer.
+  bool quiet_pass(std::int64_t window_ns) noexcept;
+  bool last_pass_quiet() const noexcept { return quiet_; }
+  static constexpr unsigned quiet_every = 8;
 
   // Messages between ranks for collectives, sent by this rank so far (tests show the cost).
   struct counts_t {
@@ -373,7 +420,11 @@ class rank_combiner {
   counts_t counts() const noexcept { return counts_; }
   // Gives back the spare entry's table and room for waiters (to block_cache, whose trim() then
   // frees them): as a run ends, so that between runs the rank keeps nothing for collectives.
-  void trim() noexcept { spare_ = entry_map::node_type(); }
+  void trim() noexcept {
+    spare_ = entry_map::node_type();
+    quiet_ = false;
+    quiet_run_ = 0;
+  }
   void count_result() noexcept { ++counts_.results; }  // engine::send_to_rank, for another rank
 
  private:
@@ -407,6 +458,8 @@ class rank_combiner {
   entry_map::node_type spare_;
   std::size_t unsent_ = 0;
   std::int64_t answer_expected_ns_ = never_ns;
+  bool quiet_ = false;      // the last quiet_pass()
+  unsigned quiet_run_ = 0;  // quiet passes in a row, up to the last one
   counts_t counts_;
 };
 
@@ -640,6 +693,12 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
                                         std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r,
                                         bool borrow) {
   ISO_ASSERT(lo < n);
+  if (count_ == 0 && runs_ < run_capacity &&
+      (runs_ == 0 || end_of(run_[runs_ - 1].level, run_[runs_ - 1].lo, n) == lo)) {
+    put_run(level, lo, data, n_bytes, failed, n, r, borrow);
+    return;
+  }
+  spill_run();
   // The block's left sibling, if here, takes the bytes straight in; else they are kept (put_node),
   // a left block until its right sibling comes.
   if (const std::optional<key> s = sibling_of(level, lo, n); s && s->lo < lo) {
@@ -660,6 +719,71 @@ void partial_tree<ByteAlloc>::put_bytes(std::uint32_t level, std::uint32_t lo, c
 }
 
 template <class ByteAlloc>
+void partial_tree<ByteAlloc>::put_run(std::uint32_t level, std::uint32_t lo, const std::byte* data,
+                                      std::size_t n_bytes, bool failed, std::uint32_t n, const merge_rule& r,
+                                      bool borrow) {
+  // As put_bytes: a left sibling on top of the run takes the bytes straight in.
+  if (runs_ != 0) {
+    slot& top = run_[runs_ - 1];
+    if (const std::optional<key> s = sibling_of(level, lo, n); s && s->lo == top.lo && s->level == top.level) {
+      r.merge(top.p.failed, top.p.data, top.lo, data, n_bytes, failed, lo);  // a throw: nothing changed
+      top.level = s->level + 1;
+      collapse_run(n, r);
+      return;
+    }
+  }
+  slot& b = run_[runs_];
+  if (borrow && !failed && n_bytes > bytes::inline_bytes) {
+    b.p.data = bytes::borrowed(data, n_bytes);
+  } else {
+    b.p.data.assign(data, data + n_bytes);  // a throw: nothing changed (runs_ not moved yet)
+  }
+  b.p.failed = failed;
+  b.lo = lo;
+  b.level = level;
+  ++runs_;
+  collapse_run(n, r);
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::collapse_run(std::uint32_t n, const merge_rule& r) {
+  for (;;) {
+    slot& top = run_[runs_ - 1];
+    const std::optional<key> s = sibling_of(top.level, top.lo, n);
+    if (!s) {
+      ISO_ASSERT_INTERNAL(runs_ == 1);
+      root_.emplace(std::move(top.p));
+      top.p = part{};
+      top.lo = none;
+      runs_ = 0;
+      return;
+    }
+    top.level = s->level;  // as put_node keeps it: the level of the pair it belongs to
+    if (s->lo > top.lo || runs_ == 1) return;  // its right sibling has not come, or its left one is not here
+    slot& below = run_[runs_ - 2];
+    if (below.lo != s->lo || below.level != s->level) return;  // the block below is part of its left sibling
+    r.merge(below.p.failed, below.p.data, below.lo, top.p.data.data(), top.p.data.size(), top.p.failed, top.lo);
+    top.p = part{};
+    top.lo = none;
+    --runs_;
+    below.level = s->level + 1;
+  }
+}
+
+template <class ByteAlloc>
+void partial_tree<ByteAlloc>::spill_run() {
+  if (runs_ == 0) return;
+  ISO_ASSERT_INTERNAL(count_ == 0);
+  reserve(runs_ + 1);  // the run's blocks and the one the caller puts next
+  for (std::size_t i = 0; i < runs_; ++i) {
+    insert(run_[i].level, run_[i].lo, std::move(run_[i].p));
+    run_[i].p = part{};
+    run_[i].lo = none;
+  }
+  runs_ = 0;
+}
+
+template <class ByteAlloc>
 void partial_tree<ByteAlloc>::fail_leaf(std::uint32_t index, const std::string& text, std::uint32_t n,
                                         const merge_rule& r) {
   ISO_ASSERT(index < n);
@@ -667,9 +791,18 @@ void partial_tree<ByteAlloc>::fail_leaf(std::uint32_t index, const std::string& 
     merge_rule::fail(root_->failed, root_->data, text);
     return;
   }
+  const auto holds = [index](const slot& s) {
+    return s.lo != none && s.lo <= index && index - s.lo < (std::uint64_t{1} << s.level);
+  };
+  for (std::size_t i = 0; i < runs_; ++i) {
+    if (holds(run_[i])) {
+      merge_rule::fail(run_[i].p.failed, run_[i].p.data, text);
+      return;
+    }
+  }
   for (std::size_t i = 0; slots_ != nullptr && i <= mask_; ++i) {
     slot& s = slots_[i];
-    if (s.lo != none && s.lo <= index && index - s.lo < (std::uint64_t{1} << s.level)) {
+    if (holds(s)) {
       merge_rule::fail(s.p.failed, s.p.data, text);
       return;
     }
@@ -688,6 +821,11 @@ void partial_tree<ByteAlloc>::drain(std::uint32_t n, F&& f) {
     s.lo = none;
   }
   count_ = 0;
+  for (std::size_t i = 0; i < runs_; ++i) {
+    part p = std::move(run_[i].p);
+    f(run_[i].level, run_[i].lo, std::move(p));
+  }
+  runs_ = 0;
   if (root_) {
     std::uint32_t level = 0;
     while ((std::uint64_t{1} << level) < n) ++level;

@@ -335,6 +335,12 @@ class engine {
   // than the one it stopped on (so the tags alternate), so that arrivals delay neither tag by
   // more than a poll.
   bool ready_arrival_ = false;
+  // This poll's receives brought a collective's message (a result for this rank's waiters, a
+  // batch for a member 0 here): if no thread was ready when they began and one is now (it woke
+  // one), poll() receives no more either, as for an arrival. Each probe drives MPI's progress, a
+  // few hundred ns on the collective's path; other messages (halos, replies) are received on,
+  // so that a burst of them costs one poll, not one poll and one switch each.
+  bool collective_record_ = false;
   // The buffer of a departed image or of an arrived split one, kept for the next (a migration's
   // path then allocates no image buffer); at most max_spare_image_bytes of capacity.
   sys_vector<unsigned char> spare_image_;

@@ -2,12 +2,14 @@
 // in routing.cpp, shipping in shipping.cpp, joins in join.cpp (see engine.hpp).
 #include "engine.hpp"
 
+#include <cstddef>
 #include <cstring>
 
 #include "diag.hpp"
 #include "interpose.hpp"
 #include "ownership.hpp"
 #include "region.hpp"
+#include "reserved.hpp"
 
 namespace iso::detail {
 namespace {
@@ -110,6 +112,7 @@ bool engine::poll() noexcept {
                  [this](departure& d) { finish_departure(d); }) || did;
   did = complete_arrivals() || did;
   ready_arrival_ = false;
+  collective_record_ = false;
   // Only a rank with nothing to run stops receiving for an arrival: one with threads ready runs
   // those first anyway, and stopping would take a poll per arriving thread of a burst.
   const bool nothing_ready = !sched_.policy().has_ready_threads();
@@ -148,8 +151,9 @@ bool engine::poll() noexcept {
         on_batch(st.MPI_SOURCE, buf.data(), static_cast<std::size_t>(count));
       }
       // The thread runs before the rest is received: two probes less between its arrival and
-      // its run (a migration's latency), the rest waiting for the next poll.
-      if (ready_arrival_ && nothing_ready) {
+      // its run (a migration's latency), the rest waiting for the next poll. Likewise a thread a
+      // collective's message woke (collective_record_).
+      if (nothing_ready && (ready_arrival_ || (collective_record_ && sched_.policy().has_ready_threads()))) {
         probe_first_ = tag == tag_image ? tag_data : tag_image;
         return true;
       }
@@ -169,14 +173,20 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
     const unsigned char* rec = buf + at;
     at = (at + head[1] + record_align - 1) & ~(record_align - 1);
     switch (static_cast<record>(head[0])) {
-      case record::data:
+      case record::data: {
         ISO_ASSERT(head[1] >= sizeof(data_header));
+        std::int32_t tag = 0;
+        std::memcpy(&tag, rec + offsetof(data_header, tag), sizeof tag);
+        // A batch for a member 0 (reserved.hpp: collective tags are [collective_tag(2^30 - 1),
+        // collective_tag(0)]).
+        if (tag <= collective_tag(0) && tag >= collective_tag((std::uint64_t{1} << 30) - 1)) collective_record_ = true;
         try {
           on_data(rec, head[1], true);  // read in place: copied only if it must be held here
         } catch (const std::bad_alloc&) {
           fatal("out of system memory for a %u-byte message from rank %d", head[1], source);
         }
         break;
+      }
       case record::ctrl: {
         ISO_ASSERT(head[1] == sizeof(ctrl_msg));
         ctrl_msg m;
@@ -189,6 +199,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
         start_arrival(source, rec, head[1], false);
         break;
       case record::rank:
+        collective_record_ = true;
         combiner_.deliver(rec, head[1]);
         break;
     }

@@ -66,6 +66,9 @@ mpi_progress::~mpi_progress() {
 }
 
 bool mpi_progress::poll(scheduler&) noexcept {
+  // A poll that may skip the background work while a collective's message is due
+  // (rank_combiner::quiet_pass); a clock read only once collectives ran here.
+  const bool quiet = spin_on_due_ && engine_ != nullptr && engine_->combiner().quiet_pass(collective_due_ns);
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
@@ -73,6 +76,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
+  if (quiet) return did;
   region& r = region::get();
   r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
@@ -118,7 +122,8 @@ bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  if (engine_ != nullptr) {
+  // The pass's poll() decided whether it skips this (rank_combiner::quiet_pass).
+  if (engine_ != nullptr && !engine_->combiner().last_pass_quiet()) {
     if (engine_->can_request_steal()) {
       ask_for_work(now);
     } else if (!engine_->stealing()) {

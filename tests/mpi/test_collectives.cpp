@@ -549,13 +549,15 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
     }
   });
   rt->run();
-  // Two members on rank 0, member 1 (gather's root) in first: member 0's deposit copies its value
-  // (the 1st block) and merges member 1's into it (2nd, which fails after the value is in the
-  // record).
+  // Two members on rank 0, member 1 (gather's root) in first: its leaf is on the run of the
+  // rank's record (combiner.hpp's partial_tree), and member 0's, left of it, moves it into the
+  // table. Member 0's deposit takes the table's room (the 1st block; the rank's spare entry
+  // keeps that table for the next calls), then copies its value (1st once the table is kept) and
+  // merges member 1's into it (2nd, which fails after the value is in the record).
   if (rt->rank() == 0) {
     iso::spawn_group(2, [](int i, const iso::group& g) {
       constexpr int tag_in = 3;
-      for (unsigned long pass : {1ul, 2ul}) {
+      for (unsigned long pass : {1ul, 1ul, 2ul}) {
         if (i == 1) {
           iso::send(g[0], nullptr, 0, tag_in);  // member 0 deposits once member 1 waits
         } else {
@@ -572,39 +574,64 @@ TEST(Collectives, AMemberOutOfMemoryThrowsBadAllocAndTheOthersAnErrorNamingIt) {
   }
   rt->run();
   // Four members on rank 0, element-wise allreduce over 3 doubles (more than a block keeps
-  // inline, so a waiting member's span is read where it lies): member 3 deposits first (its
-  // borrowed leaf is kept), then member 2, whose combination with it into a block of its own is
-  // its deposit's one allocation, runs out of memory. Member 2 throws std::bad_alloc and at once
+  // inline, so a waiting member's span is read where it lies). On the table: member 3 deposits
+  // first (its borrowed leaf is kept), then member 2, whose combination with it into a block of
+  // its own is its deposit's one allocation (an allreduce in the same order before has left the
+  // rank's spare entry its table), runs out of memory. On the run: member 2 first, then member 3,
+  // whose value is combined with member 2's borrowed leaf into a block of its own, the one
+  // allocation of member 3's deposit. The failing member throws std::bad_alloc and at once
   // overwrites its span (the rank has not polled since): nothing of it may be read any more, and
-  // every other member throws the error naming member 2, none a sum of garbage.
-  if (rt->rank() == 0) {
-    iso::spawn_group(4, [](int i, const iso::group& g) {
+  // every other member throws the error naming it, none a sum of garbage.
+  for (const int failing : {2, 3}) {
+    if (rt->rank() != 0) {
+      rt->run();
+      continue;
+    }
+    iso::spawn_group(4, [failing](int i, const iso::group& g) {
       constexpr int tag_go = 4;
+      const int first = failing == 2 ? 3 : 2;  // deposits before the failing member
       std::vector<double> v(3, 1.0);
-      if (i == 3) {
-        iso::send(g[2], nullptr, 0, tag_go);  // member 2 deposits once member 3 waits
-      } else {
-        (void)iso::recv(g[i == 2 ? 3 : 2], tag_go);  // members 0 and 1 after member 2 failed
+      // Member `first`, then the failing one, then the others (once it failed, in the faulted call).
+      const auto in_order = [&] {
+        if (i == first) {
+          iso::send(g[failing], nullptr, 0, tag_go);
+        } else {
+          (void)iso::recv(g[i == failing ? first : failing], tag_go);
+        }
+      };
+      const auto let_the_others_go = [&] {
+        for (int k = 0; k < 4; ++k) {
+          if (k != first && k != failing) iso::send(g[k], nullptr, 0, tag_go);
+        }
+      };
+      if (failing == 2) {
+        in_order();
+        if (i == failing) let_the_others_go();
+        EXPECT_EQ(iso::allreduce(g, std::span<const double>(v), iso::sum), std::vector<double>(3, 4.0));
       }
-      if (i == 2) iso::detail::fault::arm("collectives.take");
+      in_order();
+      if (i == failing) iso::detail::fault::arm("collectives.take");
       try {
         (void)iso::allreduce(g, std::span<const double>(v), iso::sum);
-        ADD_FAILURE() << "member " << i << " returned from an allreduce where member 2 ran out of memory";
+        ADD_FAILURE() << "member " << i << " returned from an allreduce where member " << failing
+                      << " ran out of memory";
       } catch (const std::bad_alloc&) {
-        EXPECT_EQ(i, 2) << "only the member that ran out of memory throws std::bad_alloc";
+        EXPECT_EQ(i, failing) << "only the member that ran out of memory throws std::bad_alloc";
         std::fill(v.begin(), v.end(), -1e300);
-        iso::send(g[0], nullptr, 0, tag_go);
-        iso::send(g[1], nullptr, 0, tag_go);
+        let_the_others_go();
       } catch (const iso::error& e) {
-        EXPECT_NE(i, 2);
-        EXPECT_NE(std::string(e.what()).find("member 2 ran out of memory"), std::string::npos) << e.what();
+        EXPECT_NE(i, failing);
+        EXPECT_NE(std::string(e.what()).find("member " + std::to_string(failing) + " ran out of memory"),
+                  std::string::npos)
+            << e.what();
       }
       std::fill(v.begin(), v.end(), static_cast<double>(i));
       const std::vector<double> r = iso::allreduce(g, std::span<const double>(v), iso::sum);
-      EXPECT_EQ(r, std::vector<double>(3, 6.0)) << "the next allreduce after member 2 ran out of memory";
+      EXPECT_EQ(r, std::vector<double>(3, 6.0)) << "the next allreduce after member " << failing
+                                                << " ran out of memory";
     });
+    rt->run();
   }
-  rt->run();
 }
 
 // Member 0 running out of memory in its own heap as it combines (fault injection: the point

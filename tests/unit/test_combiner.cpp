@@ -84,6 +84,24 @@ TEST(PartialTree, AMergeThatRunsOutOfMemoryKeepsTheBlockItWasPutting) {
   EXPECT_TRUE(t.empty());
 }
 
+// The same on the table (leaves out of index order): the block being put is kept beside the
+// sibling whose merge threw.
+TEST(PartialTree, AMergeThatRunsOutOfMemoryOnTheTableKeepsTheBlockItWasPutting) {
+  const merge_rule concatenate{{nullptr, nullptr, 1}, "iso::gather"};
+  tree t;
+  put_leaf(t, 3, 'd', concatenate);
+  put_leaf(t, 2, 'c', concatenate);  // not where the run of leaf 3 ends: the table, [2, 4) = "cd"
+  put_leaf(t, 1, 'b', concatenate);
+  // Leaf 0 merges with leaf 1 (one allocation: "ab"), and [0, 2) then with [2, 4), which must
+  // grow "ab" and cannot.
+  g_allocations_left = 1;
+  EXPECT_THROW(put_leaf(t, 0, 'a', concatenate), std::bad_alloc);
+  g_allocations_left = -1;
+  EXPECT_FALSE(t.root().has_value());
+  EXPECT_EQ(drained(t, 4), (std::vector<std::string>{"1:0:ab", "1:2:cd"})) << "every leaf, once";
+  EXPECT_TRUE(t.empty());
+}
+
 // A value that fits a block inline (a scalar's 8 bytes) costs no allocation: leaves kept until
 // their siblings come, and the merges, allocate only the table of blocks (8 slots, then 16).
 TEST(PartialTree, ScalarLeavesAllocateOnlyTheTable) {
@@ -99,6 +117,104 @@ TEST(PartialTree, ScalarLeavesAllocateOnlyTheTable) {
   std::uint64_t total = 0;
   std::memcpy(&total, t.root()->data.data(), sizeof total);
   EXPECT_EQ(total, 64u);
+}
+
+// Leaves that come in index order (a rank's members deposit in the order they run) are combined
+// on the run of contiguous blocks, without the table: not even its first allocation.
+TEST(PartialTree, ScalarLeavesInIndexOrderAllocateNothing) {
+  const merge_rule sum{combiner_for<std::uint64_t>(iso::sum), "iso::allreduce"};
+  for (std::uint32_t first : {0u, 32u, 5u}) {
+    partial_tree<limited_allocator<std::byte>> t;
+    const std::uint64_t one = 1;
+    g_allocations = 0;
+    for (std::uint32_t i = first; i < 64; ++i) {
+      t.put_bytes(0, i, reinterpret_cast<const std::byte*>(&one), sizeof one, false, 64, sum);
+    }
+    EXPECT_EQ(g_allocations, 0) << "members " << first << " to 63";
+    std::uint64_t total = 0;
+    t.drain(64, [&](std::uint32_t, std::uint32_t, auto&& p) {
+      std::uint64_t v = 0;
+      std::memcpy(&v, p.data.data(), sizeof v);
+      total += v;
+    });
+    EXPECT_EQ(total, 64u - first);
+  }
+}
+
+// The fixed tree's value of block (level, lo) for op (the header comment of combiner.hpp).
+template <class Op>
+std::uint64_t fixed_tree(const std::vector<std::uint64_t>& leaf, std::uint32_t level, std::uint64_t lo, Op op) {
+  if (level == 0) return leaf[lo];
+  const std::uint64_t half = std::uint64_t{1} << (level - 1);
+  const std::uint64_t left = fixed_tree(leaf, level - 1, lo, op);
+  return lo + half < leaf.size() ? op(left, fixed_tree(leaf, level - 1, lo + half, op)) : left;
+}
+
+// An op that is neither associative nor commutative, so that any other association than the
+// fixed tree's gives another value: ranks that each hold contiguous members in index order (on
+// the run), some out of order (the table), some more than the run holds, each flushing its blocks
+// at random points, and member 0 taking the batches in any order, all get the fixed tree's value.
+TEST(PartialTree, RunsAndTablesTogetherGiveTheFixedTreesValue) {
+  const auto op = [](std::uint64_t a, std::uint64_t b) { return a * 3 + b; };
+  const merge_rule rule{combiner_for<std::uint64_t>(op), "iso::allreduce"};
+  std::uint64_t rng = 0x2545f4914f6cdd1dull;
+  const auto draw = [&rng](std::uint64_t below) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng % below;
+  };
+  for (std::uint32_t n : {1u, 2u, 3u, 7u, 64u, 100u, 600u, 5000u}) {
+    std::vector<std::uint64_t> leaf(n);
+    for (std::uint64_t& v : leaf) v = draw(1000) + 1;
+    std::uint32_t levels = 0;
+    while ((std::uint64_t{1} << levels) < n) ++levels;
+    const std::uint64_t want = fixed_tree(leaf, levels, 0, op);
+    for (int round = 0; round < 10; ++round) {
+      // Ranks of contiguous members: [cut[r], cut[r + 1]).
+      const std::uint32_t ranks = 1 + static_cast<std::uint32_t>(draw(std::min<std::uint32_t>(n, 5)));
+      std::vector<std::uint32_t> cut{0};
+      for (std::uint32_t r = 1; r < ranks; ++r) cut.push_back(static_cast<std::uint32_t>(draw(n)));
+      cut.push_back(n);
+      std::sort(cut.begin(), cut.end());
+      struct block {
+        std::uint32_t level, lo;
+        std::uint64_t value;
+      };
+      std::vector<block> batches;  // what the ranks send
+      for (std::uint32_t r = 0; r < ranks; ++r) {
+        std::vector<std::uint32_t> order;
+        for (std::uint32_t i = cut[r]; i < cut[r + 1]; ++i) order.push_back(i);
+        if (round % 3 == 1 && order.size() > 1) {  // a few members late
+          for (int k = 0; k < 3; ++k) std::swap(order[draw(order.size())], order[draw(order.size())]);
+        }
+        partial_tree<std::allocator<std::byte>> t;
+        const auto flush = [&] {
+          t.drain(n, [&](std::uint32_t level, std::uint32_t lo, auto&& p) {
+            ASSERT_FALSE(p.failed);
+            block b{level, lo, 0};
+            std::memcpy(&b.value, p.data.data(), sizeof b.value);
+            batches.push_back(b);
+          });
+        };
+        for (std::uint32_t i : order) {
+          t.put_bytes(0, i, reinterpret_cast<const std::byte*>(&leaf[i]), sizeof leaf[i], false, n, rule);
+          if (round % 3 == 2 && draw(16) == 0) flush();  // a poll sent what the rank had
+        }
+        flush();
+      }
+      for (std::size_t i = batches.size(); i > 1; --i) std::swap(batches[i - 1], batches[draw(i)]);
+      partial_tree<std::allocator<std::byte>> member_0;
+      for (const block& b : batches) {
+        member_0.put_bytes(b.level, b.lo, reinterpret_cast<const std::byte*>(&b.value), sizeof b.value, false, n,
+                           rule);
+      }
+      ASSERT_TRUE(member_0.root().has_value()) << n << " members, round " << round;
+      std::uint64_t got = 0;
+      std::memcpy(&got, member_0.root()->data.data(), sizeof got);
+      EXPECT_EQ(got, want) << n << " members on " << ranks << " ranks, round " << round;
+    }
+  }
 }
 
 // Bytes put as borrowed (a waiting member's values) are read where they lie and never written:
