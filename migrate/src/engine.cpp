@@ -177,9 +177,7 @@ void engine::on_batch(int source, const unsigned char* buf, std::size_t bytes) n
         ISO_ASSERT(head[1] >= sizeof(data_header));
         std::int32_t tag = 0;
         std::memcpy(&tag, rec + offsetof(data_header, tag), sizeof tag);
-        // A batch for a member 0 (reserved.hpp: collective tags are [collective_tag(2^30 - 1),
-        // collective_tag(0)]).
-        if (tag <= collective_tag(0) && tag >= collective_tag((std::uint64_t{1} << 30) - 1)) collective_record_ = true;
+        if (is_collective_tag(tag)) collective_record_ = true;  // a batch for a member 0
         try {
           on_data(rec, head[1], true);  // read in place: copied only if it must be held here
         } catch (const std::bad_alloc&) {

@@ -33,6 +33,10 @@ inline constexpr int stream_end = INT_MIN + 3;  // carries no payload, only its 
 inline constexpr int collective_tag(std::uint64_t fingerprint) noexcept {
   return -2 - static_cast<int>(fingerprint & ((std::uint64_t{1} << 30) - 1));
 }
+// Whether tag is one of collective_tag's.
+inline constexpr bool is_collective_tag(int tag) noexcept {
+  return tag <= collective_tag(0) && tag >= collective_tag((std::uint64_t{1} << 30) - 1);
+}
 
 // iso::send on a reserved tag (tag < any_tag), numbered as `how` says. Same errors as iso::send.
 void send_reserved(thread_id to, const void* data, std::size_t bytes, int tag, sequencing how = sequencing::next);
