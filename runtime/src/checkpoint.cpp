@@ -1,5 +1,6 @@
 #include "checkpoint.hpp"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -96,6 +97,48 @@ class table_reader {
   const std::string& file_;
   std::size_t at_ = 0;
 };
+
+// What the table says of one thread, checked before any of it is used: its extents (where its
+// bytes will be read to) and its control block (read to attach the thread). The checksums do not
+// vouch for the addresses: a table rewritten with its checksums redone passes them. Throws
+// iso::error naming the file, the thread and the problem. Every bound is taken without overflow:
+// a value near 2^64 must not wrap to an address inside the region.
+void check_thread_record(const std::string& file, std::uint64_t id, std::uint64_t tcb_addr, std::uint64_t data_bytes,
+                         const sys_vector<image_extent>& extents) {
+  const region& reg = region::get();
+  const std::string who = thread_id::from_bits(id).to_string();
+  std::uint64_t total = 0, last_end = 0;
+  bool tcb_inside = false;
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    const image_extent& e = extents[i];
+    if (e.bytes == 0 || e.addr + e.bytes < e.addr || !reg.contains(reinterpret_cast<const void*>(e.addr)) ||
+        !reg.contains(reinterpret_cast<const void*>(e.addr + e.bytes - 1)) || e.addr < last_end) {
+      raise(errc::corrupt_image,
+            "checkpoint file %s: thread %s's extent %zu [%#llx, +%llu) is empty, wraps, lies outside the region or "
+            "overlaps the one before",
+            file.c_str(), who.c_str(), i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes));
+    }
+    last_end = e.addr + e.bytes;
+    total += e.bytes;  // no wrap: the extents are disjoint and inside the region
+    tcb_inside = tcb_inside || (tcb_addr >= e.addr && tcb_addr <= last_end && last_end - tcb_addr >= sizeof(tcb));
+  }
+  if (total != data_bytes) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's extents sum to %llu bytes, its record says %llu",
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(total), static_cast<unsigned long long>(data_bytes));
+  }
+  if (tcb_addr % alignof(tcb) != 0) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx is not %zu-byte aligned",
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr), alignof(tcb));
+  }
+  if (tcb_addr > UINT64_MAX - sizeof(tcb)) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx runs past the end of the address space",
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr));
+  }
+  if (!tcb_inside) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block [%#llx, +%zu) lies outside its restored data",
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr), sizeof(tcb));
+  }
+}
 
 std::string rank_file(const std::string& dir, std::uint64_t generation, int rank) {
   return format("%s/ckpt.%llu.rank%d", dir.c_str(), static_cast<unsigned long long>(generation), rank);
@@ -428,6 +471,7 @@ void checkpointer::restore(const std::string& dir) {
         restored t{in.next<thread_record>(), {}, {}, static_cast<int>(r), offset};
         for (std::uint32_t k = 0; k < t.rec.nruns; ++k) t.runs.push_back(in.next<run_record>());
         for (std::uint32_t k = 0; k < t.rec.nextents; ++k) t.extents.push_back(in.next<image_extent>());
+        check_thread_record(path, t.rec.id, t.rec.tcb, t.rec.data_bytes, t.extents);
         offset += t.rec.data_bytes;
         threads.push_back(std::move(t));
       }
@@ -449,7 +493,9 @@ void checkpointer::restore(const std::string& dir) {
     for (const restored& t : threads) {
       for (const run_record& run : t.runs) {
         void* p = reinterpret_cast<void*>(run.addr);
-        if (!reg.contains(p) || !reg.contains(static_cast<char*>(p) + run.chunks * chunk_bytes - 1)) {
+        // chunks bounded first: a huge count would wrap the run's end back into the region.
+        if (run.chunks == 0 || run.chunks > reg.bytes() / chunk_bytes || !reg.contains(p) ||
+            !reg.contains(static_cast<char*>(p) + run.chunks * chunk_bytes - 1)) {
           raise(errc::corrupt_image, "checkpoint %s: thread %s's run [%p, +%llu chunks) lies outside this run's region",
                 dir.c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), p,
                 static_cast<unsigned long long>(run.chunks));
@@ -466,11 +512,7 @@ void checkpointer::restore(const std::string& dir) {
       const restored& t = threads[k];
       read += t.rec.data_bytes;
       std::uint64_t offset = t.data_offset, sum = 0;
-      for (const image_extent& e : t.extents) {
-        if (!reg.contains(reinterpret_cast<void*>(e.addr)) || !reg.contains(reinterpret_cast<void*>(e.addr + e.bytes - 1))) {
-          raise(errc::corrupt_image, "checkpoint %s: an extent of thread %s lies outside the region", dir.c_str(),
-                thread_id::from_bits(t.rec.id).to_string().c_str());
-        }
+      for (const image_extent& e : t.extents) {  // each inside the region (check_thread_record)
         if (prim::file_read_at(fds[static_cast<std::size_t>(t.file)], reinterpret_cast<void*>(e.addr), e.bytes, offset) != 0) {
           raise(errc::corrupt_image, "checkpoint file of rank %d is truncated", t.file);
         }
@@ -481,9 +523,15 @@ void checkpointer::restore(const std::string& dir) {
         raise(errc::corrupt_image, "checkpoint %s: the data of thread %s is corrupt (checksum mismatch)", dir.c_str(),
               thread_id::from_bits(t.rec.id).to_string().c_str());
       }
-      if (reinterpret_cast<tcb*>(t.rec.tcb)->magic != tcb::magic_value) {
+      // The control block lies, aligned, in the bytes just read (check_thread_record).
+      const tcb* th = reinterpret_cast<const tcb*>(t.rec.tcb);
+      if (th->magic != tcb::magic_value) {
         raise(errc::corrupt_image, "checkpoint %s: thread %s has no valid control block", dir.c_str(),
               thread_id::from_bits(t.rec.id).to_string().c_str());
+      }
+      if (th->id.bits() != t.rec.id) {
+        raise(errc::corrupt_image, "checkpoint %s: the control block of thread %s names thread %s", dir.c_str(),
+              thread_id::from_bits(t.rec.id).to_string().c_str(), th->id.to_string().c_str());
       }
     }
   } catch (const iso::error& e) {

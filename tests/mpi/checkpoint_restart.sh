@@ -4,8 +4,9 @@
 # 1. A checkpoint taken mid-run on 4 ranks, restarted on 2 and on 4 ranks: the final checksum
 #    equals the uninterrupted run's, bit for bit.
 # 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
-#    file, a missing file and a different binary are each refused with a message naming it, on 2
-#    and on 4 ranks.
+#    file, a missing file, a thread's control block placed outside its data, misaligned or at the
+#    top of the address space (in a table whose checksums were redone), and a different binary are
+#    each refused with a message naming it, on 2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -57,6 +58,13 @@ file=$(ls "$work"/truncated/ckpt.*.rank2)
 truncate -s $(($(stat -c %s "$file") / 2)) "$file"
 cp -r "$work/ck" "$work/missing"
 rm "$work"/missing/ckpt.*.rank3
+retable() {  # retable HOW: a copy of the checkpoint whose first thread's control block address is HOW
+  cp -r "$work/ck" "$work/tcb_$1"
+  python3 "$(dirname "$0")/checkpoint_retable.py" "$work/tcb_$1" "$1" || fail "checkpoint_retable.py $1 failed"
+}
+retable other
+retable misaligned
+retable wrap
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -68,6 +76,11 @@ for ranks in 2 4; do
   refused_restart "$ranks" "a flipped table byte" "rank0 is corrupt (table checksum mismatch)" flipped_table
   refused_restart "$ranks" "a truncated file" "has [0-9]* bytes, the manifest says" truncated
   refused_restart "$ranks" "a missing file" "cannot open checkpoint file .*rank3" missing
+  refused_restart "$ranks" "a control block outside its thread's data" \
+    "rank0: thread [0-9:]*'s control block .* lies outside its restored data" tcb_other
+  refused_restart "$ranks" "a misaligned control block" "rank0: thread [0-9:]*'s control block at 0x[0-9a-f]* is not [0-9]*-byte aligned" tcb_misaligned
+  refused_restart "$ranks" "a control block at the top of the address space" \
+    "rank0: thread [0-9:]*'s control block at 0xffffffffffffffc0 runs past the end of the address space" tcb_wrap
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Rewrites the control-block address of one thread in a checkpoint's table and redoes every
+checksum that covers it (the table's, the file header's, the manifest's), as a defective or
+hostile writer would: the restart must refuse the address itself, since the checksums pass.
+
+    checkpoint_retable.py DIR HOW
+
+DIR is a copy of a checkpoint; a thread of rank 0's file is changed. HOW:
+  other       the fifth thread's is the first thread's control block: a valid one, outside the
+              fifth thread's data, that a restart on 2 or 4 ranks has restored on the same rank
+              before it comes to the fifth (both are rank 0's: threads go to ranks in file order)
+  misaligned  the first thread's is 8 bytes past its own control block
+  wrap        the first thread's is 2^64 - 64: aligned, but the control block would run past the
+              end of the address space
+
+The layouts are runtime/src/checkpoint.cpp's (file_header, thread_record, run_record,
+image_extent, manifest_header, manifest_entry) and checksum64 is isomalloc's checksum.hpp.
+"""
+import glob
+import os
+import struct
+import sys
+
+M = (1 << 64) - 1
+K = 0x9E3779B97F4A7C15
+
+
+def checksum64(data, seed=0):
+    def mix(h, w):
+        h ^= (w * 0xC2B2AE3D27D4EB4F) & M
+        h = ((h << 31) | (h >> 33)) & M
+        return (h * K) & M
+
+    lane = [seed ^ K, (seed + 1) & M, seed ^ (K >> 1), (seed - 1) & M]
+    i = 0
+    n = len(data)
+    while i + 32 <= n:
+        for l in range(4):
+            (w,) = struct.unpack_from("<Q", data, i + 8 * l)
+            lane[l] = mix(lane[l], w)
+        i += 32
+    h = lane[0] ^ ((lane[1] * 3) & M) ^ ((lane[2] * 5) & M) ^ ((lane[3] * 7) & M) ^ n
+    while i < n:
+        h = mix(h, data[i])
+        i += 1
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & M
+    h ^= h >> 33
+    return h
+
+
+HEADER = struct.Struct("<QIIIIQQQQQQQQ")  # file_header, 88 bytes
+RECORD = struct.Struct("<QQIIIIQQ")       # thread_record, 48 bytes
+PAIR = 16                                 # run_record and image_extent: two 64-bit words
+
+
+def main():
+    directory, how = sys.argv[1], sys.argv[2]
+    (path,) = glob.glob(os.path.join(directory, "ckpt.*.rank0"))
+    blob = bytearray(open(path, "rb").read())
+    h = list(HEADER.unpack_from(blob, 0))
+    nthreads, table_bytes = h[4], h[9]
+    table = bytearray(blob[HEADER.size:HEADER.size + table_bytes])
+    at, tcbs = 0, []
+    for _ in range(nthreads):
+        rec = RECORD.unpack_from(table, at)
+        tcbs.append(at + 8)  # offset of the record's tcb field
+        at += RECORD.size + (rec[3] + rec[4]) * PAIR
+    if len(tcbs) < 5:
+        sys.exit("checkpoint_retable.py: %s has %d threads, 5 needed" % (path, len(tcbs)))
+    (first,) = struct.unpack_from("<Q", table, tcbs[0])
+    which, new = {"other": (4, first), "misaligned": (0, first + 8), "wrap": (0, (1 << 64) - 64)}[how]
+    struct.pack_into("<Q", table, tcbs[which], new)
+    blob[HEADER.size:HEADER.size + table_bytes] = table
+    h[11] = checksum64(bytes(table))  # table_checksum
+    h[12] = 0
+    h[12] = checksum64(HEADER.pack(*h))  # header_checksum, of the header with that field 0
+    HEADER.pack_into(blob, 0, *h)
+    open(path, "wb").write(blob)
+
+    mpath = os.path.join(directory, "manifest")
+    man = bytearray(open(mpath, "rb").read())
+    (nranks,) = struct.unpack_from("<I", man, 12)
+    head = len(man) - nranks * PAIR  # manifest_header, its checksum the last word
+    struct.pack_into("<Q", man, head + 8, h[11])  # rank 0's entry: file_bytes, table_checksum
+    struct.pack_into("<Q", man, head - 8, 0)
+    seed = checksum64(bytes(man[:head]))
+    struct.pack_into("<Q", man, head - 8, checksum64(bytes(man[head:]), seed))
+    open(mpath, "wb").write(man)
+
+
+if __name__ == "__main__":
+    main()
