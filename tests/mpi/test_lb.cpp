@@ -291,30 +291,40 @@ TEST(LoadBalancing, WorkTheSchedulerDoesBetweenThreadsIsNotIdleTime) {
   }
 }
 
+// Main's own work outside run() is the rank's background, not idle time: with the thread's CPU
+// time, it must reach the strategy as the thread's load plus rank 0's background (together the
+// rank's CPU time while not idle). Counted as idle, wholly or only its CPU time (which lowered the
+// share that scales the thread's cycles), it would be missing from that sum. The thread's load
+// alone is not compared with its CPU time: it is its cycles scaled by the rank's mean share of
+// its core over the period, and beside other processes the kernel's share of one 50 ms run and
+// of main's 100 ms before it differ (at load 10: a load of 0.64 of the CPU time on every try).
 TEST(LoadBalancing, CpuTimeOfMainBetweenRunsIsNotIdleTime) {
   iso::lb::set_strategy("greedy");
   iso::spawn([] { iso::lb::sync(); });
   rt->run();  // measured, and ended by an idle pass
   auto seen = std::make_shared<iso::lb::problem>();
-  double burned = 0;
+  double burned = 0, main_burned = 0;
   measure_up_to_three_times([&] {
     iso::lb::set_strategy(std::make_unique<recording_strategy>(seen));
-    // Main's own work, outside run(): the rank's background. Only on rank 0, so that it has a
-    // core to itself (other ranks wait idle) throughout the period: the share is one figure per
-    // period.
+    // Only on rank 0: the other ranks' main does nothing between set_strategy and run().
     if (rt->rank() == 0) {
-      burn_cpu(0.1);
+      main_burned = burn_cpu(0.1);
       iso::spawn([&burned] {
         burned = burn_cpu(0.05);
         iso::lb::sync();
       });
     }
     rt->run();
-    return seen->threads.size() == 1 && std::abs(seen->threads[0].load - burned) <= 0.25 * burned;
+    return seen->threads.size() == 1 && seen->threads[0].load > 0 && !seen->background.empty() &&
+           seen->threads[0].load + seen->background[0] - burned >= 0.5 * main_burned;
   });
   if (rt->rank() == 0) {
     ASSERT_EQ(seen->threads.size(), 1u);
-    EXPECT_NEAR(seen->threads[0].load, burned, 0.25 * burned);
+    ASSERT_GT(seen->threads[0].load, 0);
+    ASSERT_FALSE(seen->background.empty());
+    EXPECT_GE(seen->threads[0].load + seen->background[0] - burned, 0.5 * main_burned)
+        << "the thread's load " << seen->threads[0].load << " s plus rank 0's background " << seen->background[0]
+        << " s leave out main's " << main_burned << " s of CPU besides the thread's " << burned << " s";
   }
 }
 
