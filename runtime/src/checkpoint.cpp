@@ -1,8 +1,10 @@
 #include "checkpoint.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 #include "checksum.hpp"
 #include "diag.hpp"
@@ -98,15 +100,32 @@ class table_reader {
   std::size_t at_ = 0;
 };
 
-// What the table says of one thread, checked before any of it is used: its extents (where its
-// bytes will be read to) and its control block (read to attach the thread). The checksums do not
-// vouch for the addresses: a table rewritten with its checksums redone passes them. Throws
-// iso::error naming the file, the thread and the problem. Every bound is taken without overflow:
-// a value near 2^64 must not wrap to an address inside the region.
-void check_thread_record(const std::string& file, std::uint64_t id, std::uint64_t tcb_addr, std::uint64_t data_bytes,
+// What the table says of one thread, checked before any of it is used: its runs (claimed for it),
+// its extents (where its bytes will be read to: each inside its own runs, or it would overwrite
+// the memory of a thread restored before it, after that one's checksum passed) and its control
+// block (read to attach the thread). The checksums do not vouch for the addresses: a table
+// rewritten with its checksums redone passes them, and the data checksum covers the bytes, not
+// where they go. Throws iso::error naming the file, the thread and the problem. Every bound is
+// taken without overflow: a value near 2^64 must not wrap to an address inside the region.
+void check_thread_record(const std::string& file, const thread_record& rec, const sys_vector<run_record>& runs,
                          const sys_vector<image_extent>& extents) {
   const region& reg = region::get();
-  const std::string who = thread_id::from_bits(id).to_string();
+  const std::string who = thread_id::from_bits(rec.id).to_string();
+  struct span {
+    std::uint64_t lo, hi;  // [lo, hi)
+  };
+  sys_vector<span> spans;
+  for (const run_record& run : runs) {
+    // chunks bounded first: a huge count would wrap the run's end back into the region.
+    if (run.chunks == 0 || run.chunks > reg.bytes() / chunk_bytes || !reg.contains(reinterpret_cast<const void*>(run.addr)) ||
+        !reg.contains(reinterpret_cast<const void*>(run.addr + run.chunks * chunk_bytes - 1))) {
+      raise(errc::corrupt_image, "checkpoint file %s: thread %s's run [%#llx, +%llu chunks) lies outside this run's region",
+            file.c_str(), who.c_str(), static_cast<unsigned long long>(run.addr),
+            static_cast<unsigned long long>(run.chunks));
+    }
+    spans.push_back({run.addr, run.addr + run.chunks * chunk_bytes});
+  }
+  std::sort(spans.begin(), spans.end(), [](const span& a, const span& b) { return a.lo < b.lo; });
   std::uint64_t total = 0, last_end = 0;
   bool tcb_inside = false;
   for (std::size_t i = 0; i < extents.size(); ++i) {
@@ -119,24 +138,33 @@ void check_thread_record(const std::string& file, std::uint64_t id, std::uint64_
             file.c_str(), who.c_str(), i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes));
     }
     last_end = e.addr + e.bytes;
+    // Covered by the thread's runs: the last run starting at or below it, then runs that each
+    // start where the one before ends.
+    auto it = std::upper_bound(spans.begin(), spans.end(), e.addr, [](std::uint64_t a, const span& s) { return a < s.lo; });
+    std::uint64_t covered = it == spans.begin() ? e.addr : std::prev(it)->hi;
+    while (covered < last_end && it != spans.end() && it->lo == covered) covered = (it++)->hi;
+    if (covered < last_end) {
+      raise(errc::corrupt_image, "checkpoint file %s: thread %s's extent %zu [%#llx, +%llu) lies outside the runs it owns",
+            file.c_str(), who.c_str(), i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes));
+    }
     total += e.bytes;  // no wrap: the extents are disjoint and inside the region
-    tcb_inside = tcb_inside || (tcb_addr >= e.addr && tcb_addr <= last_end && last_end - tcb_addr >= sizeof(tcb));
+    tcb_inside = tcb_inside || (rec.tcb >= e.addr && rec.tcb <= last_end && last_end - rec.tcb >= sizeof(tcb));
   }
-  if (total != data_bytes) {
+  if (total != rec.data_bytes) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's extents sum to %llu bytes, its record says %llu",
-          file.c_str(), who.c_str(), static_cast<unsigned long long>(total), static_cast<unsigned long long>(data_bytes));
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(total), static_cast<unsigned long long>(rec.data_bytes));
   }
-  if (tcb_addr % alignof(tcb) != 0) {
+  if (rec.tcb % alignof(tcb) != 0) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx is not %zu-byte aligned",
-          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr), alignof(tcb));
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(rec.tcb), alignof(tcb));
   }
-  if (tcb_addr > UINT64_MAX - sizeof(tcb)) {
+  if (rec.tcb > UINT64_MAX - sizeof(tcb)) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx runs past the end of the address space",
-          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr));
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(rec.tcb));
   }
   if (!tcb_inside) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block [%#llx, +%zu) lies outside its restored data",
-          file.c_str(), who.c_str(), static_cast<unsigned long long>(tcb_addr), sizeof(tcb));
+          file.c_str(), who.c_str(), static_cast<unsigned long long>(rec.tcb), sizeof(tcb));
   }
 }
 
@@ -471,7 +499,7 @@ void checkpointer::restore(const std::string& dir) {
         restored t{in.next<thread_record>(), {}, {}, static_cast<int>(r), offset};
         for (std::uint32_t k = 0; k < t.rec.nruns; ++k) t.runs.push_back(in.next<run_record>());
         for (std::uint32_t k = 0; k < t.rec.nextents; ++k) t.extents.push_back(in.next<image_extent>());
-        check_thread_record(path, t.rec.id, t.rec.tcb, t.rec.data_bytes, t.extents);
+        check_thread_record(path, t.rec, t.runs, t.extents);
         offset += t.rec.data_bytes;
         threads.push_back(std::move(t));
       }
@@ -492,14 +520,7 @@ void checkpointer::restore(const std::string& dir) {
     // Reserve every restored run that lies in this rank's share.
     for (const restored& t : threads) {
       for (const run_record& run : t.runs) {
-        void* p = reinterpret_cast<void*>(run.addr);
-        // chunks bounded first: a huge count would wrap the run's end back into the region.
-        if (run.chunks == 0 || run.chunks > reg.bytes() / chunk_bytes || !reg.contains(p) ||
-            !reg.contains(static_cast<char*>(p) + run.chunks * chunk_bytes - 1)) {
-          raise(errc::corrupt_image, "checkpoint %s: thread %s's run [%p, +%llu chunks) lies outside this run's region",
-                dir.c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), p,
-                static_cast<unsigned long long>(run.chunks));
-        }
+        void* p = reinterpret_cast<void*>(run.addr);  // inside the region (check_thread_record)
         if (reg.owner_of(p) == rank_ && !reg.claim(p, run.chunks)) {
           raise(errc::corrupt_image, "checkpoint %s: thread %s's run [%p, +%llu chunks) overlaps memory in use on rank %d",
                 dir.c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), p,

@@ -5,8 +5,9 @@
 #    equals the uninterrupted run's, bit for bit.
 # 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
 #    file, a missing file, a thread's control block placed outside its data, misaligned or at the
-#    top of the address space (in a table whose checksums were redone), and a different binary are
-#    each refused with a message naming it, on 2 and on 4 ranks.
+#    top of the address space, or one of its extents placed on another thread's data (in a table
+#    whose checksums were redone), and a different binary are each refused with a message naming
+#    it, on 2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -58,13 +59,14 @@ file=$(ls "$work"/truncated/ckpt.*.rank2)
 truncate -s $(($(stat -c %s "$file") / 2)) "$file"
 cp -r "$work/ck" "$work/missing"
 rm "$work"/missing/ckpt.*.rank3
-retable() {  # retable HOW: a copy of the checkpoint whose first thread's control block address is HOW
-  cp -r "$work/ck" "$work/tcb_$1"
-  python3 "$(dirname "$0")/checkpoint_retable.py" "$work/tcb_$1" "$1" || fail "checkpoint_retable.py $1 failed"
+retable() {  # retable HOW: a copy of the checkpoint with an address rewritten (checkpoint_retable.py)
+  cp -r "$work/ck" "$work/retabled_$1"
+  python3 "$(dirname "$0")/checkpoint_retable.py" "$work/retabled_$1" "$1" || fail "checkpoint_retable.py $1 failed"
 }
 retable other
 retable misaligned
 retable wrap
+retable extent
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -77,10 +79,12 @@ for ranks in 2 4; do
   refused_restart "$ranks" "a truncated file" "has [0-9]* bytes, the manifest says" truncated
   refused_restart "$ranks" "a missing file" "cannot open checkpoint file .*rank3" missing
   refused_restart "$ranks" "a control block outside its thread's data" \
-    "rank0: thread [0-9:]*'s control block .* lies outside its restored data" tcb_other
-  refused_restart "$ranks" "a misaligned control block" "rank0: thread [0-9:]*'s control block at 0x[0-9a-f]* is not [0-9]*-byte aligned" tcb_misaligned
+    "rank0: thread [0-9:]*'s control block .* lies outside its restored data" retabled_other
+  refused_restart "$ranks" "a misaligned control block" "rank0: thread [0-9:]*'s control block at 0x[0-9a-f]* is not [0-9]*-byte aligned" retabled_misaligned
   refused_restart "$ranks" "a control block at the top of the address space" \
-    "rank0: thread [0-9:]*'s control block at 0xffffffffffffffc0 runs past the end of the address space" tcb_wrap
+    "rank0: thread [0-9:]*'s control block at 0xffffffffffffffc0 runs past the end of the address space" retabled_wrap
+  refused_restart "$ranks" "an extent on another thread's data" \
+    "rank0: thread [0-9:]*'s extent [0-9]* .* lies outside the runs it owns" retabled_extent
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 

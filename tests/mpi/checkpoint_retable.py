@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Rewrites the control-block address of one thread in a checkpoint's table and redoes every
-checksum that covers it (the table's, the file header's, the manifest's), as a defective or
-hostile writer would: the restart must refuse the address itself, since the checksums pass.
+"""Rewrites an address of one thread in a checkpoint's table (its control block's, or an
+extent's) and redoes every checksum that covers it (the table's, the file header's, the
+manifest's), as a defective or hostile writer would: the restart must refuse the address itself,
+since the checksums pass.
 
     checkpoint_retable.py DIR HOW
 
@@ -12,11 +13,13 @@ DIR is a copy of a checkpoint; a thread of rank 0's file is changed. HOW:
   misaligned  the first thread's is 8 bytes past its own control block
   wrap        the first thread's is 2^64 - 64: aligned, but the control block would run past the
               end of the address space
+  extent      not the control block: an extent of the fifth thread (one without its control block,
+              to where the order of its extents holds) is moved onto the first thread's data, which a restart on 2 or 4 ranks has read and verified by then (the
+              data checksum covers the bytes, not where they go: it still passes)
 
 The layouts are runtime/src/checkpoint.cpp's (file_header, thread_record, run_record,
 image_extent, manifest_header, manifest_entry) and checksum64 is isomalloc's checksum.hpp.
 """
-import glob
 import os
 import struct
 import sys
@@ -56,21 +59,46 @@ PAIR = 16                                 # run_record and image_extent: two 64-
 
 def main():
     directory, how = sys.argv[1], sys.argv[2]
-    (path,) = glob.glob(os.path.join(directory, "ckpt.*.rank0"))
+    mpath = os.path.join(directory, "manifest")
+    man = bytearray(open(mpath, "rb").read())
+    (nranks,) = struct.unpack_from("<I", man, 12)
+    (generation,) = struct.unpack_from("<Q", man, 40)  # after magic, version, nranks, layout, region
+    path = os.path.join(directory, "ckpt.%d.rank0" % generation)
     blob = bytearray(open(path, "rb").read())
     h = list(HEADER.unpack_from(blob, 0))
     nthreads, table_bytes = h[4], h[9]
     table = bytearray(blob[HEADER.size:HEADER.size + table_bytes])
-    at, tcbs = 0, []
+    at, tcbs, extents = 0, [], []
     for _ in range(nthreads):
         rec = RECORD.unpack_from(table, at)
         tcbs.append(at + 8)  # offset of the record's tcb field
+        first_extent = at + RECORD.size + rec[3] * PAIR
+        # per extent: its offset in the table, its address, its length
+        offsets = range(first_extent, first_extent + rec[4] * PAIR, PAIR)
+        extents.append([(o,) + struct.unpack_from("<QQ", table, o) for o in offsets])
         at += RECORD.size + (rec[3] + rec[4]) * PAIR
     if len(tcbs) < 5:
         sys.exit("checkpoint_retable.py: %s has %d threads, 5 needed" % (path, len(tcbs)))
     (first,) = struct.unpack_from("<Q", table, tcbs[0])
-    which, new = {"other": (4, first), "misaligned": (0, first + 8), "wrap": (0, (1 << 64) - 64)}[how]
-    struct.pack_into("<Q", table, tcbs[which], new)
+    if how == "extent":
+        (tcb4,) = struct.unpack_from("<Q", table, tcbs[4])
+        mine, theirs = extents[4], extents[0]
+        # An extent of the fifth thread without its control block, moved to the start of one of
+        # the first thread's where it still lies between its neighbours (the extents' order holds).
+        for j, (offset, addr, length) in enumerate(mine):
+            if addr <= tcb4 < addr + length:
+                continue
+            low = mine[j - 1][1] + mine[j - 1][2] if j > 0 else 0
+            high = mine[j + 1][1] if j + 1 < len(mine) else 1 << 64
+            to = next((t[1] for t in theirs if low <= t[1] and t[1] + length <= high), None)
+            if to is not None:
+                struct.pack_into("<Q", table, offset, to)
+                break
+        else:
+            sys.exit("checkpoint_retable.py: no extent of the fifth thread fits onto the first thread's data")
+    else:
+        which, new = {"other": (4, first), "misaligned": (0, first + 8), "wrap": (0, (1 << 64) - 64)}[how]
+        struct.pack_into("<Q", table, tcbs[which], new)
     blob[HEADER.size:HEADER.size + table_bytes] = table
     h[11] = checksum64(bytes(table))  # table_checksum
     h[12] = 0
@@ -78,9 +106,6 @@ def main():
     HEADER.pack_into(blob, 0, *h)
     open(path, "wb").write(blob)
 
-    mpath = os.path.join(directory, "manifest")
-    man = bytearray(open(mpath, "rb").read())
-    (nranks,) = struct.unpack_from("<I", man, 12)
     head = len(man) - nranks * PAIR  # manifest_header, its checksum the last word
     struct.pack_into("<Q", man, head + 8, h[11])  # rank 0's entry: file_bytes, table_checksum
     struct.pack_into("<Q", man, head - 8, 0)
