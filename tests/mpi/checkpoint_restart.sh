@@ -5,9 +5,10 @@
 #    equals the uninterrupted run's, bit for bit.
 # 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
 #    file, a missing file, a thread's control block placed outside its data, misaligned or at the
-#    top of the address space, or one of its extents placed on another thread's data (in a table
-#    whose checksums were redone), and a different binary are each refused with a message naming
-#    it, on 2 and on 4 ranks.
+#    top of the address space, one of its extents placed on another thread's data, a run off the
+#    chunks or whose length wraps, a record whose extents do not sum to it, a thread recorded twice
+#    (each in a table whose checksums were redone), and a different binary are each refused with a
+#    message naming it, on 2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -67,6 +68,10 @@ retable other
 retable misaligned
 retable wrap
 retable extent
+retable run_misaligned
+retable chunks
+retable sum
+retable duplicate
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -85,6 +90,13 @@ for ranks in 2 4; do
     "rank0: thread [0-9:]*'s control block at 0xffffffffffffffc0 runs past the end of the address space" retabled_wrap
   refused_restart "$ranks" "an extent on another thread's data" \
     "rank0: thread [0-9:]*'s extent [0-9]* .* lies outside the runs it owns" retabled_extent
+  refused_restart "$ranks" "a run off the chunks" "rank0: thread [0-9:]*'s run .* does not start on a chunk" \
+    retabled_run_misaligned
+  refused_restart "$ranks" "a run whose length wraps" "rank0: thread [0-9:]*'s run .* lies outside this job's region" \
+    retabled_chunks
+  refused_restart "$ranks" "a record whose extents do not sum to it" "rank0: thread [0-9:]*'s extents sum to" retabled_sum
+  refused_restart "$ranks" "a thread recorded twice" "thread [0-9:]* is recorded twice (in .*rank0 and .*rank0)" \
+    retabled_duplicate
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 

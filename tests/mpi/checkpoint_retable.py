@@ -14,8 +14,12 @@ DIR is a copy of a checkpoint; a thread of rank 0's file is changed. HOW:
   wrap        the first thread's is 2^64 - 64: aligned, but the control block would run past the
               end of the address space
   extent      not the control block: an extent of the fifth thread (one without its control block,
-              to where the order of its extents holds) is moved onto the first thread's data, which a restart on 2 or 4 ranks has read and verified by then (the
+              whose move keeps its extents in order) is moved onto the first thread's data, which a restart on 2 or 4 ranks has read and verified by then (the
               data checksum covers the bytes, not where they go: it still passes)
+  run_misaligned  the first thread's first run starts 8 bytes past a chunk
+  chunks      the first thread's first run has 2^64 / 64 KiB + 1 chunks: its length wraps to one chunk
+  sum         the first thread's record says 16 data bytes more than its extents hold
+  duplicate   the fifth thread's record carries the first thread's id
 
 The layouts are runtime/src/checkpoint.cpp's (file_header, thread_record, run_record,
 image_extent, manifest_header, manifest_entry) and checksum64 is isomalloc's checksum.hpp.
@@ -58,6 +62,9 @@ PAIR = 16                                 # run_record and image_extent: two 64-
 
 
 def main():
+    hows = ("other", "misaligned", "wrap", "extent", "run_misaligned", "chunks", "sum", "duplicate")
+    if len(sys.argv) != 3 or sys.argv[2] not in hows:
+        sys.exit("usage: checkpoint_retable.py DIR HOW, HOW one of " + ", ".join(hows))
     directory, how = sys.argv[1], sys.argv[2]
     mpath = os.path.join(directory, "manifest")
     man = bytearray(open(mpath, "rb").read())
@@ -68,9 +75,10 @@ def main():
     h = list(HEADER.unpack_from(blob, 0))
     nthreads, table_bytes = h[4], h[9]
     table = bytearray(blob[HEADER.size:HEADER.size + table_bytes])
-    at, tcbs, extents = 0, [], []
+    at, records, tcbs, extents = 0, [], [], []
     for _ in range(nthreads):
         rec = RECORD.unpack_from(table, at)
+        records.append(at)
         tcbs.append(at + 8)  # offset of the record's tcb field
         first_extent = at + RECORD.size + rec[3] * PAIR
         # per extent: its offset in the table, its address, its length
@@ -96,6 +104,16 @@ def main():
                 break
         else:
             sys.exit("checkpoint_retable.py: no extent of the fifth thread fits onto the first thread's data")
+    elif how in ("run_misaligned", "chunks"):
+        run = records[0] + RECORD.size  # the first thread's first run: address, chunks
+        if how == "run_misaligned":
+            struct.pack_into("<Q", table, run, struct.unpack_from("<Q", table, run)[0] + 8)
+        else:
+            struct.pack_into("<Q", table, run + 8, (1 << 64) // (64 << 10) + 1)
+    elif how == "sum":
+        struct.pack_into("<Q", table, records[0] + 32, struct.unpack_from("<Q", table, records[0] + 32)[0] + 16)
+    elif how == "duplicate":
+        struct.pack_into("<Q", table, records[4], struct.unpack_from("<Q", table, records[0])[0])
     else:
         which, new = {"other": (4, first), "misaligned": (0, first + 8), "wrap": (0, (1 << 64) - 64)}[how]
         struct.pack_into("<Q", table, tcbs[which], new)
