@@ -279,8 +279,10 @@ TEST(LoadBalancing, WorkTheSchedulerDoesBetweenThreadsIsNotIdleTime) {
     load = load_of(*seen, bits);
     background = seen->background.empty() ? -1 : seen->background[0];
     // At least half of the CPU time used between the runs (the receiving, and the idle passes'
-    // share of a percent or so) was counted as not idle.
-    return load > 0 && load + background - burned >= 0.5 * between;
+    // share of a percent or so) was counted as not idle, and as background, not as the thread's:
+    // background / load is the passes' wall time over the runs', at least half their CPU times'
+    // ratio while the passes get no more than twice the runs' share of the core (they got less).
+    return load > 0 && load + background - burned >= 0.5 * between && background >= 0.5 * between * load / burned;
   });
   if (rt->rank() == 0) {
     ASSERT_GT(load, 0) << "the receiver was not among the threads the strategy saw";
@@ -288,6 +290,9 @@ TEST(LoadBalancing, WorkTheSchedulerDoesBetweenThreadsIsNotIdleTime) {
     EXPECT_GE(load + background - burned, 0.5 * between)
         << "the thread's load " << load << " s plus rank 0's background " << background << " s leave out the CPU time "
         << "used between its runs (" << between << " s besides its own " << burned << " s): the receiving was counted as idle";
+    EXPECT_GE(background, 0.5 * between * load / burned)
+        << "rank 0's background " << background << " s beside the thread's load " << load << " s: the receiving ("
+        << between << " s of CPU against the thread's " << burned << " s) was counted as the thread's";
   }
 }
 
@@ -315,8 +320,10 @@ TEST(LoadBalancing, CpuTimeOfMainBetweenRunsIsNotIdleTime) {
       });
     }
     rt->run();
+    // And main's time is background, not the thread's (as in WorkTheSchedulerDoesBetweenThreads).
     return seen->threads.size() == 1 && seen->threads[0].load > 0 && !seen->background.empty() &&
-           seen->threads[0].load + seen->background[0] - burned >= 0.5 * main_burned;
+           seen->threads[0].load + seen->background[0] - burned >= 0.5 * main_burned &&
+           seen->background[0] >= 0.5 * main_burned * seen->threads[0].load / burned;
   });
   if (rt->rank() == 0) {
     ASSERT_EQ(seen->threads.size(), 1u);
@@ -325,6 +332,9 @@ TEST(LoadBalancing, CpuTimeOfMainBetweenRunsIsNotIdleTime) {
     EXPECT_GE(seen->threads[0].load + seen->background[0] - burned, 0.5 * main_burned)
         << "the thread's load " << seen->threads[0].load << " s plus rank 0's background " << seen->background[0]
         << " s leave out main's " << main_burned << " s of CPU besides the thread's " << burned << " s";
+    EXPECT_GE(seen->background[0], 0.5 * main_burned * seen->threads[0].load / burned)
+        << "rank 0's background " << seen->background[0] << " s beside the thread's load " << seen->threads[0].load
+        << " s: main's " << main_burned << " s of CPU was counted as the thread's";
   }
 }
 
