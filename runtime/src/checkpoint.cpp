@@ -143,6 +143,10 @@ void check_thread_record(const std::string& file, const thread_record& rec, cons
     }
     spans.push_back({run.addr, run.addr + run.chunks * chunk_bytes});
   }
+  // The stack run, which write_rank_file records first: as in a migration's image
+  // (validate_image_header), no extent reaches past either of its ends, and one ends at its top.
+  const span stack = runs.empty() ? span{0, 0} : spans.front();
+  bool stack_top = false;
   std::sort(spans.begin(), spans.end(), [](const span& a, const span& b) { return a.lo < b.lo; });
   std::uint64_t total = 0, last_end = 0;
   for (std::size_t i = 0; i < extents.size(); ++i) {
@@ -158,6 +162,10 @@ void check_thread_record(const std::string& file, const thread_record& rec, cons
     } else if (e.addr < last_end) {
       why = "overlaps or precedes the extent before it";
     }
+    if (why == nullptr && e.addr < stack.hi && stack.lo < e.addr + e.bytes &&
+        (e.addr < stack.lo || e.addr + e.bytes > stack.hi)) {
+      why = "crosses the end of its stack run";
+    }
     if (why == nullptr) {
       // Covered by the thread's runs: the last run starting at or below it, then runs that each
       // start where the one before ends.
@@ -171,7 +179,12 @@ void check_thread_record(const std::string& file, const thread_record& rec, cons
             i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes), why);
     }
     last_end = e.addr + e.bytes;
+    stack_top = stack_top || last_end == stack.hi;
     total += e.bytes;  // no wrap: the extents are disjoint and inside the region
+  }
+  if (!stack_top) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s has no extent that ends at its stack's top", file.c_str(),
+          who().c_str());
   }
   if (total != rec.data_bytes) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's extents sum to %llu bytes, its record says %llu",

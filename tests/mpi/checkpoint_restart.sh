@@ -6,9 +6,9 @@
 # 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
 #    file, a missing file, a thread's control block placed outside its data, misaligned or at the
 #    top of the address space, one of its extents placed on another thread's data, a run off the
-#    chunks or whose length wraps, a record whose extents do not sum to it, a thread recorded twice
-#    (each in a table whose checksums were redone), and a different binary are each refused with a
-#    message naming it, on 2 and on 4 ranks.
+#    chunks or whose length wraps, a record whose extents do not sum to it, a thread recorded twice,
+#    an extent past its stack's top (each in a table whose checksums were redone), and a different
+#    binary are each refused with a message naming it, on 2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -72,6 +72,7 @@ retable run_misaligned
 retable chunks
 retable sum
 retable duplicate
+retable stack
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -97,6 +98,8 @@ for ranks in 2 4; do
   refused_restart "$ranks" "a record whose extents do not sum to it" "rank0: thread [0-9:]*'s extents sum to" retabled_sum
   refused_restart "$ranks" "a thread recorded twice" "thread [0-9:]* is recorded twice (in .*rank0 and .*rank0)" \
     retabled_duplicate
+  refused_restart "$ranks" "an extent past the stack's top" "rank0: thread [0-9:]*'s extent [0-9]* .* crosses the end of its stack run" \
+    retabled_stack
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 

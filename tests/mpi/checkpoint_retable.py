@@ -20,6 +20,7 @@ DIR is a copy of a checkpoint; a thread of rank 0's file is changed. HOW:
   chunks      the first thread's first run has 2^64 / 64 KiB + 1 chunks: its length wraps to one chunk
   sum         the first thread's record says 16 data bytes more than its extents hold
   duplicate   the fifth thread's record carries the first thread's id
+  stack       the first thread's extent that ends at its stack's top is moved 16 bytes up, past it
 
 The layouts are runtime/src/checkpoint.cpp's (file_header, thread_record, run_record,
 image_extent, manifest_header, manifest_entry) and checksum64 is isomalloc's checksum.hpp.
@@ -62,7 +63,7 @@ PAIR = 16                                 # run_record and image_extent: two 64-
 
 
 def main():
-    hows = ("other", "misaligned", "wrap", "extent", "run_misaligned", "chunks", "sum", "duplicate")
+    hows = ("other", "misaligned", "wrap", "extent", "run_misaligned", "chunks", "sum", "duplicate", "stack")
     if len(sys.argv) != 3 or sys.argv[2] not in hows:
         sys.exit("usage: checkpoint_retable.py DIR HOW, HOW one of " + ", ".join(hows))
     directory, how = sys.argv[1], sys.argv[2]
@@ -112,6 +113,11 @@ def main():
             struct.pack_into("<Q", table, run + 8, (1 << 64) // (64 << 10) + 1)
     elif how == "sum":
         struct.pack_into("<Q", table, records[0] + 32, struct.unpack_from("<Q", table, records[0] + 32)[0] + 16)
+    elif how == "stack":
+        base, chunks = struct.unpack_from("<QQ", table, records[0] + RECORD.size)  # its stack run, recorded first
+        top = base + chunks * (64 << 10)
+        (offset, addr, length) = next(e for e in extents[0] if e[1] + e[2] == top)
+        struct.pack_into("<Q", table, offset, addr + 16)
     elif how == "duplicate":
         struct.pack_into("<Q", table, records[4], struct.unpack_from("<Q", table, records[0])[0])
     else:
