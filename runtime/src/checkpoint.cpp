@@ -519,10 +519,15 @@ void checkpointer::restore(const std::string& dir) {
         raise(errc::corrupt_image, "checkpoint file %s does not belong to this checkpoint's generation %llu", path.c_str(),
               static_cast<unsigned long long>(m.header.generation));
       }
-      // Bounded without adding: table_bytes and data_bytes near 2^64 must not wrap to size.
-      if (size != m.entries[r].file_bytes || h.table_bytes > size - sizeof h || h.data_bytes != size - sizeof h - h.table_bytes) {
+      if (size != m.entries[r].file_bytes) {
         raise(errc::corrupt_image, "checkpoint file %s has %llu bytes, the manifest says %llu", path.c_str(),
               static_cast<unsigned long long>(size), static_cast<unsigned long long>(m.entries[r].file_bytes));
+      }
+      // Bounded without adding: table_bytes and data_bytes near 2^64 must not wrap to size.
+      if (h.table_bytes > size - sizeof h || h.data_bytes != size - sizeof h - h.table_bytes) {
+        raise(errc::corrupt_image, "checkpoint file %s: its header's table (%llu) and data (%llu) bytes do not make its %llu bytes",
+              path.c_str(), static_cast<unsigned long long>(h.table_bytes), static_cast<unsigned long long>(h.data_bytes),
+              static_cast<unsigned long long>(size));
       }
       sys_vector<unsigned char> table(h.table_bytes);
       if (prim::file_read_at(fds[r], table.data(), table.size(), sizeof h) != 0) {

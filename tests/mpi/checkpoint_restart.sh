@@ -7,8 +7,9 @@
 #    file, a missing file, a thread's control block placed outside its data, misaligned or at the
 #    top of the address space, one of its extents placed on another thread's data, a run off the
 #    chunks or whose length wraps, a record whose extents do not sum to it, a thread recorded twice,
-#    an extent past its stack's top (each in a table whose checksums were redone), and a different
-#    binary are each refused with a message naming it, on 2 and on 4 ranks.
+#    an extent past its stack's top, a header whose sizes wrap (each in a table or header whose
+#    checksums were redone), and a different binary are each refused with a message naming it, on
+#    2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -73,6 +74,7 @@ retable chunks
 retable sum
 retable duplicate
 retable stack
+retable hdr_wrap
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -100,6 +102,8 @@ for ranks in 2 4; do
     retabled_duplicate
   refused_restart "$ranks" "an extent past the stack's top" "rank0: thread [0-9:]*'s extent [0-9]* .* crosses the end of its stack run" \
     retabled_stack
+  refused_restart "$ranks" "a header whose sizes wrap" "rank0: its header's table ([0-9]*) and data ([0-9]*) bytes do not make" \
+    retabled_hdr_wrap
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 

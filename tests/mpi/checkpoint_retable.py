@@ -1,26 +1,29 @@
 #!/usr/bin/env python3
-"""Rewrites an address of one thread in a checkpoint's table (its control block's, or an
-extent's) and redoes every checksum that covers it (the table's, the file header's, the
-manifest's), as a defective or hostile writer would: the restart must refuse the address itself,
-since the checksums pass.
+"""Rewrites what a checkpoint's table says of one thread (an address, a length, an id), or rank 0's
+file header, and redoes every checksum that covers it (the table's, the file header's, the
+manifest's), as a defective or hostile writer would: the restart must refuse what it says, since
+the checksums pass.
 
     checkpoint_retable.py DIR HOW
 
-DIR is a copy of a checkpoint; a thread of rank 0's file is changed. HOW:
+DIR is a copy of a checkpoint; rank 0's file is changed. HOW:
   other       the fifth thread's is the first thread's control block: a valid one, outside the
               fifth thread's data, that a restart on 2 or 4 ranks has restored on the same rank
               before it comes to the fifth (both are rank 0's: threads go to ranks in file order)
   misaligned  the first thread's is 8 bytes past its own control block
   wrap        the first thread's is 2^64 - 64: aligned, but the control block would run past the
               end of the address space
-  extent      not the control block: an extent of the fifth thread (one without its control block,
-              whose move keeps its extents in order) is moved onto the first thread's data, which a restart on 2 or 4 ranks has read and verified by then (the
-              data checksum covers the bytes, not where they go: it still passes)
+  extent      not the control block: an extent of the fifth thread (one without its control
+              block, whose move keeps its extents in order) is moved onto the first thread's
+              data, which a restart on 2 or 4 ranks has read and verified by then (the data
+              checksum covers the bytes, not where they go: it still passes)
   run_misaligned  the first thread's first run starts 8 bytes past a chunk
   chunks      the first thread's first run has 2^64 / 64 KiB + 1 chunks: its length wraps to one chunk
   sum         the first thread's record says 16 data bytes more than its extents hold
   duplicate   the fifth thread's record carries the first thread's id
   stack       the first thread's extent that ends at its stack's top is moved 16 bytes up, past it
+  hdr_wrap    the header says 2^63 bytes of table, and data bytes that bring the sum (modulo 2^64)
+              back to the file's size
 
 The layouts are runtime/src/checkpoint.cpp's (file_header, thread_record, run_record,
 image_extent, manifest_header, manifest_entry) and checksum64 is isomalloc's checksum.hpp.
@@ -60,10 +63,11 @@ def checksum64(data, seed=0):
 HEADER = struct.Struct("<QIIIIQQQQQQQQ")  # file_header, 88 bytes
 RECORD = struct.Struct("<QQIIIIQQ")       # thread_record, 48 bytes
 PAIR = 16                                 # run_record and image_extent: two 64-bit words
+CHUNK = 64 << 10                          # isomalloc/internal/region.hpp's chunk_bytes
 
 
 def main():
-    hows = ("other", "misaligned", "wrap", "extent", "run_misaligned", "chunks", "sum", "duplicate", "stack")
+    hows = ("other", "misaligned", "wrap", "extent", "run_misaligned", "chunks", "sum", "duplicate", "stack", "hdr_wrap")
     if len(sys.argv) != 3 or sys.argv[2] not in hows:
         sys.exit("usage: checkpoint_retable.py DIR HOW, HOW one of " + ", ".join(hows))
     directory, how = sys.argv[1], sys.argv[2]
@@ -74,6 +78,13 @@ def main():
     path = os.path.join(directory, "ckpt.%d.rank0" % generation)
     blob = bytearray(open(path, "rb").read())
     h = list(HEADER.unpack_from(blob, 0))
+    if how == "hdr_wrap":
+        h[9], h[10] = 1 << 63, (len(blob) - HEADER.size - (1 << 63)) & M  # table_bytes, data_bytes
+        h[12] = 0
+        h[12] = checksum64(HEADER.pack(*h))
+        HEADER.pack_into(blob, 0, *h)
+        open(path, "wb").write(blob)
+        return
     nthreads, table_bytes = h[4], h[9]
     table = bytearray(blob[HEADER.size:HEADER.size + table_bytes])
     at, records, tcbs, extents = 0, [], [], []
@@ -110,12 +121,12 @@ def main():
         if how == "run_misaligned":
             struct.pack_into("<Q", table, run, struct.unpack_from("<Q", table, run)[0] + 8)
         else:
-            struct.pack_into("<Q", table, run + 8, (1 << 64) // (64 << 10) + 1)
+            struct.pack_into("<Q", table, run + 8, (1 << 64) // CHUNK + 1)
     elif how == "sum":
         struct.pack_into("<Q", table, records[0] + 32, struct.unpack_from("<Q", table, records[0] + 32)[0] + 16)
     elif how == "stack":
         base, chunks = struct.unpack_from("<QQ", table, records[0] + RECORD.size)  # its stack run, recorded first
-        top = base + chunks * (64 << 10)
+        top = base + chunks * CHUNK
         (offset, addr, length) = next(e for e in extents[0] if e[1] + e[2] == top)
         struct.pack_into("<Q", table, offset, addr + 16)
     elif how == "duplicate":
