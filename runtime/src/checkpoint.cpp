@@ -1,7 +1,10 @@
 #include "checkpoint.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 #include "checksum.hpp"
 #include "diag.hpp"
@@ -96,6 +99,111 @@ class table_reader {
   const std::string& file_;
   std::size_t at_ = 0;
 };
+
+// Whether [addr, addr + bytes) lies inside one of `extents` (without overflow: an address near
+// 2^64 must not wrap to one inside).
+bool lies_in(const sys_vector<image_extent>& extents, std::uint64_t addr, std::uint64_t bytes) {
+  for (const image_extent& e : extents) {
+    const std::uint64_t end = e.addr + e.bytes;  // no wrap: check_thread_record checked each extent
+    if (addr >= e.addr && addr <= end && end - addr >= bytes) return true;
+  }
+  return false;
+}
+
+// What the table says of one thread, checked before any of it is used: its runs (claimed for it),
+// its extents (where its bytes will be read to: each inside its own runs, or it would overwrite
+// the memory of a thread restored before it, after that one's checksum passed) and its control
+// block (read to attach the thread). The checksums do not vouch for the addresses: a table
+// rewritten with its checksums redone passes them, and the data checksum covers the bytes, not
+// where they go. Throws iso::error naming the file, the thread and the problem. Every bound is
+// taken without overflow: a value near 2^64 must not wrap to an address inside the region.
+void check_thread_record(const std::string& file, const thread_record& rec, const sys_vector<run_record>& runs,
+                         const sys_vector<image_extent>& extents) {
+  const region& reg = region::get();
+  // Named only on the way to a refusal: the table of a large checkpoint has many threads.
+  const auto who = [&] { return thread_id::from_bits(rec.id).to_string(); };
+  struct span {
+    std::uint64_t lo, hi;  // [lo, hi)
+  };
+  sys_vector<span> spans;
+  for (const run_record& run : runs) {
+    // chunks bounded first: a huge count would wrap the run's end back into the region.
+    const char* why = nullptr;
+    if (run.chunks == 0) {
+      why = "is empty";
+    } else if (run.chunks > reg.bytes() / chunk_bytes || !reg.contains(reinterpret_cast<const void*>(run.addr)) ||
+               !reg.contains(reinterpret_cast<const void*>(run.addr + run.chunks * chunk_bytes - 1))) {
+      why = "lies outside this job's region";
+    } else if (run.addr % chunk_bytes != 0) {
+      why = "does not start on a chunk";  // region::claim's precondition: the free lists hold whole chunks
+    }
+    if (why != nullptr) {
+      raise(errc::corrupt_image, "checkpoint file %s: thread %s's run [%#llx, +%llu chunks) %s", file.c_str(), who().c_str(),
+            static_cast<unsigned long long>(run.addr), static_cast<unsigned long long>(run.chunks), why);
+    }
+    spans.push_back({run.addr, run.addr + run.chunks * chunk_bytes});
+  }
+  // The stack run, which write_rank_file records first: as in a migration's image
+  // (validate_image_header), no extent reaches past either of its ends, and one ends at its top.
+  const span stack = runs.empty() ? span{0, 0} : spans.front();
+  bool stack_top = false;
+  std::sort(spans.begin(), spans.end(), [](const span& a, const span& b) { return a.lo < b.lo; });
+  std::uint64_t total = 0, last_end = 0;
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    const image_extent& e = extents[i];
+    const char* why = nullptr;
+    if (e.bytes == 0) {
+      why = "is empty";
+    } else if (e.addr + e.bytes < e.addr) {
+      why = "runs past the end of the address space";
+    } else if (!reg.contains(reinterpret_cast<const void*>(e.addr)) ||
+               !reg.contains(reinterpret_cast<const void*>(e.addr + e.bytes - 1))) {
+      why = "lies outside this job's region";
+    } else if (e.addr < last_end) {
+      why = "overlaps or precedes the extent before it";
+    }
+    if (why == nullptr && e.addr < stack.hi && stack.lo < e.addr + e.bytes &&
+        (e.addr < stack.lo || e.addr + e.bytes > stack.hi)) {
+      why = "crosses the end of its stack run";
+    }
+    if (why == nullptr) {
+      // Covered by the thread's runs: the last run starting at or below it, then runs that each
+      // start where the one before ends.
+      auto it = std::upper_bound(spans.begin(), spans.end(), e.addr, [](std::uint64_t a, const span& r) { return a < r.lo; });
+      std::uint64_t covered = it == spans.begin() ? e.addr : std::prev(it)->hi;
+      while (covered < e.addr + e.bytes && it != spans.end() && it->lo == covered) covered = (it++)->hi;
+      if (covered < e.addr + e.bytes) why = "lies outside the runs it owns";
+    }
+    if (why != nullptr) {
+      raise(errc::corrupt_image, "checkpoint file %s: thread %s's extent %zu [%#llx, +%llu) %s", file.c_str(), who().c_str(),
+            i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes), why);
+    }
+    last_end = e.addr + e.bytes;
+    stack_top = stack_top || last_end == stack.hi;
+    total += e.bytes;  // no wrap: the extents are disjoint and inside the region
+  }
+  if (!stack_top) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s has no extent that ends at its stack's top", file.c_str(),
+          who().c_str());
+  }
+  if (total != rec.data_bytes) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's extents sum to %llu bytes, its record says %llu",
+          file.c_str(), who().c_str(), static_cast<unsigned long long>(total), static_cast<unsigned long long>(rec.data_bytes));
+  }
+  if (rec.tcb % alignof(tcb) != 0) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx is not %zu-byte aligned",
+          file.c_str(), who().c_str(), static_cast<unsigned long long>(rec.tcb), alignof(tcb));
+  }
+  // Implied by the next check (the extents lie in the region); kept for the clearer message.
+  if (rec.tcb > UINT64_MAX - sizeof(tcb)) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx runs past the end of the address space",
+          file.c_str(), who().c_str(), static_cast<unsigned long long>(rec.tcb));
+  }
+  if (!lies_in(extents, rec.tcb, sizeof(tcb))) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block [%#llx, +%zu) lies outside its restored data",
+          file.c_str(), who().c_str(), static_cast<unsigned long long>(rec.tcb), sizeof(tcb));
+  }
+}
 
 std::string rank_file(const std::string& dir, std::uint64_t generation, int rank) {
   return format("%s/ckpt.%llu.rank%d", dir.c_str(), static_cast<unsigned long long>(generation), rank);
@@ -411,9 +519,15 @@ void checkpointer::restore(const std::string& dir) {
         raise(errc::corrupt_image, "checkpoint file %s does not belong to this checkpoint's generation %llu", path.c_str(),
               static_cast<unsigned long long>(m.header.generation));
       }
-      if (size != m.entries[r].file_bytes || size != sizeof h + h.table_bytes + h.data_bytes) {
+      if (size != m.entries[r].file_bytes) {
         raise(errc::corrupt_image, "checkpoint file %s has %llu bytes, the manifest says %llu", path.c_str(),
               static_cast<unsigned long long>(size), static_cast<unsigned long long>(m.entries[r].file_bytes));
+      }
+      // Bounded without adding: table_bytes and data_bytes near 2^64 must not wrap to size.
+      if (h.table_bytes > size - sizeof h || h.data_bytes != size - sizeof h - h.table_bytes) {
+        raise(errc::corrupt_image, "checkpoint file %s: its header's table (%llu) and data (%llu) bytes do not make its %llu bytes",
+              path.c_str(), static_cast<unsigned long long>(h.table_bytes), static_cast<unsigned long long>(h.data_bytes),
+              static_cast<unsigned long long>(size));
       }
       sys_vector<unsigned char> table(h.table_bytes);
       if (prim::file_read_at(fds[r], table.data(), table.size(), sizeof h) != 0) {
@@ -428,6 +542,7 @@ void checkpointer::restore(const std::string& dir) {
         restored t{in.next<thread_record>(), {}, {}, static_cast<int>(r), offset};
         for (std::uint32_t k = 0; k < t.rec.nruns; ++k) t.runs.push_back(in.next<run_record>());
         for (std::uint32_t k = 0; k < t.rec.nextents; ++k) t.extents.push_back(in.next<image_extent>());
+        check_thread_record(path, t.rec, t.runs, t.extents);
         offset += t.rec.data_bytes;
         threads.push_back(std::move(t));
       }
@@ -445,15 +560,32 @@ void checkpointer::restore(const std::string& dir) {
       }
       if (!in.done() || offset != size) raise(errc::corrupt_image, "checkpoint file %s: its table does not match its data", path.c_str());
     }
+    // One record per thread: two under one id would both be attached (one id, two threads), and a
+    // finished record of a live thread would answer its joiners early.
+    {
+      sys_vector<std::pair<std::uint64_t, int>> ids;  // (id, the old rank whose file holds it)
+      for (const restored& t : threads) ids.emplace_back(t.rec.id, t.file);
+      std::sort(ids.begin(), ids.end());
+      for (std::size_t i = 1; i < ids.size(); ++i) {
+        if (ids[i].first == ids[i - 1].first) {
+          raise(errc::corrupt_image, "checkpoint %s: thread %s is recorded twice (in %s and %s)", dir.c_str(),
+                thread_id::from_bits(ids[i].first).to_string().c_str(),
+                rank_file(dir, m.header.generation, ids[i - 1].second).c_str(),
+                rank_file(dir, m.header.generation, ids[i].second).c_str());
+        }
+      }
+      for (const auto& [id, joined] : finished) {
+        const auto it = std::lower_bound(ids.begin(), ids.end(), std::pair<std::uint64_t, int>{id, -1});
+        if (it != ids.end() && it->first == id) {
+          raise(errc::corrupt_image, "checkpoint %s: thread %s is recorded both as live and as finished", dir.c_str(),
+                thread_id::from_bits(id).to_string().c_str());
+        }
+      }
+    }
     // Reserve every restored run that lies in this rank's share.
     for (const restored& t : threads) {
       for (const run_record& run : t.runs) {
-        void* p = reinterpret_cast<void*>(run.addr);
-        if (!reg.contains(p) || !reg.contains(static_cast<char*>(p) + run.chunks * chunk_bytes - 1)) {
-          raise(errc::corrupt_image, "checkpoint %s: thread %s's run [%p, +%llu chunks) lies outside this run's region",
-                dir.c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), p,
-                static_cast<unsigned long long>(run.chunks));
-        }
+        void* p = reinterpret_cast<void*>(run.addr);  // inside the region (check_thread_record)
         if (reg.owner_of(p) == rank_ && !reg.claim(p, run.chunks)) {
           raise(errc::corrupt_image, "checkpoint %s: thread %s's run [%p, +%llu chunks) overlaps memory in use on rank %d",
                 dir.c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), p,
@@ -466,13 +598,12 @@ void checkpointer::restore(const std::string& dir) {
       const restored& t = threads[k];
       read += t.rec.data_bytes;
       std::uint64_t offset = t.data_offset, sum = 0;
-      for (const image_extent& e : t.extents) {
-        if (!reg.contains(reinterpret_cast<void*>(e.addr)) || !reg.contains(reinterpret_cast<void*>(e.addr + e.bytes - 1))) {
-          raise(errc::corrupt_image, "checkpoint %s: an extent of thread %s lies outside the region", dir.c_str(),
-                thread_id::from_bits(t.rec.id).to_string().c_str());
-        }
-        if (prim::file_read_at(fds[static_cast<std::size_t>(t.file)], reinterpret_cast<void*>(e.addr), e.bytes, offset) != 0) {
-          raise(errc::corrupt_image, "checkpoint file of rank %d is truncated", t.file);
+      for (const image_extent& e : t.extents) {  // each inside the thread's runs (check_thread_record)
+        if (int err = prim::file_read_at(fds[static_cast<std::size_t>(t.file)], reinterpret_cast<void*>(e.addr), e.bytes, offset);
+            err != 0) {
+          raise(errc::corrupt_image, "cannot read the data of thread %s from checkpoint file %s: %s",
+                thread_id::from_bits(t.rec.id).to_string().c_str(), rank_file(dir, m.header.generation, t.file).c_str(),
+                std::strerror(err));
         }
         sum = checksum64(reinterpret_cast<const void*>(e.addr), e.bytes, sum);
         offset += e.bytes;
@@ -481,9 +612,30 @@ void checkpointer::restore(const std::string& dir) {
         raise(errc::corrupt_image, "checkpoint %s: the data of thread %s is corrupt (checksum mismatch)", dir.c_str(),
               thread_id::from_bits(t.rec.id).to_string().c_str());
       }
-      if (reinterpret_cast<tcb*>(t.rec.tcb)->magic != tcb::magic_value) {
+      // The control block lies, aligned, in the bytes just read (check_thread_record).
+      const tcb* th = reinterpret_cast<const tcb*>(t.rec.tcb);
+      if (th->magic != tcb::magic_value) {
         raise(errc::corrupt_image, "checkpoint %s: thread %s has no valid control block", dir.c_str(),
               thread_id::from_bits(t.rec.id).to_string().c_str());
+      }
+      if (th->id.bits() != t.rec.id) {
+        raise(errc::corrupt_image, "checkpoint %s: the control block of thread %s names thread %s", dir.c_str(),
+              thread_id::from_bits(t.rec.id).to_string().c_str(), th->id.to_string().c_str());
+      }
+      // What attaching it uses from the block: its stack (whose guard is installed at its base),
+      // the run write_rank_file records first, and its heap (arrive() is called on it), which
+      // lives in the thread's own memory. Checked here, before agree(), so that every rank refuses.
+      const auto heap_at = reinterpret_cast<std::uint64_t>(th->home_heap);
+      const char* why = nullptr;
+      if (t.runs.empty() || reinterpret_cast<std::uint64_t>(th->stack.base) != t.runs[0].addr ||
+          th->stack.bytes != t.runs[0].chunks * chunk_bytes) {
+        why = "a stack that is not its first run";
+      } else if (heap_at % alignof(heap) != 0 || !lies_in(t.extents, heap_at, sizeof(heap))) {
+        why = "a heap outside its restored data";
+      }
+      if (why != nullptr) {
+        raise(errc::corrupt_image, "checkpoint file %s: the control block of thread %s names %s",
+              rank_file(dir, m.header.generation, t.file).c_str(), thread_id::from_bits(t.rec.id).to_string().c_str(), why);
       }
     }
   } catch (const iso::error& e) {

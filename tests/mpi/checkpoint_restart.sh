@@ -4,8 +4,12 @@
 # 1. A checkpoint taken mid-run on 4 ranks, restarted on 2 and on 4 ranks: the final checksum
 #    equals the uninterrupted run's, bit for bit.
 # 2. A flipped byte (in a thread's data, the manifest, a file's header or its table), a truncated
-#    file, a missing file and a different binary are each refused with a message naming it, on 2
-#    and on 4 ranks.
+#    file, a missing file, a thread's control block placed outside its data, misaligned or at the
+#    top of the address space, one of its extents placed on another thread's data, a run off the
+#    chunks or whose length wraps, a record whose extents do not sum to it, a thread recorded twice,
+#    an extent past its stack's top, a header whose sizes wrap (each in a table or header whose
+#    checksums were redone), and a different binary are each refused with a message naming it, on
+#    2 and on 4 ranks.
 # 3. A crash while a later checkpoint is being written leaves the earlier one usable.
 set -euo pipefail
 mpiexec=$1 jacobi=$2 other=$3 work=$4
@@ -57,6 +61,20 @@ file=$(ls "$work"/truncated/ckpt.*.rank2)
 truncate -s $(($(stat -c %s "$file") / 2)) "$file"
 cp -r "$work/ck" "$work/missing"
 rm "$work"/missing/ckpt.*.rank3
+retable() {  # retable HOW: a copy of the checkpoint with an address rewritten (checkpoint_retable.py)
+  cp -r "$work/ck" "$work/retabled_$1"
+  python3 "$(dirname "$0")/checkpoint_retable.py" "$work/retabled_$1" "$1" || fail "checkpoint_retable.py $1 failed"
+}
+retable other
+retable misaligned
+retable wrap
+retable extent
+retable run_misaligned
+retable chunks
+retable sum
+retable duplicate
+retable stack
+retable hdr_wrap
 # Each refused on as many ranks as wrote it and on fewer, the refusal naming the problem.
 refused_restart() {  # refused_restart RANKS WHAT PATTERN DIR: jacobi2d restarted from $work/DIR
   expect_refusal "$2 ($1 ranks)" "$3" run "$1" "$jacobi" "${args[@]}" --iso-restart "$work/$4"
@@ -68,6 +86,24 @@ for ranks in 2 4; do
   refused_restart "$ranks" "a flipped table byte" "rank0 is corrupt (table checksum mismatch)" flipped_table
   refused_restart "$ranks" "a truncated file" "has [0-9]* bytes, the manifest says" truncated
   refused_restart "$ranks" "a missing file" "cannot open checkpoint file .*rank3" missing
+  refused_restart "$ranks" "a control block outside its thread's data" \
+    "rank0: thread [0-9:]*'s control block .* lies outside its restored data" retabled_other
+  refused_restart "$ranks" "a misaligned control block" "rank0: thread [0-9:]*'s control block at 0x[0-9a-f]* is not [0-9]*-byte aligned" retabled_misaligned
+  refused_restart "$ranks" "a control block at the top of the address space" \
+    "rank0: thread [0-9:]*'s control block at 0xffffffffffffffc0 runs past the end of the address space" retabled_wrap
+  refused_restart "$ranks" "an extent on another thread's data" \
+    "rank0: thread [0-9:]*'s extent [0-9]* .* lies outside the runs it owns" retabled_extent
+  refused_restart "$ranks" "a run off the chunks" "rank0: thread [0-9:]*'s run .* does not start on a chunk" \
+    retabled_run_misaligned
+  refused_restart "$ranks" "a run whose length wraps" "rank0: thread [0-9:]*'s run .* lies outside this job's region" \
+    retabled_chunks
+  refused_restart "$ranks" "a record whose extents do not sum to it" "rank0: thread [0-9:]*'s extents sum to" retabled_sum
+  refused_restart "$ranks" "a thread recorded twice" "thread [0-9:]* is recorded twice (in .*rank0 and .*rank0)" \
+    retabled_duplicate
+  refused_restart "$ranks" "an extent past the stack's top" "rank0: thread [0-9:]*'s extent [0-9]* .* crosses the end of its stack run" \
+    retabled_stack
+  refused_restart "$ranks" "a header whose sizes wrap" "rank0: its header's table ([0-9]*) and data ([0-9]*) bytes do not make" \
+    retabled_hdr_wrap
   expect_refusal "a different binary ($ranks ranks)" "different binary" run "$ranks" "$other" --iso-restart "$work/ck"
 done
 
