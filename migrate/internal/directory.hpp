@@ -121,18 +121,16 @@ class directory {
   std::size_t unjoined_finished() const noexcept { return finished_.size(); }
 
  private:
+  // A thread homed here finished unjoined: into finished_ unless there already (a restart's
+  // record, a late message). Throws std::bad_alloc.
+  void note_unjoined(std::uint64_t id) { finished_.insert_if_absent(id, {}); }
+
   int rank_;
   int size_;
   int id_ranks_;
   sys_unordered_map<std::uint64_t, place> location_;
   sys_unordered_map<std::uint64_t, place> departed_;
   sys_unordered_map<std::uint64_t, place> cache_;
-  // A thread homed here finished unjoined: into finished_ unless there already. Throws
-  // std::bad_alloc.
-  void note_unjoined(std::uint64_t id) {
-    if (!finished_.contains(id)) finished_.insert(id, true);
-  }
-
   // The ids only. A table without a node per record: a fork-join program's children that end
   // before their joins put one record each here (the system malloc and free of a map's node were
   // 7-10% of spawning 10,000 threads and joining them, perf).

@@ -321,10 +321,6 @@ TEST(DirectorySimulation, EveryMessageReachesItsMigratingThreadOnceInOrder) { ru
 
 TEST(DirectorySimulation, MessagesToThreadsThatFinishEndAtTheirHome) { run_schedules(3000, true); }
 
-}  // namespace
-
-namespace {
-
 // The records of threads that finished unjoined at their home (a table without a node per
 // record): each id once, whichever way it came (its end here, a finished message, a restart), gone
 // at its join; the joined ones still told apart from the never spawned.

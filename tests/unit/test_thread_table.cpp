@@ -121,15 +121,14 @@ TEST(ThreadTable, EmptyTableFindsAndErasesNothing) {
   EXPECT_EQ(table.size(), 0u);
 }
 
-}  // namespace
-
-namespace {
-
 // The same table as a set of ids (the records of threads that finished unjoined): erase says
 // whether the id was there (a join takes the record once), every key is visited once.
 TEST(FinishedSet, ErasesEachIdOnceAndListsItsKeys) {
   iso::detail::finished_set set;
-  for (std::uint64_t key = 1; key <= 5000; ++key) set.insert(key << 3, true);
+  for (std::uint64_t key = 1; key <= 5000; ++key) set.insert(key << 3, {});
+  EXPECT_FALSE(set.insert_if_absent(8, {}));  // there already: one copy
+  EXPECT_TRUE(set.insert_if_absent(9, {}));
+  EXPECT_TRUE(set.erase(9));
   EXPECT_TRUE(set.contains(8));
   EXPECT_FALSE(set.contains(9));
   std::uint64_t sum = 0, n = 0;

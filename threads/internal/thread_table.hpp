@@ -6,8 +6,8 @@
 // a child that ends before its join inserts a record that the join erases), and a node-based map
 // would take a system malloc and free for each thread besides the hashing.
 // Invariants: slots_.size() is 0 or a power of two at least twice size_ (the load stays at most
-// one half, so a probe ends soon at an empty slot); a slot is empty iff its key is 0 (thread ids
-// have a serial >= 1, so their bits are never 0); every key sits in the run of
+// one half, so a probe ends soon at an empty slot); a slot is empty iff its key is 0 (a valid
+// thread_id's bits are never 0: its home field holds home + 1); every key sits in the run of
 // occupied slots that starts at its home slot (hash) and reaches it without an empty slot between.
 // The table shrinks too, once it has stayed sparse: after slots_.size() erasures in a row that
 // each left it over min_slots and shrink_factor times larger than size_, it is rehashed to a load
@@ -31,6 +31,9 @@ namespace iso::detail {
 
 struct tcb;
 
+// Value of a set: none, taking no room in a slot.
+struct no_value {};
+
 // Value: what a key maps to, trivially copyable; Value{} is what find() gives for a key that is
 // not in the table.
 template <class Value>
@@ -39,6 +42,7 @@ class id_table {
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
   std::size_t slots() const noexcept { return slots_.size(); }
+  static constexpr std::size_t slot_bytes() noexcept { return sizeof(slot); }
 
   // The value of these id bits, or Value{} (thread_table: the thread, or null).
   Value find(std::uint64_t key) const noexcept {
@@ -59,8 +63,21 @@ class id_table {
   // pre: key != 0 and not in the table. Throws std::bad_alloc (when it grows).
   void insert(std::uint64_t key, Value value) {
     ISO_ASSERT_INTERNAL(key != 0);  // 0 marks an empty slot
-    if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() < min_slots ? min_slots : 2 * slots_.size());
+    grow_for_one();
     place(key, value);
+  }
+  // Inserts key unless it is there already, with one probe: true if it inserted. pre: key != 0.
+  // Throws std::bad_alloc (when it grows, which it may do even when key is there).
+  bool insert_if_absent(std::uint64_t key, Value value) {
+    ISO_ASSERT_INTERNAL(key != 0);
+    grow_for_one();
+    std::size_t i = home(key);
+    for (; slots_[i].key != 0; i = (i + 1) & mask_) {
+      if (slots_[i].key == key) return false;
+    }
+    slots_[i] = {key, value};
+    ++size_;
+    return true;
   }
   // Removes key if present (true), shrinking the table when the erasure leaves it sparse (see
   // above); false if it was not there.
@@ -116,16 +133,22 @@ class id_table {
  private:
   struct slot {
     std::uint64_t key;
-    Value value;
+    [[no_unique_address]] Value value;
   };
   static constexpr std::size_t min_slots = 32;
   static constexpr std::size_t shrink_factor = 16;
   // Fibonacci hashing: the serial (low bits) and home rank (high bits) both reach the top bits.
   std::size_t home(std::uint64_t key) const noexcept { return static_cast<std::size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_); }
+  // Room for one more key (the load stays at most one half). Throws std::bad_alloc.
+  void grow_for_one() {
+    if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() < min_slots ? min_slots : 2 * slots_.size());
+  }
   // pre: key != 0, not in the table, and a slot is free.
   void place(std::uint64_t key, Value value) noexcept {
     std::size_t i = home(key);
-    while (slots_[i].key != 0) i = (i + 1) & mask_;
+    for (; slots_[i].key != 0; i = (i + 1) & mask_) {
+      ISO_ASSERT_INTERNAL(slots_[i].key != key);  // a second copy would outlive one erase
+    }
     slots_[i] = {key, value};
     ++size_;
   }
@@ -152,7 +175,8 @@ class id_table {
 
 // The live threads of a rank.
 using thread_table = id_table<tcb*>;
-// Threads that finished and were not joined yet: a set (the value is unused).
-using finished_set = id_table<bool>;
+// Threads that finished and were not joined yet: a set, 8 bytes a slot.
+using finished_set = id_table<no_value>;
+static_assert(finished_set::slot_bytes() == sizeof(std::uint64_t), "a set's slot is its key");
 
 }  // namespace iso::detail

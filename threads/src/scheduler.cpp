@@ -393,7 +393,7 @@ void scheduler::teardown(tcb* t) noexcept {
     wake(j, true);
   } else {
     try {
-      finished_.insert(t->id.bits(), true);  // once: a thread finishes once
+      finished_.insert(t->id.bits(), {});  // once: a thread finishes once
     } catch (const std::bad_alloc&) {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
