@@ -60,17 +60,20 @@ TEST(Lifecycle, WarmSpawnAndJoinTouchNoNewPage) {
       const long faults = minor_faults() - before;
       if (one_at_a_time < 0 || faults < one_at_a_time) one_at_a_time = faults;
     }
-    const long before = minor_faults();
-    spawn_and_join(5, batch);
-    batched = minor_faults() - before;
+    for (int attempt = 0; attempt < 3 && batched != 0; ++attempt) {
+      const long before = minor_faults();
+      spawn_and_join(5, batch);
+      const long faults = minor_faults() - before;
+      if (batched < 0 || faults < batched) batched = faults;
+    }
   });
   rt->run();
   EXPECT_EQ(one_at_a_time, 0) << "page faults over 20000 spawn/join pairs on rank " << rt->rank()
                                << " (fewest of three runs)";
-  // The system allocator's bookkeeping beside them may touch a page now and then (before the
-  // threads' own memory was recycled: 2.5 faults a thread).
-  EXPECT_LE(batched, static_cast<long>(batch / 100))
-      << "page faults over 5 rounds of " << batch << " spawns then joins on rank " << rt->rank();
+  // Nor in batches, whose children end before their joins: their records at the home take no
+  // node of the system allocator (before the threads' own memory was recycled: 2.5 faults a thread).
+  EXPECT_EQ(batched, 0) << "page faults over 5 rounds of " << batch << " spawns then joins on rank " << rt->rank()
+                        << " (fewest of three runs)";
 }
 
 // Many threads that end before anyone joins them, at their home and on another rank (whose end
