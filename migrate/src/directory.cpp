@@ -48,7 +48,7 @@ bool directory::arrived(std::uint64_t id) {
 
 bool directory::finished_here(std::uint64_t id, std::uint32_t epoch, bool joined) {
   if (home_of(id) == rank_) {
-    if (!joined) finished_.emplace(id, false);
+    if (!joined) note_unjoined(id);
     // Looked up only when not empty: an erase hashes and divides even in an empty table, and a
     // run whose threads never leave their rank (each thread's end comes here) has nothing there.
     if (!location_.empty()) location_.erase(id);
@@ -77,7 +77,7 @@ void directory::on_hint(std::uint64_t id, place at) {
 }
 
 bool directory::on_finished(std::uint64_t id, bool joined) {
-  if (!joined) finished_.emplace(id, false);
+  if (!joined) note_unjoined(id);
   location_.erase(id);
   return true;  // messages held here while the location was unknown now get their answer
 }
@@ -89,7 +89,7 @@ void directory::restore_location(std::uint64_t id, place at) {
 }
 
 bool directory::finished_record(std::uint64_t id, std::uint64_t next_serial, bool* joined) const noexcept {
-  if (finished_.count(id) != 0) {
+  if (finished_.contains(id)) {
     if (joined != nullptr) *joined = false;
     return true;
   }
@@ -97,6 +97,13 @@ bool directory::finished_record(std::uint64_t id, std::uint64_t next_serial, boo
   if (thread_id::from_bits(id).serial() >= next_serial || location_.count(id) != 0) return false;
   if (joined != nullptr) *joined = true;
   return true;
+}
+
+sys_vector<std::pair<std::uint64_t, bool>> directory::finished_records() const {
+  sys_vector<std::pair<std::uint64_t, bool>> out;
+  out.reserve(finished_.size());
+  finished_.for_each_key([&out](std::uint64_t id) { out.emplace_back(id, false); });
+  return out;
 }
 
 void directory::hold(std::uint64_t id, wire&& w) { held_[id].push_back(std::move(w)); }

@@ -8,17 +8,22 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
+#include "engine.hpp"
 #include "heap.hpp"
 #include "isothreads/isothreads.hpp"
 #include "mpi_gtest.hpp"
 #include "prim.hpp"
 #include "scheduler.hpp"
+#include "thread_checks.hpp"
 
 namespace {
 
+using iso_test::check;
+using iso_test::check_eq;
 using iso_test::rt;
 
 // Minor page faults of the calling OS thread so far (the scheduler's, inside a thread).
@@ -55,17 +60,59 @@ TEST(Lifecycle, WarmSpawnAndJoinTouchNoNewPage) {
       const long faults = minor_faults() - before;
       if (one_at_a_time < 0 || faults < one_at_a_time) one_at_a_time = faults;
     }
-    const long before = minor_faults();
-    spawn_and_join(5, batch);
-    batched = minor_faults() - before;
+    for (int attempt = 0; attempt < 3 && batched != 0; ++attempt) {
+      const long before = minor_faults();
+      spawn_and_join(5, batch);
+      const long faults = minor_faults() - before;
+      if (batched < 0 || faults < batched) batched = faults;
+    }
   });
   rt->run();
   EXPECT_EQ(one_at_a_time, 0) << "page faults over 20000 spawn/join pairs on rank " << rt->rank()
                                << " (fewest of three runs)";
-  // The system allocator's bookkeeping beside them (the thread table's nodes) may touch a page
-  // now and then; the threads' own memory never does (before: 2.5 faults a thread).
-  EXPECT_LE(batched, static_cast<long>(batch / 100))
-      << "page faults over 5 rounds of " << batch << " spawns then joins on rank " << rt->rank();
+  // Nor in batches, whose children end before their joins: their records at the home take no
+  // node of the system allocator (before the threads' own memory was recycled: 2.5 faults a thread).
+  EXPECT_EQ(batched, 0) << "page faults over 5 rounds of " << batch << " spawns then joins on rank " << rt->rank()
+                        << " (fewest of three runs)";
+}
+
+// Many threads that end before anyone joins them, at their home and on another rank (whose end
+// reaches the home as a control message): the home keeps a record of each (a table that grows,
+// shifts keys back at erasures and shrinks), so that each is joined once, from its home or from
+// another rank (a join request answered by the home), a second join is refused, and no record
+// stays behind.
+TEST(Lifecycle, ThreadsThatEndUnjoinedAreJoinedOnceEachFromAnyRank) {
+  constexpr int children = 1000;  // half end at home, half on the next rank
+  const iso::detail::directory& d = iso::detail::engine::current()->locations();
+  const std::size_t before = d.unjoined_finished();
+  iso::spawn([&d, before] {
+    const int next = (iso::rank() + 1) % iso::size();
+    std::vector<iso::thread_id> ids;
+    for (int i = 0; i < children; ++i) {
+      ids.push_back(i % 2 == 0 ? iso::spawn([] {}) : iso::spawn([next] { iso::this_thread::migrate_to(next); }));
+    }
+    while (d.unjoined_finished() < before + children) iso::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const auto join_once = [](iso::thread_id t) {
+      iso::join(t);
+      try {
+        iso::join(t);
+        check(false, "a second join of a finished thread must throw");
+      } catch (const iso::error& e) {
+        check_eq(e.code_value(), iso::errc::already_joined, e.what());
+      }
+    };
+    // Every other one from a thread on the next rank, the rest from here.
+    const iso::thread_id away = iso::spawn([&ids, next, join_once] {
+      std::vector<iso::thread_id> mine;  // in its own heap, which travels with it
+      for (std::size_t i = 0; i < ids.size(); i += 2) mine.push_back(ids[i]);
+      iso::this_thread::migrate_to(next);
+      for (const iso::thread_id t : mine) join_once(t);
+    });
+    for (std::size_t i = 1; i < ids.size(); i += 2) join_once(ids[i]);
+    iso::join(away);
+    check_eq(d.unjoined_finished(), before, "records left after every join");
+  });
+  rt->run();
 }
 
 TEST(Lifecycle, PooledStacksBeyondTheHotOnesGiveTheirPagesBackWhenIdle) {

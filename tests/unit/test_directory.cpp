@@ -321,4 +321,35 @@ TEST(DirectorySimulation, EveryMessageReachesItsMigratingThreadOnceInOrder) { ru
 
 TEST(DirectorySimulation, MessagesToThreadsThatFinishEndAtTheirHome) { run_schedules(3000, true); }
 
+// The records of threads that finished unjoined at their home (a table without a node per
+// record): each id once, whichever way it came (its end here, a finished message, a restart), gone
+// at its join; the joined ones still told apart from the never spawned.
+TEST(Directory, KeepsOneRecordPerUnjoinedFinishedThread) {
+  directory d(0, 2);
+  const auto id = [](std::uint64_t serial) { return thread_id(0, serial).bits(); };
+  for (std::uint64_t s = 1; s <= 1000; ++s) EXPECT_FALSE(d.finished_here(id(s), 0, false));
+  EXPECT_TRUE(d.on_finished(id(7), false));  // told again (a restart's record, a late message)
+  d.restore_finished(id(8), false);
+  d.restore_finished(id(1001), true);  // joined: no record
+  EXPECT_EQ(d.unjoined_finished(), 1000u);
+  std::set<std::uint64_t> listed;
+  for (const auto& [i, joined] : d.finished_records()) {
+    EXPECT_FALSE(joined);
+    EXPECT_TRUE(listed.insert(i).second) << "listed twice: " << i;
+  }
+  EXPECT_EQ(listed.size(), 1000u);
+  EXPECT_EQ(*listed.begin(), id(1));
+  EXPECT_EQ(*listed.rbegin(), id(1000));
+  for (std::uint64_t s = 1; s <= 1000; s += 2) d.mark_joined(id(s));
+  EXPECT_EQ(d.unjoined_finished(), 500u);
+  bool joined = false;
+  EXPECT_TRUE(d.finished_record(id(2), 1002, &joined));
+  EXPECT_FALSE(joined);
+  EXPECT_TRUE(d.finished_record(id(3), 1002, &joined));
+  EXPECT_TRUE(joined);
+  EXPECT_FALSE(d.finished_record(id(1002), 1002, &joined)) << "never spawned";
+  d.mark_joined(id(3));  // twice: nothing to forget
+  EXPECT_EQ(d.unjoined_finished(), 500u);
+}
+
 }  // namespace

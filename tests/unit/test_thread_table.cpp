@@ -121,4 +121,28 @@ TEST(ThreadTable, EmptyTableFindsAndErasesNothing) {
   EXPECT_EQ(table.size(), 0u);
 }
 
+// The same table as a set of ids (the records of threads that finished unjoined): erase says
+// whether the id was there (a join takes the record once), every key is visited once.
+TEST(FinishedSet, ErasesEachIdOnceAndListsItsKeys) {
+  iso::detail::finished_set set;
+  for (std::uint64_t key = 1; key <= 5000; ++key) set.insert(key << 3, {});
+  EXPECT_FALSE(set.insert_if_absent(8, {}));  // there already: one copy
+  EXPECT_TRUE(set.insert_if_absent(9, {}));
+  EXPECT_TRUE(set.erase(9));
+  EXPECT_TRUE(set.contains(8));
+  EXPECT_FALSE(set.contains(9));
+  std::uint64_t sum = 0, n = 0;
+  set.for_each_key([&](std::uint64_t key) {
+    sum += key >> 3;
+    ++n;
+  });
+  EXPECT_EQ(n, 5000u);
+  EXPECT_EQ(sum, 5000u * 5001u / 2);
+  EXPECT_TRUE(set.erase(8));
+  EXPECT_FALSE(set.erase(8));
+  EXPECT_FALSE(set.contains(8));
+  EXPECT_FALSE(set.erase(9));
+  EXPECT_EQ(set.size(), 4999u);
+}
+
 }  // namespace

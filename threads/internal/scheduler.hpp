@@ -537,7 +537,7 @@ class scheduler {
   // have not departed), keyed by thread_id::bits().
   thread_table table_;
   // Threads that finished here unjoined; a later join returns at once.
-  sys_unordered_map<std::uint64_t, bool> finished_;
+  finished_set finished_;
   depart_hook depart_hook_ = nullptr;
   run_hook run_hook_ = nullptr;
   finish_hook finish_hook_ = nullptr;

@@ -256,7 +256,7 @@ void scheduler::discard_thread(tcb* t) noexcept {
 
 void scheduler::release_heap(heap* h) noexcept { stack_pool::get().release_heap_chunk(h->retire()); }
 
-bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id.bits()) != 0; }
+bool scheduler::take_finished(thread_id id) noexcept { return finished_.erase(id.bits()); }
 
 void scheduler::resume(tcb* t) noexcept {
   start_running(t);
@@ -393,7 +393,7 @@ void scheduler::teardown(tcb* t) noexcept {
     wake(j, true);
   } else {
     try {
-      finished_.emplace(t->id.bits(), true);
+      finished_.insert(t->id.bits(), {});  // once: a thread finishes once
     } catch (const std::bad_alloc&) {
       fatal("out of system memory while recording that thread %d:%" PRIu64 " finished", t->id.home(), t->id.serial());
     }
