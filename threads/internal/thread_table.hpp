@@ -46,20 +46,10 @@ class id_table {
 
   // The value of these id bits, or Value{} (thread_table: the thread, or null).
   Value find(std::uint64_t key) const noexcept {
-    if (size_ == 0) return Value{};
-    for (std::size_t i = home(key);; i = (i + 1) & mask_) {
-      const slot& s = slots_[i];
-      if (s.key == key) return s.value;
-      if (s.key == 0) return Value{};
-    }
+    const slot* s = lookup(key);
+    return s != nullptr ? s->value : Value{};
   }
-  bool contains(std::uint64_t key) const noexcept {
-    if (size_ == 0) return false;
-    for (std::size_t i = home(key);; i = (i + 1) & mask_) {
-      if (slots_[i].key == key) return true;
-      if (slots_[i].key == 0) return false;
-    }
-  }
+  bool contains(std::uint64_t key) const noexcept { return lookup(key) != nullptr; }
   // pre: key != 0 and not in the table. Throws std::bad_alloc (when it grows).
   void insert(std::uint64_t key, Value value) {
     ISO_ASSERT_INTERNAL(key != 0);  // 0 marks an empty slot
@@ -139,6 +129,15 @@ class id_table {
   static constexpr std::size_t shrink_factor = 16;
   // Fibonacci hashing: the serial (low bits) and home rank (high bits) both reach the top bits.
   std::size_t home(std::uint64_t key) const noexcept { return static_cast<std::size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_); }
+  // The slot holding key, or null.
+  const slot* lookup(std::uint64_t key) const noexcept {
+    if (size_ == 0) return nullptr;
+    for (std::size_t i = home(key);; i = (i + 1) & mask_) {
+      const slot& s = slots_[i];
+      if (s.key == key) return &s;
+      if (s.key == 0) return nullptr;
+    }
+  }
   // Room for one more key (the load stays at most one half). Throws std::bad_alloc.
   void grow_for_one() {
     if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() < min_slots ? min_slots : 2 * slots_.size());
