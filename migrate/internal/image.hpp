@@ -87,6 +87,20 @@ void append_inline_data(sys_vector<unsigned char>& image);
 // iso::error(corrupt_image) naming the first problem.
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout,
                                           bool allow_split = false);
+// The rules every extent table of a thread obeys, wherever it comes from (a migration's image
+// header, a checkpoint file's table), since its bytes are written where it says: each extent
+// non-empty, not wrapping past 2^64, inside the region, after the one before it (sorted,
+// disjoint), and none reaching past either end of the stack run [stack_lo, stack_hi) (the
+// stack's extent, its live top, is written into the stack run only). The first broken rule:
+// `index` the extent, `why` the rule as a phrase ("is empty"); why is null when all hold, and
+// then `total` is the extents' bytes and `stack_top` whether one ends at stack_hi.
+struct extent_check {
+  const char* why = nullptr;
+  std::size_t index = 0;
+  std::uint64_t total = 0;
+  bool stack_top = false;
+};
+extent_check check_extents(const image_extent* extents, std::size_t n, std::uint64_t stack_lo, std::uint64_t stack_hi);
 // The checksum of h and its extent table (h.checksum itself counted as 0), as the header carries it.
 std::uint64_t header_checksum(const image_header& h);
 

@@ -81,6 +81,35 @@ void append_inline_data(sys_vector<unsigned char>& image) {
   }
 }
 
+extent_check check_extents(const image_extent* extents, std::size_t n, std::uint64_t stack_lo, std::uint64_t stack_hi) {
+  const region& r = region::get();
+  extent_check c;
+  std::uint64_t last_end = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const image_extent& e = extents[i];
+    if (e.bytes == 0) {
+      c.why = "is empty";
+    } else if (e.addr + e.bytes < e.addr) {
+      c.why = "runs past the end of the address space";
+    } else if (!r.contains(reinterpret_cast<const void*>(e.addr)) ||
+               !r.contains(reinterpret_cast<const void*>(e.addr + e.bytes - 1))) {
+      c.why = "lies outside this job's region";
+    } else if (e.addr < last_end) {
+      c.why = "overlaps or precedes the extent before it";
+    } else if (e.addr < stack_hi && stack_lo < e.addr + e.bytes && (e.addr < stack_lo || e.addr + e.bytes > stack_hi)) {
+      c.why = "crosses the end of its stack run";
+    }
+    if (c.why != nullptr) {
+      c.index = i;
+      return c;
+    }
+    last_end = e.addr + e.bytes;
+    c.stack_top = c.stack_top || last_end == stack_hi;
+    c.total += e.bytes;  // no wrap: the extents are disjoint and inside the region
+  }
+  return c;
+}
+
 const image_header& validate_image_header(const void* buffer, std::size_t bytes, std::uint64_t layout,
                                           bool allow_split) {
   if (buffer == nullptr || bytes < sizeof(image_header)) {
@@ -116,38 +145,27 @@ const image_header& validate_image_header(const void* buffer, std::size_t bytes,
           static_cast<unsigned long long>(h.stack), static_cast<unsigned long long>(h.stack_bytes));
   }
   const image_extent* e = image_extents(h);
-  std::uint64_t total = 0, last_end = 0;
-  bool tcb_inside = false, stack_top = false;
   const std::uint64_t stack_end = h.stack + h.stack_bytes;
-  for (std::uint32_t i = 0; i < h.nextents; ++i) {
-    const void* lo = reinterpret_cast<const void*>(e[i].addr);
-    const void* last = reinterpret_cast<const void*>(e[i].addr + e[i].bytes - 1);
-    if (e[i].bytes == 0 || e[i].addr + e[i].bytes < e[i].addr || !r.contains(lo) || !r.contains(last) ||
-        e[i].addr < last_end) {
-      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) is empty, outside the region or overlapping",
-            i, static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes));
-    }
-    last_end = e[i].addr + e[i].bytes;
-    // The stack's extent (its live top, which ends at the top) is written into the stack run
-    // only: none may reach past either end of it.
-    if (e[i].addr < stack_end && h.stack < last_end && (e[i].addr < h.stack || last_end > stack_end)) {
-      raise(errc::corrupt_image, "thread image rejected: extent %u [%#llx, +%llu) crosses the stack run [%#llx, +%llu)", i,
-            static_cast<unsigned long long>(e[i].addr), static_cast<unsigned long long>(e[i].bytes),
-            static_cast<unsigned long long>(h.stack), static_cast<unsigned long long>(h.stack_bytes));
-    }
-    stack_top = stack_top || last_end == stack_end;
-    total += e[i].bytes;
-    // Without overflow: a TCB address near the top of the address space must not wrap inside.
-    tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb <= last_end && last_end - h.tcb >= sizeof(tcb));
+  const extent_check c = check_extents(e, h.nextents, h.stack, stack_end);
+  if (c.why != nullptr) {
+    raise(errc::corrupt_image, "thread image rejected: extent %zu [%#llx, +%llu) %s", c.index,
+          static_cast<unsigned long long>(e[c.index].addr), static_cast<unsigned long long>(e[c.index].bytes), c.why);
   }
-  if (total != h.data_bytes) raise(errc::corrupt_image, "thread image rejected: extents sum to %llu bytes, header says %llu",
-                                   static_cast<unsigned long long>(total), static_cast<unsigned long long>(h.data_bytes));
+  bool tcb_inside = false;
+  for (std::uint32_t i = 0; i < h.nextents; ++i) {
+    // Without overflow: a TCB address near the top of the address space must not wrap inside
+    // (the extents themselves do not wrap: check_extents).
+    const std::uint64_t end = e[i].addr + e[i].bytes;
+    tcb_inside = tcb_inside || (h.tcb >= e[i].addr && h.tcb <= end && end - h.tcb >= sizeof(tcb));
+  }
+  if (c.total != h.data_bytes) raise(errc::corrupt_image, "thread image rejected: extents sum to %llu bytes, header says %llu",
+                                   static_cast<unsigned long long>(c.total), static_cast<unsigned long long>(h.data_bytes));
   if (!tcb_inside) raise(errc::corrupt_image, "thread image rejected: its control block lies in no extent");
   if (h.tcb % alignof(tcb) != 0) {
     raise(errc::corrupt_image, "thread image rejected: its control block at %#llx is not %zu-byte aligned",
           static_cast<unsigned long long>(h.tcb), alignof(tcb));
   }
-  if (!stack_top) raise(errc::corrupt_image, "thread image rejected: no extent ends at its stack's top");
+  if (!c.stack_top) raise(errc::corrupt_image, "thread image rejected: no extent ends at its stack's top");
   return h;
 }
 

@@ -143,52 +143,36 @@ void check_thread_record(const std::string& file, const thread_record& rec, cons
     }
     spans.push_back({run.addr, run.addr + run.chunks * chunk_bytes});
   }
-  // The stack run, which write_rank_file records first: as in a migration's image
-  // (validate_image_header), no extent reaches past either of its ends, and one ends at its top.
+  // The stack run, which write_rank_file records first: the extents obey a migration image's
+  // rules (check_extents) and each lies inside the runs the thread owns.
   const span stack = runs.empty() ? span{0, 0} : spans.front();
-  bool stack_top = false;
   std::sort(spans.begin(), spans.end(), [](const span& a, const span& b) { return a.lo < b.lo; });
-  std::uint64_t total = 0, last_end = 0;
-  for (std::size_t i = 0; i < extents.size(); ++i) {
+  const extent_check c = check_extents(extents.data(), extents.size(), stack.lo, stack.hi);
+  std::size_t bad = c.index;
+  const char* why = c.why;
+  for (std::size_t i = 0; why == nullptr && i < extents.size(); ++i) {
+    // Covered by the thread's runs: the last run starting at or below it, then runs that each
+    // start where the one before ends.
     const image_extent& e = extents[i];
-    const char* why = nullptr;
-    if (e.bytes == 0) {
-      why = "is empty";
-    } else if (e.addr + e.bytes < e.addr) {
-      why = "runs past the end of the address space";
-    } else if (!reg.contains(reinterpret_cast<const void*>(e.addr)) ||
-               !reg.contains(reinterpret_cast<const void*>(e.addr + e.bytes - 1))) {
-      why = "lies outside this job's region";
-    } else if (e.addr < last_end) {
-      why = "overlaps or precedes the extent before it";
+    auto it = std::upper_bound(spans.begin(), spans.end(), e.addr, [](std::uint64_t a, const span& r) { return a < r.lo; });
+    std::uint64_t covered = it == spans.begin() ? e.addr : std::prev(it)->hi;
+    while (covered < e.addr + e.bytes && it != spans.end() && it->lo == covered) covered = (it++)->hi;
+    if (covered < e.addr + e.bytes) {
+      why = "lies outside the runs it owns";
+      bad = i;
     }
-    if (why == nullptr && e.addr < stack.hi && stack.lo < e.addr + e.bytes &&
-        (e.addr < stack.lo || e.addr + e.bytes > stack.hi)) {
-      why = "crosses the end of its stack run";
-    }
-    if (why == nullptr) {
-      // Covered by the thread's runs: the last run starting at or below it, then runs that each
-      // start where the one before ends.
-      auto it = std::upper_bound(spans.begin(), spans.end(), e.addr, [](std::uint64_t a, const span& r) { return a < r.lo; });
-      std::uint64_t covered = it == spans.begin() ? e.addr : std::prev(it)->hi;
-      while (covered < e.addr + e.bytes && it != spans.end() && it->lo == covered) covered = (it++)->hi;
-      if (covered < e.addr + e.bytes) why = "lies outside the runs it owns";
-    }
-    if (why != nullptr) {
-      raise(errc::corrupt_image, "checkpoint file %s: thread %s's extent %zu [%#llx, +%llu) %s", file.c_str(), who().c_str(),
-            i, static_cast<unsigned long long>(e.addr), static_cast<unsigned long long>(e.bytes), why);
-    }
-    last_end = e.addr + e.bytes;
-    stack_top = stack_top || last_end == stack.hi;
-    total += e.bytes;  // no wrap: the extents are disjoint and inside the region
   }
-  if (!stack_top) {
+  if (why != nullptr) {
+    raise(errc::corrupt_image, "checkpoint file %s: thread %s's extent %zu [%#llx, +%llu) %s", file.c_str(), who().c_str(),
+          bad, static_cast<unsigned long long>(extents[bad].addr), static_cast<unsigned long long>(extents[bad].bytes), why);
+  }
+  if (!c.stack_top) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s has no extent that ends at its stack's top", file.c_str(),
           who().c_str());
   }
-  if (total != rec.data_bytes) {
+  if (c.total != rec.data_bytes) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's extents sum to %llu bytes, its record says %llu",
-          file.c_str(), who().c_str(), static_cast<unsigned long long>(total), static_cast<unsigned long long>(rec.data_bytes));
+          file.c_str(), who().c_str(), static_cast<unsigned long long>(c.total), static_cast<unsigned long long>(rec.data_bytes));
   }
   if (rec.tcb % alignof(tcb) != 0) {
     raise(errc::corrupt_image, "checkpoint file %s: thread %s's control block at %#llx is not %zu-byte aligned",

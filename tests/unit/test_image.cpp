@@ -221,6 +221,56 @@ TEST(Image, AControlBlockAddressThatWrapsOrIsMisalignedIsRejected) {
   });
 }
 
+// Each rule of an extent table (check_extents, shared with a checkpoint's restore) broken in a
+// real thread's header, its checksum redone: the rejection names the extent and the rule.
+TEST(Image, EachBrokenExtentRuleIsNamedWithItsExtent) {
+  with_suspended_thread([](tcb* t, std::vector<char>*) {
+    const sys_vector<unsigned char> good = build_image_header(t, layout);
+    const image_header& gh = *reinterpret_cast<const image_header*>(good.data());
+    ASSERT_GE(gh.nextents, 2u) << "a thread with a heap block has a stack and a heap extent";
+    ASSERT_EQ(rejection(good), "");
+    const region& r = region::get();
+    const std::uint64_t region_end = r.base() + r.bytes();
+    std::uint32_t stack_extent = 0;  // the stack's live top, ending at the stack run's top
+    while (image_extents(gh)[stack_extent].addr + image_extents(gh)[stack_extent].bytes != gh.stack + gh.stack_bytes) {
+      ASSERT_LT(++stack_extent, gh.nextents) << "no extent ends at the stack's top";
+    }
+    // Extents 0 and 1 are the two lowest (one may be the stack's).
+    const struct {
+      std::uint32_t i;
+      std::uint64_t addr, bytes;  // extent i's new start and length; 0: as it was
+      const char* why;
+    } cases[] = {
+        {1, 0, ~std::uint64_t{0}, "runs past the end of the address space"},
+        {1, region_end, 4096, "lies outside this job's region"},
+        {1, image_extents(gh)[0].addr, 0, "overlaps or precedes the extent before it"},
+        // Its start moved below the stack run (64 bytes: no other extent ends that close to it).
+        {stack_extent, gh.stack - 64, 0, "crosses the end of its stack run"},
+    };
+    for (const auto& c : cases) {
+      sys_vector<unsigned char> bad = good;
+      auto& h = *reinterpret_cast<image_header*>(bad.data());
+      auto* e = const_cast<image_extent*>(image_extents(h));
+      if (c.addr == gh.stack - 64) {
+        e[c.i].bytes += e[c.i].addr - c.addr;  // still ending at the stack's top
+      } else if (c.bytes != 0) {
+        e[c.i].bytes = c.bytes;
+      }
+      if (c.addr != 0) e[c.i].addr = c.addr;
+      h.checksum = header_checksum(h);
+      const std::string what = rejection(bad);
+      EXPECT_NE(what.find("extent " + std::to_string(c.i) + " "), std::string::npos) << what;
+      EXPECT_NE(what.find(c.why), std::string::npos) << c.why << ": " << what;
+    }
+    sys_vector<unsigned char> empty = good;
+    auto& h = *reinterpret_cast<image_header*>(empty.data());
+    const_cast<image_extent*>(image_extents(h))[1].bytes = 0;
+    h.checksum = header_checksum(h);
+    EXPECT_NE(rejection(empty).find("extent 1 [0x"), std::string::npos) << rejection(empty);
+    EXPECT_NE(rejection(empty).find("is empty"), std::string::npos) << rejection(empty);
+  });
+}
+
 // A thread with a 3 KiB block: its image (header, table and inline data) is more than one eager
 // message and at most two, so its header message is split. Its first piece alone is a valid
 // header message only where split pieces may come (allow_split), and only at its exact length.
