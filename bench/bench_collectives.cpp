@@ -16,6 +16,16 @@
 //                              as allreduce_8B/64threads with one thread per rank: what the
 //                              exchange between the ranks costs (a batch to member 0, the result
 //                              back), without combining on a rank.
+//   allreduce_8B/64threads_floor
+//                              the least allreduce_8B/64threads can cost: every one of a rank's
+//                              32 members must suspend and resume once per call, and the ranks
+//                              must exchange once. Figure = a round of 32 thread switches (32
+//                              threads per rank, each yielding once a round, timed at one of
+//                              them over `reps` rounds: the same threads' state cycled through
+//                              as the call's wake-ups do) plus the raw figure, the MPI_Allreduce
+//                              of 8 bytes between the mains measured beside it. No combining, no
+//                              messages of ours: its ratio bounds allreduce_8B/64threads' from
+//                              below whatever the protocol.
 //   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
 //                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.
@@ -112,6 +122,23 @@ double iso_allreduce_run(iso::runtime& rt, int per_rank, std::size_t count, int 
   return g_result_ns;
 }
 
+// One run of the 8-byte floor line: `per_rank` threads on every rank each yield `warm` + `reps`
+// times; returns ns per round of `per_rank` switches (the first thread's time per yield, every
+// other thread running once between two of its yields), on rank 0 (0 elsewhere).
+double switch_round_run(iso::runtime& rt, int per_rank, int warm, int reps) {
+  g_result_ns = 0;
+  for (int k = 0; k < per_rank; ++k) {
+    iso::spawn([k, warm, reps] {
+      for (int i = 0; i < warm; ++i) iso::this_thread::yield();
+      const std::int64_t t0 = now_ns();
+      for (int i = 0; i < reps; ++i) iso::this_thread::yield();
+      if (k == 0 && iso::rank() == 0) g_result_ns = static_cast<double>(now_ns() - t0) / reps;
+    });
+  }
+  rt.run();
+  return g_result_ns;
+}
+
 double mpi_allreduce_run(std::size_t count, int warm, int reps) {
   std::vector<double> v(std::max<std::size_t>(count, 1), 1.0), r(v.size());
   std::uint64_t x = 1, y = 0;
@@ -139,6 +166,17 @@ void bench_allreduce(iso::runtime& rt, const char* name, int per_rank, std::size
     mine.push_back(iso_allreduce_run(rt, per_rank, count, warm, reps, one_rank));
   }
   if (rt.rank() == 0) iso_bench::print_ratio(name, median(mine), median(raw), "ns");
+}
+
+// The 8-byte floor line: a round of `per_rank` switches plus MPI_Allreduce of 8 bytes (each the
+// median of its runs, interleaved), against that MPI_Allreduce.
+void bench_switch_floor(iso::runtime& rt, const char* name, int per_rank, int warm, int reps) {
+  std::vector<double> rounds, raw;
+  for (int k = 0; k < 5; ++k) {
+    raw.push_back(mpi_allreduce_run(0, warm, reps));
+    rounds.push_back(switch_round_run(rt, per_rank, warm, reps));
+  }
+  if (rt.rank() == 0) iso_bench::print_ratio(name, median(rounds) + median(raw), median(raw), "ns");
 }
 
 // Element i of block (K, W) of the fixed tree over N members (combiner.hpp): members
@@ -271,7 +309,8 @@ int main(int argc, char** argv) {
   // The lines, in the order they run.
   const char* const lines[] = {"allreduce_8B/64threads",         "allreduce_8B/32threads_on_rank_0",
                                "allreduce_1MiB/16threads",       "allreduce_1MiB/16threads_floor",
-                               "async_get",                      "allreduce_8B/2threads_one_a_rank"};
+                               "async_get",                      "allreduce_8B/2threads_one_a_rank",
+                               "allreduce_8B/64threads_floor"};
   if (std::none_of(std::begin(lines), std::end(lines), selected)) {
     if (rt.rank() == 0) {
       std::fprintf(stderr, "bench_collectives: --only %s matches no line; the lines:", only);
@@ -286,6 +325,7 @@ int main(int argc, char** argv) {
   if (selected(lines[3])) bench_floor<8>(rt, lines[3], std::size_t{1} << 17, 3, 20 * scale);
   if (selected(lines[4])) bench_futures(rt, scale);
   if (selected(lines[5])) bench_allreduce(rt, lines[5], 1, 0, 50, 500 * scale);
+  if (selected(lines[6])) bench_switch_floor(rt, lines[6], 32, 50, 500 * scale);
   int failed = g_failed ? 1 : 0, any = 0;
   MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any != 0 && rt.rank() == 0) std::fprintf(stderr, "bench_collectives: a result was wrong\n");

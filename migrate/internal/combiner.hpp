@@ -395,22 +395,11 @@ class rank_combiner {
   std::size_t unsent() const noexcept { return unsent_; }
   // now_ns() when this rank last sent blocks after which it expects a collective's message: a
   // result for members that wait here, or batches for a member 0 that runs here (never_ns: it
-  // never did). The idle loop polls without a pause for a while after it (mpi_progress).
+  // never did). The idle loop polls without a pause for a while after it, skipping most of its
+  // background work (mpi_progress::poll).
   std::int64_t answer_expected_ns() const noexcept { return answer_expected_ns_; }
   // Far enough in the past that now_ns() minus it cannot overflow.
   static constexpr std::int64_t never_ns = INT64_MIN / 2;
-  // The progress polls (mpi_progress::poll, progress.cpp: each pass of the idle loop, and the
-  // scheduler's polls between switches), while this rank waits for a collective's message
-  // (blocks sent less than window_ns ago; the window renews at every send, so back-to-back
-  // collectives keep it open) and the idle loop spins for it: true when this poll may skip the
-  // background work (the region's returns; in the idle pass it starts, steal requests asked or
-  // answered), each an MPI probe of 100-250 ns here. The idle loop's period (about 0.9 us
-  // without skipping, measured) is the delay with which that message is seen, and a poll between
-  // switches is where the members running meanwhile see it. At most quiet_every - 1 polls in a
-  // row skip it, so it runs at least every 8 polls. last_pass_quiet(): the last answer.
-  bool quiet_pass(std::int64_t window_ns) noexcept;
-  bool last_pass_quiet() const noexcept { return quiet_; }
-  static constexpr unsigned quiet_every = 8;
 
   // Messages between ranks for collectives, sent by this rank so far (tests show the cost).
   struct counts_t {
@@ -420,11 +409,7 @@ class rank_combiner {
   counts_t counts() const noexcept { return counts_; }
   // Gives back the spare entry's table and room for waiters (to block_cache, whose trim() then
   // frees them): as a run ends, so that between runs the rank keeps nothing for collectives.
-  void trim() noexcept {
-    spare_ = entry_map::node_type();
-    quiet_ = false;
-    quiet_run_ = 0;
-  }
+  void trim() noexcept { spare_ = entry_map::node_type(); }
   void count_result() noexcept { ++counts_.results; }  // engine::send_to_rank, for another rank
 
  private:
@@ -458,8 +443,6 @@ class rank_combiner {
   entry_map::node_type spare_;
   std::size_t unsent_ = 0;
   std::int64_t answer_expected_ns_ = never_ns;
-  bool quiet_ = false;      // the last quiet_pass()
-  unsigned quiet_run_ = 0;  // quiet passes in a row, up to the last one
   counts_t counts_;
 };
 

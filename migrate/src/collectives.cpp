@@ -568,12 +568,6 @@ void rank_combiner::deliver(const unsigned char* record, std::size_t bytes) noex
   retire(it);
 }
 
-bool rank_combiner::quiet_pass(std::int64_t window_ns) noexcept {
-  quiet_ = answer_expected_ns_ != never_ns && now_ns() - answer_expected_ns_ < window_ns && ++quiet_run_ < quiet_every;
-  if (!quiet_) quiet_run_ = 0;
-  return quiet_;
-}
-
 auto rank_combiner::entry_of(const key& k, bool& fresh) -> entry_map::iterator {
   if (last_ != entries_.end() && last_->first == k) return last_;
   auto it = entries_.lower_bound(k);

@@ -66,9 +66,13 @@ mpi_progress::~mpi_progress() {
 }
 
 bool mpi_progress::poll(scheduler&) noexcept {
-  // A poll that may skip the background work while a collective's message is due
-  // (rank_combiner::quiet_pass); a clock read only once collectives ran here.
-  const bool quiet = spin_on_due_ && engine_ != nullptr && engine_->combiner().quiet_pass(collective_due_ns);
+  // Whether a collective's message is due, and whether this poll skips the background work
+  // (quiet_): a clock read only once collectives ran here.
+  due_ = engine_ != nullptr && engine_->combiner().answer_expected_ns() != rank_combiner::never_ns &&
+         collective_due(pass_ns_ = now_ns());
+  quiet_ = spin_on_due_ && due_ && ++quiet_run_ < quiet_every;
+  if (!quiet_) quiet_run_ = 0;
+  const bool quiet = quiet_;
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
@@ -120,17 +124,22 @@ bool mpi_progress::awaiting_answer(std::int64_t now) const noexcept {
 }
 
 void mpi_progress::idle(scheduler&, std::int64_t max_ns) noexcept {
+  // The pass's poll() found a collective due and skips the background work (quiet_): the loop
+  // polls again at once, with no clock read here.
+  if (quiet_) {
+    if (idle_since_ns_ < 0) idle_since_ns_ = pass_ns_;
+    return;
+  }
   const std::int64_t now = now_ns();
   if (idle_since_ns_ < 0) idle_since_ns_ = now;
-  // The pass's poll() decided whether it skips this (rank_combiner::quiet_pass).
-  if (engine_ != nullptr && !engine_->combiner().last_pass_quiet()) {
+  if (engine_ != nullptr) {
     if (engine_->can_request_steal()) {
       ask_for_work(now);
     } else if (!engine_->stealing()) {
       engine_->answer_steals_while_off();
     }
   }
-  if (spin_on_due_ && collective_due(now)) return;
+  if (spin_on_due_ && due_) return;
   if (now - idle_since_ns_ < spin_ns_ || (engine_ != nullptr && awaiting_answer(now))) {
     sched_yield();
     return;
@@ -176,11 +185,8 @@ round_outcome decide_round(const std::uint64_t* sum, const std::uint64_t* last, 
 }
 
 bool mpi_progress::finished(scheduler& s) {
-  // A clock read only once collectives ran here: a program without them pays nothing for this.
-  if (engine_ != nullptr && engine_->combiner().answer_expected_ns() != rank_combiner::never_ns &&
-      collective_due(now_ns())) {
-    return false;
-  }
+  // As the pass's poll() found it (due_): no clock read here.
+  if (due_) return false;
   if (round_ == MPI_REQUEST_NULL) {
     start_round(s);
     return false;

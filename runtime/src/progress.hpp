@@ -70,6 +70,21 @@ class mpi_progress final : public progress_engine {
     return engine_ != nullptr && now - engine_->combiner().answer_expected_ns() < collective_due_ns;
   }
   static constexpr std::int64_t collective_due_ns = 20'000;
+  // Each poll (each pass of the idle loop, and the scheduler's polls between switches) reads the
+  // clock once, once collectives ran here, and decides for its pass: due_, collective_due then
+  // (finished() and idle() of the same idle pass take it instead of reading the clock again,
+  // about 28 ns a read here, where a quiet pass is a few hundred); and quiet_, true when the poll
+  // may skip the background work because a collective is due and the idle loop spins for it
+  // (spin_on_due_): the region's returns and, in the idle pass it starts, steal requests asked or
+  // answered, each an MPI probe of 100-250 ns here. The idle loop's period is the delay with
+  // which the collective's message is seen, and a poll between switches is where the members
+  // running meanwhile see it. At most quiet_every - 1 polls in a row skip it, so it runs at least
+  // every 8 polls. pass_ns_: the clock that poll read (valid when due_).
+  static constexpr unsigned quiet_every = 8;
+  bool due_ = false;
+  bool quiet_ = false;
+  unsigned quiet_run_ = 0;  // quiet polls in a row, up to the last one
+  std::int64_t pass_ns_ = 0;
 
   // Idle back-off (runtime_options::idle_spin, min_backoff, max_backoff): for the first spin_ns_
   // of idleness, only give the core away (sched_yield) between polls, so that a halo or a reply a
