@@ -17,15 +17,16 @@
 //                              exchange between the ranks costs (a batch to member 0, the result
 //                              back), without combining on a rank.
 //   allreduce_8B/64threads_floor
-//                              the least allreduce_8B/64threads can cost: every one of a rank's
-//                              32 members must suspend and resume once per call, and the ranks
-//                              must exchange once. Figure = a round of 32 thread switches (32
+//                              the least allreduce_8B/64threads can cost with this runtime's
+//                              thread switch: every one of a rank's 32 members must suspend
+//                              and resume once per call, and the ranks must exchange once. Figure = a round of 32 thread switches (32
 //                              threads per rank, each yielding once a round, timed at one of
 //                              them over `reps` rounds: the same threads' state cycled through
 //                              as the call's wake-ups do) plus the raw figure, the MPI_Allreduce
 //                              of 8 bytes between the mains measured beside it. No combining, no
 //                              messages of ours: its ratio bounds allreduce_8B/64threads' from
-//                              below whatever the protocol.
+//                              below for any protocol on this scheduler (a faster switch would
+//                              lower it).
 //   allreduce_1MiB/16threads   8 threads per rank, element-wise iso::allreduce over a span of
 //                              131072 doubles (1 MiB), iso::sum; time per allreduce at member 0.
 //     raw:                     MPI_Allreduce of 131072 doubles, MPI_SUM, between the mains.

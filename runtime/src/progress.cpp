@@ -68,8 +68,11 @@ mpi_progress::~mpi_progress() {
 bool mpi_progress::poll(scheduler&) noexcept {
   // Whether a collective's message is due, and whether this poll skips the background work
   // (quiet_): a clock read only once collectives ran here.
-  due_ = engine_ != nullptr && engine_->combiner().answer_expected_ns() != rank_combiner::never_ns &&
-         collective_due(pass_ns_ = now_ns());
+  due_ = false;
+  if (engine_ != nullptr && engine_->combiner().answer_expected_ns() != rank_combiner::never_ns) {
+    pass_ns_ = now_ns();
+    due_ = collective_due(pass_ns_);
+  }
   quiet_ = spin_on_due_ && due_ && ++quiet_run_ < quiet_every;
   if (!quiet_) quiet_run_ = 0;
   const bool quiet = quiet_;

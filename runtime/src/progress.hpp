@@ -79,7 +79,10 @@ class mpi_progress final : public progress_engine {
   // answered, each an MPI probe of 100-250 ns here. The idle loop's period is the delay with
   // which the collective's message is seen, and a poll between switches is where the members
   // running meanwhile see it. At most quiet_every - 1 polls in a row skip it, so it runs at least
-  // every 8 polls. pass_ns_: the clock that poll read (valid when due_).
+  // every 8 polls. pass_ns_: the clock that poll read (valid when due_; quiet_ implies due_).
+  // Invariant: scheduler::run calls poll(), finished() and idle() in that order within one idle
+  // pass, with nothing between them that makes a collective due or answers it, so the poll's
+  // due_ and quiet_ are the pass's.
   static constexpr unsigned quiet_every = 8;
   bool due_ = false;
   bool quiet_ = false;
