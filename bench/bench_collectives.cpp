@@ -19,11 +19,12 @@
 //   allreduce_8B/64threads_floor
 //                              the least allreduce_8B/64threads can cost with this runtime's
 //                              thread switch: every one of a rank's 32 members must suspend
-//                              and resume once per call, and the ranks must exchange once. Figure = a round of 32 thread switches (32
-//                              threads per rank, each yielding once a round, timed at one of
-//                              them over `reps` rounds: the same threads' state cycled through
-//                              as the call's wake-ups do) plus the raw figure, the MPI_Allreduce
-//                              of 8 bytes between the mains measured beside it. No combining, no
+//                              and resume once per call, and the ranks must exchange once.
+//                              Figure = a round of 32 thread switches (32 threads per rank,
+//                              each yielding once a round, timed at one of them over `reps`
+//                              rounds: the same threads' state cycled through as the call's
+//                              wake-ups do) plus the raw figure, the MPI_Allreduce of 8 bytes
+//                              between the mains measured beside it. No combining, no
 //                              messages of ours: its ratio bounds allreduce_8B/64threads' from
 //                              below for any protocol on this scheduler (a faster switch would
 //                              lower it).

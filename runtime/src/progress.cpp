@@ -75,7 +75,6 @@ bool mpi_progress::poll(scheduler&) noexcept {
   }
   quiet_ = spin_on_due_ && due_ && ++quiet_run_ < quiet_every;
   if (!quiet_) quiet_run_ = 0;
-  const bool quiet = quiet_;
   const bool did = engine_ != nullptr && engine_->poll();
   if (did) {
     idle_since_ns_ = -1;
@@ -83,7 +82,7 @@ bool mpi_progress::poll(scheduler&) noexcept {
     steal_delay_ns_ = 0;
     steal_at_ns_ = 0;
   }
-  if (quiet) return did;
+  if (quiet_) return did;
   region& r = region::get();
   r.poll();
   if (char failure[failure_text_bytes]; r.take_failure(failure, sizeof failure)) {
